@@ -1,0 +1,477 @@
+"""App: the registry of workflows, submit and run, workers, schedules and the dashboard."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .clock import Clock, to_datetime, to_epoch
+from .codec import Codec
+from .errors import ConfigurationError, SerializationError
+from .execution import Execution, jittered_backoff
+from .handle import JobHandle, ResultTimeout
+from .schedules import Schedules
+from .schema import Status
+from .store import Store
+from .waits import Waits
+from .worker import Worker, _LoopThread
+from .workflow import Options, Workflow, _check_name
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "sqlite:///nbjobs.db"
+
+# Apps of this process, so that re-running ``app = App(); app.start()`` in a notebook
+# stops the worker of the App object that cell made before (and its old definitions).
+_apps: weakref.WeakSet[App] = weakref.WeakSet()
+
+
+class App:
+    """An nbjobs application on one database.
+
+    ``url`` defaults to the ``NBJOBS_URL`` environment variable, else
+    ``sqlite:///nbjobs.db``.  Options: ``serializer`` (``"json"`` or ``"pickle"``),
+    ``heartbeat_seconds`` and ``stale_after_seconds`` (a silent worker's jobs are
+    reclaimed after this; at least three heartbeats), ``max_reclaims`` (a job whose
+    worker dies more often than this is failed, not looped), ``poll_seconds`` (the
+    idle poll when no wake-up arrives), ``retry_backoff_seconds`` and
+    ``retry_backoff_max_seconds``, ``sqlite_synchronous`` (``"NORMAL"`` or ``"FULL"``),
+    and ``clock`` (a :class:`~nbjobs.clock.FakeClock` in tests).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        serializer: str = "json",
+        heartbeat_seconds: float = 2.0,
+        stale_after_seconds: float = 15.0,
+        max_reclaims: int = 3,
+        poll_seconds: float = 1.0,
+        retry_backoff_seconds: float = 1.0,
+        retry_backoff_max_seconds: float = 300.0,
+        clock: Clock | None = None,
+        **database_options: Any,
+    ) -> None:
+        for name, value in (
+            ("heartbeat_seconds", heartbeat_seconds),
+            ("stale_after_seconds", stale_after_seconds),
+            ("poll_seconds", poll_seconds),
+            ("retry_backoff_seconds", retry_backoff_seconds),
+            ("retry_backoff_max_seconds", retry_backoff_max_seconds),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
+        if stale_after_seconds < 3 * heartbeat_seconds:
+            raise ConfigurationError(
+                f"stale_after_seconds ({stale_after_seconds}) must be at least three "
+                f"heartbeats ({3 * heartbeat_seconds}); otherwise live jobs get reaped"
+            )
+        if not isinstance(max_reclaims, int) or max_reclaims < 0:
+            raise ConfigurationError(f"max_reclaims must be an integer >= 0, got {max_reclaims!r}")
+        self.codec = Codec(serializer)
+        self.clock = clock or Clock()
+        self.heartbeat_seconds = float(heartbeat_seconds)
+        self.stale_after_seconds = float(stale_after_seconds)
+        self.max_reclaims = max_reclaims
+        self.poll_seconds = float(poll_seconds)
+        self.retry_backoff_seconds = float(retry_backoff_seconds)
+        self.retry_backoff_max_seconds = float(retry_backoff_max_seconds)
+        self.url = url or os.environ.get("NBJOBS_URL") or DEFAULT_URL
+        self.store = Store(self.url, clock=self.clock, **database_options)
+        self._registry: dict[str, Workflow] = {}
+        self._registry_lock = threading.Lock()
+        self._worker: Worker | None = None
+        self._finished = threading.Condition()
+        self._finished_generation = 0
+        self._inline_id = f"{socket.gethostname()}:{os.getpid()}:inline"
+        self._inline: dict[str, Execution] = {}
+        self._inline_monitor: threading.Thread | None = None
+        self._inline_loop: _LoopThread | None = None
+        self._waits = Waits(self)
+        self._schedules = Schedules(self)
+        _apps.add(self)
+
+    def __repr__(self) -> str:
+        state = "running" if self._worker and self._worker.alive else "stopped"
+        return f"<nbjobs.App {self.store.safe_url} worker={state} workflows={len(self._registry)}>"
+
+    # -- workflows ---------------------------------------------------------------------
+    def workflow(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        retries: int = 0,
+        timeout: float | None = None,
+        steps: int | None = None,
+    ) -> Any:
+        """Register a workflow; use as ``@app.workflow`` or ``@app.workflow(name=..., ...)``.
+
+        Registering a name again (re-running a notebook cell) replaces the definition for
+        new claims; runs already going keep the function they started with.
+        """
+        defaults = Options.build(
+            queue=queue, priority=priority, retries=retries, timeout=timeout, steps=steps
+        )
+
+        def register(func: Callable[..., Any]) -> Workflow:
+            if not callable(func):
+                raise ConfigurationError(f"@app.workflow needs a function, got {func!r}")
+            wf_name = _check_name("workflow name", name or func.__qualname__)
+            wf = Workflow(self, func, wf_name, defaults)
+            with self._registry_lock:
+                old = self._registry.get(wf_name)
+                self._registry[wf_name] = wf
+            if old is not None and old.fingerprint != wf.fingerprint:
+                log.warning(
+                    "workflow %r redefined with different code; new runs use the new code",
+                    wf_name,
+                )
+            return wf
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def workflow_names(self) -> list[str]:
+        with self._registry_lock:
+            return list(self._registry)
+
+    def get_workflow(self, name: str) -> Workflow:
+        with self._registry_lock:
+            try:
+                return self._registry[name]
+            except KeyError:
+                raise ConfigurationError(f"no workflow named {name!r} is registered") from None
+
+    # -- submitting --------------------------------------------------------------------
+    def _encode_input(self, workflow: Workflow, args: tuple, kwargs: dict) -> str:
+        try:
+            return self.codec.dumps({"args": list(args), "kwargs": kwargs})
+        except SerializationError as exc:
+            raise SerializationError(
+                f"cannot submit {workflow.name!r}: an argument cannot be stored: {exc}"
+            ) from None
+
+    def _job_fields(self, workflow: Workflow, args: tuple, kwargs: dict, options: Options) -> dict:
+        opts = workflow.defaults.merged(options)
+        run_at = None
+        if opts.run_at is not None:
+            run_at = to_epoch(opts.run_at)
+        elif opts.delay:
+            run_at = self.clock.now() + opts.delay
+        return dict(
+            workflow=workflow.name,
+            input=self._encode_input(workflow, args, kwargs),
+            queue=opts.queue or "default",
+            priority=opts.priority or 0,
+            run_at=run_at,
+            key=opts.key,
+            max_retries=opts.retries or 0,
+            timeout_seconds=opts.timeout,
+            steps_expected=opts.steps,
+            code_fingerprint=workflow.fingerprint,
+        )
+
+    def _submit(self, workflow: Workflow, args: tuple, kwargs: dict, options: Options) -> JobHandle:
+        job_id, _created = self.store.enqueue_job(
+            **self._job_fields(workflow, args, kwargs, options)
+        )
+        self._wake_workers()
+        return JobHandle(self, job_id)
+
+    def _wake_workers(self) -> None:
+        if self._worker is not None:
+            self._worker.wake()
+
+    def _run_inline(self, workflow: Workflow, args: tuple, kwargs: dict, options: Options) -> Any:
+        """``wf.run``: a durable job executed in the calling thread, retries included."""
+        claim, job_id = self.store.enqueue_running(
+            worker_id=self._inline_id,
+            lease_seconds=self.stale_after_seconds,
+            **self._job_fields(workflow, args, kwargs, options),
+        )
+        handle = JobHandle(self, job_id)
+        while claim is not None:
+            execution = Execution(self, claim, workflow)
+            self._run_execution_here(execution)
+            row = self.store.get_job(job_id)
+            if row.status != Status.QUEUED.value:
+                break
+            # A retry with backoff: wait for it here, unless a worker takes it first.
+            self.clock.wait(threading.Event(), max(0.0, (row.run_at or 0) - self.clock.now()))
+            claim = self.store.claim_job(
+                job_id, worker_id=self._inline_id, lease_seconds=self.stale_after_seconds
+            )
+        return handle.result()
+
+    def _run_execution_here(self, execution: Execution) -> None:
+        self._inline[execution.job.id] = execution
+        self._ensure_inline_monitor()
+        try:
+            if execution.workflow.is_async:
+                # Never the caller's loop: a notebook's loop is already running.
+                if self._inline_loop is None:
+                    self._inline_loop = _LoopThread("nbjobs-inline-loop")
+                import asyncio
+
+                asyncio.run_coroutine_threadsafe(
+                    execution.run_async(), self._inline_loop.loop
+                ).result()
+            else:
+                execution.run_sync()
+        finally:
+            self._inline.pop(execution.job.id, None)
+            self._job_finished()
+
+    def _ensure_inline_monitor(self) -> None:
+        if self._inline_monitor is not None and self._inline_monitor.is_alive():
+            return
+
+        def beat() -> None:
+            stop = threading.Event()
+            while self._inline:
+                held = {j: x.token for j, x in list(self._inline.items()) if not x.lost}
+                try:
+                    now = self.clock.now()
+                    for x in list(self._inline.values()):
+                        if x.deadline is not None and now >= x.deadline:
+                            x.expire()
+                    lost, cancel = self.store.heartbeat(
+                        worker_id=self._inline_id, held=held, lease_seconds=self.stale_after_seconds
+                    )
+                    for job_id in lost:
+                        if job_id in self._inline:
+                            self._inline[job_id].mark_lost()
+                    for job_id in cancel:
+                        if job_id in self._inline:
+                            self._inline[job_id].request_cancel()
+                except Exception:
+                    log.exception("inline heartbeat failed")
+                self.clock.wait(stop, min(self.heartbeat_seconds, 0.5))
+
+        self._inline_monitor = threading.Thread(target=beat, name="nbjobs-inline-beat", daemon=True)
+        self._inline_monitor.start()
+
+    # -- waiting for results -----------------------------------------------------------
+    def _job_finished(self) -> None:
+        with self._finished:
+            self._finished_generation += 1
+            self._finished.notify_all()
+
+    def _wait_for(self, handle: JobHandle, timeout: float | None) -> Any:
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.002
+        while True:
+            generation = self._finished_generation
+            done, value = handle._outcome()
+            if done:
+                return value
+            wait = pause
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ResultTimeout(f"job {handle.id} did not finish within {timeout} s")
+                wait = min(wait, remaining)
+            with self._finished:
+                if self._finished_generation == generation:
+                    self._finished.wait(wait)
+            pause = min(pause * 1.5, 0.1)
+
+    # -- jobs --------------------------------------------------------------------------
+    def job(self, job_id: str) -> JobHandle:
+        """The handle of an existing job (raises ``UnknownJob``)."""
+        self.store.job_status(job_id)
+        return JobHandle(self, job_id)
+
+    def jobs(
+        self,
+        status: str | None = None,
+        workflow: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+    ) -> list[JobHandle]:
+        """The newest jobs, optionally filtered."""
+        rows = self.store.list_jobs(status=status, workflow=workflow, queue=queue, limit=limit)
+        return [JobHandle(self, r.id) for r in rows]
+
+    def jobs_frame(
+        self,
+        status: str | None = None,
+        workflow: str | None = None,
+        queue: str | None = None,
+        limit: int = 1000,
+    ):
+        """The newest jobs as a pandas DataFrame (one row per job, times as datetimes)."""
+        import pandas as pd
+
+        rows = self.store.list_jobs(status=status, workflow=workflow, queue=queue, limit=limit)
+        columns = [
+            "id", "workflow", "queue", "status", "priority", "attempts", "steps_done",
+            "steps_expected", "error", "key", "parent_id", "created_at", "started_at",
+            "finished_at",
+        ]  # fmt: skip
+        frame = pd.DataFrame([{c: getattr(r, c) for c in columns} for r in rows], columns=columns)
+        for column in ("created_at", "started_at", "finished_at"):
+            frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
+        frame["duration_s"] = (frame["finished_at"] - frame["started_at"]).dt.total_seconds()
+        return frame
+
+    def cancel(self, job_id: str) -> str:
+        """Cancel a job; returns its status after the request."""
+        status = self.store.cancel_job(job_id)
+        for execution in self._local_executions():
+            if execution.job.id == job_id:
+                execution.request_cancel()
+        self._wake_workers()
+        return status
+
+    def _local_executions(self) -> list[Execution]:
+        running = list(self._inline.values())
+        if self._worker is not None:
+            running += list(self._worker.running.values())
+        return running
+
+    def signal(self, job_id: str, name: str, payload: Any = None) -> None:
+        """Send a signal to a job (buffered FIFO until ``cs.wait_signal`` consumes it)."""
+        self._waits.send_signal(job_id, name, payload)
+        self._wake_workers()
+
+    # -- workers -----------------------------------------------------------------------
+    def start(self, concurrency: int = 4, queues: list[str] | str | None = None) -> App:
+        """Start background worker threads in this process; idempotent.  Returns the app."""
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+        if isinstance(queues, str):
+            queues = [q.strip() for q in queues.split(",") if q.strip()]
+        if self._worker is not None and self._worker.alive:
+            return self
+        for other in list(_apps):
+            same_db = other is not self and other.store.url == self.store.url
+            if same_db and other._worker is not None and other._worker.alive:
+                log.warning("stopping the worker of an earlier App on the same database")
+                other.stop()
+        self._worker = Worker(self, concurrency=concurrency, queues=queues)
+        self._worker.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the worker: running jobs get ``timeout`` s to finish, then are released."""
+        if self._worker is not None:
+            worker, self._worker = self._worker, None
+            worker.stop(timeout)
+
+    @contextlib.contextmanager
+    def running(self, concurrency: int = 4, queues: list[str] | str | None = None) -> Iterator[App]:
+        """``with app.running(): ...`` runs a worker for the block."""
+        self.start(concurrency=concurrency, queues=queues)
+        try:
+            yield self
+        finally:
+            self.stop()
+
+    def workers(self, alive_within: float | None = None) -> list[dict[str, Any]]:
+        """The worker registry: host, pid, queues, concurrency, last heartbeat, jobs held."""
+        window = alive_within if alive_within is not None else 2 * self.stale_after_seconds
+        out = []
+        for r in self.store.list_workers(alive_within=window):
+            row = r._asdict()
+            row["queues"] = row["queues"].split(",") if row["queues"] else []
+            for name in ("started_at", "heartbeat_at", "stopped_at"):
+                row[name] = to_datetime(row[name])
+            row.pop("pid_start", None)
+            out.append(row)
+        return out
+
+    def pause_queue(self, queue: str) -> None:
+        """Hold a queue: no worker anywhere claims its jobs until ``resume_queue``."""
+        self.store.set_queue_paused(_check_name("queue", queue), True)
+
+    def resume_queue(self, queue: str) -> None:
+        self.store.set_queue_paused(_check_name("queue", queue), False)
+        self._wake_workers()
+
+    def backoff_seconds(self, failures: int) -> float:
+        return jittered_backoff(
+            failures, self.retry_backoff_seconds, self.retry_backoff_max_seconds
+        )
+
+    def _on_monitor_tick(self, worker: Worker) -> None:
+        """Called by the worker's monitor thread about four times a second."""
+        self._schedules.tick(worker)
+
+    # -- schedules ---------------------------------------------------------------------
+    def schedule(
+        self,
+        name: str,
+        workflow: Workflow | str,
+        *,
+        cron: str,
+        args: tuple | list = (),
+        kwargs: dict[str, Any] | None = None,
+        timezone: str = "UTC",
+        queue: str | None = None,
+        priority: int | None = None,
+        catch_up: str = "latest",
+    ) -> dict[str, Any]:
+        """Create or update a cron schedule stored in the database; returns its row."""
+        return self._schedules.define(
+            name,
+            workflow,
+            cron=cron,
+            args=args,
+            kwargs=kwargs or {},
+            timezone=timezone,
+            queue=queue,
+            priority=priority,
+            catch_up=catch_up,
+        )
+
+    def unschedule(self, name: str) -> None:
+        """Delete a schedule (its past jobs stay)."""
+        self._schedules.remove(name)
+
+    def pause_schedule(self, name: str) -> None:
+        self._schedules.set_paused(name, True)
+
+    def resume_schedule(self, name: str) -> None:
+        self._schedules.set_paused(name, False)
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule: name, cron, timezone, next run, last run, last status, paused."""
+        return self._schedules.list()
+
+    def schedules_frame(self):
+        """``schedules()`` as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.schedules())
+
+    # -- views -------------------------------------------------------------------------
+    def dashboard(self, **params: Any):
+        """The live Panel dashboard: renders inline in a notebook, or ``.servable()``."""
+        from .dashboard import Dashboard
+
+        return Dashboard(app=self, **params)
+
+    def close(self) -> None:
+        """Stop the worker and close the database connections."""
+        self.stop()
+        self.store.close()
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

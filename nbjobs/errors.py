@@ -1,0 +1,86 @@
+"""The nbjobs exception hierarchy.
+
+Every public exception derives from :class:`NbjobsError`, so ``except nbjobs.NbjobsError``
+catches all of them.  Control-flow signals the runtime uses internally (suspending a
+workflow, a lost lease) derive from :class:`BaseException` instead, so that a user's
+``except Exception`` inside a workflow can never swallow them.
+"""
+
+from __future__ import annotations
+
+
+class NbjobsError(Exception):
+    """Base class of every error nbjobs raises."""
+
+
+class ConfigurationError(NbjobsError):
+    """A bad URL, option, cron expression or timezone; raised where it is given."""
+
+
+class SerializationError(NbjobsError):
+    """A value cannot be stored with the app's serializer."""
+
+
+class DuplicateCheckpoint(NbjobsError):
+    """A checkpoint name was used twice within one run of a workflow."""
+
+
+class JobFailed(NbjobsError):
+    """The job ended in failure; ``.error`` and ``.traceback`` hold the remote text."""
+
+    def __init__(self, job_id: str, error: str | None, traceback: str | None = None) -> None:
+        self.job_id = job_id
+        self.error = error or "failed"
+        self.traceback = traceback
+        message = f"job {job_id} failed: {self.error}"
+        if traceback:
+            message += f"\n\nremote traceback:\n{traceback}"
+        super().__init__(message)
+
+
+class JobCancelled(NbjobsError):
+    """The job was cancelled before it finished."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id} was cancelled")
+
+
+class JobTimeout(NbjobsError):
+    """A job ran past its ``timeout``."""
+
+
+class FanOutError(NbjobsError):
+    """A fan-out's strategy decided failure; ``.outcomes`` holds every child's outcome."""
+
+    def __init__(self, message: str, outcomes: list) -> None:
+        self.outcomes = outcomes
+        super().__init__(message)
+
+
+class SignalTimeout(NbjobsError):
+    """``cs.wait_signal`` reached its timeout with no signal."""
+
+
+class UnknownJob(NbjobsError):
+    """No job has the given id."""
+
+
+class WorkerLost(NbjobsError):
+    """A job's worker stopped heartbeating too many times; the job is failed, not looped."""
+
+
+class _ControlFlow(BaseException):
+    """Base of the runtime's internal signals; never seen by users."""
+
+
+class _Suspend(_ControlFlow):
+    """The workflow is waiting (children, a timer, a signal) and gives up its slot."""
+
+
+class _LeaseLost(_ControlFlow):
+    """Another worker owns this job now; this worker's writes are refused."""
+
+
+class _Cancelled(_ControlFlow):
+    """Cancellation was requested; the workflow stops at this step boundary."""

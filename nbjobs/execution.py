@@ -1,0 +1,270 @@
+"""One attempt of one claimed job: run the workflow, then record what happened.
+
+An :class:`Execution` is created for each claim (by a worker or by ``wf.run``).  It owns
+the lease token, so every write it makes is fenced; it is where the cancel, timeout and
+lost-lease flags set by the worker's monitor are checked at each step boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import traceback as tb
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    JobTimeout,
+    SerializationError,
+    _Cancelled,
+    _LeaseLost,
+    _Suspend,
+)
+from .schema import Status
+from .store import ClaimedJob
+from .workflow import AsyncCallState, CallState, Workflow
+
+if TYPE_CHECKING:
+    from .app import App
+
+log = logging.getLogger(__name__)
+
+
+class Execution:
+    """Runs one attempt of a job and records its outcome under the job's lease."""
+
+    def __init__(self, app: App, job: ClaimedJob, workflow: Workflow) -> None:
+        self.app = app
+        self.job = job
+        self.workflow = workflow
+        self.stored: dict[str, Any] = {}
+        self.cancel_requested = False
+        self.lost = False
+        self.timed_out = False
+        self.started = app.store.now()
+        self.deadline = (
+            self.started + job.timeout_seconds if job.timeout_seconds is not None else None
+        )
+        self.task: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.done = threading.Event()
+        self._seq = 0
+        self._warned_code = False
+
+    @property
+    def token(self) -> str:
+        return self.job.lease_token
+
+    # -- flags the worker's monitor sets ----------------------------------------------
+    def request_cancel(self) -> None:
+        self.cancel_requested = True
+        self._cancel_task()
+
+    def mark_lost(self) -> None:
+        self.lost = True
+        self._cancel_task()
+
+    def expire(self) -> None:
+        """The timeout passed: fail (or retry) the job now and stop the run."""
+        if self.timed_out or self.done.is_set():
+            return
+        self.timed_out = True
+        limit = self.job.timeout_seconds
+        self._record_failure(JobTimeout(f"timed out after {limit:g} s"), None, "timeout")
+        self.lost = True  # the outcome is written; whatever the run does next is refused
+        self._cancel_task()
+
+    def _cancel_task(self) -> None:
+        if self.task is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(self.task.cancel)
+
+    def check(self) -> None:
+        """Raise at a step boundary when the run must stop."""
+        if self.lost:
+            raise _LeaseLost()
+        if self.cancel_requested:
+            raise _Cancelled()
+
+    # -- what CallState calls ----------------------------------------------------------
+    def record_step(self, name: str, text: str, args_hash: str | None, started: float) -> None:
+        self._seq += 1
+        if not self.app.store.record_checkpoint(
+            job_id=self.job.id,
+            token=self.token,
+            name=name,
+            seq=self._seq,
+            value=text,
+            args_hash=args_hash,
+            code_fingerprint=self.workflow.fingerprint,
+            attempt=self.job.attempt,
+            started_at=started,
+        ):
+            self.lost = True
+            raise _LeaseLost()
+
+    def report_progress(self, fraction: float | None, message: str | None) -> None:
+        self.check()
+        if not self.app.store.set_progress(self.job.id, self.token, fraction, message):
+            self.lost = True
+            raise _LeaseLost()
+
+    def warn_changed_code(self, step: str) -> None:
+        if not self._warned_code:
+            self._warned_code = True
+            log.warning(
+                "job %s of workflow %r replays step %r recorded by different code; the "
+                "workflow was edited since (resume, retry(from_checkpoint=...) or cancel)",
+                self.job.id,
+                self.workflow.name,
+                step,
+            )
+
+    def durable_sleep(self, cs: CallState, name: str, wake_at: float) -> None:
+        self.app._waits.sleep(self, cs, name, wake_at)
+
+    def durable_wait_signal(self, cs: CallState, name: str, timeout: float | None) -> Any:
+        return self.app._waits.wait_signal(self, cs, name, timeout)
+
+    def durable_fan_out(self, cs: CallState, name: str, specs: list, strategy: Any) -> list:
+        return self.app._waits.fan_out(self, cs, name, specs, strategy)
+
+    # -- running -----------------------------------------------------------------------
+    def _prepare(self) -> tuple[CallState, tuple, dict]:
+        payload = self.app.codec.loads(self.job.input) or {}
+        args = tuple(payload.get("args", ()))
+        kwargs = dict(payload.get("kwargs", {}))
+        # A first attempt that has made no step has nothing to replay: skip the query.
+        if self.job.attempt > 1 or self.job.steps_done > 0:
+            self.stored = self.app.store.load_checkpoints(self.job.id)
+            self._seq = max((r.seq for r in self.stored.values()), default=0)
+        cls = AsyncCallState if self.workflow.is_async else CallState
+        return cls(self, args, kwargs), args, kwargs
+
+    def run_sync(self) -> None:
+        """Run the workflow in this thread and record the outcome."""
+        try:
+            try:
+                cs, args, kwargs = self._prepare()
+                value = self.workflow.fn(cs, *args, **kwargs)
+            except BaseException as exc:
+                self._record_exception(exc)
+            else:
+                self._record_success(value)
+        finally:
+            self.done.set()
+
+    async def run_async(self) -> None:
+        """Run an ``async def`` workflow on the worker's own loop and record the outcome."""
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        try:
+            try:
+                cs, args, kwargs = await asyncio.to_thread(self._prepare)
+                if self.lost or self.cancel_requested:
+                    self.check()
+                value = await self.workflow.fn(cs, *args, **kwargs)
+            except asyncio.CancelledError:
+                # Our own cancel (cancel request, lost lease, timeout) or the loop stopping.
+                if self.cancel_requested and not self.lost:
+                    exc = _Cancelled()
+                elif not self.lost:
+                    exc = _LeaseLost()
+                await asyncio.to_thread(self._record_exception, exc)
+            except BaseException as exc:
+                await asyncio.to_thread(self._record_exception, exc)
+            else:
+                await asyncio.to_thread(self._record_success, value)
+        finally:
+            self.done.set()
+
+    # -- recording outcomes ------------------------------------------------------------
+    def _record_success(self, value: Any) -> None:
+        try:
+            text = self.app.codec.dumps(value)
+        except SerializationError as exc:
+            self._fail(f"SerializationError: the workflow's result cannot be stored: {exc}", None)
+            return
+        if not self.lost:
+            self._note_write(
+                self.app.store.finish_job(
+                    job_id=self.job.id,
+                    token=self.token,
+                    attempt=self.job.attempt,
+                    status=Status.SUCCEEDED,
+                    result=text,
+                )
+            )
+
+    def _record_exception(self, exc: BaseException) -> None:
+        if isinstance(exc, _Suspend):
+            return  # the suspension was recorded in the transaction that raised it
+        if isinstance(exc, _LeaseLost) or self.lost:
+            log.warning(
+                "job %s: this worker no longer holds its lease; its writes are refused",
+                self.job.id,
+            )
+            return
+        if isinstance(exc, _Cancelled):
+            self._note_write(
+                self.app.store.finish_job(
+                    job_id=self.job.id,
+                    token=self.token,
+                    attempt=self.job.attempt,
+                    status=Status.CANCELLED,
+                    error="cancelled",
+                )
+            )
+            return
+        if not isinstance(exc, Exception):
+            # KeyboardInterrupt, SystemExit: give the job back rather than fail it.
+            self.app.store.release_job(
+                job_id=self.job.id, token=self.token, attempt=self.job.attempt
+            )
+            raise exc
+        text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+        self._record_failure(exc, text, "failed")
+
+    def _record_failure(self, exc: BaseException, text: str | None, outcome: str) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        retryable = not isinstance(exc, SerializationError)
+        if retryable and self.job.failures < self.job.max_retries:
+            delay = self.app.backoff_seconds(self.job.failures + 1)
+            self._note_write(
+                self.app.store.retry_job_later(
+                    job_id=self.job.id,
+                    token=self.token,
+                    attempt=self.job.attempt,
+                    run_at=self.app.store.now() + delay,
+                    error=error,
+                    traceback=text,
+                    outcome=outcome,
+                )
+            )
+            log.info("job %s failed (%s); retrying in %.2f s", self.job.id, error, delay)
+            return
+        self._fail(error, text, outcome)
+
+    def _fail(self, error: str, text: str | None, outcome: str = "failed") -> None:
+        self._note_write(
+            self.app.store.finish_job(
+                job_id=self.job.id,
+                token=self.token,
+                attempt=self.job.attempt,
+                status=Status.FAILED,
+                error=error,
+                traceback=text,
+                outcome=outcome,
+            )
+        )
+
+    def _note_write(self, accepted: bool) -> None:
+        if not accepted:
+            self.lost = True
+            log.warning("job %s: the outcome was refused; another worker owns the job", self.job.id)
+
+
+def jittered_backoff(failures: int, base: float, cap: float) -> float:
+    """Exponential backoff with jitter: between half and all of base * 2**(failures-1)."""
+    delay = min(cap, base * 2 ** max(0, failures - 1))
+    return delay * (0.5 + random.random() / 2)

@@ -1,0 +1,210 @@
+"""JobHandle: a reference to one job, read fresh from the database on every access."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .clock import to_datetime
+from .errors import JobCancelled, JobFailed, NbjobsError
+from .schema import Status
+
+if TYPE_CHECKING:
+    from .app import App
+
+
+class ResultTimeout(NbjobsError, TimeoutError):
+    """``h.result(timeout=...)`` returned before the job finished."""
+
+
+class JobHandle:
+    """A job in the database.  Nothing is cached: every property asks the database."""
+
+    def __init__(self, app: App, job_id: str) -> None:
+        self.app = app
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.id} {self.status}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JobHandle) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    # -- state -------------------------------------------------------------------------
+    @property
+    def status(self) -> str:
+        """``queued | running | waiting | succeeded | failed | cancelled``."""
+        return self.app.store.job_status(self.id)
+
+    def info(self) -> dict[str, Any]:
+        """The job's row (without input and result) as a dict, times as datetimes."""
+        row = self.app.store.get_job(self.id)._asdict()
+        for name in ("run_at", "created_at", "started_at", "finished_at", "updated_at", "tick_at"):
+            row[name] = to_datetime(row[name])
+        row.pop("lease_token", None)
+        return row
+
+    @property
+    def workflow(self) -> str:
+        return self.app.store.get_job(self.id).workflow
+
+    @property
+    def input(self) -> dict[str, Any]:
+        """``{"args": [...], "kwargs": {...}}`` as submitted."""
+        return self.app.codec.loads(self.app.store.get_job(self.id, full=True).input)
+
+    @property
+    def error(self) -> str | None:
+        return self.app.store.get_job(self.id).error
+
+    @property
+    def checkpoints(self) -> dict[str, Any]:
+        """Finished steps, name -> stored value, in the order they were made."""
+        loads = self.app.codec.loads
+        return {r.name: loads(r.value) for r in self.app.store.job_checkpoints(self.id) if r.done}
+
+    @property
+    def attempts(self) -> list[dict[str, Any]]:
+        """One dict per attempt: worker, start, end, outcome, error, traceback."""
+        out = []
+        for r in self.app.store.job_attempts(self.id):
+            row = r._asdict()
+            row.pop("lease_token", None)
+            row["started_at"] = to_datetime(row["started_at"])
+            row["finished_at"] = to_datetime(row["finished_at"])
+            out.append(row)
+        return out
+
+    @property
+    def progress(self) -> float | None:
+        """Finished steps over expected steps (or the step's own report), else None."""
+        return self.app.store.job_progress(self.id)
+
+    @property
+    def children(self) -> list[JobHandle]:
+        """The jobs this job fanned out, in order."""
+        rows = self.app.store.list_jobs(parent_id=self.id, limit=1_000_000, newest_first=False)
+        return [JobHandle(self.app, r.id) for r in rows]
+
+    def logs(self) -> str:
+        """What the job printed or logged while running on a worker."""
+        return "".join(r.text for r in self.app.store.job_logs(self.id))
+
+    # -- waiting -----------------------------------------------------------------------
+    def _outcome(self) -> tuple[bool, Any]:
+        row = self.app.store.job_outcome(self.id)
+        if row is None:
+            return False, None
+        if row.status == Status.SUCCEEDED.value:
+            return True, self.app.codec.loads(row.result)
+        if row.status == Status.CANCELLED.value:
+            raise JobCancelled(self.id)
+        raise JobFailed(self.id, row.error, row.traceback)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job and return its result.
+
+        Raises :class:`~nbjobs.JobFailed` (with the remote error and traceback),
+        :class:`~nbjobs.JobCancelled`, or ``ResultTimeout`` (a ``TimeoutError``).
+        """
+        return self.app._wait_for(self, timeout)
+
+    async def result_async(self, timeout: float | None = None) -> Any:
+        """``result`` for async code; polls without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        pause = 0.005
+        while True:
+            done, value = await asyncio.to_thread(self._outcome)
+            if done:
+                return value
+            if deadline is not None and loop.time() >= deadline:
+                raise ResultTimeout(f"job {self.id} did not finish within {timeout} s")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.2)
+
+    def __await__(self):
+        return self.result_async().__await__()
+
+    # -- actions -----------------------------------------------------------------------
+    def cancel(self) -> str:
+        """Cancel: at once when queued or waiting, at the next step when running."""
+        return self.app.cancel(self.id)
+
+    def retry(self, from_checkpoint: str | None = None) -> JobHandle:
+        """Run again, keeping finished checkpoints (or those before ``from_checkpoint``)."""
+        self.app.store.retry_job(self.id, from_checkpoint=from_checkpoint)
+        self.app._wake_workers()
+        return self
+
+    def signal(self, name: str, payload: Any = None) -> None:
+        """Send a signal the job waits for with ``cs.wait_signal(name)``."""
+        self.app.signal(self.id, name, payload)
+
+    def watch(self) -> Any:
+        """An ipywidgets progress display that updates live (notebooks)."""
+        from .widgets import watch
+
+        return watch(self)
+
+    # -- notebooks ---------------------------------------------------------------------
+    def _repr_html_(self) -> str:
+        info = self.info()
+        status = info["status"]
+        progress = self.progress
+        colour = STATUS_COLOURS.get(status, "#666")
+        bar = ""
+        if progress is not None:
+            pct = int(progress * 100)
+            bar = (
+                f'<div style="background:#eee;width:160px;height:8px;border-radius:4px;'
+                f'display:inline-block;vertical-align:middle;margin-left:8px">'
+                f'<div style="background:{colour};width:{pct}%;height:8px;border-radius:4px">'
+                f"</div></div> {pct}%"
+            )
+        rows = [
+            ("workflow", info["workflow"]),
+            ("queue", info["queue"]),
+            ("attempts", info["attempts"]),
+            (
+                "steps",
+                f"{info['steps_done']}"
+                + (f" / {info['steps_expected']}" if info["steps_expected"] else ""),
+            ),
+            ("created", _fmt_time(info["created_at"])),
+            ("finished", _fmt_time(info["finished_at"])),
+        ]
+        if info.get("error"):
+            rows.append(("error", info["error"]))
+        cells = "".join(
+            f'<tr><th style="text-align:left;padding-right:1em;color:#555">{html.escape(k)}</th>'
+            f"<td>{html.escape(str(v))}</td></tr>"
+            for k, v in rows
+            if v not in (None, "")
+        )
+        return (
+            f'<div style="font-family:system-ui,sans-serif;font-size:13px">'
+            f"<b>job {html.escape(self.id)}</b> "
+            f'<span style="background:{colour};color:white;border-radius:8px;padding:1px 8px">'
+            f"{html.escape(status)}</span>{bar}"
+            f'<table style="margin-top:4px">{cells}</table></div>'
+        )
+
+
+STATUS_COLOURS = {
+    "queued": "#6b7280",
+    "running": "#2563eb",
+    "waiting": "#d97706",
+    "succeeded": "#16a34a",
+    "failed": "#dc2626",
+    "cancelled": "#9ca3af",
+}
+
+
+def _fmt_time(value: datetime | None) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")

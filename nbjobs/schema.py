@@ -1,0 +1,240 @@
+"""The nbjobs tables (SQLAlchemy Core), all prefixed ``nbjobs_``, and the schema version.
+
+Times are float seconds since the epoch (UTC), stored as double precision: one portable
+type on every database, cheap to compare in the claim query, and converted to aware
+datetimes at the public API.  Values (inputs, results, checkpoints) are text written by
+:mod:`nbjobs.codec`.  Ids are time-ordered strings, so they sort in creation order.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import secrets
+import threading
+import time
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+SCHEMA_VERSION = 1
+
+
+class Status(str, enum.Enum):
+    """A job's status, stored as its lowercase value."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+
+metadata = MetaData()
+
+ID = String(40)
+NAME = String(200)
+
+meta = Table(
+    "nbjobs_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(200), nullable=False),
+)
+
+jobs = Table(
+    "nbjobs_jobs",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("workflow", NAME, nullable=False),
+    Column("queue", String(100), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("priority", Integer, nullable=False, default=0),
+    # "not before" for queued jobs, "wake at" for waiting ones; NULL never wakes by time.
+    Column("run_at", Double),
+    Column("key", String(255)),
+    Column("input", Text),
+    Column("result", Text),
+    Column("error", Text),
+    Column("traceback", Text),
+    # Claims so far (each is an attempt row); failures count against max_retries.
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("failures", Integer, nullable=False, default=0),
+    Column("max_retries", Integer, nullable=False, default=0),
+    Column("timeout_seconds", Double),
+    # The lease: a worker owns a running job while its token matches (zombie fencing).
+    Column("lease_token", String(40)),
+    Column("lease_expires_at", Double),
+    Column("worker_id", String(100)),
+    Column("reclaims", Integer, nullable=False, default=0),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    # Fan-out tree.
+    Column("parent_id", ID),
+    Column("root_id", ID),
+    Column("fanout", NAME),
+    Column("fanout_index", Integer),
+    Column("waiting_for", String(255)),
+    # Cron.
+    Column("schedule", NAME),
+    Column("tick_at", Double),
+    # Progress.
+    Column("steps_expected", Integer),
+    Column("steps_done", Integer, nullable=False, default=0),
+    Column("progress", Double),
+    Column("message", String(500)),
+    Column("code_fingerprint", String(16)),
+    Column("created_at", Double, nullable=False),
+    Column("started_at", Double),
+    Column("finished_at", Double),
+    Column("updated_at", Double, nullable=False),
+    UniqueConstraint("key", name="uq_nbjobs_jobs_key"),
+    UniqueConstraint("schedule", "tick_at", name="uq_nbjobs_jobs_tick"),
+)
+
+# The claim walks this index in order: status and queue fixed, highest priority first.
+Index("ix_nbjobs_jobs_claim", jobs.c.status, jobs.c.queue, jobs.c.priority.desc(), jobs.c.run_at)
+# Timers, delayed jobs and the status counters.
+Index("ix_nbjobs_jobs_due", jobs.c.status, jobs.c.run_at)
+# The reaper.
+Index("ix_nbjobs_jobs_lease", jobs.c.status, jobs.c.lease_expires_at)
+# Incremental dashboard refreshes.
+Index("ix_nbjobs_jobs_updated", jobs.c.updated_at)
+Index("ix_nbjobs_jobs_created", jobs.c.created_at)
+Index("ix_nbjobs_jobs_workflow", jobs.c.workflow, jobs.c.status, jobs.c.created_at)
+Index("ix_nbjobs_jobs_parent", jobs.c.parent_id, jobs.c.fanout, jobs.c.fanout_index)
+Index("ix_nbjobs_jobs_root", jobs.c.root_id)
+Index("ix_nbjobs_jobs_worker", jobs.c.worker_id)
+
+checkpoints = Table(
+    "nbjobs_checkpoints",
+    metadata,
+    Column("job_id", ID, primary_key=True),
+    Column("name", NAME, primary_key=True),
+    Column("seq", Integer, nullable=False),
+    # step | fanout | sleep | signal
+    Column("kind", String(16), nullable=False, default="step"),
+    Column("done", Boolean, nullable=False, default=True),
+    Column("value", Text),
+    Column("detail", Text),
+    Column("args_hash", String(16)),
+    Column("code_fingerprint", String(16)),
+    Column("attempt", Integer),
+    Column("started_at", Double),
+    Column("finished_at", Double),
+)
+
+attempts = Table(
+    "nbjobs_attempts",
+    metadata,
+    Column("job_id", ID, primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("worker_id", String(100)),
+    Column("lease_token", String(40)),
+    # running | succeeded | failed | lost | cancelled | suspended | timeout
+    Column("outcome", String(16), nullable=False),
+    Column("started_at", Double, nullable=False),
+    Column("finished_at", Double),
+    Column("error", Text),
+    Column("traceback", Text),
+)
+
+workers = Table(
+    "nbjobs_workers",
+    metadata,
+    Column("id", String(100), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("pid_start", String(40)),
+    Column("queues", Text, nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("jobs_held", Integer, nullable=False, default=0),
+    Column("started_at", Double, nullable=False),
+    Column("heartbeat_at", Double, nullable=False),
+    Column("stopped_at", Double),
+)
+Index("ix_nbjobs_workers_heartbeat", workers.c.heartbeat_at)
+
+queues = Table(
+    "nbjobs_queues",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("paused", Boolean, nullable=False, default=False),
+    Column("updated_at", Double, nullable=False),
+)
+
+signals = Table(
+    "nbjobs_signals",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("job_id", ID, nullable=False),
+    Column("name", NAME, nullable=False),
+    Column("payload", Text),
+    Column("sent_at", Double, nullable=False),
+    Column("consumed_at", Double),
+    Column("consumed_by", NAME),
+)
+Index("ix_nbjobs_signals_job", signals.c.job_id, signals.c.name, signals.c.consumed_at)
+
+schedules = Table(
+    "nbjobs_schedules",
+    metadata,
+    Column("name", NAME, primary_key=True),
+    Column("workflow", NAME, nullable=False),
+    Column("cron", String(200), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("input", Text),
+    Column("queue", String(100), nullable=False),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("catch_up", String(16), nullable=False),
+    Column("paused", Boolean, nullable=False, default=False),
+    Column("last_fire_at", Double),
+    Column("last_job_id", ID),
+    Column("next_fire_at", Double),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+)
+Index("ix_nbjobs_schedules_next", schedules.c.paused, schedules.c.next_fire_at)
+
+logs = Table(
+    "nbjobs_logs",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("job_id", ID, nullable=False),
+    Column("attempt", Integer),
+    Column("at", Double, nullable=False),
+    Column("stream", String(16), nullable=False),
+    Column("text", Text, nullable=False),
+)
+Index("ix_nbjobs_logs_job", logs.c.job_id, logs.c.id)
+
+_id_lock = threading.Lock()
+_last_id_time = 0
+
+
+def new_id() -> str:
+    """A unique, time-ordered id: microseconds in hex, then random bits."""
+    global _last_id_time
+    with _id_lock:
+        now = max(int(time.time() * 1_000_000), _last_id_time + 1)
+        _last_id_time = now
+    return f"{now:014x}{secrets.token_hex(5)}"
+
+
+def new_token() -> str:
+    return f"{os.getpid():x}-{secrets.token_hex(8)}"

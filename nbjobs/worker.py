@@ -1,0 +1,249 @@
+"""The worker: claim -> run -> record, plus heartbeats, the reaper, timers and wake-ups.
+
+A :class:`Worker` is a set of background threads inside the current process; it never
+touches the caller's event loop and never installs signal handlers, so it is safe inside
+a Jupyter kernel.  Sync workflows run on a thread pool; ``async def`` workflows run on
+the worker's own event loop in its own thread.
+
+Threads:
+
+* the dispatcher claims jobs while slots are free, and otherwise waits on a wake-up event
+  (set by in-process submits and finished jobs) or until the next delayed job is due;
+* the monitor heartbeats the leases it holds, passes cancel requests and timeouts to the
+  running executions, wakes due timers and runs the reaper.  The reaper is part of every
+  worker, idempotent, and not a job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from .execution import Execution
+from .schema import new_token
+from .store import ClaimedJob
+
+if TYPE_CHECKING:
+    from .app import App
+
+log = logging.getLogger(__name__)
+
+
+class _LoopThread:
+    """A private asyncio loop in its own thread, for ``async def`` workflows."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+class Worker:
+    """Background worker threads for one :class:`~nbjobs.App` in this process."""
+
+    def __init__(self, app: App, *, concurrency: int = 4, queues: list[str] | None = None) -> None:
+        self.app = app
+        self.concurrency = concurrency
+        self.queues = list(queues or ["default"])
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{new_token()[-8:]}"
+        self.running: dict[str, Execution] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="nbjobs-job")
+        self._loop: _LoopThread | None = None
+        self._threads: list[threading.Thread] = []
+        self._paused: set[str] = set()
+        self._paused_checked = 0.0
+        self._queue_turn = 0
+
+    # -- life cycle --------------------------------------------------------------------
+    def start(self) -> None:
+        store = self.app.store
+        store.register_worker(worker_id=self.id, queues_=self.queues, concurrency=self.concurrency)
+        try:
+            store.reclaim_dead_local_workers(max_reclaims=self.app.max_reclaims)
+        except Exception:
+            log.exception("could not reclaim jobs of dead local workers")
+        for target, name in ((self._dispatch_loop, "dispatch"), (self._monitor_loop, "monitor")):
+            thread = threading.Thread(target=target, name=f"nbjobs-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info(
+            "worker %s started: concurrency %d, queues %s", self.id, self.concurrency, self.queues
+        )
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming; let running jobs finish for ``timeout`` s, then release them."""
+        self._stopping.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        deadline = self.app.clock.now() + timeout
+        for execution in list(self.running.values()):
+            execution.done.wait(max(0.0, deadline - self.app.clock.now()))
+        for job_id, execution in list(self.running.items()):
+            if not execution.done.is_set():
+                log.warning("releasing job %s still running at stop", job_id)
+                execution.mark_lost()
+                self.app.store.release_job(
+                    job_id=job_id, token=execution.token, attempt=execution.job.attempt
+                )
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._loop is not None:
+            self._loop.stop()
+        try:
+            self.app.store.stop_worker(self.id)
+        except Exception:
+            log.exception("could not mark worker %s stopped", self.id)
+        log.info("worker %s stopped", self.id)
+
+    @property
+    def alive(self) -> bool:
+        return not self._stopping.is_set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- dispatching -------------------------------------------------------------------
+    def _free_slots(self) -> int:
+        with self._lock:
+            return self.concurrency - len(self.running)
+
+    def _active_queues(self) -> list[str]:
+        now = self.app.clock.now()
+        if now - self._paused_checked > 1.0:
+            self._paused = self.app.store.paused_queues()
+            self._paused_checked = now
+        queues = [q for q in self.queues if q not in self._paused]
+        # Rotate so one busy queue cannot starve the others.
+        self._queue_turn = (self._queue_turn + 1) % max(1, len(queues))
+        return queues[self._queue_turn :] + queues[: self._queue_turn]
+
+    def _claim(self, free: int) -> list[ClaimedJob]:
+        workflows = self.app.workflow_names()
+        claimed: list[ClaimedJob] = []
+        for queue in self._active_queues():
+            if free <= 0:
+                break
+            got = self.app.store.claim_jobs(
+                worker_id=self.id,
+                queue=queue,
+                workflows=workflows,
+                limit=free,
+                lease_seconds=self.app.stale_after_seconds,
+            )
+            claimed.extend(got)
+            free -= len(got)
+        return claimed
+
+    def _dispatch_loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                self._wake.clear()
+                free = self._free_slots()
+                claimed = self._claim(free) if free > 0 else []
+                for job in claimed:
+                    self._dispatch(job)
+                failures = 0
+                if claimed and len(claimed) == free:
+                    continue  # maybe more ready work: claim again as slots free
+                if claimed:
+                    continue
+                self.app.clock.wait(self._wake, self._idle_wait() if free > 0 else 1.0)
+            except Exception:
+                failures += 1
+                pause = min(30.0, 0.5 * 2**failures) * (0.5 + random.random() / 2)
+                log.exception("worker %s: claim failed; retrying in %.1f s", self.id, pause)
+                self._stopping.wait(pause)
+
+    def _idle_wait(self) -> float:
+        poll = self.app.poll_seconds
+        due = self.app.store.next_due_at(self.queues)
+        if due is None:
+            return poll
+        return min(poll, max(0.0, due - self.app.clock.now()) + 0.001)
+
+    def _dispatch(self, job: ClaimedJob) -> None:
+        workflow = self.app.get_workflow(job.workflow)
+        execution = Execution(self.app, job, workflow)
+        with self._lock:
+            self.running[job.id] = execution
+        if workflow.is_async:
+            loop = self._event_loop()
+            future = asyncio.run_coroutine_threadsafe(execution.run_async(), loop)
+            future.add_done_callback(lambda _f, jid=job.id: self._finished(jid))
+        else:
+            future = self._pool.submit(execution.run_sync)
+            future.add_done_callback(lambda _f, jid=job.id: self._finished(jid))
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = _LoopThread("nbjobs-loop")
+        return self._loop.loop
+
+    def _finished(self, job_id: str) -> None:
+        with self._lock:
+            self.running.pop(job_id, None)
+        self._wake.set()
+        self.app._job_finished()
+
+    # -- monitoring --------------------------------------------------------------------
+    def _monitor_loop(self) -> None:
+        clock = self.app.clock
+        last_beat = last_reap = 0.0
+        tick = min(0.25, self.app.heartbeat_seconds / 4)
+        while not self._stopping.is_set():
+            try:
+                now = clock.now()
+                self._check_timeouts(now)
+                if self.app.store.wake_due_jobs():
+                    self._wake.set()
+                if now - last_beat >= self.app.heartbeat_seconds:
+                    last_beat = now
+                    self._heartbeat()
+                if now - last_reap >= self.app.heartbeat_seconds:
+                    last_reap = now
+                    if self.app.store.reap_expired(max_reclaims=self.app.max_reclaims):
+                        self._wake.set()
+                self.app._on_monitor_tick(self)
+            except Exception:
+                log.exception("worker %s: monitor pass failed", self.id)
+                self._stopping.wait(1.0)
+            clock.wait(self._stopping, tick)
+
+    def _check_timeouts(self, now: float) -> None:
+        for execution in list(self.running.values()):
+            if execution.deadline is not None and now >= execution.deadline:
+                execution.expire()
+
+    def _heartbeat(self) -> None:
+        with self._lock:
+            held = {jid: x.token for jid, x in self.running.items() if not x.lost}
+        lost, cancel = self.app.store.heartbeat(
+            worker_id=self.id, held=held, lease_seconds=self.app.stale_after_seconds
+        )
+        for job_id in lost:
+            execution = self.running.get(job_id)
+            if execution is not None and not execution.done.is_set():
+                log.warning("job %s: lease lost (another worker took it over)", job_id)
+                execution.mark_lost()
+        for job_id in cancel:
+            execution = self.running.get(job_id)
+            if execution is not None:
+                execution.request_cancel()

@@ -1,0 +1,67 @@
+"""Shared fixtures: one ``app`` fixture parametrized over every database backend.
+
+``NBJOBS_TEST_BACKENDS`` (comma-separated) narrows the backends for a local run; CI runs
+them all, and a backend whose server cannot be reached there is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+import nbjobs
+from tests import backends
+
+ALL_BACKENDS = ("sqlite", "postgres", "mysql", "duckdb")
+BACKENDS = [
+    b.strip()
+    for b in os.environ.get("NBJOBS_TEST_BACKENDS", ",".join(backends.AVAILABLE)).split(",")
+    if b.strip()
+]
+
+# Timings that keep tests quick: a lost worker is noticed within about a second.
+FAST = dict(
+    heartbeat_seconds=0.2,
+    stale_after_seconds=1.0,
+    poll_seconds=0.05,
+    retry_backoff_seconds=0.01,
+    retry_backoff_max_seconds=0.05,
+)
+
+
+def make_app(url: str, **options) -> nbjobs.App:
+    return nbjobs.App(url, **{**FAST, **options})
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path) -> Iterator[str]:
+    """A fresh, empty database of the backend under test."""
+    with backends.fresh_database(backend, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'nbjobs.db'}"
+
+
+@pytest.fixture
+def app(db_url: str) -> Iterator[nbjobs.App]:
+    """An App on a fresh database of each backend, stopped and closed afterwards."""
+    application = make_app(db_url)
+    yield application
+    application.close()
+
+
+@pytest.fixture
+def sqlite_app(sqlite_url: str) -> Iterator[nbjobs.App]:
+    application = make_app(sqlite_url)
+    yield application
+    application.close()
