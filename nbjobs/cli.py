@@ -1,0 +1,193 @@
+"""The ``nbjobs`` command: worker, dashboard, demo, jobs, migrate.
+
+This is a script entry point, not a notebook path: here (and only here) nbjobs installs
+SIGINT/SIGTERM handlers, to stop a worker process gracefully.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from .errors import ConfigurationError, NbjobsError
+
+log = logging.getLogger("nbjobs.cli")
+
+
+def load_app(target: str) -> Any:
+    """Import ``module:attribute`` (the current directory is importable) and return it."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name:
+        raise ConfigurationError(f"expected module:app, got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
+    from .app import App
+
+    if attribute:
+        try:
+            app = getattr(module, attribute)
+        except AttributeError:
+            raise ConfigurationError(
+                f"module {module_name!r} has no attribute {attribute!r}"
+            ) from None
+    else:
+        apps = [v for v in vars(module).values() if isinstance(v, App)]
+        if len(apps) != 1:
+            raise ConfigurationError(
+                f"module {module_name!r} defines {len(apps)} nbjobs apps; name one as module:app"
+            )
+        app = apps[0]
+    if not isinstance(app, App):
+        raise ConfigurationError(f"{target} is a {type(app).__name__}, not an nbjobs.App")
+    return app
+
+
+def _wait_for_stop_signal() -> None:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("received signal %d; stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    while not stop.wait(1.0):
+        pass
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    app = load_app(args.app)
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    app.start(concurrency=args.concurrency, queues=queues)
+    print(
+        f"nbjobs worker on {app.store.safe_url}: concurrency {args.concurrency}, "
+        f"queues {','.join(queues)}, workflows {', '.join(app.workflow_names()) or '(none)'}",
+        flush=True,
+    )
+    try:
+        _wait_for_stop_signal()
+    finally:
+        app.stop(timeout=args.grace)
+    return 0
+
+
+def _url(args: argparse.Namespace) -> str:
+    from .app import DEFAULT_URL
+
+    return args.url or os.environ.get("NBJOBS_URL") or DEFAULT_URL
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from .views import serve
+
+    serve(
+        _url(args),
+        port=args.port,
+        address=args.address,
+        show=args.show,
+        basic_auth=args.basic_auth,
+        cookie_secret=args.cookie_secret,
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(url=_url(args), port=args.port, show=args.show, jobs=args.jobs)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from .app import App
+
+    app = App(_url(args))
+    rows = app.store.list_jobs(status=args.status, workflow=args.workflow, limit=args.limit)
+    print(f"{'id':26} {'workflow':24} {'status':10} {'attempts':>8}  error")
+    for r in rows:
+        error = (r.error or "").splitlines()[0][:60] if r.error else ""
+        print(f"{r.id:26} {r.workflow[:24]:24} {r.status:10} {r.attempts:>8}  {error}")
+    app.close()
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .store import Store
+
+    store = Store(_url(args))
+    print(f"nbjobs schema is current on {store.safe_url}")
+    store.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nbjobs", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default=os.environ.get("NBJOBS_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    worker = sub.add_parser("worker", help="run a worker process for module:app")
+    worker.add_argument("app", help="module:attribute of the nbjobs.App, e.g. pipeline.jobs:app")
+    worker.add_argument("--concurrency", "-c", type=int, default=4)
+    worker.add_argument("--queues", "-q", default="default", help="comma-separated queues")
+    worker.add_argument(
+        "--grace", type=float, default=30.0, help="seconds running jobs get at stop"
+    )
+    worker.set_defaults(func=cmd_worker)
+
+    def url_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", help="database URL (default: NBJOBS_URL or sqlite:///nbjobs.db)")
+
+    dashboard = sub.add_parser("dashboard", help="serve the live dashboard")
+    url_option(dashboard)
+    dashboard.add_argument("--port", type=int, default=5006)
+    dashboard.add_argument(
+        "--address", default="127.0.0.1", help="bind address (default local only)"
+    )
+    dashboard.add_argument("--show", action="store_true", help="open a browser")
+    dashboard.add_argument("--basic-auth", help="password, or a JSON file of user: password")
+    dashboard.add_argument("--cookie-secret", help="cookie secret for authenticated sessions")
+    dashboard.set_defaults(func=cmd_dashboard)
+
+    demo = sub.add_parser("demo", help="run an example pipeline with the dashboard on SQLite")
+    url_option(demo)
+    demo.add_argument("--port", type=int, default=5006)
+    demo.add_argument("--show", action="store_true", help="open a browser")
+    demo.add_argument("--jobs", type=int, default=12, help="pipeline runs to submit")
+    demo.set_defaults(func=cmd_demo)
+
+    jobs = sub.add_parser("jobs", help="list recent jobs")
+    url_option(jobs)
+    jobs.add_argument("--status")
+    jobs.add_argument("--workflow")
+    jobs.add_argument("--limit", type=int, default=20)
+    jobs.set_defaults(func=cmd_jobs)
+
+    migrate = sub.add_parser("migrate", help="create or migrate the nbjobs tables")
+    url_option(migrate)
+    migrate.set_defaults(func=cmd_migrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except NbjobsError as exc:
+        print(f"nbjobs: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
