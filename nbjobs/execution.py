@@ -12,8 +12,10 @@ import logging
 import random
 import threading
 import traceback as tb
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import capture
 from .errors import (
     JobTimeout,
     SerializationError,
@@ -51,6 +53,10 @@ class Execution:
         self.done = threading.Event()
         self._seq = 0
         self._warned_code = False
+        #: Set by a worker: returns the claim request for the job to run next in this
+        #: thread, claimed in the same transaction that records this job's success.
+        self.chain: Callable[[], dict[str, Any] | None] | None = None
+        self.next_job: ClaimedJob | None = None
 
     @property
     def token(self) -> str:
@@ -144,13 +150,14 @@ class Execution:
     def run_sync(self) -> None:
         """Run the workflow in this thread and record the outcome."""
         try:
-            try:
-                cs, args, kwargs = self._prepare()
-                value = self.workflow.fn(cs, *args, **kwargs)
-            except BaseException as exc:
-                self._record_exception(exc)
-            else:
-                self._record_success(value)
+            with capture.job_output(self):
+                try:
+                    cs, args, kwargs = self._prepare()
+                    value = self.workflow.fn(cs, *args, **kwargs)
+                except BaseException as exc:
+                    self._record_exception(exc)
+                else:
+                    self._record_success(value)
         finally:
             self.done.set()
 
@@ -159,44 +166,48 @@ class Execution:
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
         try:
-            try:
-                cs, args, kwargs = await asyncio.to_thread(self._prepare)
-                if self.lost or self.cancel_requested:
-                    self.check()
-                value = await self.workflow.fn(cs, *args, **kwargs)
-            except asyncio.CancelledError:
-                # Our own cancel (cancel request, lost lease, timeout) or the loop stopping.
-                if self.cancel_requested and not self.lost:
-                    exc = _Cancelled()
-                elif not self.lost:
-                    exc = _LeaseLost()
-                await asyncio.to_thread(self._record_exception, exc)
-            except BaseException as exc:
-                await asyncio.to_thread(self._record_exception, exc)
-            else:
-                await asyncio.to_thread(self._record_success, value)
+            with capture.job_output(self):
+                try:
+                    cs, args, kwargs = await asyncio.to_thread(self._prepare)
+                    if self.lost or self.cancel_requested:
+                        self.check()
+                    value = await self.workflow.fn(cs, *args, **kwargs)
+                except asyncio.CancelledError:
+                    # Our own cancel (cancel request, lost lease, timeout) or the loop stopping.
+                    if self.cancel_requested and not self.lost:
+                        exc = _Cancelled()
+                    else:
+                        exc = _LeaseLost()
+                    await asyncio.to_thread(self._record_exception, exc)
+                except BaseException as exc:
+                    await asyncio.to_thread(self._record_exception, exc)
+                else:
+                    await asyncio.to_thread(self._record_success, value)
         finally:
             self.done.set()
 
     # -- recording outcomes ------------------------------------------------------------
     def _record_success(self, value: Any) -> None:
+        capture.flush()  # the output is stored before the outcome a waiter reads
         try:
             text = self.app.codec.dumps(value)
         except SerializationError as exc:
             self._fail(f"SerializationError: the workflow's result cannot be stored: {exc}", None)
             return
         if not self.lost:
-            self._note_write(
-                self.app.store.finish_job(
-                    job_id=self.job.id,
-                    token=self.token,
-                    attempt=self.job.attempt,
-                    status=Status.SUCCEEDED,
-                    result=text,
-                )
+            accepted, self.next_job = self.app.store.finish_and_claim(
+                job_id=self.job.id,
+                token=self.token,
+                attempt=self.job.attempt,
+                status=Status.SUCCEEDED,
+                result=text,
+                claim=self.chain() if self.chain is not None else None,
+                parent_id=self.job.parent_id,
             )
+            self._note_write(accepted)
 
     def _record_exception(self, exc: BaseException) -> None:
+        capture.flush()
         if isinstance(exc, _Suspend):
             return  # the suspension was recorded in the transaction that raised it
         if isinstance(exc, _LeaseLost) or self.lost:

@@ -70,6 +70,7 @@ class Worker:
         self._paused: set[str] = set()
         self._paused_checked = 0.0
         self._queue_turn = 0
+        self._unlisten = None
 
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -79,6 +80,7 @@ class Worker:
             store.reclaim_dead_local_workers(max_reclaims=self.app.max_reclaims)
         except Exception:
             log.exception("could not reclaim jobs of dead local workers")
+        self._unlisten = store.listen_ready(self._on_ready)
         for target, name in ((self._dispatch_loop, "dispatch"), (self._monitor_loop, "monitor")):
             thread = threading.Thread(target=target, name=f"nbjobs-{name}", daemon=True)
             thread.start()
@@ -91,6 +93,8 @@ class Worker:
         """Stop claiming; let running jobs finish for ``timeout`` s, then release them."""
         self._stopping.set()
         self._wake.set()
+        if self._unlisten is not None:
+            self._unlisten()
         for thread in self._threads:
             thread.join(timeout=5)
         deadline = self.app.clock.now() + timeout
@@ -118,6 +122,11 @@ class Worker:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _on_ready(self, queue: str) -> None:
+        """A job became ready somewhere (PostgreSQL NOTIFY); "" means "maybe missed some"."""
+        if not queue or queue in self.queues:
+            self._wake.set()
 
     # -- dispatching -------------------------------------------------------------------
     def _free_slots(self) -> int:
@@ -180,26 +189,71 @@ class Worker:
         return min(poll, max(0.0, due - self.app.clock.now()) + 0.001)
 
     def _dispatch(self, job: ClaimedJob) -> None:
-        workflow = self.app.get_workflow(job.workflow)
-        execution = Execution(self.app, job, workflow)
-        with self._lock:
-            self.running[job.id] = execution
-        if workflow.is_async:
+        execution = self._execution(job)
+        if execution.workflow.is_async:
             loop = self._event_loop()
             future = asyncio.run_coroutine_threadsafe(execution.run_async(), loop)
-            future.add_done_callback(lambda _f, jid=job.id: self._finished(jid))
+            future.add_done_callback(lambda _f, x=execution: self._finished(x.job.id, x))
         else:
-            future = self._pool.submit(execution.run_sync)
-            future.add_done_callback(lambda _f, jid=job.id: self._finished(jid))
+            self._pool.submit(self._run_slot, execution)
+
+    def _execution(self, job: ClaimedJob, replaces: Execution | None = None) -> Execution:
+        execution = Execution(self.app, job, self.app.get_workflow(job.workflow))
+        with self._lock:
+            if replaces is not None and self.running.get(replaces.job.id) is replaces:
+                del self.running[replaces.job.id]
+            self.running[job.id] = execution
+        return execution
+
+    def _run_slot(self, execution: Execution) -> None:
+        """Run sync jobs in this pool thread, chaining to the next ready job while any.
+
+        Each success is recorded in the same transaction that claims the next job, so a
+        busy slot costs one commit per job and no hand-off to the dispatcher.
+        """
+        while True:
+            execution.chain = self._chain_request
+            try:
+                execution.run_sync()
+            except BaseException:
+                log.exception("job %s: unexpected error in its slot", execution.job.id)
+            nxt = execution.next_job
+            if nxt is None:
+                self._finished(execution.job.id, execution)
+                return
+            self.app._job_finished()
+            following = self._execution(nxt, replaces=execution)
+            if following.workflow.is_async:
+                loop = self._event_loop()
+                future = asyncio.run_coroutine_threadsafe(following.run_async(), loop)
+                future.add_done_callback(lambda _f, x=following: self._finished(x.job.id, x))
+                return
+            execution = following
+
+    def _chain_request(self) -> dict | None:
+        """What a finishing job may claim next in its own transaction, or None."""
+        if self._stopping.is_set():
+            return None
+        queues = [q for q in self.queues if q not in self._paused]
+        if not queues:
+            return None
+        return dict(
+            worker_id=self.id,
+            queue=queues[0],
+            workflows=self.app.workflow_names(),
+            lease_seconds=self.app.stale_after_seconds,
+        )
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
             self._loop = _LoopThread("nbjobs-loop")
         return self._loop.loop
 
-    def _finished(self, job_id: str) -> None:
+    def _finished(self, job_id: str, execution: Execution | None = None) -> None:
         with self._lock:
-            self.running.pop(job_id, None)
+            # A timed-out run that returns late must not drop its retry's entry.
+            if execution is None or self.running.get(job_id) is execution:
+                self.running.pop(job_id, None)
         self._wake.set()
         self.app._job_finished()
 
@@ -220,6 +274,8 @@ class Worker:
                 if now - last_reap >= self.app.heartbeat_seconds:
                     last_reap = now
                     if self.app.store.reap_expired(max_reclaims=self.app.max_reclaims):
+                        self._wake.set()
+                    if self.app.store.resume_stalled_fanins():  # heals a missed fan-in
                         self._wake.set()
                 self.app._on_monitor_tick(self)
             except Exception:

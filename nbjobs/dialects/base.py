@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, select, update
+from sqlalchemy import Engine, create_engine, exists, select, update
 from sqlalchemy.engine import URL, Connection, Row
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError
 from sqlalchemy.sql import Select
 
 from ..errors import ConfigurationError
-from ..schema import jobs
+from ..schema import jobs, queues
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,57 @@ CLAIMED_COLUMNS = (
     jobs.c.run_at,
     jobs.c.reclaims,
 )
+
+
+class Prepared:
+    """A Core statement compiled once for one database, run on the DBAPI cursor.
+
+    On the hot paths (claim, checkpoint, finish) building, compiling and wrapping a
+    statement costs several times what SQLite takes to run it.  This keeps the SQL
+    written in Core, pays the compile once, and executes on the cursor of the
+    connection's current transaction.  Values given at build time become defaults.
+    """
+
+    def __init__(self, statement: Any, dialect: Any) -> None:
+        compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+        self.sql = compiled.string
+        self.defaults = dict(compiled.params)
+        self.names = list(compiled.positiontup) if compiled.positional else None
+        self._row_type: Any = None
+
+    def _bind(self, params: dict[str, Any]) -> Any:
+        merged = {**self.defaults, **params}
+        return tuple(merged[n] for n in self.names) if self.names is not None else merged
+
+    def execute(self, conn: Connection, params: dict[str, Any] | list[dict[str, Any]]) -> Any:
+        cursor = conn.connection.cursor()
+        try:
+            if isinstance(params, list):
+                cursor.executemany(self.sql, [self._bind(p) for p in params])
+            else:
+                cursor.execute(self.sql, self._bind(params))
+            rows = cursor.fetchall() if cursor.description else []
+            if rows:
+                if self._row_type is None:
+                    names = [d[0] for d in cursor.description]
+                    self._row_type = collections.namedtuple("Row", names)  # type: ignore[misc]
+                rows = [self._row_type(*r) for r in rows]
+            return _Result(cursor.rowcount, rows)
+        finally:
+            cursor.close()
+
+
+class _Result:
+    """What a :class:`Prepared` run returns: ``rowcount`` and ``all()``."""
+
+    __slots__ = ("_rows", "rowcount")
+
+    def __init__(self, rowcount: int, rows: list) -> None:
+        self.rowcount = rowcount
+        self._rows = rows
+
+    def all(self) -> list:
+        return self._rows
 
 
 def safe_url(url: URL | str) -> str:
@@ -59,6 +111,15 @@ class Dialect:
     skip_locked = False
     #: Jobs claimed per claim statement at most.
     claim_batch = 32
+    #: Threads keep their own connections instead of checking one out per transaction
+    #: (embedded databases, where connections are cheap and the pool is unbounded).
+    keep_connections = False
+
+    #: Concurrent writers of this process share commits (needs ``write_lock``).
+    group_commit = False
+
+    #: Held around every write transaction of this process (a no-op by default).
+    write_lock: contextlib.AbstractContextManager = contextlib.nullcontext()
 
     def __init__(self, url: URL, **options: Any) -> None:
         self.url = url
@@ -87,6 +148,9 @@ class Dialect:
     def configure(self, engine: Engine) -> None:
         """Install connection events (pragmas, session settings)."""
 
+    def close(self) -> None:
+        """Release what the dialect holds besides the engine (e.g. DuckDB's lock file)."""
+
     def write_options(self) -> dict[str, Any]:
         """Execution options for a connection that is about to write."""
         return {}
@@ -95,6 +159,15 @@ class Dialect:
     def migration_lock(self, conn: Connection) -> Iterator[None]:
         """Held while the schema is created or migrated, so workers migrate once."""
         yield
+
+    def after_create(self, conn: Connection) -> None:
+        """Run under the migration lock once the tables exist (e.g. PostgreSQL triggers)."""
+
+    def listen(self, callback: Callable[[str], None]) -> Callable[[], None] | None:
+        """Call ``callback(queue)`` when another process makes a job ready, if the
+        database can push that (PostgreSQL LISTEN/NOTIFY); returns a stop function, or
+        None where workers rely on polling alone."""
+        return None
 
     def server_time(self, conn: Connection) -> float | None:
         """The database clock in epoch seconds, or None where it is this host's clock."""
@@ -113,30 +186,44 @@ class Dialect:
     def claim_candidates(
         self, queue: str, workflows: Sequence[str], now: float, limit: int
     ) -> Select:
-        """The ids of the best ready jobs of one queue, in claim order."""
+        """The ids of the best ready jobs of one queue, in claim order.
+
+        A paused queue yields nothing: the pause is read inside the claim itself, so it
+        holds for every worker on every machine from the moment it commits.
+        """
+        paused = exists().where(queues.c.name == queue, queues.c.paused)
         return (
             select(jobs.c.id)
             .where(
                 jobs.c.status == "queued",
                 jobs.c.queue == queue,
-                jobs.c.run_at <= now,
+                self.ready_time() <= now,
                 jobs.c.workflow.in_(workflows),
+                ~paused,
             )
             .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
             .limit(limit)
         )
 
-    def claim(
-        self,
-        conn: Connection,
-        candidates: Select,
-        values: dict[str, Any],
-    ) -> list[Row]:
-        """Mark the candidate jobs running with ``values`` and return their rows."""
-        stmt = (
+    def ready_time(self) -> Any:
+        """The "not before" column as the claim compares it."""
+        return jobs.c.run_at
+
+    def claim_statement(self, candidates: Select, values: dict[str, Any]) -> Any:
+        """Build, once, what ``claim`` executes: mark the candidates running with ``values``.
+
+        ``candidates`` and ``values`` hold bind parameters, so the store builds this once
+        per (queue, workflows, limit) and runs it many times with new parameters.
+        """
+        return (
             update(jobs)
             .where(jobs.c.id.in_(candidates.scalar_subquery()))
             .values(**values, attempts=jobs.c.attempts + 1)
             .returning(*CLAIMED_COLUMNS)
         )
-        return list(conn.execute(stmt))
+
+    def claim(self, conn: Connection, statement: Any, params: dict[str, Any]) -> list[Row]:
+        """Run a statement from ``claim_statement``; returns the claimed rows."""
+        if isinstance(statement, Prepared):
+            return statement.execute(conn, params).all()
+        return conn.execute(statement, params).all()

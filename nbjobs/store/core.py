@@ -12,16 +12,20 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.sql import Executable
 
 from .. import dialects
 from ..clock import Clock
+from ..dialects.base import Prepared
 from ..errors import ConfigurationError, UnknownJob
 from ..schema import (
     SCHEMA_VERSION,
@@ -83,6 +87,84 @@ def _claimed(row: Row) -> ClaimedJob:
     )
 
 
+_TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
+
+#: "The caller does not know": the hook looks the job's parent up itself.
+UNKNOWN: Any = object()
+
+# Hot-path statements, built once with bind parameters (building a statement costs more
+# than running it on SQLite).
+_CLAIM_VALUES = dict(
+    status=Status.RUNNING.value,
+    lease_token=bindparam("c_token", None),
+    lease_expires_at=bindparam("c_expires", None),
+    worker_id=bindparam("c_worker", None),
+    started_at=func.coalesce(jobs.c.started_at, bindparam("c_now", None)),
+    waiting_for=None,
+    updated_at=bindparam("c_now", None),
+)
+_INSERT_ATTEMPT = insert(attempts)
+_INSERT_JOB = insert(jobs)
+_INSERT_CHECKPOINT = insert(checkpoints)
+_FENCED = (jobs.c.id == bindparam("f_id"), jobs.c.lease_token == bindparam("f_token"))
+_FENCE_STEP = (
+    update(jobs)
+    .where(*_FENCED)
+    .values(updated_at=bindparam("f_now"), steps_done=jobs.c.steps_done + 1)
+)
+_FINISH = (
+    update(jobs)
+    .where(*_FENCED)
+    .values(
+        status=bindparam("f_status"),
+        result=bindparam("f_result"),
+        error=bindparam("f_error"),
+        traceback=bindparam("f_traceback"),
+        finished_at=bindparam("f_now"),
+        updated_at=bindparam("f_now"),
+        lease_token=None,
+        lease_expires_at=None,
+        worker_id=None,
+        failures=jobs.c.failures + bindparam("f_failed"),
+    )
+)
+_FINISH_ATTEMPT = (
+    update(attempts)
+    .where(attempts.c.job_id == bindparam("a_job"), attempts.c.attempt == bindparam("a_attempt"))
+    .values(
+        outcome=bindparam("a_outcome"),
+        finished_at=bindparam("a_now"),
+        error=bindparam("a_error"),
+        traceback=bindparam("a_traceback"),
+    )
+)
+
+
+# What the reaper needs of a job whose worker was lost.
+_LOST_COLUMNS = (
+    jobs.c.id,
+    jobs.c.lease_token,
+    jobs.c.attempts,
+    jobs.c.reclaims,
+    jobs.c.cancel_requested,
+)
+
+
+T = TypeVar("T")
+
+
+class _GroupedWork:
+    """One thread's piece of a group commit."""
+
+    __slots__ = ("done", "error", "result", "work")
+
+    def __init__(self, work: Callable[[Connection], Any]) -> None:
+        self.work = work
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
 def _process_start(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (tells a live process from a reused pid)."""
     try:
@@ -112,6 +194,12 @@ class CoreStore:
         self.clock = clock or Clock()
         self.engine = self.dialect.create_engine()
         self._write_options = self.dialect.write_options()
+        self._local = threading.local()
+        self._claim_plans: dict[tuple, Any] = {}
+        self._prepared: dict[int, Prepared] = {}
+        self._group: list[_GroupedWork] = []
+        self._group_lock = threading.Lock()
+        self._kept: weakref.WeakSet[Connection] = weakref.WeakSet()
         try:
             self.migrate()
             self.sync_clock()
@@ -127,31 +215,127 @@ class CoreStore:
             ) from exc
 
     def close(self) -> None:
+        self._kept.clear()
         self.engine.dispose()
+        self.dialect.close()
+
+    def listen_ready(self, callback: Any) -> Any:
+        """Push wake-ups (PostgreSQL LISTEN/NOTIFY): ``callback(queue)`` when a job
+        becomes ready anywhere; returns a stop function, or None (polling only)."""
+        return self.dialect.listen(callback)
 
     # -- transactions ------------------------------------------------------------------
+    # On embedded databases each thread keeps its own two connections (one that reads,
+    # one that writes), which saves a pool checkout per transaction on the hot path; and
+    # writers of this process queue on the dialect's mutex instead of SQLite's sleeping
+    # busy handler.  Server databases check connections out of the pool as usual.
+    def _kept_connection(self, role: str) -> Connection:
+        local = self._local
+        conn = getattr(local, role, None)
+        if conn is None or conn.closed:
+            conn = self.engine.connect()
+            if role == "writer" and self._write_options:
+                conn.execution_options(**self._write_options)
+            setattr(local, role, conn)
+            self._kept.add(conn)
+        return conn
+
+    def _drop_kept(self, role: str) -> None:
+        conn = getattr(self._local, role, None)
+        if conn is not None:
+            setattr(self._local, role, None)
+            self._kept.discard(conn)
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    @contextlib.contextmanager
+    def _transaction(self, role: str) -> Iterator[Connection]:
+        if not self.dialect.keep_connections:
+            with self.engine.connect() as conn:
+                if role == "writer" and self._write_options:
+                    conn.execution_options(**self._write_options)
+                with conn.begin():
+                    yield conn
+            return
+        conn = self._kept_connection(role)
+        try:
+            with conn.begin():
+                yield conn
+        except DBAPIError:
+            self._drop_kept(role)
+            raise
+
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
         """A short write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
-        with self.engine.connect() as conn:
-            if self._write_options:
-                conn.execution_options(**self._write_options)
-            with conn.begin():
-                yield conn
+        with self.dialect.write_lock, self._transaction("writer") as conn:
+            yield conn
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
+        with self._transaction("reader") as conn:
             yield conn
+
+    def _grouped(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work(conn)`` in a write transaction shared with other threads (group commit).
+
+        On SQLite, threads that want to write while another holds the write lock leave
+        their work in a list; the next thread to get the lock runs every piece waiting
+        in one transaction, so N concurrent finishes cost one commit instead of N.  A
+        failing piece never takes the others down: the batch is re-run one by one.
+        """
+        if not self.dialect.group_commit:
+            with self._write() as conn:
+                return work(conn)
+        request = _GroupedWork(work)
+        with self._group_lock:
+            self._group.append(request)
+        with self.dialect.write_lock:
+            if not request.done:
+                with self._group_lock:
+                    batch, self._group = self._group, []
+                self._commit_group(batch)
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    def _commit_group(self, batch: list[_GroupedWork]) -> None:
+        try:
+            with self._transaction("writer") as conn:
+                for request in batch:
+                    request.result = request.work(conn)
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:
+                for request in batch:
+                    try:
+                        with self._transaction("writer") as conn:
+                            request.result = request.work(conn)
+                    except Exception as single:
+                        request.error = single
+        finally:
+            for request in batch:
+                request.done = True
 
     def now(self) -> float:
         return self.clock.now()
+
+    def _run(self, conn: Connection, statement: Any, params: Any) -> Any:
+        """Execute one of the module's hot-path statements, compiled once per store."""
+        prepared = self._prepared.get(id(statement))
+        if prepared is None:
+            prepared = self._prepared[id(statement)] = Prepared(statement, self.engine.dialect)
+        return prepared.execute(conn, params)
 
     # -- schema ------------------------------------------------------------------------
     def migrate(self) -> int:
         """Create the tables or migrate them forward; never destroys data."""
         with self._write() as conn, self.dialect.migration_lock(conn):
             metadata.create_all(conn, checkfirst=True)
+            self.dialect.after_create(conn)
             version = conn.execute(
                 select(meta.c.value).where(meta.c.key == "schema_version")
             ).scalar()
@@ -233,11 +417,11 @@ class CoreStore:
         )
         if key is None:
             with self._write() as conn:
-                conn.execute(insert(jobs), values)
+                self._run(conn, _INSERT_JOB, values)
             return job_id, True
         try:
             with self._write() as conn:
-                conn.execute(insert(jobs), values)
+                self._run(conn, _INSERT_JOB, values)
             return job_id, True
         except IntegrityError:
             with self._read() as conn:
@@ -259,23 +443,55 @@ class CoreStore:
         return self.claim_job(job_id, worker_id=worker_id, lease_seconds=lease_seconds), job_id
 
     # -- claiming ----------------------------------------------------------------------
-    def _claim_values(self, worker_id: str, lease_seconds: float, now: float) -> dict[str, Any]:
-        return dict(
-            status=Status.RUNNING.value,
-            lease_token=new_token(),
-            lease_expires_at=now + lease_seconds,
-            worker_id=worker_id,
-            started_at=func.coalesce(jobs.c.started_at, now),
-            waiting_for=None,
-            updated_at=now,
-        )
+    def _claim_plan(self, queue: str | None, workflows: tuple[str, ...], limit: int) -> Any:
+        """The claim statement for one shape, built once (``queue`` None: one job by id)."""
+        key = (queue, workflows, limit)
+        plan = self._claim_plans.get(key)
+        if plan is None:
+            if queue is None:
+                candidates = select(jobs.c.id).where(
+                    jobs.c.id == bindparam("c_job", None), jobs.c.status == Status.QUEUED.value
+                )
+            else:
+                candidates = self.dialect.claim_candidates(
+                    queue, list(workflows), bindparam("c_now", None), limit
+                )
+            plan = self.dialect.claim_statement(candidates, _CLAIM_VALUES)
+            if isinstance(plan, Executable):
+                plan = Prepared(plan, self.engine.dialect)
+            if len(self._claim_plans) > 256:
+                self._claim_plans.clear()
+            self._claim_plans[key] = plan
+        return plan
 
-    def _record_attempts(self, conn: Connection, claimed: list[ClaimedJob], worker_id: str) -> None:
-        if not claimed:
-            return
+    def _claim(
+        self,
+        conn: Connection,
+        plan: Any,
+        worker_id: str,
+        lease_seconds: float,
+        **params: Any,
+    ) -> list[ClaimedJob]:
+        """Run a claim plan and record an attempt row per claimed job, in ``conn``'s txn."""
         now = self.now()
-        conn.execute(
-            insert(attempts),
+        rows = self.dialect.claim(
+            conn,
+            plan,
+            dict(
+                params,
+                c_now=now,
+                c_token=new_token(),
+                c_expires=now + lease_seconds,
+                c_worker=worker_id,
+            ),
+        )
+        if not rows:
+            return []
+        rows.sort(key=lambda r: (-r.priority, r.run_at or 0.0, r.id))
+        claimed = [_claimed(r) for r in rows]
+        self._run(
+            conn,
+            _INSERT_ATTEMPT,
             [
                 dict(
                     job_id=c.id,
@@ -288,6 +504,7 @@ class CoreStore:
                 for c in claimed
             ],
         )
+        return claimed
 
     def paused_queues(self) -> set[str]:
         with self._read() as conn:
@@ -305,29 +522,16 @@ class CoreStore:
         """Claim up to ``limit`` ready jobs of ``queue`` whose workflow this worker knows."""
         if limit <= 0 or not workflows:
             return []
-        now = self.now()
-        limit = min(limit, self.dialect.claim_batch)
+        plan = self._claim_plan(queue, tuple(workflows), min(limit, self.dialect.claim_batch))
         with self._write() as conn:
-            candidates = self.dialect.claim_candidates(queue, list(workflows), now, limit)
-            rows = self.dialect.claim(
-                conn, candidates, self._claim_values(worker_id, lease_seconds, now)
-            )
-            claimed = sorted((_claimed(r) for r in rows), key=lambda c: c.id)
-            self._record_attempts(conn, claimed, worker_id)
-        return claimed
+            return self._claim(conn, plan, worker_id, lease_seconds)
 
     def claim_job(self, job_id: str, *, worker_id: str, lease_seconds: float) -> ClaimedJob | None:
         """Claim one given job if it is queued (``wf.run`` and its inline retries)."""
-        now = self.now()
         with self._write() as conn:
-            candidates = select(jobs.c.id).where(
-                jobs.c.id == job_id, jobs.c.status == Status.QUEUED.value
+            claimed = self._claim(
+                conn, self._claim_plan(None, (), 1), worker_id, lease_seconds, c_job=job_id
             )
-            rows = self.dialect.claim(
-                conn, candidates, self._claim_values(worker_id, lease_seconds, now)
-            )
-            claimed = [_claimed(r) for r in rows]
-            self._record_attempts(conn, claimed, worker_id)
         return claimed[0] if claimed else None
 
     # -- running -----------------------------------------------------------------------
@@ -364,23 +568,28 @@ class CoreStore:
         kind: str = "step",
     ) -> bool:
         """Persist a finished step; False (nothing written) when the lease was lost."""
+        now = self.now()
         with self._write() as conn:
-            if not self._fence(conn, job_id, token, steps_done=jobs.c.steps_done + 1):
+            fenced = self._run(conn, _FENCE_STEP, dict(f_id=job_id, f_token=token, f_now=now))
+            if fenced.rowcount != 1:
                 return False
-            conn.execute(
-                insert(checkpoints).values(
+            self._run(
+                conn,
+                _INSERT_CHECKPOINT,
+                dict(
                     job_id=job_id,
                     name=name,
                     seq=seq,
                     kind=kind,
                     done=True,
                     value=value,
+                    detail=None,
                     args_hash=args_hash,
                     code_fingerprint=code_fingerprint,
                     attempt=attempt,
                     started_at=started_at,
-                    finished_at=self.now(),
-                )
+                    finished_at=now,
+                ),
             )
         return True
 
@@ -401,10 +610,17 @@ class CoreStore:
         error: str | None = None,
         traceback: str | None = None,
     ) -> None:
-        conn.execute(
-            update(attempts)
-            .where(attempts.c.job_id == job_id, attempts.c.attempt == attempt)
-            .values(outcome=outcome, finished_at=self.now(), error=error, traceback=traceback)
+        self._run(
+            conn,
+            _FINISH_ATTEMPT,
+            dict(
+                a_job=job_id,
+                a_attempt=attempt,
+                a_outcome=outcome,
+                a_now=self.now(),
+                a_error=error,
+                a_traceback=traceback,
+            ),
         )
 
     def finish_job(
@@ -420,25 +636,84 @@ class CoreStore:
         outcome: str | None = None,
     ) -> bool:
         """Record a terminal status; False when the lease was lost (nothing written)."""
+        accepted, _ = self.finish_and_claim(
+            job_id=job_id,
+            token=token,
+            attempt=attempt,
+            status=status,
+            result=result,
+            error=error,
+            traceback=traceback,
+            outcome=outcome,
+        )
+        return accepted
+
+    def finish_and_claim(
+        self,
+        *,
+        job_id: str,
+        token: str,
+        attempt: int,
+        status: Status,
+        result: str | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+        outcome: str | None = None,
+        claim: dict[str, Any] | None = None,
+        parent_id: str | object | None = UNKNOWN,
+    ) -> tuple[bool, ClaimedJob | None]:
+        """Record a terminal status and, in the same transaction, claim the next job.
+
+        ``claim`` (worker_id, queue, workflows, lease_seconds) lets a worker thread that
+        just finished a job take the next one with one commit instead of two.  Returns
+        (accepted, next job or None); nothing is written or claimed when the lease was lost.
+        """
+        return self._grouped(
+            lambda conn: self._finish_and_claim(
+                conn, job_id, token, attempt, status, result, error, traceback, outcome,
+                claim, parent_id,
+            )
+        )  # fmt: skip
+
+    def _finish_and_claim(
+        self,
+        conn: Connection,
+        job_id: str,
+        token: str,
+        attempt: int,
+        status: Status,
+        result: str | None,
+        error: str | None,
+        traceback: str | None,
+        outcome: str | None,
+        claim: dict[str, Any] | None,
+        parent_id: str | object | None,
+    ) -> tuple[bool, ClaimedJob | None]:
         now = self.now()
-        with self._write() as conn:
-            if not self._fence(
+        if True:
+            fenced = self._run(
                 conn,
-                job_id,
-                token,
-                status=status.value,
-                result=result,
-                error=error,
-                traceback=traceback,
-                finished_at=now,
-                lease_token=None,
-                lease_expires_at=None,
-                worker_id=None,
-                failures=jobs.c.failures + (1 if status == Status.FAILED else 0),
-            ):
-                return False
+                _FINISH,
+                dict(
+                    f_id=job_id,
+                    f_token=token,
+                    f_now=now,
+                    f_status=status.value,
+                    f_result=result,
+                    f_error=error,
+                    f_traceback=traceback,
+                    f_failed=1 if status == Status.FAILED else 0,
+                ),
+            )
+            if fenced.rowcount != 1:
+                return False, None
             self._finish_attempt(conn, job_id, attempt, outcome or status.value, error, traceback)
-        return True
+            self._after_terminal(conn, job_id, parent_id)
+            if claim is None:
+                return True, None
+            plan = self._claim_plan(claim["queue"], tuple(claim["workflows"]), 1)
+            claimed = self._claim(conn, plan, claim["worker_id"], claim["lease_seconds"])
+            return True, (claimed[0] if claimed else None)
 
     def retry_job_later(
         self,
@@ -552,13 +827,15 @@ class CoreStore:
                 .values(lease_expires_at=now + lease_seconds)
             )
             rows = conn.execute(
-                select(jobs.c.id, jobs.c.lease_token, jobs.c.cancel_requested).where(
+                select(jobs.c.id, jobs.c.lease_token, jobs.c.cancel_requested, jobs.c.status).where(
                     jobs.c.id.in_(list(held))
                 )
             ).all()
         owned = {r.id for r in rows if r.lease_token == held[r.id]}
         cancel = {r.id for r in rows if r.cancel_requested and r.id in owned}
-        return set(held) - owned, cancel
+        # A job that finished since the caller looked is not lost, just done.
+        finished = {r.id for r in rows if r.status in _TERMINAL_VALUES}
+        return set(held) - owned - finished, cancel
 
     def _requeue_lost(
         self, conn: Connection, rows: list[Row], reason: str, max_reclaims: int
@@ -583,6 +860,8 @@ class CoreStore:
             )
             if give_up:
                 values.update(status=Status.FAILED.value, error=error, finished_at=now)
+            elif r.cancel_requested:  # cancelled while its worker was gone: do not rerun
+                values.update(status=Status.CANCELLED.value, error="cancelled", finished_at=now)
             else:
                 values.update(status=Status.QUEUED.value, run_at=now)
             done = conn.execute(
@@ -593,7 +872,7 @@ class CoreStore:
             if done.rowcount:
                 count += 1
                 self._finish_attempt(conn, r.id, r.attempts, "lost", error)
-                if give_up:
+                if give_up or r.cancel_requested:
                     self._after_terminal(conn, r.id)
         return count
 
@@ -603,7 +882,7 @@ class CoreStore:
         with self._write() as conn:
             rows = conn.execute(
                 self.dialect.lock(
-                    select(jobs.c.id, jobs.c.lease_token, jobs.c.attempts, jobs.c.reclaims)
+                    select(*_LOST_COLUMNS)
                     .where(jobs.c.status == Status.RUNNING.value, jobs.c.lease_expires_at < now)
                     .limit(limit)
                 )
@@ -625,7 +904,7 @@ class CoreStore:
         with self._write() as conn:
             rows = conn.execute(
                 self.dialect.lock(
-                    select(jobs.c.id, jobs.c.lease_token, jobs.c.attempts, jobs.c.reclaims).where(
+                    select(*_LOST_COLUMNS).where(
                         jobs.c.status == Status.RUNNING.value, jobs.c.worker_id.in_(dead)
                     )
                 )
@@ -665,8 +944,14 @@ class CoreStore:
         due = [t for t in (queued, waiting) if t is not None]
         return min(due) if due else None
 
-    def _after_terminal(self, conn: Connection, job_id: str) -> None:
-        """Hook run in the transaction that makes a job terminal (fan-in lives here)."""
+    def _after_terminal(
+        self, conn: Connection, job_id: str, parent_id: str | object | None = UNKNOWN
+    ) -> None:
+        """Hook run in the transaction that makes a job terminal (fan-in lives here).
+
+        ``parent_id`` is passed when the caller knows it (``None``: a top-level job, so
+        nothing to decide and no query needed on the hot path).
+        """
 
     # -- user actions ------------------------------------------------------------------
     def cancel_job(self, job_id: str) -> str:

@@ -1,0 +1,164 @@
+"""Core throughput and latency of nbjobs on one database, printed as a table.
+
+    .venv/bin/python benchmarks/bench_core.py                 # SQLite in a temp dir
+    .venv/bin/python benchmarks/bench_core.py --url postgresql+psycopg://...
+
+Measures: enqueue jobs/s (one transaction each), drain jobs/s of no-op jobs at
+concurrency 1 and 4 (in-process worker), checkpoint overhead per step (a workflow of
+1,000 no-op steps run with ``wf.run``, minus the same workflow with no steps), dispatch
+latency from submit to start and to done with an idle worker (p50/p99), and peak RSS.
+SQLite runs in WAL mode with ``synchronous=NORMAL`` (the default; pass
+``--synchronous FULL`` to measure the power-loss-safe mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import nbjobs
+
+
+def make_app(url: str, synchronous: str) -> nbjobs.App:
+    options = {"sqlite_synchronous": synchronous} if url.startswith("sqlite") else {}
+    return nbjobs.App(url, poll_seconds=0.5, **options)
+
+
+def bench_enqueue(app: nbjobs.App, wf, n: int) -> float:
+    start = time.perf_counter()
+    for i in range(n):
+        wf.submit(i)
+    return n / (time.perf_counter() - start)
+
+
+def bench_drain(app: nbjobs.App, wf, n: int, concurrency: int) -> float:
+    for i in range(n):
+        wf.submit(i)
+    start = time.perf_counter()
+    app.start(concurrency=concurrency)
+    while app.store.count_jobs(status="queued") or app.store.count_jobs(status="running"):
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - start
+    app.stop()
+    return n / elapsed
+
+
+def bench_checkpoints(app: nbjobs.App, steps: int) -> float:
+    @app.workflow(name=f"steps-{steps}")
+    def many(cs, count):
+        for i in range(count):
+            cs.checkpoint(f"s{i}", int, i)
+        return count
+
+    @app.workflow(name="no-steps")
+    def none(cs, count):
+        return count
+
+    none.run(0)
+    many.run(10)  # warm up
+    start = time.perf_counter()
+    none.run(0)
+    base = time.perf_counter() - start
+    start = time.perf_counter()
+    many.run(steps)
+    total = time.perf_counter() - start
+    return (total - base) / steps * 1e6
+
+
+def bench_latency(app: nbjobs.App, samples: int) -> tuple[list[float], list[float]]:
+    started: dict[int, float] = {}
+    lock = threading.Lock()
+
+    @app.workflow(name="latency")
+    def probe(cs, i):
+        with lock:
+            started[i] = time.perf_counter()
+        return i
+
+    app.start(concurrency=4)
+    time.sleep(0.5)
+    to_start, to_done = [], []
+    for i in range(samples):
+        submitted = time.perf_counter()
+        h = probe.submit(i)
+        h.result(timeout=10)
+        done = time.perf_counter()
+        to_start.append((started[i] - submitted) * 1000)
+        to_done.append((done - submitted) * 1000)
+        time.sleep(0.005)
+    app.stop()
+    return to_start, to_done
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url")
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--synchronous", default="NORMAL")
+    args = parser.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="nbjobs-bench-")
+
+    def fresh(name: str) -> nbjobs.App:
+        url = args.url or f"sqlite:///{tmp}/{name}.db"
+        return make_app(url, args.synchronous)
+
+    rows: list[tuple[str, str]] = []
+
+    app = fresh("enqueue")
+    noop = app.workflow(name="noop")(lambda cs, i: i)
+    rows.append(("enqueue (jobs/s, 1 txn each)", f"{bench_enqueue(app, noop, args.jobs):,.0f}"))
+    app.close()
+
+    for concurrency in (1, 4):
+        app = fresh(f"drain{concurrency}")
+        noop = app.workflow(name="noop")(lambda cs, i: i)
+        rate = bench_drain(app, noop, args.jobs, concurrency)
+        rows.append((f"drain, concurrency {concurrency} (jobs/s)", f"{rate:,.0f}"))
+        app.close()
+
+    app = fresh("steps")
+    rows.append(("checkpoint overhead (us/step)", f"{bench_checkpoints(app, args.steps):,.0f}"))
+    app.close()
+
+    app = fresh("latency")
+    to_start, to_done = bench_latency(app, args.samples)
+    rows.append(
+        ("submit -> start p50 / p99 (ms)", f"{pct(to_start, 0.5):.2f} / {pct(to_start, 0.99):.2f}")
+    )
+    rows.append(
+        ("submit -> done p50 / p99 (ms)", f"{pct(to_done, 0.5):.2f} / {pct(to_done, 0.99):.2f}")
+    )
+    rows.append(("submit -> start mean (ms)", f"{statistics.mean(to_start):.2f}"))
+    app.close()
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rows.append(("peak RSS (MB)", f"{rss:,.0f}"))
+
+    backend = (args.url or "sqlite").split(":")[0]
+    mode = f"WAL, synchronous={args.synchronous}" if backend.startswith("sqlite") else ""
+    print(f"\nnbjobs core benchmark: {backend} {mode}, {args.jobs} jobs")
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':{width}}  value")
+    print(f"{'-' * width}  ---------")
+    for name, value in rows:
+        print(f"{name:{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()
