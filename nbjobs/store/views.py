@@ -1,9 +1,508 @@
-"""Read-only queries for the dashboard and history frames."""
+"""Read-only queries for the dashboard: every one bounded, paginated and index-backed.
+
+The dashboard refreshes about once a second, so each query here must stay cheap at a
+million jobs: counts of the active statuses walk only their index range, pages are
+``LIMIT``/``OFFSET`` over an index, totals are counted up to a cap, and "what changed"
+is a range scan of ``ix_nbjobs_jobs_updated`` above a watermark.  The views never write
+SQL of their own; they call these named methods.
+"""
 
 from __future__ import annotations
 
-from .core import CoreStore
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, case, func, literal, or_, select
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ColumnElement
+from sqlalchemy.sql.functions import GenericFunction
+from sqlalchemy.types import Integer
+
+from ..schema import (
+    TERMINAL,
+    Status,
+    attempts,
+    checkpoints,
+    jobs,
+    queues,
+    schedules,
+    signals,
+    workers,
+)
+from .core import JOB_SUMMARY, CoreStore
+
+ACTIVE = (Status.QUEUED.value, Status.RUNNING.value, Status.WAITING.value)
+FINISHED = tuple(s.value for s in TERMINAL)
+
+#: Sort keys the jobs table offers, each backed by an index (``created`` is the default).
+SORTS: dict[str, ColumnElement] = {
+    "created": jobs.c.created_at,
+    "updated": jobs.c.updated_at,
+    "finished": jobs.c.finished_at,
+    "priority": jobs.c.priority,
+    "workflow": jobs.c.workflow,
+}
+
+#: Characters of an error message a table row carries (the detail view loads it all).
+ERROR_PREVIEW = 300
+
+
+class _Floor(GenericFunction):
+    """``floor(x)`` for the non-negative epoch values bucketed here, on every database."""
+
+    type = Integer()
+    name = "floor"
+    inherit_cache = True
+
+
+@compiles(_Floor, "sqlite")
+def _floor_sqlite(element: _Floor, compiler: Any, **kw: Any) -> str:
+    # SQLite has floor() only when built with its math functions; CAST truncates, which is
+    # floor for the positive times bucketed here.
+    return f"CAST({compiler.process(element.clauses, **kw)} AS INTEGER)"
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """What the jobs table is narrowed to; empty fields do not filter."""
+
+    status: tuple[str, ...] = ()
+    workflow: str | None = None
+    queue: str | None = None
+    search: str | None = None
+    parent_id: str | None = None
+
+    def clauses(self) -> list[ColumnElement]:
+        where: list[ColumnElement] = []
+        if self.status:
+            where.append(jobs.c.status.in_(list(self.status)))
+        if self.workflow:
+            where.append(jobs.c.workflow == self.workflow)
+        if self.queue:
+            where.append(jobs.c.queue == self.queue)
+        if self.parent_id:
+            where.append(jobs.c.parent_id == self.parent_id)
+        text = (self.search or "").strip()
+        if text:
+            # Ids and keys match by prefix (an index range); errors by substring.
+            where.append(
+                or_(
+                    jobs.c.id.startswith(text, autoescape=True),
+                    jobs.c.key.startswith(text, autoescape=True),
+                    jobs.c.error.contains(text, autoescape=True),
+                )
+            )
+        return where
+
+    @property
+    def only_status(self) -> bool:
+        """True when at most the status is filtered (totals then come from the counters)."""
+        return not (self.workflow or self.queue or (self.search or "").strip() or self.parent_id)
+
+
+def _row_columns() -> list[ColumnElement]:
+    """A table row: the job summary, the expected steps and fan-out counts, in one select.
+
+    Expected steps come from the ``steps=`` option or else the last successful run of
+    the same workflow (a correlated look-up on ``ix_nbjobs_jobs_workflow``); a waiting
+    fan-out parent also gets its children done over total (``ix_nbjobs_jobs_parent``).
+    """
+    last_ok = jobs.alias("last_ok")
+    learned = (
+        select(last_ok.c.steps_done)
+        .where(
+            last_ok.c.workflow == jobs.c.workflow,
+            last_ok.c.status == Status.SUCCEEDED.value,
+        )
+        .order_by(last_ok.c.created_at.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    kid = jobs.alias("kid")
+    waiting = jobs.c.status == Status.WAITING.value
+    kids_total = select(func.count()).where(kid.c.parent_id == jobs.c.id).scalar_subquery()
+    kids_done = (
+        select(func.count())
+        .where(kid.c.parent_id == jobs.c.id, kid.c.status.in_(FINISHED))
+        .scalar_subquery()
+    )
+    summary = [c for c in JOB_SUMMARY if c.name not in ("error", "lease_token")]
+    return [
+        *summary,
+        func.substr(jobs.c.error, 1, ERROR_PREVIEW).label("error"),
+        func.coalesce(jobs.c.steps_expected, learned).label("expected_steps"),
+        case((waiting, kids_total), else_=literal(None)).label("children_total"),
+        case((waiting, kids_done), else_=literal(None)).label("children_done"),
+    ]
+
+
+def row_progress(row: Any) -> float | None:
+    """Progress of a table row (see :func:`_row_columns`): a fraction, or None if unknown.
+
+    Succeeded is complete; a fan-out parent shows children done over total; a running
+    step's own report wins; otherwise finished steps over expected steps.
+    """
+    if row.status == Status.SUCCEEDED.value:
+        return 1.0
+    if row.children_total:
+        return min(1.0, (row.children_done or 0) / row.children_total)
+    if row.status == Status.RUNNING.value and row.progress is not None:
+        return float(row.progress)
+    if row.expected_steps:
+        return min(1.0, row.steps_done / row.expected_steps)
+    return None
 
 
 class ViewQueries(CoreStore):
     """Read-only queries for the dashboard and history frames."""
+
+    # -- overview ----------------------------------------------------------------------
+    def active_counts(self) -> dict[str, int]:
+        """Jobs per active status (queued, running, waiting): index ranges, always cheap."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(jobs.c.status, func.count())
+                .where(jobs.c.status.in_(ACTIVE))
+                .group_by(jobs.c.status)
+            )
+            return {s: n for s, n in rows}
+
+    def job_counts(self, *, derive: str = Status.SUCCEEDED.value) -> dict[str, int]:
+        """Jobs per status, every status present (zeros included).
+
+        ``count(*)`` of the whole table is cheap (SQLite counts a b-tree without reading
+        rows) where counting a status's index range is proportional to its size, so the
+        largest status (``derive``, by default succeeded) is the total minus the others.
+        """
+        others = [s.value for s in Status if s.value != derive]
+        with self._read() as conn:
+            total = conn.execute(select(func.count()).select_from(jobs)).scalar() or 0
+            rows = conn.execute(
+                select(jobs.c.status, func.count())
+                .where(jobs.c.status.in_(others))
+                .group_by(jobs.c.status)
+            ).all()
+        counts = dict.fromkeys((s.value for s in Status), 0)
+        counts.update({s: n for s, n in rows})
+        counts[derive] = max(0, total - sum(counts[s] for s in others))
+        return counts
+
+    def finished_counts(self) -> dict[str, int]:
+        """Jobs per terminal status (walks their index ranges: the costly counter)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(jobs.c.status, func.count())
+                .where(jobs.c.status.in_(FINISHED))
+                .group_by(jobs.c.status)
+            )
+            return {s: n for s, n in rows}
+
+    def throughput(self, *, since: float, bucket_seconds: int = 60) -> list[Row]:
+        """Finished jobs per time bucket, workflow and status since ``since``.
+
+        Rows are (bucket start in epoch seconds, workflow, status, count); call it again
+        with a recent ``since`` to update only the latest buckets.  A job's
+        ``updated_at`` is never before its ``finished_at``, so the ``updated_at`` index
+        narrows the rows (no finish-time index to maintain on the hot path).
+        """
+        bucket = _Floor(jobs.c.finished_at / bucket_seconds)
+        stmt = (
+            select(
+                (bucket * bucket_seconds).label("bucket"),
+                jobs.c.workflow,
+                jobs.c.status,
+                func.count().label("n"),
+            )
+            # Only terminal jobs have a finish time; no status condition, so that the
+            # planner walks the updated_at index rather than a status one.
+            .where(jobs.c.updated_at >= since, jobs.c.finished_at >= since)
+            .group_by(bucket, jobs.c.workflow, jobs.c.status)
+            .order_by(bucket)
+        )
+        with self._read() as conn:
+            return conn.execute(stmt).all()
+
+    def queue_depths(self) -> list[Row]:
+        """Per queue: queued, ready now, running and waiting jobs, and whether it is paused.
+
+        Queues with no active jobs appear when they are paused or a live worker serves
+        them, so an idle queue is shown rather than vanishing.
+        """
+        now = self.now()
+        is_queued = jobs.c.status == Status.QUEUED.value
+        stmt = (
+            select(
+                jobs.c.queue,
+                func.sum(case((is_queued, 1), else_=0)).label("queued"),
+                func.sum(case((and_(is_queued, jobs.c.run_at <= now), 1), else_=0)).label("ready"),
+                func.sum(case((jobs.c.status == Status.RUNNING.value, 1), else_=0)).label(
+                    "running"
+                ),
+                func.sum(case((jobs.c.status == Status.WAITING.value, 1), else_=0)).label(
+                    "waiting"
+                ),
+            )
+            .where(jobs.c.status.in_(ACTIVE))
+            .group_by(jobs.c.queue)
+        )
+        with self._read() as conn:
+            depth = {r.queue: r for r in conn.execute(stmt)}
+            paused = {r.name: bool(r.paused) for r in conn.execute(select(queues))}
+            served = conn.execute(
+                select(workers.c.queues).where(workers.c.stopped_at.is_(None))
+            ).scalars()
+            names = set(depth) | set(paused)
+            for text in served:
+                names.update(q for q in text.split(",") if q)
+        out = []
+        for name in sorted(names):
+            r = depth.get(name)
+            out.append(
+                dict(
+                    queue=name,
+                    queued=int(r.queued) if r else 0,
+                    ready=int(r.ready) if r else 0,
+                    running=int(r.running) if r else 0,
+                    waiting=int(r.waiting) if r else 0,
+                    paused=paused.get(name, False),
+                )
+            )
+        return out
+
+    def workflow_names(self) -> list[str]:
+        """Distinct workflows: a loose index scan (one seek per name, not per job)."""
+        step = select(func.min(jobs.c.workflow).label("name")).cte("names", recursive=True)
+        following = select(func.min(jobs.c.workflow)).where(jobs.c.workflow > step.c.name)
+        step = step.union_all(select(following.scalar_subquery()).where(step.c.name.is_not(None)))
+        with self._read() as conn:
+            names = conn.execute(select(step.c.name)).scalars()
+            return [n for n in names if n is not None]
+
+    def queue_names(self) -> list[str]:
+        """Queues known from active jobs, the queues table and live workers."""
+        return [q["queue"] for q in self.queue_depths()]
+
+    # -- the jobs table ----------------------------------------------------------------
+    def jobs_page(
+        self,
+        filters: JobFilter = JobFilter(),
+        *,
+        sort: str = "created",
+        descending: bool = True,
+        limit: int = 25,
+        offset: int = 0,
+    ) -> list[Row]:
+        """One page of table rows (see :func:`row_progress`) in one query.
+
+        The page's ids are chosen first on the sort's index (``LIMIT``/``OFFSET`` over ids
+        alone), and only those rows get their progress columns computed: a deep page
+        then costs the skipped index entries, not the skipped rows' look-ups.  Sorting by
+        finish time lists finished jobs only.
+        """
+        if sort not in SORTS:
+            raise ValueError(f"unknown sort {sort!r}; one of {', '.join(SORTS)}")
+        column = SORTS[sort]
+        where = filters.clauses()
+        if sort == "finished":
+            where.append(jobs.c.finished_at.is_not(None))
+        order = [column.desc(), jobs.c.id.desc()] if descending else [column, jobs.c.id]
+        ids = (
+            select(jobs.c.id).where(*where).order_by(*order).limit(limit).offset(offset)
+        ).subquery("page")
+        stmt = (
+            select(*_row_columns())
+            .select_from(jobs.join(ids, ids.c.id == jobs.c.id))
+            .order_by(*order)
+        )
+        with self._read() as conn:
+            return conn.execute(stmt).all()
+
+    def count_matching(self, filters: JobFilter, *, cap: int = 10_000) -> tuple[int, bool]:
+        """(count, exact): jobs matching ``filters``, counted up to ``cap``.
+
+        Counting a million rows takes too long for a once-a-second refresh, so the count
+        stops at ``cap`` and ``exact`` is False beyond it ("more than 10,000").
+        """
+        inner = select(literal(1).label("one")).where(*filters.clauses()).limit(cap + 1)
+        with self._read() as conn:
+            n = conn.execute(select(func.count()).select_from(inner.subquery())).scalar() or 0
+        return (min(n, cap), n <= cap)
+
+    def jobs_rows(self, job_ids: Sequence[str]) -> list[Row]:
+        """Table rows of the given jobs (to patch the rows a page shows)."""
+        ids = list(job_ids)
+        if not ids:
+            return []
+        with self._read() as conn:
+            return conn.execute(select(*_row_columns()).where(jobs.c.id.in_(ids))).all()
+
+    def latest_update(self) -> float | None:
+        """The newest ``updated_at`` (the first watermark of a dashboard)."""
+        with self._read() as conn:
+            return conn.execute(select(func.max(jobs.c.updated_at))).scalar()
+
+    def jobs_changed_since(self, since: float, *, limit: int = 2000) -> list[Row]:
+        """Jobs whose ``updated_at`` is after ``since``, oldest change first, at most ``limit``.
+
+        A range scan of ``ix_nbjobs_jobs_updated``: an idle system costs one index seek.
+        The caller keeps the newest ``updated_at`` seen as its next watermark.
+        """
+        stmt = (
+            select(
+                jobs.c.id,
+                jobs.c.status,
+                jobs.c.workflow,
+                jobs.c.queue,
+                jobs.c.parent_id,
+                jobs.c.root_id,
+                jobs.c.created_at,
+                jobs.c.updated_at,
+            )
+            .where(jobs.c.updated_at > since)
+            .order_by(jobs.c.updated_at)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return conn.execute(stmt).all()
+
+    # -- one job -----------------------------------------------------------------------
+    def job_detail(self, job_id: str) -> dict[str, Any]:
+        """Everything the detail view shows, read in one transaction.
+
+        ``job`` (the full row, progress columns included), ``checkpoints``, ``attempts``,
+        ``signals`` and ``children`` (status -> count).
+        """
+        from ..errors import UnknownJob
+
+        extra = [c for c in _row_columns() if c.name not in jobs.c]
+        with self._read() as conn:
+            job = conn.execute(select(*jobs.c, *extra).where(jobs.c.id == job_id)).first()
+            if job is None:
+                raise UnknownJob(f"no job with id {job_id!r}")
+            steps = conn.execute(
+                select(checkpoints)
+                .where(checkpoints.c.job_id == job_id)
+                .order_by(checkpoints.c.seq)
+            ).all()
+            tries = conn.execute(
+                select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.attempt)
+            ).all()
+            sigs = conn.execute(
+                select(signals).where(signals.c.job_id == job_id).order_by(signals.c.id)
+            ).all()
+            kids = dict(
+                conn.execute(
+                    select(jobs.c.status, func.count())
+                    .where(jobs.c.parent_id == job_id)
+                    .group_by(jobs.c.status)
+                ).all()
+            )
+        return dict(job=job, checkpoints=steps, attempts=tries, signals=sigs, children=kids)
+
+    def job_tree(self, job_id: str, *, depth: int = 2, cap: int = 50) -> dict[str, Any]:
+        """A job and its descendants ``depth`` levels down, for the fan-out tree.
+
+        Each node is ``{"job": row, "counts": {status: n}, "total": n, "children":
+        [...], "hidden": {status: n}}``: at most ``cap`` children per node are listed,
+        the rest only counted, so a fan-out of thousands stays a small answer.  One query
+        per level, however many parents that level has.
+        """
+        from ..errors import UnknownJob
+
+        cols = [
+            jobs.c.id,
+            jobs.c.workflow,
+            jobs.c.status,
+            jobs.c.parent_id,
+            jobs.c.fanout,
+            jobs.c.fanout_index,
+            jobs.c.steps_done,
+            func.substr(jobs.c.error, 1, 200).label("error"),
+        ]
+        with self._read() as conn:
+            root = conn.execute(select(*cols).where(jobs.c.id == job_id)).first()
+            if root is None:
+                raise UnknownJob(f"no job with id {job_id!r}")
+            top = _node(root)
+            level = {root.id: top}
+            for _ in range(depth):
+                if not level:
+                    break
+                parents = list(level)
+                counts = conn.execute(
+                    select(jobs.c.parent_id, jobs.c.status, func.count())
+                    .where(jobs.c.parent_id.in_(parents))
+                    .group_by(jobs.c.parent_id, jobs.c.status)
+                ).all()
+                for parent, status, n in counts:
+                    node = level[parent]
+                    node["counts"][status] = n
+                    node["total"] += n
+                rank = (
+                    func.row_number()
+                    .over(
+                        partition_by=jobs.c.parent_id,
+                        order_by=(jobs.c.fanout_index, jobs.c.id),
+                    )
+                    .label("rank")
+                )
+                ranked = select(*cols, rank).where(jobs.c.parent_id.in_(parents)).subquery()
+                rows = conn.execute(
+                    select(ranked)
+                    .where(ranked.c.rank <= cap)
+                    .order_by(ranked.c.parent_id, ranked.c.rank)
+                ).all()
+                following: dict[str, dict[str, Any]] = {}
+                for r in rows:
+                    child = _node(r)
+                    level[r.parent_id]["children"].append(child)
+                    following[r.id] = child
+                for node in level.values():
+                    listed: dict[str, int] = {}
+                    for child in node["children"]:
+                        s = child["job"].status
+                        listed[s] = listed.get(s, 0) + 1
+                    node["hidden"] = {
+                        s: n - listed.get(s, 0)
+                        for s, n in node["counts"].items()
+                        if n - listed.get(s, 0) > 0
+                    }
+                level = following
+        return top
+
+    # -- schedules ---------------------------------------------------------------------
+    def schedules_overview(self) -> list[Row]:
+        """Every schedule with the status of the job its last tick made."""
+        last = jobs.alias("last_job")
+        stmt = (
+            select(
+                schedules.c.name,
+                schedules.c.workflow,
+                schedules.c.cron,
+                schedules.c.timezone,
+                schedules.c.queue,
+                schedules.c.paused,
+                schedules.c.next_fire_at,
+                schedules.c.last_fire_at,
+                schedules.c.last_job_id,
+                last.c.status.label("last_status"),
+            )
+            .select_from(schedules.outerjoin(last, last.c.id == schedules.c.last_job_id))
+            .order_by(schedules.c.name)
+        )
+        with self._read() as conn:
+            return conn.execute(stmt).all()
+
+    def schedules_changed_at(self) -> float | None:
+        """The newest change to any schedule (a cheap "did anything change" probe)."""
+        with self._read() as conn:
+            return conn.execute(select(func.max(schedules.c.updated_at))).scalar()
+
+
+def _node(row: Row) -> dict[str, Any]:
+    return {"job": row, "counts": {}, "total": 0, "children": [], "hidden": {}}
+
+
+__all__ = ["SORTS", "JobFilter", "ViewQueries", "row_progress"]

@@ -1,0 +1,42 @@
+"""The servable dashboard: ``panel serve nbjobs/dashboard.py --args --url URL``.
+
+Panel runs this file as a script, once per browser session, so it uses absolute
+imports.  The database URL comes from ``--url`` after ``--args``, else ``NBJOBS_URL``,
+else ``sqlite:///nbjobs.db``.  One :class:`~nbjobs.App` per URL is shared by the
+sessions of the server process (``pn.state.cache``); each session gets its own
+dashboard and its own once-a-second refresh.
+
+It also exports :class:`Dashboard`, so ``from nbjobs.dashboard import Dashboard`` works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from nbjobs.views import Dashboard
+
+__all__ = ["Dashboard"]
+
+
+def _url(argv: list[str]) -> str:
+    parser = argparse.ArgumentParser(prog="nbjobs/dashboard.py", add_help=False)
+    parser.add_argument("--url")
+    known, _ = parser.parse_known_args(argv)
+    return known.url or os.environ.get("NBJOBS_URL") or "sqlite:///nbjobs.db"
+
+
+def _shared_app(url: str):
+    import panel as pn
+
+    from nbjobs import App
+
+    return pn.state.as_cached(f"nbjobs-app:{url}", lambda: App(url))
+
+
+if __name__.startswith("bokeh_app") or __name__ == "__main__":
+    import panel as pn
+
+    pn.extension("tabulator", notifications=True)
+    Dashboard(app=_shared_app(_url(sys.argv[1:]))).template().servable(title="nbjobs")

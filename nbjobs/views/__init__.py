@@ -1,0 +1,24 @@
+"""The live Panel dashboard: ``app.dashboard()``, ``panel serve nbjobs/dashboard.py``.
+
+Importing this package imports Panel; ``import nbjobs`` never does.
+"""
+
+from .dashboard import Dashboard, serve
+from .detail import FanOutTree, JobDetail
+from .jobs import JobsTable
+from .overview import Counters, Overview, QueueDepths, Throughput, Workers
+from .schedules import Schedules
+
+__all__ = [
+    "Counters",
+    "Dashboard",
+    "FanOutTree",
+    "JobDetail",
+    "JobsTable",
+    "Overview",
+    "QueueDepths",
+    "Schedules",
+    "Throughput",
+    "Workers",
+    "serve",
+]

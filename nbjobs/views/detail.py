@@ -1,0 +1,341 @@
+"""One job: input, result, error and traceback, attempts, a step timeline, signals,
+its fan-out tree, and the retry and cancel actions."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from typing import Any
+
+import panel as pn
+import param
+
+from ..errors import UnknownJob
+from ..schema import TERMINAL
+from ..store.views import row_progress
+from .base import Component
+from .style import (
+    CSS,
+    STATUSES,
+    colour,
+    fmt_duration,
+    fmt_relative,
+    fmt_time,
+    pill,
+    progress_bar,
+    stored_value,
+    truncate,
+)
+
+FINISHED = {s.value for s in TERMINAL}
+
+
+def _esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _kv(rows: Sequence[tuple[str, Any]]) -> str:
+    cells = "".join(
+        f"<tr><th>{_esc(k)}</th><td>{v}</td></tr>" for k, v in rows if v not in (None, "")
+    )
+    return f'<table class="nbj-kv">{cells}</table>'
+
+
+def step_timeline(steps: Sequence[Any], job: Any) -> str:
+    """Checkpoints as rows with a bar placed on the run's time axis."""
+    if not steps:
+        return '<div class="nbj-empty">No checkpoints yet.</div>'
+    starts = [s.started_at for s in steps if s.started_at is not None]
+    ends = [s.finished_at for s in steps if s.finished_at is not None]
+    t0 = min(starts + ([job.started_at] if job.started_at else [])) if starts else None
+    t1 = max(ends) if ends else None
+    span = (t1 - t0) if (t0 is not None and t1 is not None and t1 > t0) else None
+    rows = []
+    for s in steps:
+        bar = ""
+        if span and s.started_at is not None and s.finished_at is not None:
+            left = (s.started_at - t0) / span * 100
+            width = max((s.finished_at - s.started_at) / span * 100, 0.6)
+            shade = colour("succeeded") if s.done else colour("waiting")
+            bar = (
+                f'<div class="nbj-lane"><div style="left:{left:.2f}%;width:{width:.2f}%;'
+                f'background:{shade}"></div></div>'
+            )
+        duration = (
+            fmt_duration(s.finished_at - s.started_at)
+            if s.started_at is not None and s.finished_at is not None
+            else ""
+        )
+        rows.append(
+            f"<tr><td>{s.seq}</td><td><b>{_esc(s.name)}</b>"
+            f'<div class="nbj-muted">{_esc(s.kind)}'
+            f"{' · attempt ' + str(s.attempt) if s.attempt else ''}</div></td>"
+            f"<td>{duration}</td><td style='width:45%'>{bar}</td>"
+            f'<td><code style="font-size:11px">{_esc(stored_value(s.value, 120))}</code></td></tr>'
+        )
+    head = "<tr><th>#</th><th>step</th><th>took</th><th>timeline</th><th>value</th></tr>"
+    return f'<table class="nbj-steps">{head}{"".join(rows)}</table>'
+
+
+def tree_html(node: dict[str, Any], *, open_levels: int = 1, level: int = 0) -> str:
+    """A fan-out tree as nested ``<details>``: collapsible, with status counts."""
+    job = node["job"]
+    counts = "".join(
+        f'<span class="nbj-count" style="background:{colour(s)}" title="{s}">'
+        f"{node['counts'][s]:,} {s}</span>"
+        for s in STATUSES
+        if node["counts"].get(s)
+    )
+    label = (
+        f'<span class="nbj-dot" style="background:{colour(job.status)}"></span>'
+        f'<span class="id">{_esc(job.id)}</span> <b>{_esc(job.workflow)}</b> '
+        f'<span class="nbj-muted">{_esc(job.status)}'
+        f"{' · ' + _esc(job.fanout) if job.fanout else ''}</span>"
+    )
+    if not node["total"]:
+        return f'<div class="leaf" data-job="{_esc(job.id)}">{label}</div>'
+    children = "".join(
+        tree_html(c, open_levels=open_levels, level=level + 1) for c in node["children"]
+    )
+    hidden = node["hidden"]
+    if hidden:
+        parts = ", ".join(f"{n:,} {s}" for s, n in hidden.items())
+        children += f'<div class="more">… and {sum(hidden.values()):,} more: {parts}</div>'
+    if not node["children"] and not hidden:
+        children = '<div class="more">children not loaded</div>'
+    opened = " open" if level < open_levels else ""
+    return (
+        f'<details{opened} data-job="{_esc(job.id)}"><summary>{label} '
+        f'<span class="nbj-muted">· {node["total"]:,} children</span>{counts}</summary>'
+        f"{children}</details>"
+    )
+
+
+class FanOutTree(Component):
+    """A job's children and grandchildren, at most ``cap`` listed per parent."""
+
+    job_id = param.String(default="")
+    cap = param.Integer(default=50, bounds=(1, 10_000))
+    depth = param.Integer(default=2, bounds=(1, 5))
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._pane = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
+        self.tree: dict[str, Any] | None = None
+        self._ids: set[str] = set()
+        self.load()
+
+    @param.depends("job_id", watch=True)
+    def load(self) -> None:
+        if not self.job_id:
+            self.tree, self._ids = None, set()
+            self._pane.object = '<div class="nbj-empty">Pick a job to see its fan-out.</div>'
+            return
+        try:
+            self.tree = self.store.job_tree(self.job_id, depth=self.depth, cap=self.cap)
+        except UnknownJob:
+            self.tree = None
+            self._pane.object = '<div class="nbj-empty">This job no longer exists.</div>'
+            return
+        self._ids = set()
+        stack = [self.tree]
+        while stack:
+            node = stack.pop()
+            self._ids.add(node["job"].id)
+            stack.extend(node["children"])
+        if not self.tree["total"]:
+            self._pane.object = '<div class="nbj-empty">This job has no children.</div>'
+        else:
+            self._pane.object = f'<div class="nbj-tree">{tree_html(self.tree)}</div>'
+
+    def refresh(self, changes: Sequence[Any]) -> None:
+        if self.job_id and any(c.id in self._ids or c.parent_id in self._ids for c in changes):
+            self.load()
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return self._pane
+
+
+class JobDetail(Component):
+    """Everything about one job, and the retry and cancel actions."""
+
+    job_id = param.String(default="")
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.detail: dict[str, Any] | None = None
+        self.tree = FanOutTree(app=self.app)
+        self._header = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
+        self._summary = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
+        self._steps = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
+        self._attempts = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
+        self._signals = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
+        self.retry_button = pn.widgets.Button(
+            label="Retry", color="primary", width=90, css_classes=["nbj-retry"]
+        )
+        self.cancel_button = pn.widgets.Button(
+            label="Cancel", color="danger", variant="outline", width=90,
+            css_classes=["nbj-cancel"],
+        )  # fmt: skip
+        self.retry_button.on_click(lambda _e: self.retry())
+        self.cancel_button.on_click(lambda _e: self.cancel())
+        self.tabs = pn.Tabs(
+            ("Summary", self._summary),
+            ("Steps", self._steps),
+            ("Attempts", self._attempts),
+            ("Signals", self._signals),
+            ("Fan-out", self.tree),
+            sizing_mode="stretch_width",
+            dynamic=False,
+        )
+        self.load()
+
+    # -- actions -----------------------------------------------------------------------
+    def retry(self) -> bool:
+        job_id = self.job_id
+        done = self.act(f"retrying job {job_id}", lambda: self.app.job(job_id).retry())
+        self.load()
+        return done
+
+    def cancel(self) -> bool:
+        job_id = self.job_id
+        done = self.act(f"cancelling job {job_id}", lambda: self.app.cancel(job_id))
+        self.load()
+        return done
+
+    # -- loading -----------------------------------------------------------------------
+    @param.depends("job_id", watch=True)
+    def _job_changed(self) -> None:
+        self.tree.job_id = self.job_id
+        self.load()
+
+    def load(self) -> None:
+        if not self.job_id:
+            self.detail = None
+            self._header.object = '<div class="nbj-empty">Select a job in the table.</div>'
+            for pane in (self._summary, self._steps, self._attempts, self._signals):
+                pane.object = ""
+            self.retry_button.visible = self.cancel_button.visible = False
+            return
+        try:
+            self.detail = self.store.job_detail(self.job_id)
+        except UnknownJob:
+            self.detail = None
+            self._header.object = f'<div class="nbj-empty">Job {_esc(self.job_id)} is gone.</div>'
+            return
+        d = self.detail
+        job = d["job"]
+        self._header.object = self._header_html(job, d["children"])
+        self._summary.object = self._summary_html(job)
+        self._steps.object = step_timeline(d["checkpoints"], job)
+        self._attempts.object = self._attempts_html(d["attempts"])
+        self._signals.object = self._signals_html(d["signals"])
+        allowed = not self.read_only
+        self.retry_button.visible = allowed and job.status in ("failed", "cancelled")
+        self.cancel_button.visible = allowed and job.status not in FINISHED
+
+    def refresh(self, changes: Sequence[Any]) -> None:
+        if self.job_id and any(c.id == self.job_id or c.parent_id == self.job_id for c in changes):
+            self.load()
+        self.tree.refresh(changes)
+
+    # -- rendering ---------------------------------------------------------------------
+    def _header_html(self, job: Any, children: dict[str, int]) -> str:
+        fraction = row_progress(job)
+        if job.children_total:
+            label = f"{job.children_done}/{job.children_total} children"
+        elif job.expected_steps:
+            label = f"{job.steps_done}/{job.expected_steps} steps"
+        else:
+            label = f"{job.steps_done} step{'s' * (job.steps_done != 1)}"
+        end = job.finished_at or (self.store.now() if job.started_at else None)
+        took = fmt_duration(end - job.started_at) if job.started_at and end else ""
+        kids = sum(children.values())
+        facts = _kv(
+            [
+                ("workflow", f"<b>{_esc(job.workflow)}</b>"),
+                (
+                    "queue",
+                    _esc(job.queue) + (f" · priority {job.priority}" if job.priority else ""),
+                ),
+                ("key", _esc(job.key)),
+                ("parent", _esc(job.parent_id)),
+                ("schedule", _esc(job.schedule)),
+                ("attempts", f"{job.attempts} (retries allowed: {job.max_retries})"),
+                ("created", f"{fmt_time(job.created_at)} UTC ({fmt_relative(job.created_at)})"),
+                ("started", fmt_time(job.started_at)),
+                ("finished", fmt_time(job.finished_at)),
+                ("took", took),
+                ("waiting for", _esc(job.waiting_for)),
+                ("worker", _esc(job.worker_id)),
+                ("message", _esc(job.message)),
+                ("children", f"{kids:,}" if kids else ""),
+            ]
+        )
+        return (
+            f'<div style="display:flex;align-items:center;gap:10px;margin-bottom:6px">'
+            f'<span style="font-family:ui-monospace,monospace;font-size:14px;font-weight:600">'
+            f"{_esc(job.id)}</span>{pill(job.status)}</div>"
+            f'<div style="max-width:420px;margin-bottom:8px">'
+            f"{progress_bar(fraction, job.status, label)}</div>{facts}"
+        )
+
+    def _summary_html(self, job: Any) -> str:
+        parts = [
+            '<div class="nbj-section">Input</div>',
+            f'<pre class="nbj-pre">{_esc(stored_value(job.input))}</pre>',
+        ]
+        if job.status == "succeeded":
+            parts += [
+                '<div class="nbj-section">Result</div>',
+                f'<pre class="nbj-pre">{_esc(stored_value(job.result))}</pre>',
+            ]
+        if job.error:
+            parts += [
+                '<div class="nbj-section">Error</div>',
+                f'<pre class="nbj-pre nbj-error">{_esc(truncate(job.error, 2000))}</pre>',
+            ]
+        if job.traceback:
+            parts += [
+                '<div class="nbj-section">Traceback</div>',
+                f'<pre class="nbj-pre nbj-error">{_esc(truncate(job.traceback, 8000))}</pre>',
+            ]
+        return "".join(parts)
+
+    def _attempts_html(self, attempts: Sequence[Any]) -> str:
+        if not attempts:
+            return '<div class="nbj-empty">Not started yet.</div>'
+        outcome_colour = {"running": "running", "succeeded": "succeeded", "suspended": "waiting",
+                          "released": "queued"}  # fmt: skip
+        rows = []
+        for a in attempts:
+            took = fmt_duration(a.finished_at - a.started_at) if a.finished_at else ""
+            error = (a.error or "").strip().splitlines()
+            shade = colour(outcome_colour.get(a.outcome, "failed"))
+            rows.append(
+                f"<tr><td>{a.attempt}</td>"
+                f'<td><span class="nbj-dot" style="background:{shade}"></span>{_esc(a.outcome)}</td>'
+                f"<td>{fmt_time(a.started_at)}</td><td>{took}</td>"
+                f"<td>{_esc(a.worker_id)}</td><td>{_esc(error[-1][:200] if error else '')}</td></tr>"
+            )
+        head = (
+            "<tr><th>#</th><th>outcome</th><th>started (UTC)</th><th>took</th>"
+            "<th>worker</th><th>error</th></tr>"
+        )
+        return f'<table class="nbj-steps">{head}{"".join(rows)}</table>'
+
+    def _signals_html(self, signals: Sequence[Any]) -> str:
+        if not signals:
+            return '<div class="nbj-empty">No signals.</div>'
+        rows = "".join(
+            f"<tr><td><b>{_esc(s.name)}</b></td><td>{fmt_time(s.sent_at)}</td>"
+            f"<td>{fmt_time(s.consumed_at) or 'buffered'}</td>"
+            f'<td><code style="font-size:11px">{_esc(stored_value(s.payload, 200))}</code></td></tr>'
+            for s in signals
+        )
+        head = "<tr><th>name</th><th>sent (UTC)</th><th>consumed</th><th>payload</th></tr>"
+        return f'<table class="nbj-steps">{head}{rows}</table>'
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        actions = pn.Row(self.retry_button, self.cancel_button, margin=(0, 0, 4, 0))
+        return pn.Column(self._header, actions, self.tabs, sizing_mode="stretch_width")

@@ -1,0 +1,281 @@
+"""The jobs table: database-side pages, filters, sorting, progress bars, live patches.
+
+A page is one indexed ``LIMIT``/``OFFSET`` query, so the table is as fast at a million
+jobs as at ten; Tabulator only ever holds the rows on screen.  When the change feed
+reports jobs changed, the page is read again (throttled by its cost) and only the cells
+that differ are patched into the table; the whole page is replaced only when the set of
+rows on it changed (a new job arrived on page 1, a job left a status filter).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import panel as pn
+import param
+
+from ..store.views import SORTS, JobFilter, row_progress
+from .base import Component, Throttle
+from .style import CSS, STATUSES, fmt_duration, fmt_time, pill, progress_bar
+
+COLUMNS = [
+    "id", "workflow", "queue", "status", "progress", "attempts", "created", "duration",
+    "error", "status_value", "progress_value",
+]  # fmt: skip
+HIDDEN = ["status_value", "progress_value"]
+SORT_LABELS = {
+    "created": "Created",
+    "updated": "Last change",
+    "finished": "Finished",
+    "priority": "Priority",
+    "workflow": "Workflow",
+}
+
+
+def table_rows(rows: Sequence[Any], now: float) -> pd.DataFrame:
+    """Store rows (``ViewQueries.jobs_page``) as the table's frame."""
+    records = []
+    for r in rows:
+        fraction = row_progress(r)
+        if r.children_total:
+            label = f"{r.children_done or 0}/{r.children_total}"
+        elif r.expected_steps:
+            label = f"{r.steps_done}/{r.expected_steps}"
+        else:
+            label = f"{r.steps_done} step{'s' * (r.steps_done != 1)}" if r.steps_done else ""
+        end = r.finished_at if r.finished_at is not None else (now if r.started_at else None)
+        duration = end - r.started_at if (end is not None and r.started_at) else None
+        error = (r.error or "").strip().splitlines()
+        records.append(
+            [
+                r.id,
+                r.workflow,
+                r.queue,
+                pill(r.status),
+                progress_bar(fraction, r.status, label),
+                r.attempts,
+                fmt_time(r.created_at),
+                fmt_duration(duration),
+                error[-1][:160] if error else "",
+                r.status,
+                -1.0 if fraction is None else round(fraction, 4),
+            ]
+        )
+    return pd.DataFrame.from_records(records, columns=COLUMNS)
+
+
+class JobsTable(Component):
+    """Filters, a page of jobs and a pager; ``selected`` is the id of the clicked job."""
+
+    status = param.ListSelector(default=[], objects=list(STATUSES))
+    workflow = param.String(default="")
+    queue = param.String(default="")
+    search = param.String(default="")
+    parent_id = param.String(default="", doc="Only the children of this job.")
+    sort = param.Selector(default="created", objects=list(SORTS))
+    descending = param.Boolean(default=True)
+    page = param.Integer(default=1, bounds=(1, None))
+    page_size = param.Integer(default=25, bounds=(5, 500))
+    selected = param.String(default="", doc="The id of the job picked in the table.")
+    total = param.Integer(default=0, doc="Jobs matching the filters (capped).")
+    total_exact = param.Boolean(default=True)
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.counts: dict[str, int] = {}
+        self._throttle = Throttle(minimum_seconds=0.25)
+        self.table = pn.widgets.Tabulator(
+            pd.DataFrame(columns=COLUMNS),
+            show_index=False,
+            disabled=True,
+            selectable=1,
+            sortable=False,
+            hidden_columns=HIDDEN,
+            formatters={
+                "status": {"type": "html"},
+                "progress": {"type": "html"},
+                "error": {"type": "plaintext"},
+            },
+            widths={
+                "id": 200,
+                "status": 96,
+                "progress": 140,
+                "attempts": 70,
+                "created": 150,
+                "duration": 80,
+            },
+            text_align={"attempts": "right", "duration": "right"},
+            layout="fit_data_stretch",
+            sizing_mode="stretch_width",
+            theme="simple",
+            css_classes=["nbj-jobs-table"],
+            stylesheets=[
+                ".tabulator-row.tabulator-selected { background-color: #dbeafe !important; }"
+                ".tabulator-row.tabulator-selected .tabulator-cell { color: #111827 !important; }"
+                ".tabulator-cell { font-size: 13px; }"
+                ".tabulator-col-title { font-size: 12px; color: #374151; }"
+            ],
+        )
+        self.table.param.watch(self._on_selection, "selection")
+        self._status_w = pn.widgets.MultiChoice.from_param(
+            self.param.status, label="Status", width=220, placeholder="any status"
+        )
+        self._workflow_w = pn.widgets.Select(label="Workflow", options=[""], width=190)
+        self._queue_w = pn.widgets.Select(label="Queue", options=[""], width=120)
+        self._search_w = pn.widgets.TextInput(
+            label="Search", placeholder="id, key or error text", width=200
+        )
+        self._sort_w = pn.widgets.Select(
+            label="Sort by", options={v: k for k, v in SORT_LABELS.items()}, value="created",
+            width=130,
+        )  # fmt: skip
+        self._order_w = pn.widgets.Select(
+            label="Order", options={"newest first": True, "oldest first": False}, width=120
+        )
+        self._workflow_w.link(self, value="workflow")
+        self._queue_w.link(self, value="queue")
+        self._search_w.link(self, value="search")
+        self._sort_w.link(self, value="sort")
+        self._order_w.link(self, value="descending")
+        self._prev = pn.widgets.Button(
+            label="\u2039 Prev", width=80, color="primary", variant="outline"
+        )
+        self._next = pn.widgets.Button(
+            label="Next \u203a", width=80, color="primary", variant="outline"
+        )
+        self._prev.on_click(lambda _e: self._turn(-1))
+        self._next.on_click(lambda _e: self._turn(+1))
+        self._pager_text = pn.pane.HTML("", stylesheets=[CSS], margin=(12, 10))
+
+    # -- queries -----------------------------------------------------------------------
+    def filters(self) -> JobFilter:
+        return JobFilter(
+            status=tuple(self.status),
+            workflow=self.workflow or None,
+            queue=self.queue or None,
+            search=self.search or None,
+            parent_id=self.parent_id or None,
+        )
+
+    def load(self) -> None:
+        """Read the page and its total; patch the table when only cells changed."""
+        self._throttle.run(self._load)
+
+    def _load(self) -> None:
+        filters = self.filters()
+        rows = self.store.jobs_page(
+            filters,
+            sort=self.sort,
+            descending=self.descending,
+            limit=self.page_size,
+            offset=(self.page - 1) * self.page_size,
+        )
+        if filters.only_status and self.counts:
+            wanted = filters.status or tuple(self.counts)
+            self.total, self.total_exact = sum(self.counts.get(s, 0) for s in wanted), True
+        else:
+            self.total, self.total_exact = self.store.count_matching(filters)
+        self.show(table_rows(rows, self.store.now()))
+
+    def show(self, frame: pd.DataFrame) -> None:
+        """Put a page in the table: patch changed cells, or replace a different page."""
+        current = self.table.value
+        same_rows = (
+            current is not None
+            and len(current) == len(frame)
+            and list(current["id"]) == list(frame["id"])
+        )
+        if not same_rows:
+            self.table.value = frame
+            self._reselect()
+        else:
+            frame.index = current.index
+            patch: dict[str, list[tuple[int, Any]]] = {}
+            for column in COLUMNS:
+                differs = current[column].astype(object) != frame[column].astype(object)
+                for index in current.index[differs.to_numpy()]:
+                    patch.setdefault(column, []).append((index, frame.at[index, column]))
+            if patch:
+                self.table.patch(patch, as_index=True)
+        self._update_pager()
+
+    def refresh(self, changes: Sequence[Any]) -> None:
+        if changes:
+            self._throttle.pending = True
+        if self._throttle.pending and self._throttle.due():
+            self.load()
+
+    def set_options(self, workflows: list[str], queues: list[str]) -> None:
+        self._workflow_w.options = ["", *workflows]
+        self._queue_w.options = ["", *queues]
+
+    # -- events ------------------------------------------------------------------------
+    @param.depends(
+        "status", "workflow", "queue", "search", "parent_id", "sort", "descending",
+        "page_size", watch=True,
+    )  # fmt: skip
+    def _filters_changed(self) -> None:
+        if self.page != 1:
+            self.page = 1  # triggers _page_changed
+        else:
+            self.load()
+
+    @param.depends("page", watch=True)
+    def _page_changed(self) -> None:
+        self.load()
+
+    def _turn(self, step: int) -> None:
+        last = self._last_page()
+        self.page = max(1, min(self.page + step, last))
+
+    def _last_page(self) -> int:
+        return max(1, -(-self.total // self.page_size))
+
+    def _on_selection(self, event: Any) -> None:
+        value = self.table.value
+        if event.new and value is not None and event.new[0] < len(value):
+            self.selected = str(value.iloc[event.new[0]]["id"])
+
+    def _reselect(self) -> None:
+        value = self.table.value
+        ids = list(value["id"]) if value is not None else []
+        wanted = [ids.index(self.selected)] if self.selected in ids else []
+        if self.table.selection != wanted:
+            self.table.selection = wanted
+
+    def _update_pager(self) -> None:
+        n = len(self.table.value) if self.table.value is not None else 0
+        first = (self.page - 1) * self.page_size + 1 if n else 0
+        last = first + n - 1 if n else 0
+        total = f"{self.total:,}" + ("" if self.total_exact else "+")
+        self._pager_text.object = (
+            f'<span class="nbj-muted">jobs {first:,}-{last:,} of {total}'
+            f" · page {self.page:,}</span>"
+        )
+        self._prev.disabled = self.page <= 1
+        self._next.disabled = n < self.page_size or (
+            self.total_exact and self.page >= self._last_page()
+        )
+
+    def controls(self) -> pn.viewable.Viewable:
+        """The filter and sort widgets (a row above the table)."""
+        return pn.Row(
+            self._status_w, self._workflow_w, self._queue_w, self._search_w, self._sort_w,
+            self._order_w, sizing_mode="stretch_width",
+        )  # fmt: skip
+
+    def body(self) -> pn.viewable.Viewable:
+        """The table and its pager."""
+        empty = pn.pane.HTML(
+            '<div class="nbj-empty">No jobs match.</div>',
+            stylesheets=[CSS],
+            visible=pn.bind(lambda total: total == 0, self.param.total),
+            sizing_mode="stretch_width",
+        )
+        pager = pn.Row(self._prev, self._next, self._pager_text)
+        return pn.Column(self.table, empty, pager, sizing_mode="stretch_width", min_width=600)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return pn.Column(self.controls(), self.body(), sizing_mode="stretch_width")

@@ -1,0 +1,319 @@
+"""The overview: counters per status, throughput per minute, queue depths and workers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import panel as pn
+import param
+
+from ..store.views import FINISHED
+from .base import Component, Throttle
+from .style import CSS, STATUSES, colour, fmt_relative
+
+#: Minutes of history the throughput plot shows.
+WINDOW_MINUTES = 60
+#: Workflows drawn in their own colour; the rest are summed as "other".
+TOP_WORKFLOWS = 6
+PALETTE = ["#2563eb", "#0891b2", "#7c3aed", "#db2777", "#ca8a04", "#059669", "#9ca3af"]
+
+
+class Counters(Component):
+    """One card per status with its job count."""
+
+    counts = param.Dict(default={}, doc="status -> number of jobs")
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._pane = pn.pane.HTML(self._html(), sizing_mode="stretch_width", stylesheets=[CSS])
+        self._throttle = Throttle(minimum_seconds=0.5)
+        self._largest = "succeeded"
+
+    def load(self) -> None:
+        counts = self._throttle.run(lambda: self.store.job_counts(derive=self._largest))
+        self._largest = max(counts, key=counts.get) if any(counts.values()) else "succeeded"
+        self.counts = counts
+
+    def refresh(self, changes: Sequence[Any]) -> None:
+        if changes:
+            self._throttle.pending = True
+        if self._throttle.pending and self._throttle.due():
+            self.load()
+
+    @param.depends("counts", watch=True)
+    def _update(self) -> None:
+        self._pane.object = self._html()
+
+    def _html(self) -> str:
+        cards = "".join(
+            f'<div class="nbj-card nbj-count-{s}" style="--c:{colour(s)}">'
+            f'<div class="n" data-status="{s}">{self.counts.get(s, 0):,}</div>'
+            f'<div class="l">{s}</div></div>'
+            for s in STATUSES
+        )
+        return f'<div class="nbj-cards">{cards}</div>'
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return self._pane
+
+
+class Throughput(Component):
+    """Jobs finished per minute over the last hour, stacked by workflow, failures in red."""
+
+    bucket_seconds = param.Integer(default=60, bounds=(1, None))
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._buckets: dict[float, dict[tuple[str, str], int]] = {}
+        self._workflows: list[str] = []
+        self._pane = pn.pane.Bokeh(self._figure([]), sizing_mode="stretch_width", height=260)
+        self._throttle = Throttle(minimum_seconds=1.0)
+
+    def load(self) -> None:
+        since = time.time() - WINDOW_MINUTES * 60
+        self._merge(self.store.throughput(since=since, bucket_seconds=self.bucket_seconds), since)
+
+    def refresh(self, changes: Sequence[Any]) -> None:
+        if any(c.status in FINISHED for c in changes):
+            self._throttle.pending = True
+        if self._throttle.pending and self._throttle.due():
+            # Only the latest buckets change: ask for them alone.
+            since = (max(self._buckets) if self._buckets else time.time()) - self.bucket_seconds
+            rows = self._throttle.run(
+                lambda: self.store.throughput(since=since, bucket_seconds=self.bucket_seconds)
+            )
+            self._merge(rows, since)
+
+    def _merge(self, rows: Sequence[Any], since: float) -> None:
+        for bucket in [b for b in self._buckets if b >= since]:
+            del self._buckets[bucket]
+        for r in rows:
+            cell = self._buckets.setdefault(float(r.bucket), {})
+            cell[(r.workflow, r.status)] = int(r.n)
+        oldest = time.time() - WINDOW_MINUTES * 60
+        for bucket in [b for b in self._buckets if b < oldest]:
+            del self._buckets[bucket]
+        self._draw()
+
+    def frame(self) -> pd.DataFrame:
+        """Finished per bucket and workflow (columns), plus ``failed``: what is drawn."""
+        totals: dict[str, int] = {}
+        for cell in self._buckets.values():
+            for (wf, _), n in cell.items():
+                totals[wf] = totals.get(wf, 0) + n
+        top = sorted(totals, key=lambda w: -totals[w])[:TOP_WORKFLOWS]
+        records = []
+        for bucket in sorted(self._buckets):
+            rec: dict[str, Any] = {"time": pd.Timestamp(bucket, unit="s")}
+            rec.update(dict.fromkeys(top, 0))
+            rec["other"] = 0
+            rec["failed"] = 0
+            for (wf, status), n in self._buckets[bucket].items():
+                rec[wf if wf in top else "other"] += n
+                if status == "failed":
+                    rec["failed"] += n
+            records.append(rec)
+        columns = ["time", *top, "other", "failed"]
+        return pd.DataFrame.from_records(records, columns=columns)
+
+    def _figure(self, workflows: list[str]) -> Any:
+        from bokeh.models import ColumnDataSource, HoverTool, Range1d
+        from bokeh.plotting import figure
+
+        self._x_range = Range1d(*self._window())
+        fig = figure(
+            x_range=self._x_range,
+            x_axis_type="datetime",
+            height=260,
+            sizing_mode="stretch_width",
+            toolbar_location=None,
+            tools="",
+            title="Finished per minute (last hour)",
+        )
+        self._source = ColumnDataSource(self.frame())
+        width = self.bucket_seconds * 1000 * 0.8
+        if workflows:
+            stack = [*workflows, "other"]
+            fig.vbar_stack(
+                stack,
+                x="time",
+                width=width,
+                source=self._source,
+                color=[*PALETTE[: len(stack) - 1], PALETTE[-1]],
+                legend_label=[w[-28:] for w in stack],
+            )
+            fig.line(
+                "time", "failed", source=self._source, color=colour("failed"), line_width=2,
+                legend_label="failed",
+            )  # fmt: skip
+            fig.add_layout(fig.legend[0], "right")
+            fig.legend.label_text_font_size = "11px"
+            fig.legend.border_line_color = None
+            fig.add_tools(HoverTool(tooltips=[("time", "@time{%H:%M}"), ("failed", "@failed")],
+                                    formatters={"@time": "datetime"}))  # fmt: skip
+        else:
+            fig.text(x=[0], y=[0], text=["no job finished in the last hour"],
+                     text_color="#6b7280", text_align="center", text_font_size="13px")  # fmt: skip
+            fig.xaxis.visible = False
+            fig.yaxis.visible = False
+        fig.title.text_font_size = "13px"
+        fig.title.text_color = "#374151"
+        fig.y_range.start = 0
+        fig.grid.grid_line_alpha = 0.4
+        fig.outline_line_color = None
+        return fig
+
+    def _draw(self) -> None:
+        frame = self.frame()
+        workflows = [c for c in frame.columns if c not in ("time", "other", "failed")]
+        if workflows != self._workflows or frame.empty != (not self._workflows):
+            self._workflows = workflows if not frame.empty else []
+            self._pane.object = self._figure(self._workflows)
+        else:
+            self._source.data = {c: frame[c].to_numpy() for c in frame.columns}
+            self._x_range.start, self._x_range.end = self._window()
+
+    def _window(self) -> tuple[float, float]:
+        """The plot's x range: the last hour, in Bokeh's milliseconds."""
+        now = time.time()
+        return ((now - WINDOW_MINUTES * 60) * 1000, (now + self.bucket_seconds) * 1000)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return self._pane
+
+
+class QueueDepths(Component):
+    """Per queue: queued (and ready now), running, waiting, paused."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._table = pn.widgets.Tabulator(
+            pd.DataFrame(columns=["queue", "queued", "ready", "running", "waiting", "paused"]),
+            show_index=False,
+            disabled=True,
+            selectable=False,
+            sortable=False,
+            sizing_mode="stretch_width",
+            layout="fit_columns",
+            height=180,
+            theme="simple",
+            titles={"ready": "ready now"},
+        )
+        self._throttle = Throttle(minimum_seconds=1.0)
+
+    def load(self) -> None:
+        rows = self._throttle.run(self.store.queue_depths)
+        frame = pd.DataFrame(
+            rows, columns=["queue", "queued", "ready", "running", "waiting", "paused"]
+        )
+        frame["paused"] = frame["paused"].map({True: "paused", False: ""})
+        if not frame.equals(self._table.value):
+            self._table.value = frame
+
+    def refresh(self, changes: Sequence[Any]) -> None:
+        if changes:
+            self._throttle.pending = True
+        if self._throttle.pending and self._throttle.due():
+            self.load()
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return pn.Column(
+            pn.pane.HTML('<div class="nbj-section">Queues</div>', stylesheets=[CSS]),
+            self._table,
+            sizing_mode="stretch_width",
+        )
+
+
+class Workers(Component):
+    """Live workers from the registry, with the age of their last heartbeat."""
+
+    columns = ["worker", "host", "pid", "queues", "concurrency", "jobs held", "heartbeat"]
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._table = pn.widgets.Tabulator(
+            pd.DataFrame(columns=self.columns),
+            show_index=False,
+            disabled=True,
+            selectable=False,
+            sortable=False,
+            sizing_mode="stretch_width",
+            layout="fit_columns",
+            height=180,
+            theme="simple",
+        )
+        self._empty = pn.pane.HTML(
+            '<div class="nbj-empty">No live workers. Start one with <code>app.start()</code> '
+            "or <code>nbjobs worker module:app</code>.</div>",
+            stylesheets=[CSS],
+            sizing_mode="stretch_width",
+        )
+        self._throttle = Throttle(minimum_seconds=1.0)
+
+    def load(self) -> None:
+        window = 2 * self.app.stale_after_seconds
+        rows = self._throttle.run(lambda: self.store.list_workers(alive_within=window))
+        now = self.store.now()
+        frame = pd.DataFrame(
+            [
+                [
+                    r.id,
+                    r.host,
+                    r.pid,
+                    r.queues.replace(",", ", "),
+                    r.concurrency,
+                    r.jobs_held,
+                    fmt_relative(r.heartbeat_at, now),
+                ]
+                for r in rows
+            ],
+            columns=self.columns,
+        )
+        if not frame.equals(self._table.value):
+            self._table.value = frame
+        self._empty.visible = frame.empty
+        self._table.visible = not frame.empty
+
+    def refresh(self, changes: Sequence[Any]) -> None:
+        if self._throttle.due():
+            self.load()
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return pn.Column(
+            pn.pane.HTML('<div class="nbj-section">Workers</div>', stylesheets=[CSS]),
+            self._table,
+            self._empty,
+            sizing_mode="stretch_width",
+        )
+
+
+class Overview(Component):
+    """Counters, throughput, queues and workers on one page."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        shared = dict(app=self.app, require_auth=self.require_auth, read_only=self.read_only)
+        self.counters = Counters(**shared)
+        self.throughput = Throughput(**shared)
+        self.queues = QueueDepths(**shared)
+        self.workers = Workers(**shared)
+        self.parts: list[Component] = [self.counters, self.throughput, self.queues, self.workers]
+
+    def load(self) -> None:
+        for part in self.parts:
+            part.load()
+
+    def refresh(self, changes: Sequence[Any]) -> None:
+        for part in self.parts:
+            part.refresh(changes)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return pn.Column(
+            self.counters,
+            self.throughput,
+            pn.Row(self.queues, self.workers, sizing_mode="stretch_width"),
+            sizing_mode="stretch_width",
+        )

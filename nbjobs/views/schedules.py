@@ -1,0 +1,100 @@
+"""Schedules: cron text, timezone, next and last run, the last run's status, paused."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import panel as pn
+
+from .base import Component, Throttle
+from .style import CSS, fmt_relative, fmt_time, pill
+
+COLUMNS = ["name", "workflow", "cron", "timezone", "next run", "last run", "last status", "state"]
+
+
+class Schedules(Component):
+    """The schedules table with pause and resume for the selected one."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.rows: list[Any] = []
+        self.table = pn.widgets.Tabulator(
+            pd.DataFrame(columns=COLUMNS),
+            show_index=False,
+            disabled=True,
+            selectable=1,
+            sortable=False,
+            formatters={"last status": {"type": "html"}, "state": {"type": "html"}},
+            layout="fit_data_stretch",
+            sizing_mode="stretch_width",
+            theme="simple",
+            css_classes=["nbj-schedules-table"],
+        )
+        self.pause_button = pn.widgets.Button(
+            label="Pause", width=90, color="primary", variant="outline"
+        )
+        self.resume_button = pn.widgets.Button(
+            label="Resume", width=90, color="primary", variant="outline"
+        )
+        self.pause_button.on_click(lambda _e: self.set_paused(True))
+        self.resume_button.on_click(lambda _e: self.set_paused(False))
+        self._empty = pn.pane.HTML(
+            '<div class="nbj-empty">No schedules. Create one with '
+            '<code>app.schedule("name", workflow, cron="0 3 * * *")</code>.</div>',
+            stylesheets=[CSS],
+            sizing_mode="stretch_width",
+            visible=False,
+        )
+        self._throttle = Throttle(minimum_seconds=2.0)
+
+    def load(self) -> None:
+        self.rows = self._throttle.run(self.store.schedules_overview)
+        now = self.store.now()
+        frame = pd.DataFrame(
+            [
+                [
+                    r.name,
+                    r.workflow,
+                    r.cron,
+                    r.timezone,
+                    ""
+                    if r.paused or r.next_fire_at is None
+                    else f"{fmt_time(r.next_fire_at)} ({fmt_relative(r.next_fire_at, now)})",
+                    fmt_time(r.last_fire_at),
+                    pill(r.last_status) if r.last_status else "",
+                    '<span style="color:#d97706;font-weight:600">paused</span>'
+                    if r.paused
+                    else '<span style="color:#16a34a">active</span>',
+                ]
+                for r in self.rows
+            ],
+            columns=COLUMNS,
+        )
+        self._empty.visible = frame.empty
+        self.table.visible = not frame.empty
+        self.pause_button.visible = self.resume_button.visible = not (frame.empty or self.read_only)
+        current = self.table.value
+        if current is None or not frame.equals(current):
+            selection = self.table.selection
+            self.table.value = frame
+            self.table.selection = [i for i in selection if i < len(frame)]
+
+    def refresh(self, changes: Sequence[Any]) -> None:
+        if self._throttle.due():
+            self.load()
+
+    def set_paused(self, paused: bool) -> bool:
+        if not self.table.selection:
+            self.notify("select a schedule first", "warning")
+            return False
+        name = self.rows[self.table.selection[0]].name
+        fn = self.app.pause_schedule if paused else self.app.resume_schedule
+        done = self.act(f"{'pausing' if paused else 'resuming'} schedule {name}", lambda: fn(name))
+        self.load()
+        return done
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        actions = pn.Row(self.pause_button, self.resume_button)
+        return pn.Column(self.table, self._empty, actions, sizing_mode="stretch_width")
