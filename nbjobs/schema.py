@@ -81,7 +81,9 @@ jobs = Table(
     # The lease: a worker owns a running job while its token matches (zombie fencing).
     Column("lease_token", String(40)),
     Column("lease_expires_at", Double),
+    # The worker of the current (or, once it ended, the last) attempt, and when it began.
     Column("worker_id", String(100)),
+    Column("claimed_at", Double),
     Column("reclaims", Integer, nullable=False, default=0),
     Column("cancel_requested", Boolean, nullable=False, default=False),
     # Fan-out tree.
@@ -148,6 +150,8 @@ checkpoints = Table(
     Column("finished_at", Double),
 )
 
+# One row per ended attempt, written in the transaction that ends it (the running
+# attempt is the job row itself: worker_id, claimed_at), so a claim costs no insert.
 attempts = Table(
     "nbjobs_attempts",
     metadata,

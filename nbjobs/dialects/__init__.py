@@ -6,6 +6,8 @@ SQLite never needs psycopg installed.
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -20,9 +22,10 @@ def parse_url(url: str | URL) -> URL:
         raise ConfigurationError(f"the database URL must be a non-empty string, got {url!r}")
     try:
         return make_url(url)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:
+        shown = re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", str(url))  # never echo a password
         raise ConfigurationError(
-            f"cannot parse database URL {url!r}: expected e.g. sqlite:///nbjobs.db or "
+            f"cannot parse database URL {shown!r}: expected e.g. sqlite:///nbjobs.db or "
             "postgresql+psycopg://user:password@host:5432/dbname"
         ) from exc
 

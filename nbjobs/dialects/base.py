@@ -59,13 +59,18 @@ class Prepared:
         return tuple(merged[n] for n in self.names) if self.names is not None else merged
 
     def execute(self, conn: Connection, params: dict[str, Any] | list[dict[str, Any]]) -> Any:
+        many = isinstance(params, list)
+        bound = [self._bind(p) for p in params] if many else self._bind(params)
         cursor = conn.connection.cursor()
         try:
-            if isinstance(params, list):
-                cursor.executemany(self.sql, [self._bind(p) for p in params])
-            else:
-                cursor.execute(self.sql, self._bind(params))
-            rows = cursor.fetchall() if cursor.description else []
+            try:
+                if many:
+                    cursor.executemany(self.sql, bound)
+                else:
+                    cursor.execute(self.sql, bound)
+                rows = cursor.fetchall() if cursor.description else []
+            except conn.dialect.loaded_dbapi.Error as exc:
+                raise self._wrap(conn, cursor, bound, exc) from exc
             if rows:
                 if self._row_type is None:
                     names = [d[0] for d in cursor.description]
@@ -74,6 +79,22 @@ class Prepared:
             return _Result(cursor.rowcount, rows)
         finally:
             cursor.close()
+
+    def _wrap(self, conn: Connection, cursor: Any, bound: Any, exc: Exception) -> DBAPIError:
+        """What SQLAlchemy would raise (IntegrityError, OperationalError...); on a
+        disconnect the connection is invalidated so that it is not used again."""
+        dialect = conn.dialect
+        disconnect = dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor)
+        if disconnect:
+            conn.invalidate(exc)
+        return DBAPIError.instance(
+            self.sql,
+            bound,
+            exc,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=disconnect,
+            dialect=dialect,
+        )
 
 
 class _Result:
@@ -178,8 +199,12 @@ class Dialect:
         return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
     # -- locking -----------------------------------------------------------------------
-    def lock(self, stmt: Select) -> Select:
-        """``stmt`` with a row lock where the database has them (PostgreSQL, MySQL)."""
+    def lock(self, stmt: Select, skip_locked: bool = False) -> Select:
+        """``stmt`` with a row lock where the database has them (PostgreSQL, MySQL).
+
+        ``skip_locked``: leave out rows another transaction holds instead of waiting (the
+        reaper: waiting there deadlocks with workers finishing those very jobs).
+        """
         return stmt
 
     # -- the claim ---------------------------------------------------------------------

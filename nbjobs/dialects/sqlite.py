@@ -77,7 +77,8 @@ class SQLiteDialect(Dialect):
         @event.listens_for(engine, "begin")
         def _on_begin(conn) -> None:
             write = conn.get_execution_options().get("nbjobs_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+            # Straight to the driver: this runs once per transaction on the hot path.
+            conn.connection.driver_connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
 
     def ready_time(self) -> Any:
         # ``run_at + 0`` hides run_at from SQLite's planner, which (having no statistics)

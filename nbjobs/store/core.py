@@ -13,12 +13,13 @@ import logging
 import os
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, literal, null, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.sql import Executable
@@ -100,10 +101,10 @@ _CLAIM_VALUES = dict(
     lease_expires_at=bindparam("c_expires", None),
     worker_id=bindparam("c_worker", None),
     started_at=func.coalesce(jobs.c.started_at, bindparam("c_now", None)),
+    claimed_at=bindparam("c_now", None),
     waiting_for=None,
     updated_at=bindparam("c_now", None),
 )
-_INSERT_ATTEMPT = insert(attempts)
 _INSERT_JOB = insert(jobs)
 _INSERT_CHECKPOINT = insert(checkpoints)
 _FENCED = (jobs.c.id == bindparam("f_id"), jobs.c.lease_token == bindparam("f_token"))
@@ -124,19 +125,30 @@ _FINISH = (
         updated_at=bindparam("f_now"),
         lease_token=None,
         lease_expires_at=None,
-        worker_id=None,
         failures=jobs.c.failures + bindparam("f_failed"),
     )
 )
-_FINISH_ATTEMPT = (
-    update(attempts)
-    .where(attempts.c.job_id == bindparam("a_job"), attempts.c.attempt == bindparam("a_attempt"))
-    .values(
-        outcome=bindparam("a_outcome"),
-        finished_at=bindparam("a_now"),
-        error=bindparam("a_error"),
-        traceback=bindparam("a_traceback"),
-    )
+_FINISH_ATTEMPT = insert(attempts).from_select(
+    [
+        attempts.c.job_id,
+        attempts.c.attempt,
+        attempts.c.worker_id,
+        attempts.c.outcome,
+        attempts.c.started_at,
+        attempts.c.finished_at,
+        attempts.c.error,
+        attempts.c.traceback,
+    ],
+    select(
+        jobs.c.id,
+        bindparam("a_attempt", None),
+        jobs.c.worker_id,
+        bindparam("a_outcome", None),
+        func.coalesce(jobs.c.claimed_at, bindparam("a_now", None)),
+        bindparam("a_now", None),
+        bindparam("a_error", None),
+        bindparam("a_traceback", None),
+    ).where(jobs.c.id == bindparam("a_job", None)),
 )
 
 
@@ -287,8 +299,7 @@ class CoreStore:
         failing piece never takes the others down: the batch is re-run one by one.
         """
         if not self.dialect.group_commit:
-            with self._write() as conn:
-                return work(conn)
+            return self._retry_conflicts(work)
         request = _GroupedWork(work)
         with self._group_lock:
             self._group.append(request)
@@ -300,6 +311,22 @@ class CoreStore:
         if request.error is not None:
             raise request.error
         return request.result
+
+    def _retry_conflicts(self, work: Callable[[Connection], T]) -> T:
+        """``work(conn)`` in a write transaction, run again when the server aborted it for
+        a deadlock or a serialization conflict (it rolled back whole, so this is safe)."""
+        for attempt in range(5):
+            try:
+                with self._write() as conn:
+                    return work(conn)
+            except DBAPIError as exc:
+                if attempt == 4 or exc.connection_invalidated:
+                    raise
+                if not self.dialect.is_transient(exc):
+                    raise
+                log.info("write transaction aborted by a conflict; running it again: %s", exc.orig)
+                time.sleep(0.005 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def _commit_group(self, batch: list[_GroupedWork]) -> None:
         try:
@@ -489,21 +516,6 @@ class CoreStore:
             return []
         rows.sort(key=lambda r: (-r.priority, r.run_at or 0.0, r.id))
         claimed = [_claimed(r) for r in rows]
-        self._run(
-            conn,
-            _INSERT_ATTEMPT,
-            [
-                dict(
-                    job_id=c.id,
-                    attempt=c.attempt,
-                    worker_id=worker_id,
-                    lease_token=c.lease_token,
-                    outcome="running",
-                    started_at=now,
-                )
-                for c in claimed
-            ],
-        )
         return claimed
 
     def paused_queues(self) -> set[str]:
@@ -610,6 +622,7 @@ class CoreStore:
         error: str | None = None,
         traceback: str | None = None,
     ) -> None:
+        """Write the ended attempt's row from the job row (its worker and start time)."""
         self._run(
             conn,
             _FINISH_ATTEMPT,
@@ -738,7 +751,6 @@ class CoreStore:
                 traceback=traceback,
                 lease_token=None,
                 lease_expires_at=None,
-                worker_id=None,
                 failures=jobs.c.failures + 1,
             ):
                 return False
@@ -756,7 +768,6 @@ class CoreStore:
                 run_at=self.now(),
                 lease_token=None,
                 lease_expires_at=None,
-                worker_id=None,
             ):
                 return False
             self._finish_attempt(conn, job_id, attempt, "released")
@@ -854,7 +865,6 @@ class CoreStore:
             values: dict[str, Any] = dict(
                 lease_token=None,
                 lease_expires_at=None,
-                worker_id=None,
                 reclaims=jobs.c.reclaims + 1,
                 updated_at=now,
             )
@@ -884,7 +894,8 @@ class CoreStore:
                 self.dialect.lock(
                     select(*_LOST_COLUMNS)
                     .where(jobs.c.status == Status.RUNNING.value, jobs.c.lease_expires_at < now)
-                    .limit(limit)
+                    .limit(limit),
+                    skip_locked=True,  # a row someone holds is being finished or renewed
                 )
             ).all()
             return self._requeue_lost(conn, rows, "heartbeat stopped", max_reclaims)
@@ -906,7 +917,8 @@ class CoreStore:
                 self.dialect.lock(
                     select(*_LOST_COLUMNS).where(
                         jobs.c.status == Status.RUNNING.value, jobs.c.worker_id.in_(dead)
-                    )
+                    ),
+                    skip_locked=True,
                 )
             ).all()
             count = self._requeue_lost(conn, rows, "its process died", max_reclaims)
@@ -1136,10 +1148,30 @@ class CoreStore:
             ).all()
 
     def job_attempts(self, job_id: str) -> list[Row]:
+        """Ended attempts, then the running one (read from the job row) if any."""
+        ended = select(
+            attempts.c.job_id,
+            attempts.c.attempt,
+            attempts.c.worker_id,
+            attempts.c.outcome,
+            attempts.c.started_at,
+            attempts.c.finished_at,
+            attempts.c.error,
+            attempts.c.traceback,
+        ).where(attempts.c.job_id == job_id)
+        running = select(
+            jobs.c.id,
+            jobs.c.attempts,
+            jobs.c.worker_id,
+            literal(Status.RUNNING.value),
+            jobs.c.claimed_at,
+            null(),
+            null(),
+            null(),
+        ).where(jobs.c.id == job_id, jobs.c.status == Status.RUNNING.value)
         with self._read() as conn:
-            return conn.execute(
-                select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.attempt)
-            ).all()
+            rows = conn.execute(ended.union_all(running)).all()
+        return sorted(rows, key=lambda r: r.attempt)
 
     def count_jobs(self, *, status: str | None = None) -> int:
         stmt = select(func.count()).select_from(jobs)

@@ -1,9 +1,645 @@
-"""Timers, signals and fan-out/fan-in."""
+"""Timers, signals and fan-out/fan-in: the SQL of jobs that wait without holding a slot.
+
+A waiting job is parked in the same transaction that records what it waits for (a
+checkpoint row of kind ``sleep``, ``signal`` or ``fanout`` with ``done`` false): its
+status becomes ``waiting``, its lease is cleared and its attempt ends as ``suspended``.
+It comes back to the queue when its timer is due (``run_at``, see ``wake_due_jobs``),
+when the signal it waits for is sent, or when its fan-in is decided.  The fan-in is
+decided in the transaction that makes a child terminal (``_after_terminal``), so a
+crash can never separate a child's end from its parent's resume; a recovery sweep
+(``resume_stalled_fanins``) re-decides anyway, as a safety net.
+"""
 
 from __future__ import annotations
 
-from .core import CoreStore
+import functools
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import and_, bindparam, case, delete, exists, func, insert, select, update
+from sqlalchemy.engine import Connection, Row
+
+from ..errors import UnknownJob
+from ..schema import TERMINAL, Status, checkpoints, jobs, new_id, signals
+from ..strategies import strategy_from_detail
+from .core import UNKNOWN, CoreStore
+
+TERMINAL_VALUES = sorted(s.value for s in TERMINAL)
+_CHUNK = 500
+
+# What a durable wait came to (``WaitResult.state``).
+DONE = "done"  # finished now: ``value`` holds the stored text
+TIMEOUT = "timeout"  # a signal wait reached its deadline
+SUSPENDED = "suspended"  # the job is parked as waiting; the caller raises _Suspend
+LOST = "lost"  # the lease belongs to someone else: nothing was written
+CANCELLED = "cancelled"  # cancellation was requested: nothing was written
+
+
+@dataclass(frozen=True)
+class WaitResult:
+    state: str
+    value: str | None = None
+
+
+def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
+    for i in range(0, len(ids), _CHUNK):
+        yield list(ids[i : i + _CHUNK])
 
 
 class WaitQueries(CoreStore):
     """Timers, signals and fan-out/fan-in."""
+
+    # -- shared pieces -----------------------------------------------------------------
+    def _own(self, conn: Connection, job_id: str, token: str) -> str | None:
+        """Lock the job row; LOST or CANCELLED when this run may not go on, else None."""
+        row = conn.execute(
+            self.dialect.lock(
+                select(jobs.c.lease_token, jobs.c.cancel_requested).where(jobs.c.id == job_id)
+            )
+        ).first()
+        if row is None or row.lease_token != token:
+            return LOST
+        return CANCELLED if row.cancel_requested else None
+
+    def _put_checkpoint(
+        self,
+        conn: Connection,
+        *,
+        job_id: str,
+        name: str,
+        seq: int,
+        kind: str,
+        attempt: int,
+        done: bool,
+        exists_: bool,
+        value: str | None = None,
+        detail: dict[str, Any] | None = None,
+        code_fingerprint: str | None = None,
+    ) -> None:
+        """Insert or update a wait's checkpoint; a finished one counts as a step."""
+        now = self.now()
+        values: dict[str, Any] = dict(
+            done=done,
+            value=value,
+            detail=None if detail is None else json.dumps(detail),
+            finished_at=now if done else None,
+        )
+        if exists_:
+            conn.execute(
+                update(checkpoints)
+                .where(checkpoints.c.job_id == job_id, checkpoints.c.name == name)
+                .values(**values)
+            )
+        else:
+            conn.execute(
+                insert(checkpoints).values(
+                    job_id=job_id,
+                    name=name,
+                    seq=seq,
+                    kind=kind,
+                    attempt=attempt,
+                    code_fingerprint=code_fingerprint,
+                    started_at=now,
+                    **values,
+                )
+            )
+        if done:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(steps_done=jobs.c.steps_done + 1, updated_at=now)
+            )
+
+    def _park(
+        self, conn: Connection, job_id: str, attempt: int, run_at: float | None, waiting_for: str
+    ) -> None:
+        """Make the (locked, owned) job ``waiting``: no lease, no slot, its attempt ended."""
+        now = self.now()
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(
+                status=Status.WAITING.value,
+                run_at=run_at,
+                waiting_for=waiting_for[:255],
+                lease_token=None,
+                lease_expires_at=None,
+                progress=None,
+                updated_at=now,
+            )
+        )
+        self._finish_attempt(conn, job_id, attempt, "suspended")
+
+    # -- timers ------------------------------------------------------------------------
+    def begin_sleep(
+        self,
+        *,
+        job_id: str,
+        token: str,
+        attempt: int,
+        name: str,
+        seq: int,
+        wake_at: float,
+        exists_: bool,
+        code_fingerprint: str | None = None,
+    ) -> WaitResult:
+        """Finish the timer if it is due, else record it and park the job until ``wake_at``."""
+        with self._write() as conn:
+            refused = self._own(conn, job_id, token)
+            if refused:
+                return WaitResult(refused)
+            due = self.now() >= wake_at
+            self._put_checkpoint(
+                conn,
+                job_id=job_id,
+                name=name,
+                seq=seq,
+                kind="sleep",
+                attempt=attempt,
+                done=due,
+                exists_=exists_,
+                detail={"wake_at": wake_at},
+                code_fingerprint=code_fingerprint,
+            )
+            if due:
+                return WaitResult(DONE)
+            self._park(conn, job_id, attempt, wake_at, f"sleep:{name}")
+            return WaitResult(SUSPENDED)
+
+    # -- signals -----------------------------------------------------------------------
+    def send_signal(self, job_id: str, name: str, payload: str) -> None:
+        """Buffer a signal (FIFO per job and name); wake the job if it waits for it."""
+        now = self.now()
+        with self._write() as conn:
+            row = conn.execute(
+                self.dialect.lock(
+                    select(jobs.c.status, jobs.c.waiting_for).where(jobs.c.id == job_id)
+                )
+            ).first()
+            if row is None:
+                raise UnknownJob(f"no job with id {job_id!r}")
+            conn.execute(
+                insert(signals).values(
+                    id=new_id(), job_id=job_id, name=name, payload=payload, sent_at=now
+                )
+            )
+            if row.status == Status.WAITING.value and row.waiting_for == f"signal:{name}"[:255]:
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id)
+                    .values(
+                        status=Status.QUEUED.value, run_at=now, waiting_for=None, updated_at=now
+                    )
+                )
+
+    def take_signal(
+        self,
+        *,
+        job_id: str,
+        token: str,
+        attempt: int,
+        checkpoint: str,
+        name: str,
+        seq: int,
+        deadline: float | None,
+        exists_: bool,
+        code_fingerprint: str | None = None,
+    ) -> WaitResult:
+        """Consume the oldest unconsumed signal ``name`` with its checkpoint, in one
+        transaction; else time out at ``deadline``, else park the job until either."""
+        now = self.now()
+        with self._write() as conn:
+            refused = self._own(conn, job_id, token)
+            if refused:
+                return WaitResult(refused)
+            signal = conn.execute(
+                select(signals.c.id, signals.c.payload)
+                .where(
+                    signals.c.job_id == job_id,
+                    signals.c.name == name,
+                    signals.c.consumed_at.is_(None),
+                )
+                .order_by(signals.c.id)
+                .limit(1)
+            ).first()
+            common = dict(
+                job_id=job_id,
+                name=checkpoint,
+                seq=seq,
+                kind="signal",
+                attempt=attempt,
+                exists_=exists_,
+                code_fingerprint=code_fingerprint,
+            )
+            if signal is not None:
+                conn.execute(
+                    update(signals)
+                    .where(signals.c.id == signal.id)
+                    .values(consumed_at=now, consumed_by=checkpoint)
+                )
+                self._put_checkpoint(
+                    conn,
+                    done=True,
+                    value=signal.payload,
+                    detail={"deadline": deadline, "signal": signal.id},
+                    **common,
+                )
+                return WaitResult(DONE, signal.payload)
+            if deadline is not None and now >= deadline:
+                detail = {"deadline": deadline, "timed_out": True}
+                self._put_checkpoint(conn, done=True, detail=detail, **common)
+                return WaitResult(TIMEOUT)
+            self._put_checkpoint(conn, done=False, detail={"deadline": deadline}, **common)
+            self._park(conn, job_id, attempt, deadline, f"signal:{name}")
+            return WaitResult(SUSPENDED)
+
+    # -- fan-out -----------------------------------------------------------------------
+    def begin_fanout(
+        self,
+        *,
+        job_id: str,
+        token: str,
+        attempt: int,
+        root_id: str | None,
+        name: str,
+        seq: int,
+        detail: dict[str, Any],
+        children: list[dict[str, Any]] | None,
+        code_fingerprint: str | None = None,
+    ) -> WaitResult:
+        """Record the fan-out and insert its children (or re-wait for recorded ones), then
+        return the outcomes if the fan-in is already decided, else park the parent.
+
+        Children get deterministic keys ``{parent}/{fan-out}/{index}``; children that
+        exist already (the fan-out was dropped by ``retry(from_checkpoint=...)``) are
+        reset and run again instead of being inserted twice.
+        """
+        with self._write() as conn:
+            refused = self._own(conn, job_id, token)
+            if refused:
+                return WaitResult(refused)
+            cp = conn.execute(
+                select(checkpoints.c.done, checkpoints.c.value).where(
+                    checkpoints.c.job_id == job_id, checkpoints.c.name == name
+                )
+            ).first()
+            if cp is not None and cp.done:
+                return WaitResult(DONE, cp.value)
+            if cp is None:
+                self._start_children(conn, job_id, root_id or job_id, name, children or [])
+                self._put_checkpoint(
+                    conn,
+                    job_id=job_id,
+                    name=name,
+                    seq=seq,
+                    kind="fanout",
+                    attempt=attempt,
+                    done=False,
+                    exists_=False,
+                    detail=detail,
+                    code_fingerprint=code_fingerprint,
+                )
+            outcomes = self._decide_fanin(conn, job_id, name)
+            if outcomes is not None:
+                return WaitResult(DONE, outcomes)
+            self._park(conn, job_id, attempt, None, f"fanout:{name}")
+            return WaitResult(SUSPENDED)
+
+    def _start_children(
+        self, conn: Connection, parent_id: str, root_id: str, name: str, children: list[dict]
+    ) -> None:
+        now = self.now()
+        existing = {
+            r.fanout_index: r
+            for r in conn.execute(
+                select(jobs.c.id, jobs.c.fanout_index, jobs.c.status).where(
+                    jobs.c.parent_id == parent_id, jobs.c.fanout == name
+                )
+            )
+        }
+        rows = []
+        for index, fields in enumerate(children):
+            old = existing.get(index)
+            if old is not None:
+                if old.status in TERMINAL_VALUES:
+                    self._reset_job(conn, old.id, now, fresh=True, input=fields["input"])
+                continue
+            child_id = new_id()
+            run_at = fields.get("run_at")
+            rows.append(
+                dict(
+                    fields,
+                    id=child_id,
+                    status=Status.QUEUED.value,
+                    run_at=now if run_at is None else run_at,
+                    key=f"{parent_id}/{name}/{index}",
+                    parent_id=parent_id,
+                    root_id=root_id,
+                    fanout=name,
+                    fanout_index=index,
+                    attempts=0,
+                    failures=0,
+                    reclaims=0,
+                    steps_done=0,
+                    cancel_requested=False,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        for i in range(0, len(rows), _CHUNK):
+            conn.execute(insert(jobs), rows[i : i + _CHUNK])
+
+    def _reset_job(
+        self, conn: Connection, job_id: str, now: float, *, fresh: bool, **values
+    ) -> None:
+        """Queue a finished job again; ``fresh`` also drops its checkpoints (a re-run)."""
+        if fresh:
+            conn.execute(delete(checkpoints).where(checkpoints.c.job_id == job_id))
+            values["steps_done"] = 0
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(
+                status=Status.QUEUED.value,
+                run_at=now,
+                cancel_requested=False,
+                result=None,
+                finished_at=None,
+                failures=0,
+                reclaims=0,
+                waiting_for=None,
+                progress=None,
+                updated_at=now,
+                **values,
+            )
+        )
+
+    @functools.cached_property
+    def _fanin_sql(self) -> SimpleNamespace:
+        """The fan-in's statements, built once: the decision runs in every child's
+        terminal transaction, so it is kept to two cached statements when undecided."""
+        child = jobs.alias("fanin_child")
+        columns = (
+            jobs.c.id,
+            jobs.c.status,
+            jobs.c.waiting_for,
+            checkpoints.c.name,
+            checkpoints.c.done,
+            checkpoints.c.detail,
+        )
+        fanout_cp = and_(checkpoints.c.job_id == jobs.c.id, checkpoints.c.kind == "fanout")
+        by_child = (
+            select(*columns)
+            .select_from(
+                child.join(jobs, jobs.c.id == child.c.parent_id).join(
+                    checkpoints, and_(fanout_cp, checkpoints.c.name == child.c.fanout)
+                )
+            )
+            .where(child.c.id == bindparam("child"))
+        )
+        by_parent = (
+            select(*columns)
+            .select_from(jobs.join(checkpoints, fanout_cp))
+            .where(jobs.c.id == bindparam("parent"), checkpoints.c.name == bindparam("name"))
+        )
+        siblings = (jobs.c.parent_id == bindparam("parent"), jobs.c.fanout == bindparam("name"))
+        return SimpleNamespace(
+            by_child=self.dialect.lock(by_child),
+            by_parent=self.dialect.lock(by_parent),
+            counts=select(jobs.c.status, func.count())
+            .where(*siblings, jobs.c.status.in_(TERMINAL_VALUES))
+            .group_by(jobs.c.status),
+            children=select(jobs.c.id, jobs.c.status, jobs.c.result, jobs.c.error)
+            .where(*siblings)
+            .order_by(jobs.c.fanout_index),
+        )
+
+    def _decide_fanin(self, conn: Connection, parent_id: str, name: str) -> str | None:
+        """Decide the fan-in ``name`` of ``parent_id`` if its strategy can; returns the
+        outcomes text when decided now (and resumes a parent that waits for it)."""
+        row = conn.execute(self._fanin_sql.by_parent, {"parent": parent_id, "name": name}).first()
+        return None if row is None else self._decide(conn, row)
+
+    def _decide(self, conn: Connection, parent: Row) -> str | None:
+        """The decision itself, on a locked (parent, fan-out checkpoint) row."""
+        if parent.done or parent.status in TERMINAL_VALUES:
+            return None
+        sql = self._fanin_sql
+        key = {"parent": parent.id, "name": parent.name}
+        detail = json.loads(parent.detail)
+        counts = dict(conn.execute(sql.counts, key).all())
+        succeeded = counts.get(Status.SUCCEEDED.value, 0)
+        not_ok = sum(counts.values()) - succeeded
+        if not strategy_from_detail(detail).decided(detail["count"], succeeded, not_ok):
+            return None
+        outcomes = []
+        unfinished = []
+        for c in conn.execute(sql.children, key):
+            if c.status in TERMINAL_VALUES:
+                error = None if c.status == Status.SUCCEEDED.value else (c.error or c.status)
+                outcomes.append(
+                    {"status": c.status, "result": c.result, "error": error, "job_id": c.id}
+                )
+            else:
+                unfinished.append(c.id)
+                outcomes.append(
+                    {
+                        "status": Status.CANCELLED.value,
+                        "result": None,
+                        "error": "cancelled: the fan-out was decided without it",
+                        "job_id": c.id,
+                    }
+                )
+        if unfinished:
+            self._cancel_tree(conn, unfinished)
+        text = json.dumps(outcomes)
+        now = self.now()
+        conn.execute(
+            update(checkpoints)
+            .where(checkpoints.c.job_id == parent.id, checkpoints.c.name == parent.name)
+            .values(done=True, value=text, finished_at=now)
+        )
+        resume: dict[str, Any] = {}
+        if (
+            parent.status == Status.WAITING.value
+            and parent.waiting_for == f"fanout:{parent.name}"[:255]
+        ):
+            resume = dict(status=Status.QUEUED.value, run_at=now, waiting_for=None)
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == parent.id)
+            .values(steps_done=jobs.c.steps_done + 1, updated_at=now, **resume)
+        )
+        return text
+
+    def _after_terminal(
+        self, conn: Connection, job_id: str, parent_id: str | object | None = UNKNOWN
+    ) -> None:
+        """A job became terminal: if it is a fan-out child, try to decide its fan-in."""
+        super()._after_terminal(conn, job_id, parent_id)
+        if parent_id is None:
+            return  # a top-level job: nothing to decide, no query
+        parent = conn.execute(self._fanin_sql.by_child, {"child": job_id}).first()
+        if parent is not None:
+            self._decide(conn, parent)
+
+    def resume_stalled_fanins(self, limit: int = 100) -> int:
+        """Re-decide fan-ins of waiting parents whose children are all terminal.
+
+        The decision normally happens in the last child's terminal transaction; this
+        sweep (run by every worker's monitor) heals any parent left waiting anyway.
+        """
+        child = jobs.alias("child")
+        busy = exists().where(
+            child.c.parent_id == jobs.c.id, child.c.status.not_in(TERMINAL_VALUES)
+        )
+        stmt = (
+            select(jobs.c.id, jobs.c.waiting_for)
+            .where(
+                jobs.c.status == Status.WAITING.value,
+                jobs.c.waiting_for.like("fanout:%"),
+                ~busy,
+            )
+            .limit(limit)
+        )
+        with self._read() as conn:
+            stalled = conn.execute(stmt).all()
+        resumed = 0
+        for row in stalled:
+            with self._write() as conn:
+                if self._decide_fanin(conn, row.id, row.waiting_for[len("fanout:") :]):
+                    resumed += 1
+        return resumed
+
+    # -- cancellation ------------------------------------------------------------------
+    def _cancel_tree(self, conn: Connection, ids: Sequence[str]) -> None:
+        """Cancel jobs and all their descendants: queued and waiting ones at once,
+        running ones by ``cancel_requested`` (they stop at their next step)."""
+        now = self.now()
+        frontier = list(ids)
+        while frontier:
+            below: list[str] = []
+            for chunk in _chunks(frontier):
+                conn.execute(
+                    update(jobs)
+                    .where(
+                        jobs.c.id.in_(chunk),
+                        jobs.c.status.in_([Status.QUEUED.value, Status.WAITING.value]),
+                    )
+                    .values(
+                        status=Status.CANCELLED.value,
+                        cancel_requested=True,
+                        waiting_for=None,
+                        finished_at=now,
+                        updated_at=now,
+                        error="cancelled",
+                    )
+                )
+                running = select(jobs.c.id).where(
+                    jobs.c.id.in_(chunk),
+                    jobs.c.status == Status.RUNNING.value,
+                    jobs.c.cancel_requested.is_(False),
+                )
+                if self.dialect.skip_locked:
+                    # A locked running job is finishing; waiting for it could deadlock
+                    # with its own fan-in, which waits for the parent row we hold.
+                    running = running.with_for_update(skip_locked=True)
+                ids_running = conn.execute(running).scalars().all()
+                if ids_running:
+                    conn.execute(
+                        update(jobs)
+                        .where(jobs.c.id.in_(ids_running))
+                        .values(cancel_requested=True, updated_at=now)
+                    )
+                below += conn.execute(
+                    select(jobs.c.id).where(
+                        jobs.c.parent_id.in_(chunk), jobs.c.status.not_in(TERMINAL_VALUES)
+                    )
+                ).scalars()
+            frontier = below
+
+    def cancel_job(self, job_id: str) -> str:
+        """Cancel a job and its whole fan-out subtree."""
+        status = super().cancel_job(job_id)
+        with self._write() as conn:
+            children = (
+                conn.execute(
+                    select(jobs.c.id).where(
+                        jobs.c.parent_id == job_id, jobs.c.status.not_in(TERMINAL_VALUES)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if children:
+                self._cancel_tree(conn, children)
+        return status
+
+    # -- retries -----------------------------------------------------------------------
+    def retry_job(self, job_id: str, from_checkpoint: str | None = None) -> None:
+        """Retry a job; its undecided or failed fan-outs are reopened first so that only
+        the children that did not succeed run again."""
+        if from_checkpoint is None:
+            with self._write() as conn:
+                status = conn.execute(
+                    self.dialect.lock(select(jobs.c.status).where(jobs.c.id == job_id))
+                ).scalar()
+                if status in (Status.FAILED.value, Status.CANCELLED.value):
+                    self._reopen_fanouts(conn, job_id, self.now())
+        super().retry_job(job_id, from_checkpoint=from_checkpoint)
+
+    def _reopen_fanouts(self, conn: Connection, job_id: str, now: float) -> None:
+        fanouts = conn.execute(
+            select(checkpoints.c.name, checkpoints.c.done, checkpoints.c.value).where(
+                checkpoints.c.job_id == job_id, checkpoints.c.kind == "fanout"
+            )
+        ).all()
+        for cp in fanouts:
+            if cp.done and all(o["status"] == Status.SUCCEEDED.value for o in json.loads(cp.value)):
+                continue
+            conn.execute(
+                update(checkpoints)
+                .where(checkpoints.c.job_id == job_id, checkpoints.c.name == cp.name)
+                .values(done=False, value=None, finished_at=None)
+            )
+            kids = conn.execute(
+                select(jobs.c.id, jobs.c.status).where(
+                    jobs.c.parent_id == job_id, jobs.c.fanout == cp.name
+                )
+            ).all()
+            for kid in kids:
+                if kid.status in (Status.FAILED.value, Status.CANCELLED.value):
+                    self._reopen_fanouts(conn, kid.id, now)
+                    self._reset_job(conn, kid.id, now, fresh=False)
+                elif kid.status not in TERMINAL_VALUES:
+                    conn.execute(
+                        update(jobs).where(jobs.c.id == kid.id).values(cancel_requested=False)
+                    )
+
+    # -- views -------------------------------------------------------------------------
+    def fanout_progress(self, job_id: str) -> dict[str, tuple[int, int]]:
+        """Per fan-out of ``job_id``: (children finished, children in all)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(
+                    jobs.c.fanout,
+                    func.count(),
+                    func.sum(case((jobs.c.status.in_(TERMINAL_VALUES), 1), else_=0)),
+                )
+                .where(jobs.c.parent_id == job_id)
+                .group_by(jobs.c.fanout)
+            ).all()
+        return {name: (int(done or 0), total) for name, total, done in rows}
+
+    def job_progress(self, job_id: str) -> float | None:
+        """A parent waiting for a fan-in reports the fraction of its children finished."""
+        row = self.get_job(job_id)
+        if row.status == Status.WAITING.value and (row.waiting_for or "").startswith("fanout:"):
+            done, total = self.fanout_progress(job_id).get(
+                row.waiting_for[len("fanout:") :], (0, 0)
+            )
+            return done / total if total else None
+        return super().job_progress(job_id)

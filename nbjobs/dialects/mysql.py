@@ -1,0 +1,100 @@
+"""MySQL 8 and MariaDB >= 10.6: ``SELECT ... FOR UPDATE SKIP LOCKED``, then ``UPDATE``.
+
+MariaDB has no ``UPDATE ... RETURNING``, so a claim is three statements in one
+transaction: lock the best ready rows (skipping rows other claimers hold), mark them
+running, read them back.  Sessions run at READ COMMITTED, which takes no gap locks, so
+claims and fenced writes of different jobs do not block each other.  The migration lock
+is a named ``GET_LOCK``; the clock is the server's ``NOW(6)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.sql import Select
+
+from ..errors import ConfigurationError
+from ..schema import jobs
+from .base import CLAIMED_COLUMNS, Dialect
+
+# Server error codes worth a retry: lock wait timeout, deadlock, connection killed, and
+# the client-side connection failures (can't connect, gone away, lost during query).
+TRANSIENT_CODES = frozenset({1205, 1213, 1927, 1053, 2003, 2006, 2013, 2055, 4031})
+MIGRATION_LOCK = "nbjobs_migrate"
+
+
+class MySQLDialect(Dialect):
+    name = "mysql"
+    skip_locked = True
+    claim_batch = 64
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        connect_args: dict[str, Any] = {}
+        if "charset" not in self.url.query:
+            connect_args["charset"] = "utf8mb4"
+        if "connect_timeout" not in self.url.query:
+            connect_args["connect_timeout"] = 10
+        return {
+            "connect_args": connect_args,
+            "isolation_level": "READ COMMITTED",
+            "pool_size": int(self.options.get("pool_size", 10)),
+            "max_overflow": int(self.options.get("max_overflow", 20)),
+            "pool_timeout": float(self.options.get("pool_timeout", 30)),
+            "pool_pre_ping": True,
+            # Below the server's wait_timeout (8 h by default), so idle connections are
+            # renewed before the server drops them.
+            "pool_recycle": float(self.options.get("pool_recycle", 1800)),
+        }
+
+    @contextlib.contextmanager
+    def migration_lock(self, conn: Connection) -> Iterator[None]:
+        """A named server lock (session scoped), so workers starting together migrate once."""
+        got = conn.execute(select(func.get_lock(MIGRATION_LOCK, 120))).scalar()
+        if got != 1:
+            raise ConfigurationError(
+                "timed out waiting for another nbjobs process to finish migrating the schema"
+            )
+        try:
+            yield
+        finally:
+            conn.execute(select(func.release_lock(MIGRATION_LOCK)))
+
+    def server_time(self, conn: Connection) -> float | None:
+        return float(conn.execute(select(func.unix_timestamp(func.now(6)))).scalar())
+
+    def is_transient(self, exc: BaseException) -> bool:
+        if super().is_transient(exc):
+            return True
+        orig = getattr(exc, "orig", exc)
+        args = getattr(orig, "args", ())
+        return bool(args) and args[0] in TRANSIENT_CODES
+
+    def lock(self, stmt: Select, skip_locked: bool = False) -> Select:
+        return stmt.with_for_update(skip_locked=skip_locked)
+
+    def claim_candidates(
+        self, queue: str, workflows: Sequence[str], now: float, limit: int
+    ) -> Select:
+        return (
+            super().claim_candidates(queue, workflows, now, limit).with_for_update(skip_locked=True)
+        )
+
+    def claim_statement(self, candidates: Select, values: dict[str, Any]) -> Any:
+        """Three statements: lock the candidates, mark them running, read them back."""
+        if candidates._for_update_arg is None:
+            candidates = candidates.with_for_update(skip_locked=True)
+        ids = bindparam("c_ids", expanding=True)
+        mark = update(jobs).where(jobs.c.id.in_(ids)).values(**values, attempts=jobs.c.attempts + 1)
+        return candidates, mark, select(*CLAIMED_COLUMNS).where(jobs.c.id.in_(ids))
+
+    def claim(self, conn: Connection, statement: Any, params: dict[str, Any]) -> list[Row]:
+        candidates, mark, read = statement
+        ids = list(conn.execute(candidates, params).scalars())
+        if not ids:
+            return []
+        conn.execute(mark, {**params, "c_ids": ids})
+        return list(conn.execute(read, {"c_ids": ids}))

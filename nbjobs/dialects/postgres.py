@@ -1,0 +1,212 @@
+"""PostgreSQL: ``FOR UPDATE SKIP LOCKED`` claims, the server clock, LISTEN/NOTIFY wake-ups.
+
+Many workers on many machines share one database.  A claim locks its candidate rows with
+``SKIP LOCKED`` inside a materialized CTE, so concurrent claimers never block each other
+and never take the same job, and the ``UPDATE ... RETURNING`` hands the rows back in the
+same round trip.
+
+Wake-ups: a trigger on ``nbjobs_jobs`` calls ``pg_notify('nbjobs', queue)`` in every
+transaction that makes a job ``queued`` (submit, retry, requeue, a timer, a signal, a
+fan-in resuming its parent), whatever code path did it.  Each worker keeps one dedicated
+``LISTEN`` connection in a daemon thread and wakes its dispatcher on a notification, so an
+idle worker on another machine starts the job within milliseconds; polling stays as the
+fallback while that connection is down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import Select
+
+from ..schema import jobs
+from .base import CLAIMED_COLUMNS, Dialect, safe_url
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "nbjobs"
+
+# SQLSTATE classes and codes worth a retry: connection exceptions (08), serialization
+# failure and deadlock (40), lock not available (55P03), operator intervention (57P0x:
+# shutdown, crash, cannot connect now).
+TRANSIENT_SQLSTATES = ("08", "40001", "40P01", "55P03", "57P01", "57P02", "57P03")
+
+NOTIFY_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION nbjobs_notify_ready() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('{CHANNEL}', NEW.queue);
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql
+"""
+NOTIFY_TRIGGERS = (
+    "DROP TRIGGER IF EXISTS nbjobs_jobs_ready_insert ON nbjobs_jobs",
+    "CREATE TRIGGER nbjobs_jobs_ready_insert AFTER INSERT ON nbjobs_jobs FOR EACH ROW "
+    "WHEN (NEW.status = 'queued') EXECUTE FUNCTION nbjobs_notify_ready()",
+    "DROP TRIGGER IF EXISTS nbjobs_jobs_ready_update ON nbjobs_jobs",
+    "CREATE TRIGGER nbjobs_jobs_ready_update AFTER UPDATE OF status ON nbjobs_jobs "
+    "FOR EACH ROW WHEN (NEW.status = 'queued' AND OLD.status IS DISTINCT FROM NEW.status) "
+    "EXECUTE FUNCTION nbjobs_notify_ready()",
+)
+
+
+class PostgresDialect(Dialect):
+    name = "postgresql"
+    skip_locked = True
+    claim_batch = 64
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        connect_args: dict[str, Any] = {"application_name": "nbjobs"}
+        if "connect_timeout" not in self.url.query:
+            connect_args["connect_timeout"] = 10
+        return {
+            "connect_args": connect_args,
+            # A worker holds one connection per running job at the step boundaries, plus
+            # the dispatcher and the monitor: size the pool for that, not for the fleet.
+            "pool_size": int(self.options.get("pool_size", 10)),
+            "max_overflow": int(self.options.get("max_overflow", 20)),
+            "pool_timeout": float(self.options.get("pool_timeout", 30)),
+            # After a server restart the pooled connections are dead: test each on checkout.
+            "pool_pre_ping": True,
+            "pool_recycle": float(self.options.get("pool_recycle", 1800)),
+        }
+
+    # -- schema ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def migration_lock(self, conn: Connection) -> Iterator[None]:
+        """A transaction-scoped advisory lock: workers starting together migrate once."""
+        conn.execute(select(func.pg_advisory_xact_lock(_lock_key("nbjobs-migrate"))))
+        yield
+
+    def after_create(self, conn: Connection) -> None:
+        conn.exec_driver_sql(NOTIFY_FUNCTION)
+        for statement in NOTIFY_TRIGGERS:
+            conn.exec_driver_sql(statement)
+
+    def server_time(self, conn: Connection) -> float | None:
+        return float(conn.execute(select(func.extract("epoch", func.clock_timestamp()))).scalar())
+
+    def is_transient(self, exc: BaseException) -> bool:
+        if super().is_transient(exc):
+            return True
+        orig = getattr(exc, "orig", exc)
+        sqlstate = getattr(orig, "sqlstate", None) or ""
+        if sqlstate.startswith(TRANSIENT_SQLSTATES):
+            return True
+        import psycopg
+
+        return isinstance(orig, psycopg.OperationalError) and not sqlstate
+
+    # -- locking and the claim ---------------------------------------------------------
+    def lock(self, stmt: Select, skip_locked: bool = False) -> Select:
+        return stmt.with_for_update(skip_locked=skip_locked)
+
+    def claim_candidates(
+        self, queue: str, workflows: Sequence[str], now: float, limit: int
+    ) -> Select:
+        return (
+            super().claim_candidates(queue, workflows, now, limit).with_for_update(skip_locked=True)
+        )
+
+    def claim_statement(self, candidates: Select, values: dict[str, Any]) -> Any:
+        # MATERIALIZED: the locking subquery runs exactly once, so a claim never takes
+        # more rows than its LIMIT (an inlined IN-subquery may be re-scanned).
+        if candidates._for_update_arg is None:
+            candidates = candidates.with_for_update(skip_locked=True)
+        chosen = candidates.cte("nbjobs_claim").prefix_with("MATERIALIZED")
+        return (
+            update(jobs)
+            .where(jobs.c.id.in_(select(chosen.c.id)))
+            .values(**values, attempts=jobs.c.attempts + 1)
+            .returning(*CLAIMED_COLUMNS)
+        )
+
+    # -- wake-ups ----------------------------------------------------------------------
+    def listen(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(queue)`` on each ready-job notification; returns a stop function.
+
+        The listener runs in a daemon thread on its own autocommit connection and
+        reconnects with backoff when the server goes away; after a reconnect it calls
+        ``callback("")`` once, since notifications sent meanwhile were lost.
+        """
+        listener = _Listener(self, callback)
+        listener.start()
+        return listener.stop
+
+    def conninfo(self) -> str:
+        """A libpq connection string for this URL (password included: never log it)."""
+        from psycopg.conninfo import make_conninfo
+
+        params: dict[str, Any] = {
+            "host": self.url.host,
+            "port": self.url.port,
+            "user": self.url.username,
+            "password": self.url.password,
+            "dbname": self.url.database,
+        }
+        params.update({k: v for k, v in self.url.query.items() if isinstance(v, str)})
+        params["application_name"] = "nbjobs-listen"
+        params.setdefault("connect_timeout", "10")
+        return make_conninfo(**{k: v for k, v in params.items() if v is not None})
+
+
+class _Listener:
+    """One ``LISTEN nbjobs`` connection in a daemon thread."""
+
+    def __init__(self, dialect: PostgresDialect, callback: Callable[[str], None]) -> None:
+        self.dialect = dialect
+        self.callback = callback
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nbjobs-listen", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def _run(self) -> None:
+        import psycopg
+
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.dialect.conninfo(), autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    if failures:
+                        log.info("wake-up listener reconnected to %s", safe_url(self.dialect.url))
+                        self.callback("")
+                    failures = 0
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=0.2):
+                            self.callback(note.payload)
+                            if self._stop.is_set():
+                                break
+            except (psycopg.Error, DBAPIError, OSError) as exc:
+                failures += 1
+                pause = min(10.0, 0.2 * 2**failures)
+                log.warning(
+                    "wake-up listener on %s lost its connection (%s); polling until it "
+                    "reconnects in %.1f s",
+                    safe_url(self.dialect.url),
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                    pause,
+                )
+                self._stop.wait(pause)
+            except Exception:
+                log.exception("wake-up listener failed; polling only")
+                return
+
+
+def _lock_key(name: str) -> int:
+    """A stable signed 32-bit advisory lock key for ``name``."""
+    return zlib.crc32(name.encode()) - 2**31
