@@ -1,12 +1,53 @@
-"""Cron schedules stored in the database; each tick fired exactly once across workers."""
+"""Cron schedules stored in the database; each tick fired exactly once across workers.
+
+A schedule lives in ``nbjobs_schedules``, not in code, so it survives a kernel restart and
+every worker of every process sees it.  Every worker's monitor thread calls
+:meth:`Schedules.tick` a few times a second: one indexed read finds the due schedules, and
+only then does a worker try to claim a tick.  The claim and the tick's job are one
+transaction (see :meth:`nbjobs.store.schedules.ScheduleQueries.fire_schedule`), so a tick
+becomes exactly one job however many workers race for it.
+
+Missed ticks (no worker was running) follow the schedule's ``catch_up`` policy:
+
+* ``"latest"`` (default): one run, for the latest missed tick;
+* ``"all"``: one run per missed tick, oldest first, at most :data:`MAX_TICKS_PER_PASS`
+  per transaction (the next passes continue with the rest);
+* ``"none"``: missed ticks are skipped; a tick fires only if it is at most
+  :data:`MISFIRE_GRACE_SECONDS` late.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
+from .clock import to_datetime
+from .errors import ConfigurationError, NbjobsError, SerializationError
+from .workflow import Workflow, _check_name
+
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Row
+
     from .app import App
+    from .cron import Cron
     from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+CATCH_UP = ("latest", "all", "none")
+#: Ticks one pass of ``catch_up="all"`` enqueues in one transaction at most.
+MAX_TICKS_PER_PASS = 1000
+#: How late a tick may be and still fire under ``catch_up="none"``.
+MISFIRE_GRACE_SECONDS = 60.0
+#: Due schedules one tick pass handles at most (the rest wait for the next pass).
+DUE_PER_PASS = 100
+
+
+def _parse_cron(expression: str, timezone: str) -> Cron:
+    """:func:`nbjobs.cron.parse`, imported on first use so ``import nbjobs`` skips croniter."""
+    from .cron import parse
+
+    return parse(expression, timezone)
 
 
 class Schedules:
@@ -14,18 +55,201 @@ class Schedules:
 
     def __init__(self, app: App) -> None:
         self.app = app
+        self._failing: set[str] = set()  # schedules whose last firing raised (log once)
 
-    def define(self, name: str, workflow: Any, **options: Any) -> dict[str, Any]:
-        raise NotImplementedError
+    # -- defining ----------------------------------------------------------------------
+    def define(
+        self,
+        name: str,
+        workflow: Workflow | str,
+        *,
+        cron: str,
+        args: tuple | list = (),
+        kwargs: dict[str, Any] | None = None,
+        timezone: str = "UTC",
+        queue: str | None = None,
+        priority: int | None = None,
+        catch_up: str = "latest",
+    ) -> dict[str, Any]:
+        """Create or update (by name) a schedule; returns it as :meth:`list` shows it."""
+        name = _check_name("schedule name", name)
+        if isinstance(workflow, Workflow):
+            wf_name, wf = workflow.name, workflow
+        elif isinstance(workflow, str):
+            wf_name = _check_name("workflow name", workflow)
+            wf = self._registered(wf_name)
+        else:
+            raise ConfigurationError(
+                f"schedule {name!r}: workflow must be a workflow or its name, got {workflow!r}"
+            )
+        spec = _parse_cron(cron, timezone)
+        if len(spec.expression) > 200:
+            raise ConfigurationError(f"schedule {name!r}: the cron expression is too long")
+        if catch_up not in CATCH_UP:
+            raise ConfigurationError(
+                f"schedule {name!r}: catch_up must be one of {', '.join(CATCH_UP)}, "
+                f"got {catch_up!r}"
+            )
+        if queue is None:
+            queue = wf.defaults.queue if wf is not None and wf.defaults.queue else "default"
+        queue = _check_name("queue", queue)
+        if priority is None:
+            priority = wf.defaults.priority if wf is not None and wf.defaults.priority else 0
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ConfigurationError(
+                f"schedule {name!r}: priority must be an int, got {priority!r}"
+            )
+        if not isinstance(args, (tuple, list)):
+            raise ConfigurationError(f"schedule {name!r}: args must be a tuple or list")
+        kwargs = kwargs or {}
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise ConfigurationError(f"schedule {name!r}: kwargs must be a dict with str keys")
+        try:
+            encoded = self.app.codec.dumps({"args": list(args), "kwargs": kwargs})
+        except SerializationError as exc:
+            raise SerializationError(
+                f"schedule {name!r}: an argument cannot be stored: {exc}"
+            ) from None
+        now = self.app.clock.now()
+        next_fire = spec.next_after(now)
+        if next_fire is None:
+            raise ConfigurationError(
+                f"schedule {name!r}: cron expression {spec.expression!r} never fires after now"
+            )
+        if wf is None:
+            log.info(
+                "schedule %r names workflow %r, not registered in this process; its jobs "
+                "wait queued until a worker that registers it runs",
+                name,
+                wf_name,
+            )
+        self.app.store.save_schedule(
+            name=name,
+            workflow=wf_name,
+            cron=spec.expression,
+            timezone=spec.timezone,
+            input=encoded,
+            queue=queue,
+            priority=priority,
+            catch_up=catch_up,
+            next_fire_at=next_fire,
+        )
+        return self.get(name)
+
+    def _registered(self, workflow: str) -> Workflow | None:
+        try:
+            return self.app.get_workflow(workflow)
+        except ConfigurationError:
+            return None
 
     def remove(self, name: str) -> None:
-        raise NotImplementedError
+        if not self.app.store.delete_schedule(name):
+            raise ConfigurationError(f"no schedule named {name!r}")
 
     def set_paused(self, name: str, paused: bool) -> None:
-        raise NotImplementedError
+        """Pause, or resume from the next tick after now (ticks while paused are skipped)."""
+        if paused:
+            if not self.app.store.pause_schedule(name):
+                raise ConfigurationError(f"no schedule named {name!r}")
+            return
+        row = self._row(name)
+        if not row.paused:
+            return
+        spec = _parse_cron(row.cron, row.timezone)
+        next_fire = spec.next_after(self.app.clock.now())
+        self.app.store.resume_schedule(name, cron=row.cron, next_fire_at=next_fire)
+
+    # -- reading -----------------------------------------------------------------------
+    def _row(self, name: str) -> Row:
+        rows = self.app.store.list_schedules(name)
+        if not rows:
+            raise ConfigurationError(f"no schedule named {name!r}")
+        return rows[0]
+
+    def get(self, name: str) -> dict[str, Any]:
+        return self._as_dict(self._row(name))
 
     def list(self) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        return [self._as_dict(r) for r in self.app.store.list_schedules()]
 
-    def tick(self, worker: Worker) -> None:
-        """Fire due ticks (called by every worker's monitor; exactly once per tick)."""
+    def _as_dict(self, row: Row) -> dict[str, Any]:
+        try:
+            stored = self.app.codec.loads(row.input) or {}
+        except (NbjobsError, ValueError):
+            stored = {}  # e.g. pickled by an app that opted in; this one cannot read it
+        return {
+            "name": row.name,
+            "workflow": row.workflow,
+            "cron": row.cron,
+            "timezone": row.timezone,
+            "next_run": None if row.paused else to_datetime(row.next_fire_at),
+            "last_run": to_datetime(row.last_fire_at),
+            "last_status": row.last_status,
+            "paused": bool(row.paused),
+            "catch_up": row.catch_up,
+            "queue": row.queue,
+            "priority": row.priority,
+            "args": stored.get("args"),
+            "kwargs": stored.get("kwargs"),
+            "last_job_id": row.last_job_id,
+        }
+
+    # -- firing ------------------------------------------------------------------------
+    def tick(self, worker: Worker | None = None) -> int:
+        """Fire due ticks (called by every worker's monitor; exactly once per tick).
+
+        Returns the number of jobs this call enqueued.  Cheap when nothing is due: one
+        indexed read, no write.
+        """
+        now = self.app.clock.now()
+        due = self.app.store.due_schedules(now, limit=DUE_PER_PASS)
+        fired = 0
+        for row in due:
+            try:
+                fired += self._fire(row, now)
+                self._failing.discard(row.name)
+            except Exception:
+                if row.name not in self._failing:
+                    self._failing.add(row.name)
+                    log.exception("schedule %r: firing failed; will retry", row.name)
+        if fired and worker is not None:
+            worker.wake()
+        return fired
+
+    def _fire(self, row: Row, now: float) -> int:
+        spec = _parse_cron(row.cron, row.timezone)
+        expected = row.next_fire_at
+        if row.catch_up == "all":
+            ticks = spec.ticks(expected, now, MAX_TICKS_PER_PASS)
+            next_fire = spec.next_after(ticks[-1])
+        else:
+            latest = spec.latest(expected, now)
+            late = now - latest
+            ticks = [latest] if row.catch_up != "none" or late <= MISFIRE_GRACE_SECONDS else []
+            next_fire = spec.next_after(max(latest, now))
+            if ticks and latest != expected:
+                log.info("schedule %r: ran late; firing only its latest tick", row.name)
+        ids = self.app.store.fire_schedule(
+            name=row.name,
+            expected_next=expected,
+            ticks=ticks,
+            next_fire_at=next_fire,
+            job=self._job_fields(row),
+        )
+        return len(ids or ())
+
+    def _job_fields(self, row: Row) -> dict[str, Any]:
+        """The fields a tick's job takes: the schedule's, plus the workflow's defaults when
+        this process knows the workflow (otherwise the job waits for a worker that does)."""
+        fields: dict[str, Any] = dict(
+            workflow=row.workflow, input=row.input, queue=row.queue, priority=row.priority
+        )
+        wf = self._registered(row.workflow)
+        if wf is not None:
+            fields.update(
+                max_retries=wf.defaults.retries or 0,
+                timeout_seconds=wf.defaults.timeout,
+                steps_expected=wf.defaults.steps,
+                code_fingerprint=wf.fingerprint,
+            )
+        return fields

@@ -1,0 +1,1 @@
+"""Importable apps for tests that run real ``nbjobs worker module:app`` subprocesses."""
