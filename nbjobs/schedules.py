@@ -133,6 +133,9 @@ class Schedules:
             priority=priority,
             catch_up=catch_up,
             next_fire_at=next_fire,
+            max_retries=wf.defaults.retries if wf is not None else None,
+            timeout_seconds=wf.defaults.timeout if wf is not None else None,
+            steps_expected=wf.defaults.steps if wf is not None else None,
         )
         return self.get(name)
 
@@ -239,17 +242,24 @@ class Schedules:
         return len(ids or ())
 
     def _job_fields(self, row: Row) -> dict[str, Any]:
-        """The fields a tick's job takes: the schedule's, plus the workflow's defaults when
-        this process knows the workflow (otherwise the job waits for a worker that does)."""
+        """The fields a tick's job takes: the schedule's, with the workflow's options as
+        recorded when the schedule was defined (or, failing that, as registered here)."""
         fields: dict[str, Any] = dict(
-            workflow=row.workflow, input=row.input, queue=row.queue, priority=row.priority
+            workflow=row.workflow,
+            input=row.input,
+            queue=row.queue,
+            priority=row.priority,
+            max_retries=row.max_retries or 0,
+            timeout_seconds=row.timeout_seconds,
+            steps_expected=row.steps_expected,
         )
         wf = self._registered(row.workflow)
         if wf is not None:
-            fields.update(
-                max_retries=wf.defaults.retries or 0,
-                timeout_seconds=wf.defaults.timeout,
-                steps_expected=wf.defaults.steps,
-                code_fingerprint=wf.fingerprint,
-            )
+            if row.max_retries is None:
+                fields.update(
+                    max_retries=wf.defaults.retries or 0,
+                    timeout_seconds=wf.defaults.timeout,
+                    steps_expected=wf.defaults.steps,
+                )
+            fields["code_fingerprint"] = wf.fingerprint
         return fields

@@ -215,6 +215,11 @@ schedules = Table(
     Column("queue", String(100), nullable=False),
     Column("priority", Integer, nullable=False, default=0),
     Column("catch_up", String(16), nullable=False),
+    # The workflow's options when the schedule was defined (a firing worker may not know
+    # the workflow); NULL: take them from the workflow where it is registered.
+    Column("max_retries", Integer),
+    Column("timeout_seconds", Double),
+    Column("steps_expected", Integer),
     Column("paused", Boolean, nullable=False, default=False),
     Column("last_fire_at", Double),
     Column("last_job_id", ID),

@@ -30,6 +30,9 @@ _DUE_COLUMNS = (
     schedules.c.priority,
     schedules.c.catch_up,
     schedules.c.next_fire_at,
+    schedules.c.max_retries,
+    schedules.c.timeout_seconds,
+    schedules.c.steps_expected,
 )
 
 
@@ -48,6 +51,9 @@ class ScheduleQueries(CoreStore):
         priority: int,
         catch_up: str,
         next_fire_at: float | None,
+        max_retries: int | None = None,
+        timeout_seconds: float | None = None,
+        steps_expected: int | None = None,
     ) -> None:
         """Create a schedule, or update the one of that name.
 
@@ -65,6 +71,9 @@ class ScheduleQueries(CoreStore):
             queue=queue,
             priority=priority,
             catch_up=catch_up,
+            max_retries=max_retries,
+            timeout_seconds=timeout_seconds,
+            steps_expected=steps_expected,
             updated_at=now,
         )
         for attempt in range(2):
