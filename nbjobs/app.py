@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -36,13 +37,19 @@ class App:
     """An nbjobs application on one database.
 
     ``url`` defaults to the ``NBJOBS_URL`` environment variable, else
-    ``sqlite:///nbjobs.db``.  Options: ``serializer`` (``"json"`` or ``"pickle"``),
+    ``sqlite:///nbjobs.db``.  Options: ``serializer`` (``"json"`` or ``"pickle"``;
+    warning: loading pickle runs code the database holds, so opt into it only for a
+    database that only trusted code writes to; a JSON app refuses pickled rows),
     ``heartbeat_seconds`` and ``stale_after_seconds`` (a silent worker's jobs are
     reclaimed after this; at least three heartbeats), ``max_reclaims`` (a job whose
     worker dies more often than this is failed, not looped), ``poll_seconds`` (the
     idle poll when no wake-up arrives), ``retry_backoff_seconds`` and
     ``retry_backoff_max_seconds``, ``sqlite_synchronous`` (``"NORMAL"`` or ``"FULL"``),
-    and ``clock`` (a :class:`~nbjobs.clock.FakeClock` in tests).
+    and ``clock`` (a :class:`~nbjobs.clock.FakeClock` in tests).  ``max_payload_bytes``
+    bounds one stored value (an input, checkpoint, result or signal payload; 16 MiB by
+    default): a bigger one raises :class:`~nbjobs.SerializationError` naming the limit.
+    ``retention_seconds`` turns on automatic retention: every worker's monitor purges
+    finished job trees older than this, a few batches at a time (see :meth:`purge`).
     """
 
     def __init__(
@@ -57,6 +64,8 @@ class App:
         retry_backoff_seconds: float = 1.0,
         retry_backoff_max_seconds: float = 300.0,
         clock: Clock | None = None,
+        max_payload_bytes: int = 16 * 1024 * 1024,
+        retention_seconds: float | None = None,
         **database_options: Any,
     ) -> None:
         for name, value in (
@@ -75,7 +84,17 @@ class App:
             )
         if not isinstance(max_reclaims, int) or max_reclaims < 0:
             raise ConfigurationError(f"max_reclaims must be an integer >= 0, got {max_reclaims!r}")
-        self.codec = Codec(serializer)
+        if retention_seconds is not None and (
+            isinstance(retention_seconds, bool)
+            or not isinstance(retention_seconds, (int, float))
+            or retention_seconds <= 0
+        ):
+            raise ConfigurationError(
+                f"retention_seconds must be a positive number or None, got {retention_seconds!r}"
+            )
+        self.codec = Codec(serializer, max_payload_bytes=max_payload_bytes)
+        self.retention_seconds = None if retention_seconds is None else float(retention_seconds)
+        self._retention_next_at = 0.0
         self.clock = clock or Clock()
         self.heartbeat_seconds = float(heartbeat_seconds)
         self.stale_after_seconds = float(stale_after_seconds)
@@ -83,7 +102,8 @@ class App:
         self.poll_seconds = float(poll_seconds)
         self.retry_backoff_seconds = float(retry_backoff_seconds)
         self.retry_backoff_max_seconds = float(retry_backoff_max_seconds)
-        self.url = url or os.environ.get("NBJOBS_URL") or DEFAULT_URL
+        # An explicit "" is a mistake to report, not a request for the default file.
+        self.url = url if url is not None else os.environ.get("NBJOBS_URL") or DEFAULT_URL
         self.store = Store(self.url, clock=self.clock, **database_options)
         self._registry: dict[str, Workflow] = {}
         self._registry_lock = threading.Lock()
@@ -126,21 +146,40 @@ class App:
         def register(func: Callable[..., Any]) -> Workflow:
             if not callable(func):
                 raise ConfigurationError(f"@app.workflow needs a function, got {func!r}")
-            wf_name = _check_name("workflow name", name or func.__qualname__)
+            wf_name = _check_name("workflow name", func.__qualname__ if name is None else name)
             wf = Workflow(self, func, wf_name, defaults)
             with self._registry_lock:
                 old = self._registry.get(wf_name)
                 self._registry[wf_name] = wf
             if old is not None and old.fingerprint != wf.fingerprint:
-                log.warning(
-                    "workflow %r redefined with different code; new runs use the new code",
-                    wf_name,
-                )
+                log.info("workflow %r redefined; new claims use the new code", wf_name)
+            if old is None or old.fingerprint != wf.fingerprint:
+                self._warn_changed_code(wf)
             return wf
 
         if fn is not None:
             return register(fn)
         return register
+
+    def _warn_changed_code(self, wf: Workflow) -> None:
+        """Warn in the cell when unfinished runs of ``wf`` were submitted with other code."""
+        count, ids = self.store.unfinished_other_code(wf.name, wf.fingerprint)
+        if not count:
+            return
+        import warnings
+
+        shown = ", ".join(ids) + (f" and {count - len(ids)} more" if count > len(ids) else "")
+        message = (
+            f"workflow {wf.name!r} changed while {count} of its runs are unfinished ({shown}). "
+            "Choose for each: let it resume with the new code (do nothing; finished steps "
+            "are replayed from their checkpoints), re-run from a step with "
+            "app.job(id).retry(from_checkpoint=...) once it has finished, or cancel it "
+            "with app.job(id).cancel()."
+        )
+        frame, level = sys._getframe(1), 2
+        while frame is not None and frame.f_globals.get("__name__", "").startswith("nbjobs."):
+            frame, level = frame.f_back, level + 1
+        warnings.warn(message, UserWarning, stacklevel=level)
 
     def workflow_names(self) -> list[str]:
         with self._registry_lock:
@@ -201,13 +240,14 @@ class App:
             **self._job_fields(workflow, args, kwargs, options),
         )
         handle = JobHandle(self, job_id)
-        while claim is not None:
-            execution = Execution(self, claim, workflow)
-            self._run_execution_here(execution)
+        while True:
+            if claim is not None:
+                self._run_execution_here(Execution(self, claim, workflow))
             row = self.store.get_job(job_id)
-            if row.status != Status.QUEUED.value:
+            if row.status != Status.QUEUED.value or row.workflow != workflow.name:
                 break
-            # A retry with backoff: wait for it here, unless a worker takes it first.
+            # A retry with backoff, or the queued job an idempotency key named: run it
+            # here when it is due, unless a worker takes it first.
             self.clock.wait(threading.Event(), max(0.0, (row.run_at or 0) - self.clock.now()))
             claim = self.store.claim_job(
                 job_id, worker_id=self._inline_id, lease_seconds=self.stale_after_seconds
@@ -328,6 +368,47 @@ class App:
         frame["duration_s"] = (frame["finished_at"] - frame["started_at"]).dt.total_seconds()
         return frame
 
+    def history_frame(
+        self,
+        workflow: str | None = None,
+        status: str | None = None,
+        since: Any = None,
+        limit: int = 1000,
+    ):
+        """Jobs, attempts and step timings of the newest ``limit`` jobs as one DataFrame.
+
+        One row per job, attempt and step (the ``kind`` column), with ``name``, ``status``,
+        ``started_at``, ``finished_at`` and ``duration_s``; see :mod:`nbjobs.history`.
+        """
+        from .history import history_frame
+
+        return history_frame(self, workflow=workflow, status=status, since=since, limit=limit)
+
+    def purge(
+        self,
+        older_than: Any,
+        status: str | list[str] | None = None,
+        *,
+        batch_size: int = 500,
+    ) -> int:
+        """Delete finished jobs (with their checkpoints, attempts, signals and logs).
+
+        ``older_than`` is an age (seconds or a ``timedelta``) or a cutoff ``datetime``:
+        jobs that finished before it go.  ``status`` narrows it to some finished statuses
+        (default all three).  A fan-out tree goes as a whole, once its root is old enough
+        and no job of it is unfinished, so a child is never orphaned.  Deletes in
+        transactions of ``batch_size`` trees; returns the number of jobs deleted.
+        """
+        from .retention import purge_arguments
+
+        cutoff, statuses = purge_arguments(self.clock.now(), older_than, status)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigurationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        deleted, _ = self.store.purge_jobs(
+            finished_before=cutoff, statuses=statuses, batch_size=batch_size
+        )
+        return deleted
+
     def cancel(self, job_id: str) -> str:
         """Cancel a job; returns its status after the request."""
         status = self.store.cancel_job(job_id)
@@ -410,6 +491,10 @@ class App:
     def _on_monitor_tick(self, worker: Worker) -> None:
         """Called by the worker's monitor thread about four times a second."""
         self._schedules.tick(worker)
+        if self.retention_seconds is not None:
+            from .retention import retention_tick
+
+            retention_tick(self)
 
     # -- schedules ---------------------------------------------------------------------
     def schedule(

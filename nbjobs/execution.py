@@ -137,15 +137,31 @@ class Execution:
 
     # -- running -----------------------------------------------------------------------
     def _prepare(self) -> tuple[CallState, tuple, dict]:
-        payload = self.app.codec.loads(self.job.input) or {}
-        args = tuple(payload.get("args", ()))
-        kwargs = dict(payload.get("kwargs", {}))
+        args, kwargs = self._decode_input()
         # A first attempt that has made no step has nothing to replay: skip the query.
         if self.job.attempt > 1 or self.job.steps_done > 0:
             self.stored = self.app.store.load_checkpoints(self.job.id)
             self._seq = max((r.seq for r in self.stored.values()), default=0)
         cls = AsyncCallState if self.workflow.is_async else CallState
         return cls(self, args, kwargs), args, kwargs
+
+    def _decode_input(self) -> tuple[tuple, dict]:
+        """The stored arguments; a row that cannot be decoded fails its job (no retry)."""
+        try:
+            payload = self.app.codec.loads(self.job.input) or {}
+        except SerializationError as exc:
+            raise SerializationError(f"the job's stored input cannot be decoded: {exc}") from None
+        args, kwargs = (
+            (payload.get("args", []), payload.get("kwargs", {}))
+            if isinstance(payload, dict)
+            else (None, None)
+        )
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise SerializationError(
+                "the job's stored input is not {'args': [...], 'kwargs': {...}}: "
+                f"{str(self.job.input)[:60]!r}"
+            )
+        return tuple(args), kwargs
 
     def run_sync(self) -> None:
         """Run the workflow in this thread and record the outcome."""
@@ -174,10 +190,8 @@ class Execution:
                     value = await self.workflow.fn(cs, *args, **kwargs)
                 except asyncio.CancelledError:
                     # Our own cancel (cancel request, lost lease, timeout) or the loop stopping.
-                    if self.cancel_requested and not self.lost:
-                        exc = _Cancelled()
-                    else:
-                        exc = _LeaseLost()
+                    cancelled = self.cancel_requested and not self.lost
+                    exc = _Cancelled() if cancelled else _LeaseLost()
                     await asyncio.to_thread(self._record_exception, exc)
                 except BaseException as exc:
                     await asyncio.to_thread(self._record_exception, exc)

@@ -5,12 +5,16 @@
 """
 
 from .core import ClaimedJob, CoreStore, process_alive
+from .history import HistoryQueries
+from .retention import RetentionQueries
 from .schedules import ScheduleQueries
 from .views import ViewQueries
 from .waits import WaitQueries
 
 
-class Store(WaitQueries, ScheduleQueries, ViewQueries, CoreStore):
+class Store(
+    WaitQueries, ScheduleQueries, ViewQueries, HistoryQueries, RetentionQueries, CoreStore
+):
     """All reads and writes of the nbjobs tables for one database."""
 
 

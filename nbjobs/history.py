@@ -1,0 +1,111 @@
+"""``app.history_frame``: jobs, attempts and step timings as one tidy pandas DataFrame.
+
+One row per job, per attempt and per step, told apart by the ``kind`` column, so that
+the usual questions are one ``groupby`` away: the slowest steps
+(``kind == "step"`` by ``name``), failure rates (``kind == "job"`` by ``status``) and
+retries (``kind == "attempt"`` by ``status``).  pandas is imported here, lazily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .clock import to_epoch
+
+if TYPE_CHECKING:
+    import pandas
+
+    from .app import App
+
+COLUMNS = [
+    "kind",  # job | attempt | step
+    "job_id",
+    "workflow",
+    "queue",
+    "name",  # the step's name (steps only)
+    "seq",  # the step's position in the run (steps only)
+    "attempt",  # the attempt (attempts), or the attempt that made the step (steps)
+    "status",  # job status, attempt outcome, or "done" / "pending" for steps
+    "worker_id",
+    "error",
+    "started_at",
+    "finished_at",
+    "duration_s",
+]
+
+
+def history_frame(
+    app: App,
+    *,
+    workflow: str | None = None,
+    status: str | Sequence[str] | None = None,
+    since: datetime | float | None = None,
+    limit: int = 1000,
+) -> pandas.DataFrame:
+    """Build the frame for the newest ``limit`` jobs matching the filters."""
+    import pandas as pd
+
+    store = app.store
+    job_rows = store.history_jobs(
+        workflow=workflow,
+        status=status,
+        since=None if since is None else to_epoch(since),
+        limit=limit,
+    )
+    by_id = {j.id: j for j in job_rows}
+    records: list[dict[str, Any]] = []
+    for j in job_rows:
+        records.append(
+            dict(
+                kind="job",
+                job_id=j.id,
+                workflow=j.workflow,
+                queue=j.queue,
+                attempt=j.attempts,
+                status=j.status,
+                error=j.error,
+                started_at=j.started_at,
+                finished_at=j.finished_at,
+            )
+        )
+    for a in store.history_attempts(list(by_id)):
+        j = by_id[a.job_id]
+        records.append(
+            dict(
+                kind="attempt",
+                job_id=a.job_id,
+                workflow=j.workflow,
+                queue=j.queue,
+                attempt=a.attempt,
+                status=a.outcome,
+                worker_id=a.worker_id,
+                error=a.error,
+                started_at=a.started_at,
+                finished_at=a.finished_at,
+            )
+        )
+    for s in store.history_steps(list(by_id)):
+        j = by_id[s.job_id]
+        records.append(
+            dict(
+                kind="step",
+                job_id=s.job_id,
+                workflow=j.workflow,
+                queue=j.queue,
+                name=s.name,
+                seq=s.seq,
+                attempt=s.attempt,
+                status="done" if s.done else "pending",
+                started_at=s.started_at,
+                finished_at=s.finished_at,
+            )
+        )
+    frame = pd.DataFrame.from_records(records, columns=COLUMNS)
+    for column in ("seq", "attempt"):
+        frame[column] = frame[column].astype("Int64")
+    for column in ("started_at", "finished_at"):
+        frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
+    frame["duration_s"] = (frame["finished_at"] - frame["started_at"]).dt.total_seconds()
+    return frame

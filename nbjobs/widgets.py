@@ -1,0 +1,178 @@
+"""ipywidgets displays for notebooks: ``h.watch()``.
+
+The display is updated by a daemon thread that reads the job's row a few times a second,
+so the kernel stays free while a job runs (widget state changes are sent from that
+thread, which ipykernel supports).  It works for a job run by any worker, in this process
+or another, because it reads the database and nothing else.  This module imports
+ipywidgets; ``import nbjobs`` does not import this module.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as w
+
+from .schema import TERMINAL, Status
+
+if TYPE_CHECKING:
+    from .handle import JobHandle
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two reads of the job's row.
+POLL_SECONDS = 0.25
+_TERMINAL = {s.value for s in TERMINAL}
+_BAR_STYLE = {
+    Status.SUCCEEDED.value: "success",
+    Status.FAILED.value: "danger",
+    Status.CANCELLED.value: "warning",
+}
+
+
+class JobWatch(w.VBox):
+    """A live progress display of one job: status, progress bar, current step, outcome.
+
+    ``wait(timeout)`` blocks until the display has shown the job's end (for scripts and
+    tests; a notebook just displays the widget and carries on).
+    """
+
+    def __init__(self, handle: JobHandle, poll_seconds: float = POLL_SECONDS) -> None:
+        self.handle = handle
+        self.poll_seconds = poll_seconds
+        self.header = w.HTML()
+        self.bar = w.FloatProgress(value=0.0, min=0.0, max=1.0, layout=w.Layout(width="320px"))
+        self.step = w.HTML()
+        self.outcome = w.HTML()
+        super().__init__([self.header, w.HBox([self.bar, self.step]), self.outcome])
+        self.finished = threading.Event()
+        self._stop = threading.Event()
+        self._expected: int | None = None
+        self._last_steps = -1
+        self._last_step_name: str | None = None
+        self.refresh()
+        self._thread = threading.Thread(
+            target=self._follow, name=f"nbjobs-watch-{handle.id}", daemon=True
+        )
+        self._thread.start()
+
+    # -- updating ----------------------------------------------------------------------
+    def _follow(self) -> None:
+        while not self.finished.is_set() and not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception as exc:  # the database went away, the app was closed...
+                log.debug("watch of job %s stopped", self.handle.id, exc_info=True)
+                self.outcome.value = _box("#9ca3af", f"watch stopped: {exc}")
+                self.finished.set()
+                return
+            self._stop.wait(self.poll_seconds)
+
+    def refresh(self) -> None:
+        """Read the job once and update the display."""
+        store = self.handle.app.store
+        row = store.get_job(self.handle.id)
+        if self._expected is None:
+            self._expected = row.steps_expected or store.expected_steps(row.workflow)
+        if row.steps_done != self._last_steps:
+            self._last_steps = row.steps_done
+            steps = store.history_steps([row.id])
+            self._last_step_name = steps[-1].name if steps else None
+        status = row.status
+        self.header.value = (
+            f'<span style="font-family:system-ui,sans-serif"><b>{html.escape(row.workflow)}</b> '
+            f"<code>{html.escape(row.id)}</code> {_badge(status)}</span>"
+        )
+        self.bar.value = self._fraction(row)
+        self.bar.bar_style = _BAR_STYLE.get(status, "info")
+        self.step.value = self._step_text(row)
+        if status in _TERMINAL:
+            self.outcome.value = self._outcome_html(status)
+            self.finished.set()
+
+    def _fraction(self, row: Any) -> float:
+        if row.status == Status.SUCCEEDED.value:
+            return 1.0
+        if row.status == Status.RUNNING.value and row.progress is not None:
+            return float(row.progress)
+        if self._expected:
+            return min(1.0, row.steps_done / self._expected)
+        return 0.0
+
+    def _step_text(self, row: Any) -> str:
+        total = f" of {self._expected}" if self._expected else ""
+        parts = [f"{row.steps_done}{total} steps done"]
+        if row.status == Status.RUNNING.value:
+            after = f" after {self._last_step_name!r}" if self._last_step_name else ""
+            parts.append(f"running step {row.steps_done + 1}{after}")
+        elif row.status == Status.WAITING.value and row.waiting_for:
+            parts.append(f"waiting for {row.waiting_for}")
+        elif row.status == Status.QUEUED.value and row.attempts:
+            parts.append(f"queued for attempt {row.attempts + 1}")
+        if row.message and row.status == Status.RUNNING.value:
+            parts.append(row.message)
+        if row.attempts > 1:
+            parts.append(f"attempt {row.attempts}")
+        return (
+            '<span style="font-family:system-ui,sans-serif;font-size:13px;margin-left:8px">'
+            + html.escape(" · ".join(parts))
+            + "</span>"
+        )
+
+    def _outcome_html(self, status: str) -> str:
+        outcome = self.handle.app.store.job_outcome(self.handle.id)
+        if status == Status.SUCCEEDED.value:
+            try:
+                value = repr(self.handle.app.codec.loads(outcome.result))
+            except Exception as exc:
+                value = f"(the result cannot be loaded here: {exc})"
+            if len(value) > 2000:
+                value = value[:2000] + " ..."
+            return _box("#16a34a", f"result: {value}")
+        if status == Status.CANCELLED.value:
+            return _box("#9ca3af", "cancelled")
+        text = _box("#dc2626", outcome.error or "failed")
+        if outcome.traceback:
+            text += (
+                "<details><summary>traceback</summary><pre style='font-size:12px'>"
+                f"{html.escape(outcome.traceback)}</pre></details>"
+            )
+        return text
+
+    # -- control -----------------------------------------------------------------------
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the display shows the job's end; True when it did in time."""
+        return self.finished.wait(timeout)
+
+    def stop(self) -> None:
+        """Stop following the job (the display keeps its last state)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self.stop()
+        super().close()
+
+
+def _badge(status: str) -> str:
+    from .handle import STATUS_COLOURS
+
+    colour = STATUS_COLOURS.get(status, "#666")
+    return (
+        f'<span style="background:{colour};color:white;border-radius:8px;padding:1px 8px">'
+        f"{html.escape(status)}</span>"
+    )
+
+
+def _box(colour: str, text: str) -> str:
+    return (
+        f'<pre style="border-left:3px solid {colour};padding:2px 8px;margin:4px 0;'
+        f'white-space:pre-wrap;font-size:12px">{html.escape(text)}</pre>'
+    )
+
+
+def watch(handle: JobHandle, poll_seconds: float = POLL_SECONDS) -> JobWatch:
+    """A live ipywidgets display of ``handle``'s job; display it in a notebook cell."""
+    return JobWatch(handle, poll_seconds=poll_seconds)
