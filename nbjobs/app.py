@@ -342,9 +342,11 @@ class App:
         queue: str | None = None,
         limit: int = 100,
     ) -> list[JobHandle]:
-        """The newest jobs, optionally filtered."""
+        """The newest jobs, optionally filtered: a list that renders as a table in notebooks."""
+        from .display import JobList
+
         rows = self.store.list_jobs(status=status, workflow=workflow, queue=queue, limit=limit)
-        return [JobHandle(self, r.id) for r in rows]
+        return JobList(JobHandle(self, r.id) for r in rows)
 
     def jobs_frame(
         self,
@@ -534,8 +536,13 @@ class App:
         self._schedules.set_paused(name, False)
 
     def schedules(self) -> list[dict[str, Any]]:
-        """Every schedule: name, cron, timezone, next run, last run, last status, paused."""
-        return self._schedules.list()
+        """Every schedule: name, cron, timezone, next run, last run, last status, paused.
+
+        A list of dicts that renders as a table in notebooks.
+        """
+        from .display import ScheduleList
+
+        return ScheduleList(self._schedules.list(), clock=self.clock)
 
     def schedules_frame(self):
         """``schedules()`` as a pandas DataFrame."""

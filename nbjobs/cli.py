@@ -110,6 +110,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     from .app import App
 
+    from .schema import Status
+    from .workflow import _check_name
+
+    if args.status is not None and args.status not in {s.value for s in Status}:
+        raise ConfigurationError(
+            f"unknown status {args.status!r}; one of {', '.join(s.value for s in Status)}"
+        )
+    if args.workflow is not None:
+        _check_name("workflow name", args.workflow)
+    if args.limit < 1:
+        raise ConfigurationError(f"--limit must be at least 1, got {args.limit}")
     app = App(_url(args))
     rows = app.store.list_jobs(status=args.status, workflow=args.workflow, limit=args.limit)
     print(f"{'id':26} {'workflow':24} {'status':10} {'attempts':>8}  error")

@@ -3,6 +3,16 @@
 Stored text carries its codec: JSON text as is, pickle as ``pickle:`` plus base64.  An app
 that did not opt into pickle refuses to load pickled text, so a database written by
 someone else cannot run code in this process.
+
+JSON and non-finite floats: NaN, Infinity and -Infinity round-trip (Python's ``json``
+writes and reads the ``NaN``/``Infinity`` tokens), so a step that returns ``float("nan")``
+replays the same value.  The stored text is then not strict JSON, which matters only to
+tools other than nbjobs that read the columns.
+
+Every stored value is bounded by ``max_payload_bytes`` (``App(max_payload_bytes=...)``,
+16 MiB by default): one limit for inputs, checkpoints, results and signal payloads, so a
+runaway value fails where it is made with a :class:`SerializationError` naming the limit,
+instead of bloating the database or timing out a transaction.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from typing import Any
 from .errors import ConfigurationError, SerializationError
 
 _PICKLE_PREFIX = "pickle:"
+DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 SERIALIZERS = ("json", "pickle")
 
 
@@ -30,14 +41,37 @@ def _refuse(value: Any) -> Any:
 class Codec:
     """Turns Python values into stored text and back."""
 
-    def __init__(self, serializer: str = "json") -> None:
+    def __init__(
+        self, serializer: str = "json", max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    ) -> None:
         if serializer not in SERIALIZERS:
             raise ConfigurationError(
                 f"unknown serializer {serializer!r}; choose one of {', '.join(SERIALIZERS)}"
             )
+        if (
+            isinstance(max_payload_bytes, bool)
+            or not isinstance(max_payload_bytes, int)
+            or max_payload_bytes < 1
+        ):
+            raise ConfigurationError(
+                f"max_payload_bytes must be a positive integer, got {max_payload_bytes!r}"
+            )
         self.serializer = serializer
+        self.max_payload_bytes = max_payload_bytes
 
     def dumps(self, value: Any) -> str:
+        text = self._dumps(value)
+        # JSON is written with ensure_ascii and pickle as base64: one character, one byte.
+        if len(text) > self.max_payload_bytes:
+            raise SerializationError(
+                f"a value of type {type(value).__qualname__} takes {len(text):,} bytes stored, "
+                f"over the limit of {self.max_payload_bytes:,} bytes "
+                "(App(..., max_payload_bytes=...)); store big data elsewhere (a file, "
+                "object storage) and pass its path"
+            )
+        return text
+
+    def _dumps(self, value: Any) -> str:
         if self.serializer == "pickle":
             try:
                 data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
@@ -65,8 +99,19 @@ class Codec:
                     "this value was stored with pickle; open the app with "
                     "App(..., serializer='pickle') to load it (only for trusted databases)"
                 )
-            return pickle.loads(base64.b64decode(text[len(_PICKLE_PREFIX) :]))
-        return json.loads(text)
+            try:
+                return pickle.loads(base64.b64decode(text[len(_PICKLE_PREFIX) :]))
+            except Exception as exc:  # unpickling raises many kinds of errors
+                raise SerializationError(
+                    f"a stored pickled value cannot be loaded: {type(exc).__name__}: {exc}"
+                ) from exc
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise SerializationError(
+                f"a stored value is not valid JSON ({type(exc).__name__}: {exc}); the row "
+                f"was written by something other than nbjobs: {text[:60]!r}"
+            ) from exc
 
 
 def digest(text: str | bytes) -> str:

@@ -275,7 +275,7 @@ class Worker:
                     last_reap = now
                     if self.app.store.reap_expired(max_reclaims=self.app.max_reclaims):
                         self._wake.set()
-                    if self.app.store.resume_stalled_fanins():  # heals a missed fan-in
+                    if self.app.store.heal_fanouts():  # heals a missed fan-in or sibling cancel
                         self._wake.set()
                 self.app._on_monitor_tick(self)
             except Exception:

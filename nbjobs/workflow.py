@@ -40,12 +40,28 @@ def fingerprint(fn: Callable[..., Any]) -> str:
     return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
+# Longest names the columns hold (queue names live in a narrower column).
+_NAME_LIMITS = {"queue": 100, "key": 255}
+
+
 def _check_name(what: str, name: object) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ConfigurationError(f"{what} must be a non-empty string, got {name!r}")
-    if len(name) > 200:
-        raise ConfigurationError(f"{what} is longer than 200 characters: {name[:40]!r}...")
+    limit = _NAME_LIMITS.get(what, 200)
+    if len(name) > limit:
+        raise ConfigurationError(f"{what} is longer than {limit} characters: {name[:40]!r}...")
+    # PostgreSQL text cannot hold NUL, and no database stores a lone surrogate.
+    if "\x00" in name or (not name.isascii() and not _utf8(name)):
+        raise ConfigurationError(f"{what} must not contain NUL or lone surrogates: {name!r}")
     return name
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +99,8 @@ class Options:
                 raise ConfigurationError(f"{name} must be {kind}, got {value!r}")
             if not math.isfinite(value) or value < minimum:
                 raise ConfigurationError(f"{name} must be >= {minimum}, got {value!r}")
+            if integer and value > 2**31 - 1:  # what every database's INTEGER holds
+                raise ConfigurationError(f"{name} must be < 2**31, got {value!r}")
 
         number("priority", self.priority, -(2**31), integer=True)
         number("delay", self.delay, 0)
@@ -92,10 +110,7 @@ class Options:
         if self.queue is not None:
             _check_name("queue", self.queue)
         if self.key is not None:
-            if not isinstance(self.key, str) or not self.key.strip():
-                raise ConfigurationError(f"key must be a non-empty string, got {self.key!r}")
-            if len(self.key) > 255:
-                raise ConfigurationError("key is longer than 255 characters")
+            _check_name("key", self.key)
         if self.delay is not None and self.run_at is not None:
             raise ConfigurationError("give delay or run_at, not both")
         if self.run_at is not None and not isinstance(self.run_at, (int, float, datetime)):
@@ -258,6 +273,8 @@ class CallState:
         started = self._x.app.store.now()
         value = fn(*args, **kwargs)
         if inspect.isawaitable(value):
+            if inspect.iscoroutine(value):
+                value.close()  # never awaited: close it rather than leak a warning
             raise ConfigurationError(
                 f"checkpoint {name!r} returned an awaitable in a sync workflow; make the "
                 "workflow `async def` and `await cs.checkpoint(...)`"

@@ -1,0 +1,531 @@
+"""The worker: life cycle, unknown workflows, cancellation, timeouts, leases and the reaper."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+import nbjobs
+from nbjobs.clock import FakeClock
+from tests import backends
+from tests.conftest import make_app
+from tests.support import submit_elsewhere, wait_until, worker_process
+
+# Backends several processes can share (DuckDB is single-process by design).
+MULTIPROCESS = backends.selected("sqlite", "postgres", "mysql")
+
+
+def _ledger(path: Path) -> list[str]:
+    """The events in a crash_app ledger file, without their pids."""
+    if not path.exists():
+        return []
+    return [line.rsplit(" ", 1)[0] for line in path.read_text().splitlines()]
+
+
+# -- life cycle ------------------------------------------------------------------------
+def test_start_and_stop_are_idempotent(app):
+    @app.workflow(name="noop")
+    def noop(cs: nbjobs.CallState) -> int:
+        return 1
+
+    assert app.start(concurrency=2) is app
+    assert app.start(concurrency=2) is app
+    [worker] = app.workers()
+    assert worker["concurrency"] == 2
+    assert worker["queues"] == ["default"]
+    assert noop.submit().result(timeout=30) == 1
+    app.stop()
+    app.stop()
+    assert app.workers() == []
+    h = noop.submit()
+    with pytest.raises(nbjobs.ResultTimeout):
+        h.result(timeout=0.3)
+    assert h.status == "queued"
+    app.start(concurrency=1)
+    assert h.result(timeout=30) == 1
+
+
+def test_stop_lets_a_running_job_finish(app):
+    at_step = threading.Event()
+    release = threading.Event()
+
+    @app.workflow(name="finishing")
+    def finishing(cs: nbjobs.CallState) -> str:
+        at_step.set()
+        assert release.wait(30)
+        return cs.checkpoint("end", lambda: "finished")
+
+    app.start(concurrency=1)
+    h = finishing.submit()
+    assert at_step.wait(30)
+    stopper = threading.Thread(target=app.stop, kwargs={"timeout": 30})
+    stopper.start()
+    release.set()
+    stopper.join(60)
+    assert not stopper.is_alive()
+    assert h.status == "succeeded"
+    assert h.result(timeout=1) == "finished"
+
+
+def test_stop_releases_a_job_that_does_not_finish_in_time(app, caplog):
+    at_step = threading.Event()
+    release = threading.Event()
+    calls: list[int] = []
+
+    @app.workflow(name="stubborn")
+    def stubborn(cs: nbjobs.CallState) -> int:
+        cs.checkpoint("first", lambda: "kept")
+        if cs.attempt == 1:
+            at_step.set()
+            cs.checkpoint("slow", lambda: release.wait(30))
+        calls.append(cs.attempt)
+        return cs.attempt
+
+    app.start(concurrency=1)
+    h = stubborn.submit()
+    try:
+        assert at_step.wait(30)
+        app.stop(timeout=0.2)
+        assert h.status == "queued"
+        assert [a["outcome"] for a in h.attempts] == ["released"]
+    finally:
+        release.set()  # the old run goes on; its late writes must be refused
+    wait_until(lambda: any("lease" in r.getMessage() for r in caplog.records), what="refusal")
+    assert h.checkpoints == {"first": "kept"}
+    app.start(concurrency=1)
+    assert h.result(timeout=30) == 2
+    assert calls == [2]
+    assert h.checkpoints == {"first": "kept"}
+    assert [a["outcome"] for a in h.attempts] == ["released", "succeeded"]
+
+
+def test_running_context_manager(app):
+    @app.workflow(name="ctx")
+    def ctx(cs: nbjobs.CallState) -> str:
+        return "ran"
+
+    with app.running(concurrency=2) as running:
+        assert running is app
+        assert len(app.workers()) == 1
+        assert ctx.submit().result(timeout=30) == "ran"
+    assert app.workers() == []
+
+
+def test_worker_in_a_running_event_loop_keeps_the_kernels_loop_and_signals(app):
+    outside = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    loops: dict[str, int] = {}
+
+    @app.workflow(name="sync-in-kernel")
+    def sync_in_kernel(cs: nbjobs.CallState) -> str:
+        return cs.checkpoint("s", lambda: "sync")
+
+    @app.workflow(name="async-in-kernel")
+    async def async_in_kernel(cs: nbjobs.CallState) -> str:
+        loops.setdefault("workflow", id(asyncio.get_running_loop()))
+        await asyncio.sleep(0)
+        return await cs.checkpoint("a", lambda: "async")
+
+    async def notebook_cell() -> list:
+        loops["kernel"] = id(asyncio.get_running_loop())
+        # The kernel's own handlers (asyncio.run installs one for SIGINT) must survive.
+        handlers = {s: signal.getsignal(s) for s in outside}
+        app.start(concurrency=2)  # as a cell does, while the kernel's loop runs
+        assert {s: signal.getsignal(s) for s in handlers} == handlers
+        h1 = sync_in_kernel.submit()
+        h2 = await async_in_kernel.submit_async()
+        results = [await h1, await h2]
+        results.append(async_in_kernel.run())  # must not asyncio.run on this loop
+        results.append(sync_in_kernel.run())
+        app.stop()
+        assert {s: signal.getsignal(s) for s in handlers} == handlers
+        return results
+
+    assert asyncio.run(notebook_cell()) == ["sync", "async", "async", "sync"]
+    assert loops["workflow"] != loops["kernel"]
+    assert {s: signal.getsignal(s) for s in outside} == outside
+
+
+# -- unknown workflows ---------------------------------------------------------------
+def test_jobs_of_unknown_workflows_stay_queued_until_a_worker_knows_them(app, db_url):
+    other = make_app(db_url)
+    try:
+
+        @other.workflow(name="mystery")
+        def mystery(cs: nbjobs.CallState) -> str:
+            return cs.checkpoint("m", lambda: "solved")
+
+        @app.workflow(name="known")
+        def known(cs: nbjobs.CallState) -> str:
+            return "known"
+
+        h = mystery.submit()
+        app.start(concurrency=2)
+        # The worker serves several jobs and reaper passes; "mystery" is never touched.
+        for _ in range(3):
+            assert known.submit().result(timeout=30) == "known"
+        beats = app.workers()[0]["heartbeat_at"]
+        wait_until(lambda: app.workers()[0]["heartbeat_at"] > beats, what="a monitor pass")
+        assert h.status == "queued"
+        assert h.attempts == []
+        app.stop()
+        other.start(concurrency=1)
+        assert other.job(h.id).result(timeout=30) == "solved"
+    finally:
+        other.close()
+
+
+# -- cancellation --------------------------------------------------------------------
+def test_cancel_a_queued_job(app):
+    calls: list[str] = []
+
+    @app.workflow(name="never")
+    def never(cs: nbjobs.CallState, label: str) -> str:
+        calls.append(label)
+        return label
+
+    h = never.submit("cancelled")
+    assert h.cancel() == "cancelled"
+    assert h.status == "cancelled"
+    with pytest.raises(nbjobs.JobCancelled):
+        h.result(timeout=5)
+    app.start(concurrency=1)
+    assert never.submit("after").result(timeout=30) == "after"
+    assert calls == ["after"]
+    assert h.attempts == []
+    assert h.cancel() == "cancelled"  # cancelling again is harmless
+
+
+def test_cancel_a_running_sync_job_stops_at_the_step_boundary(app):
+    at_step = threading.Event()
+    release = threading.Event()
+    calls: list[str] = []
+
+    def slow(name: str) -> str:
+        calls.append(name)
+        if name == "one":
+            at_step.set()
+            assert release.wait(30)
+        return name
+
+    @app.workflow(name="stoppable")
+    def stoppable(cs: nbjobs.CallState) -> list:
+        return [cs.checkpoint(n, slow, n) for n in ("one", "two", "three")]
+
+    app.start(concurrency=1)
+    h = stoppable.submit()
+    assert at_step.wait(30)
+    assert h.cancel() == "running"
+    release.set()
+    with pytest.raises(nbjobs.JobCancelled):
+        h.result(timeout=30)
+    assert calls == ["one"]
+    assert h.checkpoints == {"one": "one"}  # the step in flight finished and was kept
+    assert [a["outcome"] for a in h.attempts] == ["cancelled"]
+
+
+def test_cancel_from_another_process_view_reaches_the_worker(app, db_url):
+    at_step = threading.Event()
+    release = threading.Event()
+    calls: list[str] = []
+
+    @app.workflow(name="remote-cancel")
+    def remote_cancel(cs: nbjobs.CallState) -> None:
+        for i in range(3):
+            calls.append(cs.checkpoint(f"s{i}", lambda i=i: (at_step.set(), release.wait(30))[1]))
+
+    app.start(concurrency=1)
+    h = remote_cancel.submit()
+    assert at_step.wait(30)
+    viewer = make_app(db_url)  # e.g. the dashboard: it has no local execution to flag
+    try:
+        assert viewer.job(h.id).cancel() == "running"
+    finally:
+        viewer.close()
+    # The worker learns of it from the database on its next heartbeat.
+    wait_until(lambda: app._worker.running[h.id].cancel_requested, what="cancel flag")
+    release.set()
+    with pytest.raises(nbjobs.JobCancelled):
+        h.result(timeout=30)
+    assert len(calls) == 1
+
+
+def test_cancel_a_running_async_job_cancels_its_task(app):
+    at_step = threading.Event()
+    cancelled = threading.Event()
+
+    async def nap() -> None:
+        at_step.set()
+        try:
+            await asyncio.sleep(600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    @app.workflow(name="async-stoppable")
+    async def async_stoppable(cs: nbjobs.CallState) -> str:
+        await cs.checkpoint("nap", nap)
+        return "woke"
+
+    app.start(concurrency=1)
+    h = async_stoppable.submit()
+    assert at_step.wait(30)
+    h.cancel()
+    with pytest.raises(nbjobs.JobCancelled):
+        h.result(timeout=30)
+    assert cancelled.is_set()
+    assert h.checkpoints == {}
+    assert [a["outcome"] for a in h.attempts] == ["cancelled"]
+
+
+# -- timeouts ------------------------------------------------------------------------
+def test_sync_timeout_fails_the_job(app):
+    release = threading.Event()
+    after: list[str] = []
+
+    @app.workflow(name="too-slow", timeout=0.3)
+    def too_slow(cs: nbjobs.CallState) -> None:
+        cs.checkpoint("hang", lambda: release.wait(30))
+        cs.checkpoint("next", after.append, "next step")
+
+    app.start(concurrency=1)
+    h = too_slow.submit()
+    try:
+        with pytest.raises(nbjobs.JobFailed, match=r"timed out after 0\.3 s"):
+            h.result(timeout=30)
+    finally:
+        release.set()
+    [attempt] = h.attempts
+    assert attempt["outcome"] == "timeout"
+    assert "JobTimeout" in attempt["error"]
+    # The abandoned thread's late writes are refused: nothing recorded after the timeout.
+    wait_until(lambda: app._worker.running == {}, what="the abandoned run to end")
+    assert h.checkpoints == {}
+    assert after == []
+    assert h.status == "failed"
+
+
+def test_async_timeout_cancels_the_task(app):
+    cancelled = threading.Event()
+
+    async def forever() -> None:
+        try:
+            await asyncio.sleep(600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    @app.workflow(name="async-too-slow")
+    async def async_too_slow(cs: nbjobs.CallState) -> None:
+        await cs.checkpoint("forever", forever)
+
+    app.start(concurrency=1)
+    h = async_too_slow.options(timeout=0.3).submit()
+    with pytest.raises(nbjobs.JobFailed, match="timed out"):
+        h.result(timeout=30)
+    wait_until(cancelled.is_set, what="the task's cancellation")
+    assert [a["outcome"] for a in h.attempts] == ["timeout"]
+
+
+def test_a_timed_out_run_returning_late_does_not_disturb_its_retry(app):
+    first_release = threading.Event()
+    second_started = threading.Event()
+    second_release = threading.Event()
+
+    @app.workflow(name="late-return")
+    def late_return(cs: nbjobs.CallState) -> int:
+        if cs.attempt == 1:
+            first_release.wait(30)
+        else:
+            second_started.set()
+            assert second_release.wait(30)
+        return cs.attempt
+
+    app.start(concurrency=2)
+    h = late_return.options(timeout=1.5, retries=1).submit()
+    try:
+        assert second_started.wait(30)
+        first_release.set()  # the timed-out first run returns while the retry runs
+        for _ in range(3):  # a few heartbeats later, the retry's lease is still held
+            beat = app.workers()[0]["heartbeat_at"]
+            wait_until(lambda b=beat: app.workers()[0]["heartbeat_at"] > b, what="a heartbeat")
+        assert app.workers()[0]["jobs_held"] == 1
+        assert h.status == "running"
+    finally:
+        first_release.set()
+        second_release.set()
+    assert h.result(timeout=30) == 2
+    assert [a["outcome"] for a in h.attempts] == ["timeout", "succeeded"]
+
+
+# -- leases, the reaper and lost workers -----------------------------------------------
+def test_reaper_requeues_a_stale_job_and_counts_the_attempt(app):
+    @app.workflow(name="orphan")
+    def orphan(cs: nbjobs.CallState) -> int:
+        return cs.attempt
+
+    h = orphan.submit()
+    # A worker on another host claims it and then goes silent.
+    claim = app.store.claim_job(h.id, worker_id="elsewhere:1:ghost", lease_seconds=0.2)
+    assert claim is not None and h.status == "running"
+    app.start(concurrency=1)
+    assert h.result(timeout=30) == 2
+    lost, done = h.attempts
+    assert (lost["outcome"], lost["worker_id"]) == ("lost", "elsewhere:1:ghost")
+    assert "worker lost" in lost["error"]
+    assert done["outcome"] == "succeeded"
+
+
+def test_a_job_lost_more_than_max_reclaims_times_is_failed(db_url):
+    application = make_app(db_url, max_reclaims=2)
+    try:
+
+        @application.workflow(name="poison")
+        def poison(cs: nbjobs.CallState) -> None:
+            return None
+
+        # Its queue has no worker here, so only the ghosts below ever claim it.
+        h = poison.options(queue="crashy").submit()
+        application.start(concurrency=1)
+        for n in range(1, 4):
+            claim = application.store.claim_job(
+                h.id, worker_id=f"elsewhere:{n}:ghost", lease_seconds=0.1
+            )
+            assert claim is not None, n
+            wait_until(lambda: h.status != "running", what=f"reclaim {n}")
+        assert h.status == "failed"
+        with pytest.raises(nbjobs.JobFailed, match="worker lost 3 times"):
+            h.result(timeout=5)
+        assert [a["outcome"] for a in h.attempts] == ["lost", "lost", "lost"]
+        assert application.store.claim_job(h.id, worker_id="x:1:y", lease_seconds=1) is None
+    finally:
+        application.close()
+
+
+@pytest.mark.parametrize("backend", MULTIPROCESS)
+def test_jobs_of_a_dead_local_process_are_reclaimed_at_worker_start(db_url, tmp_path):
+    ledger = tmp_path / "ledger.txt"
+    env = {"NBJOBS_LEDGER": str(ledger), "NBJOBS_HANG_AT": "s2"}
+    # Its stale threshold is ten minutes: only the dead pid can bring the job back soon.
+    application = make_app(db_url, heartbeat_seconds=1, stale_after_seconds=600)
+    try:
+        with worker_process("tests.apps.crash_app:app", db_url, tmp_path / "w.log", env=env) as p:
+            h = application.job(submit_elsewhere(db_url, "crash-pipeline", steps=3))
+            wait_until(lambda: "start s2" in _ledger(ledger), what="step s2 to start")
+            p.kill()
+            p.wait(30)
+        assert h.status == "running"
+
+        with pytest.warns(UserWarning, match="'crash-pipeline' changed while 1 of its runs"):
+
+            @application.workflow(name="crash-pipeline")
+            def crash_pipeline(cs: nbjobs.CallState, steps: int) -> list:
+                return [cs.checkpoint(f"s{i}", lambda i=i: f"s{i}-local") for i in range(1, 4)]
+
+        application.start(concurrency=1)
+        assert h.result(timeout=60) == ["s1-ok", "s2-local", "s3-local"]
+        lost, done = h.attempts
+        assert lost["outcome"] == "lost" and "process died" in lost["error"]
+        assert done["outcome"] == "succeeded"
+    finally:
+        application.close()
+
+
+@pytest.mark.parametrize("backend", MULTIPROCESS)
+def test_a_zombie_whose_lease_was_taken_over_cannot_write(db_url, tmp_path, caplog):
+    """A paused worker (its clock, and so its heartbeats, frozen) comes back too late.
+
+    The zombie runs on a FakeClock that never moves: it heartbeats once and never again,
+    as if the process were suspended.  A real worker process then finds the lease
+    expired, reaps the jobs and runs them.  When the zombie wakes, its checkpoint and
+    its result are refused.
+    """
+    gate = threading.Event()
+    in_step = threading.Event()
+    in_body = threading.Event()
+    zombie = make_app(db_url, clock=FakeClock(), stale_after_seconds=5)
+    try:
+
+        @zombie.workflow(name="fence-step")
+        def fence_step(cs: nbjobs.CallState) -> str:
+            def work() -> str:
+                in_step.set()
+                gate.wait(60)
+                return "zombie"
+
+            return cs.checkpoint("work", work)
+
+        @zombie.workflow(name="fence-result")
+        def fence_result(cs: nbjobs.CallState) -> str:
+            value = cs.checkpoint("work", lambda: "zombie")
+            in_body.set()
+            gate.wait(60)
+            return "zombie-result:" + value
+
+        zombie.start(concurrency=2)
+        step_job, result_job = fence_step.submit(), fence_result.submit()
+        assert in_step.wait(30) and in_body.wait(30)
+        with worker_process("tests.apps.crash_app:app", db_url, tmp_path / "owner.log"):
+            assert step_job.result(timeout=60) == "owner"
+            assert result_job.result(timeout=60) == "owner:zombie"
+        with caplog.at_level(logging.WARNING, logger="nbjobs"):
+            gate.set()
+            wait_until(lambda: zombie._worker.running == {}, what="the zombie's runs to end")
+        refused = [r.getMessage() for r in caplog.records if "lease" in r.getMessage()]
+        refused += [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert any(step_job.id in m for m in refused), refused
+        assert any(result_job.id in m for m in refused), refused
+        assert step_job.result(timeout=1) == "owner"
+        assert step_job.checkpoints == {"work": "owner"}
+        assert result_job.result(timeout=1) == "owner:zombie"
+        for h in (step_job, result_job):
+            assert [a["outcome"] for a in h.attempts] == ["lost", "succeeded"]
+            assert h.attempts[0]["finished_at"] is not None
+    finally:
+        gate.set()
+        zombie.close()
+
+
+def test_a_cancelled_job_whose_worker_was_lost_is_not_run_again(app):
+    calls: list[int] = []
+
+    @app.workflow(name="doomed")
+    def doomed(cs: nbjobs.CallState) -> None:
+        calls.append(cs.attempt)
+
+    h = doomed.submit()
+    assert app.store.claim_job(h.id, worker_id="elsewhere:1:ghost", lease_seconds=0.2)
+    assert h.cancel() == "running"  # the request waits for a worker that never answers
+    app.start(concurrency=1)
+    with pytest.raises(nbjobs.JobCancelled):
+        h.result(timeout=30)
+    assert calls == []
+    assert [a["outcome"] for a in h.attempts] == ["lost"]
+
+
+def test_a_new_app_on_the_same_database_replaces_the_old_worker(app, db_url):
+    """Re-running ``app = nbjobs.App(...); app.start()`` in a notebook keeps one worker."""
+
+    @app.workflow(name="cell")
+    def cell_v1(cs: nbjobs.CallState) -> str:
+        return "v1"
+
+    app.start(concurrency=1)
+    rerun = make_app(db_url)
+    try:
+
+        @rerun.workflow(name="cell")
+        def cell_v2(cs: nbjobs.CallState) -> str:
+            return "v2"
+
+        rerun.start(concurrency=1)
+        [worker] = rerun.workers()
+        assert repr(app).endswith("worker=stopped workflows=1>")
+        assert cell_v2.submit().result(timeout=30) == "v2"
+        assert worker["pid"] > 0
+    finally:
+        rerun.close()

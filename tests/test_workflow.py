@@ -1,0 +1,320 @@
+"""Checkpoints and workflow definitions: replay-or-run, identity, redefinition, call state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+import pytest
+
+import nbjobs
+from nbjobs.handle import JobHandle
+from tests.support import wait_until
+
+
+def test_checkpoint_replays_stored_value_without_calling_fn(app):
+    calls: list[str] = []
+
+    def fetch(n: int) -> dict:
+        calls.append("fetch")
+        return {"rows": n}
+
+    @app.workflow(name="replay", retries=2)
+    def replay(cs: nbjobs.CallState, n: int) -> dict:
+        data = cs.checkpoint("fetch", fetch, n)
+        if cs.attempt < 3:
+            raise RuntimeError(f"flaky after the step (attempt {cs.attempt})")
+        return {"data": data, "attempt": cs.attempt}
+
+    app.start(concurrency=1)
+    h = replay.submit(7)
+    assert h.result(timeout=30) == {"data": {"rows": 7}, "attempt": 3}
+    assert calls == ["fetch"]
+    assert h.checkpoints == {"fetch": {"rows": 7}}
+    assert [a["outcome"] for a in h.attempts] == ["failed", "failed", "succeeded"]
+
+
+def test_checkpoint_is_committed_before_it_returns(app):
+    seen: dict[str, object] = {}
+
+    @app.workflow(name="committed")
+    def committed(cs: nbjobs.CallState) -> str:
+        cs.checkpoint("first", lambda: "one")
+        # Read through a fresh handle, from the database, before the run ends.
+        seen["during"] = JobHandle(app, cs.job_id).checkpoints
+        seen["status"] = JobHandle(app, cs.job_id).status
+        return "done"
+
+    app.start(concurrency=1)
+    assert committed.submit().result(timeout=30) == "done"
+    assert seen == {"during": {"first": "one"}, "status": "running"}
+
+
+def test_checkpoint_returns_the_json_round_tripped_value_on_first_run_and_replay(app):
+    runs: list[object] = []
+
+    @app.workflow(name="roundtrip", retries=1)
+    def roundtrip(cs: nbjobs.CallState) -> str:
+        value = cs.checkpoint("pair", lambda: (1, ("a", 2)))
+        runs.append(value)
+        if cs.attempt == 1:
+            raise RuntimeError("fail once")
+        return "ok"
+
+    app.start(concurrency=1)
+    roundtrip.submit().result(timeout=30)
+    # A tuple is stored as JSON, so the first run already sees what a replay sees.
+    assert runs == [[1, ["a", 2]], [1, ["a", 2]]]
+
+
+def test_duplicate_checkpoint_name_fails_the_run(app):
+    @app.workflow(name="dup")
+    def dup(cs: nbjobs.CallState) -> None:
+        cs.checkpoint("step", lambda: 1)
+        cs.checkpoint("step", lambda: 2)
+
+    app.start(concurrency=1)
+    h = dup.submit()
+    with pytest.raises(nbjobs.JobFailed) as info:
+        h.result(timeout=30)
+    assert "DuplicateCheckpoint" in info.value.error
+    assert "'step'" in info.value.error
+    assert h.checkpoints == {"step": 1}
+    assert issubclass(nbjobs.DuplicateCheckpoint, nbjobs.NbjobsError)
+
+
+def test_replay_with_different_arguments_logs_a_warning(app, caplog):
+    calls: list[int] = []
+
+    def step(x: int) -> int:
+        calls.append(x)
+        return x * 10
+
+    @app.workflow(name="drift", retries=1)
+    def drift(cs: nbjobs.CallState) -> int:
+        value = cs.checkpoint("scaled", step, cs.attempt)  # the argument differs on replay
+        if cs.attempt == 1:
+            raise RuntimeError("fail once")
+        return value
+
+    app.start(concurrency=1)
+    with caplog.at_level(logging.WARNING, logger="nbjobs"):
+        assert drift.submit().result(timeout=30) == 10
+    assert calls == [1]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("'scaled'" in m and "different arguments" in m for m in messages), messages
+
+
+def test_same_arguments_on_replay_log_no_warning(app, caplog):
+    @app.workflow(name="steady", retries=1)
+    def steady(cs: nbjobs.CallState, x: int) -> int:
+        value = cs.checkpoint("scaled", lambda v: v * 10, x)
+        if cs.attempt == 1:
+            raise RuntimeError("fail once")
+        return value
+
+    app.start(concurrency=1)
+    with caplog.at_level(logging.WARNING, logger="nbjobs"):
+        assert steady.submit(4).result(timeout=30) == 40
+    assert not [r for r in caplog.records if "different" in r.getMessage()]
+
+
+def test_replay_under_changed_code_logs_a_warning(app, caplog):
+    @app.workflow(name="edited")
+    def edited_v1(cs: nbjobs.CallState) -> str:
+        cs.checkpoint("load", lambda: "loaded")
+        raise RuntimeError("bug in version 1")
+
+    app.start(concurrency=1)
+    h = edited_v1.submit()
+    with pytest.raises(nbjobs.JobFailed, match="bug in version 1"):
+        h.result(timeout=30)
+
+    with caplog.at_level(logging.INFO, logger="nbjobs"):
+
+        @app.workflow(name="edited")
+        def edited_v2(cs: nbjobs.CallState) -> str:
+            data = cs.checkpoint("load", lambda: "loaded again")
+            return f"fixed: {data}"
+
+        assert h.retry().result(timeout=30) == "fixed: loaded"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("'edited' redefined" in m for m in messages), messages
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("'load'" in m and "different code" in m for m in warnings), warnings
+
+
+def test_redefinition_replaces_for_new_claims_while_running_job_keeps_old(app):
+    release = threading.Event()
+    started = threading.Event()
+
+    @app.workflow(name="versioned")
+    def v1(cs: nbjobs.CallState) -> str:
+        started.set()
+        assert release.wait(30)
+        return cs.checkpoint("which", lambda: "v1")
+
+    app.start(concurrency=2)
+    old = v1.submit()
+    assert started.wait(30)
+
+    with pytest.warns(UserWarning, match="'versioned' changed while 1 of its runs"):
+
+        @app.workflow(name="versioned")
+        def v2(cs: nbjobs.CallState) -> str:
+            return cs.checkpoint("which", lambda: "v2")
+
+    new = v2.submit()
+    assert new.result(timeout=30) == "v2"
+    assert old.status == "running"
+    release.set()
+    assert old.result(timeout=30) == "v1"
+    assert app.workflow_names().count("versioned") == 1
+
+
+def test_async_workflow_with_sync_and_async_steps(app):
+    threads: dict[str, str] = {}
+
+    async def download(url: str) -> str:
+        await asyncio.sleep(0)
+        threads["async-step"] = threading.current_thread().name
+        return f"<html>{url}</html>"
+
+    def parse(page: str) -> int:
+        threads["sync-step"] = threading.current_thread().name
+        return len(page)
+
+    @app.workflow(name="crawl")
+    async def crawl(cs: nbjobs.CallState, url: str) -> dict:
+        threads["body"] = threading.current_thread().name
+        page = await cs.checkpoint("download", download, url)
+        size = await cs.checkpoint("parse", parse, page)
+        return {"page": page, "size": size}
+
+    app.start(concurrency=2)
+    h = crawl.submit("x.org")
+    assert h.result(timeout=30) == {"page": "<html>x.org</html>", "size": 18}
+    assert list(h.checkpoints) == ["download", "parse"]
+    # The body runs on the worker's own loop; a sync step runs off that loop.
+    assert threads["body"] == threads["async-step"] != threads["sync-step"]
+
+
+def test_async_workflow_replays_without_calling_step(app):
+    calls: list[int] = []
+
+    async def step() -> int:
+        calls.append(1)
+        return 5
+
+    @app.workflow(name="async-replay", retries=1)
+    async def async_replay(cs: nbjobs.CallState) -> int:
+        value = await cs.checkpoint("five", step)
+        if cs.attempt == 1:
+            raise RuntimeError("fail once")
+        return value + cs.attempt
+
+    app.start(concurrency=1)
+    assert async_replay.submit().result(timeout=30) == 7
+    assert calls == [1]
+
+
+def test_sync_workflow_refuses_an_async_step(app):
+    async def coro() -> int:
+        return 1
+
+    @app.workflow(name="wrong-kind")
+    def wrong_kind(cs: nbjobs.CallState) -> int:
+        return cs.checkpoint("c", coro)
+
+    app.start(concurrency=1)
+    with pytest.raises(nbjobs.JobFailed, match="async def"):
+        wrong_kind.submit().result(timeout=30)
+
+
+def test_call_state_identity_input_and_progress(app):
+    at_step = threading.Event()
+    release = threading.Event()
+
+    def long_step(cs: nbjobs.CallState) -> str:
+        cs.progress(0.25)
+        at_step.set()
+        assert release.wait(30)
+        cs.progress("almost there")
+        return "done"
+
+    @app.workflow(name="ident", retries=1)
+    def ident(cs: nbjobs.CallState, a: int, *, b: str) -> dict:
+        step = cs.checkpoint("long", long_step, cs)
+        if cs.attempt == 1:
+            raise RuntimeError("fail once")
+        return {"job": cs.job_id, "attempt": cs.attempt, "input": cs.input, "step": step}
+
+    app.start(concurrency=1)
+    h = ident.submit(1, b="two")
+    assert at_step.wait(30)
+    assert h.progress == 0.25
+    release.set()
+    result = h.result(timeout=30)
+    assert result == {
+        "job": h.id,
+        "attempt": 2,
+        "input": {"args": [1], "kwargs": {"b": "two"}},
+        "step": "done",
+    }
+    assert h.input == {"args": [1], "kwargs": {"b": "two"}}
+    assert h.progress == 1.0
+
+
+def test_progress_fraction_is_clamped(app):
+    seen: list[float | None] = []
+    release = threading.Event()
+
+    @app.workflow(name="clamp")
+    def clamp(cs: nbjobs.CallState) -> None:
+        cs.progress(7)
+        seen.append(JobHandle(app, cs.job_id).progress)
+        cs.progress(-1)
+        seen.append(JobHandle(app, cs.job_id).progress)
+        release.set()
+
+    app.start(concurrency=1)
+    clamp.submit().result(timeout=30)
+    assert release.is_set()
+    assert seen == [1.0, 0.0]
+
+
+def test_workflow_name_defaults_to_qualname_and_direct_call_is_refused(app):
+    @app.workflow
+    def plain(cs: nbjobs.CallState) -> int:
+        return 1
+
+    assert plain.name.endswith("plain")
+    assert plain.name in app.workflow_names()
+    with pytest.raises(TypeError, match="submit"):
+        plain()
+
+
+def test_retry_from_checkpoint_reruns_that_step_and_later_ones(app):
+    calls: list[str] = []
+
+    def step(name: str) -> str:
+        calls.append(name)
+        return name.upper()
+
+    @app.workflow(name="pipeline")
+    def pipeline(cs: nbjobs.CallState) -> list:
+        return [cs.checkpoint(n, step, n) for n in ("extract", "transform", "load")]
+
+    app.start(concurrency=1)
+    h = pipeline.submit()
+    assert h.result(timeout=30) == ["EXTRACT", "TRANSFORM", "LOAD"]
+    assert h.retry(from_checkpoint="transform") is h
+    wait_until(
+        lambda: [a["outcome"] for a in h.attempts] == ["succeeded", "succeeded"],
+        what="the re-run",
+    )
+    assert calls == ["extract", "transform", "load", "transform", "load"]
+    assert list(h.checkpoints) == ["extract", "transform", "load"]
+    with pytest.raises(nbjobs.ConfigurationError, match="no checkpoint 'nope'"):
+        h.retry(from_checkpoint="nope")
