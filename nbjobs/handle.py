@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import html
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .clock import to_datetime
@@ -154,46 +152,10 @@ class JobHandle:
 
     # -- notebooks ---------------------------------------------------------------------
     def _repr_html_(self) -> str:
-        info = self.info()
-        status = info["status"]
-        progress = self.progress
-        colour = STATUS_COLOURS.get(status, "#666")
-        bar = ""
-        if progress is not None:
-            pct = int(progress * 100)
-            bar = (
-                f'<div style="background:#eee;width:160px;height:8px;border-radius:4px;'
-                f'display:inline-block;vertical-align:middle;margin-left:8px">'
-                f'<div style="background:{colour};width:{pct}%;height:8px;border-radius:4px">'
-                f"</div></div> {pct}%"
-            )
-        rows = [
-            ("workflow", info["workflow"]),
-            ("queue", info["queue"]),
-            ("attempts", info["attempts"]),
-            (
-                "steps",
-                f"{info['steps_done']}"
-                + (f" / {info['steps_expected']}" if info["steps_expected"] else ""),
-            ),
-            ("created", _fmt_time(info["created_at"])),
-            ("finished", _fmt_time(info["finished_at"])),
-        ]
-        if info.get("error"):
-            rows.append(("error", info["error"]))
-        cells = "".join(
-            f'<tr><th style="text-align:left;padding-right:1em;color:#555">{html.escape(k)}</th>'
-            f"<td>{html.escape(str(v))}</td></tr>"
-            for k, v in rows
-            if v not in (None, "")
-        )
-        return (
-            f'<div style="font-family:system-ui,sans-serif;font-size:13px">'
-            f"<b>job {html.escape(self.id)}</b> "
-            f'<span style="background:{colour};color:white;border-radius:8px;padding:1px 8px">'
-            f"{html.escape(status)}</span>{bar}"
-            f'<table style="margin-top:4px">{cells}</table></div>'
-        )
+        """Status, progress, timings and the error, for a notebook (see :mod:`nbjobs.display`)."""
+        from .display import job_html
+
+        return job_html(self)
 
 
 STATUS_COLOURS = {
@@ -204,7 +166,3 @@ STATUS_COLOURS = {
     "failed": "#dc2626",
     "cancelled": "#9ca3af",
 }
-
-
-def _fmt_time(value: datetime | None) -> str:
-    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")

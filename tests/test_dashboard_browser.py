@@ -174,6 +174,32 @@ def test_dashboard_live_in_chromium(served):
             expect(tree).to_contain_text("12 succeeded")
             shot(page, "fanout-tree")
 
+            # An edited workflow: the run queued with the old code is marked (the served
+            # dashboard has no workflows: the newest run's code is the current one), and
+            # its detail explains the three choices.
+            @app.workflow(name="report", queue="later")
+            def report(cs):
+                return "v1"
+
+            stale = report.submit()
+            with pytest.warns(UserWarning, match="changed while 1 of its runs"):
+
+                @app.workflow(name="report", queue="later")
+                def report(cs):  # the notebook cell, edited and run again
+                    return "v2"
+
+            fresh = report.submit()
+            expect(row(page, fresh.id)).to_be_visible(timeout=10_000)
+            expect(row(page, stale.id).locator(".nbj-code-changed")).to_be_visible()
+            expect(row(page, fresh.id).locator(".nbj-code-changed")).to_have_count(0)
+            row(page, stale.id).locator(".tabulator-cell[tabulator-field=id]").click()
+            notice = page.locator(".nbj-notice")
+            expect(notice).to_contain_text("resume with the new code", timeout=10_000)
+            expect(notice).to_contain_text("retry from a checkpoint")
+            shot(page, "job-detail-code-changed")
+            stale.cancel()
+            fresh.cancel()
+
             # A schedule shows its next run.
             app.schedule("nightly-report", leaf, cron="0 3 * * *", args=(1,),
                          timezone="Europe/Berlin")  # fmt: skip

@@ -13,6 +13,7 @@ from nbjobs.schema import schedules
 from nbjobs.store.views import JobFilter
 from nbjobs.views import Dashboard, FanOutTree, JobDetail, JobsTable, Schedules
 from nbjobs.views.overview import Counters, QueueDepths, Throughput, Workers
+from tests.conftest import make_app
 
 
 def wait_until(predicate, timeout: float = 20.0) -> None:
@@ -136,7 +137,8 @@ def test_counters_queues_workers_and_throughput_widgets(pipeline):
     throughput.load()
     drawn = throughput.frame()
     assert drawn["steps"].sum() == 3 and drawn["failed"].sum() == 1
-    counters.refresh([object()])  # a change arrived, but the last count was just now
+    counters._throttle.next_at = time.monotonic() + 60  # the last count was "just now"
+    counters.refresh([object()])  # a change arrived, but the throttle holds the re-read
     assert 'data-status="succeeded">0<' in counters._pane.object
     counters._throttle.next_at = 0  # ... once the throttle allows, the counters re-read
     counters.refresh([])
@@ -272,3 +274,49 @@ def test_dashboard_change_feed_reaches_every_view(pipeline):
     assert 'data-status="queued">2<' in dash.overview.counters._pane.object
     dash.jobs.table.selection = [1]
     assert dash.detail.job_id == first.id and dash.detail.tree.job_id == first.id
+
+
+def test_changed_code_is_marked_in_the_table_and_explained_in_the_detail(sqlite_url):
+    """A dashboard in another process (no workflows registered) compares each unfinished
+    run's code with the newest run of its workflow; one in the notebook, with the code."""
+    notebook, viewer = make_app(sqlite_url), make_app(sqlite_url)
+    try:
+
+        @notebook.workflow(name="etl")
+        def etl(cs):
+            return 1
+
+        old, done = etl.submit(), etl.submit()
+        notebook.cancel(done.id)
+        with pytest.warns(UserWarning):
+
+            @notebook.workflow(name="etl")
+            def etl(cs):  # the cell edited and run again
+                return 2
+
+        def marked(app) -> dict[str, bool]:
+            table = JobsTable(app=app)
+            table.load()
+            frame = table.table.value
+            return {
+                i: "nbj-code-changed" in w
+                for i, w in zip(frame["id"], frame["workflow"], strict=True)
+            }
+
+        # Nothing newer in the database yet: only the notebook, which has the new code, knows.
+        assert marked(viewer) == {old.id: False, done.id: False}
+        assert marked(notebook) == {old.id: True, done.id: False}
+        new = etl.submit()
+        assert marked(viewer) == {old.id: True, done.id: False, new.id: False}
+
+        detail = JobDetail(app=viewer, job_id=old.id)
+        notice = detail._header.object
+        assert "nbj-notice" in notice and "<b>etl</b> has new code" in notice
+        for choice in ("resume with the new code", "retry from a checkpoint", "cancel"):
+            assert choice in notice
+        assert "nbj-notice" not in JobDetail(app=viewer, job_id=new.id)._header.object
+        assert detail.cancel()
+        assert "nbj-notice" not in detail._header.object
+    finally:
+        viewer.close()
+        notebook.close()

@@ -9,7 +9,7 @@ SQL of their own; they call these named methods.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,6 +128,16 @@ def _row_columns() -> list[ColumnElement]:
         .where(kid.c.parent_id == jobs.c.id, kid.c.status.in_(FINISHED))
         .scalar_subquery()
     )
+    # The code of the newest job of the same workflow, for unfinished rows only (see
+    # row_code_changed): a newer submission means newer code.
+    newest = jobs.alias("newest")
+    latest_code = (
+        select(newest.c.code_fingerprint)
+        .where(newest.c.workflow == jobs.c.workflow, newest.c.code_fingerprint.is_not(None))
+        .order_by(newest.c.created_at.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
     summary = [c for c in JOB_SUMMARY if c.name not in ("error", "lease_token")]
     return [
         *summary,
@@ -135,6 +145,9 @@ def _row_columns() -> list[ColumnElement]:
         func.coalesce(jobs.c.steps_expected, learned).label("expected_steps"),
         case((waiting, kids_total), else_=literal(None)).label("children_total"),
         case((waiting, kids_done), else_=literal(None)).label("children_done"),
+        case((jobs.c.status.in_(ACTIVE), latest_code), else_=literal(None)).label(
+            "latest_fingerprint"
+        ),
     ]
 
 
@@ -153,6 +166,20 @@ def row_progress(row: Any) -> float | None:
     if row.expected_steps:
         return min(1.0, row.steps_done / row.expected_steps)
     return None
+
+
+def row_code_changed(row: Any, registered: Mapping[str, str] | None = None) -> bool:
+    """True when an unfinished row was submitted with other code than its workflow's now.
+
+    The workflow's code now is the fingerprint registered in this process (``registered``:
+    name -> fingerprint) when there is one, else that of the newest job of the workflow
+    (``latest_fingerprint`` of :func:`_row_columns`): a dashboard served by another
+    process has no workflows registered, and a newer submission means newer code.
+    """
+    if row.status not in ACTIVE or not row.code_fingerprint:
+        return False
+    current = (registered or {}).get(row.workflow) or row.latest_fingerprint
+    return bool(current) and current != row.code_fingerprint
 
 
 class ViewQueries(CoreStore):
@@ -505,4 +532,4 @@ def _node(row: Row) -> dict[str, Any]:
     return {"job": row, "counts": {}, "total": 0, "children": [], "hidden": {}}
 
 
-__all__ = ["SORTS", "JobFilter", "ViewQueries", "row_progress"]
+__all__ = ["SORTS", "JobFilter", "ViewQueries", "row_code_changed", "row_progress"]

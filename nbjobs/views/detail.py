@@ -10,9 +10,10 @@ from typing import Any
 import panel as pn
 import param
 
+from ..display import code_mark, registered_fingerprints
 from ..errors import UnknownJob
 from ..schema import TERMINAL
-from ..store.views import row_progress
+from ..store.views import row_code_changed, row_progress
 from .base import Component
 from .style import (
     CSS,
@@ -277,7 +278,26 @@ class JobDetail(Component):
             f'<span style="font-family:ui-monospace,monospace;font-size:14px;font-weight:600">'
             f"{_esc(job.id)}</span>{pill(job.status)}</div>"
             f'<div style="max-width:420px;margin-bottom:8px">'
-            f"{progress_bar(fraction, job.status, label)}</div>{facts}"
+            f"{progress_bar(fraction, job.status, label)}</div>{facts}{self._code_notice(job)}"
+        )
+
+    def _code_notice(self, job: Any) -> str:
+        """The changed-code line and its three choices, for an unfinished run of old code."""
+        registered = registered_fingerprints(self.app)
+        if not row_code_changed(job, registered):
+            return ""
+        current = registered.get(job.workflow) or job.latest_fingerprint
+        count, _ids = self.store.unfinished_other_code(job.workflow, current)
+        others = f"; {count:,} of its unfinished runs have older code" if count > 1 else ""
+        return (
+            f'<div class="nbj-notice">{code_mark()} <b>{_esc(job.workflow)}</b> has new code '
+            f"since this run was submitted{others}. Choose:<ul>"
+            "<li><b>resume with the new code</b>: do nothing; a worker with the new "
+            "definition replays the finished steps from their checkpoints;</li>"
+            "<li><b>retry from a checkpoint</b>: once it has finished, "
+            "<code>app.job(id).retry(from_checkpoint=...)</code> re-runs from that step;</li>"
+            "<li><b>cancel</b> it: the Cancel button, or <code>app.job(id).cancel()</code>."
+            "</li></ul></div>"
         )
 
     def _summary_html(self, job: Any) -> str:

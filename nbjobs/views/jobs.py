@@ -9,14 +9,16 @@ rows on it changed (a new job arrived on page 1, a job left a status filter).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import html
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 import panel as pn
 import param
 
-from ..store.views import SORTS, JobFilter, row_progress
+from ..display import code_mark, progress_label, registered_fingerprints
+from ..store.views import SORTS, JobFilter, row_code_changed, row_progress
 from .base import Component, Throttle
 from .style import CSS, STATUSES, fmt_duration, fmt_time, pill, progress_bar
 
@@ -34,24 +36,26 @@ SORT_LABELS = {
 }
 
 
-def table_rows(rows: Sequence[Any], now: float) -> pd.DataFrame:
-    """Store rows (``ViewQueries.jobs_page``) as the table's frame."""
+def table_rows(
+    rows: Sequence[Any], now: float, registered: Mapping[str, str] | None = None
+) -> pd.DataFrame:
+    """Store rows (``ViewQueries.jobs_page``) as the table's frame.
+
+    ``registered`` (workflow -> fingerprint in this process) decides which unfinished
+    rows get the "code changed" mark; see :func:`~nbjobs.store.views.row_code_changed`.
+    """
     records = []
     for r in rows:
         fraction = row_progress(r)
-        if r.children_total:
-            label = f"{r.children_done or 0}/{r.children_total}"
-        elif r.expected_steps:
-            label = f"{r.steps_done}/{r.expected_steps}"
-        else:
-            label = f"{r.steps_done} step{'s' * (r.steps_done != 1)}" if r.steps_done else ""
+        label = progress_label(r)
+        mark = code_mark() if row_code_changed(r, registered) else ""
         end = r.finished_at if r.finished_at is not None else (now if r.started_at else None)
         duration = end - r.started_at if (end is not None and r.started_at) else None
         error = (r.error or "").strip().splitlines()
         records.append(
             [
                 r.id,
-                r.workflow,
+                html.escape(r.workflow) + mark,
                 r.queue,
                 pill(r.status),
                 progress_bar(fraction, r.status, label),
@@ -94,6 +98,7 @@ class JobsTable(Component):
             sortable=False,
             hidden_columns=HIDDEN,
             formatters={
+                "workflow": {"type": "html"},
                 "status": {"type": "html"},
                 "progress": {"type": "html"},
                 "error": {"type": "plaintext"},
@@ -177,7 +182,7 @@ class JobsTable(Component):
             self.total, self.total_exact = sum(self.counts.get(s, 0) for s in wanted), True
         else:
             self.total, self.total_exact = self.store.count_matching(filters)
-        self.show(table_rows(rows, self.store.now()))
+        self.show(table_rows(rows, self.store.now(), registered_fingerprints(self.app)))
 
     def show(self, frame: pd.DataFrame) -> None:
         """Put a page in the table: patch changed cells, or replace a different page."""

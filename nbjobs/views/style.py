@@ -1,79 +1,22 @@
 """How the dashboard draws things: status pills, progress bars, times and the page CSS.
 
 Cells of a Tabulator live in its shadow DOM, so what goes into a table cell carries
-inline styles; the rest of the page shares :data:`CSS`.
+inline styles; the rest of the page shares :data:`CSS`.  The pill, the progress bar and
+the time formats are :mod:`nbjobs.display`'s, so notebooks and the dashboard look alike.
 """
 
 from __future__ import annotations
 
-import html
-import time
-from datetime import datetime, timezone
-
-from ..handle import STATUS_COLOURS
+from ..display import (
+    colour,
+    fmt_duration,
+    fmt_relative,
+    fmt_time,
+    pill,
+    progress_bar,
+)
 
 STATUSES = ("queued", "running", "waiting", "succeeded", "failed", "cancelled")
-
-
-def colour(status: str | None) -> str:
-    return STATUS_COLOURS.get(status or "", "#6b7280")
-
-
-def pill(status: str | None) -> str:
-    """A status as a coloured pill."""
-    text = html.escape(status or "-")
-    return (
-        f'<span class="nbj-pill" style="display:inline-block;min-width:64px;text-align:center;'
-        f"background:{colour(status)};color:#fff;border-radius:9px;padding:0 8px;"
-        f'font-size:11px;line-height:17px;font-weight:600">{text}</span>'
-    )
-
-
-def progress_bar(fraction: float | None, status: str | None, label: str = "") -> str:
-    """A thin bar in the status colour, with a label such as ``3/4``; empty when unknown."""
-    if fraction is None:
-        return f'<span style="color:#9ca3af;font-size:11px">{html.escape(label)}</span>'
-    pct = max(0.0, min(1.0, fraction)) * 100
-    return (
-        f'<div class="nbj-progress" data-pct="{pct:.0f}" style="display:flex;align-items:center;'
-        f'gap:6px"><div style="flex:1;min-width:60px;height:7px;background:#e5e7eb;'
-        f'border-radius:4px;overflow:hidden"><div class="nbj-progress-fill" '
-        f'style="width:{pct:.1f}%;height:7px;background:{colour(status)}"></div></div>'
-        f'<span style="font-size:11px;color:#4b5563;min-width:30px">'
-        f"{html.escape(label or f'{pct:.0f}%')}</span></div>"
-    )
-
-
-def fmt_time(epoch: float | None) -> str:
-    """An epoch time as ``2024-05-01 12:00:03`` UTC, or an empty string."""
-    if epoch is None:
-        return ""
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
-
-
-def fmt_relative(epoch: float | None, now: float | None = None) -> str:
-    """``12 s ago`` or ``in 4.0 min``."""
-    if epoch is None:
-        return ""
-    delta = epoch - (time.time() if now is None else now)
-    if abs(delta) < 1:
-        return "now"
-    text = fmt_duration(abs(delta))
-    return f"in {text}" if delta > 0 else f"{text} ago"
 
 
 def truncate(text: str | None, limit: int = 2000) -> str:
@@ -133,5 +76,14 @@ pre.nbj-error { background: #fef2f2; border-color: #fecaca; color: #7f1d1d; }
 .nbj-header { display: flex; align-items: center; gap: 14px; font-size: 13px; color: #374151; }
 .nbj-live { display: inline-block; width: 8px; height: 8px; border-radius: 50%;
   background: #16a34a; margin-right: 5px; }
+.nbj-notice { background: #fffbeb; border: 1px solid #fcd34d; border-radius: 6px;
+  padding: 6px 10px; margin: 6px 0; font-size: 13px; color: #78350f; }
+.nbj-notice ul { margin: 4px 0 0 0; padding-left: 18px; }
 .nbj-url { font-family: ui-monospace, monospace; font-size: 12px; color: var(--nbj-muted); }
 """
+
+
+__all__ = [
+    "CSS", "STATUSES", "colour", "fmt_duration", "fmt_relative", "fmt_time", "pill",
+    "progress_bar", "stored_value", "truncate",
+]  # fmt: skip
