@@ -16,6 +16,7 @@ from .errors import (
 )
 from .handle import JobHandle, ResultTimeout
 from .schema import Status
+from .strategies import CollectAll, FailFast, Outcome, Threshold
 from .workflow import CallState
 
 __version__ = "0.1.0"
@@ -23,18 +24,22 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "CallState",
+    "CollectAll",
     "ConfigurationError",
     "DuplicateCheckpoint",
+    "FailFast",
     "FanOutError",
     "JobCancelled",
     "JobFailed",
     "JobHandle",
     "JobTimeout",
     "NbjobsError",
+    "Outcome",
     "ResultTimeout",
     "SerializationError",
     "SignalTimeout",
     "Status",
+    "Threshold",
     "UnknownJob",
     "WorkerLost",
     "__version__",

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Row
 
 from ..errors import UnknownJob
 from ..schema import TERMINAL, Status, checkpoints, jobs, new_id, signals
-from ..strategies import strategy_from_detail
+from ..strategies import Strategy, strategy_from_detail
 from .core import UNKNOWN, CoreStore
 
 TERMINAL_VALUES = sorted(s.value for s in TERMINAL)
@@ -118,6 +118,8 @@ class WaitQueries(CoreStore):
     ) -> None:
         """Make the (locked, owned) job ``waiting``: no lease, no slot, its attempt ended."""
         now = self.now()
+        # The attempt row is written from the job row (worker, claim time): first.
+        self._finish_attempt(conn, job_id, attempt, "suspended")
         conn.execute(
             update(jobs)
             .where(jobs.c.id == job_id)
@@ -131,7 +133,6 @@ class WaitQueries(CoreStore):
                 updated_at=now,
             )
         )
-        self._finish_attempt(conn, job_id, attempt, "suspended")
 
     # -- timers ------------------------------------------------------------------------
     def begin_sleep(
@@ -147,7 +148,8 @@ class WaitQueries(CoreStore):
         code_fingerprint: str | None = None,
     ) -> WaitResult:
         """Finish the timer if it is due, else record it and park the job until ``wake_at``."""
-        with self._write() as conn:
+
+        def work(conn: Connection) -> Any:
             refused = self._own(conn, job_id, token)
             if refused:
                 return WaitResult(refused)
@@ -169,11 +171,14 @@ class WaitQueries(CoreStore):
             self._park(conn, job_id, attempt, wake_at, f"sleep:{name}")
             return WaitResult(SUSPENDED)
 
+        return self._retry_conflicts(work)
+
     # -- signals -----------------------------------------------------------------------
     def send_signal(self, job_id: str, name: str, payload: str) -> None:
         """Buffer a signal (FIFO per job and name); wake the job if it waits for it."""
         now = self.now()
-        with self._write() as conn:
+
+        def work(conn: Connection) -> Any:
             row = conn.execute(
                 self.dialect.lock(
                     select(jobs.c.status, jobs.c.waiting_for).where(jobs.c.id == job_id)
@@ -195,6 +200,8 @@ class WaitQueries(CoreStore):
                     )
                 )
 
+        return self._retry_conflicts(work)
+
     def take_signal(
         self,
         *,
@@ -211,7 +218,8 @@ class WaitQueries(CoreStore):
         """Consume the oldest unconsumed signal ``name`` with its checkpoint, in one
         transaction; else time out at ``deadline``, else park the job until either."""
         now = self.now()
-        with self._write() as conn:
+
+        def work(conn: Connection) -> Any:
             refused = self._own(conn, job_id, token)
             if refused:
                 return WaitResult(refused)
@@ -256,6 +264,8 @@ class WaitQueries(CoreStore):
             self._park(conn, job_id, attempt, deadline, f"signal:{name}")
             return WaitResult(SUSPENDED)
 
+        return self._retry_conflicts(work)
+
     # -- fan-out -----------------------------------------------------------------------
     def begin_fanout(
         self,
@@ -277,7 +287,8 @@ class WaitQueries(CoreStore):
         exist already (the fan-out was dropped by ``retry(from_checkpoint=...)``) are
         reset and run again instead of being inserted twice.
         """
-        with self._write() as conn:
+
+        def work(conn: Connection) -> Any:
             refused = self._own(conn, job_id, token)
             if refused:
                 return WaitResult(refused)
@@ -307,6 +318,8 @@ class WaitQueries(CoreStore):
                 return WaitResult(DONE, outcomes)
             self._park(conn, job_id, attempt, None, f"fanout:{name}")
             return WaitResult(SUSPENDED)
+
+        return self._retry_conflicts(work)
 
     def _start_children(
         self, conn: Connection, parent_id: str, root_id: str, name: str, children: list[dict]
@@ -379,8 +392,9 @@ class WaitQueries(CoreStore):
 
     @functools.cached_property
     def _fanin_sql(self) -> SimpleNamespace:
-        """The fan-in's statements, built once: the decision runs in every child's
-        terminal transaction, so it is kept to two cached statements when undecided."""
+        """The fan-in's statements, built once: a check runs in every child's terminal
+        transaction, so it is two cached statements and takes no lock while the fan-in
+        cannot be decided yet (the parent's row lock would serialize all the children)."""
         child = jobs.alias("fanin_child")
         columns = (
             jobs.c.id,
@@ -407,11 +421,9 @@ class WaitQueries(CoreStore):
         )
         siblings = (jobs.c.parent_id == bindparam("parent"), jobs.c.fanout == bindparam("name"))
         return SimpleNamespace(
-            by_child=self.dialect.lock(by_child),
+            by_child=by_child,
             by_parent=self.dialect.lock(by_parent),
-            counts=select(jobs.c.status, func.count())
-            .where(*siblings, jobs.c.status.in_(TERMINAL_VALUES))
-            .group_by(jobs.c.status),
+            counts=select(jobs.c.status, func.count()).where(*siblings).group_by(jobs.c.status),
             children=select(jobs.c.id, jobs.c.status, jobs.c.result, jobs.c.error)
             .where(*siblings)
             .order_by(jobs.c.fanout_index),
@@ -423,17 +435,29 @@ class WaitQueries(CoreStore):
         row = conn.execute(self._fanin_sql.by_parent, {"parent": parent_id, "name": name}).first()
         return None if row is None else self._decide(conn, row)
 
+    def _counts(self, conn: Connection, parent: Row) -> tuple[Strategy, int, int, int, int]:
+        """(strategy, children, succeeded, not ok, running) of a fan-out."""
+        key = {"parent": parent.id, "name": parent.name}
+        counts = dict(conn.execute(self._fanin_sql.counts, key).all())
+        succeeded = counts.get(Status.SUCCEEDED.value, 0)
+        not_ok = sum(counts.get(s, 0) for s in TERMINAL_VALUES) - succeeded
+        detail = json.loads(parent.detail)
+        return (
+            strategy_from_detail(detail),
+            detail["count"],
+            succeeded,
+            not_ok,
+            counts.get(Status.RUNNING.value, 0),
+        )
+
     def _decide(self, conn: Connection, parent: Row) -> str | None:
         """The decision itself, on a locked (parent, fan-out checkpoint) row."""
         if parent.done or parent.status in TERMINAL_VALUES:
             return None
         sql = self._fanin_sql
         key = {"parent": parent.id, "name": parent.name}
-        detail = json.loads(parent.detail)
-        counts = dict(conn.execute(sql.counts, key).all())
-        succeeded = counts.get(Status.SUCCEEDED.value, 0)
-        not_ok = sum(counts.values()) - succeeded
-        if not strategy_from_detail(detail).decided(detail["count"], succeeded, not_ok):
+        strategy, total, succeeded, not_ok, _running = self._counts(conn, parent)
+        if not strategy.decided(total, succeeded, not_ok):
             return None
         outcomes = []
         unfinished = []
@@ -483,20 +507,30 @@ class WaitQueries(CoreStore):
         if parent_id is None:
             return  # a top-level job: nothing to decide, no query
         parent = conn.execute(self._fanin_sql.by_child, {"child": job_id}).first()
-        if parent is not None:
-            self._decide(conn, parent)
+        if parent is None or parent.done or parent.status in TERMINAL_VALUES:
+            return
+        # Unlocked, a sibling finishing at this moment still looks running: lock the
+        # parent (and count again) only if those could complete the decision.  The
+        # last of two siblings to take the lock then sees the other's commit.
+        strategy, total, succeeded, not_ok, running = self._counts(conn, parent)
+        if strategy.could_decide(total, succeeded, not_ok, running):
+            self._decide_fanin(conn, parent.id, parent.name)
 
-    def resume_stalled_fanins(self, limit: int = 100) -> int:
-        """Re-decide fan-ins of waiting parents whose children are all terminal.
+    def heal_fanouts(self, limit: int = 100) -> int:
+        """The recovery sweep every worker's monitor runs; returns the parents resumed.
 
-        The decision normally happens in the last child's terminal transaction; this
-        sweep (run by every worker's monitor) heals any parent left waiting anyway.
+        * Re-decides the fan-ins of waiting parents whose children are all terminal (the
+          decision normally happens in the last child's terminal transaction).
+        * Asks running children to stop whose fan-out was decided without them or whose
+          parent was cancelled: the decision skips rows another transaction holds, rather
+          than wait for them while it holds the parent's row.
         """
         child = jobs.alias("child")
+        parent = jobs.alias("parent")
         busy = exists().where(
             child.c.parent_id == jobs.c.id, child.c.status.not_in(TERMINAL_VALUES)
         )
-        stmt = (
+        stalled_stmt = (
             select(jobs.c.id, jobs.c.waiting_for)
             .where(
                 jobs.c.status == Status.WAITING.value,
@@ -505,55 +539,108 @@ class WaitQueries(CoreStore):
             )
             .limit(limit)
         )
+        # Decided while this attempt ran (a child retried by hand later is left alone).
+        decided = exists().where(
+            checkpoints.c.job_id == jobs.c.parent_id,
+            checkpoints.c.name == jobs.c.fanout,
+            checkpoints.c.done.is_(True),
+            jobs.c.claimed_at <= checkpoints.c.finished_at,
+        )
+        cancelled = exists().where(
+            parent.c.id == jobs.c.parent_id, parent.c.status == Status.CANCELLED.value
+        )
+        orphans_stmt = (
+            select(jobs.c.id)
+            .where(
+                jobs.c.status == Status.RUNNING.value,
+                jobs.c.parent_id.is_not(None),
+                jobs.c.cancel_requested.is_(False),
+                decided | cancelled,
+            )
+            .limit(limit)
+        )
         with self._read() as conn:
-            stalled = conn.execute(stmt).all()
+            stalled = conn.execute(stalled_stmt).all()
+            orphans = conn.execute(orphans_stmt).scalars().all()
+        if orphans:
+
+            def stop(conn: Connection) -> None:
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id.in_(orphans), jobs.c.status == Status.RUNNING.value)
+                    .values(cancel_requested=True, updated_at=self.now())
+                )
+
+            self._retry_conflicts(stop)
         resumed = 0
         for row in stalled:
-            with self._write() as conn:
-                if self._decide_fanin(conn, row.id, row.waiting_for[len("fanout:") :]):
-                    resumed += 1
+            name = row.waiting_for[len("fanout:") :]
+            if self._retry_conflicts(lambda conn, r=row, n=name: self._decide_fanin(conn, r.id, n)):
+                resumed += 1
         return resumed
 
     # -- cancellation ------------------------------------------------------------------
     def _cancel_tree(self, conn: Connection, ids: Sequence[str]) -> None:
         """Cancel jobs and all their descendants: queued and waiting ones at once,
-        running ones by ``cancel_requested`` (they stop at their next step)."""
+        running ones by ``cancel_requested`` (they stop at their next step).
+
+        Running rows another transaction holds are skipped, not waited for: that
+        transaction may be a child's fan-in waiting for a parent row this one holds.
+        ``heal_fanouts`` asks them to stop a moment later.
+        """
         now = self.now()
         frontier = list(ids)
         while frontier:
             below: list[str] = []
             for chunk in _chunks(frontier):
-                conn.execute(
-                    update(jobs)
-                    .where(
-                        jobs.c.id.in_(chunk),
-                        jobs.c.status.in_([Status.QUEUED.value, Status.WAITING.value]),
+                rows = conn.execute(
+                    select(jobs.c.id, jobs.c.status, jobs.c.cancel_requested).where(
+                        jobs.c.id.in_(chunk)
                     )
-                    .values(
-                        status=Status.CANCELLED.value,
-                        cancel_requested=True,
-                        waiting_for=None,
-                        finished_at=now,
-                        updated_at=now,
-                        error="cancelled",
-                    )
-                )
-                running = select(jobs.c.id).where(
-                    jobs.c.id.in_(chunk),
-                    jobs.c.status == Status.RUNNING.value,
-                    jobs.c.cancel_requested.is_(False),
-                )
-                if self.dialect.skip_locked:
-                    # A locked running job is finishing; waiting for it could deadlock
-                    # with its own fan-in, which waits for the parent row we hold.
-                    running = running.with_for_update(skip_locked=True)
-                ids_running = conn.execute(running).scalars().all()
-                if ids_running:
+                ).all()
+                idle = [
+                    r.id for r in rows if r.status in (Status.QUEUED.value, Status.WAITING.value)
+                ]
+                if idle:
                     conn.execute(
                         update(jobs)
-                        .where(jobs.c.id.in_(ids_running))
-                        .values(cancel_requested=True, updated_at=now)
+                        .where(
+                            jobs.c.id.in_(idle),
+                            jobs.c.status.in_([Status.QUEUED.value, Status.WAITING.value]),
+                        )
+                        .values(
+                            status=Status.CANCELLED.value,
+                            cancel_requested=True,
+                            waiting_for=None,
+                            finished_at=now,
+                            updated_at=now,
+                            error="cancelled",
+                        )
                     )
+                busy = [
+                    r.id
+                    for r in rows
+                    if r.status == Status.RUNNING.value and not r.cancel_requested
+                ]
+                if busy:
+                    free = (
+                        conn.execute(
+                            self.dialect.lock(
+                                select(jobs.c.id).where(
+                                    jobs.c.id.in_(busy), jobs.c.status == Status.RUNNING.value
+                                ),
+                                skip_locked=True,
+                            )
+                        )
+                        .scalars()
+                        .all()
+                    )
+                    if free:
+                        conn.execute(
+                            update(jobs)
+                            .where(jobs.c.id.in_(free))
+                            .values(cancel_requested=True, updated_at=now)
+                        )
                 below += conn.execute(
                     select(jobs.c.id).where(
                         jobs.c.parent_id.in_(chunk), jobs.c.status.not_in(TERMINAL_VALUES)
@@ -564,7 +651,8 @@ class WaitQueries(CoreStore):
     def cancel_job(self, job_id: str) -> str:
         """Cancel a job and its whole fan-out subtree."""
         status = super().cancel_job(job_id)
-        with self._write() as conn:
+
+        def work(conn: Connection) -> None:
             children = (
                 conn.execute(
                     select(jobs.c.id).where(
@@ -576,6 +664,8 @@ class WaitQueries(CoreStore):
             )
             if children:
                 self._cancel_tree(conn, children)
+
+        self._retry_conflicts(work)
         return status
 
     # -- retries -----------------------------------------------------------------------
@@ -583,12 +673,15 @@ class WaitQueries(CoreStore):
         """Retry a job; its undecided or failed fan-outs are reopened first so that only
         the children that did not succeed run again."""
         if from_checkpoint is None:
-            with self._write() as conn:
+
+            def work(conn: Connection) -> None:
                 status = conn.execute(
                     self.dialect.lock(select(jobs.c.status).where(jobs.c.id == job_id))
                 ).scalar()
                 if status in (Status.FAILED.value, Status.CANCELLED.value):
                     self._reopen_fanouts(conn, job_id, self.now())
+
+            self._retry_conflicts(work)
         super().retry_job(job_id, from_checkpoint=from_checkpoint)
 
     def _reopen_fanouts(self, conn: Connection, job_id: str, now: float) -> None:

@@ -1,0 +1,330 @@
+"""Fan-out / fan-in on real worker threads: strategies, suspension, nesting, cancel, retry.
+
+With ``concurrency=1`` children run one at a time in input order (the waiting parent
+holds no slot), which makes "fails early" and "fails late" deterministic.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import nbjobs
+from tests.support import wait_until
+
+TIMEOUT = 60
+
+
+def strategy(spec: str) -> nbjobs.strategies.Strategy:
+    kind, _, n = spec.partition(":")
+    return {"fail_fast": nbjobs.FailFast, "collect_all": nbjobs.CollectAll}.get(
+        kind, lambda: nbjobs.Threshold(int(n))
+    )()
+
+
+def define(app: nbjobs.App, *, catch: bool = True):
+    """A child that doubles x (fails for x in ``bad``) and a parent that fans out to it."""
+
+    @app.workflow
+    def child(cs: nbjobs.CallState, x: int, bad: list[int]) -> int:
+        if x in bad:
+            raise ValueError(f"bad {x}")
+        return x * 2
+
+    @app.workflow
+    def parent(cs: nbjobs.CallState, xs: list[int], bad: list[int], how: str) -> dict:
+        specs = [child.spec(x, bad) for x in xs]
+        try:
+            outcomes = cs.fan_out("kids", specs, strategy=strategy(how))
+        except nbjobs.FanOutError as exc:
+            if not catch:
+                raise
+            return {"raised": True, "outcomes": [[o.status, o.value] for o in exc.outcomes]}
+        return {"raised": False, "outcomes": [[o.status, o.value] for o in outcomes]}
+
+    return child, parent
+
+
+@pytest.mark.parametrize("how", ["fail_fast", "collect_all", "threshold:4"])
+def test_all_children_succeed_in_input_order(app: nbjobs.App, how: str) -> None:
+    _child, parent = define(app)
+    app.start(concurrency=4)
+    h = parent.submit([3, 1, 4, 1], [], how)
+    result = h.result(timeout=TIMEOUT)
+    assert result == {
+        "raised": False,
+        "outcomes": [["succeeded", 6], ["succeeded", 2], ["succeeded", 8], ["succeeded", 2]],
+    }
+    kids = h.children
+    assert [k.input["args"][0] for k in kids] == [3, 1, 4, 1]
+    for k in kids:
+        info = k.info()
+        assert (info["parent_id"], info["root_id"], info["fanout"]) == (h.id, h.id, "kids")
+    assert h.progress == 1.0
+    # The parent gave up its slot while waiting: one attempt suspended, one finished.
+    assert [a["outcome"] for a in h.attempts] == ["suspended", "succeeded"]
+
+
+def test_fail_fast_early_failure_cancels_queued_siblings(app: nbjobs.App) -> None:
+    _child, parent = define(app, catch=False)
+    app.start(concurrency=1)
+    h = parent.submit([0, 1, 2, 3, 4], [0], "fail_fast")
+    with pytest.raises(nbjobs.JobFailed, match="FanOutError"):
+        h.result(timeout=TIMEOUT)
+    kids = h.children
+    assert [k.status for k in kids] == ["failed"] + ["cancelled"] * 4
+    assert [k.info()["attempts"] for k in kids[1:]] == [0, 0, 0, 0]  # never started
+
+
+def test_fail_fast_late_failure(app: nbjobs.App) -> None:
+    _child, parent = define(app)
+    app.start(concurrency=1)
+    result = parent.submit([0, 1, 2, 3], [3], "fail_fast").result(timeout=TIMEOUT)
+    assert result == {
+        "raised": True,
+        "outcomes": [["succeeded", 0], ["succeeded", 2], ["succeeded", 4], ["failed", None]],
+    }
+
+
+def test_collect_all_waits_for_every_child_and_never_raises(app: nbjobs.App) -> None:
+    _child, parent = define(app)
+    app.start(concurrency=2)
+    h = parent.submit([0, 1, 2, 3], [0, 2], "collect_all")
+    assert h.result(timeout=TIMEOUT) == {
+        "raised": False,
+        "outcomes": [["failed", None], ["succeeded", 2], ["failed", None], ["succeeded", 6]],
+    }
+
+
+def test_failures_beyond_threshold_raise_at_once(app: nbjobs.App) -> None:
+    _child, parent = define(app)
+    app.start(concurrency=1)
+    h = parent.submit([0, 1, 2, 3], [0, 1], "threshold:3")
+    assert h.result(timeout=TIMEOUT) == {
+        "raised": True,
+        "outcomes": [["failed", None], ["failed", None], ["cancelled", None], ["cancelled", None]],
+    }
+
+
+def test_threshold_met_cancels_the_running_rest(app: nbjobs.App) -> None:
+    release = threading.Event()
+
+    @app.workflow
+    def quick(cs: nbjobs.CallState, x: int) -> int:
+        return x
+
+    @app.workflow
+    def slow(cs: nbjobs.CallState, x: int) -> int:
+        for k in range(2000):  # a step boundary every 20 ms, where a cancel is seen
+            if cs.checkpoint(f"tick-{k}", release.wait, 0.02):
+                break
+        return x
+
+    @app.workflow
+    def parent(cs: nbjobs.CallState) -> list:
+        specs = [slow.spec(0), quick.spec(1), slow.spec(2), quick.spec(3)]
+        outcomes = cs.fan_out("kids", specs, strategy=nbjobs.Threshold(2))
+        return [[o.status, o.value] for o in outcomes]
+
+    app.start(concurrency=4)
+    h = parent.submit()
+    try:
+        result = h.result(timeout=TIMEOUT)
+        assert result == [
+            ["cancelled", None],
+            ["succeeded", 1],
+            ["cancelled", None],
+            ["succeeded", 3],
+        ]
+        # The running slow children stop at their next step boundary.
+        kids = h.children
+        wait_until(lambda: kids[0].status == kids[2].status == "cancelled", TIMEOUT, what="stop")
+    finally:
+        release.set()
+
+
+def test_empty_fan_out_returns_at_once(app: nbjobs.App) -> None:
+    _child, parent = define(app)
+
+    @app.workflow
+    def needs_one(cs: nbjobs.CallState) -> str:
+        try:
+            cs.fan_out("none", [], strategy=nbjobs.Threshold(1))
+        except nbjobs.FanOutError as exc:
+            return f"impossible: {exc.outcomes}"
+        return "no"
+
+    app.start(concurrency=1)
+    for how in ("fail_fast", "collect_all"):
+        h = parent.submit([], [], how)
+        assert h.result(timeout=TIMEOUT) == {"raised": False, "outcomes": []}
+        assert h.children == []
+        assert [a["outcome"] for a in h.attempts] == ["succeeded"]  # never suspended
+    assert needs_one.submit().result(timeout=TIMEOUT) == "impossible: []"
+
+
+def test_concurrency_one_parent_with_fifty_children_completes(app: nbjobs.App) -> None:
+    _child, parent = define(app)
+    app.start(concurrency=1)
+    h = parent.submit(list(range(50)), [], "fail_fast")
+    result = h.result(timeout=TIMEOUT)
+    assert [v for _, v in result["outcomes"]] == [2 * x for x in range(50)]
+    assert len(h.children) == 50
+
+
+def test_nested_fan_out_three_levels(app: nbjobs.App) -> None:
+    @app.workflow
+    def leaf(cs: nbjobs.CallState, x: int) -> int:
+        return x
+
+    @app.workflow
+    def middle(cs: nbjobs.CallState, base: int) -> int:
+        outcomes = cs.fan_out("leaves", [leaf.spec(base + i) for i in range(3)])
+        return sum(o.value for o in outcomes)
+
+    @app.workflow
+    async def root(cs: nbjobs.CallState) -> int:
+        outcomes = await cs.fan_out("middles", [middle.spec(10 * i) for i in range(3)])
+        return sum(o.value for o in outcomes)
+
+    app.start(concurrency=2)
+    h = root.submit()
+    assert h.result(timeout=TIMEOUT) == sum(10 * i + j for i in range(3) for j in range(3))
+    middles = h.children
+    assert len(middles) == 3
+    for m in middles:
+        leaves = m.children
+        assert [leaf_h.result(timeout=1) for leaf_h in leaves] == [
+            m.input["args"][0] + j for j in range(3)
+        ]
+        for leaf_h in leaves:
+            assert leaf_h.info()["root_id"] == h.id
+            assert leaf_h.info()["parent_id"] == m.id
+
+
+def test_cancel_root_cancels_every_descendant(app: nbjobs.App) -> None:
+    release = threading.Event()
+
+    @app.workflow
+    def leaf(cs: nbjobs.CallState, x: int) -> int:
+        for k in range(2000):
+            if cs.checkpoint(f"tick-{k}", release.wait, 0.02):
+                break
+        return x
+
+    @app.workflow
+    def middle(cs: nbjobs.CallState, base: int) -> int:
+        return sum(o.value for o in cs.fan_out("leaves", [leaf.spec(base + i) for i in range(3)]))
+
+    @app.workflow
+    def root(cs: nbjobs.CallState) -> int:
+        return sum(o.value for o in cs.fan_out("middles", [middle.spec(i) for i in range(3)]))
+
+    app.start(concurrency=3)
+    h = root.submit()
+    try:
+        # Every middle is waiting, the first leaves are running and the rest queued.
+        wait_until(
+            lambda: (
+                len(h.children) == 3
+                and all(m.status == "waiting" and len(m.children) == 3 for m in h.children)
+                and any(leaf_h.status == "running" for m in h.children for leaf_h in m.children)
+            ),
+            TIMEOUT,
+            what="the tree to grow",
+        )
+        assert h.status == "waiting"
+        assert 0.0 <= h.progress < 1.0
+        assert h.cancel() == "cancelled"
+        everyone = [m for m in h.children] + [x for m in h.children for x in m.children]
+        wait_until(lambda: all(j.status == "cancelled" for j in everyone), TIMEOUT, what="cascade")
+    finally:
+        release.set()
+    with pytest.raises(nbjobs.JobCancelled):
+        h.result(timeout=1)
+
+
+def test_retrying_a_failed_parent_reruns_only_unsuccessful_children(app: nbjobs.App) -> None:
+    @app.workflow
+    def flaky(cs: nbjobs.CallState, x: int) -> int:
+        if x == 2 and cs.attempt == 1:
+            raise RuntimeError("first try fails")
+        return x
+
+    @app.workflow
+    def parent(cs: nbjobs.CallState) -> list:
+        return [o.value for o in cs.fan_out("kids", [flaky.spec(x) for x in range(4)])]
+
+    app.start(concurrency=1)
+    h = parent.submit()
+    with pytest.raises(nbjobs.JobFailed, match="FanOutError"):
+        h.result(timeout=TIMEOUT)
+    assert [k.status for k in h.children] == ["succeeded", "succeeded", "failed", "cancelled"]
+    h.retry()
+    assert h.result(timeout=TIMEOUT) == [0, 1, 2, 3]
+    kids = h.children
+    assert len(kids) == 4
+    assert [k.info()["attempts"] for k in kids] == [1, 1, 2, 1]
+
+
+def test_async_child_and_bad_arguments(app: nbjobs.App) -> None:
+    @app.workflow
+    async def achild(cs: nbjobs.CallState, x: int) -> int:
+        return await cs.checkpoint("square", lambda: x * x)
+
+    @app.workflow
+    def parent(cs: nbjobs.CallState) -> list:
+        return [o.value for o in cs.fan_out("kids", [achild.spec(x) for x in range(5)])]
+
+    @app.workflow
+    def twice(cs: nbjobs.CallState) -> None:
+        cs.fan_out("same", [achild.spec(1)])
+        cs.fan_out("same", [achild.spec(2)])
+
+    @app.workflow
+    def not_specs(cs: nbjobs.CallState) -> None:
+        cs.fan_out("kids", [1, 2])
+
+    app.start(concurrency=2)
+    assert parent.submit().result(timeout=TIMEOUT) == [0, 1, 4, 9, 16]
+    with pytest.raises(nbjobs.JobFailed, match="DuplicateCheckpoint"):
+        twice.submit().result(timeout=TIMEOUT)
+    with pytest.raises(nbjobs.JobFailed, match=r"child\.spec"):
+        not_specs.submit().result(timeout=TIMEOUT)
+
+
+def test_strategies_are_validated_and_comparable() -> None:
+    with pytest.raises(nbjobs.ConfigurationError):
+        nbjobs.Threshold(0)
+    assert nbjobs.Threshold(2) == nbjobs.Threshold(2) != nbjobs.Threshold(3)
+    assert repr(nbjobs.FailFast()) == "FailFast()"
+    assert nbjobs.Outcome("succeeded", 1).ok and not nbjobs.Outcome("failed").ok
+
+
+def test_recovery_sweep_resumes_a_parent_whose_fan_in_was_missed(app: nbjobs.App) -> None:
+    """Children finished by a path that skipped the fan-in (as a crash between a child's
+    end and its parent's resume would): the workers' sweep decides and resumes."""
+    from sqlalchemy import update
+
+    from nbjobs.schema import jobs
+
+    @app.workflow
+    def child(cs: nbjobs.CallState, x: int) -> int:
+        return x
+
+    @app.workflow
+    def parent(cs: nbjobs.CallState) -> list:
+        specs = [child.options(queue="elsewhere").spec(x) for x in range(3)]
+        return [o.value for o in cs.fan_out("kids", specs)]
+
+    app.start(concurrency=1)  # serves only the default queue: the children stay queued
+    h = parent.submit()
+    wait_until(lambda: h.status == "waiting" and len(h.children) == 3, TIMEOUT, what="fan-out")
+    with app.store._write() as conn:  # finish the children behind the fan-in's back
+        for k in h.children:
+            x = k.input["args"][0]
+            conn.execute(
+                update(jobs).where(jobs.c.id == k.id).values(status="succeeded", result=str(x))
+            )
+    assert h.result(timeout=TIMEOUT) == [0, 1, 2]
