@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import capture
 from .errors import (
+    FanOutError,
     JobTimeout,
     SerializationError,
     _Cancelled,
@@ -252,7 +253,9 @@ class Execution:
 
     def _record_failure(self, exc: BaseException, text: str | None, outcome: str) -> None:
         error = f"{type(exc).__name__}: {exc}"
-        retryable = not isinstance(exc, SerializationError)
+        # Neither would change on a replay: a value that cannot be stored, and a fan-out
+        # whose children's outcomes are recorded (h.retry() re-runs the failed children).
+        retryable = not isinstance(exc, (SerializationError, FanOutError))
         if retryable and self.job.failures < self.job.max_retries:
             delay = self.app.backoff_seconds(self.job.failures + 1)
             self._note_write(

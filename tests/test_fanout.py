@@ -328,3 +328,20 @@ def test_recovery_sweep_resumes_a_parent_whose_fan_in_was_missed(app: nbjobs.App
                 update(jobs).where(jobs.c.id == k.id).values(status="succeeded", result=str(x))
             )
     assert h.result(timeout=TIMEOUT) == [0, 1, 2]
+
+
+def test_a_decided_fanout_failure_is_not_retried_automatically(app: nbjobs.App) -> None:
+    """Replaying would only replay the recorded outcomes: the parent fails at once, and
+    ``h.retry()`` is the way to re-run the failed children."""
+    child, _parent = define(app)
+
+    @app.workflow(retries=3)
+    def strict(cs: nbjobs.CallState) -> list:
+        return cs.fan_out("kids", [child.spec(x, [2]) for x in (1, 2)], strategy=nbjobs.FailFast())
+
+    app.start(concurrency=2)
+    h = strict.submit()
+    with pytest.raises(nbjobs.JobFailed, match="FanOutError"):
+        h.result(timeout=TIMEOUT)
+    assert [a["outcome"] for a in h.attempts][-1] == "failed"
+    assert app.store.get_job(h.id).failures == 1
