@@ -1000,68 +1000,83 @@ class CoreStore:
             return status.value
 
     def retry_job(self, job_id: str, from_checkpoint: str | None = None) -> None:
-        """Queue a finished job again, keeping its checkpoints (or those before a step)."""
+        """Queue a finished job again, keeping its checkpoints (or those before a step).
+
+        Everything happens in one transaction, the ``_before_retry`` hook included (it
+        reopens failed fan-outs so that only their unsuccessful children run again).
+        """
+        self._retry_conflicts(lambda conn: self._retry_job(conn, job_id, from_checkpoint))
+
+    def _retry_job(self, conn: Connection, job_id: str, from_checkpoint: str | None) -> None:
         now = self.now()
-        with self._write() as conn:
-            row = conn.execute(
-                self.dialect.lock(select(jobs.c.status).where(jobs.c.id == job_id))
-            ).first()
-            if row is None:
-                raise UnknownJob(f"no job with id {job_id!r}")
-            status = Status(row.status)
-            if from_checkpoint is None and status not in (Status.FAILED, Status.CANCELLED):
-                raise ConfigurationError(
-                    f"job {job_id} is {status.value}; retry() takes a failed or cancelled job "
-                    "(use retry(from_checkpoint=...) to re-run a succeeded one from a step)"
-                )
-            if status not in TERMINAL:
-                raise ConfigurationError(
-                    f"job {job_id} is {status.value}; wait for it to finish or cancel it first"
-                )
-            if from_checkpoint is not None:
-                seq = conn.execute(
-                    select(checkpoints.c.seq).where(
-                        checkpoints.c.job_id == job_id, checkpoints.c.name == from_checkpoint
-                    )
-                ).scalar()
-                if seq is None:
-                    names = (
-                        conn.execute(
-                            select(checkpoints.c.name)
-                            .where(checkpoints.c.job_id == job_id)
-                            .order_by(checkpoints.c.seq)
-                        )
-                        .scalars()
-                        .all()
-                    )
-                    raise ConfigurationError(
-                        f"job {job_id} has no checkpoint {from_checkpoint!r}; it has {names}"
-                    )
-                conn.execute(
-                    delete(checkpoints).where(
-                        checkpoints.c.job_id == job_id, checkpoints.c.seq >= seq
-                    )
-                )
-            kept = conn.execute(
-                select(func.count()).where(checkpoints.c.job_id == job_id, checkpoints.c.done)
-            ).scalar()
-            conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(
-                    status=Status.QUEUED.value,
-                    run_at=now,
-                    cancel_requested=False,
-                    result=None,
-                    finished_at=None,
-                    failures=0,
-                    reclaims=0,
-                    steps_done=kept,
-                    progress=None,
-                    message=None,
-                    updated_at=now,
-                )
+        row = conn.execute(
+            self.dialect.lock(select(jobs.c.status).where(jobs.c.id == job_id))
+        ).first()
+        if row is None:
+            raise UnknownJob(f"no job with id {job_id!r}")
+        status = Status(row.status)
+        if from_checkpoint is None and status not in (Status.FAILED, Status.CANCELLED):
+            raise ConfigurationError(
+                f"job {job_id} is {status.value}; retry() takes a failed or cancelled job "
+                "(use retry(from_checkpoint=...) to re-run a succeeded one from a step)"
             )
+        if status not in TERMINAL:
+            raise ConfigurationError(
+                f"job {job_id} is {status.value}; wait for it to finish or cancel it first"
+            )
+        if from_checkpoint is not None:
+            names = (
+                conn.execute(
+                    select(checkpoints.c.name, checkpoints.c.seq)
+                    .where(checkpoints.c.job_id == job_id)
+                    .order_by(checkpoints.c.seq)
+                )
+            ).all()
+            seq = next((r.seq for r in names if r.name == from_checkpoint), None)
+            if seq is None:
+                raise ConfigurationError(
+                    f"job {job_id} has no checkpoint {from_checkpoint!r}; it has "
+                    f"{[r.name for r in names]}"
+                )
+            conn.execute(
+                delete(checkpoints).where(checkpoints.c.job_id == job_id, checkpoints.c.seq >= seq)
+            )
+        self._before_retry(conn, job_id, status, from_checkpoint)
+        kept = conn.execute(
+            select(func.count()).where(checkpoints.c.job_id == job_id, checkpoints.c.done)
+        ).scalar()
+        self._reset_job(conn, job_id, now, fresh=False, steps_done=kept)
+
+    def _before_retry(
+        self, conn: Connection, job_id: str, status: Status, from_checkpoint: str | None
+    ) -> None:
+        """Hook run inside ``retry_job``'s transaction before the job is queued again."""
+
+    def _reset_job(
+        self, conn: Connection, job_id: str, now: float, *, fresh: bool, **values: Any
+    ) -> None:
+        """Queue a finished job again; ``fresh`` also drops its checkpoints (a re-run)."""
+        if fresh:
+            conn.execute(delete(checkpoints).where(checkpoints.c.job_id == job_id))
+            values["steps_done"] = 0
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(
+                status=Status.QUEUED.value,
+                run_at=now,
+                cancel_requested=False,
+                result=None,
+                finished_at=None,
+                failures=0,
+                reclaims=0,
+                waiting_for=None,
+                progress=None,
+                message=None,
+                updated_at=now,
+                **values,
+            )
+        )
 
     # -- queries -----------------------------------------------------------------------
     def get_job(self, job_id: str, *, full: bool = False) -> Row:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, delete, exists, func, insert, select, update
+from sqlalchemy import and_, bindparam, case, exists, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from ..errors import UnknownJob
@@ -365,31 +365,6 @@ class WaitQueries(CoreStore):
         for i in range(0, len(rows), _CHUNK):
             conn.execute(insert(jobs), rows[i : i + _CHUNK])
 
-    def _reset_job(
-        self, conn: Connection, job_id: str, now: float, *, fresh: bool, **values
-    ) -> None:
-        """Queue a finished job again; ``fresh`` also drops its checkpoints (a re-run)."""
-        if fresh:
-            conn.execute(delete(checkpoints).where(checkpoints.c.job_id == job_id))
-            values["steps_done"] = 0
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id)
-            .values(
-                status=Status.QUEUED.value,
-                run_at=now,
-                cancel_requested=False,
-                result=None,
-                finished_at=None,
-                failures=0,
-                reclaims=0,
-                waiting_for=None,
-                progress=None,
-                updated_at=now,
-                **values,
-            )
-        )
-
     @functools.cached_property
     def _fanin_sql(self) -> SimpleNamespace:
         """The fan-in's statements, built once: a check runs in every child's terminal
@@ -669,20 +644,14 @@ class WaitQueries(CoreStore):
         return status
 
     # -- retries -----------------------------------------------------------------------
-    def retry_job(self, job_id: str, from_checkpoint: str | None = None) -> None:
-        """Retry a job; its undecided or failed fan-outs are reopened first so that only
-        the children that did not succeed run again."""
-        if from_checkpoint is None:
-
-            def work(conn: Connection) -> None:
-                status = conn.execute(
-                    self.dialect.lock(select(jobs.c.status).where(jobs.c.id == job_id))
-                ).scalar()
-                if status in (Status.FAILED.value, Status.CANCELLED.value):
-                    self._reopen_fanouts(conn, job_id, self.now())
-
-            self._retry_conflicts(work)
-        super().retry_job(job_id, from_checkpoint=from_checkpoint)
+    def _before_retry(
+        self, conn: Connection, job_id: str, status: Status, from_checkpoint: str | None
+    ) -> None:
+        """Reopen a retried job's undecided or failed fan-outs, so that only the children
+        that did not succeed run again."""
+        super()._before_retry(conn, job_id, status, from_checkpoint)
+        if from_checkpoint is None and status in (Status.FAILED, Status.CANCELLED):
+            self._reopen_fanouts(conn, job_id, self.now())
 
     def _reopen_fanouts(self, conn: Connection, job_id: str, now: float) -> None:
         fanouts = conn.execute(
