@@ -1,0 +1,115 @@
+"""Retention: delete finished history (``app.purge``) without ever orphaning a fan-out child.
+
+The unit of deletion is a whole job *tree* (a top-level job and every fan-out descendant,
+which all share its ``root_id``): a tree is deleted only when its root is finished, old
+enough and of a purged status, and no job of the tree is unfinished.  A child therefore
+never outlives its parent, a parent never loses part of its fan-out, and a job that could
+still be retried or resumed is never touched.
+
+Each batch is one transaction that re-reads the trees' rows under a lock before deleting
+them (with their checkpoints, attempts, signals and logs), so a ``retry()`` or a
+``cancel()`` racing the purge either happens first (and the tree is skipped) or finds the
+job gone.  Batches are bounded, so a purge of millions of rows never holds a long lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import delete, exists, select
+from sqlalchemy.engine import Connection
+
+from ..schema import TERMINAL, attempts, checkpoints, jobs, logs, signals
+from .core import CoreStore
+
+TERMINAL_VALUES = sorted(s.value for s in TERMINAL)
+#: Ids per ``IN (...)`` list: well under every backend's parameter limit.
+_CHUNK = 500
+
+
+class RetentionQueries(CoreStore):
+    """``purge_jobs``: bounded, tree-at-a-time deletion of finished jobs."""
+
+    def purge_jobs(
+        self,
+        *,
+        finished_before: float,
+        statuses: Sequence[str] = TERMINAL_VALUES,
+        batch_size: int = 500,
+        max_batches: int | None = None,
+    ) -> tuple[int, bool]:
+        """Delete finished trees whose root finished before ``finished_before``.
+
+        Returns (jobs deleted, more left): ``more`` is True when ``max_batches`` stopped
+        the purge before it ran out of candidates.
+        """
+        deleted = 0
+        batches = 0
+        while max_batches is None or batches < max_batches:
+            count, full = self._purge_batch(finished_before, list(statuses), batch_size)
+            deleted += count
+            batches += 1
+            if not full:
+                return deleted, False
+        return deleted, True
+
+    def _purge_batch(self, cutoff: float, statuses: list[str], limit: int) -> tuple[int, bool]:
+        """One transaction: up to ``limit`` old finished roots and their trees.
+
+        Returns (jobs deleted, whether the batch was full, i.e. more may remain).
+        """
+        tree = jobs.alias("tree")
+        unfinished = exists().where(
+            tree.c.root_id == jobs.c.id, tree.c.status.not_in(TERMINAL_VALUES)
+        )
+        candidates = (
+            select(jobs.c.id)
+            .where(
+                jobs.c.parent_id.is_(None),
+                jobs.c.status.in_(statuses),
+                # created_at <= finished_at, so this bound lets the (status, created_at)
+                # index find the candidates; finished_at decides.
+                jobs.c.created_at < cutoff,
+                jobs.c.finished_at < cutoff,
+                ~unfinished,
+            )
+            .limit(limit)
+        )
+        with self._write() as conn:
+            roots = conn.execute(candidates).scalars().all()
+            if not roots:
+                return 0, False
+            victims = self._lock_finished_trees(conn, roots)
+            for chunk in _chunks(victims):
+                for table in (checkpoints, attempts, signals, logs):
+                    conn.execute(delete(table).where(table.c.job_id.in_(chunk)))
+                conn.execute(delete(jobs).where(jobs.c.id.in_(chunk)))
+        return len(victims), len(roots) == limit
+
+    def _lock_finished_trees(self, conn: Connection, roots: Sequence[str]) -> list[str]:
+        """Lock the trees of ``roots`` and return the ids of those wholly finished.
+
+        The candidates were read without locks; a tree that a concurrent retry made
+        unfinished since is left alone here, where its rows are read under the lock.
+        """
+        members: dict[str, list[tuple[str, str]]] = {}
+        for chunk in _chunks(roots):
+            rows = conn.execute(
+                self.dialect.lock(
+                    select(jobs.c.id, jobs.c.root_id, jobs.c.status).where(
+                        jobs.c.root_id.in_(chunk)
+                    )
+                )
+            ).all()
+            for r in rows:
+                members.setdefault(r.root_id, []).append((r.id, r.status))
+        victims: list[str] = []
+        for root in roots:
+            tree = members.get(root, [])
+            if tree and all(status in TERMINAL_VALUES for _, status in tree):
+                victims += [job_id for job_id, _ in tree]
+        return victims
+
+
+def _chunks(ids: Sequence[str]) -> list[list[str]]:
+    return [list(ids[i : i + _CHUNK]) for i in range(0, len(ids), _CHUNK)]

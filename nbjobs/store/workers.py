@@ -1,0 +1,247 @@
+"""The worker registry, heartbeats, the reaper, timers coming due, and paused queues."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import Connection, Row
+
+from ..schema import (
+    Status,
+    jobs,
+    queues,
+    workers,
+)
+from .core import _TERMINAL_VALUES, CoreStore
+
+log = logging.getLogger(__name__)
+
+# What the reaper needs of a job whose worker was lost.
+_LOST_COLUMNS = (
+    jobs.c.id,
+    jobs.c.lease_token,
+    jobs.c.attempts,
+    jobs.c.reclaims,
+    jobs.c.cancel_requested,
+)
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (tells a live process from a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def process_alive(pid: int, pid_start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid_start is None or _process_start(pid) in (None, pid_start)
+
+
+class WorkerQueries(CoreStore):
+    """What workers share through the database: who is alive, and which jobs are lost."""
+
+    def register_worker(self, *, worker_id: str, queues_: Sequence[str], concurrency: int) -> None:
+        now = self.now()
+        pid = os.getpid()
+        with self._write() as conn:
+            conn.execute(
+                insert(workers).values(
+                    id=worker_id,
+                    host=socket.gethostname(),
+                    pid=pid,
+                    pid_start=_process_start(pid),
+                    queues=",".join(queues_),
+                    concurrency=concurrency,
+                    jobs_held=0,
+                    started_at=now,
+                    heartbeat_at=now,
+                )
+            )
+
+    def stop_worker(self, worker_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                update(workers)
+                .where(workers.c.id == worker_id)
+                .values(stopped_at=self.now(), jobs_held=0)
+            )
+
+    def heartbeat(
+        self, *, worker_id: str, held: dict[str, str], lease_seconds: float
+    ) -> tuple[set[str], set[str]]:
+        """Extend the leases this worker still holds.
+
+        ``held`` maps job id to lease token.  Returns (lost, cancel_requested): the jobs
+        whose lease another worker took, and the jobs someone asked to cancel.
+        """
+        now = self.now()
+        with self._write() as conn:
+            conn.execute(
+                update(workers)
+                .where(workers.c.id == worker_id)
+                .values(heartbeat_at=now, jobs_held=len(held))
+            )
+            if not held:
+                return set(), set()
+            conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id.in_(list(held)),
+                    jobs.c.worker_id == worker_id,
+                    jobs.c.status == Status.RUNNING.value,
+                )
+                .values(lease_expires_at=now + lease_seconds)
+            )
+            rows = conn.execute(
+                select(jobs.c.id, jobs.c.lease_token, jobs.c.cancel_requested, jobs.c.status).where(
+                    jobs.c.id.in_(list(held))
+                )
+            ).all()
+        owned = {r.id for r in rows if r.lease_token == held[r.id]}
+        cancel = {r.id for r in rows if r.cancel_requested and r.id in owned}
+        # A job that finished since the caller looked is not lost, just done.
+        finished = {r.id for r in rows if r.status in _TERMINAL_VALUES}
+        return set(held) - owned - finished, cancel
+
+    def _requeue_lost(
+        self, conn: Connection, rows: list[Row], reason: str, max_reclaims: int
+    ) -> int:
+        """Put jobs of a dead or silent worker back in the queue (or fail poison ones)."""
+        now = self.now()
+        count = 0
+        for r in rows:
+            give_up = r.reclaims + 1 > max_reclaims
+            error = (
+                f"worker lost {r.reclaims + 1} times ({reason}); the job may crash its worker "
+                f"- giving up after {max_reclaims} reclaims"
+                if give_up
+                else f"worker lost ({reason}); the job was put back in the queue"
+            )
+            values: dict[str, Any] = dict(
+                lease_token=None,
+                lease_expires_at=None,
+                reclaims=jobs.c.reclaims + 1,
+                updated_at=now,
+            )
+            if give_up:
+                values.update(status=Status.FAILED.value, error=error, finished_at=now)
+            elif r.cancel_requested:  # cancelled while its worker was gone: do not rerun
+                values.update(status=Status.CANCELLED.value, error="cancelled", finished_at=now)
+            else:
+                values.update(status=Status.QUEUED.value, run_at=now)
+            done = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == r.id, jobs.c.lease_token == r.lease_token)
+                .values(**values)
+            )
+            if done.rowcount:
+                count += 1
+                self._finish_attempt(conn, r.id, r.attempts, "lost", error)
+                if give_up or r.cancel_requested:
+                    self._after_terminal(conn, r.id)
+        return count
+
+    def reap_expired(self, *, max_reclaims: int, limit: int = 200) -> int:
+        """Requeue running jobs whose lease expired (their worker stopped heartbeating)."""
+        now = self.now()
+        with self._write() as conn:
+            rows = conn.execute(
+                self.dialect.lock(
+                    select(*_LOST_COLUMNS)
+                    .where(jobs.c.status == Status.RUNNING.value, jobs.c.lease_expires_at < now)
+                    .limit(limit),
+                    skip_locked=True,  # a row someone holds is being finished or renewed
+                )
+            ).all()
+            return self._requeue_lost(conn, rows, "heartbeat stopped", max_reclaims)
+
+    def reclaim_dead_local_workers(self, *, max_reclaims: int) -> int:
+        """Requeue jobs of workers on this host whose process is gone, without waiting."""
+        host = socket.gethostname()
+        with self._read() as conn:
+            candidates = conn.execute(
+                select(workers.c.id, workers.c.pid, workers.c.pid_start).where(
+                    workers.c.host == host, workers.c.stopped_at.is_(None)
+                )
+            ).all()
+        dead = [w.id for w in candidates if not process_alive(w.pid, w.pid_start)]
+        if not dead:
+            return 0
+        with self._write() as conn:
+            rows = conn.execute(
+                self.dialect.lock(
+                    select(*_LOST_COLUMNS).where(
+                        jobs.c.status == Status.RUNNING.value, jobs.c.worker_id.in_(dead)
+                    ),
+                    skip_locked=True,
+                )
+            ).all()
+            count = self._requeue_lost(conn, rows, "its process died", max_reclaims)
+            conn.execute(
+                update(workers).where(workers.c.id.in_(dead)).values(stopped_at=self.now())
+            )
+        if count:
+            log.warning("reclaimed %d job(s) of dead worker process(es) %s", count, dead)
+        return count
+
+    def wake_due_jobs(self) -> int:
+        """Move waiting jobs whose timer is due back to the queue."""
+        now = self.now()
+        due = (jobs.c.status == Status.WAITING.value, jobs.c.run_at <= now)
+        with self._read() as conn:  # a cheap indexed look first: no write lock when idle
+            if conn.execute(select(jobs.c.id).where(*due).limit(1)).first() is None:
+                return 0
+        with self._write() as conn:
+            result = conn.execute(
+                update(jobs).where(*due).values(status=Status.QUEUED.value, updated_at=now)
+            )
+            return result.rowcount
+
+    def next_due_at(self, queue_names: Sequence[str]) -> float | None:
+        """When the next delayed or sleeping job becomes ready (for an exact idle wait)."""
+        with self._read() as conn:
+            queued = conn.execute(
+                select(func.min(jobs.c.run_at)).where(
+                    jobs.c.status == Status.QUEUED.value, jobs.c.queue.in_(list(queue_names))
+                )
+            ).scalar()
+            waiting = conn.execute(
+                select(func.min(jobs.c.run_at)).where(jobs.c.status == Status.WAITING.value)
+            ).scalar()
+        due = [t for t in (queued, waiting) if t is not None]
+        return min(due) if due else None
+
+    def paused_queues(self) -> set[str]:
+        with self._read() as conn:
+            return set(conn.execute(select(queues.c.name).where(queues.c.paused)).scalars())
+
+    def set_queue_paused(self, name: str, paused: bool) -> None:
+        now = self.now()
+        with self._write() as conn:
+            done = conn.execute(
+                update(queues).where(queues.c.name == name).values(paused=paused, updated_at=now)
+            )
+            if not done.rowcount:
+                conn.execute(insert(queues).values(name=name, paused=paused, updated_at=now))
+
+    def list_workers(self, *, alive_within: float | None = None) -> list[Row]:
+        stmt = select(workers).order_by(workers.c.started_at)
+        if alive_within is not None:
+            stmt = stmt.where(
+                workers.c.stopped_at.is_(None), workers.c.heartbeat_at >= self.now() - alive_within
+            )
+        with self._read() as conn:
+            return conn.execute(stmt).all()
