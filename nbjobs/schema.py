@@ -9,7 +9,6 @@ datetimes at the public API.  Values (inputs, results, checkpoints) are text wri
 from __future__ import annotations
 
 import enum
-import os
 import secrets
 import threading
 import time
@@ -128,8 +127,19 @@ Index("ix_nbjobs_jobs_updated", jobs.c.updated_at)
 # Columns fixed at insert: the newest-first listings and the fan-out tree.
 Index("ix_nbjobs_jobs_created", jobs.c.created_at)
 Index("ix_nbjobs_jobs_workflow_created", jobs.c.workflow, jobs.c.created_at)
-# Fan-in counts (children of one fan-out by status) read this index alone.
-Index("ix_nbjobs_jobs_parent", jobs.c.parent_id, jobs.c.fanout, jobs.c.status, jobs.c.fanout_index)
+# Fan-in counts (children of one fan-out by status) read this index alone.  It holds
+# children only (partial where the database allows), so a top-level job's status
+# changes cost it nothing.
+_CHILDREN_ONLY = jobs.c.parent_id.is_not(None)
+Index(
+    "ix_nbjobs_jobs_parent",
+    jobs.c.parent_id,
+    jobs.c.fanout,
+    jobs.c.status,
+    jobs.c.fanout_index,
+    sqlite_where=_CHILDREN_ONLY,
+    postgresql_where=_CHILDREN_ONLY,
+)
 Index("ix_nbjobs_jobs_root", jobs.c.root_id)
 
 checkpoints = Table(
@@ -255,4 +265,5 @@ def new_id() -> str:
 
 
 def new_token() -> str:
-    return f"{os.getpid():x}-{secrets.token_hex(8)}"
+    """A lease token: random, so a reclaimed job's old owner can never match it."""
+    return secrets.token_hex(10)
