@@ -109,7 +109,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     from .app import App
-
     from .schema import Status
     from .workflow import _check_name
 
