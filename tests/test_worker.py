@@ -406,6 +406,42 @@ def test_a_job_lost_more_than_max_reclaims_times_is_failed(db_url):
         application.close()
 
 
+def test_a_lost_attempt_that_made_progress_is_not_held_against_the_job(db_url):
+    """Only losses without a new checkpoint count towards max_reclaims: a job whose
+    worker keeps dying while it advances (a crashing neighbour, say) is not failed."""
+    application = make_app(db_url, max_reclaims=1)
+    try:
+
+        @application.workflow(name="advancing")
+        def advancing(cs: nbjobs.CallState) -> None:
+            return None
+
+        h = advancing.options(queue="crashy").submit()
+        application.start(concurrency=1)
+        for n in range(1, 4):
+            claim = application.store.claim_job(
+                h.id, worker_id=f"elsewhere:{n}:ghost", lease_seconds=0.1
+            )
+            assert claim is not None, n
+            assert application.store.record_checkpoint(
+                job_id=h.id,
+                token=claim.lease_token,
+                name=f"step-{n}",
+                seq=n,
+                value="null",
+                args_hash=None,
+                code_fingerprint=None,
+                attempt=claim.attempt,
+                started_at=application.clock.now(),
+            )
+            wait_until(lambda: h.status != "running", what=f"reclaim {n}")
+            assert h.status == "queued", n
+        assert [a["outcome"] for a in h.attempts] == ["lost", "lost", "lost"]
+        assert list(h.checkpoints) == ["step-1", "step-2", "step-3"]
+    finally:
+        application.close()
+
+
 @pytest.mark.parametrize("backend", MULTIPROCESS)
 def test_jobs_of_a_dead_local_process_are_reclaimed_at_worker_start(db_url, tmp_path):
     ledger = tmp_path / "ledger.txt"

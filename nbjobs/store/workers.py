@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection, Row
 
 from ..schema import (
     Status,
+    checkpoints,
     jobs,
     queues,
     workers,
@@ -119,13 +120,28 @@ class WorkerQueries(CoreStore):
     def _requeue_lost(
         self, conn: Connection, rows: list[Row], reason: str, max_reclaims: int
     ) -> int:
-        """Put jobs of a dead or silent worker back in the queue (or fail poison ones)."""
+        """Put jobs of a dead or silent worker back in the queue (or fail poison ones).
+
+        ``reclaims`` counts the lost attempts since the job last made progress: an attempt
+        that committed a new checkpoint before its worker died is not held against it
+        (it did not crash at once, and a neighbour in the same process may have), while
+        a job that keeps dying before its next step is failed after ``max_reclaims``.
+        """
         now = self.now()
         count = 0
         for r in rows:
-            give_up = r.reclaims + 1 > max_reclaims
+            progressed = (
+                conn.execute(
+                    select(checkpoints.c.name)
+                    .where(checkpoints.c.job_id == r.id, checkpoints.c.attempt == r.attempts)
+                    .limit(1)
+                ).first()
+                is not None
+            )
+            reclaims = 0 if progressed else r.reclaims + 1
+            give_up = reclaims > max_reclaims
             error = (
-                f"worker lost {r.reclaims + 1} times ({reason}); the job may crash its worker "
+                f"worker lost {reclaims} times ({reason}); the job may crash its worker "
                 f"- giving up after {max_reclaims} reclaims"
                 if give_up
                 else f"worker lost ({reason}); the job was put back in the queue"
@@ -133,7 +149,7 @@ class WorkerQueries(CoreStore):
             values: dict[str, Any] = dict(
                 lease_token=None,
                 lease_expires_at=None,
-                reclaims=jobs.c.reclaims + 1,
+                reclaims=reclaims,
                 updated_at=now,
             )
             if give_up:
