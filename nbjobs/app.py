@@ -345,8 +345,24 @@ class App:
         """The newest jobs, optionally filtered: a list that renders as a table in notebooks."""
         from .display import JobList
 
-        rows = self.store.list_jobs(status=status, workflow=workflow, queue=queue, limit=limit)
+        rows = self._list_jobs(status, workflow, queue, limit)
         return JobList(JobHandle(self, r.id) for r in rows)
+
+    def _list_jobs(
+        self, status: str | None, workflow: str | None, queue: str | None, limit: int
+    ) -> list:
+        """Validated filters (a clear error, never a database one), then the store's list."""
+        if status is not None and status not in {s.value for s in Status}:
+            raise ConfigurationError(
+                f"unknown status {status!r}; one of {', '.join(s.value for s in Status)}"
+            )
+        if workflow is not None:
+            _check_name("workflow", workflow)
+        if queue is not None:
+            _check_name("queue", queue)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError(f"limit must be an integer >= 1, got {limit!r}")
+        return self.store.list_jobs(status=status, workflow=workflow, queue=queue, limit=limit)
 
     def jobs_frame(
         self,
@@ -358,7 +374,7 @@ class App:
         """The newest jobs as a pandas DataFrame (one row per job, times as datetimes)."""
         import pandas as pd
 
-        rows = self.store.list_jobs(status=status, workflow=workflow, queue=queue, limit=limit)
+        rows = self._list_jobs(status, workflow, queue, limit)
         columns = [
             "id", "workflow", "queue", "status", "priority", "attempts", "steps_done",
             "steps_expected", "error", "key", "parent_id", "created_at", "started_at",

@@ -248,3 +248,14 @@ def test_unknown_job_id(app):
         app.job("does-not-exist")
     with pytest.raises(nbjobs.UnknownJob):
         app.cancel("does-not-exist")
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [{"status": "done"}, {"workflow": "a\x00b"}, {"queue": ""}, {"limit": 0}, {"limit": "9"}],
+)
+def test_bad_job_filters_are_refused_clearly(app, filters):
+    with pytest.raises(nbjobs.ConfigurationError):
+        app.jobs(**filters)
+    with pytest.raises(nbjobs.ConfigurationError):
+        app.jobs_frame(**filters)
