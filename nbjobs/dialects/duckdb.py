@@ -55,6 +55,7 @@ class DuckDBDialect(Dialect):
         # more (nbjobs_logs has a column named "at").  A copy, not the shared class set.
         preparer = engine.dialect.identifier_preparer
         preparer.reserved_words = set(preparer.reserved_words) | _reserved_words()
+        engine.dialect.ddl_compiler = _full_indexes(engine.dialect.ddl_compiler)
 
     def close(self) -> None:
         if not self._closed:
@@ -65,6 +66,20 @@ class DuckDBDialect(Dialect):
         if isinstance(exc, DBAPIError) and "conflict" in str(exc.orig).lower():
             return True
         return super().is_transient(exc)
+
+
+def _full_indexes(base: type) -> type:
+    """duckdb_engine renders ``postgresql_where`` (partial indexes), which DuckDB refuses;
+    a full index serves the same queries, so drop the WHERE here (this engine only)."""
+
+    class DDLCompiler(base):
+        def visit_create_index(self, create, **kw):
+            text = super().visit_create_index(create, **kw)
+            if create.element.dialect_options["postgresql"].get("where") is not None:
+                text = text.partition(" WHERE ")[0]
+            return text
+
+    return DDLCompiler
 
 
 @functools.cache

@@ -63,6 +63,25 @@ class MySQLDialect(Dialect):
         finally:
             conn.execute(select(func.release_lock(MIGRATION_LOCK)))
 
+    def after_create(self, conn: Connection) -> None:
+        """Give the nbjobs tables a binary, no-pad collation (once; idempotent).
+
+        The server default (e.g. ``utf8mb4_general_ci``) compares case- and accent-
+        insensitively and ignores trailing spaces, so checkpoints ``"a"`` and ``"A"``
+        of one job, or idempotency keys ``"k"`` and ``"k "``, would collide.
+        """
+        version = str(conn.execute(select(func.version())).scalar())
+        collation = "utf8mb4_nopad_bin" if "MariaDB" in version else "utf8mb4_0900_bin"
+        rows = conn.exec_driver_sql(
+            "SELECT table_name, table_collation FROM information_schema.tables "
+            "WHERE table_schema = DATABASE()"
+        ).all()
+        for name, current in rows:
+            if name.startswith("nbjobs_") and current != collation:
+                conn.exec_driver_sql(
+                    f"ALTER TABLE `{name}` CONVERT TO CHARACTER SET utf8mb4 COLLATE {collation}"
+                )
+
     def server_time(self, conn: Connection) -> float | None:
         return float(conn.execute(select(func.unix_timestamp(func.now(6)))).scalar())
 

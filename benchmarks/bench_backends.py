@@ -1,0 +1,215 @@
+"""nbjobs on PostgreSQL and MariaDB with real worker processes, printed as a table.
+
+    .venv/bin/python benchmarks/bench_backends.py                  # both local servers
+    .venv/bin/python benchmarks/bench_backends.py --backends postgres --jobs 5000
+
+Each backend gets a fresh database on the local test server (``tests.services`` starts
+the server when it is down; the database is dropped afterwards).  Columns:
+
+- enqueue jobs/s: ``wf.submit`` from one process, one transaction per job;
+- drain jobs/s with 1 and 4 ``nbjobs worker`` processes (``-c 4`` each) of no-op jobs:
+  the queue is paused while the jobs are submitted and the workers start, and the clock
+  runs from ``resume_queue`` to the last job done;
+- checkpoint overhead per step: a 500-step workflow run with ``wf.run`` in this process,
+  minus the same workflow with no steps, per step;
+- dispatch latency p50/p99: an idle worker in another process, one job at a time; the
+  job returns its start time, minus the submit time (same host, same clock).
+  PostgreSQL wakes the worker by LISTEN/NOTIFY; MariaDB has no push, so its worker polls
+  every ``--poll`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import nbjobs  # noqa: E402
+
+WORKER_TARGET = "benchmarks.bench_backends:app"
+
+
+def _worker_app() -> nbjobs.App:
+    worker = nbjobs.App(
+        os.environ["NBJOBS_URL"], poll_seconds=float(os.environ.get("NBJOBS_BENCH_POLL", "1"))
+    )
+    register(worker)
+    return worker
+
+
+def register(target: nbjobs.App) -> None:
+    @target.workflow(name="noop")
+    def noop(cs: nbjobs.CallState, n: int) -> int:
+        return n
+
+    @target.workflow(name="started")
+    def started(cs: nbjobs.CallState) -> float:
+        return time.time()
+
+
+# ``nbjobs worker benchmarks.bench_backends:app`` imports this module with NBJOBS_URL set.
+app = _worker_app() if os.environ.get("NBJOBS_BENCH_WORKER") else None
+
+
+def start_workers(url: str, count: int, poll: float, logs: Path) -> list[subprocess.Popen]:
+    env = dict(os.environ, NBJOBS_URL=url, NBJOBS_BENCH_WORKER="1", NBJOBS_BENCH_POLL=str(poll))
+    procs = []
+    for i in range(count):
+        with open(logs / f"worker{i}.log", "ab") as log:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "nbjobs.cli", "--log-level", "WARNING", "worker",
+                     WORKER_TARGET, "-c", "4"],
+                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                )
+            )  # fmt: skip
+    return procs
+
+
+def stop_workers(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def wait_for(predicate, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError("benchmark timed out")
+        time.sleep(0.005)
+
+
+def bench_enqueue(bench: nbjobs.App, n: int) -> float:
+    wf = bench.get_workflow("noop")
+    start = time.perf_counter()
+    for i in range(n):
+        wf.submit(i)
+    return n / (time.perf_counter() - start)
+
+
+def bench_drain(bench: nbjobs.App, url: str, n: int, processes: int, logs: Path) -> float:
+    bench.pause_queue("default")
+    wf = bench.get_workflow("noop")
+    for i in range(n):
+        wf.submit(i)
+    procs = start_workers(url, processes, 1.0, logs)
+    try:
+        wait_for(lambda: len(bench.workers()) >= processes, timeout=120)
+        start = time.perf_counter()
+        bench.resume_queue("default")
+        wait_for(lambda: bench.store.count_jobs(status="succeeded") >= n)
+        return n / (time.perf_counter() - start)
+    finally:
+        stop_workers(procs)
+
+
+def bench_checkpoints(bench: nbjobs.App, steps: int) -> float:
+    @bench.workflow(name=f"steps-{steps}")
+    def many(cs: nbjobs.CallState, count: int) -> int:
+        for i in range(count):
+            cs.checkpoint(f"s{i}", int, i)
+        return count
+
+    many.run(0)  # warm up
+    start = time.perf_counter()
+    many.run(0)
+    base = time.perf_counter() - start
+    start = time.perf_counter()
+    many.run(steps)
+    total = time.perf_counter() - start
+    return (total - base) / steps * 1e6
+
+
+def bench_latency(bench: nbjobs.App, url: str, samples: int, poll: float, logs: Path):
+    procs = start_workers(url, 1, poll, logs)
+    try:
+        wait_for(lambda: len(bench.workers()) >= 1, timeout=120)
+        wf = bench.get_workflow("started")
+        wf.submit().result(timeout=60)  # warm up the worker's pool
+        latencies = []
+        for _ in range(samples):
+            time.sleep(0.02)  # let the worker go idle
+            submitted = time.time()
+            started = wf.submit().result(timeout=60)
+            latencies.append((started - submitted) * 1000)
+        latencies.sort()
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        return statistics.median(latencies), p99
+    finally:
+        stop_workers(procs)
+
+
+def run_backend(backend: str, args: argparse.Namespace, logs: Path) -> dict[str, str]:
+    from tests import backends
+
+    out: dict[str, str] = {}
+    poll = 1.0 if backend == "postgres" else args.poll
+
+    def fresh():
+        return backends.server_database(backend)
+
+    with fresh() as url:
+        bench = nbjobs.App(url, poll_seconds=0.5)
+        register(bench)
+        out["enqueue jobs/s"] = f"{bench_enqueue(bench, args.jobs):,.0f}"
+        bench.close()
+    for processes in (1, 4):
+        with fresh() as url:
+            bench = nbjobs.App(url)
+            register(bench)
+            rate = bench_drain(bench, url, args.jobs, processes, logs)
+            out[f"drain jobs/s, {processes} worker process{'es' if processes > 1 else ''}"] = (
+                f"{rate:,.0f}"
+            )
+            bench.close()
+    with fresh() as url:
+        bench = nbjobs.App(url)
+        out["checkpoint overhead us/step"] = f"{bench_checkpoints(bench, args.steps):,.0f}"
+        bench.close()
+    with fresh() as url:
+        bench = nbjobs.App(url)
+        register(bench)
+        p50, p99 = bench_latency(bench, url, args.samples, poll, logs)
+        out["dispatch latency p50 ms"] = f"{p50:.1f}"
+        out["dispatch latency p99 ms"] = f"{p99:.1f}"
+        bench.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", default="postgres,mysql")
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--poll", type=float, default=0.1, help="MariaDB worker poll (s)")
+    args = parser.parse_args()
+    import tempfile
+
+    logs = Path(tempfile.mkdtemp(prefix="nbjobs-bench-"))
+    names = [b.strip() for b in args.backends.split(",") if b.strip()]
+    results = {b: run_backend(b, args, logs) for b in names}
+    titles = {"postgres": "PostgreSQL", "mysql": f"MariaDB (poll {args.poll:g} s)"}
+    rows = list(next(iter(results.values())))
+    width = max(len(r) for r in rows) + 2
+    header = "".join(f"{titles[b]:>24}" for b in names)
+    print(f"\n{'':<{width}}{header}")
+    for row in rows:
+        print(f"{row:<{width}}" + "".join(f"{results[b][row]:>24}" for b in names))
+    print(f"\n({args.jobs} jobs; worker logs in {logs})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,389 @@
+"""What differs between databases, tested on each: claims, locks, clocks, wake-ups, faults.
+
+The core semantics run on every backend through the ``app`` fixture in the other test
+modules; this module covers the dialect layer itself: concurrent claims never overlap,
+pauses hold inside the claim for every App, migrations race safely, the server clock
+is used, PostgreSQL LISTEN/NOTIFY wakes idle workers, dropped connections are survived,
+bad URLs are reported with the password masked, and DuckDB refuses a second process.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+import nbjobs
+from nbjobs.schema import attempts, jobs, meta
+from tests import backends
+from tests.conftest import make_app
+from tests.support import ROOT, wait_until
+
+SECRET = "s3cret-pw"
+
+
+def _claim_all(app: nbjobs.App, worker: str, out: list[str], stop: threading.Event) -> None:
+    while not stop.is_set():
+        got = app.store.claim_jobs(
+            worker_id=worker, queue="default", workflows=["w"], limit=3, lease_seconds=60
+        )
+        out.extend(j.id for j in got)
+        if not got:
+            return
+
+
+def test_concurrent_claims_from_separate_apps_never_overlap(db_url: str):
+    apps = [make_app(db_url) for _ in range(3)]
+    try:
+        ids = {apps[0].store.enqueue_job(workflow="w", input="{}")[0] for _ in range(60)}
+        claimed: list[list[str]] = [[] for _ in apps]
+        stop = threading.Event()
+        threads = [
+            threading.Thread(target=_claim_all, args=(a, f"w{i}", claimed[i], stop))
+            for i, a in enumerate(apps)
+            for _ in range(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        stop.set()
+        every = [j for part in claimed for j in part]
+        assert sorted(every) == sorted(ids)  # each job claimed exactly once
+        with apps[0].store.engine.connect() as conn:
+            rows = conn.execute(sa.select(jobs.c.status, jobs.c.attempts)).all()
+        assert len(rows) == 60 and set(rows) == {("running", 1)}
+    finally:
+        for a in apps:
+            a.close()
+
+
+def test_a_pause_holds_inside_the_claim_for_every_app(db_url: str):
+    owner, other = make_app(db_url), make_app(db_url)
+    try:
+        owner.store.enqueue_job(workflow="w", input="{}", queue="q")
+        owner.pause_queue("q")
+        # The other App's very next claim sees the pause: no cache, no delay.
+        claim = dict(worker_id="x", queue="q", workflows=["w"], limit=5, lease_seconds=60)
+        assert other.store.claim_jobs(**claim) == []
+        owner.resume_queue("q")
+        assert len(other.store.claim_jobs(**claim)) == 1
+    finally:
+        owner.close()
+        other.close()
+
+
+def test_a_paused_queue_is_not_run_by_a_worker_of_another_app(db_url: str):
+    submitter, runner = make_app(db_url), make_app(db_url)
+    try:
+        for a in (submitter, runner):
+
+            @a.workflow(name="paused-job", queue="slow")
+            def paused_job(cs: nbjobs.CallState) -> str:
+                return "ran"
+
+        submitter.pause_queue("slow")
+        h = submitter.get_workflow("paused-job").submit()
+        runner.start(concurrency=2, queues=["slow"])
+        # A job submitted before the worker started, on a paused queue: it stays queued
+        # through many idle polls (poll_seconds is 0.05 s in tests).
+        marker = runner.get_workflow("paused-job").options(queue="default").submit()
+        time.sleep(1.0)
+        assert h.status == "queued"
+        submitter.resume_queue("slow")
+        assert h.result(timeout=60) == "ran"
+        assert marker.status == "queued"  # the worker serves only "slow"
+    finally:
+        submitter.close()
+        runner.close()
+
+
+def test_workers_registry_lists_live_workers_on_every_backend(app: nbjobs.App):
+    app.start(concurrency=3, queues=["default", "io"])
+    other = make_app(app.url)
+    try:
+        rows = wait_until(lambda: other.workers(), timeout=30, what="a registered worker")
+        (row,) = rows
+        assert row["pid"] > 0 and row["host"]
+        assert row["queues"] == ["default", "io"] and row["concurrency"] == 3
+        assert row["heartbeat_at"].tzinfo is not None
+        app.stop()
+        assert other.workers() == []
+    finally:
+        other.close()
+
+
+def test_apps_opening_a_new_database_together_migrate_once(db_url: str):
+    opened: list[nbjobs.App] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def open_app() -> None:
+        barrier.wait()
+        try:
+            opened.append(make_app(db_url))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_app) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    try:
+        assert errors == []
+        with opened[0].store.engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(meta)).scalar() == 1
+    finally:
+        for a in opened:
+            a.close()
+
+
+def test_leases_use_the_database_clock(app: nbjobs.App):
+    with app.store.engine.connect() as conn:
+        server = app.store.dialect.server_time(conn)
+    if app.store.dialect.name in ("postgresql", "mysql"):
+        assert isinstance(server, float) and abs(server - time.time()) < 60
+        # The app's clock carries the server's offset, which a lease is computed from.
+        assert abs(app.clock.now() - server) < 5
+    else:
+        assert server is None  # embedded: the database's clock is this host's
+    job_id, _ = app.store.enqueue_job(workflow="w", input="{}")
+    (claimed,) = app.store.claim_jobs(
+        worker_id="x", queue="default", workflows=["w"], limit=1, lease_seconds=30
+    )
+    assert claimed.id == job_id
+    row = app.store.get_job(job_id)
+    assert 29 < row.lease_expires_at - app.clock.now() <= 30
+
+
+# -- connection faults ---------------------------------------------------------------
+def _kill_connections(url: str) -> int:
+    """Terminate every other session on the test database (a crash, for the clients)."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                return len(
+                    conn.exec_driver_sql(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    ).all()
+                )
+            ids = conn.exec_driver_sql(
+                "SELECT id FROM information_schema.processlist "
+                "WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+            ).scalars()
+            count = 0
+            for pid in list(ids):
+                try:
+                    conn.exec_driver_sql(f"KILL {int(pid)}")
+                    count += 1
+                except sa.exc.DBAPIError:
+                    pass
+            return count
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", backends.selected("postgres", "mysql"))
+def test_dropped_connections_mid_run_lose_no_job(backend: str, caplog):
+    with backends.server_database(backend) as url:
+        app = make_app(url)
+        try:
+            gate = threading.Event()
+
+            @app.workflow(name="steps", retries=3)
+            def steps(cs: nbjobs.CallState, n: int) -> int:
+                cs.checkpoint("a", lambda: n)
+                gate.wait(30)
+                cs.checkpoint("b", lambda: n)
+                return n
+
+            handles = [steps.submit(n) for n in range(12)]
+            app.start(concurrency=4)
+            wait_until(
+                lambda: app.store.count_jobs(status="running") >= 4, timeout=60, what="running"
+            )
+            assert _kill_connections(url) > 0
+            gate.set()
+            assert sorted(h.result(timeout=120) for h in handles) == list(range(12))
+            # Nothing ran twice at the same time: one succeeded attempt per job.
+            with app.store.engine.connect() as conn:
+                wins = conn.execute(
+                    sa.select(attempts.c.job_id, sa.func.count())
+                    .where(attempts.c.outcome == "succeeded")
+                    .group_by(attempts.c.job_id)
+                ).all()
+            assert len(wins) == 12 and all(n == 1 for _, n in wins)
+        finally:
+            app.close()
+
+
+@pytest.mark.parametrize("backend", backends.selected("postgres", "mysql"))
+def test_a_killed_session_is_classified_transient(backend: str):
+    with backends.server_database(backend) as url:
+        app = make_app(url)
+        try:
+            with app.store.engine.connect() as conn:
+                conn.execute(sa.select(1))
+                _kill_connections(url)
+                with pytest.raises(sa.exc.DBAPIError) as info:
+                    conn.execute(sa.select(jobs.c.id).limit(1))
+            assert app.store.dialect.is_transient(info.value)
+            assert not app.store.dialect.is_transient(ValueError("not a database error"))
+            # The pool recovers by itself (pre-ping): the next call just works.
+            assert app.store.count_jobs() == 0
+        finally:
+            app.close()
+
+
+# -- bad URLs --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "url, host",
+    [
+        (f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:1/nbjobs", "127.0.0.1"),
+        (f"postgresql+psycopg://nobody_here:{SECRET}@127.0.0.1:5432/postgres", "127.0.0.1"),
+        (
+            f"postgresql+psycopg://u:{SECRET}@nbjobs-no-such-host.invalid:5432/x",
+            "nbjobs-no-such-host.invalid",
+        ),
+        (f"mysql+pymysql://root:{SECRET}@127.0.0.1:1/nbjobs", "127.0.0.1"),
+        (f"mysql+pymysql://nobody_here:{SECRET}@127.0.0.1:3306/x", "127.0.0.1"),
+        (f"postgresql+nosuchdriver://u:{SECRET}@dbhost:5432/x", "dbhost"),
+    ],
+)
+def test_bad_urls_name_the_host_and_mask_the_password(url: str, host: str):
+    with pytest.raises(nbjobs.ConfigurationError) as info:
+        nbjobs.App(url)
+    message = str(info.value)
+    assert host in message and "***" in message
+    assert SECRET not in message and SECRET not in repr(info.value)
+
+
+def test_an_unparseable_url_never_echoes_a_password():
+    with pytest.raises(nbjobs.ConfigurationError) as info:
+        nbjobs.App(f"postgresql+psycopg://u:{SECRET}@host:notaport/x")
+    assert SECRET not in str(info.value)
+
+
+# -- PostgreSQL wake-ups ---------------------------------------------------------------
+def _wake_apps(url: str) -> tuple[nbjobs.App, nbjobs.App]:
+    """A worker App that polls only every 60 s, and an App that submits."""
+    worker = make_app(url, poll_seconds=60.0)
+    submitter = make_app(url)
+    for a in (worker, submitter):
+
+        @a.workflow(name="ping", retries=0)
+        def ping(cs: nbjobs.CallState, fail: bool = False) -> str:
+            if fail and cs.attempt == 1:
+                raise RuntimeError("first attempt fails")
+            return "pong"
+
+    return worker, submitter
+
+
+@pytest.mark.parametrize("backend", backends.selected("postgres"))
+def test_notify_wakes_an_idle_worker_of_another_app_at_once(backend: str):
+    with backends.server_database(backend) as url:
+        worker, submitter = _wake_apps(url)
+        try:
+            worker.start(concurrency=2)
+            time.sleep(0.3)  # the worker's first claim found nothing: it now sleeps 60 s
+            started = time.monotonic()
+            assert submitter.get_workflow("ping").submit().result(timeout=30) == "pong"
+            # A failed job retried from the other App (an UPDATE back to queued) too.
+            h = submitter.get_workflow("ping").submit(fail=True)
+            with pytest.raises(nbjobs.JobFailed):
+                h.result(timeout=30)
+            h.retry()
+            assert h.result(timeout=30) == "pong"
+            assert time.monotonic() - started < 45  # far below one 60 s poll
+        finally:
+            submitter.close()
+            worker.close()
+
+
+@pytest.mark.parametrize("backend", backends.selected("postgres"))
+def test_the_listener_reconnects_after_its_connection_dies(backend: str):
+    with backends.server_database(backend) as url:
+        worker, submitter = _wake_apps(url)
+        try:
+            worker.start(concurrency=1)
+            assert submitter.get_workflow("ping").submit().result(timeout=30) == "pong"
+            admin = sa.create_engine(url, poolclass=sa.pool.NullPool)
+            with admin.connect() as conn:
+                killed = conn.exec_driver_sql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'nbjobs-listen' AND datname = current_database()"
+                ).all()
+            admin.dispose()
+            assert len(killed) == 1
+
+            def listening() -> bool:
+                with submitter.store.engine.connect() as conn:
+                    return bool(
+                        conn.exec_driver_sql(
+                            "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                            "'nbjobs-listen' AND datname = current_database()"
+                        ).scalar()
+                    )
+
+            wait_until(listening, timeout=30, what="the listener back")
+            time.sleep(0.3)
+            assert submitter.get_workflow("ping").submit().result(timeout=30) == "pong"
+        finally:
+            submitter.close()
+            worker.close()
+
+
+# -- DuckDB: one process at a time (no server needed, so these always run) -------------
+def test_duckdb_refuses_a_second_process_clearly(tmp_path: Path):
+    url = f"duckdb:///{tmp_path / 'one.duckdb'}"
+    probe = (
+        "import sys, nbjobs\n"
+        "try:\n"
+        f"    nbjobs.App({url!r}).close()\n"
+        "except nbjobs.ConfigurationError as exc:\n"
+        "    print('REFUSED', exc); sys.exit(3)\n"
+        "print('OPENED')\n"
+    )
+
+    def run_probe() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+
+    first = make_app(url)
+    try:
+        second = make_app(url)  # the same process may open it again
+        second.close()
+        refused = run_probe()
+        assert refused.returncode == 3, refused.stdout + refused.stderr
+        assert "another process is using the DuckDB database" in refused.stdout
+        assert "PostgreSQL" in refused.stdout
+    finally:
+        first.close()
+    opened = run_probe()  # once this process let go, another may take over
+    assert opened.returncode == 0 and "OPENED" in opened.stdout, opened.stdout + opened.stderr
+
+
+def test_duckdb_threads_of_one_process_share_it_safely(tmp_path: Path):
+    app = make_app(f"duckdb:///{tmp_path / 'threads.duckdb'}")
+    try:
+
+        @app.workflow(name="many")
+        def many(cs: nbjobs.CallState, n: int) -> int:
+            a = cs.checkpoint("a", lambda: n)
+            return cs.checkpoint("b", lambda: a * 2)
+
+        handles = [many.submit(n) for n in range(120)]
+        app.start(concurrency=8)
+        assert [h.result(timeout=120) for h in handles] == [2 * n for n in range(120)]
+    finally:
+        app.close()
