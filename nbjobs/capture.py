@@ -240,7 +240,8 @@ def job_output(execution: Execution) -> Iterator[JobOutput]:
 
 
 def flush() -> None:
-    """Store the current job's pending output now (before its outcome is recorded)."""
+    """Store the current job's output now, truncation note included: the outcome is
+    recorded next, and whoever waits for it must find every line already stored."""
     output = _current.get()
     if output is not None:
-        output.flush()
+        output.flush(final=True)
