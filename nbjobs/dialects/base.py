@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError, NoSuchModuleError
 from sqlalchemy.sql import Select
 
 from ..errors import ConfigurationError
-from ..schema import jobs, queues
+from ..schema import QUEUED_SQL, jobs, queues
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class Dialect:
         return (
             select(jobs.c.id)
             .where(
-                jobs.c.status == "queued",
+                jobs.c.status == QUEUED_SQL,
                 jobs.c.queue == queue,
                 self.ready_time() <= now,
                 jobs.c.workflow.in_(workflows),

@@ -12,6 +12,8 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from ..schema import (
+    QUEUED_SQL,
+    WAITING_SQL,
     Status,
     checkpoints,
     jobs,
@@ -216,7 +218,7 @@ class WorkerQueries(CoreStore):
     def wake_due_jobs(self) -> int:
         """Move waiting jobs whose timer is due back to the queue."""
         now = self.now()
-        due = (jobs.c.status == Status.WAITING.value, jobs.c.run_at <= now)
+        due = (jobs.c.status == WAITING_SQL, jobs.c.run_at <= now)
         with self._read() as conn:  # a cheap indexed look first: no write lock when idle
             if conn.execute(select(jobs.c.id).where(*due).limit(1)).first() is None:
                 return 0
@@ -231,11 +233,11 @@ class WorkerQueries(CoreStore):
         with self._read() as conn:
             queued = conn.execute(
                 select(func.min(jobs.c.run_at)).where(
-                    jobs.c.status == Status.QUEUED.value, jobs.c.queue.in_(list(queue_names))
+                    jobs.c.status == QUEUED_SQL, jobs.c.queue.in_(list(queue_names))
                 )
             ).scalar()
             waiting = conn.execute(
-                select(func.min(jobs.c.run_at)).where(jobs.c.status == Status.WAITING.value)
+                select(func.min(jobs.c.run_at)).where(jobs.c.status == WAITING_SQL)
             ).scalar()
         due = [t for t in (queued, waiting) if t is not None]
         return min(due) if due else None
