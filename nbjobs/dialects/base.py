@@ -136,8 +136,10 @@ class Dialect:
     #: (embedded databases, where connections are cheap and the pool is unbounded).
     keep_connections = False
 
-    #: Concurrent writers of this process share commits (needs ``write_lock``).
+    #: Finishing jobs of this process's threads share commits.  ``group_lock`` is held by
+    #: the thread that runs a group; on SQLite it is the write lock itself.
     group_commit = False
+    group_lock: Any = None
 
     #: Held around every write transaction of this process (a no-op by default).
     write_lock: contextlib.AbstractContextManager = contextlib.nullcontext()

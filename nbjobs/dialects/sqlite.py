@@ -44,6 +44,7 @@ class SQLiteDialect(Dialect):
         # Writers of one process queue here, on a fast mutex, rather than in SQLite's
         # busy handler, which sleeps in growing steps; other processes still use it.
         self.write_lock = threading.RLock()
+        self.group_lock = self.write_lock
 
     def engine_kwargs(self) -> dict[str, Any]:
         return {

@@ -183,17 +183,18 @@ class CoreStore:
     def _grouped(self, work: Callable[[Connection], T]) -> T:
         """Run ``work(conn)`` in a write transaction shared with other threads (group commit).
 
-        On SQLite, threads that want to write while another holds the write lock leave
-        their work in a list; the next thread to get the lock runs every piece waiting
-        in one transaction, so N concurrent finishes cost one commit instead of N.  A
-        failing piece never takes the others down: the batch is re-run one by one.
+        Threads that want to write while another runs a group leave their work in a list;
+        the next thread to get the dialect's group lock (on SQLite, the write lock) runs
+        every piece waiting in one transaction, so N concurrent finishes cost one commit
+        instead of N.  A failing piece never takes the others down: the batch is re-run
+        one by one.
         """
         if not self.dialect.group_commit:
             return self._retry_conflicts(work)
         request = _GroupedWork(work)
         with self._group_lock:
             self._group.append(request)
-        with self.dialect.write_lock:
+        with self.dialect.group_lock:
             if not request.done:
                 with self._group_lock:
                     batch, self._group = self._group, []
@@ -223,16 +224,14 @@ class CoreStore:
             with self._transaction("writer") as conn:
                 for request in batch:
                     request.result = request.work(conn)
-        except Exception as exc:
-            if len(batch) == 1:
-                batch[0].error = exc
-            else:
-                for request in batch:
-                    try:
-                        with self._transaction("writer") as conn:
-                            request.result = request.work(conn)
-                    except Exception as single:
-                        request.error = single
+        except Exception:
+            # The group rolled back whole: run each piece alone (a deadlock or conflict is
+            # retried there), so one failing piece fails alone.
+            for request in batch:
+                try:
+                    request.result = self._retry_conflicts(request.work)
+                except Exception as single:
+                    request.error = single
         finally:
             for request in batch:
                 request.done = True
