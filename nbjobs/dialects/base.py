@@ -254,3 +254,20 @@ class Dialect:
         if isinstance(statement, Prepared):
             return statement.execute(conn, params).all()
         return conn.execute(statement, params).all()
+
+
+class RowLockingDialect(Dialect):
+    """A server database with row locks and ``SKIP LOCKED`` (PostgreSQL, MySQL 8, MariaDB
+    >= 10.6): concurrent claims lock their candidates and skip each other's."""
+
+    skip_locked = True
+
+    def lock(self, stmt: Select, skip_locked: bool = False) -> Select:
+        return stmt.with_for_update(skip_locked=skip_locked)
+
+    def claim_candidates(
+        self, queue: str, workflows: Sequence[str], now: float, limit: int
+    ) -> Select:
+        return (
+            super().claim_candidates(queue, workflows, now, limit).with_for_update(skip_locked=True)
+        )

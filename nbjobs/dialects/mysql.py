@@ -10,7 +10,7 @@ is a named ``GET_LOCK``; the clock is the server's ``NOW(6)``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
@@ -19,7 +19,7 @@ from sqlalchemy.sql import Select
 
 from ..errors import ConfigurationError
 from ..schema import jobs
-from .base import CLAIMED_COLUMNS, Dialect
+from .base import CLAIMED_COLUMNS, RowLockingDialect
 
 # Server error codes worth a retry: lock wait timeout, deadlock, connection killed, and
 # the client-side connection failures (can't connect, gone away, lost during query).
@@ -27,9 +27,8 @@ TRANSIENT_CODES = frozenset({1205, 1213, 1927, 1053, 2003, 2006, 2013, 2055, 403
 MIGRATION_LOCK = "nbjobs_migrate"
 
 
-class MySQLDialect(Dialect):
+class MySQLDialect(RowLockingDialect):
     name = "mysql"
-    skip_locked = True
     claim_batch = 64
 
     def engine_kwargs(self) -> dict[str, Any]:
@@ -91,16 +90,6 @@ class MySQLDialect(Dialect):
         orig = getattr(exc, "orig", exc)
         args = getattr(orig, "args", ())
         return bool(args) and args[0] in TRANSIENT_CODES
-
-    def lock(self, stmt: Select, skip_locked: bool = False) -> Select:
-        return stmt.with_for_update(skip_locked=skip_locked)
-
-    def claim_candidates(
-        self, queue: str, workflows: Sequence[str], now: float, limit: int
-    ) -> Select:
-        return (
-            super().claim_candidates(queue, workflows, now, limit).with_for_update(skip_locked=True)
-        )
 
     def claim_statement(self, candidates: Select, values: dict[str, Any]) -> Any:
         """Three statements: lock the candidates, mark them running, read them back."""

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Select
 
 from ..schema import jobs
-from .base import CLAIMED_COLUMNS, Dialect, safe_url
+from .base import CLAIMED_COLUMNS, RowLockingDialect, safe_url
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,8 @@ NOTIFY_TRIGGERS = (
 )
 
 
-class PostgresDialect(Dialect):
+class PostgresDialect(RowLockingDialect):
     name = "postgresql"
-    skip_locked = True
     claim_batch = 64
 
     def engine_kwargs(self) -> dict[str, Any]:
@@ -106,16 +105,6 @@ class PostgresDialect(Dialect):
         return isinstance(orig, psycopg.OperationalError) and not sqlstate
 
     # -- locking and the claim ---------------------------------------------------------
-    def lock(self, stmt: Select, skip_locked: bool = False) -> Select:
-        return stmt.with_for_update(skip_locked=skip_locked)
-
-    def claim_candidates(
-        self, queue: str, workflows: Sequence[str], now: float, limit: int
-    ) -> Select:
-        return (
-            super().claim_candidates(queue, workflows, now, limit).with_for_update(skip_locked=True)
-        )
-
     def claim_statement(self, candidates: Select, values: dict[str, Any]) -> Any:
         # MATERIALIZED: the locking subquery runs exactly once, so a claim never takes
         # more rows than its LIMIT (an inlined IN-subquery may be re-scanned).

@@ -108,6 +108,19 @@ _LOST_COLUMNS = (
 )
 
 
+def fresh_job_counters(now: float) -> dict[str, Any]:
+    """The columns every new job row starts with (submits and fan-out children)."""
+    return dict(
+        attempts=0,
+        failures=0,
+        reclaims=0,
+        steps_done=0,
+        cancel_requested=False,
+        created_at=now,
+        updated_at=now,
+    )
+
+
 class JobQueries(CoreStore):
     """The life of a job: enqueue, claim, checkpoint, finish, cancel and retry."""
 
@@ -153,13 +166,7 @@ class JobQueries(CoreStore):
             fanout_index=fanout_index,
             schedule=schedule,
             tick_at=tick_at,
-            attempts=0,
-            failures=0,
-            reclaims=0,
-            steps_done=0,
-            cancel_requested=False,
-            created_at=now,
-            updated_at=now,
+            **fresh_job_counters(now),
         )
         if key is None:
             with self._write() as conn:

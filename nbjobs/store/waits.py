@@ -26,6 +26,7 @@ from ..errors import UnknownJob
 from ..schema import TERMINAL, Status, checkpoints, jobs, new_id, signals
 from ..strategies import Strategy, strategy_from_detail
 from .core import UNKNOWN, CoreStore
+from .jobs import fresh_job_counters
 
 TERMINAL_VALUES = sorted(s.value for s in TERMINAL)
 _CHUNK = 500
@@ -353,13 +354,7 @@ class WaitQueries(CoreStore):
                     root_id=root_id,
                     fanout=name,
                     fanout_index=index,
-                    attempts=0,
-                    failures=0,
-                    reclaims=0,
-                    steps_done=0,
-                    cancel_requested=False,
-                    created_at=now,
-                    updated_at=now,
+                    **fresh_job_counters(now),
                 )
             )
         for i in range(0, len(rows), _CHUNK):
