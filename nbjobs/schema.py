@@ -49,6 +49,7 @@ TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
 #: Status values rendered inline in SQL, for the partial indexes (see below).
 QUEUED_SQL = literal_column("'queued'")
 WAITING_SQL = literal_column("'waiting'")
+SUCCEEDED_SQL = literal_column("'succeeded'")
 
 metadata = MetaData()
 
@@ -151,6 +152,23 @@ Index("ix_nbjobs_jobs_updated", jobs.c.updated_at)
 # Columns fixed at insert: the newest-first listings and the fan-out tree.
 Index("ix_nbjobs_jobs_created", jobs.c.created_at)
 Index("ix_nbjobs_jobs_workflow_created", jobs.c.workflow, jobs.c.created_at)
+# The jobs table sorted by finish time: one insert when a job finishes.
+Index(
+    "ix_nbjobs_jobs_finished",
+    jobs.c.finished_at,
+    sqlite_where=jobs.c.finished_at.is_not(None),
+    postgresql_where=jobs.c.finished_at.is_not(None),
+)
+# The last successful run of a workflow (expected steps for progress bars): one insert
+# when a job succeeds, never moved.
+Index(
+    "ix_nbjobs_jobs_succeeded",
+    jobs.c.workflow,
+    jobs.c.status,
+    jobs.c.created_at,
+    sqlite_where=jobs.c.status == SUCCEEDED_SQL,
+    postgresql_where=jobs.c.status == SUCCEEDED_SQL,
+)
 # Fan-in counts (children of one fan-out by status) read this index alone.  It holds
 # children only (partial where the database allows), so a top-level job's status
 # changes cost it nothing.

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Row
 
 from ..errors import UnknownJob
 from ..schema import (
+    SUCCEEDED_SQL,
     TERMINAL,
     Status,
     attempts,
@@ -83,7 +84,7 @@ class JobReads(CoreStore):
         with self._read() as conn:
             return conn.execute(
                 select(jobs.c.steps_done)
-                .where(jobs.c.workflow == workflow, jobs.c.status == Status.SUCCEEDED.value)
+                .where(jobs.c.workflow == workflow, jobs.c.status == SUCCEEDED_SQL)
                 .order_by(jobs.c.created_at.desc())
                 .limit(1)
             ).scalar()

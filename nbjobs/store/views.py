@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, func, literal, or_, select
+from sqlalchemy import case, func, literal, or_, select
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement
@@ -21,6 +21,8 @@ from sqlalchemy.sql.functions import GenericFunction
 from sqlalchemy.types import Integer
 
 from ..schema import (
+    QUEUED_SQL,
+    SUCCEEDED_SQL,
     TERMINAL,
     Status,
     attempts,
@@ -114,7 +116,7 @@ def _row_columns() -> list[ColumnElement]:
         select(last_ok.c.steps_done)
         .where(
             last_ok.c.workflow == jobs.c.workflow,
-            last_ok.c.status == Status.SUCCEEDED.value,
+            last_ok.c.status == SUCCEEDED_SQL,  # inline: the partial ix_nbjobs_jobs_succeeded
         )
         .order_by(last_ok.c.created_at.desc())
         .limit(1)
@@ -133,7 +135,9 @@ def _row_columns() -> list[ColumnElement]:
     newest = jobs.alias("newest")
     latest_code = (
         select(newest.c.code_fingerprint)
-        .where(newest.c.workflow == jobs.c.workflow, newest.c.code_fingerprint.is_not(None))
+        # The newest job only (one index step), even when its fingerprint is unknown:
+        # skipping NULLs could walk every job of the workflow.
+        .where(newest.c.workflow == jobs.c.workflow)
         .order_by(newest.c.created_at.desc())
         .limit(1)
         .scalar_subquery()
@@ -258,24 +262,28 @@ class ViewQueries(CoreStore):
         them, so an idle queue is shown rather than vanishing.
         """
         now = self.now()
-        is_queued = jobs.c.status == Status.QUEUED.value
-        stmt = (
+        # Queued jobs are counted from the partial claim index alone (status as an inline
+        # literal so the planner can use it); running and waiting jobs are few.
+        queued = (
             select(
                 jobs.c.queue,
-                func.sum(case((is_queued, 1), else_=0)).label("queued"),
-                func.sum(case((and_(is_queued, jobs.c.run_at <= now), 1), else_=0)).label("ready"),
-                func.sum(case((jobs.c.status == Status.RUNNING.value, 1), else_=0)).label(
-                    "running"
-                ),
-                func.sum(case((jobs.c.status == Status.WAITING.value, 1), else_=0)).label(
-                    "waiting"
-                ),
+                func.count().label("queued"),
+                func.sum(case((jobs.c.run_at <= now, 1), else_=0)).label("ready"),
             )
-            .where(jobs.c.status.in_(ACTIVE))
+            .where(jobs.c.status == QUEUED_SQL)
             .group_by(jobs.c.queue)
         )
+        busy = (
+            select(jobs.c.queue, jobs.c.status, func.count().label("n"))
+            .where(jobs.c.status.in_([Status.RUNNING.value, Status.WAITING.value]))
+            .group_by(jobs.c.queue, jobs.c.status)
+        )
+        depth: dict[str, dict[str, int]] = {}
         with self._read() as conn:
-            depth = {r.queue: r for r in conn.execute(stmt)}
+            for r in conn.execute(queued):
+                depth[r.queue] = dict(queued=int(r.queued), ready=int(r.ready or 0))
+            for r in conn.execute(busy):
+                depth.setdefault(r.queue, {})[r.status] = int(r.n)
             paused = {r.name: bool(r.paused) for r in conn.execute(select(queues))}
             served = conn.execute(
                 select(workers.c.queues).where(workers.c.stopped_at.is_(None))
@@ -285,14 +293,14 @@ class ViewQueries(CoreStore):
                 names.update(q for q in text.split(",") if q)
         out = []
         for name in sorted(names):
-            r = depth.get(name)
+            r = depth.get(name, {})
             out.append(
                 dict(
                     queue=name,
-                    queued=int(r.queued) if r else 0,
-                    ready=int(r.ready) if r else 0,
-                    running=int(r.running) if r else 0,
-                    waiting=int(r.waiting) if r else 0,
+                    queued=r.get("queued", 0),
+                    ready=r.get("ready", 0),
+                    running=r.get(Status.RUNNING.value, 0),
+                    waiting=r.get(Status.WAITING.value, 0),
                     paused=paused.get(name, False),
                 )
             )
