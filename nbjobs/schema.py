@@ -152,13 +152,6 @@ Index("ix_nbjobs_jobs_updated", jobs.c.updated_at)
 # Columns fixed at insert: the newest-first listings and the fan-out tree.
 Index("ix_nbjobs_jobs_created", jobs.c.created_at)
 Index("ix_nbjobs_jobs_workflow_created", jobs.c.workflow, jobs.c.created_at)
-# The jobs table sorted by finish time: one insert when a job finishes.
-Index(
-    "ix_nbjobs_jobs_finished",
-    jobs.c.finished_at,
-    sqlite_where=jobs.c.finished_at.is_not(None),
-    postgresql_where=jobs.c.finished_at.is_not(None),
-)
 # The last successful run of a workflow (expected steps for progress bars): one insert
 # when a job succeeds, never moved.
 Index(
