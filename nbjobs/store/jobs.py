@@ -6,7 +6,7 @@ Every write a worker makes for a job it runs is *fenced* by the job's lease toke
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -460,17 +460,6 @@ class JobQueries(CoreStore):
                 return False
             self._finish_attempt(conn, job_id, attempt, "released")
         return True
-
-    def job_flags(self, job_ids: Iterable[str]) -> dict[str, bool]:
-        """``cancel_requested`` for the given jobs."""
-        ids = list(job_ids)
-        if not ids:
-            return {}
-        with self._read() as conn:
-            rows = conn.execute(
-                select(jobs.c.id, jobs.c.cancel_requested).where(jobs.c.id.in_(ids))
-            )
-            return {r.id: bool(r.cancel_requested) for r in rows}
 
     def cancel_job(self, job_id: str) -> str:
         """Cancel a job: at once when queued or waiting, at its next step when running."""

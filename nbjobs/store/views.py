@@ -223,16 +223,6 @@ class ViewQueries(CoreStore):
         counts[derive] = max(0, total - sum(counts[s] for s in others))
         return counts
 
-    def finished_counts(self) -> dict[str, int]:
-        """Jobs per terminal status (walks their index ranges: the costly counter)."""
-        with self._read() as conn:
-            rows = conn.execute(
-                select(jobs.c.status, func.count())
-                .where(jobs.c.status.in_(FINISHED))
-                .group_by(jobs.c.status)
-            )
-            return {s: n for s, n in rows}
-
     def throughput(self, *, since: float, bucket_seconds: int = 60) -> list[Row]:
         """Finished jobs per time bucket, workflow and status since ``since``.
 
@@ -532,11 +522,6 @@ class ViewQueries(CoreStore):
         )
         with self._read() as conn:
             return conn.execute(stmt).all()
-
-    def schedules_changed_at(self) -> float | None:
-        """The newest change to any schedule (a cheap "did anything change" probe)."""
-        with self._read() as conn:
-            return conn.execute(select(func.max(schedules.c.updated_at))).scalar()
 
 
 def _node(row: Row) -> dict[str, Any]:
