@@ -83,12 +83,12 @@ def stop_workers(procs: list[subprocess.Popen]) -> None:
             p.kill()
 
 
-def wait_for(predicate, timeout: float = 600.0) -> None:
+def wait_for(predicate, timeout: float = 600.0, poll: float = 0.005) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise RuntimeError("benchmark timed out")
-        time.sleep(0.005)
+        time.sleep(poll)
 
 
 def bench_enqueue(bench: nbjobs.App, n: int) -> float:
@@ -109,7 +109,7 @@ def bench_drain(bench: nbjobs.App, url: str, n: int, processes: int, logs: Path)
         wait_for(lambda: len(bench.workers()) >= processes, timeout=120)
         start = time.perf_counter()
         bench.resume_queue("default")
-        wait_for(lambda: bench.store.count_jobs(status="succeeded") >= n)
+        wait_for(lambda: bench.store.count_jobs(status="succeeded") >= n, poll=0.05)
         return n / (time.perf_counter() - start)
     finally:
         stop_workers(procs)

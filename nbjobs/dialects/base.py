@@ -5,12 +5,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, exists, select, update
+from sqlalchemy import Engine, create_engine, event, exists, select, update
 from sqlalchemy.engine import URL, Connection, Row
-from sqlalchemy.exc import DBAPIError, NoSuchModuleError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, NoSuchModuleError
 from sqlalchemy.sql import Select
 
 from ..errors import ConfigurationError
@@ -86,6 +88,9 @@ class Prepared:
         dialect = conn.dialect
         disconnect = dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor)
         if disconnect:
+            # As SQLAlchemy does: the server went away, so every connection pooled before
+            # now is suspect and is replaced on its next checkout.
+            conn.engine.pool._invalidate(conn.connection, exc)
             conn.invalidate(exc)
         return DBAPIError.instance(
             self.sql,
@@ -108,6 +113,34 @@ class _Result:
 
     def all(self) -> list:
         return self._rows
+
+
+def ping_unless_recent(engine: Engine, idle_seconds: float, trust: Callable[[], bool]) -> None:
+    """Test pooled connections on checkout, except on the hot path when recently used.
+
+    SQLAlchemy's ``pool_pre_ping`` costs a round trip on every checkout, i.e. on every
+    short transaction a worker makes.  On the hot path (``trust()`` true) a connection
+    checked in less than ``idle_seconds`` ago is almost surely alive and is not pinged;
+    everywhere else, and for a connection that sat idle (across a server restart, say),
+    a dead connection is replaced before anyone sees it.  One that dies while in use
+    raises a disconnect error, which invalidates the whole pool (``Prepared._wrap``), and
+    the store runs again a transaction that had not reached its commit.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_connection: Any, record: Any) -> None:
+        record.info["nbjobs_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("nbjobs_idle_since")
+        if since is not None and time.monotonic() - since < idle_seconds and trust():
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            # The pool discards this connection and checks out a fresh one.
+            raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
 
 
 def safe_url(url: URL | str) -> str:
@@ -147,6 +180,20 @@ class Dialect:
     def __init__(self, url: URL, **options: Any) -> None:
         self.url = url
         self.options = options
+        self._hot = threading.local()
+
+    @contextlib.contextmanager
+    def hot_path(self) -> Iterator[None]:
+        """Mark this thread's next checkout as a worker's hot path (claim, checkpoint,
+        finish): a connection used a moment ago is trusted without a ping."""
+        self._hot.on = True
+        try:
+            yield
+        finally:
+            self._hot.on = False
+
+    def on_hot_path(self) -> bool:
+        return getattr(self._hot, "on", False)
 
     # -- connections -------------------------------------------------------------------
     def engine_kwargs(self) -> dict[str, Any]:
@@ -209,6 +256,29 @@ class Dialect:
         """
         return stmt
 
+    # -- fenced writes -----------------------------------------------------------------
+    #: A single statement is sent in autocommit mode: its own transaction, one round
+    #: trip instead of three (BEGIN, the statement, COMMIT).
+    autocommit_single = False
+
+    def fenced_insert(self, fence: Any, table: Any, key: Any) -> Any:
+        """One statement that runs the ``fence`` UPDATE and, only if it touched its row,
+        inserts one row into ``table`` (``key`` takes the fenced row's id; the other
+        columns bind by their names); or None where that takes two statements."""
+        return None
+
+    # -- finishing ---------------------------------------------------------------------
+    def finish_many_statement(self) -> Any:
+        """One statement that records several successes, or None where each job takes
+        its own statements.
+
+        Binds ``b_ids``, ``b_tokens``, ``b_results``, ``b_attempts`` (lists, one entry per
+        job) and ``b_now``; fenced like a single finish, it marks each job whose lease
+        token still matches succeeded, writes its attempt row, and returns the ids of
+        those jobs (as ``job_id``).
+        """
+        return None
+
     # -- the claim ---------------------------------------------------------------------
     def claim_candidates(
         self, queue: str, workflows: Sequence[str], now: float, limit: int
@@ -261,6 +331,11 @@ class RowLockingDialect(Dialect):
     >= 10.6): concurrent claims lock their candidates and skip each other's."""
 
     skip_locked = True
+    #: A pooled connection idle for longer than this is pinged when checked out.
+    idle_ping_seconds = 1.0
+
+    def configure(self, engine: Engine) -> None:
+        ping_unless_recent(engine, self.idle_ping_seconds, self.on_hot_path)
 
     def lock(self, stmt: Select, skip_locked: bool = False) -> Select:
         return stmt.with_for_update(skip_locked=skip_locked)

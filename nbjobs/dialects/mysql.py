@@ -43,7 +43,6 @@ class MySQLDialect(RowLockingDialect):
             "pool_size": int(self.options.get("pool_size", 10)),
             "max_overflow": int(self.options.get("max_overflow", 20)),
             "pool_timeout": float(self.options.get("pool_timeout", 30)),
-            "pool_pre_ping": True,
             # Below the server's wait_timeout (8 h by default), so idle connections are
             # renewed before the server drops them.
             "pool_recycle": float(self.options.get("pool_recycle", 1800)),

@@ -22,12 +22,25 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import (
+    Double,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Select
+from sqlalchemy.sql.expression import Grouping
 
-from ..schema import jobs
+from ..schema import Status, attempts, jobs
 from .base import CLAIMED_COLUMNS, RowLockingDialect, safe_url
 
 log = logging.getLogger(__name__)
@@ -61,6 +74,13 @@ NOTIFY_TRIGGERS = (
 class PostgresDialect(RowLockingDialect):
     name = "postgresql"
     claim_batch = 64
+    # Finishing jobs of this process share a transaction and, for plain successes, one
+    # statement (``finish_many_statement``): a round trip and a commit per group.
+    group_commit = True
+
+    def __init__(self, url: Any, **options: Any) -> None:
+        super().__init__(url, **options)
+        self.group_lock = threading.Lock()
 
     def engine_kwargs(self) -> dict[str, Any]:
         connect_args: dict[str, Any] = {"application_name": "nbjobs"}
@@ -73,8 +93,8 @@ class PostgresDialect(RowLockingDialect):
             "pool_size": int(self.options.get("pool_size", 10)),
             "max_overflow": int(self.options.get("max_overflow", 20)),
             "pool_timeout": float(self.options.get("pool_timeout", 30)),
-            # After a server restart the pooled connections are dead: test each on checkout.
-            "pool_pre_ping": True,
+            # No pre-ping on every checkout (a round trip per transaction): ``configure``
+            # pings only connections that sat idle in the pool (see ``ping_idle``).
             "pool_recycle": float(self.options.get("pool_recycle", 1800)),
         }
 
@@ -116,6 +136,67 @@ class PostgresDialect(RowLockingDialect):
             .where(jobs.c.id.in_(select(chosen.c.id)))
             .values(**values, attempts=jobs.c.attempts + 1)
             .returning(*CLAIMED_COLUMNS)
+        )
+
+    autocommit_single = True
+
+    def fenced_insert(self, fence: Any, table: Any, key: Any) -> Any:
+        # A data-modifying CTE: the INSERT reads the UPDATE's RETURNING, so nothing is
+        # inserted when the fence matched no row.
+        fenced = fence.returning(jobs.c.id).cte("nbjobs_fenced")
+        columns = [c for c in table.c if c is not key]
+        return insert(table).from_select(
+            [key.name, *(c.name for c in columns)],
+            select(fenced.c.id, *(bindparam(c.name, type_=c.type) for c in columns)),
+        )
+
+    def finish_many_statement(self) -> Any:
+        # The jobs arrive as parallel arrays, so one prepared statement serves any batch
+        # size, and ``id = ANY(ids)`` keeps the primary-key plan whatever the planner
+        # guesses of the arrays; the attempt rows are written from what the UPDATE
+        # returns, in the same statement: a group of finishing jobs is one round trip.
+        ids = bindparam("b_ids", type_=ARRAY(String))
+        at = func.array_position(ids, jobs.c.id)
+
+        def each(name: str, type_: Any) -> Any:
+            return Grouping(bindparam(name, type_=ARRAY(type_)))[at]
+
+        now = bindparam("b_now", type_=Double)
+        finished = (
+            update(jobs)
+            .where(jobs.c.id == func.any(ids), jobs.c.lease_token == each("b_tokens", String))
+            .values(
+                status=Status.SUCCEEDED.value,
+                result=each("b_results", Text),
+                error=None,
+                traceback=None,
+                finished_at=now,
+                updated_at=now,
+                lease_token=None,
+                lease_expires_at=None,
+            )
+            .returning(
+                jobs.c.id,
+                jobs.c.worker_id,
+                jobs.c.claimed_at,
+                each("b_attempts", Integer).label("attempt"),
+            )
+            .cte("nbjobs_finished")
+        )
+        return (
+            insert(attempts)
+            .from_select(
+                ["job_id", "attempt", "worker_id", "outcome", "started_at", "finished_at"],
+                select(
+                    finished.c.id,
+                    finished.c.attempt,
+                    finished.c.worker_id,
+                    literal(Status.SUCCEEDED.value),
+                    func.coalesce(finished.c.claimed_at, now),
+                    now,
+                ),
+            )
+            .returning(attempts.c.job_id)
         )
 
     # -- wake-ups ----------------------------------------------------------------------

@@ -82,10 +82,12 @@ T = TypeVar("T")
 class _GroupedWork:
     """One thread's piece of a group commit."""
 
-    __slots__ = ("done", "error", "result", "work")
+    __slots__ = ("done", "error", "item", "result", "work")
 
-    def __init__(self, work: Callable[[Connection], Any]) -> None:
+    def __init__(self, work: Callable[[Connection], Any], item: Any = None) -> None:
         self.work = work
+        #: What the work is about, for a group that runs like pieces as one statement.
+        self.item = item
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
@@ -104,6 +106,7 @@ class CoreStore:
         self._local = threading.local()
         self._claim_plans: dict[tuple, Any] = {}
         self._prepared: dict[int, Prepared] = {}
+        self._finish_many = self.dialect.finish_many_statement()
         self._group: list[_GroupedWork] = []
         self._group_lock = threading.Lock()
         self._kept: weakref.WeakSet[Connection] = weakref.WeakSet()
@@ -170,9 +173,17 @@ class CoreStore:
             raise
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """A short write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
-        with self.dialect.write_lock, self._transaction("writer") as conn:
+    def _write(self, hot: bool = False) -> Iterator[Connection]:
+        """A short write transaction (``BEGIN IMMEDIATE`` on SQLite).
+
+        ``hot``: a worker's claim, checkpoint or finish, whose connection is not pinged
+        when it was used a moment ago (see ``dialects.base.ping_unless_recent``).
+        """
+        with (
+            self.dialect.write_lock,
+            self.dialect.hot_path() if hot else contextlib.nullcontext(),
+            self._transaction("writer") as conn,
+        ):
             yield conn
 
     @contextlib.contextmanager
@@ -180,18 +191,38 @@ class CoreStore:
         with self._transaction("reader") as conn:
             yield conn
 
-    def _grouped(self, work: Callable[[Connection], T]) -> T:
+    def _write_one(self, statement: Any, params: dict[str, Any]) -> int:
+        """Run one hot-path write statement as its own transaction; returns its rowcount.
+
+        Where the dialect allows (PostgreSQL) it is sent in autocommit mode, one round
+        trip; elsewhere it runs in a short transaction like any write.
+        """
+        if not self.dialect.autocommit_single:
+            return self._retry_conflicts(
+                lambda conn: self._run(conn, statement, params).rowcount, hot=True
+            )
+        with self.dialect.hot_path(), self.engine.connect() as conn:
+            dbapi_connection = conn.connection.dbapi_connection
+            dbapi_connection.autocommit = True
+            try:
+                return self._run(conn, statement, params).rowcount
+            finally:
+                if not dbapi_connection.closed:
+                    dbapi_connection.autocommit = False
+
+    def _grouped(self, work: Callable[[Connection], T], item: Any = None) -> T:
         """Run ``work(conn)`` in a write transaction shared with other threads (group commit).
 
         Threads that want to write while another runs a group leave their work in a list;
         the next thread to get the dialect's group lock (on SQLite, the write lock) runs
         every piece waiting in one transaction, so N concurrent finishes cost one commit
         instead of N.  A failing piece never takes the others down: the batch is re-run
-        one by one.
+        one by one.  ``item`` describes the work for :meth:`_run_group`, which may run
+        like pieces together as one statement.
         """
         if not self.dialect.group_commit:
-            return self._retry_conflicts(work)
-        request = _GroupedWork(work)
+            return self._retry_conflicts(work, hot=True)
+        request = _GroupedWork(work, item)
         with self._group_lock:
             self._group.append(request)
         with self.dialect.group_lock:
@@ -203,27 +234,37 @@ class CoreStore:
             raise request.error
         return request.result
 
-    def _retry_conflicts(self, work: Callable[[Connection], T]) -> T:
-        """``work(conn)`` in a write transaction, run again when the server aborted it for
-        a deadlock or a serialization conflict (it rolled back whole, so this is safe)."""
+    def _retry_conflicts(self, work: Callable[[Connection], T], hot: bool = False) -> T:
+        """``work(conn)`` in a write transaction, run again when the server aborted it (a
+        deadlock, a serialization conflict, a connection lost before the commit): it
+        rolled back whole, so running it again is safe."""
         for attempt in range(5):
+            committing = False
             try:
-                with self._write() as conn:
-                    return work(conn)
+                with self._write(hot) as conn:
+                    result = work(conn)
+                    committing = True
+                return result
             except DBAPIError as exc:
-                if attempt == 4 or exc.connection_invalidated:
+                # A connection lost during COMMIT leaves the outcome unknown: never re-run
+                # that.  Lost before it, the server rolled the transaction back.
+                if attempt == 4 or (exc.connection_invalidated and committing):
                     raise
                 if not self.dialect.is_transient(exc):
                     raise
-                log.info("write transaction aborted by a conflict; running it again: %s", exc.orig)
+                log.info("write transaction aborted (%s); running it again", exc.orig)
                 time.sleep(0.005 * 2**attempt)
         raise AssertionError("unreachable")
 
+    def _run_group(self, conn: Connection, batch: list[_GroupedWork]) -> None:
+        """Run a group's pieces in ``conn``'s transaction, setting each one's result."""
+        for request in batch:
+            request.result = request.work(conn)
+
     def _commit_group(self, batch: list[_GroupedWork]) -> None:
         try:
-            with self._transaction("writer") as conn:
-                for request in batch:
-                    request.result = request.work(conn)
+            with self.dialect.hot_path(), self._transaction("writer") as conn:
+                self._run_group(conn, batch)
         except Exception:
             # The group rolled back whole: run each piece alone (a deadlock or conflict is
             # retried there), so one failing piece fails alone.

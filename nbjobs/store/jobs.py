@@ -6,6 +6,7 @@ Every write a worker makes for a job it runs is *fenced* by the job's lease toke
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,17 @@ class ClaimedJob:
     root_id: str | None
     parent_id: str | None
     reclaims: int
+
+
+@dataclass
+class _Success:
+    """A finish that a group may record together with others (see ``_run_group``)."""
+
+    job_id: str
+    token: str
+    attempt: int
+    result: str | None
+    claim: dict[str, Any] | None
 
 
 def _claimed(row: Row) -> ClaimedJob:
@@ -124,6 +136,11 @@ def fresh_job_counters(now: float) -> dict[str, Any]:
 class JobQueries(CoreStore):
     """The life of a job: enqueue, claim, checkpoint, finish, cancel and retry."""
 
+    @functools.cached_property
+    def _fenced_checkpoint(self) -> Any:
+        """The step's fence and its checkpoint row as one statement, where possible."""
+        return self.dialect.fenced_insert(_FENCE_STEP, checkpoints, checkpoints.c.job_id)
+
     def enqueue_job(
         self,
         *,
@@ -168,15 +185,12 @@ class JobQueries(CoreStore):
             tick_at=tick_at,
             **fresh_job_counters(now),
         )
-        if key is None:
-            with self._write() as conn:
-                self._run(conn, _INSERT_JOB, values)
-            return job_id, True
         try:
-            with self._write() as conn:
-                self._run(conn, _INSERT_JOB, values)
+            self._write_one(_INSERT_JOB, values)
             return job_id, True
         except IntegrityError:
+            if key is None:
+                raise
             with self._read() as conn:
                 existing = conn.execute(select(jobs.c.id).where(jobs.c.key == key)).scalar()
             if existing is None:
@@ -256,7 +270,7 @@ class JobQueries(CoreStore):
         if limit <= 0 or not workflows:
             return []
         plan = self._claim_plan(queue, tuple(workflows), min(limit, self.dialect.claim_batch))
-        with self._write() as conn:
+        with self._write(hot=True) as conn:
             return self._claim(conn, plan, worker_id, lease_seconds)
 
     def claim_job(self, job_id: str, *, worker_id: str, lease_seconds: float) -> ClaimedJob | None:
@@ -292,28 +306,27 @@ class JobQueries(CoreStore):
     ) -> bool:
         """Persist a finished step; False (nothing written) when the lease was lost."""
         now = self.now()
-        with self._write() as conn:
-            fenced = self._run(conn, _FENCE_STEP, dict(f_id=job_id, f_token=token, f_now=now))
-            if fenced.rowcount != 1:
+        fence = dict(f_id=job_id, f_token=token, f_now=now)
+        row = dict(
+            job_id=job_id,
+            name=name,
+            seq=seq,
+            kind=kind,
+            done=True,
+            value=value,
+            detail=None,
+            args_hash=args_hash,
+            code_fingerprint=code_fingerprint,
+            attempt=attempt,
+            started_at=started_at,
+            finished_at=now,
+        )
+        if self._fenced_checkpoint is not None:
+            return self._write_one(self._fenced_checkpoint, {**fence, **row}) == 1
+        with self._write(hot=True) as conn:
+            if self._run(conn, _FENCE_STEP, fence).rowcount != 1:
                 return False
-            self._run(
-                conn,
-                _INSERT_CHECKPOINT,
-                dict(
-                    job_id=job_id,
-                    name=name,
-                    seq=seq,
-                    kind=kind,
-                    done=True,
-                    value=value,
-                    detail=None,
-                    args_hash=args_hash,
-                    code_fingerprint=code_fingerprint,
-                    attempt=attempt,
-                    started_at=started_at,
-                    finished_at=now,
-                ),
-            )
+            self._run(conn, _INSERT_CHECKPOINT, row)
         return True
 
     def set_progress(
@@ -369,12 +382,52 @@ class JobQueries(CoreStore):
         just finished a job take the next one with one commit instead of two.  Returns
         (accepted, next job or None); nothing is written or claimed when the lease was lost.
         """
+        simple = status == Status.SUCCEEDED and parent_id is None and outcome is None
         return self._grouped(
             lambda conn: self._finish_and_claim(
                 conn, job_id, token, attempt, status, result, error, traceback, outcome,
                 claim, parent_id,
-            )
+            ),
+            _Success(job_id, token, attempt, result, claim) if simple else None,
         )  # fmt: skip
+
+    def _run_group(self, conn: Connection, batch: list) -> None:
+        """Record the group's plain successes with one statement and claim the next jobs
+        they asked for with one claim per queue; the other pieces run one by one."""
+        plan = self._finish_many
+        successes = [r for r in batch if r.item is not None] if plan is not None else []
+        if len(successes) < 2:  # alone, the two plain statements cost less
+            return super()._run_group(conn, batch)
+        items: list[_Success] = [r.item for r in successes]
+        accepted = {
+            row.job_id
+            for row in self._run(
+                conn,
+                plan,
+                dict(
+                    b_ids=[i.job_id for i in items],
+                    b_tokens=[i.token for i in items],
+                    b_results=[i.result for i in items],
+                    b_attempts=[i.attempt for i in items],
+                    b_now=self.now(),
+                ),
+            ).all()
+        }
+        wanting: dict[tuple, list] = {}
+        for request in successes:
+            item = request.item
+            request.result = (item.job_id in accepted, None)
+            if item.job_id in accepted and item.claim is not None:
+                claim = item.claim
+                key = (claim["worker_id"], claim["queue"], tuple(claim["workflows"]))
+                wanting.setdefault(key, []).append(request)
+        for (worker_id, queue, workflows), requests in wanting.items():
+            plan = self._claim_plan(queue, workflows, len(requests))
+            lease = requests[0].item.claim["lease_seconds"]
+            claimed = self._claim(conn, plan, worker_id, lease)
+            for request, job in zip(requests, claimed, strict=False):  # claimed may be fewer
+                request.result = (True, job)
+        super()._run_group(conn, [r for r in batch if r.item is None])
 
     def _finish_and_claim(
         self,
@@ -391,30 +444,29 @@ class JobQueries(CoreStore):
         parent_id: str | object | None,
     ) -> tuple[bool, ClaimedJob | None]:
         now = self.now()
-        if True:
-            fenced = self._run(
-                conn,
-                _FINISH,
-                dict(
-                    f_id=job_id,
-                    f_token=token,
-                    f_now=now,
-                    f_status=status.value,
-                    f_result=result,
-                    f_error=error,
-                    f_traceback=traceback,
-                    f_failed=1 if status == Status.FAILED else 0,
-                ),
-            )
-            if fenced.rowcount != 1:
-                return False, None
-            self._finish_attempt(conn, job_id, attempt, outcome or status.value, error, traceback)
-            self._after_terminal(conn, job_id, parent_id)
-            if claim is None:
-                return True, None
-            plan = self._claim_plan(claim["queue"], tuple(claim["workflows"]), 1)
-            claimed = self._claim(conn, plan, claim["worker_id"], claim["lease_seconds"])
-            return True, (claimed[0] if claimed else None)
+        fenced = self._run(
+            conn,
+            _FINISH,
+            dict(
+                f_id=job_id,
+                f_token=token,
+                f_now=now,
+                f_status=status.value,
+                f_result=result,
+                f_error=error,
+                f_traceback=traceback,
+                f_failed=1 if status == Status.FAILED else 0,
+            ),
+        )
+        if fenced.rowcount != 1:
+            return False, None
+        self._finish_attempt(conn, job_id, attempt, outcome or status.value, error, traceback)
+        self._after_terminal(conn, job_id, parent_id)
+        if claim is None:
+            return True, None
+        plan = self._claim_plan(claim["queue"], tuple(claim["workflows"]), 1)
+        claimed = self._claim(conn, plan, claim["worker_id"], claim["lease_seconds"])
+        return True, (claimed[0] if claimed else None)
 
     def retry_job_later(
         self,
