@@ -24,10 +24,11 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     literal_column,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Status(str, enum.Enum):
@@ -138,13 +139,19 @@ Index(
     sqlite_where=jobs.c.status == WAITING_SQL,
     postgresql_where=jobs.c.status == WAITING_SQL,
 )
-Index(
-    "ix_nbjobs_jobs_delayed",
+# Queued jobs not yet due (a delay, a retry's backoff): a worker's idle wait ends at the
+# first of them.  A job whose run_at is in the future was last updated before it, and a
+# job queued to run at once (run_at = updated_at) is never in this index, so a plain
+# submit costs no write here.  The claim cannot use it (its condition does not imply
+# run_at > updated_at): a planner with stale statistics cannot pick it and sort every
+# queued job, as it once did with the (status, queue, run_at) index this replaces.
+DUE_INDEX = Index(
+    "ix_nbjobs_jobs_due",
     jobs.c.status,
     jobs.c.queue,
     jobs.c.run_at,
-    sqlite_where=jobs.c.status == QUEUED_SQL,
-    postgresql_where=jobs.c.status == QUEUED_SQL,
+    sqlite_where=and_(jobs.c.status == QUEUED_SQL, jobs.c.run_at > jobs.c.updated_at),
+    postgresql_where=and_(jobs.c.status == QUEUED_SQL, jobs.c.run_at > jobs.c.updated_at),
 )
 Index("ix_nbjobs_jobs_status_created", jobs.c.status, jobs.c.created_at)
 # Incremental dashboard refreshes and the throughput plot.

@@ -118,6 +118,42 @@ def test_workers_registry_lists_live_workers_on_every_backend(app: nbjobs.App):
         other.close()
 
 
+def _index_names(conn: sa.Connection) -> set[str]:
+    if conn.dialect.name == "duckdb":  # duckdb-engine does not reflect indexes
+        return set(conn.exec_driver_sql("SELECT index_name FROM duckdb_indexes()").scalars())
+    return {i["name"] for i in sa.inspect(conn).get_indexes("nbjobs_jobs")}
+
+
+def test_a_version_1_database_is_migrated_forward_with_its_jobs(db_url: str):
+    app = make_app(db_url)
+
+    @app.workflow(name="later")
+    def later(cs: nbjobs.CallState) -> str:
+        return "done"
+
+    kept = later.options(delay=3600).submit()
+    app.close()
+    # Put the database back the way version 1 left it: the old index, version "1".
+    old = sa.Table("nbjobs_jobs", sa.MetaData(), *(sa.Column(c.name, c.type) for c in jobs.c))
+    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        sa.Index("ix_nbjobs_jobs_due", old.c.status).drop(conn)
+        sa.Index("ix_nbjobs_jobs_delayed", old.c.status, old.c.queue, old.c.run_at).create(conn)
+        conn.execute(sa.update(meta).values(value="1"))
+    engine.dispose()
+    app = make_app(db_url)
+    try:
+        with app.store.engine.connect() as conn:
+            names = _index_names(conn)
+            version = conn.execute(sa.select(meta.c.value)).scalar()
+        assert "ix_nbjobs_jobs_due" in names and "ix_nbjobs_jobs_delayed" not in names
+        assert version == "2"
+        assert kept.status == "queued"
+        assert app.store.next_due_at(["default"]) == app.store.get_job(kept.id).run_at
+    finally:
+        app.close()
+
+
 def test_apps_opening_a_new_database_together_migrate_once(db_url: str):
     opened: list[nbjobs.App] = []
     errors: list[BaseException] = []

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,40 @@ def test_jobs_of_unknown_workflows_stay_queued_until_a_worker_knows_them(app, db
         app.stop()
         other.start(concurrency=1)
         assert other.job(h.id).result(timeout=30) == "solved"
+    finally:
+        other.close()
+
+
+def test_a_due_job_no_worker_here_can_run_does_not_make_the_dispatcher_spin(app, db_url):
+    other = make_app(db_url)
+    try:
+
+        @other.workflow(name="mystery")
+        def mystery(cs: nbjobs.CallState) -> str:
+            return "solved"
+
+        @app.workflow(name="known")
+        def known(cs: nbjobs.CallState) -> str:
+            return "known"
+
+        mystery.submit()  # due now, but this App's worker cannot run it
+        assert app.store.next_due_at(["default"]) is None
+        later = known.options(delay=3600).submit()
+        assert app.store.next_due_at(["default"]) == app.store.get_job(later.id).run_at
+        claims: list[float] = []
+        claim_jobs = app.store.claim_jobs
+
+        def counted(**kwargs):
+            claims.append(time.monotonic())
+            return claim_jobs(**kwargs)
+
+        app.store.claim_jobs = counted
+        app.poll_seconds = 0.2
+        app.start(concurrency=1)
+        time.sleep(1.0)
+        app.stop()
+        # About one claim per poll interval, not one per millisecond.
+        assert 1 <= len(claims) <= 10
     finally:
         other.close()
 

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, exists, select, update
 from sqlalchemy.engine import URL, Connection, Row
 from sqlalchemy.exc import DBAPIError, DisconnectionError, NoSuchModuleError
+from sqlalchemy.schema import DropIndex
 from sqlalchemy.sql import Select
 
 from ..errors import ConfigurationError
@@ -229,6 +230,10 @@ class Dialect:
     def migration_lock(self, conn: Connection) -> Iterator[None]:
         """Held while the schema is created or migrated, so workers migrate once."""
         yield
+
+    def drop_index(self, conn: Connection, index: Any) -> None:
+        """Drop ``index`` if it exists (a migration)."""
+        conn.execute(DropIndex(index, if_exists=True))
 
     def after_create(self, conn: Connection) -> None:
         """Run under the migration lock once the tables exist (e.g. PostgreSQL triggers)."""

@@ -13,8 +13,9 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, inspect, select, update
 from sqlalchemy.engine import Connection, Row
+from sqlalchemy.schema import DropIndex
 from sqlalchemy.sql import Select
 
 from ..errors import ConfigurationError
@@ -47,6 +48,11 @@ class MySQLDialect(RowLockingDialect):
             # renewed before the server drops them.
             "pool_recycle": float(self.options.get("pool_recycle", 1800)),
         }
+
+    def drop_index(self, conn: Connection, index: Any) -> None:
+        # MySQL 8 has no DROP INDEX IF EXISTS (MariaDB has): look first.
+        if index.name in {i["name"] for i in inspect(conn).get_indexes(index.table.name)}:
+            conn.execute(DropIndex(index))
 
     @contextlib.contextmanager
     def migration_lock(self, conn: Connection) -> Iterator[None]:

@@ -16,7 +16,18 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import (
+    Column,
+    Index,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -25,6 +36,7 @@ from ..clock import Clock
 from ..dialects.base import Prepared
 from ..errors import ConfigurationError
 from ..schema import (
+    DUE_INDEX,
     SCHEMA_VERSION,
     TERMINAL,
     attempts,
@@ -73,8 +85,16 @@ _FINISH_ATTEMPT = insert(attempts).from_select(
 # What the reaper needs of a job whose worker was lost.
 
 
+def _migrate_to_2(conn: Connection, dialect: dialects.Dialect) -> None:
+    """Version 2 replaces the (status, queue, run_at) index of every queued job with
+    ``ix_nbjobs_jobs_due``, which holds only the queued jobs not yet due."""
+    old = Table("nbjobs_jobs", MetaData(), Column("status", String(16)))
+    dialect.drop_index(conn, Index("ix_nbjobs_jobs_delayed", old.c.status))
+    DUE_INDEX.create(conn, checkfirst=True)
+
+
 # Forward migrations: MIGRATIONS[n] takes a database from version n-1 to n.
-MIGRATIONS: dict[int, Any] = {}
+MIGRATIONS: dict[int, Callable[[Connection, dialects.Dialect], None]] = {2: _migrate_to_2}
 
 T = TypeVar("T")
 
@@ -305,7 +325,7 @@ class CoreStore:
                     f"newer than this nbjobs ({SCHEMA_VERSION}); upgrade nbjobs"
                 )
             for target in range(current + 1, SCHEMA_VERSION + 1):
-                MIGRATIONS[target](conn)
+                MIGRATIONS[target](conn, self.dialect)
                 conn.execute(
                     update(meta).where(meta.c.key == "schema_version").values(value=str(target))
                 )

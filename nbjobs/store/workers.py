@@ -231,9 +231,14 @@ class WorkerQueries(CoreStore):
     def next_due_at(self, queue_names: Sequence[str]) -> float | None:
         """When the next delayed or sleeping job becomes ready (for an exact idle wait)."""
         with self._read() as conn:
+            # Only jobs not yet due (the due index): one that is due but not claimed (an
+            # unknown workflow, a paused queue) must not make the dispatcher spin.
             queued = conn.execute(
                 select(func.min(jobs.c.run_at)).where(
-                    jobs.c.status == QUEUED_SQL, jobs.c.queue.in_(list(queue_names))
+                    jobs.c.status == QUEUED_SQL,
+                    jobs.c.queue.in_(list(queue_names)),
+                    jobs.c.run_at > jobs.c.updated_at,
+                    jobs.c.run_at > self.now(),
                 )
             ).scalar()
             waiting = conn.execute(
