@@ -8,10 +8,12 @@ Each job is a two-step workflow (two checkpoints, a result).  ``--workers`` real
 ``nbjobs worker`` processes drain the queue while this process keeps about
 ``--backlog`` jobs queued; the workers run with ``App(retention_seconds=...)``, so
 finished history is purged as the run goes.  For every window of ``--window`` finished
-jobs the table shows the window's throughput, the largest worker's resident memory (RSS, and its
-private part without the memory-mapped database file), the database size and the job rows left.  At the end: the last
-window's throughput against the first (target: within 10%) and the growth of a worker's
-RSS from the first window to the last (target: < 30 MB).
+jobs the table shows the window's throughput, the largest worker's resident memory (RSS,
+and its private part without the memory-mapped database file), the database size and the
+job rows left; with ``--dashboard`` also the memory of a served dashboard kept open in
+Chromium.  At the end: the last window's throughput against the first (target: within
+10%), the growth of a worker's RSS from the first window to the last (target: < 30 MB)
+and the dashboard's largest RSS (target: < 400 MB).
 
 Without ``--url`` it makes a SQLite file in a temp directory.
 """
@@ -117,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backlog", type=int, default=5_000, help="jobs kept queued")
     parser.add_argument("--submitters", type=int, default=8, help="submitting threads")
     parser.add_argument("--retention", type=float, default=60.0, help="seconds; 0 = off")
+    parser.add_argument(
+        "--dashboard", action="store_true", help="serve the dashboard, open it in Chromium"
+    )
     args = parser.parse_args(argv)
     url = args.url or f"sqlite:///{Path(tempfile.mkdtemp(prefix='nbjobs-soak-')) / 'soak.db'}"
     app = nbjobs.App(url)
@@ -141,11 +146,17 @@ def main(argv: list[str] | None = None) -> int:
                     cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                 )
             )  # fmt: skip
+    dashboard = None
+    if args.dashboard:
+        from benchmarks.served import ServedDashboard
+
+        dashboard = ServedDashboard(url, logdir)
+        dashboard.open()
     print(f"soak: {args.jobs:,} jobs on {app.store.safe_url}, {args.workers} workers x "
           f"{args.concurrency}, retention {args.retention:g} s; logs in {logdir}", flush=True)  # fmt: skip
     header = (
         f"{'window':>7} {'finished':>10} {'jobs/s':>8} {'max RSS MB':>10} {'private MB':>10} "
-        f"{'db MB':>8} {'job rows':>9}"
+        f"{'db MB':>8} {'job rows':>9}" + (f" {'dash MB':>8}" if dashboard else "")
     )
     print(header, flush=True)
     windows: list[dict[str, float]] = []
@@ -175,10 +186,12 @@ def main(argv: list[str] | None = None) -> int:
                     private=max(m[1] for m in memory) / 2**20,
                     db=database_bytes(app) / 2**20,
                     rows=app.store.count_jobs(),
+                    dash=dashboard.rss() / 2**20 if dashboard else 0.0,
                 )
                 windows.append(row)
                 print(f"{len(windows):>7} {done:>10,} {row['rate']:>8.0f} {row['max_rss']:>10.1f} "
-                      f"{row['private']:>10.1f} {row['db']:>8.1f} {row['rows']:>9,}", flush=True)  # fmt: skip
+                      f"{row['private']:>10.1f} {row['db']:>8.1f} {row['rows']:>9,}"
+                      + (f" {row['dash']:>8.1f}" if dashboard else ""), flush=True)  # fmt: skip
                 if vacuum_if_needed(app) and len(windows) == 1:
                     print("(autovacuum is off on this server: VACUUM after each window)")
                 window_start, window_done = now, done
@@ -191,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             time.sleep(0.2)
     finally:
+        if dashboard is not None:
+            dashboard.close()
         submitters.shutdown()
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -207,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"worker RSS growth first->last window: {last['max_rss'] - first['max_rss']:+.1f} MB, "
           f"private {last['private'] - first['private']:+.1f} MB (target < 30 MB)")  # fmt: skip
     print(f"database size at the end: {last['db']:.1f} MB with {last['rows']:,} job rows")
+    if dashboard is not None:
+        print(f"dashboard server RSS: max {max(w['dash'] for w in windows):.1f} MB (target < 400)")
     return 0
 
 

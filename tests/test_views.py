@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 from sqlalchemy import insert
 
+import nbjobs
+from nbjobs.clock import FakeClock
 from nbjobs.schema import schedules
-from nbjobs.store.views import JobFilter
+from nbjobs.store.views import SETTLE_SECONDS, JobFilter
 from nbjobs.views import Dashboard, FanOutTree, JobDetail, JobsTable, Schedules
 from nbjobs.views.overview import Counters, QueueDepths, Throughput, Workers
 from tests.conftest import make_app
@@ -58,6 +60,48 @@ def finish(app, handles) -> None:
         wait_until(lambda h=h: h.status in ("succeeded", "failed", "cancelled"))
 
 
+def test_status_counters_stay_exact_across_settling_retries_and_purges(db_url):
+    clock = FakeClock()
+    app = make_app(db_url, clock=clock)
+    try:
+
+        @app.workflow(name="ok")
+        def ok(cs: nbjobs.CallState, i: int) -> int:
+            return i
+
+        @app.workflow(name="bad")
+        def bad(cs: nbjobs.CallState) -> None:
+            raise ValueError("no")
+
+        def exact() -> dict[str, int]:
+            return {**dict.fromkeys(app.store.job_counts(), 0), **app.store.status_counts()}
+
+        for i in range(5):
+            ok.run(i)
+        with pytest.raises(nbjobs.JobFailed):
+            bad.run()
+        assert app.store.job_counts() == exact()
+        clock.advance(SETTLE_SECONDS + 5)  # all of them settle below the watermark
+        assert app.store.job_counts() == exact()
+        for i in range(3):  # new finishes above the watermark
+            ok.run(10 + i)
+        clock.advance(SETTLE_SECONDS + 5)
+        counts = app.store.job_counts()
+        assert counts == exact() and counts["succeeded"] == 8 and counts["failed"] == 1
+        # A settled failed job queued again by a retry leaves the failed count.
+        failed_id = next(j.id for j in app.jobs(status="failed"))
+        app.job(failed_id).retry()
+        counts = app.store.job_counts()
+        assert counts == exact() and counts["failed"] == 0 and counts["queued"] == 1
+        # A purge deletes settled jobs: the counts follow.
+        clock.advance(3600)
+        assert app.purge(older_than=60) == 8
+        counts = app.store.job_counts()
+        assert counts == exact() and counts["succeeded"] == 0
+    finally:
+        app.close()
+
+
 def test_store_queries_count_page_filter_and_search(pipeline):
     app = pipeline
     ok = [app.wf["steps"].options(key=f"k-{i}").submit(i) for i in range(6)]
@@ -68,7 +112,7 @@ def test_store_queries_count_page_filter_and_search(pipeline):
     counts = store.job_counts()
     assert counts == {"queued": 0, "running": 0, "waiting": 0, "succeeded": 6, "failed": 2,
                       "cancelled": 0}  # fmt: skip
-    assert store.job_counts(derive="failed") == counts
+    assert counts == {**dict.fromkeys(counts, 0), **store.status_counts()}
 
     page = store.jobs_page(limit=5)
     assert len(page) == 5 and [r.id for r in page] == sorted((r.id for r in page), reverse=True)

@@ -43,6 +43,7 @@ from ..schema import (
     jobs,
     meta,
     metadata,
+    new_token,
 )
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,10 @@ def _migrate_to_2(conn: Connection, dialect: dialects.Dialect) -> None:
     old = Table("nbjobs_jobs", MetaData(), Column("status", String(16)))
     dialect.drop_index(conn, Index("ix_nbjobs_jobs_delayed", old.c.status))
     DUE_INDEX.create(conn, checkfirst=True)
+
+
+#: A meta row changed whenever finished jobs stop being finished (a retry) or are deleted.
+EPOCH_KEY = "finished_epoch"
 
 
 # Forward migrations: MIGRATIONS[n] takes a database from version n-1 to n.
@@ -315,6 +320,8 @@ class CoreStore:
             version = conn.execute(
                 select(meta.c.value).where(meta.c.key == "schema_version")
             ).scalar()
+            if conn.execute(select(meta.c.key).where(meta.c.key == EPOCH_KEY)).first() is None:
+                conn.execute(insert(meta).values(key=EPOCH_KEY, value=new_token()))
             if version is None:
                 conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
                 return SCHEMA_VERSION
@@ -371,6 +378,12 @@ class CoreStore:
                 a_traceback=traceback,
             ),
         )
+
+    def _unsettle(self, conn: Connection) -> None:
+        """Record, in ``conn``'s transaction, that finished jobs were queued again or
+        deleted: the one change that invalidates the dashboard's settled counts (see
+        ``ViewQueries.job_counts``).  Only retries and purges do it, never the hot path."""
+        conn.execute(update(meta).where(meta.c.key == EPOCH_KEY).values(value=new_token()))
 
     def _after_terminal(
         self, conn: Connection, job_id: str, parent_id: str | object | None = UNKNOWN

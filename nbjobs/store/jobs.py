@@ -603,6 +603,7 @@ class JobQueries(CoreStore):
         self, conn: Connection, job_id: str, now: float, *, fresh: bool, **values: Any
     ) -> None:
         """Queue a finished job again; ``fresh`` also drops its checkpoints (a re-run)."""
+        self._unsettle(conn)
         if fresh:
             conn.execute(delete(checkpoints).where(checkpoints.c.job_id == job_id))
             values["steps_done"] = 0

@@ -80,6 +80,8 @@ class RetentionQueries(CoreStore):
             if not roots:
                 return 0, False
             victims = self._lock_finished_trees(conn, roots)
+            if victims:
+                self._unsettle(conn)
             for chunk in _chunks(victims):
                 for table in (checkpoints, attempts, signals, logs):
                     conn.execute(delete(table).where(table.c.job_id.in_(chunk)))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import case, func, literal, or_, select
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.sql.functions import GenericFunction
@@ -28,15 +28,26 @@ from ..schema import (
     attempts,
     checkpoints,
     jobs,
+    meta,
     queues,
     schedules,
     signals,
     workers,
 )
-from .core import JOB_SUMMARY, CoreStore
+from .core import EPOCH_KEY, JOB_SUMMARY, CoreStore
 
 ACTIVE = (Status.QUEUED.value, Status.RUNNING.value, Status.WAITING.value)
 FINISHED = tuple(s.value for s in TERMINAL)
+
+#: How far behind "now" the settled counts of finished jobs stay: longer than any
+#: transaction stamping ``updated_at`` takes to commit, and than the clock offsets left
+#: between processes after each corrects by the database clock.
+SETTLE_SECONDS = 5.0
+
+
+def _add(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in {*a, *b}}
+
 
 #: Sort keys the jobs table offers, each backed by an index (``created`` is the default).
 SORTS: dict[str, ColumnElement] = {
@@ -192,6 +203,9 @@ def row_code_changed(row: Any, registered: Mapping[str, str] | None = None) -> b
 class ViewQueries(CoreStore):
     """Read-only queries for the dashboard and history frames."""
 
+    #: (epoch, watermark, finished counts at or below it): see ``job_counts``.
+    _settled: tuple[str | None, float, dict[str, int]] | None = None
+
     # -- overview ----------------------------------------------------------------------
     def active_counts(self) -> dict[str, int]:
         """Jobs per active status (queued, running, waiting): index ranges, always cheap."""
@@ -203,25 +217,57 @@ class ViewQueries(CoreStore):
             )
             return {s: n for s, n in rows}
 
-    def job_counts(self, *, derive: str = Status.SUCCEEDED.value) -> dict[str, int]:
-        """Jobs per status, every status present (zeros included).
+    def job_counts(self) -> dict[str, int]:
+        """Jobs per status, every status present (zeros included), exact.
 
-        ``count(*)`` of the whole table is cheap (SQLite counts a b-tree without reading
-        rows) where counting a status's index range is proportional to its size, so the
-        largest status (``derive``, by default succeeded) is the total minus the others.
+        Counting a million finished jobs takes tens of milliseconds on PostgreSQL, too
+        slow once a second, so finished jobs are counted once and then only the change:
+        a finished job stays finished until a retry queues it again or a purge deletes
+        it, and both change the ``finished_epoch`` meta row (``_unsettle``).  The
+        settled counts cover jobs last updated before a watermark ``SETTLE_SECONDS`` in
+        the past (so no transaction still committing can land below it); each call
+        moves the watermark forward by counting the slice above it on the
+        ``updated_at`` index, and counts everything above it afresh.  Active statuses
+        are counted directly on their index ranges.
         """
-        others = [s.value for s in Status if s.value != derive]
         with self._read() as conn:
-            total = conn.execute(select(func.count()).select_from(jobs)).scalar() or 0
-            rows = conn.execute(
+            epoch = self._finished_epoch(conn)
+            settled = self._settled
+            settle_at = self.now() - SETTLE_SECONDS
+            if settled is None or settled[0] != epoch:
+                settled = (epoch, settle_at, self._count_finished(conn, None, settle_at))
+            elif settle_at > settled[1]:
+                more = self._count_finished(conn, settled[1], settle_at)
+                settled = (epoch, settle_at, _add(settled[2], more))
+            fresh = self._count_finished(conn, settled[1], None)
+            active = conn.execute(
                 select(jobs.c.status, func.count())
-                .where(jobs.c.status.in_(others))
+                .where(jobs.c.status.in_(ACTIVE))
                 .group_by(jobs.c.status)
             ).all()
+            # A retry or purge that committed while this ran: count afresh next time.
+            self._settled = settled if self._finished_epoch(conn) == epoch else None
         counts = dict.fromkeys((s.value for s in Status), 0)
-        counts.update({s: n for s, n in rows})
-        counts[derive] = max(0, total - sum(counts[s] for s in others))
+        counts.update(_add(settled[2], fresh))
+        counts.update({s: n for s, n in active})
         return counts
+
+    def _finished_epoch(self, conn: Connection) -> str | None:
+        return conn.execute(select(meta.c.value).where(meta.c.key == EPOCH_KEY)).scalar()
+
+    def _count_finished(
+        self, conn: Connection, after: float | None, until: float | None
+    ) -> dict[str, int]:
+        """Finished jobs per status last updated in (after, until]."""
+        clauses = [jobs.c.status.in_(FINISHED)]
+        if after is not None:
+            clauses.append(jobs.c.updated_at > after)
+        if until is not None:
+            clauses.append(jobs.c.updated_at <= until)
+        rows = conn.execute(
+            select(jobs.c.status, func.count()).where(*clauses).group_by(jobs.c.status)
+        )
+        return {s: n for s, n in rows}
 
     def throughput(self, *, since: float, bucket_seconds: int = 60) -> list[Row]:
         """Finished jobs per time bucket, workflow and status since ``since``.

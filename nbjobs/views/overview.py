@@ -30,12 +30,9 @@ class Counters(Component):
         super().__init__(**params)
         self._pane = pn.pane.HTML(self._html(), sizing_mode="stretch_width", stylesheets=[CSS])
         self._throttle = Throttle(minimum_seconds=0.5)
-        self._largest = "succeeded"
 
     def load(self) -> None:
-        counts = self._throttle.run(lambda: self.store.job_counts(derive=self._largest))
-        self._largest = max(counts, key=counts.get) if any(counts.values()) else "succeeded"
-        self.counts = counts
+        self.counts = self._throttle.run(self.store.job_counts)
 
     def refresh(self, changes: Sequence[Any]) -> None:
         if changes:
