@@ -228,11 +228,11 @@ def run(url: str, n: int, browser: bool = False) -> None:
                 paints = [served.first_paint() for _ in range(3)]
             finally:
                 served.close()
-        seconds = statistics.median(paints)
-        print(
-            f"{'first paint in Chromium (median of 3)':40} {seconds * 1000:10.1f}  "
-            f"{'ok' if seconds < 2 else 'SLOW'}"
-        )
+        for label, seconds in (
+            ("first paint in Chromium (overview)", statistics.median(p[0] for p in paints)),
+            ("... then the jobs tab's first row", statistics.median(p[1] for p in paints)),
+        ):
+            print(f"{label:40} {seconds * 1000:10.1f}  {'ok' if seconds < 2 else 'SLOW'}")
 
 
 def main() -> None:

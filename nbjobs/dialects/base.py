@@ -166,6 +166,9 @@ class Dialect:
     skip_locked = False
     #: Jobs claimed per claim statement at most.
     claim_batch = 32
+    #: A read transaction sees one snapshot and ``count(*)`` of a table is cheap
+    #: (embedded databases): the dashboard may derive a count from several statements.
+    snapshot_reads = False
     #: Threads keep their own connections instead of checking one out per transaction
     #: (embedded databases, where connections are cheap and the pool is unbounded).
     keep_connections = False

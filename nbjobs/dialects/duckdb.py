@@ -32,6 +32,7 @@ _files_lock = threading.Lock()
 
 class DuckDBDialect(Dialect):
     name = "duckdb"
+    snapshot_reads = True
     multi_process = False
     claim_batch = 64
 

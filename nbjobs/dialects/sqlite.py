@@ -23,6 +23,7 @@ SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 class SQLiteDialect(Dialect):
     name = "sqlite"
+    snapshot_reads = True
     claim_batch = 64
     keep_connections = True
     group_commit = True

@@ -235,7 +235,7 @@ class ViewQueries(CoreStore):
             settled = self._settled
             settle_at = self.now() - SETTLE_SECONDS
             if settled is None or settled[0] != epoch:
-                settled = (epoch, settle_at, self._count_finished(conn, None, settle_at))
+                settled = (epoch, settle_at, self._count_settled(conn, settle_at))
             elif settle_at > settled[1]:
                 more = self._count_finished(conn, settled[1], settle_at)
                 settled = (epoch, settle_at, _add(settled[2], more))
@@ -255,19 +255,49 @@ class ViewQueries(CoreStore):
     def _finished_epoch(self, conn: Connection) -> str | None:
         return conn.execute(select(meta.c.value).where(meta.c.key == EPOCH_KEY)).scalar()
 
+    def _count_settled(self, conn: Connection, until: float) -> dict[str, int]:
+        """Finished jobs per status last updated at or before ``until`` (the first count).
+
+        Where a read transaction is one snapshot and ``count(*)`` of a table is cheap
+        (SQLite counts a b-tree without reading rows), succeeded is the total minus the
+        other statuses, each an index range, minus what finished after ``until``; a
+        server database counts it in one statement, which is its own snapshot.
+        """
+        if not self.dialect.snapshot_reads:
+            return self._count_finished(conn, None, until)
+        total = conn.execute(select(func.count()).select_from(jobs)).scalar() or 0
+        others = dict(
+            conn.execute(
+                select(jobs.c.status, func.count())
+                .where(jobs.c.status != SUCCEEDED_SQL)
+                .group_by(jobs.c.status)
+            ).all()
+        )
+        finished = {s: others.get(s, 0) for s in FINISHED}
+        finished[Status.SUCCEEDED.value] = total - sum(others.values())
+        later = self._count_finished(conn, until, None)
+        return {s: n - later.get(s, 0) for s, n in finished.items()}
+
     def _count_finished(
         self, conn: Connection, after: float | None, until: float | None
     ) -> dict[str, int]:
         """Finished jobs per status last updated in (after, until]."""
-        clauses = [jobs.c.status.in_(FINISHED)]
-        if after is not None:
-            clauses.append(jobs.c.updated_at > after)
+        if after is None:
+            rows = conn.execute(
+                select(jobs.c.status, func.count())
+                .where(jobs.c.status.in_(FINISHED), jobs.c.updated_at <= until)
+                .group_by(jobs.c.status)
+            )
+            return {s: n for s, n in rows}
+        # A recent slice: a range of the updated_at index, counted per status without a
+        # GROUP BY, which would tempt a planner without statistics (SQLite) into walking
+        # every finished job in the status index instead.
+        clauses = [jobs.c.updated_at > after]
         if until is not None:
             clauses.append(jobs.c.updated_at <= until)
-        rows = conn.execute(
-            select(jobs.c.status, func.count()).where(*clauses).group_by(jobs.c.status)
-        )
-        return {s: n for s, n in rows}
+        sums = [func.sum(case((jobs.c.status == s, 1), else_=0)) for s in FINISHED]
+        row = conn.execute(select(*sums).where(*clauses)).one()
+        return {s: int(n or 0) for s, n in zip(FINISHED, row, strict=True)}
 
     def throughput(self, *, since: float, bucket_seconds: int = 60) -> list[Row]:
         """Finished jobs per time bucket, workflow and status since ``since``.

@@ -147,7 +147,7 @@ class Dashboard(Component):
                 ("Jobs", jobs_page),
                 ("Schedules", self.schedules),
                 sizing_mode="stretch_width",
-                dynamic=False,
+                dynamic=True,
             )
             self._layout = pn.Column(self._header(), self.tabs, sizing_mode="stretch_width")
         self.start()
