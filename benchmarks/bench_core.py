@@ -45,7 +45,7 @@ def bench_drain(app: nbjobs.App, wf, n: int, concurrency: int) -> float:
     start = time.perf_counter()
     app.start(concurrency=concurrency)
     while app.store.count_jobs(status="queued") or app.store.count_jobs(status="running"):
-        time.sleep(0.01)
+        time.sleep(0.025)
     elapsed = time.perf_counter() - start
     app.stop()
     return n / elapsed
