@@ -369,7 +369,8 @@ def test_the_listener_reconnects_after_its_connection_dies(backend: str):
                     return bool(
                         conn.exec_driver_sql(
                             "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
-                            "'nbjobs-listen' AND datname = current_database()"
+                            "'nbjobs-listen' AND datname = current_database() "
+                            "AND query LIKE 'LISTEN%%'"  # connected and listening again
                         ).scalar()
                     )
 

@@ -190,11 +190,12 @@ class Dialect:
     def hot_path(self) -> Iterator[None]:
         """Mark this thread's next checkout as a worker's hot path (claim, checkpoint,
         finish): a connection used a moment ago is trusted without a ping."""
+        outer = self.on_hot_path()
         self._hot.on = True
         try:
             yield
         finally:
-            self._hot.on = False
+            self._hot.on = outer
 
     def on_hot_path(self) -> bool:
         return getattr(self._hot, "on", False)

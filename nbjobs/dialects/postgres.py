@@ -94,7 +94,7 @@ class PostgresDialect(RowLockingDialect):
             "max_overflow": int(self.options.get("max_overflow", 20)),
             "pool_timeout": float(self.options.get("pool_timeout", 30)),
             # No pre-ping on every checkout (a round trip per transaction): ``configure``
-            # pings only connections that sat idle in the pool (see ``ping_idle``).
+            # pings only connections that sat idle in the pool (``ping_unless_recent``).
             "pool_recycle": float(self.options.get("pool_recycle", 1800)),
         }
 

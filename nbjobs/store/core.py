@@ -131,7 +131,6 @@ class CoreStore:
         self._local = threading.local()
         self._claim_plans: dict[tuple, Any] = {}
         self._prepared: dict[int, Prepared] = {}
-        self._finish_many = self.dialect.finish_many_statement()
         self._group: list[_GroupedWork] = []
         self._group_lock = threading.Lock()
         self._kept: weakref.WeakSet[Connection] = weakref.WeakSet()

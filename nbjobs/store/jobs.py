@@ -141,6 +141,11 @@ class JobQueries(CoreStore):
         """The step's fence and its checkpoint row as one statement, where possible."""
         return self.dialect.fenced_insert(_FENCE_STEP, checkpoints, checkpoints.c.job_id)
 
+    @functools.cached_property
+    def _finish_many(self) -> Any:
+        """Several successes as one statement, where possible (see ``_run_group``)."""
+        return self.dialect.finish_many_statement()
+
     def enqueue_job(
         self,
         *,

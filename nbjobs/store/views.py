@@ -210,12 +210,7 @@ class ViewQueries(CoreStore):
     def active_counts(self) -> dict[str, int]:
         """Jobs per active status (queued, running, waiting): index ranges, always cheap."""
         with self._read() as conn:
-            rows = conn.execute(
-                select(jobs.c.status, func.count())
-                .where(jobs.c.status.in_(ACTIVE))
-                .group_by(jobs.c.status)
-            )
-            return {s: n for s, n in rows}
+            return self._count_active(conn)
 
     def job_counts(self) -> dict[str, int]:
         """Jobs per status, every status present (zeros included), exact.
@@ -228,40 +223,50 @@ class ViewQueries(CoreStore):
         the past (so no transaction still committing can land below it); each call
         moves the watermark forward by counting the slice above it on the
         ``updated_at`` index, and counts everything above it afresh.  Active statuses
-        are counted directly on their index ranges.
+        are counted directly on their index ranges.  The settled counts keep the epoch
+        read first: a retry or purge committing while this runs makes the next call
+        count afresh.
         """
         with self._read() as conn:
             epoch = self._finished_epoch(conn)
             settled = self._settled
             settle_at = self.now() - SETTLE_SECONDS
+            if settled is not None and settled[0] == epoch:
+                settle_at = max(settle_at, settled[1])
+            fresh = self._count_finished(conn, settle_at, None)
             if settled is None or settled[0] != epoch:
-                settled = (epoch, settle_at, self._count_settled(conn, settle_at))
+                settled = (epoch, settle_at, self._count_settled(conn, settle_at, fresh))
             elif settle_at > settled[1]:
                 more = self._count_finished(conn, settled[1], settle_at)
                 settled = (epoch, settle_at, _add(settled[2], more))
-            fresh = self._count_finished(conn, settled[1], None)
-            active = conn.execute(
-                select(jobs.c.status, func.count())
-                .where(jobs.c.status.in_(ACTIVE))
-                .group_by(jobs.c.status)
-            ).all()
-            # A retry or purge that committed while this ran: count afresh next time.
-            self._settled = settled if self._finished_epoch(conn) == epoch else None
+            active = self._count_active(conn)
+        self._settled = settled
         counts = dict.fromkeys((s.value for s in Status), 0)
         counts.update(_add(settled[2], fresh))
-        counts.update({s: n for s, n in active})
+        counts.update(active)
         return counts
+
+    def _count_active(self, conn: Connection) -> dict[str, int]:
+        rows = conn.execute(
+            select(jobs.c.status, func.count())
+            .where(jobs.c.status.in_(ACTIVE))
+            .group_by(jobs.c.status)
+        )
+        return {s: n for s, n in rows}
 
     def _finished_epoch(self, conn: Connection) -> str | None:
         return conn.execute(select(meta.c.value).where(meta.c.key == EPOCH_KEY)).scalar()
 
-    def _count_settled(self, conn: Connection, until: float) -> dict[str, int]:
+    def _count_settled(
+        self, conn: Connection, until: float, later: Mapping[str, int]
+    ) -> dict[str, int]:
         """Finished jobs per status last updated at or before ``until`` (the first count).
 
         Where a read transaction is one snapshot and ``count(*)`` of a table is cheap
         (SQLite counts a b-tree without reading rows), succeeded is the total minus the
-        other statuses, each an index range, minus what finished after ``until``; a
-        server database counts it in one statement, which is its own snapshot.
+        other statuses, each an index range, minus ``later`` (what finished after
+        ``until``, counted in the same transaction); a server database counts it in one
+        statement, which is its own snapshot.
         """
         if not self.dialect.snapshot_reads:
             return self._count_finished(conn, None, until)
@@ -275,7 +280,6 @@ class ViewQueries(CoreStore):
         )
         finished = {s: others.get(s, 0) for s in FINISHED}
         finished[Status.SUCCEEDED.value] = total - sum(others.values())
-        later = self._count_finished(conn, until, None)
         return {s: n - later.get(s, 0) for s, n in finished.items()}
 
     def _count_finished(
