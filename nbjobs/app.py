@@ -499,7 +499,8 @@ class App:
 
     def resume_queue(self, queue: str) -> None:
         self.store.set_queue_paused(_check_name("queue", queue), False)
-        self._wake_workers()
+        if self._worker is not None:
+            self._worker.queues_changed()
 
     def backoff_seconds(self, failures: int) -> float:
         return jittered_backoff(

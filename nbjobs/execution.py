@@ -54,10 +54,12 @@ class Execution:
         self.done = threading.Event()
         self._seq = 0
         self._warned_code = False
-        #: Set by a worker: returns the claim request for the job to run next in this
-        #: thread, claimed in the same transaction that records this job's success.
-        self.chain: Callable[[], dict[str, Any] | None] | None = None
+        #: Set by a worker: records this job's success itself and sets ``next_job``, the
+        #: job this thread runs next (claimed in the same transaction, or prefetched).
+        self.chain: Callable[[Execution, str], None] | None = None
         self.next_job: ClaimedJob | None = None
+        #: The success is left to a later shared commit (see ``Worker._record_chained``).
+        self.deferred = False
 
     @property
     def token(self) -> str:
@@ -209,17 +211,20 @@ class Execution:
         except SerializationError as exc:
             self._fail(f"SerializationError: the workflow's result cannot be stored: {exc}", None)
             return
-        if not self.lost:
-            accepted, self.next_job = self.app.store.finish_and_claim(
-                job_id=self.job.id,
-                token=self.token,
-                attempt=self.job.attempt,
-                status=Status.SUCCEEDED,
-                result=text,
-                claim=self.chain() if self.chain is not None else None,
-                parent_id=self.job.parent_id,
-            )
-            self._note_write(accepted)
+        if self.lost:
+            return
+        if self.chain is not None:
+            self.chain(self, text)
+            return
+        accepted, _ = self.app.store.finish_and_claim(
+            job_id=self.job.id,
+            token=self.token,
+            attempt=self.job.attempt,
+            status=Status.SUCCEEDED,
+            result=text,
+            parent_id=self.job.parent_id,
+        )
+        self.note_write(accepted)
 
     def _record_exception(self, exc: BaseException) -> None:
         capture.flush()
@@ -232,7 +237,7 @@ class Execution:
             )
             return
         if isinstance(exc, _Cancelled):
-            self._note_write(
+            self.note_write(
                 self.app.store.finish_job(
                     job_id=self.job.id,
                     token=self.token,
@@ -258,7 +263,7 @@ class Execution:
         retryable = not isinstance(exc, (SerializationError, FanOutError))
         if retryable and self.job.failures < self.job.max_retries:
             delay = self.app.backoff_seconds(self.job.failures + 1)
-            self._note_write(
+            self.note_write(
                 self.app.store.retry_job_later(
                     job_id=self.job.id,
                     token=self.token,
@@ -274,7 +279,7 @@ class Execution:
         self._fail(error, text, outcome)
 
     def _fail(self, error: str, text: str | None, outcome: str = "failed") -> None:
-        self._note_write(
+        self.note_write(
             self.app.store.finish_job(
                 job_id=self.job.id,
                 token=self.token,
@@ -286,7 +291,7 @@ class Execution:
             )
         )
 
-    def _note_write(self, accepted: bool) -> None:
+    def note_write(self, accepted: bool) -> None:
         if not accepted:
             self.lost = True
             log.warning("job %s: the outcome was refused; another worker owns the job", self.job.id)

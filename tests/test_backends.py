@@ -349,6 +349,27 @@ def test_notify_wakes_an_idle_worker_of_another_app_at_once(backend: str):
 
 
 @pytest.mark.parametrize("backend", backends.selected("postgres"))
+def test_resuming_a_queue_wakes_the_workers_of_other_apps(backend: str):
+    """A resume written by another process reaches idle workers by NOTIFY: they read the
+    pauses again and claim at once, not at their next 60 s poll."""
+    with backends.server_database(backend) as url:
+        worker, submitter = _wake_apps(url)
+        try:
+            submitter.pause_queue("default")
+            worker.start(concurrency=1)
+            h = submitter.get_workflow("ping").submit()
+            time.sleep(0.5)  # woken by the submit, the worker found the queue paused
+            assert h.status == "queued"
+            started = time.monotonic()
+            submitter.resume_queue("default")
+            assert h.result(timeout=30) == "pong"
+            assert time.monotonic() - started < 30  # far below one 60 s poll
+        finally:
+            submitter.close()
+            worker.close()
+
+
+@pytest.mark.parametrize("backend", backends.selected("postgres"))
 def test_the_listener_reconnects_after_its_connection_dies(backend: str):
     with backends.server_database(backend) as url:
         worker, submitter = _wake_apps(url)

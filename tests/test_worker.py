@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 import nbjobs
 from nbjobs.clock import FakeClock
@@ -600,3 +601,157 @@ def test_a_new_app_on_the_same_database_replaces_the_old_worker(app, db_url):
         assert worker["pid"] > 0
     finally:
         rerun.close()
+
+
+# -- short jobs: claims ahead and write-behind successes -------------------------------
+def _job_times(app: nbjobs.App, column: str) -> list[float]:
+    from nbjobs.schema import jobs
+
+    with app.store.engine.connect() as conn:
+        return list(conn.execute(select(getattr(jobs.c, column))).scalars())
+
+
+def test_short_jobs_share_claims_and_commits_and_run_once(app):
+    """A slot running short jobs claims many at once and records their successes with
+    shared commits: the jobs carry fewer distinct claim and finish times than there are
+    jobs, and every job still ran once, with one attempt row."""
+    runs: list[int] = []
+
+    @app.workflow(name="short")
+    def short(cs: nbjobs.CallState, i: int) -> int:
+        runs.append(i)
+        return i * 2
+
+    handles = [short.submit(i) for i in range(60)]
+    app.start(concurrency=1)
+    assert [h.result(timeout=60) for h in handles] == [i * 2 for i in range(60)]
+    assert sorted(runs) == list(range(60))
+    assert all([a["outcome"] for a in h.attempts] == ["succeeded"] for h in handles)
+    assert len(set(_job_times(app, "claimed_at"))) < 30
+    if app.store.dialect.group_commit:  # MySQL and DuckDB commit each success at once
+        assert len(set(_job_times(app, "finished_at"))) < 60
+
+
+@pytest.fixture
+def still_app(db_url: str):
+    """An App on a FakeClock that never moves: every job runs "in no time", so slots
+    claim ahead and defer successes deterministically."""
+    application = make_app(db_url, clock=FakeClock())
+    yield application
+    application.close()
+
+
+def test_a_short_success_is_committed_while_a_long_job_runs(still_app):
+    """The success left for a later commit is written within milliseconds by the
+    write-behind thread, not when the long job after it ends."""
+    app = still_app
+    release = threading.Event()
+
+    @app.workflow(name="quick")
+    def quick(cs: nbjobs.CallState, i: int) -> int:
+        return i
+
+    @app.workflow(name="slow")
+    def slow(cs: nbjobs.CallState) -> str:
+        assert release.wait(60)
+        return "slow"
+
+    first, second = quick.submit(1), quick.submit(2)
+    long = slow.submit()
+    app.start(concurrency=1)
+    try:
+        assert second.result(timeout=30) == 2  # committed while the slow job holds the slot
+        assert first.status == "succeeded"
+        assert long.status == "running" and not release.is_set()
+    finally:
+        release.set()
+    assert long.result(timeout=30) == "slow"
+
+
+def test_stop_gives_back_the_jobs_claimed_ahead(still_app):
+    """Jobs a slot claimed ahead but never started go back to the queue on stop() and run
+    exactly once on the next start."""
+    app = still_app
+    started = threading.Event()
+    runs: list[int] = []
+
+    @app.workflow(name="ahead")
+    def ahead(cs: nbjobs.CallState, i: int) -> int:
+        runs.append(i)
+        if i == 1:
+            started.set()
+            time.sleep(0.5)
+        return i
+
+    handles = [ahead.submit(i) for i in range(12)]
+    app.start(concurrency=1)
+    assert started.wait(30)
+    app.stop(timeout=30)
+    statuses = [h.status for h in handles]
+    assert statuses[:2] == ["succeeded", "succeeded"]
+    assert set(statuses[2:]) == {"queued"}, statuses
+    assert all(h.attempts == [] for h in handles[2:])  # given back as if never claimed
+    app.start(concurrency=1)
+    assert [h.result(timeout=30) for h in handles] == list(range(12))
+    assert sorted(runs) == list(range(12))
+    assert all([a["outcome"] for a in h.attempts] == ["succeeded"] for h in handles)
+
+
+def test_finish_later_refuses_a_job_whose_lease_was_lost(app):
+    """Successes recorded together are fenced one by one: a job whose lease another
+    worker took over is refused and left as that worker has it."""
+
+    @app.workflow(name="pair")
+    def pair(cs: nbjobs.CallState) -> None:
+        return None
+
+    a, b = pair.submit(), pair.submit()
+    store = app.store
+    claimed = store.claim_jobs(
+        worker_id="w1", queue="default", workflows=["pair"], limit=2, lease_seconds=30
+    )
+    assert {j.id for j in claimed} == {a.id, b.id}
+    outcomes: dict[str, object] = {}
+    for job in claimed:
+        token = job.lease_token if job.id == a.id else "taken-over"
+        store.finish_later(
+            job_id=job.id,
+            token=token,
+            attempt=job.attempt,
+            result="1",
+            done=lambda outcome, job_id=job.id: outcomes.__setitem__(job_id, outcome),
+        )
+    store.flush()
+    assert outcomes == {a.id: True, b.id: False}
+    assert a.status == "succeeded" and a.result(timeout=1) == 1
+    assert b.status == "running"
+    assert [x["outcome"] for x in a.attempts] == ["succeeded"]
+    assert [x["outcome"] for x in b.attempts] == ["running"]
+
+
+def test_a_job_claimed_ahead_and_cancelled_never_runs(still_app):
+    """Cancelling a job that a slot claimed ahead (so it shows as running) stops it before
+    it starts: it is recorded as cancelled and its function is never called."""
+    app = still_app
+    release = threading.Event()
+    ran: list[str] = []
+
+    @app.workflow(name="step")
+    def step(cs: nbjobs.CallState, name: str) -> str:
+        ran.append(name)
+        if name == "long":
+            assert release.wait(60)
+        return name
+
+    handles = {name: step.submit(name) for name in ("short", "long", "after")}
+    app.start(concurrency=1)
+    wait_until(lambda: "long" in ran, what="the long job to start")
+    after = handles["after"]
+    assert after.status == "running"  # claimed ahead with the long job
+    assert after.cancel() == "running"
+    release.set()
+    with pytest.raises(nbjobs.JobCancelled):
+        after.result(timeout=30)
+    assert handles["long"].result(timeout=30) == "long"
+    assert ran == ["short", "long"]
+    assert after.attempts == []  # it never started

@@ -7,7 +7,8 @@ same round trip.
 
 Wake-ups: a trigger on ``nbjobs_jobs`` calls ``pg_notify('nbjobs', queue)`` in every
 transaction that makes a job ``queued`` (submit, retry, requeue, a timer, a signal, a
-fan-in resuming its parent), whatever code path did it.  Each worker keeps one dedicated
+fan-in resuming its parent), whatever code path did it; one on ``nbjobs_queues`` sends an
+empty notification when a queue is resumed, on which workers read the pauses again.  Each worker keeps one dedicated
 ``LISTEN`` connection in a daemon thread and wakes its dispatcher on a notification, so an
 idle worker on another machine starts the job within milliseconds; polling stays as the
 fallback while that connection is down.
@@ -60,6 +61,14 @@ BEGIN
 END;
 $$ LANGUAGE plpgsql
 """
+RESUMED_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION nbjobs_notify_resumed() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('{CHANNEL}', '');
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql
+"""
 NOTIFY_TRIGGERS = (
     "DROP TRIGGER IF EXISTS nbjobs_jobs_ready_insert ON nbjobs_jobs",
     "CREATE TRIGGER nbjobs_jobs_ready_insert AFTER INSERT ON nbjobs_jobs FOR EACH ROW "
@@ -68,6 +77,10 @@ NOTIFY_TRIGGERS = (
     "CREATE TRIGGER nbjobs_jobs_ready_update AFTER UPDATE OF status ON nbjobs_jobs "
     "FOR EACH ROW WHEN (NEW.status = 'queued' AND OLD.status IS DISTINCT FROM NEW.status) "
     "EXECUTE FUNCTION nbjobs_notify_ready()",
+    # A resumed queue: every worker reads the pauses again and claims at once.
+    "DROP TRIGGER IF EXISTS nbjobs_queues_resumed ON nbjobs_queues",
+    "CREATE TRIGGER nbjobs_queues_resumed AFTER INSERT OR UPDATE OF paused ON nbjobs_queues "
+    "FOR EACH ROW WHEN (NOT NEW.paused) EXECUTE FUNCTION nbjobs_notify_resumed()",
 )
 
 
@@ -107,6 +120,7 @@ class PostgresDialect(RowLockingDialect):
 
     def after_create(self, conn: Connection) -> None:
         conn.exec_driver_sql(NOTIFY_FUNCTION)
+        conn.exec_driver_sql(RESUMED_FUNCTION)
         for statement in NOTIFY_TRIGGERS:
             conn.exec_driver_sql(statement)
 

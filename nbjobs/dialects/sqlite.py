@@ -8,7 +8,9 @@ deadlock-prone upgrade from a read lock.  No lock is ever held while user code r
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from typing import Any
 
 from sqlalchemy import Engine, event
@@ -67,7 +69,7 @@ class SQLiteDialect(Dialect):
             # Small pages halve the bytes each commit writes to the WAL (a status change
             # dirties a page in each of a few indexes); only takes effect on a new file.
             cursor.execute("PRAGMA page_size = 1024")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(cursor)
             cursor.execute(f"PRAGMA synchronous = {synchronous}")
             cursor.execute("PRAGMA foreign_keys = OFF")
             # Checkpoint the WAL into the database every ~10 MB rather than every ~1 MB.
@@ -95,3 +97,21 @@ class SQLiteDialect(Dialect):
         if isinstance(exc, OperationalError) and "locked" in str(exc.orig).lower():
             return True
         return super().is_transient(exc)
+
+
+def _switch_to_wal(cursor: Any, seconds: float = 10.0) -> None:
+    """``PRAGMA journal_mode = WAL``, retried while another connection holds the lock.
+
+    Switching the journal mode takes an exclusive lock and SQLite can report "database
+    is locked" at once, without its busy handler, when several processes or threads open
+    a new database file at the same moment.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)

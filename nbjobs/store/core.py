@@ -107,12 +107,19 @@ T = TypeVar("T")
 class _GroupedWork:
     """One thread's piece of a group commit."""
 
-    __slots__ = ("done", "error", "item", "result", "work")
+    __slots__ = ("callback", "done", "error", "item", "result", "work")
 
-    def __init__(self, work: Callable[[Connection], Any], item: Any = None) -> None:
+    def __init__(
+        self,
+        work: Callable[[Connection], Any],
+        item: Any = None,
+        callback: Callable[[_GroupedWork], None] | None = None,
+    ) -> None:
         self.work = work
         #: What the work is about, for a group that runs like pieces as one statement.
         self.item = item
+        #: Called once the piece is committed or has failed, for a piece nobody waits on.
+        self.callback = callback
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
@@ -133,6 +140,9 @@ class CoreStore:
         self._prepared: dict[int, Prepared] = {}
         self._group: list[_GroupedWork] = []
         self._group_lock = threading.Lock()
+        #: Counts the cancel requests this process wrote for running jobs, so that a
+        #: worker knows when to look whether a job it claimed ahead was cancelled.
+        self.cancel_requests = 0
         self._kept: weakref.WeakSet[Connection] = weakref.WeakSet()
         try:
             self.migrate()
@@ -185,8 +195,11 @@ class CoreStore:
             with self.engine.connect() as conn:
                 if role == "writer" and self._write_options:
                     conn.execution_options(**self._write_options)
-                with conn.begin():
-                    yield conn
+                try:
+                    with conn.begin():
+                        yield conn
+                finally:
+                    self._after_transaction(conn)
             return
         conn = self._kept_connection(role)
         try:
@@ -195,6 +208,19 @@ class CoreStore:
         except DBAPIError:
             self._drop_kept(role)
             raise
+        finally:
+            self._after_transaction(conn)
+
+    def _request_cancel(self, conn: Connection) -> None:
+        """Note that ``conn``'s transaction asks running jobs to stop: once it ends,
+        ``cancel_requests`` moves on, so that workers look at the jobs they claimed
+        ahead (counting after the commit, a worker that sees the new count also sees the
+        request)."""
+        conn.info["nbjobs_cancel"] = True
+
+    def _after_transaction(self, conn: Connection) -> None:
+        if conn.info.pop("nbjobs_cancel", False):
+            self.cancel_requests += 1
 
     @contextlib.contextmanager
     def _write(self, hot: bool = False) -> Iterator[Connection]:
@@ -258,6 +284,36 @@ class CoreStore:
             raise request.error
         return request.result
 
+    def _grouped_later(
+        self, work: Callable[[Connection], Any], item: Any, callback: Callable[[Any], None]
+    ) -> None:
+        """Leave ``work`` for the next group commit and return at once (write-behind).
+
+        ``callback(piece)`` runs once it is committed (``piece.result``) or has failed
+        (``piece.error``); :meth:`flush` commits what is left.  Without group commits
+        the work runs now.
+        """
+        request = _GroupedWork(work, item, callback)
+        if not self.dialect.group_commit:
+            try:
+                request.result = self._retry_conflicts(work, hot=True)
+            except Exception as exc:
+                request.error = exc
+            self._called_back([request])
+            return
+        with self._group_lock:
+            self._group.append(request)
+
+    def flush(self) -> None:
+        """Commit the pieces left by :meth:`_grouped_later` that no group has taken yet."""
+        if not self._group:
+            return
+        with self.dialect.group_lock:
+            with self._group_lock:
+                batch, self._group = self._group, []
+            if batch:
+                self._commit_group(batch)
+
     def _retry_conflicts(self, work: Callable[[Connection], T], hot: bool = False) -> T:
         """``work(conn)`` in a write transaction, run again when the server aborted it (a
         deadlock, a serialization conflict, a connection lost before the commit): it
@@ -300,6 +356,16 @@ class CoreStore:
         finally:
             for request in batch:
                 request.done = True
+            self._called_back(batch)
+
+    @staticmethod
+    def _called_back(batch: list[_GroupedWork]) -> None:
+        for request in batch:
+            if request.callback is not None:
+                try:
+                    request.callback(request)
+                except Exception:
+                    log.exception("a write-behind callback failed")
 
     def now(self) -> float:
         return self.clock.now()

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, case, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Executable
@@ -26,7 +26,7 @@ from ..schema import (
     new_id,
     new_token,
 )
-from .core import _FENCED, UNKNOWN, CoreStore
+from .core import _FENCED, _FINISH_ATTEMPT, UNKNOWN, CoreStore
 
 
 @dataclass
@@ -380,12 +380,13 @@ class JobQueries(CoreStore):
         outcome: str | None = None,
         claim: dict[str, Any] | None = None,
         parent_id: str | object | None = UNKNOWN,
-    ) -> tuple[bool, ClaimedJob | None]:
-        """Record a terminal status and, in the same transaction, claim the next job.
+    ) -> tuple[bool, list[ClaimedJob]]:
+        """Record a terminal status and, in the same transaction, claim the next jobs.
 
-        ``claim`` (worker_id, queue, workflows, lease_seconds) lets a worker thread that
-        just finished a job take the next one with one commit instead of two.  Returns
-        (accepted, next job or None); nothing is written or claimed when the lease was lost.
+        ``claim`` (worker_id, queue, workflows, lease_seconds, and optionally ``limit``,
+        default 1) lets a worker thread that just finished a job take the next ones with
+        one commit instead of two.  Returns (accepted, the jobs claimed); nothing is
+        written or claimed when the lease was lost.
         """
         simple = status == Status.SUCCEEDED and parent_id is None and outcome is None
         return self._grouped(
@@ -396,43 +397,116 @@ class JobQueries(CoreStore):
             _Success(job_id, token, attempt, result, claim) if simple else None,
         )  # fmt: skip
 
+    def finish_later(
+        self,
+        *,
+        job_id: str,
+        token: str,
+        attempt: int,
+        result: str | None,
+        done: Any,
+    ) -> None:
+        """Record a top-level job's success with the next group commit, without waiting.
+
+        A worker running short jobs back to back uses this so that many successes share
+        one commit.  ``done(accepted)`` is called once the success is committed (False:
+        the lease was lost, nothing written) or ``done(error)`` once it has failed.
+        """
+
+        def work(conn: Connection) -> tuple[bool, list[ClaimedJob]]:
+            return self._finish_and_claim(
+                conn, job_id, token, attempt, Status.SUCCEEDED, result, None, None, None,
+                None, None,
+            )  # fmt: skip
+
+        self._grouped_later(
+            work,
+            _Success(job_id, token, attempt, result, None),
+            lambda piece: done(piece.error if piece.error is not None else piece.result[0]),
+        )
+
     def _run_group(self, conn: Connection, batch: list) -> None:
-        """Record the group's plain successes with one statement and claim the next jobs
-        they asked for with one claim per queue; the other pieces run one by one."""
-        plan = self._finish_many
-        successes = [r for r in batch if r.item is not None] if plan is not None else []
+        """Record the group's plain successes together and claim the next jobs they asked
+        for with one claim per queue; the other pieces run one by one."""
+        successes = [r for r in batch if r.item is not None]
         if len(successes) < 2:  # alone, the two plain statements cost less
             return super()._run_group(conn, batch)
-        items: list[_Success] = [r.item for r in successes]
-        accepted = {
-            row.job_id
-            for row in self._run(
-                conn,
-                plan,
-                dict(
-                    b_ids=[i.job_id for i in items],
-                    b_tokens=[i.token for i in items],
-                    b_results=[i.result for i in items],
-                    b_attempts=[i.attempt for i in items],
-                    b_now=self.now(),
-                ),
-            ).all()
-        }
+        accepted = self._record_successes(conn, [r.item for r in successes])
         wanting: dict[tuple, list] = {}
         for request in successes:
             item = request.item
-            request.result = (item.job_id in accepted, None)
+            request.result = (item.job_id in accepted, [])
             if item.job_id in accepted and item.claim is not None:
                 claim = item.claim
                 key = (claim["worker_id"], claim["queue"], tuple(claim["workflows"]))
                 wanting.setdefault(key, []).append(request)
         for (worker_id, queue, workflows), requests in wanting.items():
-            plan = self._claim_plan(queue, workflows, len(requests))
+            limits = [r.item.claim.get("limit", 1) for r in requests]
+            plan = self._claim_plan(queue, workflows, min(sum(limits), self.dialect.claim_batch))
             lease = requests[0].item.claim["lease_seconds"]
             claimed = self._claim(conn, plan, worker_id, lease)
-            for request, job in zip(requests, claimed, strict=False):  # claimed may be fewer
-                request.result = (True, job)
+            for request, limit in zip(requests, limits, strict=True):  # claimed may be fewer
+                request.result = (True, claimed[:limit])
+                claimed = claimed[limit:]
         super()._run_group(conn, [r for r in batch if r.item is None])
+
+    def _record_successes(self, conn: Connection, items: list[_Success]) -> set[str]:
+        """Mark several jobs succeeded, fenced by their lease tokens, and write their
+        attempt rows; returns the ids accepted.  One statement where the database allows
+        (PostgreSQL), else one batched statement for the jobs and one for the attempts."""
+        now = self.now()
+        if self._finish_many is not None:
+            batch = dict(
+                b_ids=[i.job_id for i in items],
+                b_tokens=[i.token for i in items],
+                b_results=[i.result for i in items],
+                b_attempts=[i.attempt for i in items],
+                b_now=now,
+            )
+            return {row.job_id for row in self._run(conn, self._finish_many, batch).all()}
+        finished = self._run(
+            conn,
+            _FINISH,
+            [
+                dict(
+                    f_id=i.job_id,
+                    f_token=i.token,
+                    f_now=now,
+                    f_status=Status.SUCCEEDED.value,
+                    f_result=i.result,
+                    f_error=None,
+                    f_traceback=None,
+                    f_failed=0,
+                )
+                for i in items
+            ],
+        )
+        if finished.rowcount != len(items):
+            # Some leases were lost: the accepted jobs are the ones this batch finished.
+            ids = [i.job_id for i in items]
+            done = select(jobs.c.id).where(
+                jobs.c.id.in_(ids), jobs.c.finished_at == now, jobs.c.lease_token.is_(None)
+            )
+            kept = set(conn.execute(done).scalars())
+            items = [i for i in items if i.job_id in kept]
+            if not items:
+                return set()
+        self._run(
+            conn,
+            _FINISH_ATTEMPT,
+            [
+                dict(
+                    a_job=i.job_id,
+                    a_attempt=i.attempt,
+                    a_outcome=Status.SUCCEEDED.value,
+                    a_now=now,
+                    a_error=None,
+                    a_traceback=None,
+                )
+                for i in items
+            ],
+        )
+        return {i.job_id for i in items}
 
     def _finish_and_claim(
         self,
@@ -447,7 +521,7 @@ class JobQueries(CoreStore):
         outcome: str | None,
         claim: dict[str, Any] | None,
         parent_id: str | object | None,
-    ) -> tuple[bool, ClaimedJob | None]:
+    ) -> tuple[bool, list[ClaimedJob]]:
         now = self.now()
         fenced = self._run(
             conn,
@@ -464,14 +538,14 @@ class JobQueries(CoreStore):
             ),
         )
         if fenced.rowcount != 1:
-            return False, None
+            return False, []
         self._finish_attempt(conn, job_id, attempt, outcome or status.value, error, traceback)
         self._after_terminal(conn, job_id, parent_id)
         if claim is None:
-            return True, None
-        plan = self._claim_plan(claim["queue"], tuple(claim["workflows"]), 1)
-        claimed = self._claim(conn, plan, claim["worker_id"], claim["lease_seconds"])
-        return True, (claimed[0] if claimed else None)
+            return True, []
+        limit = min(claim.get("limit", 1), self.dialect.claim_batch)
+        plan = self._claim_plan(claim["queue"], tuple(claim["workflows"]), limit)
+        return True, self._claim(conn, plan, claim["worker_id"], claim["lease_seconds"])
 
     def retry_job_later(
         self,
@@ -518,6 +592,27 @@ class JobQueries(CoreStore):
             self._finish_attempt(conn, job_id, attempt, "released")
         return True
 
+    def unclaim_job(self, *, job_id: str, token: str, cancel: bool = False) -> bool:
+        """Undo the claim of a job that never started (claimed ahead by a worker): back
+        to the queue, or cancelled when ``cancel``, as if never claimed (no attempt)."""
+        now = self.now()
+        values: dict[str, Any] = dict(
+            attempts=jobs.c.attempts - 1,
+            started_at=case((jobs.c.attempts == 1, None), else_=jobs.c.started_at),
+            lease_token=None,
+            lease_expires_at=None,
+        )
+        if cancel:
+            values.update(status=Status.CANCELLED.value, finished_at=now, error="cancelled")
+        else:
+            values.update(status=Status.QUEUED.value)
+        with self._write() as conn:
+            if not self._fence(conn, job_id, token, **values):
+                return False
+            if cancel:
+                self._after_terminal(conn, job_id)
+        return True
+
     def cancel_job(self, job_id: str) -> str:
         """Cancel a job: at once when queued or waiting, at its next step when running."""
         now = self.now()
@@ -549,7 +644,17 @@ class JobQueries(CoreStore):
                 .where(jobs.c.id == job_id)
                 .values(cancel_requested=True, updated_at=now)
             )
+            self._request_cancel(conn)
             return status.value
+
+    def cancels_requested(self, job_ids: Sequence[str]) -> set[str]:
+        """Those of ``job_ids`` (running jobs) whose cancellation was requested."""
+        with self._read() as conn:
+            return set(
+                conn.execute(
+                    select(jobs.c.id).where(jobs.c.id.in_(job_ids), jobs.c.cancel_requested)
+                ).scalars()
+            )
 
     def retry_job(self, job_id: str, from_checkpoint: str | None = None) -> None:
         """Queue a finished job again, keeping its checkpoints (or those before a step).

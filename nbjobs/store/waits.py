@@ -540,6 +540,7 @@ class WaitQueries(CoreStore):
                     .where(jobs.c.id.in_(orphans), jobs.c.status == Status.RUNNING.value)
                     .values(cancel_requested=True, updated_at=self.now())
                 )
+                self._request_cancel(conn)
 
             self._retry_conflicts(stop)
         resumed = 0
@@ -611,6 +612,7 @@ class WaitQueries(CoreStore):
                             .where(jobs.c.id.in_(free))
                             .values(cancel_requested=True, updated_at=now)
                         )
+                        self._request_cancel(conn)
                 below += conn.execute(
                     select(jobs.c.id).where(
                         jobs.c.parent_id.in_(chunk), jobs.c.status.not_in(TERMINAL_VALUES)
