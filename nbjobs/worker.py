@@ -440,18 +440,27 @@ class Worker:
 
     def _heartbeat(self) -> None:
         with self._lock:
-            held = {jid: x.token for jid, x in self.running.items() if not x.lost}
+            executions = {jid: x for jid, x in self.running.items() if not x.lost}
+            held = {jid: x.token for jid, x in executions.items()}
+            # A job retried while its old run is still winding down can be both running
+            # (old token) and claimed ahead (new token): the new lease is the one held.
             held.update((job.id, job.lease_token) for job in self._ready)
         lost, cancel = self.app.store.heartbeat(
             worker_id=self.id, held=held, lease_seconds=self.app.stale_after_seconds
         )
+        # Only the lease reported lost is dropped, never a newer one of the same job.
+        lost_leases = {(job_id, held[job_id]) for job_id in lost}
         if lost:
             with self._lock:
-                self._ready = collections.deque(j for j in self._ready if j.id not in lost)
+                self._ready = collections.deque(
+                    j for j in self._ready if (j.id, j.lease_token) not in lost_leases
+                )
         self._cancel_ahead(set(cancel))
         for job_id in lost:
-            execution = self.running.get(job_id)
-            if execution is not None and not execution.done.is_set():
+            execution = executions.get(job_id)
+            if execution is None or (job_id, execution.token) not in lost_leases:
+                continue
+            if not execution.done.is_set():
                 log.warning("job %s: lease lost (another worker took it over)", job_id)
                 execution.mark_lost()
         for job_id in cancel:

@@ -219,7 +219,9 @@ class CoreStore:
         conn.info["nbjobs_cancel"] = True
 
     def _after_transaction(self, conn: Connection) -> None:
-        if conn.info.pop("nbjobs_cancel", False):
+        # A connection closed after a failed transaction (see ``_drop_kept``) committed
+        # nothing to announce.
+        if not conn.closed and conn.info.pop("nbjobs_cancel", False):
             self.cancel_requests += 1
 
     @contextlib.contextmanager
@@ -242,20 +244,23 @@ class CoreStore:
             yield conn
 
     def _write_one(self, statement: Any, params: dict[str, Any]) -> int:
-        """Run one hot-path write statement as its own transaction; returns its rowcount.
+        """Run one hot-path write statement as its own transaction; returns its rowcount."""
+        return self._single_statement(lambda conn: self._run(conn, statement, params).rowcount)
 
-        Where the dialect allows (PostgreSQL) it is sent in autocommit mode, one round
-        trip; elsewhere it runs in a short transaction like any write.
+    def _single_statement(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work(conn)``, which sends one statement, as its own hot-path transaction.
+
+        Where the dialect allows (PostgreSQL) the statement is sent in autocommit mode,
+        one round trip instead of three (BEGIN, the statement, COMMIT); elsewhere it runs
+        in a short write transaction, run again if the server aborted it.
         """
         if not self.dialect.autocommit_single:
-            return self._retry_conflicts(
-                lambda conn: self._run(conn, statement, params).rowcount, hot=True
-            )
+            return self._retry_conflicts(work, hot=True)
         with self.dialect.hot_path(), self.engine.connect() as conn:
             dbapi_connection = conn.connection.dbapi_connection
             dbapi_connection.autocommit = True
             try:
-                return self._run(conn, statement, params).rowcount
+                return work(conn)
             finally:
                 if not dbapi_connection.closed:
                     dbapi_connection.autocommit = False

@@ -275,6 +275,10 @@ class JobQueries(CoreStore):
         if limit <= 0 or not workflows:
             return []
         plan = self._claim_plan(queue, tuple(workflows), min(limit, self.dialect.claim_batch))
+        if self.dialect.autocommit_single:  # the claim is one statement there
+            return self._single_statement(
+                lambda conn: self._claim(conn, plan, worker_id, lease_seconds)
+            )
         with self._write(hot=True) as conn:
             return self._claim(conn, plan, worker_id, lease_seconds)
 
