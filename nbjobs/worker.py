@@ -17,7 +17,8 @@ Threads:
 
 Short jobs are batched the way the fastest queues do it (River's batch completer, Oban's
 fetch limits): a slot whose job ran for less than ``SHORT_JOB_SECONDS`` claims more
-jobs with the same commit (the worker holds at most ``PREFETCH`` ahead), and the successes of the jobs it then runs
+jobs with the same commit (up to ``PREFETCH``; the worker holds at most ``PREFETCH`` per
+slot ahead), and the successes of the jobs it then runs
 back to back share one commit.  Prefetched jobs are leased to this worker, counted in its
 heartbeats, run by whichever slot is free first, and given back to the queue on
 ``stop()``.  Long jobs are claimed and recorded one at a time.
@@ -47,7 +48,8 @@ log = logging.getLogger(__name__)
 #: A job that ran for less than this is short: its slot may claim several jobs at once
 #: and its success may share a later commit.
 SHORT_JOB_SECONDS = 0.005
-#: How many jobs a worker running short jobs holds claimed ahead, at most.
+#: How many jobs a slot running short jobs claims ahead at once; a worker holds at most
+#: this many per slot.
 PREFETCH = 16
 #: How long a short job's success may wait for a commit shared with others, at most.
 WRITE_BEHIND_SECONDS = 0.005
@@ -331,8 +333,9 @@ class Worker:
                 return
         ahead = 0
         if short:
-            with self._lock:  # the worker holds at most PREFETCH jobs ahead, in all
-                ahead = max(0, PREFETCH - len(self._ready) - self._reserved)
+            with self._lock:  # at most PREFETCH per slot ahead, in all
+                room = PREFETCH * self.concurrency - len(self._ready) - self._reserved
+                ahead = max(0, min(PREFETCH, room))
                 self._reserved += ahead
         try:
             accepted, claimed = store.finish_and_claim(

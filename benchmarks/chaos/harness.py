@@ -253,10 +253,10 @@ class Workload:
 
 def sample_slots(app: Any, config: Config, record: Record) -> None:
     """No live worker ever reports holding more jobs than it has slots, plus the short
-    jobs a worker may claim ahead (``nbjobs.worker.PREFETCH``)."""
+    jobs it may claim ahead (``nbjobs.worker.PREFETCH`` per slot)."""
     record.slot_samples += 1
     for w in app.store.list_workers(alive_within=2.0):
-        if w.jobs_held > w.concurrency + PREFETCH or w.jobs_held < 0:
+        if w.jobs_held > w.concurrency * (1 + PREFETCH) or w.jobs_held < 0:
             record.slot_overflows.append(f"{w.id} held {w.jobs_held} of {w.concurrency}")
 
 
