@@ -215,16 +215,23 @@ class Execution:
             return
         if self.chain is not None:
             self.chain(self, text)
-            return
-        accepted, _ = self.app.store.finish_and_claim(
+        else:
+            self.commit_success(text)
+
+    def commit_success(self, text: str, claim: dict[str, Any] | None = None) -> list[ClaimedJob]:
+        """Commit the success now, claiming in the same transaction the jobs ``claim``
+        asks for (see ``JobQueries.finish_and_claim``); returns them."""
+        accepted, claimed = self.app.store.finish_and_claim(
             job_id=self.job.id,
             token=self.token,
             attempt=self.job.attempt,
             status=Status.SUCCEEDED,
             result=text,
+            claim=claim,
             parent_id=self.job.parent_id,
         )
         self.note_write(accepted)
+        return claimed
 
     def _record_exception(self, exc: BaseException) -> None:
         capture.flush()

@@ -33,11 +33,12 @@ import os
 import random
 import socket
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from .execution import Execution
-from .schema import Status, new_token
+from .schema import new_token
 from .store import ClaimedJob
 
 if TYPE_CHECKING:
@@ -201,13 +202,19 @@ class Worker:
         with self._lock:
             return self._ready.popleft() if self._ready else None
 
+    def _drop_ahead(self, drop: Callable[[ClaimedJob], bool]) -> list[ClaimedJob]:
+        """Take the jobs claimed ahead for which ``drop(job)`` is true out of the queue."""
+        with self._lock:
+            dropped = [job for job in self._ready if drop(job)]
+            if dropped:
+                self._ready = collections.deque(j for j in self._ready if not drop(j))
+        return dropped
+
     def _cancel_ahead(self, job_ids: set[str]) -> None:
         """Cancel the jobs claimed ahead among ``job_ids``, as if never claimed."""
         if not job_ids:
             return
-        with self._lock:
-            dropped = [job for job in self._ready if job.id in job_ids]
-            self._ready = collections.deque(j for j in self._ready if j.id not in job_ids)
+        dropped = self._drop_ahead(lambda job: job.id in job_ids)
         for job in dropped:
             self.app.store.unclaim_job(job_id=job.id, token=job.lease_token, cancel=True)
         if dropped:
@@ -327,7 +334,7 @@ class Worker:
                     token=execution.token,
                     attempt=job.attempt,
                     result=text,
-                    done=lambda outcome, job_id=job.id: self._written_behind(job_id, outcome),
+                    done=lambda outcome, x=execution: self._written_behind(x, outcome),
                 )
                 self._behind.set()
                 return
@@ -338,19 +345,10 @@ class Worker:
                 ahead = max(0, min(PREFETCH, room))
                 self._reserved += ahead
         try:
-            accepted, claimed = store.finish_and_claim(
-                job_id=job.id,
-                token=execution.token,
-                attempt=job.attempt,
-                status=Status.SUCCEEDED,
-                result=text,
-                claim=self._chain_request(1 + ahead),
-                parent_id=job.parent_id,
-            )
+            claimed = execution.commit_success(text, claim=self._chain_request(1 + ahead))
         finally:
             with self._lock:
                 self._reserved -= ahead
-        execution.note_write(accepted)
         if claimed:
             execution.next_job = claimed[0]
         if len(claimed) > 1:
@@ -358,18 +356,18 @@ class Worker:
                 self._ready.extend(claimed[1:])
             self._wake.set()  # idle slots take the rest
 
-    def _written_behind(self, job_id: str, outcome: bool | BaseException) -> None:
-        if outcome is True:
-            self.app._job_finished()
-        elif outcome is False:
-            log.warning("job %s: the outcome was refused; another worker owns the job", job_id)
-        else:
+    def _written_behind(self, execution: Execution, outcome: bool | BaseException) -> None:
+        if isinstance(outcome, BaseException):
             log.error(
                 "job %s: its success could not be recorded (%s); it runs again once its "
                 "lease expires",
-                job_id,
+                execution.job.id,
                 outcome,
             )
+            return
+        execution.note_write(outcome)
+        if outcome:
+            self.app._job_finished()
 
     def _write_behind_loop(self) -> None:
         while not self._stopping.is_set():
@@ -454,10 +452,7 @@ class Worker:
         # Only the lease reported lost is dropped, never a newer one of the same job.
         lost_leases = {(job_id, held[job_id]) for job_id in lost}
         if lost:
-            with self._lock:
-                self._ready = collections.deque(
-                    j for j in self._ready if (j.id, j.lease_token) not in lost_leases
-                )
+            self._drop_ahead(lambda job: (job.id, job.lease_token) in lost_leases)
         self._cancel_ahead(set(cancel))
         for job_id in lost:
             execution = executions.get(job_id)
