@@ -118,12 +118,9 @@ class Options:
 
     def merged(self, other: Options) -> Options:
         """These options overridden by the non-None values of ``other``."""
-        changes = {
-            f.name: getattr(other, f.name)
-            for f in dataclasses.fields(other)
-            if getattr(other, f.name) is not None
-        }
-        return dataclasses.replace(self, **changes)
+        changes = {name: value for name, value in vars(other).items() if value is not None}
+        # A plain submit overrides nothing: skip the copy (it is on every submit's path).
+        return dataclasses.replace(self, **changes) if changes else self
 
 
 @dataclasses.dataclass(frozen=True)

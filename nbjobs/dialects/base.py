@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import operator
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -55,11 +56,16 @@ class Prepared:
         self.sql = compiled.string
         self.defaults = dict(compiled.params)
         self.names = list(compiled.positiontup) if compiled.positional else None
+        # Picks the positional values in bind order, in C (a statement binds up to ~40).
+        self._pick = operator.itemgetter(*self.names) if self.names else None
         self._row_type: Any = None
 
     def _bind(self, params: dict[str, Any]) -> Any:
         merged = {**self.defaults, **params}
-        return tuple(merged[n] for n in self.names) if self.names is not None else merged
+        if self._pick is None:
+            return merged if self.names is None else ()
+        picked = self._pick(merged)
+        return picked if len(self.names) > 1 else (picked,)
 
     def execute(self, conn: Connection, params: dict[str, Any] | list[dict[str, Any]]) -> Any:
         many = isinstance(params, list)
@@ -178,6 +184,10 @@ class Dialect:
     group_commit = False
     group_lock: Any = None
 
+    #: Kept connections begin and commit their transactions on the driver itself, with
+    #: the statement ``begin_sql`` gives, rather than through SQLAlchemy.
+    raw_transactions = False
+
     #: Held around every write transaction of this process (a no-op by default).
     write_lock: contextlib.AbstractContextManager = contextlib.nullcontext()
 
@@ -225,6 +235,10 @@ class Dialect:
 
     def close(self) -> None:
         """Release what the dialect holds besides the engine (e.g. DuckDB's lock file)."""
+
+    def begin_sql(self, write: bool) -> str:
+        """The statement that begins a raw transaction (see ``raw_transactions``)."""
+        return "BEGIN"
 
     def write_options(self) -> dict[str, Any]:
         """Execution options for a connection that is about to write."""

@@ -28,6 +28,7 @@ class SQLiteDialect(Dialect):
     snapshot_reads = True
     claim_batch = 64
     keep_connections = True
+    raw_transactions = True
     group_commit = True
 
     def __init__(self, url, **options: Any) -> None:
@@ -80,9 +81,16 @@ class SQLiteDialect(Dialect):
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn) -> None:
-            write = conn.get_execution_options().get("nbjobs_write", False)
-            # Straight to the driver: this runs once per transaction on the hot path.
-            conn.connection.driver_connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            driver = conn.connection.driver_connection
+            # Open already: the store began it on the driver (``raw_transactions``) and a
+            # Core statement inside it made SQLAlchemy begin its view of it.
+            if not driver.in_transaction:
+                write = conn.get_execution_options().get("nbjobs_write", False)
+                driver.execute(self.begin_sql(write))
+
+    def begin_sql(self, write: bool) -> str:
+        # Writers take the write lock up front: no deadlock-prone upgrade from a read lock.
+        return "BEGIN IMMEDIATE" if write else "BEGIN"
 
     def ready_time(self) -> Any:
         # ``run_at + 0`` hides run_at from SQLite's planner, which (having no statistics)

@@ -125,6 +125,80 @@ class _GroupedWork:
         self.error: BaseException | None = None
 
 
+def _on_driver(conn: Connection, call: Callable[..., Any], *args: Any) -> Any:
+    """``call(*args)`` on ``conn``'s driver connection, its errors raised as SQLAlchemy's."""
+    try:
+        return call(*args)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(
+            str(args[0]) if args else call.__name__,
+            None,
+            exc,
+            conn.dialect.loaded_dbapi.Error,
+            dialect=conn.dialect,
+        ) from exc
+
+
+class _RawTransaction:
+    """A transaction of a kept connection begun and ended on the driver itself
+    (``Dialect.raw_transactions``, SQLite): SQLAlchemy's transaction objects, its events
+    and generator-based context managers cost as much as a short statement there, and
+    the hot paths run only prepared statements (``CoreStore._run``), which need none of
+    them.  A Core statement run inside it makes SQLAlchemy begin its own view of the
+    transaction (its begin event finds the driver's open and sends nothing); that view
+    then ends it, so that SQLAlchemy's bookkeeping stays true.
+    """
+
+    __slots__ = ("conn", "driver", "lock", "role", "store")
+
+    def __init__(self, store: CoreStore, role: str, lock: Any = None) -> None:
+        self.store = store
+        self.role = role
+        self.lock = lock
+
+    def __enter__(self) -> Connection:
+        if self.lock is not None:
+            self.lock.acquire()
+        try:
+            self.conn = conn = self.store._kept_connection(self.role)
+            self.driver = conn.connection.driver_connection
+            _on_driver(
+                conn, self.driver.execute, self.store.dialect.begin_sql(self.role == "writer")
+            )
+        except BaseException:
+            self._exit(failed=True)
+            raise
+        return conn
+
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> None:
+        conn = self.conn
+        try:
+            if conn.in_transaction():
+                if kind is None:
+                    conn.commit()
+                else:
+                    conn.rollback()
+            elif kind is None:
+                _on_driver(conn, self.driver.commit)
+            elif self.driver.in_transaction:
+                self.driver.rollback()
+        except BaseException:
+            self._exit(failed=True)
+            raise
+        self._exit(failed=isinstance(error, DBAPIError))
+
+    def _exit(self, failed: bool) -> None:
+        try:
+            conn = getattr(self, "conn", None)
+            if failed:
+                self.store._drop_kept(self.role)
+            if conn is not None:
+                self.store._after_transaction(conn)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+
 class CoreStore:
     """Connections, transactions, the schema, and what every part of the store shares."""
 
@@ -189,8 +263,13 @@ class CoreStore:
             except Exception:
                 pass
 
+    def _transaction(self, role: str) -> contextlib.AbstractContextManager[Connection]:
+        if self.dialect.raw_transactions:
+            return _RawTransaction(self, role)
+        return self._sa_transaction(role)
+
     @contextlib.contextmanager
-    def _transaction(self, role: str) -> Iterator[Connection]:
+    def _sa_transaction(self, role: str) -> Iterator[Connection]:
         if not self.dialect.keep_connections:
             with self.engine.connect() as conn:
                 if role == "writer" and self._write_options:
@@ -224,13 +303,19 @@ class CoreStore:
         if not conn.closed and conn.info.pop("nbjobs_cancel", False):
             self.cancel_requests += 1
 
-    @contextlib.contextmanager
-    def _write(self, hot: bool = False) -> Iterator[Connection]:
+    def _write(self, hot: bool = False) -> contextlib.AbstractContextManager[Connection]:
         """A short write transaction (``BEGIN IMMEDIATE`` on SQLite).
 
         ``hot``: a worker's claim, checkpoint or finish, whose connection is not pinged
-        when it was used a moment ago (see ``dialects.base.ping_unless_recent``).
+        when it was used a moment ago (see ``dialects.base.ping_unless_recent``; raw
+        transactions never ping).
         """
+        if self.dialect.raw_transactions:
+            return _RawTransaction(self, "writer", self.dialect.write_lock)
+        return self._sa_write(hot)
+
+    @contextlib.contextmanager
+    def _sa_write(self, hot: bool) -> Iterator[Connection]:
         with (
             self.dialect.write_lock,
             self.dialect.hot_path() if hot else contextlib.nullcontext(),
@@ -238,10 +323,8 @@ class CoreStore:
         ):
             yield conn
 
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self._transaction("reader") as conn:
-            yield conn
+    def _read(self) -> contextlib.AbstractContextManager[Connection]:
+        return self._transaction("reader")
 
     def _write_one(self, statement: Any, params: dict[str, Any]) -> int:
         """Run one hot-path write statement as its own transaction; returns its rowcount."""
