@@ -88,6 +88,7 @@ class Worker:
         self._cancels_seen = 0  # the store's cancel_requests when _ready was last checked
         self._behind = threading.Event()  # successes wait for the write-behind thread
         self._lock = threading.Lock()
+        self._claiming = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="nbjobs-job")
@@ -164,11 +165,19 @@ class Worker:
 
     def _on_ready(self, queue: str) -> None:
         """A job became ready somewhere (PostgreSQL NOTIFY); "" means "a queue was resumed,
-        or notifications may have been missed"."""
+        or notifications may have been missed".
+
+        The listener thread claims for the free slots itself: waking the dispatcher
+        first would cost one more thread wake-up on the way from submit to start.
+        """
         if not queue:
             self.queues_changed()
         elif queue in self.queues:
-            self._wake.set()
+            try:
+                self._fill_slots()
+            except Exception:
+                log.debug("claim on a wake-up failed; the dispatcher retries", exc_info=True)
+                self._wake.set()
 
     # -- dispatching -------------------------------------------------------------------
     def _free_slots(self) -> int:
@@ -240,20 +249,30 @@ class Worker:
             free -= len(got)
         return claimed
 
+    def _fill_slots(self) -> tuple[int, int]:
+        """Claim jobs for the free slots and start them; returns (free, claimed).
+
+        The dispatcher and the wake-up listener both call this; the lock keeps them from
+        claiming the same free slot twice.
+        """
+        with self._claiming:
+            if self._stopping.is_set():
+                return 0, 0
+            free = self._free_slots()
+            claimed = self._claim(free) if free > 0 else []
+            for job in claimed:
+                self._dispatch(job)
+        return free, len(claimed)
+
     def _dispatch_loop(self) -> None:
         failures = 0
         while not self._stopping.is_set():
             try:
                 self._wake.clear()
-                free = self._free_slots()
-                claimed = self._claim(free) if free > 0 else []
-                for job in claimed:
-                    self._dispatch(job)
+                free, claimed = self._fill_slots()
                 failures = 0
-                if claimed and len(claimed) == free:
-                    continue  # maybe more ready work: claim again as slots free
                 if claimed:
-                    continue
+                    continue  # maybe more ready work: claim again as slots free
                 self.app.clock.wait(self._wake, self._idle_wait() if free > 0 else 1.0)
             except Exception:
                 failures += 1

@@ -271,10 +271,13 @@ class _Listener:
                         self.callback("")
                     failures = 0
                     while not self._stop.is_set():
-                        for note in conn.notifies(timeout=0.2):
-                            self.callback(note.payload)
+                        notes = list(conn.notifies(timeout=0.2, stop_after=1))
+                        if notes:  # and whatever else arrived meanwhile: a burst of
+                            notes += conn.notifies(timeout=0)  # submits costs one call
+                        for payload in dict.fromkeys(note.payload for note in notes):
                             if self._stop.is_set():
                                 break
+                            self.callback(payload)
             except (psycopg.Error, DBAPIError, OSError) as exc:
                 failures += 1
                 pause = min(10.0, 0.2 * 2**failures)
