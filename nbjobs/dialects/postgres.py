@@ -147,7 +147,9 @@ class PostgresDialect(RowLockingDialect):
         chosen = candidates.cte("nbjobs_claim").prefix_with("MATERIALIZED")
         return (
             update(jobs)
-            .where(jobs.c.id.in_(select(chosen.c.id)))
+            # UPDATE ... FROM the CTE: a join on the key, cheaper than ``IN (SELECT ...)``,
+            # which hashes the candidates first.
+            .where(jobs.c.id == chosen.c.id)
             .values(**values, attempts=jobs.c.attempts + 1)
             .returning(*CLAIMED_COLUMNS)
         )
