@@ -233,6 +233,9 @@ class Dialect:
     def configure(self, engine: Engine) -> None:
         """Install connection events (pragmas, session settings)."""
 
+    def stop(self) -> None:
+        """Stop the dialect's own background work, before the engine is disposed."""
+
     def close(self) -> None:
         """Release what the dialect holds besides the engine (e.g. DuckDB's lock file)."""
 

@@ -222,17 +222,18 @@ class CoreStore:
             self.migrate()
             self.sync_clock()
         except OperationalError as exc:
-            self.engine.dispose()
+            self.close()
             raise ConfigurationError(
                 f"cannot open the nbjobs database at {self.safe_url}: {exc.orig}"
             ) from exc
         except DBAPIError as exc:
-            self.engine.dispose()
+            self.close()
             raise ConfigurationError(
                 f"the database at {self.safe_url} refused nbjobs: {exc.orig}"
             ) from exc
 
     def close(self) -> None:
+        self.dialect.stop()
         self._kept.clear()
         self.engine.dispose()
         self.dialect.close()
