@@ -9,6 +9,8 @@ bad URLs are reported with the password masked, and DuckDB refuses a second proc
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -446,5 +448,37 @@ def test_duckdb_threads_of_one_process_share_it_safely(tmp_path: Path):
         handles = [many.submit(n) for n in range(120)]
         app.start(concurrency=8)
         assert [h.result(timeout=120) for h in handles] == [2 * n for n in range(120)]
+    finally:
+        app.close()
+
+
+def test_sqlite_copies_its_wal_into_the_database_file_while_the_app_stays_open(
+    sqlite_url: str, tmp_path: Path
+):
+    """Commits never checkpoint (``wal_autocheckpoint=0``); the ``nbjobs-wal`` thread
+    does, in the background.  The database file alone, without its WAL, must soon hold
+    every submitted job: with no checkpointer these 300 jobs (about 3,000 WAL pages)
+    would stay in the WAL until the app closed."""
+    app = make_app(sqlite_url)
+    try:
+        noop = app.workflow(name="noop")(lambda cs: None)
+        for _ in range(300):
+            noop.submit()
+        database = Path(sqlite_url.removeprefix("sqlite:///"))
+
+        def jobs_in_the_file_alone() -> int:
+            copy = tmp_path / "copy.db"
+            shutil.copyfile(database, copy)
+            con = sqlite3.connect(copy)
+            try:
+                return con.execute("SELECT count(*) FROM nbjobs_jobs").fetchone()[0]
+            except sqlite3.DatabaseError:  # not copied there yet, or caught mid-copy
+                return -1
+            finally:
+                con.close()
+
+        wait_until(lambda: jobs_in_the_file_alone() == 300, timeout=10, what="a checkpoint")
+        with app.store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
     finally:
         app.close()
