@@ -9,6 +9,8 @@ Threads:
 
 * the dispatcher claims jobs while slots are free, and otherwise waits on a wake-up event
   (set by in-process submits and finished jobs) or until the next delayed job is due;
+  where the database pushes wake-ups (PostgreSQL), the listening thread claims for the
+  free slots itself, one thread wake-up sooner;
 * the monitor heartbeats the leases it holds, passes cancel requests and timeouts to the
   running executions, wakes due timers and runs the reaper.  The reaper is part of every
   worker, idempotent, and not a job;
