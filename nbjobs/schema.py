@@ -28,7 +28,7 @@ from sqlalchemy import (
     literal_column,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Status(str, enum.Enum):
@@ -182,7 +182,16 @@ Index(
     sqlite_where=_CHILDREN_ONLY,
     postgresql_where=_CHILDREN_ONLY,
 )
-Index("ix_nbjobs_jobs_root", jobs.c.root_id)
+# Fan-out trees by their root (retention).  Children only where the database allows: a
+# top-level job is its own root and is found by its id, so a submit, and on PostgreSQL
+# every update of a top-level job, costs this index nothing.  Queries meant for it say
+# ``parent_id IS NOT NULL``.
+TREE_INDEX = Index(
+    "ix_nbjobs_jobs_tree",
+    jobs.c.root_id,
+    sqlite_where=_CHILDREN_ONLY,
+    postgresql_where=_CHILDREN_ONLY,
+)
 
 checkpoints = Table(
     "nbjobs_checkpoints",

@@ -135,12 +135,14 @@ def test_a_version_1_database_is_migrated_forward_with_its_jobs(db_url: str):
 
     kept = later.options(delay=3600).submit()
     app.close()
-    # Put the database back the way version 1 left it: the old index, version "1".
+    # Put the database back the way version 1 left it: the old indexes, version "1".
     old = sa.Table("nbjobs_jobs", sa.MetaData(), *(sa.Column(c.name, c.type) for c in jobs.c))
     engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
     with engine.begin() as conn:
         sa.Index("ix_nbjobs_jobs_due", old.c.status).drop(conn)
         sa.Index("ix_nbjobs_jobs_delayed", old.c.status, old.c.queue, old.c.run_at).create(conn)
+        sa.Index("ix_nbjobs_jobs_tree", old.c.root_id).drop(conn)
+        sa.Index("ix_nbjobs_jobs_root", old.c.root_id).create(conn)
         conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value="1"))
     engine.dispose()
     app = make_app(db_url)
@@ -151,7 +153,8 @@ def test_a_version_1_database_is_migrated_forward_with_its_jobs(db_url: str):
                 sa.select(meta.c.value).where(meta.c.key == "schema_version")
             ).scalar()
         assert "ix_nbjobs_jobs_due" in names and "ix_nbjobs_jobs_delayed" not in names
-        assert version == "2"
+        assert "ix_nbjobs_jobs_tree" in names and "ix_nbjobs_jobs_root" not in names
+        assert version == "3"
         assert kept.status == "queued"
         assert app.store.next_due_at(["default"]) == app.store.get_job(kept.id).run_at
     finally:

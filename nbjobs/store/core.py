@@ -39,6 +39,7 @@ from ..schema import (
     DUE_INDEX,
     SCHEMA_VERSION,
     TERMINAL,
+    TREE_INDEX,
     attempts,
     jobs,
     meta,
@@ -94,12 +95,23 @@ def _migrate_to_2(conn: Connection, dialect: dialects.Dialect) -> None:
     DUE_INDEX.create(conn, checkfirst=True)
 
 
+def _migrate_to_3(conn: Connection, dialect: dialects.Dialect) -> None:
+    """Version 3 replaces the index of every job's ``root_id`` with
+    ``ix_nbjobs_jobs_tree``, which holds fan-out children only."""
+    old = Table("nbjobs_jobs", MetaData(), Column("root_id", String(40)))
+    dialect.drop_index(conn, Index("ix_nbjobs_jobs_root", old.c.root_id))
+    TREE_INDEX.create(conn, checkfirst=True)
+
+
 #: A meta row changed whenever finished jobs stop being finished (a retry) or are deleted.
 EPOCH_KEY = "finished_epoch"
 
 
 # Forward migrations: MIGRATIONS[n] takes a database from version n-1 to n.
-MIGRATIONS: dict[int, Callable[[Connection, dialects.Dialect], None]] = {2: _migrate_to_2}
+MIGRATIONS: dict[int, Callable[[Connection, dialects.Dialect], None]] = {
+    2: _migrate_to_2,
+    3: _migrate_to_3,
+}
 
 T = TypeVar("T")
 

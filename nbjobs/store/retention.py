@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete, exists, select
+from sqlalchemy import and_, delete, exists, or_, select
 from sqlalchemy.engine import Connection
 
 from ..schema import TERMINAL, attempts, checkpoints, jobs, logs, signals
@@ -59,8 +59,12 @@ class RetentionQueries(CoreStore):
         Returns (jobs deleted, whether the batch was full, i.e. more may remain).
         """
         tree = jobs.alias("tree")
+        # The root itself is finished (its status is among ``statuses``); its children
+        # are read through the children-only tree index.
         unfinished = exists().where(
-            tree.c.root_id == jobs.c.id, tree.c.status.not_in(TERMINAL_VALUES)
+            tree.c.root_id == jobs.c.id,
+            tree.c.parent_id.is_not(None),
+            tree.c.status.not_in(TERMINAL_VALUES),
         )
         candidates = (
             select(jobs.c.id)
@@ -99,7 +103,11 @@ class RetentionQueries(CoreStore):
             rows = conn.execute(
                 self.dialect.lock(
                     select(jobs.c.id, jobs.c.root_id, jobs.c.status).where(
-                        jobs.c.root_id.in_(chunk)
+                        # The roots by their ids, their children by the tree index.
+                        or_(
+                            jobs.c.id.in_(chunk),
+                            and_(jobs.c.parent_id.is_not(None), jobs.c.root_id.in_(chunk)),
+                        )
                     )
                 )
             ).all()
