@@ -20,10 +20,10 @@ Threads:
 Short jobs are batched the way the fastest queues do it (River's batch completer, Oban's
 fetch limits): a slot whose job ran for less than ``SHORT_JOB_SECONDS`` claims more
 jobs with the same commit (up to ``PREFETCH``; the worker holds at most ``PREFETCH`` per
-slot ahead), and the successes of the jobs it then runs
-back to back share one commit.  Prefetched jobs are leased to this worker, counted in its
-heartbeats, run by whichever slot is free first, and given back to the queue on
-``stop()``.  Long jobs are claimed and recorded one at a time.
+slot ahead), and the successes of the jobs it then runs back to back share one commit.
+Prefetched jobs are leased to this worker, counted in its heartbeats, run by whichever
+slot is free first, and given back to the queue on ``stop()``.  Long jobs are claimed and
+recorded one at a time.
 """
 
 from __future__ import annotations

@@ -133,6 +133,8 @@ class SQLiteDialect(Dialect):
 
     def begin_sql(self, write: bool) -> str:
         # Writers take the write lock up front: no deadlock-prone upgrade from a read lock.
+        # Every write transaction, raw or through SQLAlchemy's begin event, begins here,
+        # so this is where the checkpointer learns that there is WAL to copy.
         if write:
             self._writes += 1
             return "BEGIN IMMEDIATE"
