@@ -170,15 +170,20 @@ class Worker:
         or notifications may have been missed".
 
         The listener thread claims for the free slots itself: waking the dispatcher
-        first would cost one more thread wake-up on the way from submit to start.
+        first would cost one more thread wake-up on the way from submit to start.  When
+        it claims nothing with slots free, the job may be delayed (or taken by another
+        worker): the dispatcher is woken to work out its wait again, so a job delayed
+        by another process starts when due, not at the next poll.
         """
         if not queue:
             self.queues_changed()
         elif queue in self.queues:
             try:
-                self._fill_slots()
+                free, claimed = self._fill_slots()
             except Exception:
                 log.debug("claim on a wake-up failed; the dispatcher retries", exc_info=True)
+                free, claimed = 1, 0
+            if free > 0 and not claimed:
                 self._wake.set()
 
     # -- dispatching -------------------------------------------------------------------

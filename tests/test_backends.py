@@ -9,6 +9,7 @@ bad URLs are reported with the password masked, and DuckDB refuses a second proc
 
 from __future__ import annotations
 
+import queue
 import shutil
 import sqlite3
 import subprocess
@@ -188,6 +189,28 @@ def test_apps_opening_a_new_database_together_migrate_once(db_url: str):
             a.close()
 
 
+@pytest.mark.parametrize("backend", backends.selected("postgres", "mysql"))
+def test_processes_agree_on_the_server_clock_within_its_error_bound(backend: str):
+    """Each App estimates its offset to the server's clock from the midpoint of the
+    quickest of a few round trips, so two Apps (two processes, as far as the clock is
+    concerned) agree within the sum of their error bounds, half a round trip each.  A
+    submitter ahead of a worker by more than the time a wake-up takes made the worker
+    find a just-submitted job not yet due and sleep until its next poll."""
+    with backends.server_database(backend) as url:
+        first, second = make_app(url), make_app(url)
+        try:
+            for a in (first, second):
+                assert 0 < a.store.clock_error_seconds < 0.05
+            bound = first.store.clock_error_seconds + second.store.clock_error_seconds
+            # Both offsets against the same server, measured moments apart.
+            skew = first.clock.offset_seconds - second.clock.offset_seconds
+            # MariaDB's NOW(6) has microsecond steps; allow one each side.
+            assert abs(skew) <= bound + 2e-6, (skew, bound)
+        finally:
+            second.close()
+            first.close()
+
+
 def test_leases_use_the_database_clock(app: nbjobs.App):
     with app.store.engine.connect() as conn:
         server = app.store.dialect.server_time(conn)
@@ -349,6 +372,45 @@ def test_notify_wakes_an_idle_worker_of_another_app_at_once(backend: str):
             assert h.result(timeout=30) == "pong"
             assert time.monotonic() - started < 45  # far below one 60 s poll
         finally:
+            submitter.close()
+            worker.close()
+
+
+@pytest.mark.parametrize("backend", backends.selected("postgres"))
+def test_a_job_delayed_by_another_app_starts_when_due_not_at_the_next_poll(backend: str):
+    """Its notification comes at submit, before it is due: the listener claims nothing
+    and has the dispatcher work out its wait again, which now ends when the job is due."""
+    with backends.server_database(backend) as url:
+        worker, submitter = _wake_apps(url)
+        try:
+            worker.start(concurrency=1)
+            time.sleep(0.3)  # the worker found nothing: it now sleeps for its 60 s poll
+            h = submitter.get_workflow("ping").options(delay=1.0).submit()
+            assert h.result(timeout=30) == "pong"
+            row = submitter.store.get_job(h.id)
+            assert row.run_at <= row.claimed_at < row.run_at + 20
+        finally:
+            submitter.close()
+            worker.close()
+
+
+@pytest.mark.parametrize("backend", backends.selected("postgres"))
+def test_the_listener_asks_for_a_look_once_it_listens(backend: str):
+    """A job made ready before ``LISTEN`` took effect sent a notification nobody heard:
+    once listening, the listener calls back with "" (read the pauses, claim) before it
+    passes on notifications, so a worker that was slow to listen misses nothing."""
+    with backends.server_database(backend) as url:
+        worker, submitter = _wake_apps(url)
+        heard: queue.Queue[str] = queue.Queue()
+        submitter.get_workflow("ping").submit()  # before anyone listens
+        stop = worker.store.listen_ready(heard.put)
+        try:
+            assert heard.get(timeout=10) == ""
+            submitter.get_workflow("ping").submit()
+            assert heard.get(timeout=10) == "default"
+            assert heard.empty()
+        finally:
+            stop()
             submitter.close()
             worker.close()
 

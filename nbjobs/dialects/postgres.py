@@ -220,8 +220,9 @@ class PostgresDialect(RowLockingDialect):
         """Call ``callback(queue)`` on each ready-job notification; returns a stop function.
 
         The listener runs in a daemon thread on its own autocommit connection and
-        reconnects with backoff when the server goes away; after a reconnect it calls
-        ``callback("")`` once, since notifications sent meanwhile were lost.
+        reconnects with backoff when the server goes away; once listening (at start and
+        after each reconnect) it calls ``callback("")``, since notifications sent before
+        were not heard.
         """
         listener = _Listener(self, callback)
         listener.start()
@@ -270,7 +271,9 @@ class _Listener:
                     conn.execute(f"LISTEN {CHANNEL}")
                     if failures:
                         log.info("wake-up listener reconnected to %s", safe_url(self.dialect.url))
-                        self.callback("")
+                    # Jobs made ready before LISTEN took effect sent no notification this
+                    # connection sees (at start, or while it was down): look once.
+                    self.callback("")
                     failures = 0
                     while not self._stop.is_set():
                         notes = list(conn.notifies(timeout=0.2, stop_after=1))
