@@ -310,6 +310,57 @@ def test_a_killed_session_is_classified_transient(backend: str):
             app.close()
 
 
+@pytest.mark.parametrize("backend", backends.selected("postgres", "mysql"))
+def test_submits_survive_the_server_killing_their_connections(backend: str):
+    """Killed while idle (a restart, an idle timeout), the connections a submit would use
+    are found dead before use, so the next submit just works; killed within a moment
+    of their last use, at most one call fails with a transient error, and the next
+    one works."""
+    with backends.server_database(backend) as url:
+        app = make_app(url)
+        try:
+            wf = app.workflow(name="w")(lambda cs: None)
+            wf.submit()
+            assert _kill_connections(url) > 0
+            time.sleep(app.store.dialect.idle_ping_seconds + 0.2)
+            wf.submit()
+            assert _kill_connections(url) > 0
+            try:
+                wf.submit()
+            except sa.exc.DBAPIError as exc:
+                assert app.store.dialect.is_transient(exc)
+            wf.submit()
+            assert app.store.count_jobs(status="queued") in (3, 4)
+        finally:
+            app.close()
+
+
+@pytest.mark.parametrize("backend", backends.selected("postgres"))
+def test_autocommit_connections_are_lent_warmest_first_and_only_so_many(backend: str):
+    from nbjobs.store.autocommit import AutocommitConnections
+
+    with backends.server_database(backend) as url:
+        app = make_app(url)
+        lender = AutocommitConnections(app.store.engine, limit=2, idle_ping_seconds=1.0)
+        try:
+            a, b = lender.take(), lender.take()
+            assert a is not None and b is not None and lender.take() is None
+            # In autocommit mode: a statement is committed without a COMMIT.
+            a.exec_driver_sql("CREATE TABLE lent (x int)")
+            assert b.exec_driver_sql("SELECT count(*) FROM lent").scalar() == 0
+            lender.give_back(b)
+            lender.give_back(a)
+            assert lender.take() is a  # the last given back, the warmest
+            lender.give_back(a, broken=True)  # a disconnect: it and the idle ones go
+            assert a.closed and b.closed
+            c = lender.take()
+            assert c is not None and c is not a and c is not b
+            lender.give_back(c)
+        finally:
+            lender.close()
+            app.close()
+
+
 # -- bad URLs --------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "url, host",

@@ -175,6 +175,8 @@ class Dialect:
     #: A read transaction sees one snapshot and ``count(*)`` of a table is cheap
     #: (embedded databases): the dashboard may derive a count from several statements.
     snapshot_reads = False
+    #: A pooled connection idle for longer than this is pinged before it is used.
+    idle_ping_seconds = 1.0
     #: Threads keep their own connections instead of checking one out per transaction
     #: (embedded databases, where connections are cheap and the pool is unbounded).
     keep_connections = False
@@ -357,8 +359,6 @@ class RowLockingDialect(Dialect):
     >= 10.6): concurrent claims lock their candidates and skip each other's."""
 
     skip_locked = True
-    #: A pooled connection idle for longer than this is pinged when checked out.
-    idle_ping_seconds = 1.0
 
     def configure(self, engine: Engine) -> None:
         ping_unless_recent(engine, self.idle_ping_seconds, self.on_hot_path)

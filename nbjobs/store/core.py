@@ -46,6 +46,7 @@ from ..schema import (
     metadata,
     new_token,
 )
+from .autocommit import AutocommitConnections
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +236,13 @@ class CoreStore:
         #: How far the clock's offset to the server may be off at most (see sync_clock).
         self.clock_error_seconds = 0.0
         self._kept: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self._autocommit = (
+            AutocommitConnections(
+                self.engine, max(1, self.engine.pool.size() // 2), self.dialect.idle_ping_seconds
+            )
+            if self.dialect.autocommit_single
+            else None
+        )
         try:
             self.migrate()
             self.sync_clock()
@@ -252,6 +260,8 @@ class CoreStore:
     def close(self) -> None:
         self.dialect.stop()
         self._kept.clear()
+        if self._autocommit is not None:
+            self._autocommit.close()
         self.engine.dispose()
         self.dialect.close()
 
@@ -352,11 +362,25 @@ class CoreStore:
         """Run ``work(conn)``, which sends one statement, as its own hot-path transaction.
 
         Where the dialect allows (PostgreSQL) the statement is sent in autocommit mode,
-        one round trip instead of three (BEGIN, the statement, COMMIT); elsewhere it runs
-        in a short write transaction, run again if the server aborted it.
+        one round trip instead of three (BEGIN, the statement, COMMIT), on a connection
+        kept in that mode (:mod:`.autocommit`) or, when all those are lent, one from the
+        pool; elsewhere it runs in a short write transaction, run again if the server
+        aborted it.
         """
         if not self.dialect.autocommit_single:
             return self._retry_conflicts(work, hot=True)
+        conn = self._autocommit.take() if self._autocommit is not None else None
+        if conn is not None:
+            try:
+                result = work(conn)
+            except DBAPIError as exc:
+                self._autocommit.give_back(conn, broken=exc.connection_invalidated)
+                raise
+            except BaseException:
+                self._autocommit.give_back(conn)
+                raise
+            self._autocommit.give_back(conn)
+            return result
         with self.dialect.hot_path(), self.engine.connect() as conn:
             dbapi_connection = conn.connection.dbapi_connection
             dbapi_connection.autocommit = True
