@@ -225,7 +225,8 @@ class App:
         job_id, _created = self.store.enqueue_job(
             **self._job_fields(workflow, args, kwargs, options)
         )
-        self._wake_workers()
+        if self._worker is not None:
+            self._worker.submitted()
         return JobHandle(self, job_id)
 
     def _wake_workers(self) -> None:

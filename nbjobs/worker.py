@@ -8,9 +8,10 @@ the worker's own event loop in its own thread.
 Threads:
 
 * the dispatcher claims jobs while slots are free, and otherwise waits on a wake-up event
-  (set by in-process submits and finished jobs) or until the next delayed job is due;
-  where the database pushes wake-ups (PostgreSQL), the listening thread claims for the
-  free slots itself, one thread wake-up sooner;
+  (set by finished jobs, retries, signals) or until the next delayed job is due; an
+  in-process submit claims for a free slot in the submitting thread, and where the
+  database pushes wake-ups (PostgreSQL) the listening thread claims for the free slots
+  itself: each one thread wake-up sooner than waking the dispatcher;
 * the monitor heartbeats the leases it holds, passes cancel requests and timeouts to the
   running executions, wakes due timers and runs the reaper.  The reaper is part of every
   worker, idempotent, and not a job;
@@ -160,6 +161,23 @@ class Worker:
     def wake(self) -> None:
         self._wake.set()
 
+    def submitted(self) -> None:
+        """A job was submitted in this process: claim it from this thread when a slot
+        is free and nobody is claiming, one thread wake-up sooner; else wake the
+        dispatcher."""
+        if self._claiming.acquire(blocking=False):
+            try:
+                free, claimed = self._fill_slots_locked()
+            except Exception:
+                log.debug("claim on a submit failed; the dispatcher retries", exc_info=True)
+                free, claimed = 1, 0
+            finally:
+                self._claiming.release()
+            if free > 0 and not claimed:
+                self._wake.set()
+        else:
+            self._wake.set()
+
     def queues_changed(self) -> None:
         """A queue was resumed: read the pauses again now, not at the next refresh."""
         self._paused_checked = float("-inf")
@@ -263,12 +281,15 @@ class Worker:
         claiming the same free slot twice.
         """
         with self._claiming:
-            if self._stopping.is_set():
-                return 0, 0
-            free = self._free_slots()
-            claimed = self._claim(free) if free > 0 else []
-            for job in claimed:
-                self._dispatch(job)
+            return self._fill_slots_locked()
+
+    def _fill_slots_locked(self) -> tuple[int, int]:
+        if self._stopping.is_set():
+            return 0, 0
+        free = self._free_slots()
+        claimed = self._claim(free) if free > 0 else []
+        for job in claimed:
+            self._dispatch(job)
         return free, len(claimed)
 
     def _dispatch_loop(self) -> None:

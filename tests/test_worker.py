@@ -52,6 +52,39 @@ def test_start_and_stop_are_idempotent(app):
     assert h.result(timeout=30) == 1
 
 
+def test_a_submit_claims_for_a_free_slot_in_the_submitting_thread(app):
+    """The shortest way from submit to start in one process: the submitting thread
+    claims the job itself and hands it to a slot, instead of waking the dispatcher
+    thread to do it; with no slot free it leaves the job to the dispatcher."""
+    release = threading.Event()
+
+    @app.workflow(name="held")
+    def held(cs: nbjobs.CallState, n: int) -> int:
+        release.wait(30)
+        return n
+
+    claimers: list[str] = []
+    claim_jobs = app.store.claim_jobs
+
+    def recording(**kwargs):
+        claimed = claim_jobs(**kwargs)
+        if claimed:
+            claimers.append(threading.current_thread().name)
+        return claimed
+
+    app.store.claim_jobs = recording
+    app.start(concurrency=1)
+    time.sleep(0.2)  # the dispatcher's first claim found nothing
+    first = held.submit(1)
+    wait_until(lambda: first.status == "running", timeout=30, what="the first job running")
+    assert claimers == [threading.current_thread().name]
+    second = held.submit(2)  # the only slot is busy: the dispatcher takes it later
+    time.sleep(0.2)
+    assert second.status == "queued"
+    release.set()
+    assert [first.result(timeout=30), second.result(timeout=30)] == [1, 2]
+
+
 def test_stop_lets_a_running_job_finish(app):
     at_step = threading.Event()
     release = threading.Event()
