@@ -58,6 +58,8 @@ class Codec:
             )
         self.serializer = serializer
         self.max_payload_bytes = max_payload_bytes
+        # What json.dumps builds on every call with these options, built once.
+        self._json = json.JSONEncoder(default=_refuse, separators=(",", ":"))
 
     def dumps(self, value: Any) -> str:
         text = self._dumps(value)
@@ -81,7 +83,7 @@ class Codec:
                 ) from exc
             return _PICKLE_PREFIX + base64.b64encode(data).decode("ascii")
         try:
-            return json.dumps(value, default=_refuse, separators=(",", ":"))
+            return self._json.encode(value)
         except SerializationError:
             raise
         except (TypeError, ValueError, RecursionError) as exc:
