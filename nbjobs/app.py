@@ -222,11 +222,10 @@ class App:
         )
 
     def _submit(self, workflow: Workflow, args: tuple, kwargs: dict, options: Options) -> JobHandle:
-        job_id, _created = self.store.enqueue_job(
-            **self._job_fields(workflow, args, kwargs, options)
-        )
+        fields = self._job_fields(workflow, args, kwargs, options)
+        job_id, _created = self.store.enqueue_job(**fields)
         if self._worker is not None:
-            self._worker.submitted()
+            self._worker.submitted(fields["queue"])
         return JobHandle(self, job_id)
 
     def _wake_workers(self) -> None:

@@ -53,6 +53,7 @@ class JobWatch(w.VBox):
         self._expected: int | None = None
         self._last_steps = -1
         self._last_step_name: str | None = None
+        self._refreshing = threading.Lock()
         self.refresh()
         self._thread = threading.Thread(
             target=self._follow, name=f"nbjobs-watch-{handle.id}", daemon=True
@@ -72,7 +73,13 @@ class JobWatch(w.VBox):
             self._stop.wait(self.poll_seconds)
 
     def refresh(self) -> None:
-        """Read the job once and update the display."""
+        """Read the job once and update the display (the following thread and a caller
+        may both refresh: one at a time, or one could show the step count the other
+        read without the step name it was still reading)."""
+        with self._refreshing:
+            self._refresh()
+
+    def _refresh(self) -> None:
         store = self.handle.app.store
         row = store.get_job(self.handle.id)
         if self._expected is None:

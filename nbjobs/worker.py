@@ -161,21 +161,28 @@ class Worker:
     def wake(self) -> None:
         self._wake.set()
 
-    def submitted(self) -> None:
-        """A job was submitted in this process: claim it from this thread when a slot
-        is free and nobody is claiming, one thread wake-up sooner; else wake the
-        dispatcher."""
-        if self._claiming.acquire(blocking=False):
-            try:
-                free, claimed = self._fill_slots_locked()
-            except Exception:
-                log.debug("claim on a submit failed; the dispatcher retries", exc_info=True)
-                free, claimed = 1, 0
-            finally:
-                self._claiming.release()
-            if free > 0 and not claimed:
-                self._wake.set()
-        else:
+    def submitted(self, queue: str) -> None:
+        """A job was submitted to ``queue`` in this process: claim it from the submitting
+        thread when a slot is free and no other thread is claiming (one thread wake-up
+        sooner than the dispatcher); else leave it to the dispatcher."""
+        if queue in self.queues:
+            self._claim_here(wait=False, why="a submit")
+
+    def _claim_here(self, wait: bool, why: str) -> None:
+        """Claim for the free slots in the calling thread, waiting for the claim lock
+        or not; the dispatcher is woken when this did not claim, or claimed nothing
+        with slots free (the job may be delayed: it works out its wait again)."""
+        if not self._claiming.acquire(blocking=wait):
+            self._wake.set()
+            return
+        try:
+            free, claimed = self._fill_slots_locked()
+        except Exception:
+            log.debug("claim on %s failed; the dispatcher retries", why, exc_info=True)
+            free, claimed = 1, 0
+        finally:
+            self._claiming.release()
+        if free > 0 and not claimed:
             self._wake.set()
 
     def queues_changed(self) -> None:
@@ -196,13 +203,7 @@ class Worker:
         if not queue:
             self.queues_changed()
         elif queue in self.queues:
-            try:
-                free, claimed = self._fill_slots()
-            except Exception:
-                log.debug("claim on a wake-up failed; the dispatcher retries", exc_info=True)
-                free, claimed = 1, 0
-            if free > 0 and not claimed:
-                self._wake.set()
+            self._claim_here(wait=True, why="a wake-up")
 
     # -- dispatching -------------------------------------------------------------------
     def _free_slots(self) -> int:
