@@ -13,7 +13,8 @@ Threads:
   database pushes wake-ups (PostgreSQL) the listening thread claims for the free slots
   itself: each one thread wake-up sooner than waking the dispatcher;
 * the monitor heartbeats the leases it holds, passes cancel requests and timeouts to the
-  running executions, wakes due timers and runs the reaper.  The reaper is part of every
+  running executions, wakes due timers, runs the reaper and, every minute, measures
+  the clock's offset to the database server again.  The reaper is part of every
   worker, idempotent, and not a job;
 * the write-behind thread commits, a few milliseconds late, the successes of short jobs
   that no slot has committed with its next claim (see :meth:`Worker._record_chained`).
@@ -36,6 +37,7 @@ import os
 import random
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -57,6 +59,9 @@ SHORT_JOB_SECONDS = 0.005
 PREFETCH = 16
 #: How long a short job's success may wait for a commit shared with others, at most.
 WRITE_BEHIND_SECONDS = 0.005
+#: How often a worker measures its clock's offset to the database server's again (the
+#: host's clock is stepped or slewed by NTP meanwhile; see ``CoreStore.sync_clock``).
+CLOCK_SYNC_SECONDS = 60.0
 
 
 class _LoopThread:
@@ -460,9 +465,13 @@ class Worker:
     def _monitor_loop(self) -> None:
         clock = self.app.clock
         last_beat = last_reap = 0.0
+        last_sync = time.monotonic()
         tick = min(0.25, self.app.heartbeat_seconds / 4)
         while not self._stopping.is_set():
             try:
+                if time.monotonic() - last_sync >= CLOCK_SYNC_SECONDS:
+                    last_sync = time.monotonic()
+                    self.app.store.sync_clock()
                 now = clock.now()
                 self._check_timeouts(now)
                 if self.app.store.wake_due_jobs():

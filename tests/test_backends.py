@@ -211,6 +211,26 @@ def test_processes_agree_on_the_server_clock_within_its_error_bound(backend: str
             first.close()
 
 
+@pytest.mark.parametrize("backend", backends.selected("postgres", "mysql"))
+def test_a_worker_measures_its_clock_offset_again(backend: str, monkeypatch):
+    """The host's clock is stepped or slewed while a worker runs: every
+    ``CLOCK_SYNC_SECONDS`` (a minute) the monitor measures the offset again."""
+    monkeypatch.setattr(nbjobs.worker, "CLOCK_SYNC_SECONDS", 0.2)
+    with backends.server_database(backend) as url:
+        app = make_app(url)
+        try:
+            app.start(concurrency=1)
+            app.clock.offset_seconds += 30.0  # as if this host's clock jumped back 30 s
+
+            def off_by() -> float:
+                with app.store.engine.connect() as conn:
+                    return abs(app.clock.now() - app.store.dialect.server_time(conn))
+
+            wait_until(lambda: off_by() < 1.0, timeout=30, what="the offset measured again")
+        finally:
+            app.close()
+
+
 def test_leases_use_the_database_clock(app: nbjobs.App):
     with app.store.engine.connect() as conn:
         server = app.store.dialect.server_time(conn)
