@@ -178,17 +178,15 @@ class Dialect:
     #: A pooled connection idle for longer than this is pinged before it is used.
     idle_ping_seconds = 1.0
     #: Threads keep their own connections instead of checking one out per transaction
-    #: (embedded databases, where connections are cheap and the pool is unbounded).
+    #: (embedded databases, where connections are cheap and the pool is unbounded), and
+    #: begin and commit their transactions on the driver itself, with the statement
+    #: ``begin_sql`` gives, rather than through SQLAlchemy.
     keep_connections = False
 
     #: Finishing jobs of this process's threads share commits.  ``group_lock`` is held by
     #: the thread that runs a group; on SQLite it is the write lock itself.
     group_commit = False
     group_lock: Any = None
-
-    #: Kept connections begin and commit their transactions on the driver itself, with
-    #: the statement ``begin_sql`` gives, rather than through SQLAlchemy.
-    raw_transactions = False
 
     #: Held around every write transaction of this process (a no-op by default).
     write_lock: contextlib.AbstractContextManager = contextlib.nullcontext()
@@ -242,7 +240,8 @@ class Dialect:
         """Release what the dialect holds besides the engine (e.g. DuckDB's lock file)."""
 
     def begin_sql(self, write: bool) -> str:
-        """The statement that begins a raw transaction (see ``raw_transactions``)."""
+        """The statement that begins a transaction of a kept connection (see
+        ``keep_connections``)."""
         return "BEGIN"
 
     def write_options(self) -> dict[str, Any]:

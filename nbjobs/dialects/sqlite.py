@@ -33,7 +33,6 @@ class SQLiteDialect(Dialect):
     snapshot_reads = True
     claim_batch = 64
     keep_connections = True
-    raw_transactions = True
     group_commit = True
 
     def __init__(self, url, **options: Any) -> None:
@@ -91,7 +90,7 @@ class SQLiteDialect(Dialect):
         @event.listens_for(engine, "begin")
         def _on_begin(conn) -> None:
             driver = conn.connection.driver_connection
-            # Open already: the store began it on the driver (``raw_transactions``) and a
+            # Open already: the store began it on the driver (a kept connection) and a
             # Core statement inside it made SQLAlchemy begin its view of it.
             if not driver.in_transaction:
                 write = conn.get_execution_options().get("nbjobs_write", False)

@@ -49,9 +49,7 @@ class AutocommitConnections:
         if conn is not None:
             if time.monotonic() - used < self.idle_ping_seconds or self._alive(conn):
                 return conn
-            self._discard(conn)
-            with self._lock:
-                self._open += 1
+            self._close(conn)  # dead: a new connection takes its place below
         try:
             return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except BaseException:
@@ -94,6 +92,10 @@ class AutocommitConnections:
     def _discard(self, conn: Connection) -> None:
         with self._lock:
             self._open -= 1
+        self._close(conn)
+
+    @staticmethod
+    def _close(conn: Connection) -> None:
         try:
             conn.close()
         except Exception:

@@ -157,7 +157,7 @@ def _on_driver(conn: Connection, call: Callable[..., Any], *args: Any) -> Any:
 
 class _RawTransaction:
     """A transaction of a kept connection begun and ended on the driver itself
-    (``Dialect.raw_transactions``, SQLite): SQLAlchemy's transaction objects, its events
+    (``Dialect.keep_connections``, SQLite): SQLAlchemy's transaction objects, its events
     and generator-based context managers cost as much as a short statement there, and
     the hot paths run only prepared statements (``CoreStore._run``), which need none of
     them.  A Core statement run inside it makes SQLAlchemy begin its own view of the
@@ -292,31 +292,20 @@ class CoreStore:
                 pass
 
     def _transaction(self, role: str) -> contextlib.AbstractContextManager[Connection]:
-        if self.dialect.raw_transactions:
+        if self.dialect.keep_connections:
             return _RawTransaction(self, role)
-        return self._sa_transaction(role)
+        return self._pooled_transaction(role)
 
     @contextlib.contextmanager
-    def _sa_transaction(self, role: str) -> Iterator[Connection]:
-        if not self.dialect.keep_connections:
-            with self.engine.connect() as conn:
-                if role == "writer" and self._write_options:
-                    conn.execution_options(**self._write_options)
-                try:
-                    with conn.begin():
-                        yield conn
-                finally:
-                    self._after_transaction(conn)
-            return
-        conn = self._kept_connection(role)
-        try:
-            with conn.begin():
-                yield conn
-        except DBAPIError:
-            self._drop_kept(role)
-            raise
-        finally:
-            self._after_transaction(conn)
+    def _pooled_transaction(self, role: str) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            if role == "writer" and self._write_options:
+                conn.execution_options(**self._write_options)
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                self._after_transaction(conn)
 
     def _request_cancel(self, conn: Connection) -> None:
         """Note that ``conn``'s transaction asks running jobs to stop: once it ends,
@@ -338,12 +327,12 @@ class CoreStore:
         when it was used a moment ago (see ``dialects.base.ping_unless_recent``; raw
         transactions never ping).
         """
-        if self.dialect.raw_transactions:
+        if self.dialect.keep_connections:
             return _RawTransaction(self, "writer", self.dialect.write_lock)
-        return self._sa_write(hot)
+        return self._pooled_write(hot)
 
     @contextlib.contextmanager
-    def _sa_write(self, hot: bool) -> Iterator[Connection]:
+    def _pooled_write(self, hot: bool) -> Iterator[Connection]:
         with (
             self.dialect.write_lock,
             self.dialect.hot_path() if hot else contextlib.nullcontext(),
@@ -371,16 +360,14 @@ class CoreStore:
             return self._retry_conflicts(work, hot=True)
         conn = self._autocommit.take() if self._autocommit is not None else None
         if conn is not None:
+            broken = False
             try:
-                result = work(conn)
+                return work(conn)
             except DBAPIError as exc:
-                self._autocommit.give_back(conn, broken=exc.connection_invalidated)
+                broken = exc.connection_invalidated
                 raise
-            except BaseException:
-                self._autocommit.give_back(conn)
-                raise
-            self._autocommit.give_back(conn)
-            return result
+            finally:
+                self._autocommit.give_back(conn, broken=broken)
         with self.dialect.hot_path(), self.engine.connect() as conn:
             dbapi_connection = conn.connection.dbapi_connection
             dbapi_connection.autocommit = True
