@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: A step this soon after the last write of its job's row leaves the row alone (where the
+#: database allows it; see ``Execution.record_step``): progress bars and the dashboard's
+#: change feed see a run of short steps at most this late.
+TOUCH_SECONDS = 0.1
+
 
 class Execution:
     """Runs one attempt of a job and records its outcome under the job's lease."""
@@ -53,6 +58,10 @@ class Execution:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.done = threading.Event()
         self._seq = 0
+        #: Finished steps the job row does not count yet, and when this run last wrote
+        #: that count (see ``record_step``).
+        self._uncounted = 0
+        self._touched_at = float("-inf")
         self._warned_code = False
         #: Set by a worker: records this job's success itself and sets ``next_job``, the
         #: job this thread runs next (claimed in the same transaction, or prefetched).
@@ -97,8 +106,19 @@ class Execution:
 
     # -- what CallState calls ----------------------------------------------------------
     def record_step(self, name: str, text: str, args_hash: str | None, started: float) -> None:
+        """Store a finished step, fenced by the lease.
+
+        Where the database allows (``defers_touches``), a step less than
+        ``TOUCH_SECONDS`` after the last write of the job row leaves that row alone: the
+        row is written by the next slower step or, at the latest, before the run's
+        outcome or a durable wait (``flush_steps``).  A short step then costs one row.
+        """
+        store = self.app.store
         self._seq += 1
-        if not self.app.store.record_checkpoint(
+        self._uncounted += 1
+        now = store.now()
+        touch = not store.defers_touches or now - self._touched_at >= TOUCH_SECONDS
+        if not store.record_checkpoint(
             job_id=self.job.id,
             token=self.token,
             name=name,
@@ -108,9 +128,21 @@ class Execution:
             code_fingerprint=self.workflow.fingerprint,
             attempt=self.job.attempt,
             started_at=started,
+            count=self._uncounted if touch else None,
         ):
             self.lost = True
             raise _LeaseLost()
+        if touch:
+            self._uncounted = 0
+            self._touched_at = now
+
+    def flush_steps(self) -> None:
+        """Add to the job row the steps that short steps left out of its count."""
+        if self._uncounted and not self.lost:
+            added, self._uncounted = self._uncounted, 0
+            self._touched_at = self.app.store.now()
+            if not self.app.store.count_steps(self.job.id, self.token, added):
+                self.lost = True
 
     def report_progress(self, fraction: float | None, message: str | None) -> None:
         self.check()
@@ -130,12 +162,15 @@ class Execution:
             )
 
     def durable_sleep(self, cs: CallState, name: str, wake_at: float) -> None:
+        self.flush_steps()  # the wait's own write counts from the row
         self.app._waits.sleep(self, cs, name, wake_at)
 
     def durable_wait_signal(self, cs: CallState, name: str, timeout: float | None) -> Any:
+        self.flush_steps()  # the wait's own write counts from the row
         return self.app._waits.wait_signal(self, cs, name, timeout)
 
     def durable_fan_out(self, cs: CallState, name: str, specs: list, strategy: Any) -> list:
+        self.flush_steps()  # the wait's own write counts from the row
         return self.app._waits.fan_out(self, cs, name, specs, strategy)
 
     # -- running -----------------------------------------------------------------------
@@ -145,6 +180,10 @@ class Execution:
         if self.job.attempt > 1 or self.job.steps_done > 0:
             self.stored = self.app.store.load_checkpoints(self.job.id)
             self._seq = max((r.seq for r in self.stored.values()), default=0)
+            # A run that died left its last short steps uncounted: the first write of
+            # the count makes it good.
+            done = sum(1 for r in self.stored.values() if r.done)
+            self._uncounted = done - self.job.steps_done
         cls = AsyncCallState if self.workflow.is_async else CallState
         return cls(self, args, kwargs), args, kwargs
 
@@ -206,6 +245,7 @@ class Execution:
     # -- recording outcomes ------------------------------------------------------------
     def _record_success(self, value: Any) -> None:
         capture.flush()  # the output is stored before the outcome a waiter reads
+        self.flush_steps()
         try:
             text = self.app.codec.dumps(value)
         except SerializationError as exc:
@@ -237,6 +277,7 @@ class Execution:
         capture.flush()
         if isinstance(exc, _Suspend):
             return  # the suspension was recorded in the transaction that raised it
+        self.flush_steps()
         if isinstance(exc, _LeaseLost) or self.lost:
             log.warning(
                 "job %s: this worker no longer holds its lease; its writes are refused",

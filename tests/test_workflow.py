@@ -318,3 +318,71 @@ def test_retry_from_checkpoint_reruns_that_step_and_later_ones(app):
     assert list(h.checkpoints) == ["extract", "transform", "load"]
     with pytest.raises(nbjobs.ConfigurationError, match="no checkpoint 'nope'"):
         h.retry(from_checkpoint="nope")
+
+
+def test_short_steps_are_counted_on_the_job_row_by_the_end_of_the_run(db_url):
+    """Where the database allows it, a step soon after the last write of its job's row
+    stores only its checkpoint; the count reaches the row before the outcome does."""
+    from nbjobs.clock import FakeClock
+    from tests.conftest import make_app
+
+    clock = FakeClock()  # never moves by itself: every step after the first is "soon"
+    app = make_app(db_url, clock=clock)
+    gate = threading.Event()
+    try:
+
+        @app.workflow(name="short-steps")
+        def short_steps(cs: nbjobs.CallState) -> int:
+            for i in range(5):
+                cs.checkpoint(f"s{i}", lambda i=i: i)
+            gate.wait(30)
+            cs.checkpoint("after", lambda: "late")  # a "long" step: it writes the row
+            gate.clear()
+            gate.wait(30)
+            for i in range(3):
+                cs.checkpoint(f"t{i}", lambda i=i: i)
+            return 9
+
+        app.start(concurrency=1)
+        h = short_steps.submit()
+        wait_until(lambda: len(h.checkpoints) == 5, what="five steps")
+        deferred = app.store.defers_touches
+        assert h.info()["steps_done"] == (1 if deferred else 5)
+        clock.advance(1.0)
+        gate.set()
+        wait_until(lambda: len(h.checkpoints) == 6, what="the sixth step")
+        wait_until(lambda: not gate.is_set(), what="the workflow to wait again")
+        assert h.info()["steps_done"] == 6
+        gate.set()
+        assert h.result(timeout=30) == 9
+        assert h.info()["steps_done"] == 9
+    finally:
+        app.close()
+
+
+def test_a_step_fenced_by_reading_the_lease_is_refused_after_a_takeover(app):
+    """The one-row step (``count=None``) is fenced like the two-row one: a worker whose
+    lease was taken over writes nothing."""
+
+    @app.workflow(name="fenced")
+    def fenced(cs: nbjobs.CallState) -> None:
+        return None
+
+    job_id = fenced.submit().id
+    store = app.store
+    (claimed,) = store.claim_jobs(
+        worker_id="w", queue="default", workflows=["fenced"], limit=1, lease_seconds=60
+    )
+    step = dict(
+        job_id=job_id, seq=1, value="1", args_hash=None, code_fingerprint=None, attempt=1,
+        started_at=store.now(),
+    )  # fmt: skip
+    for count in (None, 1):
+        assert not store.record_checkpoint(
+            token="taken-over", name=f"z{count}", count=count, **step
+        )
+    assert store.load_checkpoints(job_id) == {}
+    assert store.record_checkpoint(token=claimed.lease_token, name="a", count=None, **step)
+    assert store.record_checkpoint(token=claimed.lease_token, name="b", count=2, **step)
+    assert list(store.load_checkpoints(job_id)) == ["a", "b"]
+    assert store.get_job(job_id).steps_done == (2 if store.defers_touches else 3)

@@ -182,6 +182,10 @@ class Dialect:
     #: begin and commit their transactions on the driver itself, with the statement
     #: ``begin_sql`` gives, rather than through SQLAlchemy.
     keep_connections = False
+    #: One write transaction at a time in the whole database (SQLite's write lock): a
+    #: row read inside a write transaction cannot change before it commits, so a write
+    #: may be fenced by reading the lease rather than by updating the job's row.
+    serialized_writes = False
 
     #: Finishing jobs of this process's threads share commits.  ``group_lock`` is held by
     #: the thread that runs a group; on SQLite it is the write lock itself.

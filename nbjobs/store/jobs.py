@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, case, delete, func, insert, select, update
+from sqlalchemy import bindparam, case, delete, exists, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Executable
@@ -91,10 +91,20 @@ _CLAIM_VALUES = dict(
 )
 _INSERT_JOB = insert(jobs)
 _INSERT_CHECKPOINT = insert(checkpoints)
+#: The job row's side of steps: its count of steps and ``updated_at``, which the
+#: dashboard's change feed follows.
 _FENCE_STEP = (
     update(jobs)
     .where(*_FENCED)
-    .values(updated_at=bindparam("f_now"), steps_done=jobs.c.steps_done + 1)
+    .values(updated_at=bindparam("f_now"), steps_done=jobs.c.steps_done + bindparam("f_steps"))
+)
+#: A checkpoint row fenced by reading the lease, leaving the job row alone: safe only
+#: where writes are serialized (``Dialect.serialized_writes``).
+_READ_FENCED_CHECKPOINT = insert(checkpoints).from_select(
+    [c.name for c in checkpoints.c],
+    select(*(bindparam(c.name, type_=c.type) for c in checkpoints.c)).where(
+        exists().where(*_FENCED)
+    ),
 )
 _FINISH = (
     update(jobs)
@@ -311,11 +321,19 @@ class JobQueries(CoreStore):
         code_fingerprint: str | None,
         attempt: int,
         started_at: float,
+        count: int | None = 1,
         kind: str = "step",
     ) -> bool:
-        """Persist a finished step; False (nothing written) when the lease was lost."""
+        """Persist a finished step; False (nothing written) when the lease was lost.
+
+        ``count`` is added to the job's count of steps (this one and any left out
+        before).  With None, where ``defers_touches``, the job row is left as it is and
+        the step costs one row instead of two; the caller adds the step later with
+        :meth:`count_steps` (the change feed and progress bars lag until then).
+        Elsewhere None counts the step now.
+        """
         now = self.now()
-        fence = dict(f_id=job_id, f_token=token, f_now=now)
+        fence = dict(f_id=job_id, f_token=token, f_now=now, f_steps=1 if count is None else count)
         row = dict(
             job_id=job_id,
             name=name,
@@ -330,6 +348,8 @@ class JobQueries(CoreStore):
             started_at=started_at,
             finished_at=now,
         )
+        if count is None and self.defers_touches:
+            return self._write_one(_READ_FENCED_CHECKPOINT, {**fence, **row}) == 1
         if self._fenced_checkpoint is not None:
             return self._write_one(self._fenced_checkpoint, {**fence, **row}) == 1
         with self._write(hot=True) as conn:
@@ -337,6 +357,17 @@ class JobQueries(CoreStore):
                 return False
             self._run(conn, _INSERT_CHECKPOINT, row)
         return True
+
+    @property
+    def defers_touches(self) -> bool:
+        """A step may leave the job row alone (``record_checkpoint(count=None)``)."""
+        return self.dialect.serialized_writes
+
+    def count_steps(self, job_id: str, token: str, added: int) -> bool:
+        """Add steps to a running job's count (and stamp ``updated_at``); False when the
+        lease was lost."""
+        fence = dict(f_id=job_id, f_token=token, f_now=self.now(), f_steps=added)
+        return self._write_one(_FENCE_STEP, fence) == 1
 
     def set_progress(
         self, job_id: str, token: str, progress: float | None, message: str | None
