@@ -618,3 +618,40 @@ def test_sqlite_copies_its_wal_into_the_database_file_while_the_app_stays_open(
             assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("backend", backends.selected("sqlite", "postgres", "mysql"))
+def test_a_step_waits_for_a_takeover_in_flight_and_is_then_refused(db_url: str):
+    """A step that leaves the job row alone (``count=None``) is fenced by reading the
+    lease: it must wait for a takeover that is not committed yet, then see the new
+    lease.  Reading the committed lease without a lock would let this zombie write."""
+    app, reaper = make_app(db_url), make_app(db_url)
+    try:
+        job_id, _ = app.store.enqueue_job(workflow="w", input="{}")
+        (claimed,) = app.store.claim_jobs(
+            worker_id="zombie", queue="default", workflows=["w"], limit=1, lease_seconds=60
+        )
+        outcome: list[bool] = []
+        step = threading.Thread(
+            target=lambda: outcome.append(
+                app.store.record_checkpoint(
+                    job_id=job_id, token=claimed.lease_token, name="late", seq=1, value="1",
+                    args_hash=None, code_fingerprint=None, attempt=1, started_at=0.0,
+                    count=None,
+                )
+            )
+        )  # fmt: skip
+        with reaper.store.engine.connect() as conn, conn.begin():
+            taken = conn.execute(
+                sa.update(jobs).where(jobs.c.id == job_id).values(lease_token="new-owner")
+            )
+            assert taken.rowcount == 1
+            step.start()
+            step.join(0.5)
+            assert step.is_alive(), "the step did not wait for the takeover"
+        step.join(30)
+        assert outcome == [False]
+        assert app.store.load_checkpoints(job_id) == {}
+    finally:
+        app.close()
+        reaper.close()

@@ -182,10 +182,11 @@ class Dialect:
     #: begin and commit their transactions on the driver itself, with the statement
     #: ``begin_sql`` gives, rather than through SQLAlchemy.
     keep_connections = False
-    #: One write transaction at a time in the whole database (SQLite's write lock): a
-    #: row read inside a write transaction cannot change before it commits, so a write
-    #: may be fenced by reading the lease rather than by updating the job's row.
-    serialized_writes = False
+    #: A write may be fenced by reading the job's lease with a share lock instead of by
+    #: updating the job's row: the lease read cannot change before the write commits
+    #: (SQLite runs one write transaction at a time; PostgreSQL's ``FOR SHARE`` waits
+    #: for a concurrent update of the row and reads the lease again).
+    read_fence = False
 
     #: Finishing jobs of this process's threads share commits.  ``group_lock`` is held by
     #: the thread that runs a group; on SQLite it is the write lock itself.

@@ -90,6 +90,10 @@ class PostgresDialect(RowLockingDialect):
     # Finishing jobs of this process share a transaction and, for plain successes, one
     # statement (``finish_many_statement``): a round trip and a commit per group.
     group_commit = True
+    # A short step inserts its checkpoint under a FOR SHARE lock of the job row rather
+    # than updating it: an update writes a new version of the row with an entry in
+    # every index of the jobs table (updated_at is indexed, so it is never HOT).
+    read_fence = True
 
     def __init__(self, url: Any, **options: Any) -> None:
         super().__init__(url, **options)

@@ -33,7 +33,7 @@ class SQLiteDialect(Dialect):
     snapshot_reads = True
     claim_batch = 64
     keep_connections = True
-    serialized_writes = True
+    read_fence = True
     group_commit = True
 
     def __init__(self, url, **options: Any) -> None:

@@ -98,12 +98,12 @@ _FENCE_STEP = (
     .where(*_FENCED)
     .values(updated_at=bindparam("f_now"), steps_done=jobs.c.steps_done + bindparam("f_steps"))
 )
-#: A checkpoint row fenced by reading the lease, leaving the job row alone: safe only
-#: where writes are serialized (``Dialect.serialized_writes``).
+#: A checkpoint row fenced by reading the lease with a share lock, leaving the job row
+#: alone (where ``Dialect.read_fence``).
 _READ_FENCED_CHECKPOINT = insert(checkpoints).from_select(
     [c.name for c in checkpoints.c],
     select(*(bindparam(c.name, type_=c.type) for c in checkpoints.c)).where(
-        exists().where(*_FENCED)
+        exists(select(jobs.c.id).where(*_FENCED).with_for_update(read=True))
     ),
 )
 _FINISH = (
@@ -361,7 +361,7 @@ class JobQueries(CoreStore):
     @property
     def defers_touches(self) -> bool:
         """A step may leave the job row alone (``record_checkpoint(count=None)``)."""
-        return self.dialect.serialized_writes
+        return self.dialect.read_fence
 
     def count_steps(self, job_id: str, token: str, added: int) -> bool:
         """Add steps to a running job's count (and stamp ``updated_at``); False when the
