@@ -164,5 +164,3 @@ class JobReads(CoreStore):
                 select(signals).where(signals.c.job_id == job_id).order_by(signals.c.id)
             ).all()
 
-
-# Forward migrations: MIGRATIONS[n] takes a database from version n-1 to n.
