@@ -655,3 +655,29 @@ def test_a_step_waits_for_a_takeover_in_flight_and_is_then_refused(db_url: str):
     finally:
         app.close()
         reaper.close()
+
+
+@pytest.mark.parametrize("backend", backends.selected("postgres"))
+def test_a_claim_alone_relaxes_only_its_own_commit(db_url: str):
+    """A claim with nothing else to commit sets synchronous_commit off for its own
+    transaction; the connection it ran on, which later submits, checkpoints and finishes
+    borrow, still commits durably, and a claim inside a finishing transaction is sent
+    without the setting."""
+    app = make_app(db_url)
+    try:
+        app.store.enqueue_job(workflow="w", input="{}")
+        got = app.store.claim_jobs(
+            worker_id="x", queue="default", workflows=["w"], limit=1, lease_seconds=60
+        )
+        assert len(got) == 1
+        conn = app.store._autocommit.take()
+        try:
+            setting = conn.exec_driver_sql("SHOW synchronous_commit").scalar()
+        finally:
+            app.store._autocommit.give_back(conn)
+        assert setting == "on"
+        alone = app.store._claim_plan("default", ("w",), 1, alone=True).sql
+        shared = app.store._claim_plan("default", ("w",), 1).sql
+        assert "set_config" in alone and "set_config" not in shared
+    finally:
+        app.close()

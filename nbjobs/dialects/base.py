@@ -338,11 +338,16 @@ class Dialect:
         """The "not before" column as the claim compares it."""
         return jobs.c.run_at
 
-    def claim_statement(self, candidates: Select, values: dict[str, Any]) -> Any:
+    def claim_statement(
+        self, candidates: Select, values: dict[str, Any], alone: bool = False
+    ) -> Any:
         """Build, once, what ``claim`` executes: mark the candidates running with ``values``.
 
         ``candidates`` and ``values`` hold bind parameters, so the store builds this once
         per (queue, workflows, limit) and runs it many times with new parameters.
+        ``alone``: the statement is its own transaction (a claim with nothing else to
+        commit), which a dialect may commit without waiting for the disk; see
+        ``PostgresDialect.claim_statement``.
         """
         return (
             update(jobs)

@@ -143,13 +143,15 @@ class PostgresDialect(RowLockingDialect):
         return isinstance(orig, psycopg.OperationalError) and not sqlstate
 
     # -- locking and the claim ---------------------------------------------------------
-    def claim_statement(self, candidates: Select, values: dict[str, Any]) -> Any:
+    def claim_statement(
+        self, candidates: Select, values: dict[str, Any], alone: bool = False
+    ) -> Any:
         # MATERIALIZED: the locking subquery runs exactly once, so a claim never takes
         # more rows than its LIMIT (an inlined IN-subquery may be re-scanned).
         if candidates._for_update_arg is None:
             candidates = candidates.with_for_update(skip_locked=True)
         chosen = candidates.cte("nbjobs_claim").prefix_with("MATERIALIZED")
-        return (
+        claim = (
             update(jobs)
             # UPDATE ... FROM the CTE: a join on the key, cheaper than ``IN (SELECT ...)``,
             # which hashes the candidates first.
@@ -157,6 +159,20 @@ class PostgresDialect(RowLockingDialect):
             .values(**values, attempts=jobs.c.attempts + 1)
             .returning(*CLAIMED_COLUMNS)
         )
+        if not alone:
+            return claim
+        # A claim alone in its transaction commits without waiting for the WAL to reach
+        # the disk (SET LOCAL synchronous_commit = off, from inside the statement, which
+        # runs in autocommit mode): 0.3 to 0.4 ms less from wake-up to start.  A server
+        # crash can then forget a claim made in its last moments, which is the same as
+        # losing the worker: the job is queued again, and the lease fence refuses every
+        # write of the run that held it.  Whatever the run commits first flushes the
+        # claim with it (the WAL is written in order).  A claim that takes nothing
+        # writes nothing and never reads the setting.
+        relaxed = select(
+            func.set_config("synchronous_commit", "off", True).label("value")
+        ).scalar_subquery()
+        return claim.where(relaxed.is_not(None))
 
     autocommit_single = True
 

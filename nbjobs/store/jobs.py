@@ -224,9 +224,12 @@ class JobQueries(CoreStore):
             return None, job_id
         return self.claim_job(job_id, worker_id=worker_id, lease_seconds=lease_seconds), job_id
 
-    def _claim_plan(self, queue: str | None, workflows: tuple[str, ...], limit: int) -> Any:
-        """The claim statement for one shape, built once (``queue`` None: one job by id)."""
-        key = (queue, workflows, limit)
+    def _claim_plan(
+        self, queue: str | None, workflows: tuple[str, ...], limit: int, alone: bool = False
+    ) -> Any:
+        """The claim statement for one shape, built once (``queue`` None: one job by id;
+        ``alone``: the claim is its own transaction, see ``Dialect.claim_statement``)."""
+        key = (queue, workflows, limit, alone)
         plan = self._claim_plans.get(key)
         if plan is None:
             if queue is None:
@@ -237,7 +240,7 @@ class JobQueries(CoreStore):
                 candidates = self.dialect.claim_candidates(
                     queue, list(workflows), bindparam("c_now", None), limit
                 )
-            plan = self.dialect.claim_statement(candidates, _CLAIM_VALUES)
+            plan = self.dialect.claim_statement(candidates, _CLAIM_VALUES, alone)
             if isinstance(plan, Executable):
                 plan = Prepared(plan, self.engine.dialect)
             if len(self._claim_plans) > 256:
@@ -284,11 +287,13 @@ class JobQueries(CoreStore):
         """Claim up to ``limit`` ready jobs of ``queue`` whose workflow this worker knows."""
         if limit <= 0 or not workflows:
             return []
-        plan = self._claim_plan(queue, tuple(workflows), min(limit, self.dialect.claim_batch))
+        limit = min(limit, self.dialect.claim_batch)
         if self.dialect.autocommit_single:  # the claim is one statement there
+            plan = self._claim_plan(queue, tuple(workflows), limit, alone=True)
             return self._single_statement(
                 lambda conn: self._claim(conn, plan, worker_id, lease_seconds)
             )
+        plan = self._claim_plan(queue, tuple(workflows), limit)
         with self._write(hot=True) as conn:
             return self._claim(conn, plan, worker_id, lease_seconds)
 

@@ -163,4 +163,3 @@ class JobReads(CoreStore):
             return conn.execute(
                 select(signals).where(signals.c.job_id == job_id).order_by(signals.c.id)
             ).all()
-
