@@ -16,6 +16,9 @@ the server when it is down; the database is dropped afterwards).  Columns:
   job returns its start time, minus the submit time (same host, same clock).
   PostgreSQL wakes the worker by LISTEN/NOTIFY; MariaDB has no push, so its worker polls
   every ``--poll`` seconds.
+
+Every measure runs ``--repeat`` times (3 by default); a cell is the median with the
+range, and the latency percentiles are of all rounds' samples together.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import nbjobs  # noqa: E402
+from benchmarks.bench_core import pct  # noqa: E402
 
 WORKER_TARGET = "benchmarks.bench_backends:app"
 
@@ -146,17 +150,18 @@ def bench_latency(bench: nbjobs.App, url: str, samples: int, poll: float, logs: 
             submitted = time.time()
             started = wf.submit().result(timeout=60)
             latencies.append((started - submitted) * 1000)
-        latencies.sort()
-        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-        return statistics.median(latencies), p99
+        return latencies
     finally:
         stop_workers(procs)
 
 
-def run_backend(backend: str, args: argparse.Namespace, logs: Path) -> dict[str, str]:
+def run_backend(
+    backend: str, args: argparse.Namespace, logs: Path
+) -> tuple[dict[str, float], list[float]]:
+    """One round of every measure on ``backend``: (figures, latency samples in ms)."""
     from tests import backends
 
-    out: dict[str, str] = {}
+    out: dict[str, float] = {}
     poll = 1.0 if backend == "postgres" else args.poll
 
     def fresh():
@@ -165,29 +170,35 @@ def run_backend(backend: str, args: argparse.Namespace, logs: Path) -> dict[str,
     with fresh() as url:
         bench = nbjobs.App(url, poll_seconds=0.5)
         register(bench)
-        out["enqueue jobs/s"] = f"{bench_enqueue(bench, args.jobs):,.0f}"
+        out["enqueue jobs/s"] = bench_enqueue(bench, args.jobs)
         bench.close()
     for processes in (1, 4):
         with fresh() as url:
             bench = nbjobs.App(url)
             register(bench)
             rate = bench_drain(bench, url, args.jobs, processes, logs)
-            out[f"drain jobs/s, {processes} worker process{'es' if processes > 1 else ''}"] = (
-                f"{rate:,.0f}"
-            )
+            out[f"drain jobs/s, {processes} worker process{'es' if processes > 1 else ''}"] = rate
             bench.close()
     with fresh() as url:
         bench = nbjobs.App(url)
-        out["checkpoint overhead us/step"] = f"{bench_checkpoints(bench, args.steps):,.0f}"
+        out["checkpoint overhead us/step"] = bench_checkpoints(bench, args.steps)
         bench.close()
     with fresh() as url:
         bench = nbjobs.App(url)
         register(bench)
-        p50, p99 = bench_latency(bench, url, args.samples, poll, logs)
-        out["dispatch latency p50 ms"] = f"{p50:.1f}"
-        out["dispatch latency p99 ms"] = f"{p99:.1f}"
+        latencies = bench_latency(bench, url, args.samples, poll, logs)
+        out["dispatch latency p50 ms, per round"] = statistics.median(latencies)
         bench.close()
-    return out
+    return out, latencies
+
+
+def cell(values: list[float]) -> str:
+    """The median, with the range when there are several rounds."""
+    digits = 1 if max(values) < 100 else 0
+    text = f"{statistics.median(values):,.{digits}f}"
+    if len(values) > 1:
+        text += f" ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
+    return text
 
 
 def main() -> None:
@@ -197,20 +208,34 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--poll", type=float, default=0.1, help="MariaDB worker poll (s)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds of every measure (the median is shown)"
+    )
     args = parser.parse_args()
     import tempfile
 
     logs = Path(tempfile.mkdtemp(prefix="nbjobs-bench-"))
     names = [b.strip() for b in args.backends.split(",") if b.strip()]
-    results = {b: run_backend(b, args, logs) for b in names}
+    results: dict[str, dict[str, str]] = {}
+    for backend in names:
+        rounds: dict[str, list[float]] = {}
+        samples: list[float] = []
+        for _ in range(args.repeat):
+            figures, latencies = run_backend(backend, args, logs)
+            for name, value in figures.items():
+                rounds.setdefault(name, []).append(value)
+            samples.extend(latencies)
+        results[backend] = {name: cell(values) for name, values in rounds.items()}
+        results[backend]["dispatch latency p50 ms, all rounds"] = f"{pct(samples, 0.5):.1f}"
+        results[backend]["dispatch latency p99 ms, all rounds"] = f"{pct(samples, 0.99):.1f}"
     titles = {"postgres": "PostgreSQL", "mysql": f"MariaDB (poll {args.poll:g} s)"}
     rows = list(next(iter(results.values())))
     width = max(len(r) for r in rows) + 2
-    header = "".join(f"{titles[b]:>24}" for b in names)
+    header = "".join(f"{titles[b]:>28}" for b in names)
     print(f"\n{'':<{width}}{header}")
     for row in rows:
-        print(f"{row:<{width}}" + "".join(f"{results[b][row]:>24}" for b in names))
-    print(f"\n({args.jobs} jobs; worker logs in {logs})")
+        print(f"{row:<{width}}" + "".join(f"{results[b][row]:>28}" for b in names))
+    print(f"\n({args.jobs} jobs; median of {args.repeat} rounds (min-max); worker logs in {logs})")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@ concurrency 1 and 4 (in-process worker), checkpoint overhead per step (a workflo
 1,000 no-op steps run with ``wf.run``, minus the same workflow with no steps), dispatch
 latency from submit to start and to done with an idle worker (p50/p99), and peak RSS;
 on SQLite, first the raw single-row commit rate of plain sqlite3 on this machine, to
-compare figures measured on machines of different speed.
+compare figures measured on machines of different speed.  Every measure runs
+``--repeat`` times (3 by default) in interleaved rounds, each on a fresh database; the
+table gives the median and the range, and the latency percentiles of all rounds' samples
+together, because this machine's speed drifts by a third within minutes.
 SQLite runs in WAL mode with ``synchronous=NORMAL`` (the default; pass
 ``--synchronous FULL`` to measure the power-loss-safe mode).
 """
@@ -103,12 +106,12 @@ def bench_latency(app: nbjobs.App, samples: int) -> tuple[list[float], list[floa
     return to_start, to_done
 
 
-def raw_commits(tmp: str, n: int = 5000) -> float:
+def raw_commits(tmp: str, name: str = "raw", n: int = 5000) -> float:
     """Single-row commits/s of plain sqlite3 (WAL, synchronous=NORMAL, no index) on this
     machine: the yardstick the issue's targets were set against (about 56,000/s there)."""
     import sqlite3
 
-    conn = sqlite3.connect(f"{tmp}/raw.db", isolation_level=None)
+    conn = sqlite3.connect(f"{tmp}/{name}.db", isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
@@ -127,6 +130,39 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def one_round(args: argparse.Namespace, tmp: str, n: int) -> tuple[dict[str, float], dict]:
+    """Every measure once, each on a fresh database; returns (figures, latency samples)."""
+
+    def fresh(name: str) -> nbjobs.App:
+        url = args.url or f"sqlite:///{tmp}/{name}-{n}.db"
+        return make_app(url, args.synchronous)
+
+    figures: dict[str, float] = {}
+    if not args.url:
+        figures["raw sqlite3 commits/s (yardstick)"] = raw_commits(tmp, f"raw-{n}")
+
+    app = fresh("enqueue")
+    noop = app.workflow(name="noop")(lambda cs, i: i)
+    figures["enqueue (jobs/s, 1 txn each)"] = bench_enqueue(app, noop, args.jobs)
+    app.close()
+
+    for concurrency in (1, 4):
+        app = fresh(f"drain{concurrency}")
+        noop = app.workflow(name="noop")(lambda cs, i: i)
+        rate = bench_drain(app, noop, args.jobs, concurrency)
+        figures[f"drain, concurrency {concurrency} (jobs/s)"] = rate
+        app.close()
+
+    app = fresh("steps")
+    figures["checkpoint overhead (us/step)"] = bench_checkpoints(app, args.steps)
+    app.close()
+
+    app = fresh("latency")
+    to_start, to_done = bench_latency(app, args.samples)
+    app.close()
+    return figures, {"start": to_start, "done": to_done}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url")
@@ -134,56 +170,56 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--synchronous", default="NORMAL")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds of every measure (the median is shown)"
+    )
     args = parser.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="nbjobs-bench-")
+    rounds: dict[str, list[float]] = {}
+    samples: dict[str, list[float]] = {"start": [], "done": []}
+    for n in range(args.repeat):
+        figures, latency = one_round(args, tmp, n)
+        for name, value in figures.items():
+            rounds.setdefault(name, []).append(value)
+        for kind, values in latency.items():
+            samples[kind].extend(values)
+            rounds.setdefault(f"submit -> {kind} p50 (ms), per round", []).append(pct(values, 0.5))
 
-    def fresh(name: str) -> nbjobs.App:
-        url = args.url or f"sqlite:///{tmp}/{name}.db"
-        return make_app(url, args.synchronous)
-
-    rows: list[tuple[str, str]] = []
-    if not args.url:
-        rows.append(("raw sqlite3 commits/s (yardstick)", f"{raw_commits(tmp):,.0f}"))
-
-    app = fresh("enqueue")
-    noop = app.workflow(name="noop")(lambda cs, i: i)
-    rows.append(("enqueue (jobs/s, 1 txn each)", f"{bench_enqueue(app, noop, args.jobs):,.0f}"))
-    app.close()
-
-    for concurrency in (1, 4):
-        app = fresh(f"drain{concurrency}")
-        noop = app.workflow(name="noop")(lambda cs, i: i)
-        rate = bench_drain(app, noop, args.jobs, concurrency)
-        rows.append((f"drain, concurrency {concurrency} (jobs/s)", f"{rate:,.0f}"))
-        app.close()
-
-    app = fresh("steps")
-    rows.append(("checkpoint overhead (us/step)", f"{bench_checkpoints(app, args.steps):,.0f}"))
-    app.close()
-
-    app = fresh("latency")
-    to_start, to_done = bench_latency(app, args.samples)
-    rows.append(
-        ("submit -> start p50 / p99 (ms)", f"{pct(to_start, 0.5):.2f} / {pct(to_start, 0.99):.2f}")
-    )
-    rows.append(
-        ("submit -> done p50 / p99 (ms)", f"{pct(to_done, 0.5):.2f} / {pct(to_done, 0.99):.2f}")
-    )
-    rows.append(("submit -> start mean (ms)", f"{statistics.mean(to_start):.2f}"))
-    app.close()
-
+    rows = [
+        (name, f"{statistics.median(values):,.{2 if 'ms' in name else 0}f}", spread(values))
+        for name, values in rounds.items()
+    ]
+    for kind in ("start", "done"):
+        values = samples[kind]
+        rows.append(
+            (
+                f"submit -> {kind} p50 / p99 (ms), all rounds",
+                f"{pct(values, 0.5):.2f} / {pct(values, 0.99):.2f}",
+                "",
+            )
+        )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    rows.append(("peak RSS (MB)", f"{rss:,.0f}"))
+    rows.append(("peak RSS (MB)", f"{rss:,.0f}", ""))
 
     backend = (args.url or "sqlite").split(":")[0]
     mode = f"WAL, synchronous={args.synchronous}" if backend.startswith("sqlite") else ""
-    print(f"\nnbjobs core benchmark: {backend} {mode}, {args.jobs} jobs")
+    print(
+        f"\nnbjobs core benchmark: {backend} {mode}, {args.jobs} jobs, "
+        f"median of {args.repeat} rounds (min to max)"
+    )
     width = max(len(r[0]) for r in rows)
-    print(f"{'measure':{width}}  value")
-    print(f"{'-' * width}  ---------")
-    for name, value in rows:
-        print(f"{name:{width}}  {value}")
+    print(f"{'measure':{width}}  {'median':>13}  range")
+    print(f"{'-' * width}  {'-' * 13}  -----")
+    for name, value, span in rows:
+        print(f"{name:{width}}  {value:>13}  {span}")
+
+
+def spread(values: list[float]) -> str:
+    if len(values) < 2:
+        return ""
+    digits = 2 if max(values) < 100 else 0
+    return f"{min(values):,.{digits}f} to {max(values):,.{digits}f}"
 
 
 if __name__ == "__main__":
