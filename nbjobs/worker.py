@@ -37,7 +37,6 @@ import os
 import random
 import socket
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -59,8 +58,9 @@ SHORT_JOB_SECONDS = 0.005
 PREFETCH = 16
 #: How long a short job's success may wait for a commit shared with others, at most.
 WRITE_BEHIND_SECONDS = 0.005
-#: How often a worker measures its clock's offset to the database server's again (the
-#: host's clock is stepped or slewed by NTP meanwhile; see ``CoreStore.sync_clock``).
+#: How often a worker, or an App without one at its next submit, measures its clock's
+#: offset to the database server's again (the host's clock is stepped or slewed by NTP
+#: meanwhile; see ``CoreStore.sync_clock``).
 CLOCK_SYNC_SECONDS = 60.0
 
 
@@ -465,13 +465,10 @@ class Worker:
     def _monitor_loop(self) -> None:
         clock = self.app.clock
         last_beat = last_reap = 0.0
-        last_sync = time.monotonic()
         tick = min(0.25, self.app.heartbeat_seconds / 4)
         while not self._stopping.is_set():
             try:
-                if time.monotonic() - last_sync >= CLOCK_SYNC_SECONDS:
-                    last_sync = time.monotonic()
-                    self.app.store.sync_clock()
+                self.app.store.sync_clock_every(CLOCK_SYNC_SECONDS)
                 now = clock.now()
                 self._check_timeouts(now)
                 if self.app.store.wake_due_jobs():

@@ -681,3 +681,27 @@ def test_a_claim_alone_relaxes_only_its_own_commit(db_url: str):
         assert "set_config" in alone and "set_config" not in shared
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("backend", backends.selected("postgres", "mysql"))
+def test_an_app_without_a_worker_measures_its_clock_offset_again(backend: str, monkeypatch):
+    """A notebook that only submits measures the offset again at a submit once the last
+    measure is ``CLOCK_SYNC_SECONDS`` old, so the jobs it stamps are due when they should
+    be for the workers."""
+    with backends.server_database(backend) as url:
+        app = make_app(url)
+        try:
+            wf = app.workflow(name="w")(lambda cs: None)
+            app.clock.offset_seconds += 30.0  # as if this host's clock jumped back 30 s
+            monkeypatch.setattr(nbjobs.worker, "CLOCK_SYNC_SECONDS", 3600.0)
+            wf.submit()  # measured less than an hour ago: not again
+            assert app.clock.offset_seconds > 20
+            monkeypatch.setattr(nbjobs.worker, "CLOCK_SYNC_SECONDS", 0.2)
+            time.sleep(0.3)
+            h = wf.submit()
+            with app.store.engine.connect() as conn:
+                server = app.store.dialect.server_time(conn)
+            assert abs(app.clock.now() - server) < 1.0
+            assert abs(h.info()["created_at"].timestamp() - server) < 5.0
+        finally:
+            app.close()

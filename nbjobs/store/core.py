@@ -235,6 +235,7 @@ class CoreStore:
         self.cancel_requests = 0
         #: How far the clock's offset to the server may be off at most (see sync_clock).
         self.clock_error_seconds = 0.0
+        self._clock_synced = float("-inf")
         self._kept: weakref.WeakSet[Connection] = weakref.WeakSet()
         self._autocommit = (
             AutocommitConnections(
@@ -532,6 +533,7 @@ class CoreStore:
         round trip (well under a millisecond on a LAN) however loaded the host is;
         taking the end of a single round trip instead made it milliseconds behind.
         """
+        self._clock_synced = time.monotonic()
         readings = []
         with self._read() as conn:
             for _ in range(samples):
@@ -549,6 +551,12 @@ class CoreStore:
                 self.clock.offset_seconds,
                 round_trip,
             )
+
+    def sync_clock_every(self, seconds: float) -> None:
+        """Measure the clock's offset again if the last measure is ``seconds`` old: the
+        host's clock is stepped or slewed by NTP while a process runs for days."""
+        if time.monotonic() - self._clock_synced >= seconds:
+            self.sync_clock()
 
     def _fence(self, conn: Connection, job_id: str, token: str, **values: Any) -> bool:
         """Touch the job only while ``token`` still holds its lease; True when it does."""
