@@ -12,7 +12,6 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import worker as worker_module
 from .clock import Clock, to_datetime, to_epoch
 from .codec import Codec
 from .errors import ConfigurationError, SerializationError
@@ -224,7 +223,7 @@ class App:
 
     def _submit(self, workflow: Workflow, args: tuple, kwargs: dict, options: Options) -> JobHandle:
         if self._worker is None:  # a worker's monitor keeps the clock measured
-            self.store.sync_clock_every(worker_module.CLOCK_SYNC_SECONDS)
+            self.store.sync_clock_if_stale()
         fields = self._job_fields(workflow, args, kwargs, options)
         job_id, _created = self.store.enqueue_job(**fields)
         if self._worker is not None:

@@ -162,15 +162,12 @@ class Execution:
             )
 
     def durable_sleep(self, cs: CallState, name: str, wake_at: float) -> None:
-        self.flush_steps()  # the wait's own write counts from the row
         self.app._waits.sleep(self, cs, name, wake_at)
 
     def durable_wait_signal(self, cs: CallState, name: str, timeout: float | None) -> Any:
-        self.flush_steps()  # the wait's own write counts from the row
         return self.app._waits.wait_signal(self, cs, name, timeout)
 
     def durable_fan_out(self, cs: CallState, name: str, specs: list, strategy: Any) -> list:
-        self.flush_steps()  # the wait's own write counts from the row
         return self.app._waits.fan_out(self, cs, name, specs, strategy)
 
     # -- running -----------------------------------------------------------------------

@@ -52,6 +52,7 @@ class Waits:
             )
         cs._seen.add(name)
         x.check()
+        x.flush_steps()  # the wait's own write adds to the job row's count of steps
         return x.stored.get(name)
 
     @staticmethod

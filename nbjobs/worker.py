@@ -58,10 +58,6 @@ SHORT_JOB_SECONDS = 0.005
 PREFETCH = 16
 #: How long a short job's success may wait for a commit shared with others, at most.
 WRITE_BEHIND_SECONDS = 0.005
-#: How often a worker, or an App without one at its next submit, measures its clock's
-#: offset to the database server's again (the host's clock is stepped or slewed by NTP
-#: meanwhile; see ``CoreStore.sync_clock``).
-CLOCK_SYNC_SECONDS = 60.0
 
 
 class _LoopThread:
@@ -468,7 +464,7 @@ class Worker:
         tick = min(0.25, self.app.heartbeat_seconds / 4)
         while not self._stopping.is_set():
             try:
-                self.app.store.sync_clock_every(CLOCK_SYNC_SECONDS)
+                self.app.store.sync_clock_if_stale()
                 now = clock.now()
                 self._check_timeouts(now)
                 if self.app.store.wake_due_jobs():

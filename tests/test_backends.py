@@ -215,7 +215,7 @@ def test_processes_agree_on_the_server_clock_within_its_error_bound(backend: str
 def test_a_worker_measures_its_clock_offset_again(backend: str, monkeypatch):
     """The host's clock is stepped or slewed while a worker runs: every
     ``CLOCK_SYNC_SECONDS`` (a minute) the monitor measures the offset again."""
-    monkeypatch.setattr(nbjobs.worker, "CLOCK_SYNC_SECONDS", 0.2)
+    monkeypatch.setattr(nbjobs.store.core, "CLOCK_SYNC_SECONDS", 0.2)
     with backends.server_database(backend) as url:
         app = make_app(url)
         try:
@@ -693,10 +693,10 @@ def test_an_app_without_a_worker_measures_its_clock_offset_again(backend: str, m
         try:
             wf = app.workflow(name="w")(lambda cs: None)
             app.clock.offset_seconds += 30.0  # as if this host's clock jumped back 30 s
-            monkeypatch.setattr(nbjobs.worker, "CLOCK_SYNC_SECONDS", 3600.0)
+            monkeypatch.setattr(nbjobs.store.core, "CLOCK_SYNC_SECONDS", 3600.0)
             wf.submit()  # measured less than an hour ago: not again
             assert app.clock.offset_seconds > 20
-            monkeypatch.setattr(nbjobs.worker, "CLOCK_SYNC_SECONDS", 0.2)
+            monkeypatch.setattr(nbjobs.store.core, "CLOCK_SYNC_SECONDS", 0.2)
             time.sleep(0.3)
             h = wf.submit()
             with app.store.engine.connect() as conn:

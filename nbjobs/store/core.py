@@ -118,6 +118,10 @@ T = TypeVar("T")
 
 #: Readings of the server's clock taken to estimate this process's offset from it.
 CLOCK_SAMPLES = 5
+#: How old a measure of that offset may get before a worker's monitor, or an App without
+#: a worker at its next submit, measures it again (NTP steps or slews the host's clock
+#: while a process runs for days; see ``CoreStore.sync_clock``).
+CLOCK_SYNC_SECONDS = 60.0
 
 
 class _GroupedWork:
@@ -552,10 +556,10 @@ class CoreStore:
                 round_trip,
             )
 
-    def sync_clock_every(self, seconds: float) -> None:
-        """Measure the clock's offset again if the last measure is ``seconds`` old: the
-        host's clock is stepped or slewed by NTP while a process runs for days."""
-        if time.monotonic() - self._clock_synced >= seconds:
+    def sync_clock_if_stale(self) -> None:
+        """Measure the clock's offset again once the last measure is
+        ``CLOCK_SYNC_SECONDS`` old."""
+        if time.monotonic() - self._clock_synced >= CLOCK_SYNC_SECONDS:
             self.sync_clock()
 
     def _fence(self, conn: Connection, job_id: str, token: str, **values: Any) -> bool:
