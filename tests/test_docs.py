@@ -4,7 +4,9 @@ Every ```` ```python ```` block of a page (and of README.md) runs, in order, in 
 namespace per page, in a fresh temporary directory with ``NBJOBS_URL`` pointing at a
 SQLite file there, so a relative ``sqlite:///x.db`` lands in the temporary directory too.
 Blocks fenced as ```` ```py ```` are illustrations that are not run (they need a server, or
-show a fragment of a workflow).
+show a fragment of a workflow).  Blocks fenced as ```` ```python title="path" ```` are files
+of a project: the worker guide's are written to disk and run as a user would, a real
+``nbjobs worker`` process and a script.
 """
 
 from __future__ import annotations
@@ -17,9 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import _env, worker_process
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+FILE_FENCE = re.compile(
+    r'^```python title="([^"]+)"[ \t]*\n(.*?)^```[ \t]*$', re.MULTILINE | re.DOTALL
+)
 
 
 def pages() -> list[Path]:
@@ -61,6 +68,36 @@ def test_code_examples_run(page: Path, tmp_path, monkeypatch):
     finally:
         for app in set(nbjobs.app._apps) - apps_before:
             app.close()
+
+
+def test_worker_guide_runs_with_a_worker_process(tmp_path):
+    """The worker how-to's files, as a user would run them: worker and script apart.
+
+    The worker imports ``report.py`` (its ``__main__`` guard keeps the import from
+    submitting), and ``python report.py DAY`` submits and prints what the worker returns.
+    Both run in the project folder; the database is an absolute ``NBJOBS_URL``.
+    """
+    files = {
+        m.group(1): m.group(2)
+        for m in FILE_FENCE.finditer((DOCS / "content" / "how-to" / "workers.md").read_text())
+    }
+    assert "report.py" in files
+    project = tmp_path / "reports"
+    for name, text in files.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(text)
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    with worker_process("report:app", url, tmp_path / "worker.log", "-c", "2", cwd=project):
+        script = subprocess.run(
+            [sys.executable, "report.py", "2026-12-01"],
+            cwd=project,
+            env=_env(url, None),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert script.returncode == 0, script.stdout + script.stderr
+    assert script.stdout.strip() == "{'day': '2026-12-01', 'total': 245}"
 
 
 def test_site_builds_strict(tmp_path):
