@@ -51,6 +51,17 @@ def test_every_page_is_found_and_has_examples():
     assert len(code_blocks(DOCS / "content" / "tutorial.md")) >= 6
 
 
+def test_readme_links_resolve_and_show_the_dashboard():
+    """README's relative links (GitHub renders them) point at files that exist."""
+    text = (ROOT / "README.md").read_text()
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [t.split("#")[0] for t in targets if not re.match(r"[a-z]+:", t) and t[0] != "#"]
+    assert "docs/content/img/dashboard.png" in local
+    assert "docs/content/performance.md" in local
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, f"README links to missing files: {missing}"
+
+
 @pytest.mark.parametrize(
     "page", [p for p in pages() if code_blocks(p)], ids=lambda p: p.relative_to(ROOT).as_posix()
 )
