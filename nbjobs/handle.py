@@ -59,11 +59,11 @@ class JobHandle:
 
     @property
     def error(self) -> str | None:
-        """The error text of the job's failure, ``"ValueError: message"``; None for a job
-        that has not failed, or that succeeded on a later attempt.
+        """The error text of the job's failure (``"ValueError: message"``), or None.
 
-        The traceback of each attempt is in ``attempts``; ``result()`` raises
-        ``JobFailed`` with both once the job has failed for good.
+        None for a job that has not failed, or that succeeded on a later attempt.  The
+        traceback of each attempt is in ``attempts``; ``result()`` raises ``JobFailed``
+        with both once the job has failed for good.
         """
         return self.app.store.get_job(self.id).error
 

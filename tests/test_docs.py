@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import _env, worker_process
+from tests.support import worker_process
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -102,7 +102,7 @@ def test_worker_guide_runs_with_a_worker_process(tmp_path):
         script = subprocess.run(
             [sys.executable, "report.py", "2026-12-01"],
             cwd=project,
-            env=_env(url, None),
+            env={**os.environ, "NBJOBS_URL": url},
             capture_output=True,
             text=True,
             timeout=120,
