@@ -500,11 +500,21 @@ class App:
         self.store.set_queue_paused(_check_name("queue", queue), True)
 
     def resume_queue(self, queue: str) -> None:
+        """Let workers claim from a queue held by ``pause_queue`` again, at once.
+
+        Workers everywhere see it at their next claim; this process's own worker is woken
+        so that it need not wait for its next poll.
+        """
         self.store.set_queue_paused(_check_name("queue", queue), False)
         if self._worker is not None:
             self._worker.queues_changed()
 
     def backoff_seconds(self, failures: int) -> float:
+        """The delay before the retry after ``failures`` failed attempts.
+
+        Exponential from ``retry_backoff_seconds``, capped at ``retry_backoff_max_seconds``,
+        with jitter, so that jobs that failed together do not all retry at the same moment.
+        """
         return jittered_backoff(
             failures, self.retry_backoff_seconds, self.retry_backoff_max_seconds
         )
@@ -549,9 +559,19 @@ class App:
         self._schedules.remove(name)
 
     def pause_schedule(self, name: str) -> None:
+        """Stop a schedule firing until ``resume_schedule``; its ticks meanwhile are skipped.
+
+        The pause is stored in the database, so it holds for every worker; jobs already
+        fired run as usual.  Raises ``ConfigurationError`` for an unknown schedule.
+        """
         self._schedules.set_paused(name, True)
 
     def resume_schedule(self, name: str) -> None:
+        """Let a paused schedule fire again, from its next tick after now.
+
+        Ticks that fell while it was paused are not caught up, whatever its ``catch_up``
+        policy.  Resuming a schedule that is not paused changes nothing.
+        """
         self._schedules.set_paused(name, False)
 
     def schedules(self) -> list[dict[str, Any]]:

@@ -49,6 +49,7 @@ class JobHandle:
 
     @property
     def workflow(self) -> str:
+        """The name of the workflow the job runs (as registered, see ``App.workflow``)."""
         return self.app.store.get_job(self.id).workflow
 
     @property
@@ -58,6 +59,12 @@ class JobHandle:
 
     @property
     def error(self) -> str | None:
+        """The error text of the job's failure (``"ValueError: message"``), or None.
+
+        None for a job that has not failed, or that succeeded on a later attempt.  The
+        traceback of each attempt is in ``attempts``; ``result()`` raises ``JobFailed``
+        with both once the job has failed for good.
+        """
         return self.app.store.get_job(self.id).error
 
     @property

@@ -30,6 +30,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
+        """True when the child succeeded (``value`` holds its result)."""
         return self.status == "succeeded"
 
 

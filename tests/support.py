@@ -60,8 +60,9 @@ def worker_process(
     log_path: Path,
     *args: str,
     env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
 ) -> Iterator[subprocess.Popen]:
-    """A real ``nbjobs worker TARGET`` process; killed at exit if still running.
+    """A real ``nbjobs worker TARGET`` process, started in ``cwd``; killed at exit if running.
 
     Its output goes to ``log_path`` (shown when the block fails), never to a pipe
     that could fill up and stall it.
@@ -69,7 +70,7 @@ def worker_process(
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "nbjobs.cli", "worker", target, *args],
-            cwd=ROOT,
+            cwd=cwd,
             env=_env(url, env),
             stdout=log,
             stderr=subprocess.STDOUT,
