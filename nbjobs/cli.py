@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -90,6 +91,8 @@ def _url(args: argparse.Namespace) -> str:
 #: The environment variables ``nbjobs dashboard`` reads its secrets from.
 BASIC_AUTH_ENV = "NBJOBS_DASHBOARD_BASIC_AUTH"
 COOKIE_SECRET_ENV = "PANEL_COOKIE_SECRET"
+#: A fixed access token instead of a random one per start (``nbjobs dashboard``).
+TOKEN_ENV = "NBJOBS_DASHBOARD_TOKEN"
 
 
 def _secret_file(path: str, what: str) -> str:
@@ -135,6 +138,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from .views import serve
 
     basic_auth, cookie_secret = _dashboard_login(args)
+    token = None
+    if not (basic_auth or args.no_token):
+        token = os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(24)
     serve(
         _url(args),
         port=args.port,
@@ -144,6 +150,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         cookie_secret=cookie_secret,
         websocket_origin=args.allow_websocket_origin,
         allow_remote=args.allow_remote,
+        token=token,
     )
     return 0
 
@@ -235,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve sessions from other hosts without a login (only behind a proxy that "
         "logs users in; also NBJOBS_DASHBOARD_ALLOW_REMOTE=1)",
+    )
+    dashboard.add_argument(
+        "--no-token",
+        action="store_true",
+        help=f"without a login, serve without the access token in the printed URL "
+        f"(a token of your own: {TOKEN_ENV})",
     )
     dashboard.set_defaults(func=cmd_dashboard)
 

@@ -43,6 +43,7 @@ from tests.test_security import free_port
 
 HOSTILE = "<img src=x onerror=window.nbjxss=document.domain>"
 PASSWORD = "letmein-Xy7"
+TOKEN = "test-token-Zq81"  # nbjobs dashboard's access token in these tests
 TIMEOUT = 60
 
 
@@ -53,7 +54,8 @@ def server(argv: list[str], port: int, log_path: Path, **env: str) -> Iterator[i
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "BOKEH_LOG_LEVEL": "info", **env},
+            env={**os.environ, "BOKEH_LOG_LEVEL": "info", "NBJOBS_DASHBOARD_TOKEN": TOKEN,
+                 **env},
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 90
@@ -102,11 +104,11 @@ def non_loopback_address() -> str:
     pytest.skip("this machine has no non-loopback IPv4 address")
 
 
-def pulled_text(url: str) -> str:
+def pulled_text(url: str, token: str | None = None) -> str:
     """Everything a Bokeh client without an ``Origin`` header gets of the document."""
     import panel.models.tabulator  # noqa: F401  (the client must know the models it receives)
 
-    session = pull_session(url=url)
+    session = pull_session(url=url, arguments={"token": token} if token else None)
     try:
         return json.dumps(session.document.to_json(), default=str)
     finally:
@@ -263,14 +265,14 @@ def test_nbjobs_dashboard_on_all_interfaces_refuses_remote_sessions_unless_allow
     port = free_port()
     argv = nbjobs_dashboard(sqlite_url, port, "--address", "0.0.0.0")
     with server(argv, port, tmp_path / "all.log"):
-        assert "nightly" in pulled_text(f"http://127.0.0.1:{port}/")
-        refused = pulled_text(f"http://{remote}:{port}/")
+        assert "nightly" in pulled_text(f"http://127.0.0.1:{port}/", TOKEN)
+        refused = pulled_text(f"http://{remote}:{port}/", TOKEN)
         assert "only answers on this machine" in refused and "nightly" not in refused
     assert "sessions from other hosts are refused" in (tmp_path / "all.log").read_text()
     port = free_port()
     argv = nbjobs_dashboard(sqlite_url, port, "--address", "0.0.0.0", "--allow-remote")
     with server(argv, port, tmp_path / "allowed.log"):
-        assert "nightly" in pulled_text(f"http://{remote}:{port}/")
+        assert "nightly" in pulled_text(f"http://{remote}:{port}/", TOKEN)
 
 
 def test_loopback_addresses() -> None:
@@ -299,7 +301,7 @@ async def _websocket_status(url: str, origin: str) -> int:
 def test_allow_websocket_origin_and_the_serve_keyword(sqlite_url, tmp_path) -> None:
     port = free_port()
     argv = nbjobs_dashboard(sqlite_url, port, "--allow-websocket-origin", "proxy.example")
-    ws = f"ws://127.0.0.1:{port}/ws"
+    ws = f"ws://127.0.0.1:{port}/ws?token={TOKEN}"
     with server(argv, port, tmp_path / "origin.log"):
         assert asyncio.run(_websocket_status(ws, "http://proxy.example")) == 101
         assert asyncio.run(_websocket_status(ws, "http://evil.example")) == 403
@@ -394,7 +396,7 @@ def test_a_hostile_schedule_name_runs_no_script_when_paused_in_chromium(
         port = free_port()
         argv = nbjobs_dashboard(sqlite_url, port)
         with server(argv, port, tmp_path / "xss.log"), chromium() as page:
-            page.goto(f"http://127.0.0.1:{port}/")
+            page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}")
             pause_hostile_schedule(page)
             page.screenshot(path=str(SHOTS / "security-toast.png"))
             assert page.evaluate("window.nbjxss") is None
@@ -452,7 +454,7 @@ def test_workflows_named_time_other_failed_render_in_chromium(sqlite_url, tmp_pa
         port = free_port()
         argv = nbjobs_dashboard(sqlite_url, port)
         with server(argv, port, tmp_path / "names.log"), chromium() as page:
-            page.goto(f"http://127.0.0.1:{port}/")
+            page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}")
             succeeded = page.locator(".nbj-count-succeeded .n")
             expect(succeeded).to_have_text("10", timeout=30_000)
             expect(page.locator(".nbj-count-failed .n")).to_have_text("1")
@@ -461,3 +463,46 @@ def test_workflows_named_time_other_failed_render_in_chromium(sqlite_url, tmp_pa
         assert "Traceback" not in (tmp_path / "names.log").read_text()
     finally:
         app.close()
+
+
+# -- the access token of nbjobs dashboard without a login -----------------------------
+def fetch(url: str) -> tuple[str, str]:
+    """(final URL after redirects, body) of a GET."""
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.geturl(), response.read().decode("utf-8", "replace")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_nbjobs_dashboard_without_a_login_needs_its_token(sqlite_url, tmp_path) -> None:
+    from playwright.sync_api import expect
+
+    app = make_app(sqlite_url)
+    try:
+        define_nightly(app).run()
+    finally:
+        app.close()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "token.log"
+    with server(nbjobs_dashboard(sqlite_url, port), port, log_path):
+        assert f"on {base}/?token={TOKEN}" in log_path.read_text()  # the launch URL
+        final, page = fetch(f"{base}/")
+        assert final.startswith(f"{base}/token") and "needs its access token" in page
+        final, _ = fetch(f"{base}/?token=wrong-{TOKEN}")
+        assert final.startswith(f"{base}/token")
+        with pytest.raises(Exception):  # noqa: B017  (the handshake is refused, 403)
+            pulled_text(f"{base}/")
+        assert "nightly" in pulled_text(f"{base}/", TOKEN)
+        with chromium() as page:
+            page.goto(f"{base}/?token={TOKEN}")
+            expect(page.locator(".nbj-card").first).to_be_visible(timeout=30_000)
+            cookie = {c["name"]: c for c in page.context.cookies()}["nbjobs_token"]
+            assert cookie["httpOnly"]
+            page.goto(f"{base}/")  # a reload without the token: the cookie lets it in
+            expect(page.locator(".nbj-card").first).to_be_visible(timeout=30_000)
+    # --no-token serves as before, to this machine only.
+    port = free_port()
+    argv = nbjobs_dashboard(sqlite_url, port, "--no-token")
+    with server(argv, port, tmp_path / "open.log"):
+        assert "nightly" in pulled_text(f"http://127.0.0.1:{port}/")

@@ -13,6 +13,9 @@ Two rules, shared by ``nbjobs dashboard`` and ``panel serve nbjobs/dashboard.py`
   :data:`TOKEN_OPTIONS` keeps every cookie but Panel's ``is_guest`` flag, and the
   ``Cookie``/``Authorization`` headers, out of the token; the logged-in user's *name*
   (no credential) travels instead, added on the server by :class:`LoginName`.
+
+And ``nbjobs dashboard`` without a login asks for a random access token, as Jupyter
+does (:class:`TokenAuth`), since 127.0.0.1 is every local user's too.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 import panel as pn
 from bokeh.application.handlers.handler import Handler
+from bokeh.server.auth_provider import AuthProvider
 
 log = logging.getLogger(__name__)
 
@@ -157,3 +161,67 @@ class LoginName(Handler):
             return {}
         name = decode_signed_value(secret, "user", cookie.value)
         return {USER_KEY: name.decode("utf-8")} if name else {}
+
+
+#: The cookie that remembers a browser which opened the URL with the token.
+TOKEN_COOKIE = "nbjobs_token"
+
+_TOKEN_PAGE = """<!doctype html><html><head><title>nbjobs</title></head>
+<body style="font-family: system-ui, sans-serif; margin: 3em; color: #374151">
+<h3>This nbjobs dashboard needs its access token</h3>
+<p>Open the URL that <code>nbjobs dashboard</code> printed when it started
+(<code>http://HOST:PORT/?token=...</code>), or ask the person who started it.</p>
+</body></html>"""
+
+
+class TokenAuth(AuthProvider):
+    """Jupyter's rule for a dashboard without a login: the URL printed at start-up
+    carries a random token, and nothing is served without it.
+
+    127.0.0.1 is reachable by every user and every process of the machine (a shared
+    JupyterHub node, a lab server), and a script sends no ``Origin``: the token is what
+    tells the person who started the server from everyone else there.  A browser that
+    opened the URL once keeps a signed, http-only cookie, so reloads need no token.
+    """
+
+    def __init__(self, token: str) -> None:
+        import hashlib
+
+        self._token = token
+        # The cookie names the token it was given for: a new token voids old cookies.
+        self._mark = hashlib.sha256(token.encode()).hexdigest()[:32]
+        super().__init__()
+
+    @property
+    def get_user(self) -> Any:
+        import hmac
+
+        from tornado.websocket import WebSocketHandler
+
+        def get_user(handler: Any) -> str | None:
+            given = handler.get_argument("token", None)
+            if given is not None and hmac.compare_digest(given.encode(), self._token.encode()):
+                if not isinstance(handler, WebSocketHandler):
+                    handler.set_secure_cookie(
+                        TOKEN_COOKIE, self._mark, httponly=True, samesite="Strict",
+                        expires_days=30,
+                    )  # fmt: skip
+                return "token"
+            remembered = handler.get_secure_cookie(TOKEN_COOKIE)
+            return "token" if remembered == self._mark.encode() else None
+
+        return get_user
+
+    @property
+    def login_url(self) -> str:
+        return "/token"
+
+    @property
+    def login_handler(self) -> Any:
+        from tornado.web import RequestHandler
+
+        class TokenPage(RequestHandler):
+            def get(self) -> None:
+                self.write(_TOKEN_PAGE)
+
+        return TokenPage

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import html
 import logging
+import threading
 import time
+import webbrowser
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +22,7 @@ import param
 from .access import (
     TOKEN_OPTIONS,
     LoginName,
+    TokenAuth,
     is_loopback,
     refusal,
     refusal_page,
@@ -183,6 +186,7 @@ def serve(
     cookie_secret: str | None = None,
     websocket_origin: str | Sequence[str] | None = None,
     allow_remote: bool = False,
+    token: str | None = None,
     **kwargs: Any,
 ) -> Any:
     """Serve the dashboard of the database at ``url`` (what ``nbjobs dashboard`` runs).
@@ -197,6 +201,9 @@ def serve(
     adds the browser origins (``host[:port]``) allowed besides this host's own, as when
     the page is reached through a reverse proxy under another name.  The session token
     embedded in the page never carries the login cookies (:data:`.access.TOKEN_OPTIONS`).
+
+    With ``token`` and no ``basic_auth``, nothing is served without the token: the URL
+    printed (and opened by ``show``) carries it, as Jupyter's does (:class:`.TokenAuth`).
     """
     import secrets
 
@@ -232,7 +239,15 @@ def serve(
     applications = build_applications({"/": session}, title="nbjobs")
     applications["/"].add(LoginName())
     options = {**TOKEN_OPTIONS, **kwargs}
-    print(f"nbjobs dashboard for {app.store.safe_url} on http://{address}:{port}/", flush=True)
+    launch = f"http://{address}:{port}/"
+    if token and not basic_auth:
+        options["auth_provider"] = TokenAuth(token)
+        cookie_secret = cookie_secret or secrets.token_hex(32)
+        launch += f"?token={token}"
+        if show:  # Panel would open the bare address, which asks for the token
+            threading.Timer(1.0, webbrowser.open, [launch]).start()
+            show = False
+    print(f"nbjobs dashboard for {app.store.safe_url} on {launch}", flush=True)
     return pn.serve(
         applications,
         port=port,
