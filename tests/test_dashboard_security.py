@@ -28,14 +28,24 @@ from pathlib import Path
 import panel as pn
 import psutil
 import pytest
+from bokeh.application import Application
 from bokeh.client import pull_session
 from bokeh.document import Document
-from bokeh.util.token import get_token_payload
+from bokeh.server.contexts import ApplicationContext
+from bokeh.util.token import generate_jwt_token, generate_session_id, get_token_payload
+from panel.io.state import set_curdoc
 from tornado.web import decode_signed_value
 
 import nbjobs
 from nbjobs.views import Dashboard, JobDetail, Schedules, Throughput
-from nbjobs.views.access import ALLOW_REMOTE_ENV, TOKEN_OPTIONS, is_loopback
+from nbjobs.views.access import (
+    ALLOW_REMOTE_ENV,
+    TOKEN_OPTIONS,
+    USER_KEY,
+    LoginName,
+    is_loopback,
+    session_user,
+)
 from tests.conftest import make_app
 from tests.support import ROOT
 from tests.test_dashboard_browser import CHROMIUM_ARGS, SHOTS
@@ -279,6 +289,31 @@ def test_nbjobs_dashboard_on_all_interfaces_refuses_remote_sessions_unless_allow
     argv = nbjobs_dashboard(sqlite_url, port, "--address", "0.0.0.0", "--allow-remote")
     with server(argv, port, tmp_path / "allowed.log"):
         assert "nightly" in pulled_text(f"http://{remote}:{port}/", TOKEN)
+
+
+async def _session_user_of(application: Application, name: str) -> str | None:
+    """``session_user()`` in a real Bokeh session whose (unsigned) token claims ``name``."""
+    from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
+
+    context = ApplicationContext(application)
+    session_id = generate_session_id()
+    token = generate_jwt_token(
+        session_id, extra_payload={"headers": {}, "cookies": {}, USER_KEY: name}
+    )
+    request = HTTPServerRequest(
+        start_line=RequestStartLine("GET", "/", "HTTP/1.1"),
+        headers=HTTPHeaders({"Host": "127.0.0.1"}),
+    )
+    await context.create_session_if_needed(session_id, request, token)
+    with set_curdoc(context.get_session(session_id).document):
+        return session_user()
+
+
+def test_a_user_name_in_the_token_counts_only_where_the_server_put_it() -> None:
+    # nbjobs dashboard (LoginName) vouches for the name it adds; under panel serve with
+    # guests allowed, a client could write any name into a token it made itself.
+    assert asyncio.run(_session_user_of(Application(LoginName()), "alice")) == "alice"
+    assert asyncio.run(_session_user_of(Application(), "mallory")) is None
 
 
 def test_loopback_addresses() -> None:

@@ -131,7 +131,9 @@ def session_user() -> str | None:
     if user:
         return user
     context = _session_context()
-    if context is None:
+    if context is None or not _has_login_name(context):
+        # Only a server that runs LoginName vouches for the name: elsewhere (panel serve
+        # with guests allowed) a client could put any name in a token it made itself.
         return None
     try:
         payload = context.token_payload
@@ -139,6 +141,15 @@ def session_user() -> str | None:
         return None
     name = payload.get(USER_KEY)
     return name if isinstance(name, str) and name else None
+
+
+def _has_login_name(context: Any) -> bool:
+    """Does this session's application run :class:`LoginName`?"""
+    try:
+        handlers = context.server_context.application_context.application.handlers
+    except AttributeError:
+        return False
+    return any(isinstance(h, LoginName) for h in handlers)
 
 
 class LoginName(Handler):
