@@ -527,7 +527,9 @@ def test_nbjobs_dashboard_without_a_login_needs_its_token(sqlite_url, tmp_path) 
     base = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "token.log"
     with server(nbjobs_dashboard(sqlite_url, port), port, log_path):
-        assert f"on {base}/?token={TOKEN}" in log_path.read_text()  # the launch URL
+        launched = log_path.read_text()
+        assert f"on {base}/?token={TOKEN}" in launched  # the launch URL, and no other
+        assert "Launching server at" not in launched
         final, page = fetch(f"{base}/")
         assert final.startswith(f"{base}/token") and "needs its access token" in page
         final, _ = fetch(f"{base}/?token=wrong-{TOKEN}")

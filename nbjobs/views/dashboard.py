@@ -247,6 +247,8 @@ def serve(
         if show:  # Panel would open the bare address, which asks for the token
             threading.Timer(1.0, webbrowser.open, [launch]).start()
             show = False
+    # Panel would also print its own "Launching server at" URL, without the token.
+    options.setdefault("verbose", False)
     print(f"nbjobs dashboard for {app.store.safe_url} on {launch}", flush=True)
     return pn.serve(
         applications,
