@@ -29,7 +29,7 @@ class ServedDashboard:
         self.log = open(logdir / "dashboard.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nbjobs.cli", "--log-level", "WARNING", "dashboard",
-             "--url", url, "--port", str(port)],
+             "--url", url, "--port", str(port), "--no-token"],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.address = f"http://127.0.0.1:{port}/"

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -87,16 +88,69 @@ def _url(args: argparse.Namespace) -> str:
     return args.url or os.environ.get("NBJOBS_URL") or DEFAULT_URL
 
 
+#: The environment variables ``nbjobs dashboard`` reads its secrets from.
+BASIC_AUTH_ENV = "NBJOBS_DASHBOARD_BASIC_AUTH"
+COOKIE_SECRET_ENV = "PANEL_COOKIE_SECRET"
+#: A fixed access token instead of a random one per start (``nbjobs dashboard``).
+TOKEN_ENV = "NBJOBS_DASHBOARD_TOKEN"
+
+
+def _secret_file(path: str, what: str) -> str:
+    """A secret read from a file (surrounding white space dropped); never empty."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read().strip()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the {what} file {path!r}: {exc}") from exc
+    if not text:
+        raise ConfigurationError(f"the {what} file {path!r} is empty")
+    return text
+
+
+def _dashboard_login(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The login password (or users file) and cookie secret: a file, the environment,
+    and only last the command line, where ``ps`` shows them to every local user."""
+    basic_auth = args.basic_auth
+    if args.basic_auth_file:
+        basic_auth = _secret_file(args.basic_auth_file, "--basic-auth-file")
+        if basic_auth.startswith("{"):
+            basic_auth = args.basic_auth_file  # a JSON file of user: password, as Panel reads it
+    basic_auth = basic_auth or os.environ.get(BASIC_AUTH_ENV) or None
+    if args.basic_auth and not os.path.isfile(args.basic_auth):
+        log.warning(
+            "a password on the command line is visible to other users of this machine "
+            "(ps, /proc); use --basic-auth-file or %s instead",
+            BASIC_AUTH_ENV,
+        )
+    cookie_secret = args.cookie_secret
+    if args.cookie_secret_file:
+        cookie_secret = _secret_file(args.cookie_secret_file, "--cookie-secret-file")
+    elif args.cookie_secret:
+        log.warning(
+            "a cookie secret on the command line is visible to other users of this "
+            "machine; use --cookie-secret-file or %s instead",
+            COOKIE_SECRET_ENV,
+        )
+    return basic_auth, cookie_secret
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from .views import serve
 
+    basic_auth, cookie_secret = _dashboard_login(args)
+    token = None
+    if not (basic_auth or args.no_token):
+        token = os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(24)
     serve(
         _url(args),
         port=args.port,
         address=args.address,
         show=args.show,
-        basic_auth=args.basic_auth,
-        cookie_secret=args.cookie_secret,
+        basic_auth=basic_auth,
+        cookie_secret=cookie_secret,
+        websocket_origin=args.allow_websocket_origin,
+        allow_remote=args.allow_remote,
+        token=token,
     )
     return 0
 
@@ -163,8 +217,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", default="127.0.0.1", help="bind address (default local only)"
     )
     dashboard.add_argument("--show", action="store_true", help="open a browser")
-    dashboard.add_argument("--basic-auth", help="password, or a JSON file of user: password")
-    dashboard.add_argument("--cookie-secret", help="cookie secret for authenticated sessions")
+    dashboard.add_argument(
+        "--basic-auth",
+        help=f"password, or a JSON file of user: password (prefer --basic-auth-file or "
+        f"{BASIC_AUTH_ENV}: the command line is visible to other local users)",
+    )
+    dashboard.add_argument(
+        "--basic-auth-file", help="a file holding the password, or a JSON file of user: password"
+    )
+    dashboard.add_argument(
+        "--cookie-secret",
+        help=f"cookie secret for logins (prefer --cookie-secret-file or {COOKIE_SECRET_ENV})",
+    )
+    dashboard.add_argument("--cookie-secret-file", help="a file holding the cookie secret")
+    dashboard.add_argument(
+        "--allow-websocket-origin",
+        action="append",
+        metavar="HOST[:PORT]",
+        help="a browser origin allowed besides this host's own, e.g. the name of a "
+        "reverse proxy (repeatable)",
+    )
+    dashboard.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="serve sessions from other hosts without a login (only behind a proxy that "
+        "logs users in; also NBJOBS_DASHBOARD_ALLOW_REMOTE=1)",
+    )
+    dashboard.add_argument(
+        "--no-token",
+        action="store_true",
+        help=f"without a login, serve without the access token in the printed URL "
+        f"(a token of your own: {TOKEN_ENV})",
+    )
     dashboard.set_defaults(func=cmd_dashboard)
 
     demo = sub.add_parser("demo", help="run an example pipeline with the dashboard on SQLite")

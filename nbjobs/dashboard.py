@@ -6,6 +6,11 @@ else ``sqlite:///nbjobs.db``.  One :class:`~nbjobs.App` per URL is shared by the
 sessions of the server process (``pn.state.cache``); each session gets its own
 dashboard and its own once-a-second refresh.
 
+Without a login (``--basic-auth``, OAuth) ``panel serve`` listens on every interface
+unless given ``--address``, and its websocket origin check does not stop scripts: so a
+session from another host gets a refusal, not the dashboard, unless the operator sets
+``NBJOBS_DASHBOARD_ALLOW_REMOTE=1`` (see :mod:`nbjobs.views.access`).
+
 It also exports :class:`Dashboard`, so ``from nbjobs.dashboard import Dashboard`` works.
 """
 
@@ -38,5 +43,11 @@ def _shared_app(url: str):
 if __name__.startswith("bokeh_app") or __name__ == "__main__":
     import panel as pn
 
+    from nbjobs.views.access import refusal, refusal_page
+
     pn.extension("tabulator", notifications=True)
-    Dashboard(app=_shared_app(_url(sys.argv[1:]))).template().servable(title="nbjobs")
+    reason = refusal()
+    if reason is not None:
+        refusal_page(reason).servable(title="nbjobs")
+    else:
+        Dashboard(app=_shared_app(_url(sys.argv[1:]))).template().servable(title="nbjobs")

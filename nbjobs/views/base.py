@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -9,6 +10,8 @@ from typing import Any
 
 import panel as pn
 import param
+
+from .access import auth_configured, session_user
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +66,23 @@ class Component(pn.viewable.Viewer):
         """Actions need a logged-in user when the dashboard is served with auth."""
         if self.read_only:
             return False
-        from panel.config import config
-
-        auth = self.require_auth or bool(config.basic_auth or config.oauth_provider)
-        if not auth:
+        if not auth_configured(self.require_auth):
             return True
-        user = pn.state.user
+        user = session_user()
         return bool(user) and user != "guest"
 
     def notify(self, message: str, kind: str = "info") -> None:
-        """A toast in a served page; the log elsewhere (notebooks, tests)."""
+        """A toast in a served page; the log elsewhere (notebooks, tests).
+
+        ``message`` is plain text, often with names anyone who can write to the database
+        chose (a schedule, a job id, an exception's text), and the toast library sets it
+        as ``innerHTML``: so it is escaped here, once, for every caller.
+        """
         log.info("%s", message)
         notifications = getattr(pn.state, "notifications", None)
         if notifications is not None:
             try:
-                getattr(notifications, kind)(message, duration=4000)
+                getattr(notifications, kind)(html.escape(message), duration=4000)
             except Exception:
                 log.debug("notification failed", exc_info=True)
 

@@ -8,14 +8,26 @@ So several dashboards and workers in different processes all see the same state.
 
 from __future__ import annotations
 
+import html
 import logging
+import threading
 import time
+import webbrowser
 from collections.abc import Sequence
 from typing import Any
 
 import panel as pn
 import param
 
+from .access import (
+    TOKEN_OPTIONS,
+    LoginName,
+    TokenAuth,
+    is_loopback,
+    refusal,
+    refusal_page,
+    remote_allowed,
+)
 from .base import Component
 from .detail import JobDetail
 from .jobs import JobsTable
@@ -126,7 +138,7 @@ class Dashboard(Component):
     # -- layout ------------------------------------------------------------------------
     def _header(self) -> pn.viewable.Viewable:
         url = pn.pane.HTML(
-            f'<span class="nbj-url" title="database">{self.store.safe_url}</span>',
+            f'<span class="nbj-url" title="database">{html.escape(self.store.safe_url)}</span>',
             stylesheets=[CSS],
         )
         return pn.Row(url, pn.layout.HSpacer(), self._status, sizing_mode="stretch_width")
@@ -172,35 +184,79 @@ def serve(
     show: bool = False,
     basic_auth: str | None = None,
     cookie_secret: str | None = None,
+    websocket_origin: str | Sequence[str] | None = None,
+    allow_remote: bool = False,
+    token: str | None = None,
     **kwargs: Any,
 ) -> Any:
     """Serve the dashboard of the database at ``url`` (what ``nbjobs dashboard`` runs).
 
     Binds to 127.0.0.1 unless ``address`` says otherwise.  With ``basic_auth`` (a
     password, or a JSON file of user: password) the page asks for a login, and actions
-    are refused to sessions without a user.
+    are refused to sessions without a user; the cookie secret is ``cookie_secret``, else
+    ``PANEL_COOKIE_SECRET``, else a random one (logins then end with the server).
+
+    Without a login, sessions from other hosts are refused (see :mod:`.access`) unless
+    ``allow_remote`` (or ``NBJOBS_DASHBOARD_ALLOW_REMOTE=1``).  ``websocket_origin``
+    adds the browser origins (``host[:port]``) allowed besides this host's own, as when
+    the page is reached through a reverse proxy under another name.  The session token
+    embedded in the page never carries the login cookies (:data:`.access.TOKEN_OPTIONS`).
+
+    With ``token`` and no ``basic_auth``, nothing is served without the token: the URL
+    printed (and opened by ``show``) carries it, as Jupyter's does (:class:`.TokenAuth`).
     """
     import secrets
+
+    from panel.config import config
+    from panel.io.application import build_applications
 
     from ..app import App
 
     app = App(url)
     pn.extension("tabulator", notifications=True)
+    cookie_secret = cookie_secret or config.cookie_secret
     if basic_auth and not cookie_secret:
         cookie_secret = secrets.token_hex(32)
+    require_auth = bool(basic_auth)
+    allow_remote = allow_remote or remote_allowed()
+    if not (require_auth or allow_remote or is_loopback(address) or address == "localhost"):
+        log.warning(
+            "the dashboard listens on %s without a login: sessions from other hosts are "
+            "refused; add --basic-auth, or --allow-remote behind a proxy that logs users in",
+            address,
+        )
 
-    def session() -> pn.template.BaseTemplate:
-        return Dashboard(app=app, require_auth=bool(basic_auth)).template()
+    def session() -> pn.viewable.Viewable:
+        reason = refusal(require_auth=require_auth, allow_remote=allow_remote)
+        if reason is not None:
+            return refusal_page(reason)
+        return Dashboard(app=app, require_auth=require_auth).template()
 
-    print(f"nbjobs dashboard for {app.store.safe_url} on http://{address}:{port}/", flush=True)
+    origins = [f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"]
+    if isinstance(websocket_origin, str):
+        websocket_origin = [websocket_origin]
+    origins += [o for o in websocket_origin or () if o not in origins]
+    applications = build_applications({"/": session}, title="nbjobs")
+    applications["/"].add(LoginName())
+    options = {**TOKEN_OPTIONS, **kwargs}
+    launch = f"http://{address}:{port}/"
+    if token and not basic_auth:
+        options["auth_provider"] = TokenAuth(token)
+        cookie_secret = cookie_secret or secrets.token_hex(32)
+        launch += f"?token={token}"
+        if show:  # Panel would open the bare address, which asks for the token
+            threading.Timer(1.0, webbrowser.open, [launch]).start()
+            show = False
+    # Panel would also print its own "Launching server at" URL, without the token.
+    options.setdefault("verbose", False)
+    print(f"nbjobs dashboard for {app.store.safe_url} on {launch}", flush=True)
     return pn.serve(
-        {"/": session},
+        applications,
         port=port,
         address=address,
         show=show,
         basic_auth=basic_auth,
         cookie_secret=cookie_secret,
-        websocket_origin=[f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"],
-        title="nbjobs",
-        **kwargs,
+        websocket_origin=origins,
+        **options,
     )

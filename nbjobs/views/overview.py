@@ -96,28 +96,37 @@ class Throughput(Component):
         self._draw()
 
     def frame(self) -> pd.DataFrame:
-        """Finished per bucket and workflow (columns), plus ``failed``: what is drawn."""
+        """Finished per bucket: ``time``, one column per drawn workflow, ``other``, ``failed``.
+
+        The workflow columns are named by position (``w0``, ``w1``, ...), their workflows
+        listed in ``frame.attrs["workflows"]``, and never by the workflow's name: any
+        name is valid, ``time``, ``other`` and ``failed`` included, and the legend shows
+        the names apart from the columns.
+        """
         totals: dict[str, int] = {}
         for cell in self._buckets.values():
             for (wf, _), n in cell.items():
                 totals[wf] = totals.get(wf, 0) + n
         top = sorted(totals, key=lambda w: -totals[w])[:TOP_WORKFLOWS]
+        column = {wf: f"w{i}" for i, wf in enumerate(top)}
         records = []
         for bucket in sorted(self._buckets):
             rec: dict[str, Any] = {"time": pd.Timestamp(bucket, unit="s")}
-            rec.update(dict.fromkeys(top, 0))
+            rec.update(dict.fromkeys(column.values(), 0))
             rec["other"] = 0
             rec["failed"] = 0
             for (wf, status), n in self._buckets[bucket].items():
-                rec[wf if wf in top else "other"] += n
+                rec[column.get(wf, "other")] += n
                 if status == "failed":
                     rec["failed"] += n
             records.append(rec)
-        columns = ["time", *top, "other", "failed"]
-        return pd.DataFrame.from_records(records, columns=columns)
+        columns = ["time", *column.values(), "other", "failed"]
+        frame = pd.DataFrame.from_records(records, columns=columns)
+        frame.attrs["workflows"] = top
+        return frame
 
     def _figure(self, workflows: list[str]) -> Any:
-        from bokeh.models import ColumnDataSource, HoverTool, Range1d
+        from bokeh.models import ColumnDataSource, HoverTool, Legend, LegendItem, Range1d
         from bokeh.plotting import figure
 
         self._x_range = Range1d(*self._window())
@@ -133,22 +142,30 @@ class Throughput(Component):
         self._source = ColumnDataSource(self.frame())
         width = self.bucket_seconds * 1000 * 0.8
         if workflows:
-            stack = [*workflows, "other"]
-            fig.vbar_stack(
+            # Legend items are built one per renderer: a label is display text only, so
+            # a workflow called "other" or "failed" gets its own entry and colour rather
+            # than being merged with the fixed series of the same label.
+            stack = [*(f"w{i}" for i in range(len(workflows))), "other"]
+            bars = fig.vbar_stack(
                 stack,
                 x="time",
                 width=width,
                 source=self._source,
                 color=[*PALETTE[: len(stack) - 1], PALETTE[-1]],
-                legend_label=[w[-28:] for w in stack],
             )
-            fig.line(
-                "time", "failed", source=self._source, color=colour("failed"), line_width=2,
-                legend_label="failed",
-            )  # fmt: skip
-            fig.add_layout(fig.legend[0], "right")
-            fig.legend.label_text_font_size = "11px"
-            fig.legend.border_line_color = None
+            failed = fig.line(
+                "time", "failed", source=self._source, color=colour("failed"), line_width=2
+            )
+            labels = [*(w[-28:] for w in workflows), "other", "failed"]
+            legend = Legend(
+                items=[
+                    LegendItem(label=label, renderers=[r])
+                    for label, r in zip(labels, [*bars, failed], strict=True)
+                ],
+                label_text_font_size="11px",
+                border_line_color=None,
+            )
+            fig.add_layout(legend, "right")
             fig.add_tools(HoverTool(tooltips=[("time", "@time{%H:%M}"), ("failed", "@failed")],
                                     formatters={"@time": "datetime"}))  # fmt: skip
         else:
@@ -165,7 +182,7 @@ class Throughput(Component):
 
     def _draw(self) -> None:
         frame = self.frame()
-        workflows = [c for c in frame.columns if c not in ("time", "other", "failed")]
+        workflows = frame.attrs["workflows"]
         if workflows != self._workflows or frame.empty != (not self._workflows):
             self._workflows = workflows if not frame.empty else []
             self._pane.object = self._figure(self._workflows)
