@@ -339,15 +339,14 @@ class Dialect:
         return jobs.c.run_at
 
     def claim_statement(
-        self, candidates: Select, values: dict[str, Any], alone: bool = False
+        self, candidates: Select, values: dict[str, Any]
     ) -> Any:
         """Build, once, what ``claim`` executes: mark the candidates running with ``values``.
 
         ``candidates`` and ``values`` hold bind parameters, so the store builds this once
-        per (queue, workflows, limit) and runs it many times with new parameters.
-        ``alone``: the statement is its own transaction (a claim with nothing else to
-        commit), which a dialect may commit without waiting for the disk; see
-        ``PostgresDialect.claim_statement``.
+        per (queue, workflows, limit) and runs it many times with new parameters.  A
+        claim always commits durably: one forgotten in a server crash would leave its
+        worker running the job while the job is claimable again at once.
         """
         return (
             update(jobs)

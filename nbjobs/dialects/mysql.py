@@ -97,7 +97,7 @@ class MySQLDialect(RowLockingDialect):
         return bool(args) and args[0] in TRANSIENT_CODES
 
     def claim_statement(
-        self, candidates: Select, values: dict[str, Any], alone: bool = False
+        self, candidates: Select, values: dict[str, Any]
     ) -> Any:
         """Three statements: lock the candidates, mark them running, read them back."""
         if candidates._for_update_arg is None:

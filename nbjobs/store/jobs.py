@@ -225,11 +225,10 @@ class JobQueries(CoreStore):
         return self.claim_job(job_id, worker_id=worker_id, lease_seconds=lease_seconds), job_id
 
     def _claim_plan(
-        self, queue: str | None, workflows: tuple[str, ...], limit: int, alone: bool = False
+        self, queue: str | None, workflows: tuple[str, ...], limit: int
     ) -> Any:
-        """The claim statement for one shape, built once (``queue`` None: one job by id;
-        ``alone``: the claim is its own transaction, see ``Dialect.claim_statement``)."""
-        key = (queue, workflows, limit, alone)
+        """The claim statement for one shape, built once (``queue`` None: one job by id)."""
+        key = (queue, workflows, limit)
         plan = self._claim_plans.get(key)
         if plan is None:
             if queue is None:
@@ -240,7 +239,7 @@ class JobQueries(CoreStore):
                 candidates = self.dialect.claim_candidates(
                     queue, list(workflows), bindparam("c_now", None), limit
                 )
-            plan = self.dialect.claim_statement(candidates, _CLAIM_VALUES, alone)
+            plan = self.dialect.claim_statement(candidates, _CLAIM_VALUES)
             if isinstance(plan, Executable):
                 plan = Prepared(plan, self.engine.dialect)
             if len(self._claim_plans) > 256:
@@ -288,12 +287,11 @@ class JobQueries(CoreStore):
         if limit <= 0 or not workflows:
             return []
         limit = min(limit, self.dialect.claim_batch)
+        plan = self._claim_plan(queue, tuple(workflows), limit)
         if self.dialect.autocommit_single:  # the claim is one statement there
-            plan = self._claim_plan(queue, tuple(workflows), limit, alone=True)
             return self._single_statement(
                 lambda conn: self._claim(conn, plan, worker_id, lease_seconds)
             )
-        plan = self._claim_plan(queue, tuple(workflows), limit)
         with self._write(hot=True) as conn:
             return self._claim(conn, plan, worker_id, lease_seconds)
 
