@@ -84,3 +84,12 @@ class _LeaseLost(_ControlFlow):
 
 class _Cancelled(_ControlFlow):
     """Cancellation was requested; the workflow stops at this step boundary."""
+
+
+class _StoreUnavailable(_ControlFlow):
+    """The database failed under a run (disk full, connection lost): not the workflow's
+    failure, so a user's ``except Exception`` must not swallow it and it costs no retry."""
+
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
+        super().__init__(str(cause))

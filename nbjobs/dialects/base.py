@@ -338,9 +338,7 @@ class Dialect:
         """The "not before" column as the claim compares it."""
         return jobs.c.run_at
 
-    def claim_statement(
-        self, candidates: Select, values: dict[str, Any]
-    ) -> Any:
+    def claim_statement(self, candidates: Select, values: dict[str, Any]) -> Any:
         """Build, once, what ``claim`` executes: mark the candidates running with ``values``.
 
         ``candidates`` and ``values`` hold bind parameters, so the store builds this once

@@ -85,6 +85,26 @@ _FINISH_ATTEMPT = insert(attempts).from_select(
 )
 
 
+def storable_text(text: str | None) -> str | None:
+    """``text`` as every backend can store it: NUL and lone surrogates escaped.
+
+    Error messages, tracebacks, progress messages and captured output are the user's
+    text: a file name from ``os.fsdecode`` holds a lone surrogate, which no driver can
+    encode, and PostgreSQL's text type refuses NUL.  Stored raw, such a text fails the
+    write that records a job's outcome, and the real error is lost; escaped
+    (``\\udcff``, ``\\x00``) it reads as Python would show it.
+    """
+    if not text:
+        return text
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 # What the reaper needs of a job whose worker was lost.
 
 

@@ -26,7 +26,7 @@ from ..schema import (
     new_id,
     new_token,
 )
-from .core import _FENCED, _FINISH_ATTEMPT, UNKNOWN, CoreStore
+from .core import _FENCED, _FINISH_ATTEMPT, UNKNOWN, CoreStore, storable_text
 
 
 @dataclass
@@ -224,9 +224,7 @@ class JobQueries(CoreStore):
             return None, job_id
         return self.claim_job(job_id, worker_id=worker_id, lease_seconds=lease_seconds), job_id
 
-    def _claim_plan(
-        self, queue: str | None, workflows: tuple[str, ...], limit: int
-    ) -> Any:
+    def _claim_plan(self, queue: str | None, workflows: tuple[str, ...], limit: int) -> Any:
         """The claim statement for one shape, built once (``queue`` None: one job by id)."""
         key = (queue, workflows, limit)
         plan = self._claim_plans.get(key)
@@ -375,10 +373,10 @@ class JobQueries(CoreStore):
     def set_progress(
         self, job_id: str, token: str, progress: float | None, message: str | None
     ) -> bool:
+        message = storable_text(message or None)
+        message = message and message[:500]
         with self._write() as conn:
-            return self._fence(
-                conn, job_id, token, progress=progress, message=(message or None) and message[:500]
-            )
+            return self._fence(conn, job_id, token, progress=progress, message=message)
 
     def finish_job(
         self,
@@ -427,6 +425,7 @@ class JobQueries(CoreStore):
         written or claimed when the lease was lost.
         """
         simple = status == Status.SUCCEEDED and parent_id is None and outcome is None
+        error, traceback = storable_text(error), storable_text(traceback)
         return self._grouped(
             lambda conn: self._finish_and_claim(
                 conn, job_id, token, attempt, status, result, error, traceback, outcome,
@@ -597,6 +596,7 @@ class JobQueries(CoreStore):
         outcome: str = "failed",
     ) -> bool:
         """Put a failed attempt's job back in the queue to run at ``run_at``."""
+        error, traceback = storable_text(error), storable_text(traceback)
         with self._write() as conn:
             if not self._fence(
                 conn,
@@ -614,20 +614,31 @@ class JobQueries(CoreStore):
             self._finish_attempt(conn, job_id, attempt, outcome, error, traceback)
         return True
 
-    def release_job(self, *, job_id: str, token: str, attempt: int) -> bool:
-        """Give a running job back to the queue untouched (graceful stop)."""
+    def release_job(
+        self,
+        *,
+        job_id: str,
+        token: str,
+        attempt: int,
+        run_at: float | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Give a running job back to the queue without counting a failure (a graceful
+        stop, or the database failing under the run: ``run_at`` delays the next run and
+        ``error`` says why on the attempt row)."""
+        error = storable_text(error)
         with self._write() as conn:
             if not self._fence(
                 conn,
                 job_id,
                 token,
                 status=Status.QUEUED.value,
-                run_at=self.now(),
+                run_at=self.now() if run_at is None else run_at,
                 lease_token=None,
                 lease_expires_at=None,
             ):
                 return False
-            self._finish_attempt(conn, job_id, attempt, "released")
+            self._finish_attempt(conn, job_id, attempt, "released", error)
         return True
 
     def unclaim_job(self, *, job_id: str, token: str, cancel: bool = False) -> bool:

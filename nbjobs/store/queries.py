@@ -20,7 +20,7 @@ from ..schema import (
     new_id,
     signals,
 )
-from .core import JOB_SUMMARY, CoreStore
+from .core import JOB_SUMMARY, CoreStore, storable_text
 
 
 class JobReads(CoreStore):
@@ -150,7 +150,10 @@ class JobReads(CoreStore):
     def append_logs(self, rows: list[dict[str, Any]]) -> None:
         if rows:
             with self._write() as conn:
-                conn.execute(insert(logs), [dict(r, id=new_id()) for r in rows])
+                conn.execute(
+                    insert(logs),
+                    [dict(r, id=new_id(), text=storable_text(r["text"])) for r in rows],
+                )
 
     def job_logs(self, job_id: str) -> list[Row]:
         with self._read() as conn:
