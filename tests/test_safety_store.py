@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
+import threading
+import time
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, update
 
+import nbjobs.store.workers as workers_store
 from nbjobs import JobFailed
+from nbjobs.schema import workers
 from tests import backends
 from tests.conftest import make_app
-from tests.support import wait_until
+from tests.support import wait_until, worker_process
 
 WAIT = 60
 
@@ -141,3 +146,86 @@ def test_a_full_disk_at_a_checkpoint_is_not_the_workflows_failure(sqlite_url):
         assert "full" in released["error"]
     finally:
         app.close()
+
+
+# -- D6 and newcomer F20: the start-up reclaim of dead local workers ---------------------
+
+
+def _set_worker_row(app, worker_id: str, **values) -> None:
+    with app.store.engine.begin() as conn:
+        conn.execute(update(workers).where(workers.c.id == worker_id).values(**values))
+
+
+def _free_pid() -> int:
+    """A pid no process of this namespace has (one just exited and reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_worker_of_another_pid_namespace_is_not_taken_for_dead(sqlite_url, tmp_path):
+    """Two containers sharing a hostname but not a PID namespace: the worker of one has a
+    pid that means nothing (or another process) in the other.  A worker process starting
+    beside it must leave its live job alone; the job runs once."""
+    book = tmp_path / "ledger.txt"
+    app = make_app(sqlite_url)
+    go_on = threading.Event()
+
+    @app.workflow(name="crash-pipeline")  # the worker process runs tests.apps.crash_app's
+    def pipeline(cs, steps: int = 4):
+        with open(book, "a") as f:
+            f.write(f"start s1 {os.getpid()}\n")
+        assert go_on.wait(WAIT)
+        return ["here"]
+
+    try:
+        app.start(concurrency=1)
+        h = pipeline.submit()
+        wait_until(book.exists, timeout=WAIT, what="the job to start")
+        # As the other container registered it: its own pid and namespace.
+        _set_worker_row(app, app._worker.id, pid=_free_pid(), pid_start="4242@0123456789abcdef")
+        env = {"NBJOBS_LEDGER": str(book)}
+        with worker_process("tests.apps.crash_app:app", sqlite_url, tmp_path / "w.log", env=env):
+            mine = app._worker.id
+            wait_until(
+                lambda: [w for w in app.workers() if w["id"] != mine],
+                timeout=WAIT,
+                what="the worker process's start-up reclaim",
+            )
+            time.sleep(1.0)  # its reclaim runs right after it registers
+            go_on.set()
+            assert h.result(timeout=WAIT) == ["here"]
+            assert _outcomes(h) == ["succeeded"]
+        assert book.read_text() == f"start s1 {os.getpid()}\n"
+    finally:
+        go_on.set()
+        app.close()
+
+
+def test_a_killed_worker_not_yet_reaped_by_its_parent_is_dead(sqlite_url):
+    """A worker killed a moment ago is a zombie until its parent waits for it: its pid
+    answers and its start time matches, but it runs nothing.  Its jobs are reclaimed at
+    once, not after their lease."""
+    app = make_app(sqlite_url)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        wf = app.workflow(name="orphan")(lambda cs: "resumed")
+        h = wf.submit()
+        app.store.register_worker(worker_id="dead-worker", queues_=["default"], concurrency=1)
+        _set_worker_row(
+            app, "dead-worker", pid=child.pid, pid_start=workers_store.process_identity(child.pid)
+        )
+        claimed = app.store.claim_jobs(
+            worker_id="dead-worker", queue="default", workflows=["orphan"], limit=1,
+            lease_seconds=3600,
+        )  # fmt: skip
+        assert [j.id for j in claimed] == [h.id]
+        child.kill()  # and not waited for: a zombie
+        wait_until(lambda: workers_store._proc_stat(child.pid)[0] == "Z", what="a zombie")
+        app.start(concurrency=1)
+        assert h.result(timeout=10) == "resumed"
+        assert _outcomes(h) == ["lost", "succeeded"]
+    finally:
+        app.close()
+        child.kill()
+        child.wait()
