@@ -66,6 +66,11 @@ class UnknownJob(NbjobsError):
     """No job has the given id."""
 
 
+class DatabaseLost(NbjobsError):
+    """The App's database went away under it (its SQLite file was deleted or replaced):
+    every further use of the App raises this; open a new App."""
+
+
 class WorkerLost(NbjobsError):
     """A job's worker stopped heartbeating too many times; the job is failed, not looped."""
 

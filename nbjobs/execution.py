@@ -20,6 +20,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from . import capture
 from .errors import (
+    DatabaseLost,
     FanOutError,
     JobTimeout,
     SerializationError,
@@ -43,8 +44,9 @@ log = logging.getLogger(__name__)
 TOUCH_SECONDS = 0.1
 
 #: Database errors that say the store is unavailable (disk full, connection lost, server
-#: gone), not that the workflow is wrong: a run that meets one gives its job back.
-STORE_ERRORS = (OperationalError, InterfaceError)
+#: gone, the SQLite file deleted), not that the workflow is wrong: a run that meets one
+#: gives its job back.
+STORE_ERRORS = (OperationalError, InterfaceError, DatabaseLost)
 
 
 @contextlib.contextmanager

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from .errors import DatabaseLost
 from .execution import Execution
 from .schema import new_token
 from .store import ClaimedJob
@@ -136,21 +137,25 @@ class Worker:
         for execution in list(self.running.values()):
             execution.done.wait(max(0.0, deadline - self.app.clock.now()))
         store = self.app.store
-        store.flush()
-        for job_id, execution in list(self.running.items()):
-            if not execution.done.is_set():
-                log.warning("releasing job %s still running at stop", job_id)
-                execution.mark_lost()
-                store.release_job(
-                    job_id=job_id, token=execution.token, attempt=execution.job.attempt
-                )
-        while (job := self._take_ready()) is not None:
-            store.unclaim_job(job_id=job.id, token=job.lease_token)
+        try:
+            store.flush()
+            for job_id, execution in list(self.running.items()):
+                if not execution.done.is_set():
+                    log.warning("releasing job %s still running at stop", job_id)
+                    execution.mark_lost()
+                    store.release_job(
+                        job_id=job_id, token=execution.token, attempt=execution.job.attempt
+                    )
+            while (job := self._take_ready()) is not None:
+                store.unclaim_job(job_id=job.id, token=job.lease_token)
+        except DatabaseLost:
+            pass  # nothing can be given back; the error was logged when it was found
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._loop is not None:
             self._loop.stop()
         try:
-            self.app.store.stop_worker(self.id)
+            if store.dialect.gone is None:
+                store.stop_worker(self.id)
         except Exception:
             log.exception("could not mark worker %s stopped", self.id)
         log.info("worker %s stopped", self.id)
@@ -463,6 +468,9 @@ class Worker:
         last_beat = last_reap = 0.0
         tick = min(0.25, self.app.heartbeat_seconds / 4)
         while not self._stopping.is_set():
+            if self.app.store.dialect.gone is not None:
+                self._database_gone()
+                return
             try:
                 self.app.store.sync_clock_if_stale()
                 now = clock.now()
@@ -483,6 +491,17 @@ class Worker:
                 log.exception("worker %s: monitor pass failed", self.id)
                 self._stopping.wait(1.0)
             clock.wait(self._stopping, tick)
+
+    def _database_gone(self) -> None:
+        """The database went away under the App (see ``Dialect.gone``): nothing can be
+        recorded any more, so stop claiming and stop the runs at their next step."""
+        log.error("worker %s stopped: %s", self.id, self.app.store.dialect.gone)
+        self._stopping.set()
+        self._wake.set()
+        with self._lock:
+            executions = list(self.running.values())
+        for execution in executions:
+            execution.mark_lost()
 
     def _check_timeouts(self, now: float) -> None:
         for execution in list(self.running.values()):

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import event, update
 
 import nbjobs.store.workers as workers_store
-from nbjobs import JobFailed
+from nbjobs import DatabaseLost, JobFailed
 from nbjobs.schema import workers
 from tests import backends
 from tests.conftest import make_app
@@ -229,3 +229,55 @@ def test_a_killed_worker_not_yet_reaped_by_its_parent_is_dead(sqlite_url):
         app.close()
         child.kill()
         child.wait()
+
+
+# -- D7: the SQLite file deleted under a running App --------------------------------------
+
+
+def test_deleting_the_sqlite_file_under_a_running_app_stops_it_loudly(tmp_path, caplog):
+    """``rm nbjobs.db*`` while an App runs: the App notices within a second, logs it as
+    an error, stops its worker (a job running then does not go on to its next step) and
+    refuses every further use with ``DatabaseLost``, instead of writing on into the
+    unlinked file while a new App at the path sees an empty database."""
+    path = tmp_path / "nbjobs.db"
+    url = f"sqlite:///{path}"
+    app = make_app(url)
+    steps: list[str] = []
+    started = threading.Event()
+    go_on = threading.Event()
+
+    @app.workflow(name="two-steps")
+    def two_steps(cs, hold: bool):
+        cs.checkpoint("one", lambda: steps.append("one"))
+        if hold:
+            started.set()
+            assert go_on.wait(WAIT)
+        cs.checkpoint("two", lambda: steps.append("two"))
+        return "done"
+
+    try:
+        app.start(concurrency=1)
+        assert two_steps.run(False) == "done"
+        steps.clear()
+        h = two_steps.submit(True)
+        assert started.wait(WAIT)
+        for name in ("nbjobs.db", "nbjobs.db-wal", "nbjobs.db-shm"):
+            (tmp_path / name).unlink(missing_ok=True)
+        with caplog.at_level(logging.ERROR):
+            wait_until(lambda: app._worker is None or not app._worker.alive, what="a stop")
+            go_on.set()
+            with pytest.raises(DatabaseLost, match="was deleted while this App was using it"):
+                two_steps.submit(False)
+            with pytest.raises(DatabaseLost):
+                h.result(timeout=1)
+        assert any("nbjobs.db was deleted" in r.getMessage() for r in caplog.records)
+        time.sleep(0.5)
+        assert steps == ["one"]  # the run stopped at its next step
+        fresh = make_app(url)  # a new App makes a new database at the path
+        try:
+            assert fresh.store.list_jobs(limit=10) == []
+        finally:
+            fresh.close()
+    finally:
+        go_on.set()
+        app.close()

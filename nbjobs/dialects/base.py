@@ -192,6 +192,9 @@ class Dialect:
     #: the thread that runs a group; on SQLite it is the write lock itself.
     group_commit = False
     group_lock: Any = None
+    #: Why the database can no longer be used (its SQLite file was deleted or replaced),
+    #: or None; the store raises ``DatabaseLost`` with it at every use.
+    gone: str | None = None
 
     #: Held around every write transaction of this process (a no-op by default).
     write_lock: contextlib.AbstractContextManager = contextlib.nullcontext()

@@ -34,7 +34,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from .. import dialects
 from ..clock import Clock
 from ..dialects.base import Prepared
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, DatabaseLost
 from ..schema import (
     DUE_INDEX,
     SCHEMA_VERSION,
@@ -296,6 +296,8 @@ class CoreStore:
         return self.dialect.listen(callback)
 
     def _kept_connection(self, role: str) -> Connection:
+        if self.dialect.gone is not None:
+            raise DatabaseLost(self.dialect.gone)
         local = self._local
         conn = getattr(local, role, None)
         if conn is None or conn.closed:
@@ -323,6 +325,8 @@ class CoreStore:
 
     @contextlib.contextmanager
     def _pooled_transaction(self, role: str) -> Iterator[Connection]:
+        if self.dialect.gone is not None:
+            raise DatabaseLost(self.dialect.gone)
         with self.engine.connect() as conn:
             if role == "writer" and self._write_options:
                 conn.execution_options(**self._write_options)
