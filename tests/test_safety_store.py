@@ -19,7 +19,7 @@ from sqlalchemy import event, update
 
 import nbjobs.store.workers as workers_store
 from nbjobs import DatabaseLost, JobFailed
-from nbjobs.schema import workers
+from nbjobs.schema import Status, workers
 from tests import backends
 from tests.conftest import make_app
 from tests.support import wait_until, worker_process
@@ -280,4 +280,50 @@ def test_deleting_the_sqlite_file_under_a_running_app_stops_it_loudly(tmp_path, 
             fresh.close()
     finally:
         go_on.set()
+        app.close()
+
+
+# -- D16: a group commit whose COMMIT is ambiguous ----------------------------------------
+
+
+@pytest.mark.parametrize("backend", backends.selected("postgres"))
+def test_a_group_commit_lost_after_its_commit_is_not_run_again(db_url):
+    """The connection is lost after the server committed a group (the client never hears
+    back): the pieces are not run again, they keep what the committed transaction did.
+    Run again, a success would be refused (its lease was cleared) and the job the same
+    transaction claimed for the worker would be held by nobody until its lease expired.
+
+    The loss is real: the group's COMMIT is sent on the driver's connection, which is
+    then closed, so SQLAlchemy's own COMMIT meets a dead connection."""
+    app = make_app(db_url)
+    try:
+        first, _ = app.store.enqueue_job(workflow="w", input="{}")
+        second, _ = app.store.enqueue_job(workflow="w", input="{}")
+        (job,) = app.store.claim_jobs(
+            worker_id="wk", queue="default", workflows=["w"], limit=1, lease_seconds=60
+        )
+        assert job.id == first
+        armed = {"left": 1}
+
+        @event.listens_for(app.store.engine, "commit")
+        def _lose_after_commit(conn) -> None:
+            if armed["left"]:
+                armed["left"] -= 1
+                driver = conn.connection.driver_connection
+                driver.commit()  # the server commits the group...
+                driver.close()  # ...and the client never hears back
+
+        claim = dict(worker_id="wk", queue="default", workflows=["w"], lease_seconds=60)
+        accepted, claimed = app.store.finish_and_claim(
+            job_id=first, token=job.lease_token, attempt=job.attempt,
+            status=Status.SUCCEEDED, result="1", claim=claim,
+        )  # fmt: skip
+        assert armed["left"] == 0
+        assert accepted
+        assert [c.id for c in claimed] == [second]
+        row = app.store.get_job(second, full=True)
+        assert (row.status, row.worker_id) == ("running", "wk")
+        assert app.store.get_job(first).status == "succeeded"
+        assert [a.outcome for a in app.store.job_attempts(first)] == ["succeeded"]
+    finally:
         app.close()

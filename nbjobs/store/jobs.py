@@ -432,6 +432,7 @@ class JobQueries(CoreStore):
                 claim, parent_id,
             ),
             _Success(job_id, token, attempt, result, claim) if simple else None,
+            (job_id, attempt, outcome or status.value),
         )  # fmt: skip
 
     def finish_later(
@@ -460,6 +461,7 @@ class JobQueries(CoreStore):
             work,
             _Success(job_id, token, attempt, result, None),
             lambda piece: done(piece.error if piece.error is not None else piece.result[0]),
+            (job_id, attempt, Status.SUCCEEDED.value),
         )
 
     def _run_group(self, conn: Connection, batch: list) -> None:
