@@ -87,6 +87,9 @@ class Worker:
         self.queues = list(queues or ["default"])
         self.id = f"{socket.gethostname()}:{os.getpid()}:{new_token()[-8:]}"
         self.running: dict[str, Execution] = {}
+        #: Successes left to a later shared commit (see ``_record_chained``), heartbeated
+        #: until it is made: their slot has moved on, but their lease must not lapse.
+        self._deferred: dict[str, Execution] = {}
         #: Jobs claimed ahead (leased to this worker, not started yet), in claim order.
         self._ready: collections.deque[ClaimedJob] = collections.deque()
         self._reserved = 0  # places in _ready that claims under way may fill
@@ -383,6 +386,8 @@ class Worker:
             if nxt is not None:
                 execution.deferred = True
                 execution.next_job = nxt
+                with self._lock:
+                    self._deferred[job.id] = execution
                 store.finish_later(
                     job_id=job.id,
                     token=execution.token,
@@ -411,6 +416,9 @@ class Worker:
             self._wake.set()  # idle slots take the rest
 
     def _written_behind(self, execution: Execution, outcome: bool | BaseException) -> None:
+        with self._lock:
+            if self._deferred.get(execution.job.id) is execution:
+                del self._deferred[execution.job.id]
         if isinstance(outcome, BaseException):
             log.error(
                 "job %s: its success could not be recorded (%s); it runs again once its "
@@ -515,6 +523,7 @@ class Worker:
             # A job retried while its old run is still winding down can be both running
             # (old token) and claimed ahead (new token): the new lease is the one held.
             held.update((job.id, job.lease_token) for job in self._ready)
+            held.update((jid, x.token) for jid, x in self._deferred.items() if jid not in held)
         lost, cancel = self.app.store.heartbeat(
             worker_id=self.id, held=held, lease_seconds=self.app.stale_after_seconds
         )
