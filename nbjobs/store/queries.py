@@ -156,10 +156,17 @@ class JobReads(CoreStore):
                 )
 
     def job_logs(self, job_id: str) -> list[Row]:
+        """The job's output rows in order; ``UnknownJob`` when there is no such job."""
         with self._read() as conn:
-            return conn.execute(
+            rows = conn.execute(
                 select(logs).where(logs.c.job_id == job_id).order_by(logs.c.id)
             ).all()
+            if (
+                not rows
+                and conn.execute(select(jobs.c.id).where(jobs.c.id == job_id)).first() is None
+            ):
+                raise UnknownJob(f"no job with id {job_id!r}")
+        return rows
 
     def job_signals(self, job_id: str) -> list[Row]:
         with self._read() as conn:
