@@ -31,6 +31,7 @@ from .errors import (
 )
 from .schema import Status
 from .store import ClaimedJob
+from .store.core import storable_text
 from .workflow import AsyncCallState, CallState, Workflow
 
 if TYPE_CHECKING:
@@ -343,7 +344,8 @@ class Execution:
         self._record_failure(exc, text, "failed")
 
     def _record_failure(self, exc: BaseException, text: str | None, outcome: str) -> None:
-        error = f"{type(exc).__name__}: {exc}"
+        # Escaped here already, so that log lines show what the database stores.
+        error = storable_text(f"{type(exc).__name__}: {exc}") or type(exc).__name__
         # Neither would change on a replay: a value that cannot be stored, and a fan-out
         # whose children's outcomes are recorded (h.retry() re-runs the failed children).
         retryable = not isinstance(exc, (SerializationError, FanOutError))
