@@ -3,6 +3,7 @@
 from .app import App
 from .errors import (
     ConfigurationError,
+    DatabaseLost,
     DuplicateCheckpoint,
     FanOutError,
     JobCancelled,
@@ -26,6 +27,7 @@ __all__ = [
     "CallState",
     "CollectAll",
     "ConfigurationError",
+    "DatabaseLost",
     "DuplicateCheckpoint",
     "FailFast",
     "FanOutError",

@@ -119,11 +119,31 @@ class JobOutput:
             return
         _flushing.active = True
         try:
-            self.store.append_logs(rows)
-        except Exception:
-            log.warning("could not store the output of job %s", self.job_id, exc_info=True)
+            self._store(rows)
         finally:
             _flushing.active = False
+
+    def _store(self, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows``; when the batch is refused, each row alone, so that one row
+        the database cannot take (too long for a MySQL ``TEXT``, say) loses only itself."""
+        try:
+            self.store.append_logs(rows)
+            return
+        except Exception:
+            if len(rows) == 1:
+                log.warning("could not store the output of job %s", self.job_id, exc_info=True)
+                return
+        for row in rows:
+            try:
+                self.store.append_logs([row])
+            except Exception as exc:
+                log.warning(
+                    "could not store %d characters of the %s output of job %s: %s",
+                    len(row["text"]),
+                    row["stream"],
+                    self.job_id,
+                    exc,
+                )
 
 
 def _capturing() -> JobOutput | None:

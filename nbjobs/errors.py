@@ -66,6 +66,11 @@ class UnknownJob(NbjobsError):
     """No job has the given id."""
 
 
+class DatabaseLost(NbjobsError):
+    """The App's database went away under it (its SQLite file was deleted or replaced):
+    every further use of the App raises this; open a new App."""
+
+
 class WorkerLost(NbjobsError):
     """A job's worker stopped heartbeating too many times; the job is failed, not looped."""
 
@@ -84,3 +89,12 @@ class _LeaseLost(_ControlFlow):
 
 class _Cancelled(_ControlFlow):
     """Cancellation was requested; the workflow stops at this step boundary."""
+
+
+class _StoreUnavailable(_ControlFlow):
+    """The database failed under a run (disk full, connection lost): not the workflow's
+    failure, so a user's ``except Exception`` must not swallow it and it costs no retry."""
+
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
+        super().__init__(str(cause))

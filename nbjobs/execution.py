@@ -8,24 +8,30 @@ lost-lease flags set by the worker's monitor are checked at each step boundary.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
 import traceback as tb
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from . import capture
 from .errors import (
+    DatabaseLost,
     FanOutError,
     JobTimeout,
     SerializationError,
     _Cancelled,
     _LeaseLost,
+    _StoreUnavailable,
     _Suspend,
 )
 from .schema import Status
 from .store import ClaimedJob
+from .store.core import storable_text
 from .workflow import AsyncCallState, CallState, Workflow
 
 if TYPE_CHECKING:
@@ -37,6 +43,21 @@ log = logging.getLogger(__name__)
 #: database allows it; see ``Execution.record_step``): progress bars and the dashboard's
 #: change feed see a run of short steps at most this late.
 TOUCH_SECONDS = 0.1
+
+#: Database errors that say the store is unavailable (disk full, connection lost, server
+#: gone, the SQLite file deleted), not that the workflow is wrong: a run that meets one
+#: gives its job back.
+STORE_ERRORS = (OperationalError, InterfaceError, DatabaseLost)
+
+
+@contextlib.contextmanager
+def store_failures() -> Iterator[None]:
+    """Raise a store failure met inside a run as ``_StoreUnavailable``, which user code's
+    ``except Exception`` does not catch and which costs the job no retry."""
+    try:
+        yield
+    except STORE_ERRORS as exc:
+        raise _StoreUnavailable(exc) from exc
 
 
 class Execution:
@@ -118,18 +139,20 @@ class Execution:
         self._uncounted += 1
         now = store.now()
         touch = not store.defers_touches or now - self._touched_at >= TOUCH_SECONDS
-        if not store.record_checkpoint(
-            job_id=self.job.id,
-            token=self.token,
-            name=name,
-            seq=self._seq,
-            value=text,
-            args_hash=args_hash,
-            code_fingerprint=self.workflow.fingerprint,
-            attempt=self.job.attempt,
-            started_at=started,
-            count=self._uncounted if touch else None,
-        ):
+        with store_failures():
+            accepted = store.record_checkpoint(
+                job_id=self.job.id,
+                token=self.token,
+                name=name,
+                seq=self._seq,
+                value=text,
+                args_hash=args_hash,
+                code_fingerprint=self.workflow.fingerprint,
+                attempt=self.job.attempt,
+                started_at=started,
+                count=self._uncounted if touch else None,
+            )
+        if not accepted:
             self.lost = True
             raise _LeaseLost()
         if touch:
@@ -141,12 +164,16 @@ class Execution:
         if self._uncounted and not self.lost:
             added, self._uncounted = self._uncounted, 0
             self._touched_at = self.app.store.now()
-            if not self.app.store.count_steps(self.job.id, self.token, added):
+            with store_failures():
+                counted = self.app.store.count_steps(self.job.id, self.token, added)
+            if not counted:
                 self.lost = True
 
     def report_progress(self, fraction: float | None, message: str | None) -> None:
         self.check()
-        if not self.app.store.set_progress(self.job.id, self.token, fraction, message):
+        with store_failures():
+            accepted = self.app.store.set_progress(self.job.id, self.token, fraction, message)
+        if not accepted:
             self.lost = True
             raise _LeaseLost()
 
@@ -162,20 +189,24 @@ class Execution:
             )
 
     def durable_sleep(self, cs: CallState, name: str, wake_at: float) -> None:
-        self.app._waits.sleep(self, cs, name, wake_at)
+        with store_failures():
+            self.app._waits.sleep(self, cs, name, wake_at)
 
     def durable_wait_signal(self, cs: CallState, name: str, timeout: float | None) -> Any:
-        return self.app._waits.wait_signal(self, cs, name, timeout)
+        with store_failures():
+            return self.app._waits.wait_signal(self, cs, name, timeout)
 
     def durable_fan_out(self, cs: CallState, name: str, specs: list, strategy: Any) -> list:
-        return self.app._waits.fan_out(self, cs, name, specs, strategy)
+        with store_failures():
+            return self.app._waits.fan_out(self, cs, name, specs, strategy)
 
     # -- running -----------------------------------------------------------------------
     def _prepare(self) -> tuple[CallState, tuple, dict]:
         args, kwargs = self._decode_input()
         # A first attempt that has made no step has nothing to replay: skip the query.
         if self.job.attempt > 1 or self.job.steps_done > 0:
-            self.stored = self.app.store.load_checkpoints(self.job.id)
+            with store_failures():
+                self.stored = self.app.store.load_checkpoints(self.job.id)
             self._seq = max((r.seq for r in self.stored.values()), default=0)
             # A run that died left its last short steps uncounted: the first write of
             # the count makes it good.
@@ -242,18 +273,23 @@ class Execution:
     # -- recording outcomes ------------------------------------------------------------
     def _record_success(self, value: Any) -> None:
         capture.flush()  # the output is stored before the outcome a waiter reads
-        self.flush_steps()
         try:
-            text = self.app.codec.dumps(value)
-        except SerializationError as exc:
-            self._fail(f"SerializationError: the workflow's result cannot be stored: {exc}", None)
-            return
-        if self.lost:
-            return
-        if self.chain is not None:
-            self.chain(self, text)
-        else:
-            self.commit_success(text)
+            with store_failures():
+                self.flush_steps()
+                try:
+                    text = self.app.codec.dumps(value)
+                except SerializationError as exc:
+                    message = f"SerializationError: the workflow's result cannot be stored: {exc}"
+                    self._fail(message, None)
+                    return
+                if self.lost:
+                    return
+                if self.chain is not None:
+                    self.chain(self, text)
+                else:
+                    self.commit_success(text)
+        except _StoreUnavailable as exc:
+            self._give_back(exc)
 
     def commit_success(self, text: str, claim: dict[str, Any] | None = None) -> list[ClaimedJob]:
         """Commit the success now, claiming in the same transaction the jobs ``claim``
@@ -274,7 +310,10 @@ class Execution:
         capture.flush()
         if isinstance(exc, _Suspend):
             return  # the suspension was recorded in the transaction that raised it
-        self.flush_steps()
+        try:
+            self.flush_steps()
+        except _StoreUnavailable as failed:
+            exc = failed
         if isinstance(exc, _LeaseLost) or self.lost:
             log.warning(
                 "job %s: this worker no longer holds its lease; its writes are refused",
@@ -292,6 +331,9 @@ class Execution:
                 )
             )
             return
+        if isinstance(exc, _StoreUnavailable):
+            self._give_back(exc)
+            return
         if not isinstance(exc, Exception):
             # KeyboardInterrupt, SystemExit: give the job back rather than fail it.
             self.app.store.release_job(
@@ -302,30 +344,34 @@ class Execution:
         self._record_failure(exc, text, "failed")
 
     def _record_failure(self, exc: BaseException, text: str | None, outcome: str) -> None:
-        error = f"{type(exc).__name__}: {exc}"
+        # Escaped here already, so that log lines show what the database stores.
+        error = storable_text(f"{type(exc).__name__}: {exc}") or type(exc).__name__
         # Neither would change on a replay: a value that cannot be stored, and a fan-out
         # whose children's outcomes are recorded (h.retry() re-runs the failed children).
         retryable = not isinstance(exc, (SerializationError, FanOutError))
         if retryable and self.job.failures < self.job.max_retries:
             delay = self.app.backoff_seconds(self.job.failures + 1)
-            self.note_write(
-                self.app.store.retry_job_later(
+            run_at = self.app.store.now() + delay
+            self._write_failure(
+                lambda error, text: self.app.store.retry_job_later(
                     job_id=self.job.id,
                     token=self.token,
                     attempt=self.job.attempt,
-                    run_at=self.app.store.now() + delay,
+                    run_at=run_at,
                     error=error,
                     traceback=text,
                     outcome=outcome,
-                )
+                ),
+                error,
+                text,
             )
             log.info("job %s failed (%s); retrying in %.2f s", self.job.id, error, delay)
             return
         self._fail(error, text, outcome)
 
     def _fail(self, error: str, text: str | None, outcome: str = "failed") -> None:
-        self.note_write(
-            self.app.store.finish_job(
+        self._write_failure(
+            lambda error, text: self.app.store.finish_job(
                 job_id=self.job.id,
                 token=self.token,
                 attempt=self.job.attempt,
@@ -333,13 +379,80 @@ class Execution:
                 error=error,
                 traceback=text,
                 outcome=outcome,
-            )
+            ),
+            error,
+            text,
         )
+
+    def _write_failure(
+        self, write: Callable[[str, str | None], bool], error: str, text: str | None
+    ) -> None:
+        """Record a failure with ``write(error, traceback)``; never lose the error.
+
+        The store escapes what no database can hold (see ``storable_text``), but a text
+        can still be refused (too long for a MySQL ``TEXT``, no room left on the disk):
+        then the start of the error is recorded with a note instead of the traceback,
+        and only when even that fails is the store unavailable (the job is given back).
+        """
+        try:
+            self.note_write(write(error, text))
+            return
+        except Exception as exc:
+            refused = type(exc).__name__
+            log.warning(
+                "job %s: storing a shortened copy of its error, which was refused: %s",
+                self.job.id,
+                _first_line(exc),
+            )
+        note = f" [nbjobs: the full error ({len(error):,} characters) and its traceback "
+        note += f"could not be stored: {refused}]"
+        try:
+            with store_failures():
+                self.note_write(write(error[:1000] + note, None))
+        except _StoreUnavailable as failed:
+            self._give_back(failed)
+
+    def _give_back(self, failure: _StoreUnavailable) -> None:
+        """The database failed under the run: not the workflow's failure.  Give the job
+        back to the queue, to run again after a backoff that grows with its attempts,
+        without counting a retry; when even that write fails, the job's lease expires
+        and a reaper takes it back."""
+        delay = self.app.backoff_seconds(self.job.attempt)
+        error = f"{type(failure.cause).__name__}: {_first_line(failure.cause)}"
+        log.warning(
+            "job %s: the database failed during the run (%s); the job runs again in "
+            "%.2f s, without counting a retry",
+            self.job.id,
+            error,
+            delay,
+        )
+        try:
+            self.note_write(
+                self.app.store.release_job(
+                    job_id=self.job.id,
+                    token=self.token,
+                    attempt=self.job.attempt,
+                    run_at=self.app.store.now() + delay,
+                    error=f"the database failed during the run: {error}",
+                )
+            )
+        except Exception:
+            log.warning(
+                "job %s: could not give the job back either; it runs again once its lease expires",
+                self.job.id,
+                exc_info=True,
+            )
 
     def note_write(self, accepted: bool) -> None:
         if not accepted:
             self.lost = True
             log.warning("job %s: the outcome was refused; another worker owns the job", self.job.id)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of a (database) error's own message, for logs and attempt rows."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def jittered_backoff(failures: int, base: float, cap: float) -> float:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import TYPE_CHECKING, Any
 
 from .clock import to_datetime
-from .errors import JobCancelled, JobFailed, NbjobsError
+from .errors import ConfigurationError, JobCancelled, JobFailed, NbjobsError
 from .schema import Status
 
 if TYPE_CHECKING:
@@ -97,7 +98,8 @@ class JobHandle:
         return [JobHandle(self.app, r.id) for r in rows]
 
     def logs(self) -> str:
-        """What the job printed or logged while running on a worker."""
+        """What the job printed or logged while running on a worker (``UnknownJob`` when
+        there is no such job)."""
         return "".join(r.text for r in self.app.store.job_logs(self.id))
 
     # -- waiting -----------------------------------------------------------------------
@@ -115,12 +117,14 @@ class JobHandle:
         """Wait for the job and return its result.
 
         Raises :class:`~nbjobs.JobFailed` (with the remote error and traceback),
-        :class:`~nbjobs.JobCancelled`, or ``ResultTimeout`` (a ``TimeoutError``).
+        :class:`~nbjobs.JobCancelled`, or ``ResultTimeout`` (a ``TimeoutError``);
+        a ``timeout`` that is not a number of seconds (NaN) is a ``ConfigurationError``.
         """
-        return self.app._wait_for(self, timeout)
+        return self.app._wait_for(self, _checked_timeout(timeout))
 
     async def result_async(self, timeout: float | None = None) -> Any:
         """``result`` for async code; polls without blocking the event loop."""
+        timeout = _checked_timeout(timeout)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         pause = 0.005
@@ -173,3 +177,13 @@ STATUS_COLOURS = {
     "failed": "#dc2626",
     "cancelled": "#9ca3af",
 }
+
+
+def _checked_timeout(timeout: float | None) -> float | None:
+    """``timeout`` if it is None or a number of seconds a deadline can be made of; a NaN
+    deadline is never reached, so ``result(timeout=nan)`` would wait forever."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout):
+        raise ConfigurationError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    return timeout

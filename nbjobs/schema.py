@@ -56,6 +56,9 @@ metadata = MetaData()
 
 ID = String(40)
 NAME = String(200)
+#: Idempotency keys starting with this are nbjobs' own (a fan-out's children); a user's
+#: key may not, so that it can never take a child's key first.
+RESERVED_KEY_PREFIX = "nbjobs:"
 
 meta = Table(
     "nbjobs_meta",

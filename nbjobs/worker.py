@@ -41,6 +41,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from .errors import DatabaseLost
 from .execution import Execution
 from .schema import new_token
 from .store import ClaimedJob
@@ -86,6 +87,9 @@ class Worker:
         self.queues = list(queues or ["default"])
         self.id = f"{socket.gethostname()}:{os.getpid()}:{new_token()[-8:]}"
         self.running: dict[str, Execution] = {}
+        #: Successes left to a later shared commit (see ``_record_chained``), heartbeated
+        #: until it is made: their slot has moved on, but their lease must not lapse.
+        self._deferred: dict[str, Execution] = {}
         #: Jobs claimed ahead (leased to this worker, not started yet), in claim order.
         self._ready: collections.deque[ClaimedJob] = collections.deque()
         self._reserved = 0  # places in _ready that claims under way may fill
@@ -136,21 +140,25 @@ class Worker:
         for execution in list(self.running.values()):
             execution.done.wait(max(0.0, deadline - self.app.clock.now()))
         store = self.app.store
-        store.flush()
-        for job_id, execution in list(self.running.items()):
-            if not execution.done.is_set():
-                log.warning("releasing job %s still running at stop", job_id)
-                execution.mark_lost()
-                store.release_job(
-                    job_id=job_id, token=execution.token, attempt=execution.job.attempt
-                )
-        while (job := self._take_ready()) is not None:
-            store.unclaim_job(job_id=job.id, token=job.lease_token)
+        try:
+            store.flush()
+            for job_id, execution in list(self.running.items()):
+                if not execution.done.is_set():
+                    log.warning("releasing job %s still running at stop", job_id)
+                    execution.mark_lost()
+                    store.release_job(
+                        job_id=job_id, token=execution.token, attempt=execution.job.attempt
+                    )
+            while (job := self._take_ready()) is not None:
+                store.unclaim_job(job_id=job.id, token=job.lease_token)
+        except DatabaseLost:
+            pass  # nothing can be given back; the error was logged when it was found
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._loop is not None:
             self._loop.stop()
         try:
-            self.app.store.stop_worker(self.id)
+            if store.dialect.gone is None:
+                store.stop_worker(self.id)
         except Exception:
             log.exception("could not mark worker %s stopped", self.id)
         log.info("worker %s stopped", self.id)
@@ -378,6 +386,8 @@ class Worker:
             if nxt is not None:
                 execution.deferred = True
                 execution.next_job = nxt
+                with self._lock:
+                    self._deferred[job.id] = execution
                 store.finish_later(
                     job_id=job.id,
                     token=execution.token,
@@ -406,6 +416,9 @@ class Worker:
             self._wake.set()  # idle slots take the rest
 
     def _written_behind(self, execution: Execution, outcome: bool | BaseException) -> None:
+        with self._lock:
+            if self._deferred.get(execution.job.id) is execution:
+                del self._deferred[execution.job.id]
         if isinstance(outcome, BaseException):
             log.error(
                 "job %s: its success could not be recorded (%s); it runs again once its "
@@ -463,6 +476,9 @@ class Worker:
         last_beat = last_reap = 0.0
         tick = min(0.25, self.app.heartbeat_seconds / 4)
         while not self._stopping.is_set():
+            if self.app.store.dialect.gone is not None:
+                self._database_gone()
+                return
             try:
                 self.app.store.sync_clock_if_stale()
                 now = clock.now()
@@ -484,6 +500,17 @@ class Worker:
                 self._stopping.wait(1.0)
             clock.wait(self._stopping, tick)
 
+    def _database_gone(self) -> None:
+        """The database went away under the App (see ``Dialect.gone``): nothing can be
+        recorded any more, so stop claiming and stop the runs at their next step."""
+        log.error("worker %s stopped: %s", self.id, self.app.store.dialect.gone)
+        self._stopping.set()
+        self._wake.set()
+        with self._lock:
+            executions = list(self.running.values())
+        for execution in executions:
+            execution.mark_lost()
+
     def _check_timeouts(self, now: float) -> None:
         for execution in list(self.running.values()):
             if execution.deadline is not None and now >= execution.deadline:
@@ -496,6 +523,7 @@ class Worker:
             # A job retried while its old run is still winding down can be both running
             # (old token) and claimed ahead (new token): the new lease is the one held.
             held.update((job.id, job.lease_token) for job in self._ready)
+            held.update((jid, x.token) for jid, x in self._deferred.items() if jid not in held)
         lost, cancel = self.app.store.heartbeat(
             worker_id=self.id, held=held, lease_seconds=self.app.stale_after_seconds
         )

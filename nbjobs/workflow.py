@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .clock import to_epoch
 from .codec import digest
 from .errors import ConfigurationError, DuplicateCheckpoint, SerializationError
+from .schema import RESERVED_KEY_PREFIX
 
 if TYPE_CHECKING:
     from .app import App
@@ -111,6 +112,11 @@ class Options:
             _check_name("queue", self.queue)
         if self.key is not None:
             _check_name("key", self.key)
+            if self.key.startswith(RESERVED_KEY_PREFIX):
+                raise ConfigurationError(
+                    f"keys starting with {RESERVED_KEY_PREFIX!r} are reserved for nbjobs' own "
+                    f"jobs (a fan-out's children), got {self.key!r}"
+                )
         if self.delay is not None and self.run_at is not None:
             raise ConfigurationError("give delay or run_at, not both")
         if self.run_at is not None and not isinstance(self.run_at, (int, float, datetime)):

@@ -658,11 +658,11 @@ def test_a_step_waits_for_a_takeover_in_flight_and_is_then_refused(db_url: str):
 
 
 @pytest.mark.parametrize("backend", backends.selected("postgres"))
-def test_a_claim_alone_relaxes_only_its_own_commit(db_url: str):
-    """A claim with nothing else to commit sets synchronous_commit off for its own
-    transaction; the connection it ran on, which later submits, checkpoints and finishes
-    borrow, still commits durably, and a claim inside a finishing transaction is sent
-    without the setting."""
+def test_a_claim_commits_durably(db_url: str):
+    """A claim commits with the server's ``synchronous_commit`` like every other write: a
+    claim forgotten in a server crash would let a live worker and a new claimant run the
+    same step at once.  The statement does not touch the setting, and the connection it
+    ran on, which later submits, checkpoints and finishes borrow, still commits durably."""
     app = make_app(db_url)
     try:
         app.store.enqueue_job(workflow="w", input="{}")
@@ -676,9 +676,12 @@ def test_a_claim_alone_relaxes_only_its_own_commit(db_url: str):
         finally:
             app.store._autocommit.give_back(conn)
         assert setting == "on"
-        alone = app.store._claim_plan("default", ("w",), 1, alone=True).sql
-        shared = app.store._claim_plan("default", ("w",), 1).sql
-        assert "set_config" in alone and "set_config" not in shared
+        app.store.claim_job(
+            app.store.enqueue_job(workflow="w", input="{}")[0], worker_id="x", lease_seconds=60
+        )
+        plans = list(app.store._claim_plans.values())  # every claim statement sent
+        assert len(plans) == 2
+        assert not [p.sql for p in plans if "set_config" in p.sql]
     finally:
         app.close()
 

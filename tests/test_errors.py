@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 from datetime import datetime, timezone
@@ -248,6 +249,23 @@ def test_unknown_job_id(app):
         app.job("does-not-exist")
     with pytest.raises(nbjobs.UnknownJob):
         app.cancel("does-not-exist")
+    with pytest.raises(nbjobs.UnknownJob):
+        nbjobs.JobHandle(app, "does-not-exist").logs()
+
+
+def test_a_job_without_output_has_empty_logs(app):
+    wf = app.workflow(name="silent")(lambda cs: None)
+    assert wf.submit().logs() == ""
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), "1", True])
+def test_a_result_timeout_that_is_no_number_of_seconds_is_refused(app, timeout):
+    """A NaN deadline is never reached: ``result(timeout=nan)`` would wait forever."""
+    h = app.workflow(name="never-run")(lambda cs: None).submit()
+    with pytest.raises(nbjobs.ConfigurationError, match="timeout"):
+        h.result(timeout=timeout)
+    with pytest.raises(nbjobs.ConfigurationError, match="timeout"):
+        asyncio.run(h.result_async(timeout=timeout))
 
 
 @pytest.mark.parametrize(

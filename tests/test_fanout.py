@@ -345,3 +345,22 @@ def test_a_decided_fanout_failure_is_not_retried_automatically(app: nbjobs.App) 
         h.result(timeout=TIMEOUT)
     assert [a["outcome"] for a in h.attempts][-1] == "failed"
     assert app.store.get_job(h.id).failures == 1
+
+
+def test_a_user_key_cannot_take_a_childs_key(app: nbjobs.App) -> None:
+    """Children's idempotency keys live in nbjobs' own namespace: a user job submitted
+    with the key a child would have had (the old ``{parent}/{fan-out}/{index}`` form)
+    does not fail the fan-out, and keys in that namespace are refused."""
+    _child, parent = define(app)
+    h = parent.submit([1, 2], [], "collect_all")
+    squatter = _child.options(key=f"{h.id}/kids/0").submit(5, [])
+    app.start(concurrency=2)
+    assert h.result(timeout=TIMEOUT) == {
+        "raised": False,
+        "outcomes": [["succeeded", 2], ["succeeded", 4]],
+    }
+    assert squatter.result(timeout=TIMEOUT) == 10
+    assert [k.info()["key"] for k in h.children] == [f"nbjobs:{h.id}/kids/{i}" for i in (0, 1)]
+    for key in (f"nbjobs:{h.id}/kids/1", "nbjobs:"):
+        with pytest.raises(nbjobs.ConfigurationError, match="reserved"):
+            _child.options(key=key).submit(5, [])

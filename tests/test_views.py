@@ -365,3 +365,30 @@ def test_changed_code_is_marked_in_the_table_and_explained_in_the_detail(sqlite_
     finally:
         viewer.close()
         notebook.close()
+
+
+def test_job_detail_reads_large_values_cut_by_the_database(app):
+    """The detail view reads at most what it shows of each stored value: the database
+    cuts them (``substr``) and gives their full length, which the view reports (on every
+    backend; under MariaDB's 64 KiB ``TEXT``)."""
+    big = "x" * 20_000
+    accented = "é" * 20_000  # characters, not bytes, are counted
+
+    @app.workflow(name="big")
+    def big_values(cs, text):
+        cs.checkpoint("copy", lambda: text)
+        raise ValueError(accented)
+
+    h = big_values.submit(big)
+    with app.running(concurrency=1):
+        finish(app, [h])
+    detail = app.store.job_detail(h.id)
+    job, (step,) = detail["job"], detail["checkpoints"]
+    assert len(job.input) == 2000 and job.input_length == len(f'{{"args":["{big}"],"kwargs":{{}}}}')
+    assert len(job.error) == 2000 and job.error_length == len("ValueError: ") + len(accented)
+    assert len(job.traceback) == 8000 and job.traceback_length > len(accented)
+    assert len(step.value) == 120 and step.value_length == len(big) + 2
+    assert len(detail["attempts"][0].error) == 2000
+    html = JobDetail(app=app, job_id=h.id)._summary.object
+    assert f"({job.input_length - 2000:,} more characters)" in html
+    assert f"({job.error_length - 2000:,} more characters)" in html

@@ -804,3 +804,37 @@ def test_a_job_claimed_ahead_and_cancelled_never_runs(still_app):
     assert handles["long"].result(timeout=30) == "long"
     assert ran == ["short", "long"]
     assert after.attempts == []  # it never started
+
+
+@pytest.mark.parametrize("backend", backends.selected("postgres"))
+def test_a_success_waiting_for_its_shared_commit_keeps_its_lease(db_url, monkeypatch):
+    """A short job's success left to the write-behind commit stays heartbeated until
+    that commit is made: a database stall longer than the lease (here the group commit
+    held up for 2.5 leases) must not let the reaper run the job again and refuse the
+    success.  PostgreSQL: there heartbeats and the reaper do not wait for group commits."""
+    import nbjobs.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "SHORT_JOB_SECONDS", 60.0)  # every job is short
+    app = make_app(db_url)
+    runs: list[int] = []
+    try:
+        quick = app.workflow(name="quick", queue="manual")(lambda cs, x: runs.append(x) or x)
+        first, second = quick.submit(1), quick.submit(2)
+        app.start(concurrency=1)  # serves "default" only: these two are claimed here
+        worker = app._worker
+        claimed = app.store.claim_jobs(
+            worker_id=worker.id, queue="manual", workflows=["quick"], limit=2,
+            lease_seconds=app.stale_after_seconds,
+        )  # fmt: skip
+        assert [j.id for j in claimed] == [first.id, second.id]
+        with app.store.dialect.group_lock:  # no group commits for a while
+            worker._ready.append(claimed[1])
+            worker._dispatch(claimed[0])  # its success waits for the shared commit
+            wait_until(lambda: runs == [1, 2], timeout=30, what="both jobs to run")
+            assert first.status == "running"  # done, its success not committed yet
+            time.sleep(2.5 * app.stale_after_seconds)
+        assert first.result(timeout=30) == 1 and second.result(timeout=30) == 2
+        assert runs == [1, 2]
+        assert [a["outcome"] for a in first.attempts] == ["succeeded"]
+    finally:
+        app.close()

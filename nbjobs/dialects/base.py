@@ -192,6 +192,9 @@ class Dialect:
     #: the thread that runs a group; on SQLite it is the write lock itself.
     group_commit = False
     group_lock: Any = None
+    #: Why the database can no longer be used (its SQLite file was deleted or replaced),
+    #: or None; the store raises ``DatabaseLost`` with it at every use.
+    gone: str | None = None
 
     #: Held around every write transaction of this process (a no-op by default).
     write_lock: contextlib.AbstractContextManager = contextlib.nullcontext()
@@ -338,16 +341,13 @@ class Dialect:
         """The "not before" column as the claim compares it."""
         return jobs.c.run_at
 
-    def claim_statement(
-        self, candidates: Select, values: dict[str, Any], alone: bool = False
-    ) -> Any:
+    def claim_statement(self, candidates: Select, values: dict[str, Any]) -> Any:
         """Build, once, what ``claim`` executes: mark the candidates running with ``values``.
 
         ``candidates`` and ``values`` hold bind parameters, so the store builds this once
-        per (queue, workflows, limit) and runs it many times with new parameters.
-        ``alone``: the statement is its own transaction (a claim with nothing else to
-        commit), which a dialect may commit without waiting for the disk; see
-        ``PostgresDialect.claim_statement``.
+        per (queue, workflows, limit) and runs it many times with new parameters.  A
+        claim always commits durably: one forgotten in a server crash would leave its
+        worker running the job while the job is claimable again at once.
         """
         return (
             update(jobs)

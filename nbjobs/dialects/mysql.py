@@ -96,9 +96,7 @@ class MySQLDialect(RowLockingDialect):
         args = getattr(orig, "args", ())
         return bool(args) and args[0] in TRANSIENT_CODES
 
-    def claim_statement(
-        self, candidates: Select, values: dict[str, Any], alone: bool = False
-    ) -> Any:
+    def claim_statement(self, candidates: Select, values: dict[str, Any]) -> Any:
         """Three statements: lock the candidates, mark them running, read them back."""
         if candidates._for_update_arg is None:
             candidates = candidates.with_for_update(skip_locked=True)

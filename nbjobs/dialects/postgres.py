@@ -143,9 +143,10 @@ class PostgresDialect(RowLockingDialect):
         return isinstance(orig, psycopg.OperationalError) and not sqlstate
 
     # -- locking and the claim ---------------------------------------------------------
-    def claim_statement(
-        self, candidates: Select, values: dict[str, Any], alone: bool = False
-    ) -> Any:
+    def claim_statement(self, candidates: Select, values: dict[str, Any]) -> Any:
+        # The claim commits with the server's synchronous_commit (on by default), like
+        # every other write: a claim a crash forgot would leave its worker running the
+        # job while another claims it at once, the same step running twice concurrently.
         # MATERIALIZED: the locking subquery runs exactly once, so a claim never takes
         # more rows than its LIMIT (an inlined IN-subquery may be re-scanned).
         if candidates._for_update_arg is None:
@@ -159,20 +160,7 @@ class PostgresDialect(RowLockingDialect):
             .values(**values, attempts=jobs.c.attempts + 1)
             .returning(*CLAIMED_COLUMNS)
         )
-        if not alone:
-            return claim
-        # A claim alone in its transaction commits without waiting for the WAL to reach
-        # the disk (SET LOCAL synchronous_commit = off, from inside the statement, which
-        # runs in autocommit mode): 0.3 to 0.4 ms less from wake-up to start.  A server
-        # crash can then forget a claim made in its last moments, which is the same as
-        # losing the worker: the job is queued again, and the lease fence refuses every
-        # write of the run that held it.  Whatever the run commits first flushes the
-        # claim with it (the WAL is written in order).  A claim that takes nothing
-        # writes nothing and never reads the setting.
-        relaxed = select(
-            func.set_config("synchronous_commit", "off", True).label("value")
-        ).scalar_subquery()
-        return claim.where(relaxed.is_not(None))
+        return claim
 
     autocommit_single = True
 

@@ -9,6 +9,7 @@ deadlock-prone upgrade from a read lock.  No lock is ever held while user code r
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -17,7 +18,7 @@ from typing import Any
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import OperationalError
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, DatabaseLost
 from ..schema import jobs
 from .base import Dialect
 
@@ -57,6 +58,9 @@ class SQLiteDialect(Dialect):
         self._writes = 0  # write transactions begun, for the checkpointer
         self._closed = threading.Event()
         self._checkpointer: threading.Thread | None = None
+        #: The file as the first connection found it, (st_dev, st_ino); see ``check_file``.
+        self.path = os.path.abspath(url.database)
+        self._file: tuple[int, int] | None = None
 
     def engine_kwargs(self) -> dict[str, Any]:
         return {
@@ -87,6 +91,10 @@ class SQLiteDialect(Dialect):
             cursor.execute("PRAGMA cache_size = -32768")
             cursor.execute("PRAGMA mmap_size = 268435456")
             cursor.close()
+            # A new connection after the file was deleted made a new, empty one.
+            if not self.check_file():
+                dbapi_conn.close()
+                raise DatabaseLost(self.gone)
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn) -> None:
@@ -114,6 +122,8 @@ class SQLiteDialect(Dialect):
         """
         seen = 0
         while not self._closed.wait(CHECKPOINT_SECONDS):
+            if not self.check_file():
+                return
             if self._writes == seen:
                 continue
             seen = self._writes
@@ -125,6 +135,38 @@ class SQLiteDialect(Dialect):
                     raw.close()
             except Exception:  # the next pass tries again; a closed engine ends the loop
                 log.debug("WAL checkpoint failed", exc_info=True)
+
+    def check_file(self) -> bool:
+        """Whether the database file is still the one this App opened; else say so, loudly
+        and once, and set ``gone`` (the store then refuses every use, the worker stops).
+
+        Deleting the file (``rm nbjobs.db`` to start over, with a kernel still running)
+        leaves open connections on the unlinked file, whose writes vanish with the
+        process, while new connections and other Apps make a new empty file at the path:
+        two databases, and nobody told.  The checkpointer thread looks four times a second.
+        """
+        if self.gone is not None:
+            return False
+        try:
+            st = os.stat(self.path)
+            found: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            found = None
+        except OSError:
+            return True  # cannot tell (permissions, a flaky mount): assume unchanged
+        if self._file is None:
+            self._file = found
+            return True
+        if found == self._file:
+            return True
+        what = "deleted" if found is None else "replaced"
+        self.gone = (
+            f"the SQLite database file {self.path} was {what} while this App was using it; "
+            "what the App wrote since went to the old file and is lost with it. The worker "
+            "was stopped: open a new App to use the file now at that path"
+        )
+        log.error("%s", self.gone)
+        return False
 
     def stop(self) -> None:
         self._closed.set()

@@ -34,7 +34,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from .. import dialects
 from ..clock import Clock
 from ..dialects.base import Prepared
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, DatabaseLost
 from ..schema import (
     DUE_INDEX,
     SCHEMA_VERSION,
@@ -85,6 +85,26 @@ _FINISH_ATTEMPT = insert(attempts).from_select(
 )
 
 
+def storable_text(text: str | None) -> str | None:
+    """``text`` as every backend can store it: NUL and lone surrogates escaped.
+
+    Error messages, tracebacks, progress messages and captured output are the user's
+    text: a file name from ``os.fsdecode`` holds a lone surrogate, which no driver can
+    encode, and PostgreSQL's text type refuses NUL.  Stored raw, such a text fails the
+    write that records a job's outcome, and the real error is lost; escaped
+    (``\\udcff``, ``\\x00``) it reads as Python would show it.
+    """
+    if not text:
+        return text
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 # What the reaper needs of a job whose worker was lost.
 
 
@@ -127,17 +147,22 @@ CLOCK_SYNC_SECONDS = 60.0
 class _GroupedWork:
     """One thread's piece of a group commit."""
 
-    __slots__ = ("callback", "done", "error", "item", "result", "work")
+    __slots__ = ("callback", "done", "error", "item", "proof", "result", "work")
 
     def __init__(
         self,
         work: Callable[[Connection], Any],
         item: Any = None,
         callback: Callable[[_GroupedWork], None] | None = None,
+        proof: tuple[str, int, str] | None = None,
     ) -> None:
         self.work = work
         #: What the work is about, for a group that runs like pieces as one statement.
         self.item = item
+        #: (job id, attempt, outcome): the attempt row the piece writes when its fence
+        #: accepts it (``result[0]`` true), which tells after an ambiguous COMMIT whether
+        #: the group committed (see ``CoreStore._group_committed``).
+        self.proof = proof
         #: Called once the piece is committed or has failed, for a piece nobody waits on.
         self.callback = callback
         self.done = False
@@ -276,6 +301,8 @@ class CoreStore:
         return self.dialect.listen(callback)
 
     def _kept_connection(self, role: str) -> Connection:
+        if self.dialect.gone is not None:
+            raise DatabaseLost(self.dialect.gone)
         local = self._local
         conn = getattr(local, role, None)
         if conn is None or conn.closed:
@@ -303,6 +330,8 @@ class CoreStore:
 
     @contextlib.contextmanager
     def _pooled_transaction(self, role: str) -> Iterator[Connection]:
+        if self.dialect.gone is not None:
+            raise DatabaseLost(self.dialect.gone)
         with self.engine.connect() as conn:
             if role == "writer" and self._write_options:
                 conn.execution_options(**self._write_options)
@@ -382,7 +411,12 @@ class CoreStore:
                 if not dbapi_connection.closed:
                     dbapi_connection.autocommit = False
 
-    def _grouped(self, work: Callable[[Connection], T], item: Any = None) -> T:
+    def _grouped(
+        self,
+        work: Callable[[Connection], T],
+        item: Any = None,
+        proof: tuple[str, int, str] | None = None,
+    ) -> T:
         """Run ``work(conn)`` in a write transaction shared with other threads (group commit).
 
         Threads that want to write while another runs a group leave their work in a list;
@@ -390,11 +424,12 @@ class CoreStore:
         every piece waiting in one transaction, so N concurrent finishes cost one commit
         instead of N.  A failing piece never takes the others down: the batch is re-run
         one by one.  ``item`` describes the work for :meth:`_run_group`, which may run
-        like pieces together as one statement.
+        like pieces together as one statement; ``proof`` names the attempt row the piece
+        writes (see ``_GroupedWork.proof``).
         """
         if not self.dialect.group_commit:
             return self._retry_conflicts(work, hot=True)
-        request = _GroupedWork(work, item)
+        request = _GroupedWork(work, item, proof=proof)
         with self._group_lock:
             self._group.append(request)
         with self.dialect.group_lock:
@@ -407,7 +442,11 @@ class CoreStore:
         return request.result
 
     def _grouped_later(
-        self, work: Callable[[Connection], Any], item: Any, callback: Callable[[Any], None]
+        self,
+        work: Callable[[Connection], Any],
+        item: Any,
+        callback: Callable[[Any], None],
+        proof: tuple[str, int, str] | None = None,
     ) -> None:
         """Leave ``work`` for the next group commit and return at once (write-behind).
 
@@ -415,7 +454,7 @@ class CoreStore:
         (``piece.error``); :meth:`flush` commits what is left.  Without group commits
         the work runs now.
         """
-        request = _GroupedWork(work, item, callback)
+        request = _GroupedWork(work, item, callback, proof)
         if not self.dialect.group_commit:
             try:
                 request.result = self._retry_conflicts(work, hot=True)
@@ -464,21 +503,62 @@ class CoreStore:
             request.result = request.work(conn)
 
     def _commit_group(self, batch: list[_GroupedWork]) -> None:
+        ran = False
         try:
             with self.dialect.hot_path(), self._transaction("writer") as conn:
                 self._run_group(conn, batch)
-        except Exception:
-            # The group rolled back whole: run each piece alone (a deadlock or conflict is
-            # retried there), so one failing piece fails alone.
-            for request in batch:
-                try:
-                    request.result = self._retry_conflicts(request.work)
-                except Exception as single:
-                    request.error = single
+                ran = True
+        except Exception as exc:
+            # A connection lost during COMMIT leaves the outcome unknown: never run the
+            # pieces again blindly.  Committed, each piece keeps what it did in the
+            # transaction (the jobs it claimed included); rolled back, they run alone.
+            committed = False
+            if ran and isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                committed = self._group_committed(batch)
+            if committed is None:
+                for request in batch:
+                    request.error = exc
+            elif not committed:
+                # The group rolled back whole: run each piece alone (a deadlock or
+                # conflict is retried there), so one failing piece fails alone.
+                for request in batch:
+                    request.error = None
+                    try:
+                        request.result = self._retry_conflicts(request.work)
+                    except Exception as single:
+                        request.error = single
+            else:
+                log.warning("a group commit lost its connection after committing (%s)", exc)
         finally:
             for request in batch:
                 request.done = True
             self._called_back(batch)
+
+    def _group_committed(self, batch: list[_GroupedWork]) -> bool | None:
+        """After a COMMIT whose outcome is unknown: whether the group committed, read from
+        the attempt row of a piece its fence accepted; None when no piece can tell (or
+        the database cannot be read either).  A group in which every fence refused its
+        piece wrote nothing: running it again is harmless (False)."""
+        proofs = [
+            r.proof
+            for r in batch
+            if r.proof is not None and isinstance(r.result, tuple) and r.result and r.result[0]
+        ]
+        if not proofs:
+            accepted = [r for r in batch if r.proof is None or r.result is None or r.result[0]]
+            return None if accepted else False
+        job_id, attempt, outcome = proofs[0]
+        try:
+            with self._read() as conn:
+                row = conn.execute(
+                    select(attempts.c.outcome).where(
+                        attempts.c.job_id == job_id, attempts.c.attempt == attempt
+                    )
+                ).all()
+        except Exception:
+            log.warning("cannot tell whether a group commit went through", exc_info=True)
+            return None
+        return any(r.outcome == outcome for r in row)
 
     @staticmethod
     def _called_back(batch: list[_GroupedWork]) -> None:

@@ -26,7 +26,7 @@ from ..schema import (
     new_id,
     new_token,
 )
-from .core import _FENCED, _FINISH_ATTEMPT, UNKNOWN, CoreStore
+from .core import _FENCED, _FINISH_ATTEMPT, UNKNOWN, CoreStore, storable_text
 
 
 @dataclass
@@ -224,12 +224,9 @@ class JobQueries(CoreStore):
             return None, job_id
         return self.claim_job(job_id, worker_id=worker_id, lease_seconds=lease_seconds), job_id
 
-    def _claim_plan(
-        self, queue: str | None, workflows: tuple[str, ...], limit: int, alone: bool = False
-    ) -> Any:
-        """The claim statement for one shape, built once (``queue`` None: one job by id;
-        ``alone``: the claim is its own transaction, see ``Dialect.claim_statement``)."""
-        key = (queue, workflows, limit, alone)
+    def _claim_plan(self, queue: str | None, workflows: tuple[str, ...], limit: int) -> Any:
+        """The claim statement for one shape, built once (``queue`` None: one job by id)."""
+        key = (queue, workflows, limit)
         plan = self._claim_plans.get(key)
         if plan is None:
             if queue is None:
@@ -240,7 +237,7 @@ class JobQueries(CoreStore):
                 candidates = self.dialect.claim_candidates(
                     queue, list(workflows), bindparam("c_now", None), limit
                 )
-            plan = self.dialect.claim_statement(candidates, _CLAIM_VALUES, alone)
+            plan = self.dialect.claim_statement(candidates, _CLAIM_VALUES)
             if isinstance(plan, Executable):
                 plan = Prepared(plan, self.engine.dialect)
             if len(self._claim_plans) > 256:
@@ -288,12 +285,11 @@ class JobQueries(CoreStore):
         if limit <= 0 or not workflows:
             return []
         limit = min(limit, self.dialect.claim_batch)
+        plan = self._claim_plan(queue, tuple(workflows), limit)
         if self.dialect.autocommit_single:  # the claim is one statement there
-            plan = self._claim_plan(queue, tuple(workflows), limit, alone=True)
             return self._single_statement(
                 lambda conn: self._claim(conn, plan, worker_id, lease_seconds)
             )
-        plan = self._claim_plan(queue, tuple(workflows), limit)
         with self._write(hot=True) as conn:
             return self._claim(conn, plan, worker_id, lease_seconds)
 
@@ -377,10 +373,10 @@ class JobQueries(CoreStore):
     def set_progress(
         self, job_id: str, token: str, progress: float | None, message: str | None
     ) -> bool:
+        message = storable_text(message or None)
+        message = message and message[:500]
         with self._write() as conn:
-            return self._fence(
-                conn, job_id, token, progress=progress, message=(message or None) and message[:500]
-            )
+            return self._fence(conn, job_id, token, progress=progress, message=message)
 
     def finish_job(
         self,
@@ -429,12 +425,14 @@ class JobQueries(CoreStore):
         written or claimed when the lease was lost.
         """
         simple = status == Status.SUCCEEDED and parent_id is None and outcome is None
+        error, traceback = storable_text(error), storable_text(traceback)
         return self._grouped(
             lambda conn: self._finish_and_claim(
                 conn, job_id, token, attempt, status, result, error, traceback, outcome,
                 claim, parent_id,
             ),
             _Success(job_id, token, attempt, result, claim) if simple else None,
+            (job_id, attempt, outcome or status.value),
         )  # fmt: skip
 
     def finish_later(
@@ -463,6 +461,7 @@ class JobQueries(CoreStore):
             work,
             _Success(job_id, token, attempt, result, None),
             lambda piece: done(piece.error if piece.error is not None else piece.result[0]),
+            (job_id, attempt, Status.SUCCEEDED.value),
         )
 
     def _run_group(self, conn: Connection, batch: list) -> None:
@@ -599,6 +598,7 @@ class JobQueries(CoreStore):
         outcome: str = "failed",
     ) -> bool:
         """Put a failed attempt's job back in the queue to run at ``run_at``."""
+        error, traceback = storable_text(error), storable_text(traceback)
         with self._write() as conn:
             if not self._fence(
                 conn,
@@ -616,20 +616,31 @@ class JobQueries(CoreStore):
             self._finish_attempt(conn, job_id, attempt, outcome, error, traceback)
         return True
 
-    def release_job(self, *, job_id: str, token: str, attempt: int) -> bool:
-        """Give a running job back to the queue untouched (graceful stop)."""
+    def release_job(
+        self,
+        *,
+        job_id: str,
+        token: str,
+        attempt: int,
+        run_at: float | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Give a running job back to the queue without counting a failure (a graceful
+        stop, or the database failing under the run: ``run_at`` delays the next run and
+        ``error`` says why on the attempt row)."""
+        error = storable_text(error)
         with self._write() as conn:
             if not self._fence(
                 conn,
                 job_id,
                 token,
                 status=Status.QUEUED.value,
-                run_at=self.now(),
+                run_at=self.now() if run_at is None else run_at,
                 lease_token=None,
                 lease_expires_at=None,
             ):
                 return False
-            self._finish_attempt(conn, job_id, attempt, "released")
+            self._finish_attempt(conn, job_id, attempt, "released", error)
         return True
 
     def unclaim_job(self, *, job_id: str, token: str, cancel: bool = False) -> bool:

@@ -20,7 +20,7 @@ from ..schema import (
     new_id,
     signals,
 )
-from .core import JOB_SUMMARY, CoreStore
+from .core import JOB_SUMMARY, CoreStore, storable_text
 
 
 class JobReads(CoreStore):
@@ -150,13 +150,23 @@ class JobReads(CoreStore):
     def append_logs(self, rows: list[dict[str, Any]]) -> None:
         if rows:
             with self._write() as conn:
-                conn.execute(insert(logs), [dict(r, id=new_id()) for r in rows])
+                conn.execute(
+                    insert(logs),
+                    [dict(r, id=new_id(), text=storable_text(r["text"])) for r in rows],
+                )
 
     def job_logs(self, job_id: str) -> list[Row]:
+        """The job's output rows in order; ``UnknownJob`` when there is no such job."""
         with self._read() as conn:
-            return conn.execute(
+            rows = conn.execute(
                 select(logs).where(logs.c.job_id == job_id).order_by(logs.c.id)
             ).all()
+            if (
+                not rows
+                and conn.execute(select(jobs.c.id).where(jobs.c.id == job_id)).first() is None
+            ):
+                raise UnknownJob(f"no job with id {job_id!r}")
+        return rows
 
     def job_signals(self, job_id: str) -> list[Row]:
         with self._read() as conn:

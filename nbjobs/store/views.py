@@ -36,6 +36,16 @@ from ..schema import (
 )
 from .core import EPOCH_KEY, JOB_SUMMARY, CoreStore
 
+#: How much of each stored value or text the job detail view reads (characters).
+DETAIL_CHARS = {
+    "input": 2000,
+    "result": 2000,
+    "error": 2000,
+    "traceback": 8000,
+    "value": 120,
+    "payload": 200,
+}
+
 ACTIVE = (Status.QUEUED.value, Status.RUNNING.value, Status.WAITING.value)
 FINISHED = tuple(s.value for s in TERMINAL)
 
@@ -476,29 +486,51 @@ class ViewQueries(CoreStore):
             return conn.execute(stmt).all()
 
     # -- one job -----------------------------------------------------------------------
+    def _cut_columns(self, table: Any) -> list[Any]:
+        """``table``'s columns, its stored values and texts cut in SQL to what the detail
+        view shows (``DETAIL_CHARS``), each with its full length as ``<name>_length``."""
+        length = func.char_length if self.dialect.name == "mysql" else func.length
+        columns: list[Any] = []
+        for column in table.c:
+            limit = DETAIL_CHARS.get(column.name)
+            if limit is None:
+                columns.append(column)
+            else:
+                columns.append(func.substr(column, 1, limit).label(column.name))
+                columns.append(length(column).label(f"{column.name}_length"))
+        return columns
+
     def job_detail(self, job_id: str) -> dict[str, Any]:
         """Everything the detail view shows, read in one transaction.
 
-        ``job`` (the full row, progress columns included), ``checkpoints``, ``attempts``,
-        ``signals`` and ``children`` (status -> count).
+        ``job`` (the row, progress columns included), ``checkpoints``, ``attempts``,
+        ``signals`` and ``children`` (status -> count).  Stored values and texts come cut
+        to ``DETAIL_CHARS`` by the database, with their full length beside them
+        (``input_length``...): one click on a job must not pull its 16 MiB values.
         """
         from ..errors import UnknownJob
 
         extra = [c for c in _row_columns() if c.name not in jobs.c]
         with self._read() as conn:
-            job = conn.execute(select(*jobs.c, *extra).where(jobs.c.id == job_id)).first()
+            job = conn.execute(
+                select(*self._cut_columns(jobs), *extra).where(jobs.c.id == job_id)
+            ).first()
             if job is None:
                 raise UnknownJob(f"no job with id {job_id!r}")
             steps = conn.execute(
-                select(checkpoints)
+                select(*self._cut_columns(checkpoints))
                 .where(checkpoints.c.job_id == job_id)
                 .order_by(checkpoints.c.seq)
             ).all()
             tries = conn.execute(
-                select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.attempt)
+                select(*self._cut_columns(attempts))
+                .where(attempts.c.job_id == job_id)
+                .order_by(attempts.c.attempt)
             ).all()
             sigs = conn.execute(
-                select(signals).where(signals.c.job_id == job_id).order_by(signals.c.id)
+                select(*self._cut_columns(signals))
+                .where(signals.c.job_id == job_id)
+                .order_by(signals.c.id)
             ).all()
             kids = dict(
                 conn.execute(

@@ -23,7 +23,7 @@ from sqlalchemy import and_, bindparam, case, exists, func, insert, select, upda
 from sqlalchemy.engine import Connection, Row
 
 from ..errors import UnknownJob
-from ..schema import TERMINAL, Status, checkpoints, jobs, new_id, signals
+from ..schema import RESERVED_KEY_PREFIX, TERMINAL, Status, checkpoints, jobs, new_id, signals
 from ..strategies import Strategy, strategy_from_detail
 from .core import UNKNOWN, CoreStore
 from .jobs import fresh_job_counters
@@ -284,7 +284,8 @@ class WaitQueries(CoreStore):
         """Record the fan-out and insert its children (or re-wait for recorded ones), then
         return the outcomes if the fan-in is already decided, else park the parent.
 
-        Children get deterministic keys ``{parent}/{fan-out}/{index}``; children that
+        Children get deterministic keys ``nbjobs:{parent}/{fan-out}/{index}``, which no
+        user key can take first (``RESERVED_KEY_PREFIX``); children that
         exist already (the fan-out was dropped by ``retry(from_checkpoint=...)``) are
         reset and run again instead of being inserted twice.
         """
@@ -349,7 +350,9 @@ class WaitQueries(CoreStore):
                     id=child_id,
                     status=Status.QUEUED.value,
                     run_at=now if run_at is None else run_at,
-                    key=f"{parent_id}/{name}/{index}",
+                    # In nbjobs' own key namespace (children of an older version have
+                    # the bare form; children are found by parent and fan-out, never by key).
+                    key=f"{RESERVED_KEY_PREFIX}{parent_id}/{name}/{index}",
                     parent_id=parent_id,
                     root_id=root_id,
                     fanout=name,

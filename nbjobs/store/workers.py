@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
+from ..codec import digest
 from ..schema import (
     QUEUED_SQL,
     WAITING_SQL,
@@ -34,23 +35,89 @@ _LOST_COLUMNS = (
 )
 
 
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (tells a live process from a reused pid)."""
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, kernel start time) of ``pid`` from ``/proc``, or None (gone, not Linux)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]
     except (OSError, IndexError):
         return None
 
 
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (tells a live process from a reused pid)."""
+    stat = _proc_stat(pid)
+    return stat[1] if stat is not None else None
+
+
+def _pid_namespace() -> str:
+    """What makes this process's pids mean the same to another process: the boot and
+    the PID namespace, as a short digest ("" where ``/proc`` has neither).
+
+    A hostname is not enough: containers sharing one (docker ``--network host``,
+    Kubernetes ``hostNetwork``, cloned VMs) each number their processes apart, and a
+    live worker in one looks dead from the other.
+    """
+    parts = []
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            parts.append(f.read().strip())
+    except OSError:
+        pass
+    try:
+        ns = os.stat("/proc/self/ns/pid")
+        parts.append(f"{ns.st_dev}:{ns.st_ino}")
+    except OSError:
+        pass
+    return digest("/".join(parts)) if parts else ""
+
+
+#: This process's ``_pid_namespace()`` (fixed for its lifetime).
+PID_NAMESPACE = _pid_namespace()
+
+
+def process_identity(pid: int) -> str | None:
+    """What the worker registry stores in ``pid_start`` for ``pid`` of this namespace:
+    the start time and, after an ``@``, the namespace (see ``_pid_namespace``)."""
+    start = _process_start(pid)
+    if not PID_NAMESPACE:
+        return start
+    return f"{start or ''}@{PID_NAMESPACE}"
+
+
 def process_alive(pid: int, pid_start: str | None) -> bool:
+    """Whether ``pid``, with the kernel start time ``pid_start`` (None: unknown), still
+    runs in this PID namespace.  A zombie (killed, not reaped by its parent yet) is dead:
+    it runs nothing and will not heartbeat again."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return pid_start is None or _process_start(pid) in (None, pid_start)
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True  # no /proc: the pid answers, so it is taken to be alive
+    state, start = stat
+    if state in ("Z", "X"):
+        return False
+    return pid_start is None or start == pid_start
+
+
+def _dead_here(pid: int, identity: str | None) -> bool:
+    """Whether a worker registered with ``pid`` and ``identity`` (``pid_start``) is known
+    dead from this process: only when it shares this PID namespace.  A worker of another
+    namespace, or one registered before namespaces were recorded, is left to the reaper,
+    which takes its jobs back once their lease expires."""
+    start, at, namespace = (identity or "").rpartition("@")
+    if at:
+        if namespace != PID_NAMESPACE:
+            return False
+        return not process_alive(pid, start or None)
+    if PID_NAMESPACE:
+        return False  # registered without a namespace: unknown
+    return not process_alive(pid, identity or None)
 
 
 class WorkerQueries(CoreStore):
@@ -65,7 +132,7 @@ class WorkerQueries(CoreStore):
                     id=worker_id,
                     host=socket.gethostname(),
                     pid=pid,
-                    pid_start=_process_start(pid),
+                    pid_start=process_identity(pid),
                     queues=",".join(queues_),
                     concurrency=concurrency,
                     jobs_held=0,
@@ -187,7 +254,12 @@ class WorkerQueries(CoreStore):
             return self._requeue_lost(conn, rows, "heartbeat stopped", max_reclaims)
 
     def reclaim_dead_local_workers(self, *, max_reclaims: int) -> int:
-        """Requeue jobs of workers on this host whose process is gone, without waiting."""
+        """Requeue jobs of workers on this host whose process is gone, without waiting.
+
+        "On this host" means the same hostname *and* the same PID namespace of the same
+        boot (see ``_pid_namespace``); a worker whose pid means nothing here is left to
+        the reaper and its lease.
+        """
         host = socket.gethostname()
         with self._read() as conn:
             candidates = conn.execute(
@@ -195,7 +267,7 @@ class WorkerQueries(CoreStore):
                     workers.c.host == host, workers.c.stopped_at.is_(None)
                 )
             ).all()
-        dead = [w.id for w in candidates if not process_alive(w.pid, w.pid_start)]
+        dead = [w.id for w in candidates if _dead_here(w.pid, w.pid_start)]
         if not dead:
             return 0
         with self._write() as conn:

@@ -72,7 +72,7 @@ def step_timeline(steps: Sequence[Any], job: Any) -> str:
             f'<div class="nbj-muted">{_esc(s.kind)}'
             f"{' · attempt ' + str(s.attempt) if s.attempt else ''}</div></td>"
             f"<td>{duration}</td><td style='width:45%'>{bar}</td>"
-            f'<td><code style="font-size:11px">{_esc(stored_value(s.value, 120))}</code></td></tr>'
+            f'<td><code style="font-size:11px">{_esc(stored_value(s.value, 120, s.value_length))}</code></td></tr>'
         )
     head = "<tr><th>#</th><th>step</th><th>took</th><th>timeline</th><th>value</th></tr>"
     return f'<table class="nbj-steps">{head}{"".join(rows)}</table>'
@@ -303,22 +303,22 @@ class JobDetail(Component):
     def _summary_html(self, job: Any) -> str:
         parts = [
             '<div class="nbj-section">Input</div>',
-            f'<pre class="nbj-pre">{_esc(stored_value(job.input))}</pre>',
+            f'<pre class="nbj-pre">{_esc(stored_value(job.input, total=job.input_length))}</pre>',
         ]
         if job.status == "succeeded":
             parts += [
                 '<div class="nbj-section">Result</div>',
-                f'<pre class="nbj-pre">{_esc(stored_value(job.result))}</pre>',
+                f'<pre class="nbj-pre">{_esc(stored_value(job.result, total=job.result_length))}</pre>',
             ]
         if job.error:
             parts += [
                 '<div class="nbj-section">Error</div>',
-                f'<pre class="nbj-pre nbj-error">{_esc(truncate(job.error, 2000))}</pre>',
+                f'<pre class="nbj-pre nbj-error">{_esc(truncate(job.error, 2000, job.error_length))}</pre>',
             ]
         if job.traceback:
             parts += [
                 '<div class="nbj-section">Traceback</div>',
-                f'<pre class="nbj-pre nbj-error">{_esc(truncate(job.traceback, 8000))}</pre>',
+                f'<pre class="nbj-pre nbj-error">{_esc(truncate(job.traceback, 8000, job.traceback_length))}</pre>',
             ]
         return "".join(parts)
 
@@ -350,7 +350,7 @@ class JobDetail(Component):
         rows = "".join(
             f"<tr><td><b>{_esc(s.name)}</b></td><td>{fmt_time(s.sent_at)}</td>"
             f"<td>{fmt_time(s.consumed_at) or 'buffered'}</td>"
-            f'<td><code style="font-size:11px">{_esc(stored_value(s.payload, 200))}</code></td></tr>'
+            f'<td><code style="font-size:11px">{_esc(stored_value(s.payload, 200, s.payload_length))}</code></td></tr>'
             for s in signals
         )
         head = "<tr><th>name</th><th>sent (UTC)</th><th>consumed</th><th>payload</th></tr>"

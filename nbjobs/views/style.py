@@ -19,22 +19,24 @@ from ..display import (
 STATUSES = ("queued", "running", "waiting", "succeeded", "failed", "cancelled")
 
 
-def truncate(text: str | None, limit: int = 2000) -> str:
-    """Stored text cut to ``limit`` characters, saying how much was left out."""
+def truncate(text: str | None, limit: int = 2000, total: int | None = None) -> str:
+    """Stored text cut to ``limit`` characters, saying how much was left out (``total``:
+    the full length, when the database has cut ``text`` already)."""
     if text is None:
         return ""
-    if len(text) <= limit:
+    total = len(text) if total is None else total
+    if total <= limit:
         return text
-    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+    return f"{text[:limit]}... ({total - limit:,} more characters)"
 
 
-def stored_value(text: str | None, limit: int = 2000) -> str:
+def stored_value(text: str | None, limit: int = 2000, total: int | None = None) -> str:
     """A stored value as display text, never unpickled (the dashboard may be exposed)."""
     if text is None:
         return "null"
     if text.startswith("pickle:"):
-        return f"<pickled value, {len(text):,} bytes>"
-    return truncate(text, limit)
+        return f"<pickled value, {len(text) if total is None else total:,} bytes>"
+    return truncate(text, limit, total)
 
 
 CSS = """
