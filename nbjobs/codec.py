@@ -24,6 +24,7 @@ import pickle
 from typing import Any
 
 from .errors import ConfigurationError, SerializationError
+from .validation import check_number
 
 _PICKLE_PREFIX = "pickle:"
 DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
@@ -48,14 +49,7 @@ class Codec:
             raise ConfigurationError(
                 f"unknown serializer {serializer!r}; choose one of {', '.join(SERIALIZERS)}"
             )
-        if (
-            isinstance(max_payload_bytes, bool)
-            or not isinstance(max_payload_bytes, int)
-            or max_payload_bytes < 1
-        ):
-            raise ConfigurationError(
-                f"max_payload_bytes must be a positive integer, got {max_payload_bytes!r}"
-            )
+        check_number("max_payload_bytes", max_payload_bytes, positive=True, integer=True)
         self.serializer = serializer
         self.max_payload_bytes = max_payload_bytes
         # What json.dumps builds on every call with these options, built once.

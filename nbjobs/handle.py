@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .clock import to_datetime
 from .errors import JobCancelled, JobFailed, NbjobsError
 from .schema import Status
+from .validation import check_number
 
 if TYPE_CHECKING:
     from .app import App
@@ -114,6 +115,7 @@ class JobHandle:
 
     async def result_async(self, timeout: float | None = None) -> Any:
         """``result`` for async code; polls without blocking the event loop."""
+        check_number("timeout", timeout, 0, optional=True)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         pause = 0.005

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -251,16 +252,22 @@ class CoreStore:
         try:
             self.migrate()
             self.sync_clock()
-        except OperationalError as exc:
-            self.close()
-            raise ConfigurationError(
-                f"cannot open the nbjobs database at {self.safe_url}: {exc.orig}"
-            ) from exc
         except DBAPIError as exc:
             self.close()
-            raise ConfigurationError(
-                f"the database at {self.safe_url} refused nbjobs: {exc.orig}"
-            ) from exc
+            refused = exc
+        else:
+            return
+        if isinstance(refused, OperationalError):
+            message = f"cannot open the nbjobs database at {self.safe_url}: {refused.orig}"
+        else:
+            message = f"the database at {self.safe_url} refused nbjobs: {refused.orig}"
+        error = ConfigurationError(dialects.redact(message, self.url))
+        # Raised here, outside the handler, so that no driver text reaches the traceback
+        # as context; chained only when it carries no credential.
+        chain = "".join(traceback.format_exception(refused))
+        if dialects.redact(chain, self.url) == chain:
+            error.__cause__ = refused
+        raise error
 
     def close(self) -> None:
         self.dialect.stop()
