@@ -114,6 +114,7 @@ class App:
         self._inline_loop: _LoopThread | None = None
         self._waits = Waits(self)
         self._schedules = Schedules(self)
+        self._closed = False
         _apps.add(self)
 
     def __repr__(self) -> str:
@@ -449,6 +450,7 @@ class App:
     # -- workers -----------------------------------------------------------------------
     def start(self, concurrency: int = 4, queues: list[str] | str | None = None) -> App:
         """Start background worker threads in this process; idempotent.  Returns the app."""
+        self._check_open()
         check_number("concurrency", concurrency, 1, integer=True)
         if isinstance(queues, str):
             queues = [q.strip() for q in queues.split(",") if q.strip()]
@@ -574,12 +576,26 @@ class App:
         """The live Panel dashboard: renders inline in a notebook, or ``.servable()``."""
         from .dashboard import Dashboard
 
+        self._check_open()
         return Dashboard(app=self, **params)
 
     def close(self) -> None:
-        """Stop the worker and close the database connections."""
+        """Stop the worker and close the database connections; closing twice is harmless.
+
+        A closed app refuses every further call (``ConfigurationError``) rather than
+        reopen connections behind the caller's back: its SQLite checkpointer and DuckDB
+        lock are gone, so its writes would no longer be looked after.
+        """
+        if self._closed:
+            return
+        self._closed = True
         self.stop()
         self.store.close()
+
+    def _check_open(self) -> None:
+        # Everything else reaches the database, whose transactions check the same.
+        if self._closed:
+            raise ConfigurationError("the app is closed (app.close() was called); make a new App")
 
     def __enter__(self) -> App:
         return self

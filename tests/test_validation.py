@@ -8,12 +8,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 import nbjobs
+from tests.conftest import make_app
 from tests.support import ROOT, wait_until
 
 TIMEOUT = 60
@@ -109,6 +111,50 @@ def test_an_over_long_cron_expression_is_refused_before_it_is_parsed(sqlite_app)
     # Whitespace is normalized before it is measured, as before.
     sqlite_app.schedule("spaced", tick, cron="*/5" + " " * 500 + "* * * *")
     assert sqlite_app.schedules()[0]["cron"] == "*/5 * * * *"
+
+
+# -- a closed App ---------------------------------------------------------------------
+def test_a_closed_app_refuses_every_call_and_closing_twice_is_harmless(db_url) -> None:
+    app = make_app(db_url)
+
+    @app.workflow(name="echo")
+    def echo(cs: nbjobs.CallState, x: int) -> int:
+        return x
+
+    job = echo.submit(1)
+    app.close()
+    calls = {
+        "submit": lambda: echo.submit(2),
+        "run": lambda: echo.run(3),
+        "start": lambda: app.start(),
+        "running": lambda: app.running().__enter__(),
+        "jobs": lambda: app.jobs(),
+        "job": lambda: app.job(job.id),
+        "handle.status": lambda: job.status,
+        "cancel": lambda: app.cancel(job.id),
+        "signal": lambda: app.signal(job.id, "go"),
+        "schedule": lambda: app.schedule("s", echo, cron="* * * * *", args=(1,)),
+        "schedules": lambda: app.schedules(),
+        "workers": lambda: app.workers(),
+        "purge": lambda: app.purge(older_than=0),
+        "pause_queue": lambda: app.pause_queue("default"),
+        "dashboard": lambda: app.dashboard(),
+        "register a workflow": lambda: app.workflow(lambda cs: None, name="late"),
+        "a store transaction": lambda: app.store.list_jobs(limit=1),
+    }
+    for where, call in calls.items():
+        with pytest.raises(nbjobs.ConfigurationError, match="the app is closed"):
+            call()
+            pytest.fail(f"{where} worked on a closed app")
+    assert not [t for t in threading.enumerate() if t.name.startswith("nbjobs")]
+    app.close()  # twice: harmless
+    app.stop()
+    # The database is untouched: a new App sees the job.
+    again = make_app(db_url)
+    try:
+        assert again.job(job.id).status == "queued"
+    finally:
+        again.close()
 
 
 # -- the absolute path of a SQLite file -----------------------------------------------

@@ -178,6 +178,7 @@ class _RawTransaction:
         self.lock = lock
 
     def __enter__(self) -> Connection:
+        self.store._check_open()
         if self.lock is not None:
             self.lock.acquire()
         try:
@@ -226,6 +227,7 @@ class CoreStore:
     def __init__(self, url: str, *, clock: Clock | None = None, **options: Any) -> None:
         self.dialect = dialects.for_url(url, **options)
         self.url = self.dialect.url
+        self.closed = False
         self.safe_url = dialects.safe_url(self.url)
         self.clock = clock or Clock()
         self.engine = self.dialect.create_engine()
@@ -269,7 +271,13 @@ class CoreStore:
             error.__cause__ = refused
         raise error
 
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ConfigurationError("the app is closed (app.close() was called); make a new App")
+
     def close(self) -> None:
+        """Release the connections; every later transaction is refused.  Idempotent."""
+        self.closed = True
         self.dialect.stop()
         self._kept.clear()
         if self._autocommit is not None:
@@ -310,6 +318,7 @@ class CoreStore:
 
     @contextlib.contextmanager
     def _pooled_transaction(self, role: str) -> Iterator[Connection]:
+        self._check_open()
         with self.engine.connect() as conn:
             if role == "writer" and self._write_options:
                 conn.execution_options(**self._write_options)
@@ -370,6 +379,7 @@ class CoreStore:
         """
         if not self.dialect.autocommit_single:
             return self._retry_conflicts(work, hot=True)
+        self._check_open()
         conn = self._autocommit.take() if self._autocommit is not None else None
         if conn is not None:
             broken = False
