@@ -203,7 +203,7 @@ class CallState:
 
     def _args_hash(self, args: tuple, kwargs: dict) -> str | None:
         try:
-            return digest(self._x.app.codec.dumps([list(args), kwargs]))
+            return digest(self._x.app.codec.dumps([list(args), kwargs], check_keys=False))
         except (SerializationError, RecursionError):
             return None
 

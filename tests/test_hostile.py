@@ -133,6 +133,45 @@ def test_non_finite_floats_round_trip_everywhere_a_value_is_stored(app) -> None:
     assert same(h.checkpoints["step"], odd)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        {1: "a", "1": "b"},  # JSON would keep one of the two
+        {True: 1, "true": 2, None: 3},
+        {math.nan: 1},
+        {2.5: "x"},
+        [1, {"deep": [{"ok": 1}, {7: "seven"}]}],
+    ],
+)
+def test_dict_keys_that_are_not_strings_are_refused_not_coerced(app, value) -> None:
+    @app.workflow(name="keys")
+    def keys(cs: nbjobs.CallState, v: Any, as_step: bool) -> Any:
+        return cs.checkpoint("v", lambda: value) if as_step else "unused"
+
+    with pytest.raises(nbjobs.SerializationError, match="a key of type") as info:
+        keys.submit(value, False)
+    assert "convert the keys to str" in str(info.value)
+    assert app.jobs() == []
+    # A step (or a result) that returns one fails its job clearly, without retries.
+    with pytest.raises(
+        nbjobs.JobFailed, match=r"SerializationError: checkpoint 'v'.*a key of type"
+    ):
+        keys.run(None, True)
+
+
+def test_a_pickle_app_keeps_dict_keys_as_they_are(sqlite_url) -> None:
+    app = make_app(sqlite_url, serializer="pickle")
+    try:
+
+        @app.workflow(name="keys")
+        def keys(cs: nbjobs.CallState, v: dict) -> dict:
+            return cs.checkpoint("v", lambda: v)
+
+        assert keys.run({1: "a", "1": "b", None: 3}) == {1: "a", "1": "b", None: 3}
+    finally:
+        app.close()
+
+
 # -- non-finite and out-of-range numbers -------------------------------------------------
 NON_FINITE = [math.nan, math.inf, -math.inf]
 
