@@ -5,6 +5,7 @@ user is shown: the absolute path of a SQLite file, and a warning when a replay d
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -200,3 +201,36 @@ def test_a_relative_duckdb_path_is_shown_absolute(tmp_path, monkeypatch) -> None
         assert f"duckdb:///{tmp_path / 'rel.duckdb'}" in repr(app)
     finally:
         app.close()
+
+
+# -- a replay that takes another path -------------------------------------------------
+def test_a_replay_that_skips_a_stored_checkpoint_is_warned_about(app, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="nbjobs")
+    charges: list[str] = []
+
+    @app.workflow(name="pay", retries=1)
+    def pay(cs: nbjobs.CallState) -> str:
+        # A step name from outside state (here the attempt; in real code the time or a
+        # random id): the replay does not find the first attempt's checkpoint.
+        name = f"charge-{117598 + cs.attempt}"
+        cs.checkpoint(name, charges.append, name)
+        if cs.attempt == 1:
+            raise RuntimeError("network blip")
+        return name
+
+    @app.workflow(name="steady", retries=1)
+    def steady(cs: nbjobs.CallState) -> str:
+        cs.checkpoint("charge", charges.append, "steady")
+        if cs.attempt == 1:
+            raise RuntimeError("network blip")
+        return "ok"
+
+    assert steady.run() == "ok"
+    assert not [r for r in caplog.records if "not replayed" in r.getMessage()]
+    assert pay.run() == "charge-117600"
+    assert charges == ["steady", "charge-117599", "charge-117600"]  # charged twice
+    (warning,) = [r for r in caplog.records if "not replayed" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    assert "checkpoint 'charge-117599' stored by attempt 1 was not replayed by attempt 2" in (
+        warning.getMessage()
+    )
