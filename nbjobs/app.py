@@ -54,6 +54,15 @@ class App:
     default): a bigger one raises :class:`~nbjobs.SerializationError` naming the limit.
     ``retention_seconds`` turns on automatic retention: every worker's monitor purges
     finished job trees older than this, a few batches at a time (see :meth:`purge`).
+    Database options: ``sqlite_synchronous``, ``sqlite_busy_timeout`` (seconds), and for
+    PostgreSQL and MySQL ``pool_size``, ``max_overflow``, ``pool_timeout`` and
+    ``pool_recycle``.
+
+    Every number must be finite, and an unknown or misspelled option raises
+    :class:`~nbjobs.ConfigurationError` (it is never ignored).  A relative SQLite or
+    DuckDB path is resolved once, against the working directory at ``App(...)``; the
+    absolute path is what ``repr(app)``, worker banners and the dashboard show, with the
+    URL's credentials masked.
     """
 
     def __init__(

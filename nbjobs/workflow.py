@@ -136,7 +136,11 @@ class Workflow(_Submitter):
         self.__wrapped__ = fn
 
     def options(self, **options: Any) -> BoundWorkflow:
-        """This workflow with options for one submission (priority, queue, delay, key...)."""
+        """This workflow with options for one submission (priority, queue, delay, key...).
+
+        ``run_at`` is a timezone-aware datetime or epoch seconds (a naive datetime is
+        refused); numbers must be finite; a queue name has no comma.
+        """
         return BoundWorkflow(self, Options.build(**options))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -254,7 +258,8 @@ class CallState:
         self._x.durable_sleep(self, name, self._x.app.store.now() + float(seconds))
 
     def sleep_until(self, name: str, when: datetime | float) -> None:
-        """Durably wait until ``when`` without holding a worker slot."""
+        """Durably wait until ``when`` (an aware datetime or epoch seconds; a naive
+        datetime fails the run) without holding a worker slot."""
         self._x.durable_sleep(self, name, check_time("sleep_until", when))
 
     def wait_signal(self, name: str, timeout: float | None = None) -> Any:
