@@ -242,6 +242,16 @@ def test_connection_errors_never_echo_the_password(url) -> None:
     assert "ConfigurationError" in printed and PASSWORD not in printed
 
 
+def test_the_demo_never_prints_the_password(pg_url_with_password, tmp_path, monkeypatch, capsys):
+    from nbjobs.demo import run_demo
+
+    monkeypatch.chdir(tmp_path)
+    assert run_demo(pg_url_with_password, port=0, show=False, jobs=1, dashboard=False) == 0
+    out = capsys.readouterr().out
+    assert "nbjobs jobs --url postgresql+psycopg://postgres:***@" in out
+    assert PASSWORD not in out
+
+
 def test_every_credential_in_a_url_query_is_masked_and_the_rest_kept() -> None:
     url = (
         "postgresql+psycopg://u:SECRET0@h/db?password=SECRET1&passwd=SECRET2"

@@ -59,7 +59,8 @@ def check_options(options: Mapping[str, object], also: Iterable[str] = ()) -> No
 
 def parse_url(url: str | URL) -> URL:
     if not url or not isinstance(url, (str, URL)):
-        raise ConfigurationError(f"the database URL must be a non-empty string, got {url!r}")
+        shown = repr(url) if not url else f"a {type(url).__name__}"  # never echo a password
+        raise ConfigurationError(f"the database URL must be a non-empty string, got {shown}")
     try:
         return make_url(url)
     except (ArgumentError, ValueError):
