@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import socket
@@ -12,7 +13,8 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .clock import Clock, to_datetime, to_epoch
+from . import dialects
+from .clock import Clock, to_datetime
 from .codec import Codec
 from .errors import ConfigurationError, SerializationError
 from .execution import Execution, jittered_backoff
@@ -20,9 +22,11 @@ from .handle import JobHandle, ResultTimeout
 from .schedules import Schedules
 from .schema import Status
 from .store import Store
+from .validation import check_name as _check_name
+from .validation import check_number, check_time
 from .waits import Waits
 from .worker import Worker, _LoopThread
-from .workflow import Options, Workflow, _check_name
+from .workflow import Options, Workflow
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,15 @@ class App:
     default): a bigger one raises :class:`~nbjobs.SerializationError` naming the limit.
     ``retention_seconds`` turns on automatic retention: every worker's monitor purges
     finished job trees older than this, a few batches at a time (see :meth:`purge`).
+    Database options: ``sqlite_synchronous``, ``sqlite_busy_timeout`` (seconds), and for
+    PostgreSQL and MySQL ``pool_size``, ``max_overflow``, ``pool_timeout`` and
+    ``pool_recycle``.
+
+    Every number must be finite, and an unknown or misspelled option raises
+    :class:`~nbjobs.ConfigurationError` (it is never ignored).  A relative SQLite or
+    DuckDB path is resolved once, against the working directory at ``App(...)``; the
+    absolute path is what ``repr(app)``, worker banners and the dashboard show, with the
+    URL's credentials masked.
     """
 
     def __init__(
@@ -75,23 +88,17 @@ class App:
             ("retry_backoff_seconds", retry_backoff_seconds),
             ("retry_backoff_max_seconds", retry_backoff_max_seconds),
         ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigurationError(f"{name} must be a positive number, got {value!r}")
+            check_number(name, value, positive=True)
         if stale_after_seconds < 3 * heartbeat_seconds:
             raise ConfigurationError(
                 f"stale_after_seconds ({stale_after_seconds}) must be at least three "
                 f"heartbeats ({3 * heartbeat_seconds}); otherwise live jobs get reaped"
             )
-        if not isinstance(max_reclaims, int) or max_reclaims < 0:
-            raise ConfigurationError(f"max_reclaims must be an integer >= 0, got {max_reclaims!r}")
-        if retention_seconds is not None and (
-            isinstance(retention_seconds, bool)
-            or not isinstance(retention_seconds, (int, float))
-            or retention_seconds <= 0
-        ):
-            raise ConfigurationError(
-                f"retention_seconds must be a positive number or None, got {retention_seconds!r}"
-            )
+        check_number("max_reclaims", max_reclaims, 0, integer=True, int32=True)
+        check_number("retention_seconds", retention_seconds, positive=True, optional=True)
+        # A misspelled option must not be ignored (it used to reach the database layer,
+        # which read only the names it knew).
+        dialects.check_options(database_options, also=_APP_OPTIONS)
         self.codec = Codec(serializer, max_payload_bytes=max_payload_bytes)
         self.retention_seconds = None if retention_seconds is None else float(retention_seconds)
         self._retention_next_at = 0.0
@@ -116,6 +123,7 @@ class App:
         self._inline_loop: _LoopThread | None = None
         self._waits = Waits(self)
         self._schedules = Schedules(self)
+        self._closed = False
         _apps.add(self)
 
     def __repr__(self) -> str:
@@ -205,7 +213,7 @@ class App:
         opts = workflow.defaults.merged(options)
         run_at = None
         if opts.run_at is not None:
-            run_at = to_epoch(opts.run_at)
+            run_at = check_time("run_at", opts.run_at)
         elif opts.delay:
             run_at = self.clock.now() + opts.delay
         return dict(
@@ -313,6 +321,7 @@ class App:
     def _wait_for(self, handle: JobHandle, timeout: float | None) -> Any:
         import time
 
+        check_number("timeout", timeout, 0, optional=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.002
         while True:
@@ -362,8 +371,7 @@ class App:
             _check_name("workflow", workflow)
         if queue is not None:
             _check_name("queue", queue)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ConfigurationError(f"limit must be an integer >= 1, got {limit!r}")
+        check_number("limit", limit, 1, integer=True)
         return self.store.list_jobs(status=status, workflow=workflow, queue=queue, limit=limit)
 
     def jobs_frame(
@@ -422,8 +430,7 @@ class App:
         from .retention import purge_arguments
 
         cutoff, statuses = purge_arguments(self.clock.now(), older_than, status)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigurationError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        check_number("batch_size", batch_size, 1, integer=True)
         deleted, _ = self.store.purge_jobs(
             finished_before=cutoff, statuses=statuses, batch_size=batch_size
         )
@@ -452,10 +459,12 @@ class App:
     # -- workers -----------------------------------------------------------------------
     def start(self, concurrency: int = 4, queues: list[str] | str | None = None) -> App:
         """Start background worker threads in this process; idempotent.  Returns the app."""
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+        self._check_open()
+        check_number("concurrency", concurrency, 1, integer=True)
         if isinstance(queues, str):
             queues = [q.strip() for q in queues.split(",") if q.strip()]
+        if queues is not None:
+            queues = [_check_name("queue", q) for q in queues]
         if self._worker is not None and self._worker.alive:
             return self
         for other in list(_apps):
@@ -469,6 +478,7 @@ class App:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the worker: running jobs get ``timeout`` s to finish, then are released."""
+        check_number("timeout", timeout, 0)
         if self._worker is not None:
             worker, self._worker = self._worker, None
             worker.stop(timeout)
@@ -484,6 +494,7 @@ class App:
 
     def workers(self, alive_within: float | None = None) -> list[dict[str, Any]]:
         """The worker registry: host, pid, queues, concurrency, last heartbeat, jobs held."""
+        check_number("alive_within", alive_within, positive=True, optional=True)
         window = alive_within if alive_within is not None else 2 * self.stale_after_seconds
         out = []
         for r in self.store.list_workers(alive_within=window):
@@ -594,15 +605,33 @@ class App:
         """The live Panel dashboard: renders inline in a notebook, or ``.servable()``."""
         from .dashboard import Dashboard
 
+        self._check_open()
         return Dashboard(app=self, **params)
 
     def close(self) -> None:
-        """Stop the worker and close the database connections."""
+        """Stop the worker and close the database connections; closing twice is harmless.
+
+        A closed app refuses every further call (``ConfigurationError``) rather than
+        reopen connections behind the caller's back: its SQLite checkpointer and DuckDB
+        lock are gone, so its writes would no longer be looked after.
+        """
+        if self._closed:
+            return
+        self._closed = True
         self.stop()
         self.store.close()
+
+    def _check_open(self) -> None:
+        # Everything else reaches the database, whose transactions check the same.
+        if self._closed:
+            raise ConfigurationError("the app is closed (app.close() was called); make a new App")
 
     def __enter__(self) -> App:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: The keyword options of ``App(...)`` itself, offered when an unknown one is given.
+_APP_OPTIONS = tuple(inspect.signature(App.__init__).parameters)[2:-1]

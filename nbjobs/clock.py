@@ -55,12 +55,3 @@ class FakeClock(Clock):
 def to_datetime(epoch: float | None) -> datetime | None:
     """Seconds since the epoch as an aware UTC datetime (None stays None)."""
     return None if epoch is None else datetime.fromtimestamp(epoch, tz=timezone.utc)
-
-
-def to_epoch(value: float | datetime) -> float:
-    """An aware datetime (naive ones are taken as UTC) or epoch seconds as epoch seconds."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value.timestamp()
-    return float(value)

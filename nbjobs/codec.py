@@ -9,6 +9,11 @@ writes and reads the ``NaN``/``Infinity`` tokens), so a step that returns ``floa
 replays the same value.  The stored text is then not strict JSON, which matters only to
 tools other than nbjobs that read the columns.
 
+JSON and dict keys: only string keys are stored.  A dict with an int, float, bool or None
+key is refused with a :class:`SerializationError`, because JSON would turn the key into a
+string and the value would come back different (colliding keys would lose data).  Tuples
+come back as lists.
+
 Every stored value is bounded by ``max_payload_bytes`` (``App(max_payload_bytes=...)``,
 16 MiB by default): one limit for inputs, checkpoints, results and signal payloads, so a
 runaway value fails where it is made with a :class:`SerializationError` naming the limit,
@@ -24,10 +29,47 @@ import pickle
 from typing import Any
 
 from .errors import ConfigurationError, SerializationError
+from .validation import check_number
 
 _PICKLE_PREFIX = "pickle:"
 DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
 SERIALIZERS = ("json", "pickle")
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_STR = frozenset({str})
+
+
+def _check_keys(value: Any) -> None:
+    """Refuse a dict key that is not a string, anywhere in ``value``.
+
+    ``json`` turns int, float, bool and None keys into strings without a word: the value
+    would come back different (``d[1]`` a KeyError far from the cause), and ``{1: "a",
+    "1": "b"}`` would lose an entry.  ``default=`` never sees keys, hence this walk.  It
+    stays cheap: the types of a container's members are compared as a set in C, and only
+    members that are themselves containers (or unusual objects) are visited in Python.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if not _STR.issuperset(map(type, item)):
+                for key in item:
+                    if not isinstance(key, str):
+                        raise SerializationError(
+                            f"cannot store a dict with a key of type {type(key).__qualname__} "
+                            f"({key!r}) as JSON: JSON keys are strings, so it would come back "
+                            f"as {json.dumps(key)!r} (and keys that collide would be lost); "
+                            "convert the keys to str yourself, store a list of pairs, or open "
+                            "the app with App(..., serializer='pickle') for trusted databases"
+                        )
+            members: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            members = item
+        else:
+            continue
+        if not _SCALARS.issuperset(map(type, members)):
+            stack.extend(m for m in members if type(m) not in _SCALARS)
 
 
 def _refuse(value: Any) -> Any:
@@ -48,21 +90,20 @@ class Codec:
             raise ConfigurationError(
                 f"unknown serializer {serializer!r}; choose one of {', '.join(SERIALIZERS)}"
             )
-        if (
-            isinstance(max_payload_bytes, bool)
-            or not isinstance(max_payload_bytes, int)
-            or max_payload_bytes < 1
-        ):
-            raise ConfigurationError(
-                f"max_payload_bytes must be a positive integer, got {max_payload_bytes!r}"
-            )
+        check_number("max_payload_bytes", max_payload_bytes, positive=True, integer=True)
         self.serializer = serializer
         self.max_payload_bytes = max_payload_bytes
         # What json.dumps builds on every call with these options, built once.
         self._json = json.JSONEncoder(default=_refuse, separators=(",", ":"))
 
-    def dumps(self, value: Any) -> str:
+    def dumps(self, value: Any, check_keys: bool = True) -> str:
+        """``value`` as stored text.  ``check_keys=False`` lets JSON turn non-string dict
+        keys into strings: for text that is only hashed, never loaded back."""
         text = self._dumps(value)
+        # After the encoder, which refuses cycles and deep nesting; text without a "{"
+        # holds no dict (a list of numbers, say), so its walk is skipped.
+        if check_keys and self.serializer == "json" and "{" in text:
+            _check_keys(value)
         # JSON is written with ensure_ascii and pickle as base64: one character, one byte.
         if len(text) > self.max_payload_bytes:
             raise SerializationError(

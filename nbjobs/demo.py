@@ -231,9 +231,10 @@ def run_demo(url: str, port: int, show: bool, jobs: int, *, dashboard: bool = Tr
         stop.set()
         app.unschedule(SCHEDULE)  # the demo's schedule lives as long as the demo
         statuses = [h.status for h in handles]
+        shown = app.store.safe_url  # never the password given on the command line
         app.close()
     summary = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
-    print(f"nbjobs demo: {summary}; list them with `nbjobs jobs --url {url}`", flush=True)
+    print(f"nbjobs demo: {summary}; list them with `nbjobs jobs --url {shown}`", flush=True)
     return 0
 
 

@@ -68,6 +68,8 @@ class Execution:
         self.job = job
         self.workflow = workflow
         self.stored: dict[str, Any] = {}
+        #: The names this run used (its CallState's), to tell a replay that diverged.
+        self.used: set[str] = set()
         self.cancel_requested = False
         self.lost = False
         self.timed_out = False
@@ -188,6 +190,28 @@ class Execution:
                 step,
             )
 
+    def _warn_unreplayed(self) -> None:
+        """Warn when a replay finished without reaching a checkpoint an earlier attempt
+        stored: the run took another path (a step name, or a branch, that depends on the
+        time, randomness or outside state read outside a checkpoint), so the side effects
+        of the steps it took instead may have happened twice."""
+        missed = [r for name, r in self.stored.items() if name not in self.used]
+        if not missed:
+            return
+        first = missed[0]
+        more = f" (and {len(missed) - 1} more)" if len(missed) > 1 else ""
+        log.warning(
+            "job %s of workflow %r: checkpoint %r stored by attempt %s was not replayed by "
+            "attempt %s%s; the run took another path, so a step name or branch depends on "
+            "something read outside a checkpoint (time, randomness, outside state)",
+            self.job.id,
+            self.workflow.name,
+            first.name,
+            first.attempt,
+            self.job.attempt,
+            more,
+        )
+
     def durable_sleep(self, cs: CallState, name: str, wake_at: float) -> None:
         with store_failures():
             self.app._waits.sleep(self, cs, name, wake_at)
@@ -213,7 +237,9 @@ class Execution:
             done = sum(1 for r in self.stored.values() if r.done)
             self._uncounted = done - self.job.steps_done
         cls = AsyncCallState if self.workflow.is_async else CallState
-        return cls(self, args, kwargs), args, kwargs
+        cs = cls(self, args, kwargs)
+        self.used = cs._seen
+        return cs, args, kwargs
 
     def _decode_input(self) -> tuple[tuple, dict]:
         """The stored arguments; a row that cannot be decoded fails its job (no retry)."""
@@ -272,6 +298,8 @@ class Execution:
 
     # -- recording outcomes ------------------------------------------------------------
     def _record_success(self, value: Any) -> None:
+        if self.stored:
+            self._warn_unreplayed()
         capture.flush()  # the output is stored before the outcome a waiter reads
         try:
             with store_failures():

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import TYPE_CHECKING, Any
 
 from .clock import to_datetime
-from .errors import ConfigurationError, JobCancelled, JobFailed, NbjobsError
+from .errors import JobCancelled, JobFailed, NbjobsError
 from .schema import Status
+from .validation import check_number
 
 if TYPE_CHECKING:
     from .app import App
@@ -120,11 +120,11 @@ class JobHandle:
         :class:`~nbjobs.JobCancelled`, or ``ResultTimeout`` (a ``TimeoutError``);
         a ``timeout`` that is not a number of seconds (NaN) is a ``ConfigurationError``.
         """
-        return self.app._wait_for(self, _checked_timeout(timeout))
+        return self.app._wait_for(self, check_number("timeout", timeout, 0, optional=True))
 
     async def result_async(self, timeout: float | None = None) -> Any:
         """``result`` for async code; polls without blocking the event loop."""
-        timeout = _checked_timeout(timeout)
+        check_number("timeout", timeout, 0, optional=True)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         pause = 0.005
@@ -177,13 +177,3 @@ STATUS_COLOURS = {
     "failed": "#dc2626",
     "cancelled": "#9ca3af",
 }
-
-
-def _checked_timeout(timeout: float | None) -> float | None:
-    """``timeout`` if it is None or a number of seconds a deadline can be made of; a NaN
-    deadline is never reached, so ``result(timeout=nan)`` would wait forever."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout):
-        raise ConfigurationError(f"timeout must be a number of seconds or None, got {timeout!r}")
-    return timeout

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .clock import to_epoch
+from .validation import check_number, check_time
 
 if TYPE_CHECKING:
     import pandas
@@ -51,8 +51,8 @@ def history_frame(
     job_rows = store.history_jobs(
         workflow=workflow,
         status=status,
-        since=None if since is None else to_epoch(since),
-        limit=limit,
+        since=None if since is None else check_time("since", since),
+        limit=check_number("limit", limit, 1, integer=True),
     )
     by_id = {j.id: j for j in job_rows}
     records: list[dict[str, Any]] = []

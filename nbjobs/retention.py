@@ -13,9 +13,9 @@ import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .clock import to_epoch
 from .errors import ConfigurationError
 from .schema import TERMINAL
+from .validation import check_number, check_time
 
 if TYPE_CHECKING:
     from .app import App
@@ -33,13 +33,11 @@ def purge_arguments(
 ) -> tuple[float, list[str]]:
     """(cutoff epoch, statuses) from ``app.purge``'s arguments, or ConfigurationError."""
     if isinstance(older_than, datetime):
-        cutoff = to_epoch(older_than)
+        cutoff = check_time("older_than", older_than)
     elif isinstance(older_than, timedelta):
         cutoff = now - older_than.total_seconds()
     elif isinstance(older_than, (int, float)) and not isinstance(older_than, bool):
-        if older_than != older_than or older_than < 0:  # NaN or negative
-            raise ConfigurationError(f"older_than must be >= 0 seconds, got {older_than!r}")
-        cutoff = now - float(older_than)
+        cutoff = now - float(check_number("older_than", older_than, 0))
     else:
         raise ConfigurationError(
             "older_than must be an age in seconds, a timedelta or a cutoff datetime, "

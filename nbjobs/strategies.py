@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigurationError
+from .validation import check_number
 
 
 @dataclass(frozen=True)
@@ -100,9 +100,7 @@ class Threshold(Strategy):
     kind = "threshold"
 
     def __init__(self, n: int) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigurationError(f"Threshold(n) needs an integer n >= 1, got {n!r}")
-        self.n = n
+        self.n = check_number("Threshold(n)", n, 1, integer=True)
 
     def decided(self, total: int, succeeded: int, not_ok: int) -> bool:
         return succeeded >= self.n or total - not_ok < self.n or succeeded + not_ok >= total

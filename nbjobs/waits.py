@@ -25,7 +25,9 @@ from .errors import (
 )
 from .store.waits import CANCELLED, LOST, SUSPENDED, TIMEOUT, WaitResult
 from .strategies import FailFast, Outcome, Strategy, strategy_from_detail
-from .workflow import Spec, _check_name
+from .validation import check_name as _check_name
+from .validation import check_number
+from .workflow import Spec
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Row
@@ -105,13 +107,7 @@ class Waits:
     # -- signals -----------------------------------------------------------------------
     def wait_signal(self, x: Execution, cs: CallState, name: str, timeout: float | None) -> Any:
         _check_name("signal name", name)
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, (int, float))
-            or not timeout >= 0
-            or not math.isfinite(timeout)
-        ):
-            raise ConfigurationError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        check_number("timeout", timeout, 0, optional=True)
         # The n-th wait for a name in a run is its own checkpoint (fixed by call order).
         waits: dict[str, int] = vars(cs).setdefault("_signal_waits", {})
         waits[name] = count = waits.get(name, 0) + 1

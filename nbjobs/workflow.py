@@ -13,15 +13,15 @@ import dataclasses
 import hashlib
 import inspect
 import logging
-import math
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .clock import to_epoch
 from .codec import digest
 from .errors import ConfigurationError, DuplicateCheckpoint, SerializationError
 from .schema import RESERVED_KEY_PREFIX
+from .validation import check_name as _check_name
+from .validation import check_number, check_time
 
 if TYPE_CHECKING:
     from .app import App
@@ -39,30 +39,6 @@ def fingerprint(fn: Callable[..., Any]) -> str:
         code = getattr(fn, "__code__", None)
         source = repr((code.co_code, code.co_consts)) if code else repr(fn)
     return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-
-
-# Longest names the columns hold (queue names live in a narrower column).
-_NAME_LIMITS = {"queue": 100, "key": 255}
-
-
-def _check_name(what: str, name: object) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigurationError(f"{what} must be a non-empty string, got {name!r}")
-    limit = _NAME_LIMITS.get(what, 200)
-    if len(name) > limit:
-        raise ConfigurationError(f"{what} is longer than {limit} characters: {name[:40]!r}...")
-    # PostgreSQL text cannot hold NUL, and no database stores a lone surrogate.
-    if "\x00" in name or (not name.isascii() and not _utf8(name)):
-        raise ConfigurationError(f"{what} must not contain NUL or lone surrogates: {name!r}")
-    return name
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,23 +67,11 @@ class Options:
         return opts
 
     def validate(self) -> None:
-        def number(name: str, value: Any, minimum: float, integer: bool = False) -> None:
-            if value is None:
-                return
-            kinds = (int,) if integer else (int, float)
-            if isinstance(value, bool) or not isinstance(value, kinds):
-                kind = "an integer" if integer else "a number"
-                raise ConfigurationError(f"{name} must be {kind}, got {value!r}")
-            if not math.isfinite(value) or value < minimum:
-                raise ConfigurationError(f"{name} must be >= {minimum}, got {value!r}")
-            if integer and value > 2**31 - 1:  # what every database's INTEGER holds
-                raise ConfigurationError(f"{name} must be < 2**31, got {value!r}")
-
-        number("priority", self.priority, -(2**31), integer=True)
-        number("delay", self.delay, 0)
-        number("retries", self.retries, 0, integer=True)
-        number("timeout", self.timeout, 0.001)
-        number("steps", self.steps, 1, integer=True)
+        check_number("priority", self.priority, integer=True, int32=True, optional=True)
+        check_number("delay", self.delay, 0, optional=True)
+        check_number("retries", self.retries, 0, integer=True, int32=True, optional=True)
+        check_number("timeout", self.timeout, 0.001, optional=True)
+        check_number("steps", self.steps, 1, integer=True, int32=True, optional=True)
         if self.queue is not None:
             _check_name("queue", self.queue)
         if self.key is not None:
@@ -119,8 +83,8 @@ class Options:
                 )
         if self.delay is not None and self.run_at is not None:
             raise ConfigurationError("give delay or run_at, not both")
-        if self.run_at is not None and not isinstance(self.run_at, (int, float, datetime)):
-            raise ConfigurationError(f"run_at must be a datetime, got {self.run_at!r}")
+        if self.run_at is not None:
+            check_time("run_at", self.run_at)
 
     def merged(self, other: Options) -> Options:
         """These options overridden by the non-None values of ``other``."""
@@ -178,7 +142,11 @@ class Workflow(_Submitter):
         self.__wrapped__ = fn
 
     def options(self, **options: Any) -> BoundWorkflow:
-        """This workflow with options for one submission (priority, queue, delay, key...)."""
+        """This workflow with options for one submission (priority, queue, delay, key...).
+
+        ``run_at`` is a timezone-aware datetime or epoch seconds (a naive datetime is
+        refused); numbers must be finite; a queue name has no comma.
+        """
         return BoundWorkflow(self, Options.build(**options))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -245,7 +213,7 @@ class CallState:
 
     def _args_hash(self, args: tuple, kwargs: dict) -> str | None:
         try:
-            return digest(self._x.app.codec.dumps([list(args), kwargs]))
+            return digest(self._x.app.codec.dumps([list(args), kwargs], check_keys=False))
         except (SerializationError, RecursionError):
             return None
 
@@ -296,8 +264,9 @@ class CallState:
         self._x.durable_sleep(self, name, self._x.app.store.now() + float(seconds))
 
     def sleep_until(self, name: str, when: datetime | float) -> None:
-        """Durably wait until ``when`` without holding a worker slot."""
-        self._x.durable_sleep(self, name, to_epoch(when))
+        """Durably wait until ``when`` (an aware datetime or epoch seconds; a naive
+        datetime fails the run) without holding a worker slot."""
+        self._x.durable_sleep(self, name, check_time("sleep_until", when))
 
     def wait_signal(self, name: str, timeout: float | None = None) -> Any:
         """Wait for ``h.signal(name, payload)``; returns the payload (FIFO, once each)."""

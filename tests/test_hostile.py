@@ -93,6 +93,11 @@ def valid_name(name: str, limit: int = 200) -> bool:
     return bool(name.strip()) and len(name) <= limit and "\x00" not in name
 
 
+def valid_queue(name: str) -> bool:
+    """A queue name also has no comma: lists of queues are comma-separated."""
+    return valid_name(name, 100) and "," not in name
+
+
 # -- values ----------------------------------------------------------------------------
 @PROPERTY
 @given(value=VALUES)
@@ -126,6 +131,122 @@ def test_non_finite_floats_round_trip_everywhere_a_value_is_stored(app) -> None:
     result = h.result(timeout=TIMEOUT)
     assert same(result, {"input": odd, "step": odd, "signal": odd})
     assert same(h.checkpoints["step"], odd)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {1: "a", "1": "b"},  # JSON would keep one of the two
+        {True: 1, "true": 2, None: 3},
+        {math.nan: 1},
+        {2.5: "x"},
+        [1, {"deep": [{"ok": 1}, {7: "seven"}]}],
+    ],
+)
+def test_dict_keys_that_are_not_strings_are_refused_not_coerced(app, value) -> None:
+    @app.workflow(name="keys")
+    def keys(cs: nbjobs.CallState, v: Any, as_step: bool) -> Any:
+        return cs.checkpoint("v", lambda: value) if as_step else "unused"
+
+    with pytest.raises(nbjobs.SerializationError, match="a key of type") as info:
+        keys.submit(value, False)
+    assert "convert the keys to str" in str(info.value)
+    assert app.jobs() == []
+    # A step (or a result) that returns one fails its job clearly, without retries.
+    with pytest.raises(
+        nbjobs.JobFailed, match=r"SerializationError: checkpoint 'v'.*a key of type"
+    ):
+        keys.run(None, True)
+
+
+def test_a_pickle_app_keeps_dict_keys_as_they_are(sqlite_url) -> None:
+    app = make_app(sqlite_url, serializer="pickle")
+    try:
+
+        @app.workflow(name="keys")
+        def keys(cs: nbjobs.CallState, v: dict) -> dict:
+            return cs.checkpoint("v", lambda: v)
+
+        assert keys.run({1: "a", "1": "b", None: 3}) == {1: "a", "1": "b", None: 3}
+    finally:
+        app.close()
+
+
+# -- non-finite and out-of-range numbers -------------------------------------------------
+NON_FINITE = [math.nan, math.inf, -math.inf]
+
+
+@pytest.mark.parametrize("bad", NON_FINITE)
+@pytest.mark.parametrize(
+    "option",
+    [
+        "heartbeat_seconds",
+        "stale_after_seconds",
+        "poll_seconds",
+        "retry_backoff_seconds",
+        "retry_backoff_max_seconds",
+        "retention_seconds",
+        "max_reclaims",
+        "max_payload_bytes",
+        "sqlite_busy_timeout",
+        "pool_timeout",
+        "pool_recycle",
+    ],
+)
+def test_every_numeric_app_option_refuses_non_finite_values(sqlite_url, option, bad) -> None:
+    # heartbeat_seconds=nan turned off heartbeats and the reaper (live jobs ran twice);
+    # poll_seconds=nan made the idle dispatcher spin; inf never reclaimed or retried.
+    with pytest.raises(nbjobs.ConfigurationError, match=option):
+        nbjobs.App(sqlite_url, **{option: bad})
+
+
+@pytest.mark.parametrize("bad", NON_FINITE)
+def test_submit_options_refuse_non_finite_numbers(app, bad) -> None:
+    @app.workflow(name="noop")
+    def noop(cs: nbjobs.CallState) -> None:
+        return None
+
+    # run_at=nan was stored as NULL and the job stayed queued forever; inf never ran.
+    for option in ("run_at", "delay", "timeout", "priority", "retries", "steps"):
+        with pytest.raises(nbjobs.ConfigurationError, match=option):
+            noop.options(**{option: bad}).submit()
+    with pytest.raises(nbjobs.ConfigurationError, match="timeout"):
+        app.workflow(noop.fn, name="noop2", timeout=bad)
+    assert app.jobs() == []
+
+
+@pytest.mark.parametrize("bad", NON_FINITE)
+def test_every_other_public_number_refuses_non_finite_values(sqlite_app, bad) -> None:
+    @sqlite_app.workflow(name="noop")
+    def noop(cs: nbjobs.CallState) -> None:
+        return None
+
+    done = noop.submit()
+    calls = {
+        "timeout": lambda: done.result(timeout=bad),
+        "concurrency": lambda: sqlite_app.start(concurrency=bad),
+        "limit": lambda: sqlite_app.jobs(limit=bad),
+        "older_than": lambda: sqlite_app.purge(older_than=bad),
+        "batch_size": lambda: sqlite_app.purge(older_than=0, batch_size=bad),
+        "alive_within": lambda: sqlite_app.workers(alive_within=bad),
+        "priority": lambda: sqlite_app.schedule("s", noop, cron="* * * * *", priority=bad),
+        "Threshold": lambda: nbjobs.Threshold(bad),
+    }
+    for name, call in calls.items():
+        with pytest.raises(nbjobs.ConfigurationError, match=name):
+            call()
+    with pytest.raises(nbjobs.ConfigurationError, match="timeout"):
+        sqlite_app.stop(timeout=bad)
+    assert sqlite_app.workers() == []
+
+
+def test_a_nan_signal_timeout_fails_the_run_clearly(sqlite_app) -> None:
+    @sqlite_app.workflow(name="wait")
+    def wait(cs: nbjobs.CallState) -> None:
+        cs.wait_signal("go", timeout=math.nan)
+
+    with pytest.raises(nbjobs.JobFailed, match="timeout must be a finite number"):
+        wait.run()
 
 
 def test_deeply_nested_values_round_trip_or_are_refused_clearly(sqlite_app) -> None:
@@ -206,7 +327,7 @@ def test_odd_names_are_stored_exactly_or_refused_clearly(app, workflow, step, qu
     suffix = f"#{next(_unique)}"
     wf_name, key = workflow + suffix, key + suffix  # fresh per example, odd all the same
     expect_ok = (
-        valid_name(wf_name) and valid_name(step) and valid_name(queue, 100) and valid_name(key, 255)
+        valid_name(wf_name) and valid_name(step) and valid_queue(queue) and valid_name(key, 255)
     )
     try:
 

@@ -28,6 +28,7 @@ from bokeh.document import Document
 from sqlalchemy import make_url
 
 import nbjobs
+from nbjobs.dialects import safe_url
 from nbjobs.views import Dashboard, JobDetail
 from tests import backends
 from tests.conftest import make_app
@@ -37,11 +38,18 @@ TIMEOUT = 60
 PASSWORD = "s3cr3t-Pa55w0rd-nbjobs"
 
 
-@pytest.fixture
-def pg_url_with_password() -> Iterator[str]:
-    """A fresh PostgreSQL database, reached by a URL that carries a password."""
+@pytest.fixture(params=["user:password@", "?password="])
+def pg_url_with_password(request) -> Iterator[str]:
+    """A fresh PostgreSQL database, reached by a URL that carries a password: in its
+    ``user:password@`` part, or as a query parameter (libpq and PyMySQL read both)."""
     with backends.server_database("postgres") as url:
-        yield make_url(url).set(password=PASSWORD).render_as_string(hide_password=False)
+        parsed = make_url(url)
+        if request.param == "?password=":
+            yield parsed.update_query_dict({"password": PASSWORD}).render_as_string(
+                hide_password=False
+            )
+        else:
+            yield parsed.set(password=PASSWORD).render_as_string(hide_password=False)
 
 
 def free_port() -> int:
@@ -214,6 +222,15 @@ def test_password_is_absent_from_reprs_logs_errors_and_the_dashboard(
         f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:5432/x?sslmode=bogus",
         f"postgresql+nosuchdriver://postgres:{PASSWORD}@127.0.0.1:5432/x",
         f"postgresql+psycopg://postgres:{PASSWORD}@[::1/x",
+        f"postgresql+psycopg://postgres@127.0.0.1:1/nbjobs?password={PASSWORD}",
+        f"postgresql+psycopg://postgres@127.0.0.1:5432/no_such_db_nbjobs?password={PASSWORD}",
+        f"postgresql+psycopg://postgres@127.0.0.1:5432/x?sslmode=bogus&password={PASSWORD}",
+        f"postgresql+psycopg://postgres@127.0.0.1:5432/x?sslpassword={PASSWORD}&sslmode=bogus",
+        f"postgresql+nosuchdriver://postgres@127.0.0.1:5432/x?password={PASSWORD}",
+        f"postgresql+psycopg://postgres@[::1/x?password={PASSWORD}",
+        f"postgresql+psycopg://postgres@127.0.0.1:bad/x?password={PASSWORD}",
+        f"mysql+pymysql://nobody@127.0.0.1:3306/nbjobs?password={PASSWORD}",
+        f"mysql+pymysql://nobody@127.0.0.1:3306/nbjobs?passwd={PASSWORD}",
     ],
 )
 def test_connection_errors_never_echo_the_password(url) -> None:
@@ -225,11 +242,39 @@ def test_connection_errors_never_echo_the_password(url) -> None:
     assert "ConfigurationError" in printed and PASSWORD not in printed
 
 
+def test_the_demo_never_prints_the_password(pg_url_with_password, tmp_path, monkeypatch, capsys):
+    from nbjobs.demo import run_demo
+
+    monkeypatch.chdir(tmp_path)
+    assert run_demo(pg_url_with_password, port=0, show=False, jobs=1, dashboard=False) == 0
+    out = capsys.readouterr().out
+    assert "nbjobs jobs --url postgresql+psycopg://postgres:***@" in out
+    assert PASSWORD not in out
+
+
+def test_every_credential_in_a_url_query_is_masked_and_the_rest_kept() -> None:
+    url = (
+        "postgresql+psycopg://u:SECRET0@h/db?password=SECRET1&passwd=SECRET2"
+        "&sslpassword=SECRET3&api_token=SECRET4&Client_Secret=SECRET5&sslkey=SECRET6"
+        "&sslmode=require&application_name=etl"
+    )
+    shown = safe_url(url)
+    assert "SECRET" not in shown
+    assert shown.count("***") == 7
+    assert "sslmode=require" in shown and "application_name=etl" in shown
+    # What connects keeps them all: only the text shown is masked.
+    assert make_url(url).query["api_token"] == "SECRET4"
+
+
 def test_cli_output_never_shows_the_password(pg_url_with_password, tmp_path) -> None:
     listed = cli("jobs", "--url", pg_url_with_password)
     assert listed.returncode == 0, listed.stderr
     assert PASSWORD not in listed.stdout + listed.stderr
-    broken = pg_url_with_password.rsplit("/", 1)[0] + "/no_such_db_nbjobs"
+    broken = (
+        make_url(pg_url_with_password)
+        .set(database="no_such_db_nbjobs")
+        .render_as_string(hide_password=False)
+    )
     refused = cli("jobs", "--url", broken)
     assert refused.returncode == 2
     assert "***" in refused.stderr and PASSWORD not in refused.stdout + refused.stderr

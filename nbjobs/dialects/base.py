@@ -6,6 +6,7 @@ import collections
 import contextlib
 import logging
 import operator
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -150,8 +151,15 @@ def ping_unless_recent(engine: Engine, idle_seconds: float, trust: Callable[[], 
             raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
 
 
+#: Query keys whose values are credentials (libpq's ``password``, ``sslpassword``,
+#: PyMySQL's ``passwd``, tokens and keys of cloud drivers); masked wherever a URL is shown.
+SECRET_QUERY_KEY = re.compile(r"pass|secret|token|key", re.IGNORECASE)
+_MASK = "***"
+
+
 def safe_url(url: URL | str) -> str:
-    """The URL as text with its password masked, for messages and logs."""
+    """The URL as text with every credential masked, for messages, banners and logs:
+    the ``user:password@`` part and any query value whose key names a secret."""
     if isinstance(url, str):
         from sqlalchemy.engine import make_url
 
@@ -159,7 +167,22 @@ def safe_url(url: URL | str) -> str:
             url = make_url(url)
         except Exception:
             return "<unparseable URL>"
-    return url.render_as_string(hide_password=True)
+    secret_keys = [key for key in url.query if SECRET_QUERY_KEY.search(key)]
+    if secret_keys:
+        url = url.update_query_dict(dict.fromkeys(secret_keys, _MASK))
+    # The renderer percent-encodes the mask's asterisks.
+    return url.render_as_string(hide_password=True).replace("%2A%2A%2A", _MASK)
+
+
+def redact(text: str, url: URL) -> str:
+    """``text`` (a driver's error message, say) with the URL's credentials masked."""
+    secrets = [url.password] if url.password else []
+    for key, value in url.query.items():
+        if SECRET_QUERY_KEY.search(key):
+            secrets += [value] if isinstance(value, str) else list(value)
+    for secret in sorted({str(s) for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, _MASK)
+    return text
 
 
 class Dialect:

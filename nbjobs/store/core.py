@@ -12,6 +12,7 @@ import contextlib
 import logging
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -202,6 +203,7 @@ class _RawTransaction:
         self.lock = lock
 
     def __enter__(self) -> Connection:
+        self.store._check_open()
         if self.lock is not None:
             self.lock.acquire()
         try:
@@ -250,6 +252,7 @@ class CoreStore:
     def __init__(self, url: str, *, clock: Clock | None = None, **options: Any) -> None:
         self.dialect = dialects.for_url(url, **options)
         self.url = self.dialect.url
+        self.closed = False
         self.safe_url = dialects.safe_url(self.url)
         self.clock = clock or Clock()
         self.engine = self.dialect.create_engine()
@@ -276,18 +279,33 @@ class CoreStore:
         try:
             self.migrate()
             self.sync_clock()
-        except OperationalError as exc:
-            self.close()
-            raise ConfigurationError(
-                f"cannot open the nbjobs database at {self.safe_url}: {exc.orig}"
-            ) from exc
         except DBAPIError as exc:
             self.close()
-            raise ConfigurationError(
-                f"the database at {self.safe_url} refused nbjobs: {exc.orig}"
-            ) from exc
+            refused = exc
+        else:
+            return
+        if isinstance(refused, OperationalError):
+            message = f"cannot open the nbjobs database at {self.safe_url}: {refused.orig}"
+        else:
+            message = f"the database at {self.safe_url} refused nbjobs: {refused.orig}"
+        error = ConfigurationError(dialects.redact(message, self.url))
+        # Raised here, outside the handler, so that no driver text reaches the traceback
+        # as context; chained only when it carries no credential.
+        chain = "".join(traceback.format_exception(refused))
+        if dialects.redact(chain, self.url) == chain:
+            error.__cause__ = refused
+        raise error
+
+    def _check_open(self) -> None:
+        """Refuse work on a closed store, or on a SQLite file deleted under it."""
+        if self.closed:
+            raise ConfigurationError("the app is closed (app.close() was called); make a new App")
+        if self.dialect.gone is not None:
+            raise DatabaseLost(self.dialect.gone)
 
     def close(self) -> None:
+        """Release the connections; every later transaction is refused.  Idempotent."""
+        self.closed = True
         self.dialect.stop()
         self._kept.clear()
         if self._autocommit is not None:
@@ -301,8 +319,6 @@ class CoreStore:
         return self.dialect.listen(callback)
 
     def _kept_connection(self, role: str) -> Connection:
-        if self.dialect.gone is not None:
-            raise DatabaseLost(self.dialect.gone)
         local = self._local
         conn = getattr(local, role, None)
         if conn is None or conn.closed:
@@ -330,8 +346,7 @@ class CoreStore:
 
     @contextlib.contextmanager
     def _pooled_transaction(self, role: str) -> Iterator[Connection]:
-        if self.dialect.gone is not None:
-            raise DatabaseLost(self.dialect.gone)
+        self._check_open()
         with self.engine.connect() as conn:
             if role == "writer" and self._write_options:
                 conn.execution_options(**self._write_options)
@@ -392,6 +407,7 @@ class CoreStore:
         """
         if not self.dialect.autocommit_single:
             return self._retry_conflicts(work, hot=True)
+        self._check_open()
         conn = self._autocommit.take() if self._autocommit is not None else None
         if conn is not None:
             broken = False
