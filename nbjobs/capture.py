@@ -239,6 +239,19 @@ def job_output(execution: Execution) -> Iterator[JobOutput]:
         output.flush(final=True)
 
 
+def log_outside(logger: logging.Logger, level: int, msg: str, *args: Any) -> None:
+    """Log a line about the current job to the process's handlers (the worker's log).
+
+    A record made in a job's context goes only to that job's captured output, so a
+    worker's own lines about the job (failures, retries, replay warnings) are made
+    outside it, in an empty context, and then copied into the job's output too.
+    """
+    output = _capturing()
+    contextvars.Context().run(logger.log, level, msg, *args)
+    if output is not None and logger.isEnabledFor(level):
+        output.add("log", f"{logging.getLevelName(level)} {logger.name}: {msg % args}\n")
+
+
 def flush() -> None:
     """Store the current job's output now, truncation note included: the outcome is
     recorded next, and whoever waits for it must find every line already stored."""

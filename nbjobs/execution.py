@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import capture
 from .errors import (
+    TIMEOUT_ERROR_PREFIX,
+    DuplicateCheckpoint,
     FanOutError,
-    JobTimeout,
     SerializationError,
     _Cancelled,
     _LeaseLost,
@@ -89,7 +90,8 @@ class Execution:
             return
         self.timed_out = True
         limit = self.job.timeout_seconds
-        self._record_failure(JobTimeout(f"timed out after {limit:g} s"), None, "timeout")
+        error = f"{TIMEOUT_ERROR_PREFIX}timed out after {limit:g} s"
+        self._record_failure(error, None, "timeout", retryable=True)
         self.lost = True  # the outcome is written; whatever the run does next is refused
         self._cancel_task()
 
@@ -153,7 +155,9 @@ class Execution:
     def warn_changed_code(self, step: str) -> None:
         if not self._warned_code:
             self._warned_code = True
-            log.warning(
+            capture.log_outside(
+                log,
+                logging.WARNING,
                 "job %s of workflow %r replays step %r recorded by different code; the "
                 "workflow was edited since (resume, retry(from_checkpoint=...) or cancel)",
                 self.job.id,
@@ -246,7 +250,8 @@ class Execution:
         try:
             text = self.app.codec.dumps(value)
         except SerializationError as exc:
-            self._fail(f"SerializationError: the workflow's result cannot be stored: {exc}", None)
+            error = f"SerializationError: the workflow's result cannot be stored: {exc}"
+            self._record_failure(error, None, "failed", retryable=False)
             return
         if self.lost:
             return
@@ -276,7 +281,9 @@ class Execution:
             return  # the suspension was recorded in the transaction that raised it
         self.flush_steps()
         if isinstance(exc, _LeaseLost) or self.lost:
-            log.warning(
+            capture.log_outside(
+                log,
+                logging.WARNING,
                 "job %s: this worker no longer holds its lease; its writes are refused",
                 self.job.id,
             )
@@ -299,13 +306,16 @@ class Execution:
             )
             raise exc
         text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
-        self._record_failure(exc, text, "failed")
+        # None would change on a replay: a value that cannot be stored, a fan-out whose
+        # children's outcomes are recorded (h.retry() re-runs the failed children), and
+        # a step name used twice (the same code names it twice again).
+        retryable = not isinstance(exc, (SerializationError, FanOutError, DuplicateCheckpoint))
+        self._record_failure(f"{type(exc).__name__}: {exc}", text, "failed", retryable=retryable)
 
-    def _record_failure(self, exc: BaseException, text: str | None, outcome: str) -> None:
-        error = f"{type(exc).__name__}: {exc}"
-        # Neither would change on a replay: a value that cannot be stored, and a fan-out
-        # whose children's outcomes are recorded (h.retry() re-runs the failed children).
-        retryable = not isinstance(exc, (SerializationError, FanOutError))
+    def _record_failure(
+        self, error: str, text: str | None, outcome: str, *, retryable: bool
+    ) -> None:
+        """Retry the job later, or fail it; either way one line in the worker's log."""
         if retryable and self.job.failures < self.job.max_retries:
             delay = self.app.backoff_seconds(self.job.failures + 1)
             self.note_write(
@@ -319,9 +329,31 @@ class Execution:
                     outcome=outcome,
                 )
             )
-            log.info("job %s failed (%s); retrying in %.2f s", self.job.id, error, delay)
+            capture.log_outside(
+                log,
+                logging.WARNING,
+                "job %s (%s) failed: %s; retrying in %.2f s (retry %d of %d)",
+                self.job.id,
+                self.workflow.name,
+                _first_line(error),
+                delay,
+                self.job.failures + 1,
+                self.job.max_retries,
+            )
             return
         self._fail(error, text, outcome)
+        if not self.lost:
+            tries = self.job.failures + 1
+            capture.log_outside(
+                log,
+                logging.ERROR,
+                "job %s (%s) failed for good after %d attempt%s: %s",
+                self.job.id,
+                self.workflow.name,
+                tries,
+                "" if tries == 1 else "s",
+                _first_line(error),
+            )
 
     def _fail(self, error: str, text: str | None, outcome: str = "failed") -> None:
         self.note_write(
@@ -340,6 +372,12 @@ class Execution:
         if not accepted:
             self.lost = True
             log.warning("job %s: the outcome was refused; another worker owns the job", self.job.id)
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    """An error's first line, bounded: a worker's log line stays one line."""
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[:limit] + "..."
 
 
 def jittered_backoff(failures: int, base: float, cap: float) -> float:

@@ -47,6 +47,7 @@ from .store import ClaimedJob
 
 if TYPE_CHECKING:
     from .app import App
+    from .workflow import Workflow
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,12 @@ SHORT_JOB_SECONDS = 0.005
 PREFETCH = 16
 #: How long a short job's success may wait for a commit shared with others, at most.
 WRITE_BEHIND_SECONDS = 0.005
+
+
+def _app_queues(app: App) -> list[str]:
+    """``default`` and the default queue of every workflow ``app`` registered."""
+    names = {wf.defaults.queue or "default" for wf in app._registry.values()}
+    return ["default", *sorted(names - {"default"})]
 
 
 class _LoopThread:
@@ -83,7 +90,10 @@ class Worker:
     def __init__(self, app: App, *, concurrency: int = 4, queues: list[str] | None = None) -> None:
         self.app = app
         self.concurrency = concurrency
-        self.queues = list(queues or ["default"])
+        #: Without explicit queues, the worker serves ``default`` and the queue of every
+        #: workflow its App registers (later registrations too, see ``registered``).
+        self.auto_queues = not queues
+        self.queues = list(queues) if queues else _app_queues(app)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{new_token()[-8:]}"
         self.running: dict[str, Execution] = {}
         #: Jobs claimed ahead (leased to this worker, not started yet), in claim order.
@@ -106,7 +116,12 @@ class Worker:
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
         store = self.app.store
-        store.register_worker(worker_id=self.id, queues_=self.queues, concurrency=self.concurrency)
+        store.register_worker(
+            worker_id=self.id,
+            queues_=self.queues,
+            concurrency=self.concurrency,
+            workflows=self.app._claim_names,
+        )
         try:
             store.reclaim_dead_local_workers(max_reclaims=self.app.max_reclaims)
         except Exception:
@@ -121,8 +136,45 @@ class Worker:
             thread.start()
             self._threads.append(thread)
         log.info(
-            "worker %s started: concurrency %d, queues %s", self.id, self.concurrency, self.queues
+            "worker %s started: concurrency %d, queues %s%s",
+            self.id,
+            self.concurrency,
+            ", ".join(self.queues),
+            " (those of its workflows; pass queues= to choose)" if self.auto_queues else "",
         )
+        self._report_unknown_jobs()
+
+    def _report_unknown_jobs(self) -> None:
+        """Say once, at start, which queued jobs of this worker's queues it cannot run."""
+        try:
+            counts = self.app.store.queued_workflow_counts(self.queues)
+        except Exception:
+            log.debug("could not count queued jobs by workflow", exc_info=True)
+            return
+        known = set(self.app._claim_names)
+        unknown = {name: n for name, n in counts.items() if name not in known}
+        if unknown:
+            log.warning(
+                "%d queued jobs of workflows this worker does not know: %s (they wait for a "
+                "worker that registers them)",
+                sum(unknown.values()),
+                ", ".join(f"{name} ({n})" for name, n in sorted(unknown.items())),
+            )
+
+    def registered(self, workflow: Workflow) -> None:
+        """A workflow was registered after start: record it, and serve its queue."""
+        queue = workflow.defaults.queue or "default"
+        if self.auto_queues and queue not in self.queues:
+            self.queues = [*self.queues, queue]
+            log.info("worker %s now also serves queue %s", self.id, queue)
+        try:
+            names = [n for n in (workflow.name, workflow.alias) if n in self.app._claim_names]
+            self.app.store.add_worker_workflows(
+                worker_id=self.id, workflows=names, queues_=self.queues
+            )
+        except Exception:
+            log.warning("could not record workflow %r in the worker registry", workflow.name)
+        self._wake.set()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop claiming; let running jobs finish for ``timeout`` s, then release them."""
@@ -261,7 +313,7 @@ class Worker:
         while len(claimed) < free and (job := self._take_ready()) is not None:
             claimed.append(job)
         free -= len(claimed)
-        workflows = self.app.workflow_names()
+        workflows = self.app._claim_names
         for queue in self._active_queues():
             if free <= 0:
                 break
@@ -439,7 +491,7 @@ class Worker:
         return dict(
             worker_id=self.id,
             queue=queues[0],
-            workflows=self.app.workflow_names(),
+            workflows=self.app._claim_names,
             lease_seconds=self.app.stale_after_seconds,
             limit=limit,
         )
