@@ -22,6 +22,7 @@ from .handle import JobHandle, ResultTimeout
 from .schedules import Schedules
 from .schema import Status
 from .store import Store
+from .store.workers import runner_problem
 from .waits import Waits
 from .worker import Worker, _LoopThread
 from .workflow import Options, Workflow, _check_name
@@ -348,17 +349,7 @@ class App:
                 alive_within=2 * self.stale_after_seconds
             )
             self._runners_at = now
-        if not self._runners:
-            return "no live worker is running (app.workers() is empty)"
-        serving = [names for served, names in self._runners.values() if queue in served]
-        if not serving:
-            return f"no live worker serves queue {queue!r}"
-        if not any(workflow in names for names in serving):
-            return (
-                f"{len(serving)} live worker(s) serve queue {queue!r}, but none has "
-                f"registered workflow {workflow!r}"
-            )
-        return None
+        return runner_problem(workflow, queue, self._runners)
 
     def _warn_if_unrunnable(self, job_id: str, workflow: str, queue: str) -> None:
         """Warn (once per workflow and queue) when no live worker will run the job."""

@@ -163,6 +163,7 @@ class Execution:
                 self.job.id,
                 self.workflow.name,
                 step,
+                in_job=True,
             )
 
     def durable_sleep(self, cs: CallState, name: str, wake_at: float) -> None:

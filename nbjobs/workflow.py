@@ -247,6 +247,7 @@ class CallState:
                 self.job_id,
                 self._x.workflow.name,
                 name,
+                in_job=True,
             )
         if stored.code_fingerprint and stored.code_fingerprint != self._x.workflow.fingerprint:
             self._x.warn_changed_code(name)

@@ -56,6 +56,22 @@ def process_alive(pid: int, pid_start: str | None) -> bool:
     return pid_start is None or _process_start(pid) in (None, pid_start)
 
 
+def runner_problem(workflow: str, queue: str, runners: dict[str, tuple[set, set]]) -> str | None:
+    """Why none of ``runners`` (:meth:`WorkerQueries.live_worker_capabilities`) will run a
+    job of ``workflow`` in ``queue``, or None when one will."""
+    if not runners:
+        return "no live worker is running (app.workers() is empty)"
+    serving = [names for served, names in runners.values() if queue in served]
+    if not serving:
+        return f"no live worker serves queue {queue!r}"
+    if not any(workflow in names for names in serving):
+        return (
+            f"{len(serving)} live worker(s) serve queue {queue!r}, but none has "
+            f"registered workflow {workflow!r}"
+        )
+    return None
+
+
 class WorkerQueries(CoreStore):
     """What workers share through the database: who is alive, and which jobs are lost."""
 
