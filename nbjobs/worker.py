@@ -180,6 +180,7 @@ class Worker:
         self._claiming = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._stopped = False
         self._pool = _DaemonPool(concurrency, "nbjobs-job")
         self._loop: _LoopThread | None = None
         self._threads: list[threading.Thread] = []
@@ -258,6 +259,9 @@ class Worker:
         A ``KeyboardInterrupt`` while it waits (Ctrl-C again) releases them at once: they
         go back to the queue rather than stay ``running`` until their lease expires.
         """
+        if self._stopped:
+            return  # stopped at interpreter exit already, and now by the App
+        self._stopped = True
         self._stopping.set()
         self._wake.set()
         if self._unlisten is not None:
