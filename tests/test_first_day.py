@@ -626,3 +626,31 @@ def test_a_mysql_url_without_driver_suggests_the_mysql_extra():
     assert done.returncode == 2
     assert "mysql+pymysql://" in done.stderr and "nbjobs[mysql]" in done.stderr
     assert "nbjobs[postgres]" not in done.stderr
+
+
+@pytest.mark.slow
+def test_cli_worker_says_when_the_import_blocks(tmp_path):
+    """A module that submits and waits at import (no ``__main__`` guard) blocks the
+    worker's import: after IMPORT_WARN_SECONDS the worker says what is probably wrong."""
+    from nbjobs.cli import IMPORT_WARN_SECONDS
+
+    (tmp_path / "fd_noguard.py").write_text(
+        f"import time\ntime.sleep({IMPORT_WARN_SECONDS + 3})\n"
+        "import nbjobs\napp = nbjobs.App('sqlite:///noguard.db')\n"
+    )
+    log = tmp_path / "worker.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nbjobs.cli", "worker", "fd_noguard:app"],
+            cwd=tmp_path, env=_env(), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_until(
+            lambda: "has run for" in log.read_text(),
+            timeout=IMPORT_WARN_SECONDS + 30,
+            what="the slow-import warning",
+        )
+        assert 'if __name__ == "__main__":' in log.read_text()
+    finally:
+        proc.kill()
+        proc.wait(30)
