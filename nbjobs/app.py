@@ -9,6 +9,7 @@ import os
 import socket
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,6 +23,7 @@ from .handle import JobHandle, ResultTimeout
 from .schedules import Schedules
 from .schema import Status
 from .store import Store
+from .store.workers import runner_problem
 from .validation import check_name as _check_name
 from .validation import check_number, check_time
 from .waits import Waits
@@ -31,10 +33,87 @@ from .workflow import Options, Workflow
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///nbjobs.db"
+#: How long a submitter trusts what it last read of the live workers (which queues and
+#: workflows they serve) before it reads the registry again: the "no worker will run
+#: this job" warning costs at most one query per this many seconds.
+RUNNERS_TTL_SECONDS = 5.0
+#: ``h.result()`` without a timeout says after this long why nothing may run the job.
+RESULT_HINT_SECONDS = 5.0
 
 # Apps of this process, so that re-running ``app = App(); app.start()`` in a notebook
 # stops the worker of the App object that cell made before (and its old definitions).
 _apps: weakref.WeakSet[App] = weakref.WeakSet()
+
+
+def default_workflow_name(func: Callable[..., Any]) -> str:
+    """``module.qualname`` for a function of an importable module; the bare ``qualname``
+    in a notebook or a script (``__main__``: a worker importing the script under its
+    module name matches its jobs by the bare name, see :meth:`App.get_workflow`)."""
+    qualname = getattr(func, "__qualname__", None)
+    if not isinstance(qualname, str):
+        raise ConfigurationError(f"cannot name the workflow {func!r}: pass name=...")
+    if getattr(func, "__name__", None) == "<lambda>":
+        raise ConfigurationError(
+            "a lambda workflow needs an explicit name (lambdas would all be '<lambda>'): "
+            "app.workflow(lambda cs, x: ..., name='square')"
+        )
+    module = getattr(func, "__module__", None)
+    if module in (None, "__main__", "__mp_main__") or module not in sys.modules:
+        return qualname
+    return f"{module}.{qualname}"
+
+
+_START_HINT = (
+    "Start a worker in this process with app.start(), or run `nbjobs worker module:app` "
+    "where the module registers this workflow and its queue."
+)
+
+
+def _warn_user(message: str) -> None:
+    """Log ``message`` and show it as a ``UserWarning`` at the caller's line (a cell)."""
+    import warnings
+
+    log.warning("%s", message)
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("nbjobs."):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
+def _definition(func: Callable[..., Any]) -> tuple[Any, Any]:
+    """What makes two functions one definition: a re-run cell or a reloaded module
+    defines a new function object with the same module and qualname."""
+    return getattr(func, "__module__", None), getattr(func, "__qualname__", None)
+
+
+def _describe(func: Callable[..., Any]) -> str:
+    module, qualname = _definition(func)
+    return f"{module}.{qualname}" if module else repr(func)
+
+
+def _claim_names(registry: dict[str, Workflow]) -> tuple[str, ...]:
+    aliases = [wf.alias for wf in registry.values() if wf.alias and wf.alias not in registry]
+    unique = [a for a in aliases if aliases.count(a) == 1]
+    return (*registry, *unique)
+
+
+def _check_call_state_parameter(name: str, func: Callable[..., Any]) -> None:
+    """Refuse at decoration a function that cannot take the call state first."""
+    try:
+        parameters = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return  # a builtin or an odd callable: let the run tell
+    positional = (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.VAR_POSITIONAL,
+    )
+    if not parameters or parameters[0].kind not in positional:
+        raise ConfigurationError(
+            f"workflow {name!r} must take the call state as its first parameter, e.g. "
+            f"def {getattr(func, '__name__', 'fn')}(cs, ...): it makes the durable steps "
+            "(cs.checkpoint)"
+        )
 
 
 class App:
@@ -113,6 +192,9 @@ class App:
         self.url = url if url is not None else os.environ.get("NBJOBS_URL") or DEFAULT_URL
         self.store = Store(self.url, clock=self.clock, **database_options)
         self._registry: dict[str, Workflow] = {}
+        #: The workflow names this App's worker claims: the registered names, and the
+        #: bare qualname of a module-qualified one when no other workflow has it.
+        self._claim_names: tuple[str, ...] = ()
         self._registry_lock = threading.Lock()
         self._worker: Worker | None = None
         self._finished = threading.Condition()
@@ -124,6 +206,9 @@ class App:
         self._waits = Waits(self)
         self._schedules = Schedules(self)
         self._closed = False
+        self._runners: dict[str, tuple[set, set]] = {}
+        self._runners_at = float("-inf")
+        self._warned_unrunnable: set[tuple[str, str]] = set()
         _apps.add(self)
 
     def __repr__(self) -> str:
@@ -144,8 +229,12 @@ class App:
     ) -> Any:
         """Register a workflow; use as ``@app.workflow`` or ``@app.workflow(name=..., ...)``.
 
-        Registering a name again (re-running a notebook cell) replaces the definition for
-        new claims; runs already going keep the function they started with.
+        The name defaults to ``module.qualname`` for a function of an importable module,
+        and to the bare ``qualname`` in a notebook or script (``__main__``); a lambda
+        needs ``name=``.  Registering the same definition again (re-running a notebook
+        cell, reloading a module) replaces it for new claims, and runs already going keep
+        the function they started with; a different function under a taken name is a
+        :class:`~nbjobs.ConfigurationError`.
         """
         defaults = Options.build(
             queue=queue, priority=priority, retries=retries, timeout=timeout, steps=steps
@@ -154,15 +243,28 @@ class App:
         def register(func: Callable[..., Any]) -> Workflow:
             if not callable(func):
                 raise ConfigurationError(f"@app.workflow needs a function, got {func!r}")
-            wf_name = _check_name("workflow name", func.__qualname__ if name is None else name)
+            wf_name = _check_name(
+                "workflow name", default_workflow_name(func) if name is None else name
+            )
+            _check_call_state_parameter(wf_name, func)
             wf = Workflow(self, func, wf_name, defaults)
+            if name is None and wf_name != func.__qualname__:
+                wf.alias = func.__qualname__
             with self._registry_lock:
                 old = self._registry.get(wf_name)
+                if old is not None and _definition(old.fn) != _definition(func):
+                    raise ConfigurationError(
+                        f"workflow name {wf_name!r} is taken by {_describe(old.fn)}; "
+                        f"register {_describe(func)} under another name with name=..."
+                    )
                 self._registry[wf_name] = wf
+                self._claim_names = _claim_names(self._registry)
             if old is not None and old.fingerprint != wf.fingerprint:
                 log.info("workflow %r redefined; new claims use the new code", wf_name)
             if old is None or old.fingerprint != wf.fingerprint:
                 self._warn_changed_code(wf)
+            if self._worker is not None and self._worker.alive:
+                self._worker.registered(wf)
             return wf
 
         if fn is not None:
@@ -174,31 +276,30 @@ class App:
         count, ids = self.store.unfinished_other_code(wf.name, wf.fingerprint)
         if not count:
             return
-        import warnings
-
         shown = ", ".join(ids) + (f" and {count - len(ids)} more" if count > len(ids) else "")
-        message = (
+        _warn_user(
             f"workflow {wf.name!r} changed while {count} of its runs are unfinished ({shown}). "
             "Choose for each: let it resume with the new code (do nothing; finished steps "
             "are replayed from their checkpoints), re-run from a step with "
             "app.job(id).retry(from_checkpoint=...) once it has finished, or cancel it "
             "with app.job(id).cancel()."
         )
-        frame, level = sys._getframe(1), 2
-        while frame is not None and frame.f_globals.get("__name__", "").startswith("nbjobs."):
-            frame, level = frame.f_back, level + 1
-        warnings.warn(message, UserWarning, stacklevel=level)
 
     def workflow_names(self) -> list[str]:
         with self._registry_lock:
             return list(self._registry)
 
     def get_workflow(self, name: str) -> Workflow:
+        """The workflow registered as ``name``, or (for jobs submitted under the bare
+        ``qualname``: from a script's ``__main__``, or by nbjobs before 0.x made default
+        names module-qualified) the one workflow whose ``qualname`` that is."""
         with self._registry_lock:
-            try:
-                return self._registry[name]
-            except KeyError:
-                raise ConfigurationError(f"no workflow named {name!r} is registered") from None
+            wf = self._registry.get(name)
+            if wf is None and name in self._claim_names:
+                wf = next(w for w in self._registry.values() if w.alias == name)
+        if wf is None:
+            raise ConfigurationError(f"no workflow named {name!r} is registered")
+        return wf
 
     # -- submitting --------------------------------------------------------------------
     def _encode_input(self, workflow: Workflow, args: tuple, kwargs: dict) -> str:
@@ -236,7 +337,43 @@ class App:
         job_id, _created = self.store.enqueue_job(**fields)
         if self._worker is not None:
             self._worker.submitted(fields["queue"])
+        self._warn_if_unrunnable(job_id, workflow.name, fields["queue"])
         return JobHandle(self, job_id)
+
+    def _runner_problem(self, workflow: str, queue: str, *, fresh: bool = False) -> str | None:
+        """Why no live worker will run a job of ``workflow`` in ``queue``; None if one will.
+
+        This process's own worker answers without a query; otherwise the registry is
+        read at most every ``RUNNERS_TTL_SECONDS`` (``fresh`` reads it now).
+        """
+        worker = self._worker
+        local = worker is not None and worker.alive and queue in worker.queues
+        if local and workflow in self._claim_names:
+            return None
+        now = time.monotonic()
+        if fresh or now - self._runners_at >= RUNNERS_TTL_SECONDS:
+            self._runners = self.store.live_worker_capabilities(
+                alive_within=2 * self.stale_after_seconds
+            )
+            self._runners_at = now
+        return runner_problem(workflow, queue, self._runners)
+
+    def _warn_if_unrunnable(self, job_id: str, workflow: str, queue: str) -> None:
+        """Warn (once per workflow and queue) when no live worker will run the job."""
+        if (workflow, queue) in self._warned_unrunnable:
+            return
+        try:
+            problem = self._runner_problem(workflow, queue)
+        except Exception:
+            log.debug("could not read the worker registry", exc_info=True)
+            return
+        if problem is None:
+            return
+        self._warned_unrunnable.add((workflow, queue))
+        _warn_user(
+            f"job {job_id} of workflow {workflow!r} waits in queue {queue!r}: {problem}. "
+            f"{_START_HINT}"
+        )
 
     def _wake_workers(self) -> None:
         if self._worker is not None:
@@ -319,10 +456,10 @@ class App:
             self._finished.notify_all()
 
     def _wait_for(self, handle: JobHandle, timeout: float | None) -> Any:
-        import time
-
         check_number("timeout", timeout, 0, optional=True)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        hinted = timeout is not None
         pause = 0.002
         while True:
             generation = self._finished_generation
@@ -330,15 +467,53 @@ class App:
             if done:
                 return value
             wait = pause
+            now = time.monotonic()
             if deadline is not None:
-                remaining = deadline - time.monotonic()
+                remaining = deadline - now
                 if remaining <= 0:
-                    raise ResultTimeout(f"job {handle.id} did not finish within {timeout} s")
+                    raise ResultTimeout(self._timeout_message(handle, timeout))
                 wait = min(wait, remaining)
+            elif not hinted and now - started >= RESULT_HINT_SECONDS:
+                hinted = True
+                self._hint_waiting(handle)
             with self._finished:
                 if self._finished_generation == generation:
                     self._finished.wait(wait)
             pause = min(pause * 1.5, 0.1)
+
+    def _timeout_message(self, handle: JobHandle, timeout: float | None) -> str:
+        """``ResultTimeout``'s text: whether any live worker will run the job, and what to do."""
+        message = f"job {handle.id} did not finish within {timeout} s"
+        try:
+            row = self.store.get_job(handle.id)
+            problem = self._runner_problem(row.workflow, row.queue, fresh=True)
+        except Exception:
+            return message
+        if problem is not None:
+            return f"{message}: it is {row.status} and {problem}. {_START_HINT}"
+        return (
+            f"{message}: it is {row.status}; a live worker serves workflow {row.workflow!r} "
+            f"on queue {row.queue!r}"
+        )
+
+    def _hint_waiting(self, handle: JobHandle) -> None:
+        """``h.result()`` has waited a while: say so when no live worker will run the job."""
+        try:
+            row = self.store.get_job(handle.id)
+            if row.status != Status.QUEUED.value:
+                return
+            problem = self._runner_problem(row.workflow, row.queue, fresh=True)
+        except Exception:
+            return
+        if problem is not None:
+            log.warning(
+                "still waiting for job %s (%s, queue %r): %s. %s",
+                handle.id,
+                row.workflow,
+                row.queue,
+                problem,
+                _START_HINT,
+            )
 
     # -- jobs --------------------------------------------------------------------------
     def job(self, job_id: str) -> JobHandle:
@@ -466,6 +641,16 @@ class App:
         if queues is not None:
             queues = [_check_name("queue", q) for q in queues]
         if self._worker is not None and self._worker.alive:
+            worker = self._worker
+            asked = list(queues) if queues else None
+            if concurrency != worker.concurrency or (asked and asked != worker.queues):
+                _warn_user(
+                    f"the worker of this App is running already (concurrency "
+                    f"{worker.concurrency}, queues {', '.join(worker.queues)}); "
+                    f"start(concurrency={concurrency}"
+                    + (f", queues={asked}" if asked else "")
+                    + ") changes nothing: call app.stop() first"
+                )
             return self
         for other in list(_apps):
             same_db = other is not self and other.store.url == self.store.url

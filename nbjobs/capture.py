@@ -259,6 +259,22 @@ def job_output(execution: Execution) -> Iterator[JobOutput]:
         output.flush(final=True)
 
 
+def log_outside(
+    logger: logging.Logger, level: int, msg: str, *args: Any, in_job: bool = False
+) -> None:
+    """Log a line about the current job to the process's handlers (the worker's log).
+
+    A record made in a job's context goes only to that job's captured output, so a
+    worker's own lines about the job (failures, retries, replay warnings) are made
+    outside it, in an empty context; ``in_job`` copies the line into the job's output
+    too (for warnings about the run itself; failures are in its attempts already).
+    """
+    output = _capturing() if in_job else None
+    contextvars.Context().run(logger.log, level, msg, *args)
+    if output is not None and logger.isEnabledFor(level):
+        output.add("log", f"{logging.getLevelName(level)} {logger.name}: {msg % args}\n")
+
+
 def flush() -> None:
     """Store the current job's output now, truncation note included: the outcome is
     recorded next, and whoever waits for it must find every line already stored."""

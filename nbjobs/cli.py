@@ -1,4 +1,4 @@
-"""The ``nbjobs`` command: worker, dashboard, demo, jobs, migrate.
+"""The nbjobs command: worker, dashboard, demo, jobs, migrate.
 
 This is a script entry point, not a notebook path: here (and only here) nbjobs installs
 SIGINT/SIGTERM handlers, to stop a worker process gracefully.
@@ -21,17 +21,59 @@ from .errors import ConfigurationError, NbjobsError
 log = logging.getLogger("nbjobs.cli")
 
 
+#: ``nbjobs worker`` warns when importing the app's module takes this long: a module
+#: that submits and waits at import (no ``if __name__ == "__main__":`` guard) blocks.
+IMPORT_WARN_SECONDS = 10.0
+
+
+def printable(text: object) -> str:
+    """``text`` safe for a terminal: control characters (escape sequences a hostile
+    workflow name or error could carry) are shown as visible escapes, e.g. ``\\x1b``."""
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text)
+    )
+
+
+def _module_hint(module_name: str) -> str | None:
+    """For a file path given where a module belongs, the ``pkg.module`` form."""
+    if not (module_name.endswith(".py") or "/" in module_name or os.sep in module_name):
+        return None
+    path = module_name[:-3] if module_name.endswith(".py") else module_name
+    dotted = ".".join(p for p in path.replace(os.sep, "/").split("/") if p not in ("", "."))
+    return dotted
+
+
 def load_app(target: str) -> Any:
     """Import ``module:attribute`` (the current directory is importable) and return it."""
     module_name, _, attribute = target.partition(":")
     if not module_name:
         raise ConfigurationError(f"expected module:app, got {target!r}")
+    dotted = _module_hint(module_name)
+    if dotted is not None:
+        raise ConfigurationError(
+            f"{module_name!r} is a file path; give the module instead, as "
+            f"{dotted}:{attribute or 'app'} (run from the directory that holds the top "
+            "package: the current directory is importable)"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    slow = threading.Timer(
+        IMPORT_WARN_SECONDS,
+        lambda: log.warning(
+            "importing %r has run for %g s: does it submit and wait for jobs at import? "
+            'Put such code under `if __name__ == "__main__":`',
+            module_name,
+            IMPORT_WARN_SECONDS,
+        ),
+    )
+    slow.daemon = True
+    slow.start()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
+    finally:
+        slow.cancel()
     from .app import App
 
     if attribute:
@@ -54,10 +96,17 @@ def load_app(target: str) -> Any:
 
 
 def _wait_for_stop_signal() -> None:
+    """Wait for SIGTERM or SIGINT; after it, a second one interrupts the graceful stop
+    (``KeyboardInterrupt``), which gives the running jobs back to the queue."""
     stop = threading.Event()
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
 
     def handler(signum: int, _frame: Any) -> None:
         log.info("received signal %d; stopping", signum)
+        signal.signal(signal.SIGTERM, interrupt)
+        signal.signal(signal.SIGINT, interrupt)
         stop.set()
 
     signal.signal(signal.SIGTERM, handler)
@@ -67,12 +116,27 @@ def _wait_for_stop_signal() -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    if args.url:
+        os.environ["NBJOBS_URL"] = args.url  # an App() without a URL reads it
     app = load_app(args.app)
-    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    if args.url and app.url != args.url:
+        from .dialects import safe_url
+
+        app.close()
+        raise ConfigurationError(
+            f"{args.app} makes its App with the URL {safe_url(app.url)}, not --url "
+            f"{safe_url(args.url)}; give the URL in one place (an App() made without a URL "
+            "reads NBJOBS_URL, which --url sets)"
+        )
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     app.start(concurrency=args.concurrency, queues=queues)
+    served = app._worker.queues if app._worker is not None else queues or []
     print(
-        f"nbjobs worker on {app.store.safe_url}: concurrency {args.concurrency}, "
-        f"queues {','.join(queues)}, workflows {', '.join(app.workflow_names()) or '(none)'}",
+        printable(
+            f"nbjobs worker on {app.store.safe_url}: concurrency {args.concurrency}, "
+            f"queues {','.join(served)}, "
+            f"workflows {', '.join(app.workflow_names()) or '(none)'}"
+        ),
         flush=True,
     )
     try:
@@ -80,6 +144,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
     finally:
         app.stop(timeout=args.grace)
     return 0
+
+
+def _existing_database(url: str) -> str:
+    """``url``, unless it names a SQLite or DuckDB file that does not exist: a command
+    that only reads must not create an empty database (a typo, another directory)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url  # the App reports a bad URL
+    database = parsed.database or ""
+    if parsed.get_backend_name() not in ("sqlite", "duckdb") or database in ("", ":memory:"):
+        return url
+    if database.startswith("file:") or os.path.exists(database):
+        return url
+    raise ConfigurationError(
+        f"no nbjobs database at {os.path.abspath(database)} (relative paths follow the "
+        f"current directory, {os.getcwd()}); give --url with the path of an existing file"
+    )
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -142,7 +227,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     if not (basic_auth or args.no_token):
         token = os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(24)
     serve(
-        _url(args),
+        _existing_database(_url(args)),
         port=args.port,
         address=args.address,
         show=args.show,
@@ -174,36 +259,82 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         _check_name("workflow name", args.workflow)
     if args.limit < 1:
         raise ConfigurationError(f"--limit must be at least 1, got {args.limit}")
-    app = App(_url(args))
+    app = App(_existing_database(_url(args)))
     rows = app.store.list_jobs(status=args.status, workflow=args.workflow, limit=args.limit)
     print(f"{'id':26} {'workflow':24} {'status':10} {'attempts':>8}  error")
     for r in rows:
         error = (r.error or "").splitlines()[0][:60] if r.error else ""
-        print(f"{r.id:26} {r.workflow[:24]:24} {r.status:10} {r.attempts:>8}  {error}")
+        workflow = printable(r.workflow)
+        print(
+            printable(f"{r.id:26} {workflow[:24]:24} {r.status:10} {r.attempts:>8}  ")
+            + printable(error)
+        )
     app.close()
     return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from .schema import SCHEMA_VERSION
     from .store import Store
 
     store = Store(_url(args))
-    print(f"nbjobs schema is current on {store.safe_url}")
+    found, where = store.schema_found, printable(store.safe_url)
+    if found is None:
+        print(f"nbjobs schema created at version {SCHEMA_VERSION} on {where}")
+    elif found < SCHEMA_VERSION:
+        print(f"nbjobs schema migrated from version {found} to {SCHEMA_VERSION} on {where}")
+    else:
+        print(f"nbjobs schema is current (version {SCHEMA_VERSION}) on {where}")
     store.close()
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default in its help, unless there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or action.help is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every subcommand's parser: defaults shown in ``--help``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nbjobs", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default=os.environ.get("NBJOBS_LOG_LEVEL", "INFO"))
-    sub = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="nbjobs", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"nbjobs {__version__}")
+    log_level_help = "logging level: DEBUG, INFO, WARNING or ERROR (env NBJOBS_LOG_LEVEL)"
+    parser.add_argument(
+        "--log-level", default=os.environ.get("NBJOBS_LOG_LEVEL", "INFO"), help=log_level_help
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     worker = sub.add_parser("worker", help="run a worker process for module:app")
     worker.add_argument("app", help="module:attribute of the nbjobs.App, e.g. pipeline.jobs:app")
-    worker.add_argument("--concurrency", "-c", type=int, default=4)
-    worker.add_argument("--queues", "-q", default="default", help="comma-separated queues")
+    worker.add_argument(
+        "--concurrency", "-c", type=int, default=4, help="jobs run at once (threads)"
+    )
+    worker.add_argument(
+        "--queues",
+        "-q",
+        help="comma-separated queues (default: 'default' and the queues of the app's workflows)",
+    )
     worker.add_argument(
         "--grace", type=float, default=30.0, help="seconds running jobs get at stop"
+    )
+    worker.add_argument(
+        "--url",
+        help="database URL for an App made without one (sets NBJOBS_URL before the import)",
     )
     worker.set_defaults(func=cmd_worker)
 
@@ -260,14 +391,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = sub.add_parser("jobs", help="list recent jobs")
     url_option(jobs)
-    jobs.add_argument("--status")
-    jobs.add_argument("--workflow")
-    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--status", help="only jobs in this status, e.g. failed")
+    jobs.add_argument("--workflow", help="only jobs of this workflow")
+    jobs.add_argument("--limit", type=int, default=20, help="how many of the newest jobs")
     jobs.set_defaults(func=cmd_jobs)
 
     migrate = sub.add_parser("migrate", help="create or migrate the nbjobs tables")
     url_option(migrate)
     migrate.set_defaults(func=cmd_migrate)
+    for command in sub.choices.values():  # also after the subcommand, as the docs show it
+        command.add_argument("--log-level", default=argparse.SUPPRESS, help=log_level_help)
     return parser
 
 
@@ -279,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except NbjobsError as exc:
-        print(f"nbjobs: error: {exc}", file=sys.stderr)
+        text = "\n".join(printable(line) for line in str(exc).splitlines())
+        print(f"nbjobs: error: {text}", file=sys.stderr)
         return 2
 
 

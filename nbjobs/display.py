@@ -81,6 +81,16 @@ def code_mark() -> str:
     )
 
 
+def no_worker_mark(reason: str) -> str:
+    """The badge on a queued job that no live worker will run; ``reason`` says why."""
+    return (
+        f'<span class="nbj-no-worker" title="{html.escape(reason, quote=True)}" '
+        'style="display:inline-block;margin-left:6px;border:1px solid #dc2626;'
+        "color:#b91c1c;background:#fef2f2;border-radius:8px;padding:0 6px;font-size:10px;"
+        'line-height:15px;font-weight:600;white-space:nowrap">no worker</span>'
+    )
+
+
 def progress_label(row: Any) -> str:
     """``2/5`` children or steps, ``3 steps`` when the total is unknown, else empty."""
     if row.children_total:

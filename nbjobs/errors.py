@@ -8,6 +8,11 @@ workflow, a lost lease) derive from :class:`BaseException` instead, so that a us
 
 from __future__ import annotations
 
+#: How nbjobs' own failure texts begin, so that ``h.result()`` raises the matching
+#: :class:`JobFailed` subclass.
+TIMEOUT_ERROR_PREFIX = "JobTimeout: "
+WORKER_LOST_PREFIX = "worker lost "
+
 
 class NbjobsError(Exception):
     """Base class of every error nbjobs raises."""
@@ -46,8 +51,8 @@ class JobCancelled(NbjobsError):
         super().__init__(f"job {job_id} was cancelled")
 
 
-class JobTimeout(NbjobsError):
-    """A job ran past its ``timeout``."""
+class JobTimeout(JobFailed):
+    """The job ran past its ``timeout`` and was failed (``h.result()`` raises it)."""
 
 
 class FanOutError(NbjobsError):
@@ -71,8 +76,9 @@ class DatabaseLost(NbjobsError):
     every further use of the App raises this; open a new App."""
 
 
-class WorkerLost(NbjobsError):
-    """A job's worker stopped heartbeating too many times; the job is failed, not looped."""
+class WorkerLost(JobFailed):
+    """The job's worker died or went silent more than ``max_reclaims`` times, so the job
+    was failed rather than looped (``h.result()`` raises it)."""
 
 
 class _ControlFlow(BaseException):

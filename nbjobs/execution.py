@@ -20,9 +20,10 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from . import capture
 from .errors import (
+    TIMEOUT_ERROR_PREFIX,
     DatabaseLost,
+    DuplicateCheckpoint,
     FanOutError,
-    JobTimeout,
     SerializationError,
     _Cancelled,
     _LeaseLost,
@@ -112,7 +113,8 @@ class Execution:
             return
         self.timed_out = True
         limit = self.job.timeout_seconds
-        self._record_failure(JobTimeout(f"timed out after {limit:g} s"), None, "timeout")
+        error = f"{TIMEOUT_ERROR_PREFIX}timed out after {limit:g} s"
+        self._record_failure(error, None, "timeout", retryable=True)
         self.lost = True  # the outcome is written; whatever the run does next is refused
         self._cancel_task()
 
@@ -182,12 +184,15 @@ class Execution:
     def warn_changed_code(self, step: str) -> None:
         if not self._warned_code:
             self._warned_code = True
-            log.warning(
+            capture.log_outside(
+                log,
+                logging.WARNING,
                 "job %s of workflow %r replays step %r recorded by different code; the "
                 "workflow was edited since (resume, retry(from_checkpoint=...) or cancel)",
                 self.job.id,
                 self.workflow.name,
                 step,
+                in_job=True,
             )
 
     def _warn_unreplayed(self) -> None:
@@ -200,7 +205,9 @@ class Execution:
             return
         first = missed[0]
         more = f" (and {len(missed) - 1} more)" if len(missed) > 1 else ""
-        log.warning(
+        capture.log_outside(
+            log,
+            logging.WARNING,
             "job %s of workflow %r: checkpoint %r stored by attempt %s was not replayed by "
             "attempt %s%s; the run took another path, so a step name or branch depends on "
             "something read outside a checkpoint (time, randomness, outside state)",
@@ -210,6 +217,7 @@ class Execution:
             first.attempt,
             self.job.attempt,
             more,
+            in_job=True,
         )
 
     def durable_sleep(self, cs: CallState, name: str, wake_at: float) -> None:
@@ -308,7 +316,7 @@ class Execution:
                     text = self.app.codec.dumps(value)
                 except SerializationError as exc:
                     message = f"SerializationError: the workflow's result cannot be stored: {exc}"
-                    self._fail(message, None)
+                    self._record_failure(message, None, "failed", retryable=False)
                     return
                 if self.lost:
                     return
@@ -343,7 +351,9 @@ class Execution:
         except _StoreUnavailable as failed:
             exc = failed
         if isinstance(exc, _LeaseLost) or self.lost:
-            log.warning(
+            capture.log_outside(
+                log,
+                logging.WARNING,
                 "job %s: this worker no longer holds its lease; its writes are refused",
                 self.job.id,
             )
@@ -369,14 +379,18 @@ class Execution:
             )
             raise exc
         text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
-        self._record_failure(exc, text, "failed")
-
-    def _record_failure(self, exc: BaseException, text: str | None, outcome: str) -> None:
         # Escaped here already, so that log lines show what the database stores.
         error = storable_text(f"{type(exc).__name__}: {exc}") or type(exc).__name__
-        # Neither would change on a replay: a value that cannot be stored, and a fan-out
-        # whose children's outcomes are recorded (h.retry() re-runs the failed children).
-        retryable = not isinstance(exc, (SerializationError, FanOutError))
+        # None would change on a replay: a value that cannot be stored, a fan-out whose
+        # children's outcomes are recorded (h.retry() re-runs the failed children), and
+        # a step name used twice (the same code names it twice again).
+        retryable = not isinstance(exc, (SerializationError, FanOutError, DuplicateCheckpoint))
+        self._record_failure(error, text, "failed", retryable=retryable)
+
+    def _record_failure(
+        self, error: str, text: str | None, outcome: str, *, retryable: bool
+    ) -> None:
+        """Retry the job later, or fail it; either way one line in the worker's log."""
         if retryable and self.job.failures < self.job.max_retries:
             delay = self.app.backoff_seconds(self.job.failures + 1)
             run_at = self.app.store.now() + delay
@@ -393,9 +407,31 @@ class Execution:
                 error,
                 text,
             )
-            log.info("job %s failed (%s); retrying in %.2f s", self.job.id, error, delay)
+            capture.log_outside(
+                log,
+                logging.WARNING,
+                "job %s (%s) failed: %s; retrying in %.2f s (retry %d of %d)",
+                self.job.id,
+                self.workflow.name,
+                _first_line(error),
+                delay,
+                self.job.failures + 1,
+                self.job.max_retries,
+            )
             return
         self._fail(error, text, outcome)
+        if not self.lost:
+            tries = self.job.failures + 1
+            capture.log_outside(
+                log,
+                logging.ERROR,
+                "job %s (%s) failed for good after %d attempt%s: %s",
+                self.job.id,
+                self.workflow.name,
+                tries,
+                "" if tries == 1 else "s",
+                _first_line(error),
+            )
 
     def _fail(self, error: str, text: str | None, outcome: str = "failed") -> None:
         self._write_failure(
@@ -477,10 +513,15 @@ class Execution:
             log.warning("job %s: the outcome was refused; another worker owns the job", self.job.id)
 
 
-def _first_line(exc: BaseException) -> str:
-    """The first line of a (database) error's own message, for logs and attempt rows."""
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
+def _first_line(error: BaseException | str, limit: int = 300) -> str:
+    """The first line of an error (a database error's own message), bounded, so that a
+    worker's log line and an attempt row stay one line."""
+    text = error if isinstance(error, str) else str(getattr(error, "orig", None) or error)
+    lines = text.strip().splitlines()
+    if not lines:
+        return "" if isinstance(error, str) else type(error).__name__
+    line = lines[0]
+    return line if len(line) <= limit else line[:limit] + "..."
 
 
 def jittered_backoff(failures: int, base: float, cap: float) -> float:

@@ -6,7 +6,15 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from .clock import to_datetime
-from .errors import JobCancelled, JobFailed, NbjobsError
+from .errors import (
+    TIMEOUT_ERROR_PREFIX,
+    WORKER_LOST_PREFIX,
+    JobCancelled,
+    JobFailed,
+    JobTimeout,
+    NbjobsError,
+    WorkerLost,
+)
 from .schema import Status
 from .validation import check_number
 
@@ -16,6 +24,18 @@ if TYPE_CHECKING:
 
 class ResultTimeout(NbjobsError, TimeoutError):
     """``h.result(timeout=...)`` returned before the job finished."""
+
+
+def _failure_class(error: str | None) -> type[JobFailed]:
+    """The ``JobFailed`` subclass a failed job's stored error text stands for (nbjobs
+    writes these texts itself: a timeout, and the give-up of a job whose worker kept
+    dying)."""
+    text = error or ""
+    if text.startswith(TIMEOUT_ERROR_PREFIX):
+        return JobTimeout
+    if text.startswith(WORKER_LOST_PREFIX) and "giving up" in text:
+        return WorkerLost
+    return JobFailed
 
 
 class JobHandle:
@@ -111,14 +131,17 @@ class JobHandle:
             return True, self.app.codec.loads(row.result)
         if row.status == Status.CANCELLED.value:
             raise JobCancelled(self.id)
-        raise JobFailed(self.id, row.error, row.traceback)
+        raise _failure_class(row.error)(self.id, row.error, row.traceback)
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the job and return its result.
 
-        Raises :class:`~nbjobs.JobFailed` (with the remote error and traceback),
-        :class:`~nbjobs.JobCancelled`, or ``ResultTimeout`` (a ``TimeoutError``);
-        a ``timeout`` that is not a number of seconds (NaN) is a ``ConfigurationError``.
+        Raises :class:`~nbjobs.JobFailed` (with the remote error and traceback; its
+        subclasses :class:`~nbjobs.JobTimeout` for a run past its ``timeout`` and
+        :class:`~nbjobs.WorkerLost` for a job whose worker kept dying),
+        :class:`~nbjobs.JobCancelled`, or ``ResultTimeout`` (a ``TimeoutError``, whose
+        message says whether a live worker serves the job's workflow and queue).
+        A ``timeout`` that is not a number of seconds (NaN) is a ``ConfigurationError``.
         """
         return self.app._wait_for(self, check_number("timeout", timeout, 0, optional=True))
 
@@ -133,7 +156,8 @@ class JobHandle:
             if done:
                 return value
             if deadline is not None and loop.time() >= deadline:
-                raise ResultTimeout(f"job {self.id} did not finish within {timeout} s")
+                message = await asyncio.to_thread(self.app._timeout_message, self, timeout)
+                raise ResultTimeout(message)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.2)
 

@@ -206,11 +206,16 @@ class Schedules:
     def tick(self, worker: Worker | None = None) -> int:
         """Fire due ticks (called by every worker's monitor; exactly once per tick).
 
-        Returns the number of jobs this call enqueued.  Cheap when nothing is due: one
-        indexed read, no write.
+        A worker fires only the schedules it can run (its App registers the workflow and
+        it serves the queue): a tick fired by another worker would wait, orphaned, for
+        one that can.  Returns the number of jobs this call enqueued.  Cheap when nothing
+        is due: one indexed read, no write.
         """
         now = self.app.clock.now()
-        due = self.app.store.due_schedules(now, limit=DUE_PER_PASS)
+        runnable: dict[str, Any] = {}
+        if worker is not None:
+            runnable = dict(workflows=self.app._claim_names, queues_=worker.queues)
+        due = self.app.store.due_schedules(now, limit=DUE_PER_PASS, **runnable)
         fired = 0
         for row in due:
             try:

@@ -247,6 +247,16 @@ workers = Table(
 )
 Index("ix_nbjobs_workers_heartbeat", workers.c.heartbeat_at)
 
+#: The workflows each worker registered, so that a submitter can tell that no live
+#: worker will run a job.  A new table, not a column: ``create_all`` adds it to an
+#: existing database without a schema version (older nbjobs ignore it).
+worker_workflows = Table(
+    "nbjobs_worker_workflows",
+    metadata,
+    Column("worker_id", String(100), primary_key=True),
+    Column("workflow", NAME, primary_key=True),
+)
+
 queues = Table(
     "nbjobs_queues",
     metadata,

@@ -34,11 +34,12 @@ import asyncio
 import collections
 import logging
 import os
+import queue as queue_module
 import random
 import socket
 import threading
+import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from .errors import DatabaseLost
@@ -48,6 +49,7 @@ from .store import ClaimedJob
 
 if TYPE_CHECKING:
     from .app import App
+    from .workflow import Workflow
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,86 @@ SHORT_JOB_SECONDS = 0.005
 PREFETCH = 16
 #: How long a short job's success may wait for a commit shared with others, at most.
 WRITE_BEHIND_SECONDS = 0.005
+
+
+def _app_queues(app: App) -> list[str]:
+    """``default`` and the default queue of every workflow ``app`` registered."""
+    names = {wf.defaults.queue or "default" for wf in app._registry.values()}
+    return ["default", *sorted(names - {"default"})]
+
+
+#: How long running jobs get at interpreter exit (a script that ends, or Ctrl-C).
+EXIT_GRACE_SECONDS = 30.0
+
+_live_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+_exit_hook = threading.Lock()
+_exit_hook_installed = False
+
+
+def _stop_at_exit_too(worker: Worker) -> None:
+    """Stop ``worker`` when the interpreter exits (a script's end, its first Ctrl-C).
+
+    A threading exit hook (run before the interpreter joins its threads), never a signal
+    handler: this also runs in a notebook kernel, which owns SIGINT.  The hook waits up
+    to ``EXIT_GRACE_SECONDS`` for the running jobs and says so; a second Ctrl-C gives
+    them back to the queue at once.  The job threads are daemons, so a step still
+    running after that does not hold the process.
+    """
+    global _exit_hook_installed
+    _live_workers.add(worker)
+    with _exit_hook:
+        if _exit_hook_installed:
+            return
+        try:
+            threading._register_atexit(_stop_live_workers)  # type: ignore[attr-defined]
+        except (AttributeError, RuntimeError):
+            return  # no hook API here, or the interpreter is exiting already
+        _exit_hook_installed = True
+
+
+def _stop_live_workers() -> None:
+    for worker in list(_live_workers):
+        if worker.alive:
+            try:
+                worker.stop(EXIT_GRACE_SECONDS)
+            except BaseException:
+                log.exception("could not stop worker %s at exit", worker.id)
+
+
+class _DaemonPool:
+    """A fixed set of daemon threads running submitted calls in order.
+
+    ``ThreadPoolExecutor``'s threads hold the interpreter at exit until their call
+    returns, so a long step would keep a script (and its second Ctrl-C) waiting after
+    the worker released its job; these do not.
+    """
+
+    def __init__(self, size: int, prefix: str) -> None:
+        self._calls: queue_module.SimpleQueue = queue_module.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"{prefix}_{i}", daemon=True)
+            for i in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            fn, args = call
+            fn(*args)
+
+    def submit(self, fn: Callable[..., None], *args: object) -> None:
+        self._calls.put((fn, args))
+
+    def shutdown(self) -> None:
+        """Drop the calls not started; each thread ends after its current call."""
+        while True:
+            try:
+                self._calls.get_nowait()
+            except queue_module.Empty:
+                break
+        for _ in self._threads:
+            self._calls.put(None)
 
 
 class _LoopThread:
@@ -84,7 +166,10 @@ class Worker:
     def __init__(self, app: App, *, concurrency: int = 4, queues: list[str] | None = None) -> None:
         self.app = app
         self.concurrency = concurrency
-        self.queues = list(queues or ["default"])
+        #: Without explicit queues, the worker serves ``default`` and the queue of every
+        #: workflow its App registers (later registrations too, see ``registered``).
+        self.auto_queues = not queues
+        self.queues = list(queues) if queues else _app_queues(app)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{new_token()[-8:]}"
         self.running: dict[str, Execution] = {}
         #: Successes left to a later shared commit (see ``_record_chained``), heartbeated
@@ -99,7 +184,8 @@ class Worker:
         self._claiming = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="nbjobs-job")
+        self._stopped = False
+        self._pool = _DaemonPool(concurrency, "nbjobs-job")
         self._loop: _LoopThread | None = None
         self._threads: list[threading.Thread] = []
         self._paused: set[str] = set()
@@ -110,12 +196,18 @@ class Worker:
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
         store = self.app.store
-        store.register_worker(worker_id=self.id, queues_=self.queues, concurrency=self.concurrency)
+        store.register_worker(
+            worker_id=self.id,
+            queues_=self.queues,
+            concurrency=self.concurrency,
+            workflows=self.app._claim_names,
+        )
         try:
             store.reclaim_dead_local_workers(max_reclaims=self.app.max_reclaims)
         except Exception:
             log.exception("could not reclaim jobs of dead local workers")
         self._unlisten = store.listen_ready(self._on_ready)
+        _stop_at_exit_too(self)
         for target, name in (
             (self._dispatch_loop, "dispatch"),
             (self._monitor_loop, "monitor"),
@@ -125,26 +217,75 @@ class Worker:
             thread.start()
             self._threads.append(thread)
         log.info(
-            "worker %s started: concurrency %d, queues %s", self.id, self.concurrency, self.queues
+            "worker %s started: concurrency %d, queues %s%s",
+            self.id,
+            self.concurrency,
+            ", ".join(self.queues),
+            " (those of its workflows; pass queues= to choose)" if self.auto_queues else "",
         )
+        self._report_unknown_jobs()
+
+    def _report_unknown_jobs(self) -> None:
+        """Say once, at start, which queued jobs of this worker's queues it cannot run."""
+        try:
+            counts = self.app.store.queued_workflow_counts(self.queues)
+        except Exception:
+            log.debug("could not count queued jobs by workflow", exc_info=True)
+            return
+        known = set(self.app._claim_names)
+        unknown = {name: n for name, n in counts.items() if name not in known}
+        if unknown:
+            log.warning(
+                "%d queued jobs of workflows this worker does not know: %s (they wait for a "
+                "worker that registers them)",
+                sum(unknown.values()),
+                ", ".join(f"{name} ({n})" for name, n in sorted(unknown.items())),
+            )
+
+    def registered(self, workflow: Workflow) -> None:
+        """A workflow was registered after start: record it, and serve its queue."""
+        queue = workflow.defaults.queue or "default"
+        if self.auto_queues and queue not in self.queues:
+            self.queues = [*self.queues, queue]
+            log.info("worker %s now also serves queue %s", self.id, queue)
+        try:
+            names = [n for n in (workflow.name, workflow.alias) if n in self.app._claim_names]
+            self.app.store.add_worker_workflows(
+                worker_id=self.id, workflows=names, queues_=self.queues
+            )
+        except Exception:
+            log.warning("could not record workflow %r in the worker registry", workflow.name)
+        self._wake.set()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop claiming; let running jobs finish for ``timeout`` s, then release them."""
+        """Stop claiming; let running jobs finish for ``timeout`` s, then release them.
+
+        A ``KeyboardInterrupt`` while it waits (Ctrl-C again) releases them at once: they
+        go back to the queue rather than stay ``running`` until their lease expires.
+        """
+        if self._stopped:
+            return  # stopped at interpreter exit already, and now by the App
+        self._stopped = True
         self._stopping.set()
         self._wake.set()
         if self._unlisten is not None:
             self._unlisten()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        deadline = self.app.clock.now() + timeout
-        for execution in list(self.running.values()):
-            execution.done.wait(max(0.0, deadline - self.app.clock.now()))
+        try:
+            for thread in self._threads:
+                thread.join(timeout=5)
+            self._wait_for_running(timeout)
+        except KeyboardInterrupt:
+            log.warning("interrupted: giving the running jobs back to the queue")
         store = self.app.store
         try:
             store.flush()
             for job_id, execution in list(self.running.items()):
                 if not execution.done.is_set():
-                    log.warning("releasing job %s still running at stop", job_id)
+                    log.warning(
+                        "job %s (%s): still running at stop; released to the queue",
+                        job_id,
+                        execution.workflow.name,
+                    )
                     execution.mark_lost()
                     store.release_job(
                         job_id=job_id, token=execution.token, attempt=execution.job.attempt
@@ -153,7 +294,7 @@ class Worker:
                 store.unclaim_job(job_id=job.id, token=job.lease_token)
         except DatabaseLost:
             pass  # nothing can be given back; the error was logged when it was found
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
         if self._loop is not None:
             self._loop.stop()
         try:
@@ -161,7 +302,27 @@ class Worker:
                 store.stop_worker(self.id)
         except Exception:
             log.exception("could not mark worker %s stopped", self.id)
+        _live_workers.discard(self)
         log.info("worker %s stopped", self.id)
+
+    def _wait_for_running(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for the running jobs, saying which and how long."""
+        running = [x for x in list(self.running.values()) if not x.done.is_set()]
+        if not running or timeout <= 0:
+            return
+        log.warning(
+            "waiting up to %g s for %d running job%s (%s) (Ctrl-C again to give %s back to "
+            "the queue now)",
+            timeout,
+            len(running),
+            "" if len(running) == 1 else "s",
+            ", ".join(f"{x.job.id} {x.workflow.name}" for x in running[:5])
+            + (" ..." if len(running) > 5 else ""),
+            "it" if len(running) == 1 else "them",
+        )
+        deadline = self.app.clock.now() + timeout
+        for execution in running:
+            execution.done.wait(max(0.0, deadline - self.app.clock.now()))
 
     @property
     def alive(self) -> bool:
@@ -269,7 +430,7 @@ class Worker:
         while len(claimed) < free and (job := self._take_ready()) is not None:
             claimed.append(job)
         free -= len(claimed)
-        workflows = self.app.workflow_names()
+        workflows = self.app._claim_names
         for queue in self._active_queues():
             if free <= 0:
                 break
@@ -452,7 +613,7 @@ class Worker:
         return dict(
             worker_id=self.id,
             queue=queues[0],
-            workflows=self.app.workflow_names(),
+            workflows=self.app._claim_names,
             lease_seconds=self.app.stale_after_seconds,
             limit=limit,
         )

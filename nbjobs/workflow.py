@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from . import capture
 from .codec import digest
 from .errors import ConfigurationError, DuplicateCheckpoint, SerializationError
 from .schema import RESERVED_KEY_PREFIX
@@ -133,6 +134,9 @@ class Workflow(_Submitter):
         self.app = app
         self.fn = fn
         self.name = name
+        #: The bare qualname a module-qualified default name also answers to (jobs of a
+        #: script's ``__main__`` and of older nbjobs), when no other workflow claims it.
+        self.alias: str | None = None
         self.defaults = defaults
         self.is_async = inspect.iscoroutinefunction(fn)
         self.fingerprint = fingerprint(fn)
@@ -186,9 +190,17 @@ class CallState:
         self._seen: set[str] = set()
 
     # -- the step protocol, shared by the sync and async checkpoint --------------------
-    def _begin_step(self, name: str, args: tuple, kwargs: dict) -> tuple[bool, Any, str | None]:
+    def _begin_step(
+        self, name: str, fn: Any, args: tuple, kwargs: dict
+    ) -> tuple[bool, Any, str | None]:
         """(replayed, value, args_hash): the stored value on replay."""
         _check_name("checkpoint name", name)
+        if not callable(fn):
+            raise ConfigurationError(
+                f"checkpoint {name!r}: pass the function and its arguments, not its result: "
+                f"cs.checkpoint({name!r}, fetch, 1) rather than cs.checkpoint({name!r}, "
+                f"fetch(1)) (got a {type(fn).__name__})"
+            )
         if name in self._seen:
             raise DuplicateCheckpoint(
                 f"checkpoint {name!r} is used twice in one run of job {self.job_id}; "
@@ -201,11 +213,15 @@ class CallState:
         if stored is None:
             return False, None, args_hash
         if stored.args_hash and args_hash and stored.args_hash != args_hash:
-            log.warning(
-                "job %s replays checkpoint %r with different arguments than its first run; "
-                "the stored result is returned",
+            capture.log_outside(
+                log,
+                logging.WARNING,
+                "job %s (%s) replays checkpoint %r with different arguments than its first "
+                "run; the stored result is returned",
                 self.job_id,
+                self._x.workflow.name,
                 name,
+                in_job=True,
             )
         if stored.code_fingerprint and stored.code_fingerprint != self._x.workflow.fingerprint:
             self._x.warn_changed_code(name)
@@ -231,14 +247,15 @@ class CallState:
         return self._x.app.codec.loads(text)
 
     # -- public ------------------------------------------------------------------------
-    def checkpoint(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def checkpoint(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` once per job and persist its result.
 
         On a replay (retry, crash recovery, resume) the stored result is returned and
         ``fn`` is not called.  The value returned is the stored one in both cases (JSON
-        turns tuples into lists), so a run behaves the same on replay.
+        turns tuples into lists), so a run behaves the same on replay.  ``name`` and
+        ``fn`` are positional-only, so the step may take keyword arguments of those names.
         """
-        replayed, value, args_hash = self._begin_step(name, args, kwargs)
+        replayed, value, args_hash = self._begin_step(name, fn, args, kwargs)
         if replayed:
             return value
         started = self._x.app.store.now()
@@ -280,8 +297,10 @@ class CallState:
 class AsyncCallState(CallState):
     """The call state of an ``async def`` workflow: its durable calls are awaited."""
 
-    async def checkpoint(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        replayed, value, args_hash = self._begin_step(name, args, kwargs)
+    async def checkpoint(
+        self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Any:  # type: ignore[override]
+        replayed, value, args_hash = self._begin_step(name, fn, args, kwargs)
         if replayed:
             return value
         started = self._x.app.store.now()

@@ -58,6 +58,9 @@ def test_sigkill_mid_step_loses_only_the_unfinished_step(db_url, tmp_path):
         assert events.count("done s3") == 1  # ...and finishes once
         assert events.count("start s4") == events.count("done s4") == 1
         assert [pid for event, pid in effects if event.startswith("done s3")] == [w2.pid]
+        # The reclaiming worker's log names the job and its workflow (one line).
+        reclaimed = f"WARNING nbjobs.store.workers: job {job_id} (crash-pipeline): worker lost"
+        assert reclaimed in (tmp_path / "w2.log").read_text()
 
         lost, done = h.attempts
         assert lost["outcome"] == "lost"

@@ -88,7 +88,7 @@ def test_job_list_renders_every_status_in_one_query(app):
     queued, cancelled = idle.submit(), idle.submit()
     cancelled.cancel()
     done, failed, running, waiting = ok.submit(), boom.submit(), held.submit(), nap.submit()
-    app.start(concurrency=4)
+    app.start(concurrency=4, queues=["default"])  # not 'idle': its job stays queued
     try:
         wait_until(lambda: entered.is_set() and waiting.status == "waiting")
         wait_until(lambda: done.status == "succeeded" and failed.status == "failed")

@@ -446,7 +446,7 @@ def test_cli_jobs_listing_survives_odd_filters(sqlite_app, workflow, status, lim
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["jobs", "--url", "sqlite:////no/such/dir/x.db"], "cannot open the nbjobs database"),
+        (["jobs", "--url", "sqlite:////no/such/dir/x.db"], "no nbjobs database at"),
         (["jobs", "--url", "nonsense://'; DROP TABLE x;--"], "unsupported database"),
         (["jobs", "--url", "::::"], "cannot parse database URL"),
         (["worker", "no_such_module_'; --:app"], "cannot import"),

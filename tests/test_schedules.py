@@ -369,7 +369,7 @@ def test_unknown_names_and_unstorable_arguments_are_refused(sapp: nbjobs.App) ->
 
 
 # -- with real workers ---------------------------------------------------------------------
-def test_unregistered_workflow_is_kept_and_runs_once_a_worker_knows_it(
+def test_only_a_worker_that_can_run_the_workflow_fires_its_schedule(
     db_url: str, clock: FakeClock
 ) -> None:
     first = make_app(db_url, clock=clock)
@@ -381,25 +381,32 @@ def test_unregistered_workflow_is_kept_and_runs_once_a_worker_knows_it(
             return "pong"
 
         first.schedule("later", "report-v2", cron="* * * * *", args=("eu",))
-        assert only(first)["workflow"] == "report-v2"
-        first.start(concurrency=2)
-        clock.set(at(2024, 1, 1, 10, 0, 1))  # the worker's monitor thread fires the tick
-        (job_id,) = wait_until(
-            lambda: [r.id for r in first.store.schedule_jobs("later")], what="the tick's job"
-        )
-        # The worker is alive and claims what it knows, but leaves the unknown job queued.
+        first.schedule("elsewhere", ping, cron="* * * * *", queue="other")
+
+        def named(app: nbjobs.App, name: str) -> dict:
+            return {row["name"]: row for row in app.schedules()}[name]
+
+        assert named(first, "later")["workflow"] == "report-v2"
+        first.start(concurrency=2)  # serves 'default': not the queue 'other'
+        clock.set(at(2024, 1, 1, 10, 0, 1))  # due: the worker's monitor passes over it
+        # The worker is alive and its monitor has passed several times (a job ran), yet
+        # it fired neither tick: one names a workflow it does not know, the other a
+        # queue it does not serve; a tick fired here would wait orphaned.
         assert ping.submit().result(timeout=60) == "pong"
-        assert first.job(job_id).status == "queued"
-        assert only(first)["last_status"] == "queued"
+        assert first.store.schedule_jobs("later") == []
+        assert first.store.schedule_jobs("elsewhere") == []
         first.stop()
 
         @second.workflow(name="report-v2")
         def report(cs: nbjobs.CallState, region: str) -> str:
             return f"report for {region}"
 
-        second.start(concurrency=2)
+        second.start(concurrency=2)  # knows the workflow: fires the tick and runs it
+        (job_id,) = wait_until(
+            lambda: [r.id for r in second.store.schedule_jobs("later")], what="the tick's job"
+        )
         assert second.job(job_id).result(timeout=60) == "report for eu"
-        assert only(second)["last_status"] == "succeeded"
+        assert named(second, "later")["last_status"] == "succeeded"
         assert fired(second, "later") == [at(2024, 1, 1, 10, 0)]
     finally:
         first.close()

@@ -127,6 +127,7 @@ def test_served_dashboard_is_local_only_and_never_shows_the_password(
 
 
 def test_served_dashboard_with_basic_auth_asks_for_a_login(sqlite_url, tmp_path) -> None:
+    nbjobs.App(sqlite_url).close()  # `nbjobs dashboard` refuses a database file not there
     with dashboard_process(sqlite_url, tmp_path / "auth.log", "--basic-auth", "letmein") as (
         _pid,
         port,

@@ -122,19 +122,19 @@ def test_same_arguments_on_replay_log_no_warning(app, caplog):
 
 def test_replay_under_changed_code_logs_a_warning(app, caplog):
     @app.workflow(name="edited")
-    def edited_v1(cs: nbjobs.CallState) -> str:
+    def edited(cs: nbjobs.CallState) -> str:
         cs.checkpoint("load", lambda: "loaded")
         raise RuntimeError("bug in version 1")
 
     app.start(concurrency=1)
-    h = edited_v1.submit()
+    h = edited.submit()
     with pytest.raises(nbjobs.JobFailed, match="bug in version 1"):
         h.result(timeout=30)
 
     with caplog.at_level(logging.INFO, logger="nbjobs"):
-
+        # The same definition edited (a re-run cell): same name, module and qualname.
         @app.workflow(name="edited")
-        def edited_v2(cs: nbjobs.CallState) -> str:
+        def edited(cs: nbjobs.CallState) -> str:
             data = cs.checkpoint("load", lambda: "loaded again")
             return f"fixed: {data}"
 
@@ -150,22 +150,22 @@ def test_redefinition_replaces_for_new_claims_while_running_job_keeps_old(app):
     started = threading.Event()
 
     @app.workflow(name="versioned")
-    def v1(cs: nbjobs.CallState) -> str:
+    def versioned(cs: nbjobs.CallState) -> str:
         started.set()
         assert release.wait(30)
         return cs.checkpoint("which", lambda: "v1")
 
     app.start(concurrency=2)
-    old = v1.submit()
+    old = versioned.submit()
     assert started.wait(30)
 
     with pytest.warns(UserWarning, match="'versioned' changed while 1 of its runs"):
 
-        @app.workflow(name="versioned")
-        def v2(cs: nbjobs.CallState) -> str:
+        @app.workflow(name="versioned")  # the cell re-run with an edit
+        def versioned(cs: nbjobs.CallState) -> str:
             return cs.checkpoint("which", lambda: "v2")
 
-    new = v2.submit()
+    new = versioned.submit()
     assert new.result(timeout=30) == "v2"
     assert old.status == "running"
     release.set()

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, exists, select, update
+from sqlalchemy import Engine, create_engine, event, exists, make_url, select, update
 from sqlalchemy.engine import URL, Connection, Row
 from sqlalchemy.exc import DBAPIError, DisconnectionError, NoSuchModuleError
 from sqlalchemy.schema import DropIndex
@@ -41,6 +41,24 @@ CLAIMED_COLUMNS = (
     jobs.c.run_at,
     jobs.c.reclaims,
 )
+
+
+#: The URL scheme and extra that nbjobs tests for each database.
+_DRIVERS = {
+    "postgresql": ("postgresql+psycopg", "postgres"),
+    "mysql": ("mysql+pymysql", "mysql"),
+    "mariadb": ("mysql+pymysql", "mysql"),
+    "duckdb": ("duckdb", "duckdb"),
+}
+
+
+def driver_hint(url: Any) -> str:
+    """What to install, and which scheme to write, for the database ``url`` names."""
+    name = make_url(url).get_backend_name() if isinstance(url, str) else url.get_backend_name()
+    scheme, extra = _DRIVERS.get(name, (None, None))
+    if scheme is None:
+        return "install the SQLAlchemy driver of that database"
+    return f"use {scheme}:// URLs and pip install 'nbjobs[{extra}]'"
 
 
 class Prepared:
@@ -250,13 +268,12 @@ class Dialect:
             engine = create_engine(self.url, **self.engine_kwargs())
         except NoSuchModuleError as exc:
             raise ConfigurationError(
-                f"no SQLAlchemy driver for {safe_url(self.url)}: {exc}; install the matching "
-                "extra, e.g. pip install 'nbjobs[postgres]'"
+                f"no SQLAlchemy driver for {safe_url(self.url)}: {exc}; {driver_hint(self.url)}"
             ) from exc
         except ModuleNotFoundError as exc:
             raise ConfigurationError(
                 f"the database driver {exc.name!r} for {safe_url(self.url)} is not installed; "
-                "install the matching extra, e.g. pip install 'nbjobs[postgres]'"
+                f"{driver_hint(self.url)}"
             ) from exc
         self.configure(engine)
         return engine

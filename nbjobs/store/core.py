@@ -596,7 +596,11 @@ class CoreStore:
         return prepared.execute(conn, params)
 
     def migrate(self) -> int:
-        """Create the tables or migrate them forward; never destroys data."""
+        """Create the tables or migrate them forward; never destroys data.
+
+        ``schema_found`` keeps the version the database had (None: no tables yet), so
+        that ``nbjobs migrate`` can say what it did.
+        """
         with self._write() as conn, self.dialect.migration_lock(conn):
             metadata.create_all(conn, checkfirst=True)
             self.dialect.after_create(conn)
@@ -605,6 +609,7 @@ class CoreStore:
             ).scalar()
             if conn.execute(select(meta.c.key).where(meta.c.key == EPOCH_KEY)).first() is None:
                 conn.execute(insert(meta).values(key=EPOCH_KEY, value=new_token()))
+            self.schema_found = None if version is None else int(version)
             if version is None:
                 conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
                 return SCHEMA_VERSION

@@ -155,15 +155,28 @@ class ScheduleQueries(CoreStore):
         with self._read() as conn:
             return conn.execute(stmt).all()
 
-    def due_schedules(self, now: float, limit: int = 100) -> list[Row]:
-        """Unpaused schedules whose next tick is due: one read of ``ix_nbjobs_schedules_next``."""
+    def due_schedules(
+        self,
+        now: float,
+        limit: int = 100,
+        *,
+        workflows: Sequence[str] | None = None,
+        queues_: Sequence[str] | None = None,
+    ) -> list[Row]:
+        """Unpaused schedules whose next tick is due: one read of ``ix_nbjobs_schedules_next``.
+
+        ``workflows`` and ``queues_`` narrow it to the schedules a worker can run, so that
+        a worker never fires a tick whose job no one here would claim.
+        """
+        stmt = select(*_DUE_COLUMNS).where(
+            schedules.c.paused == false(), schedules.c.next_fire_at <= now
+        )
+        if workflows is not None:
+            stmt = stmt.where(schedules.c.workflow.in_(list(workflows)))
+        if queues_ is not None:
+            stmt = stmt.where(schedules.c.queue.in_(list(queues_)))
         with self._read() as conn:
-            return conn.execute(
-                select(*_DUE_COLUMNS)
-                .where(schedules.c.paused == false(), schedules.c.next_fire_at <= now)
-                .order_by(schedules.c.next_fire_at)
-                .limit(limit)
-            ).all()
+            return conn.execute(stmt.order_by(schedules.c.next_fire_at).limit(limit)).all()
 
     def fire_schedule(
         self,

@@ -8,10 +8,11 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from ..codec import digest
+from ..errors import WORKER_LOST_PREFIX
 from ..schema import (
     QUEUED_SQL,
     WAITING_SQL,
@@ -19,6 +20,7 @@ from ..schema import (
     checkpoints,
     jobs,
     queues,
+    worker_workflows,
     workers,
 )
 from .core import _TERMINAL_VALUES, CoreStore
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 # What the reaper needs of a job whose worker was lost.
 _LOST_COLUMNS = (
     jobs.c.id,
+    jobs.c.workflow,
     jobs.c.lease_token,
     jobs.c.attempts,
     jobs.c.reclaims,
@@ -120,10 +123,33 @@ def _dead_here(pid: int, identity: str | None) -> bool:
     return not process_alive(pid, identity or None)
 
 
+def runner_problem(workflow: str, queue: str, runners: dict[str, tuple[set, set]]) -> str | None:
+    """Why none of ``runners`` (:meth:`WorkerQueries.live_worker_capabilities`) will run a
+    job of ``workflow`` in ``queue``, or None when one will."""
+    if not runners:
+        return "no live worker is running (app.workers() is empty)"
+    serving = [names for served, names in runners.values() if queue in served]
+    if not serving:
+        return f"no live worker serves queue {queue!r}"
+    if not any(workflow in names for names in serving):
+        return (
+            f"{len(serving)} live worker(s) serve queue {queue!r}, but none has "
+            f"registered workflow {workflow!r}"
+        )
+    return None
+
+
 class WorkerQueries(CoreStore):
     """What workers share through the database: who is alive, and which jobs are lost."""
 
-    def register_worker(self, *, worker_id: str, queues_: Sequence[str], concurrency: int) -> None:
+    def register_worker(
+        self,
+        *,
+        worker_id: str,
+        queues_: Sequence[str],
+        concurrency: int,
+        workflows: Sequence[str] = (),
+    ) -> None:
         now = self.now()
         pid = os.getpid()
         with self._write() as conn:
@@ -140,6 +166,64 @@ class WorkerQueries(CoreStore):
                     heartbeat_at=now,
                 )
             )
+            self._insert_worker_workflows(conn, worker_id, workflows)
+
+    def _insert_worker_workflows(
+        self, conn: Connection, worker_id: str, names: Sequence[str]
+    ) -> None:
+        if names:
+            conn.execute(
+                insert(worker_workflows), [dict(worker_id=worker_id, workflow=n) for n in names]
+            )
+
+    def add_worker_workflows(
+        self, *, worker_id: str, workflows: Sequence[str], queues_: Sequence[str]
+    ) -> None:
+        """Workflows registered after the worker started (a later notebook cell), and
+        the worker's queues now."""
+        with self._write() as conn:
+            known = set(
+                conn.execute(
+                    select(worker_workflows.c.workflow).where(
+                        worker_workflows.c.worker_id == worker_id
+                    )
+                ).scalars()
+            )
+            self._insert_worker_workflows(conn, worker_id, [n for n in workflows if n not in known])
+            conn.execute(
+                update(workers).where(workers.c.id == worker_id).values(queues=",".join(queues_))
+            )
+
+    def live_worker_capabilities(self, *, alive_within: float) -> dict[str, tuple[set, set]]:
+        """What each live worker runs: worker id -> (its queues, its workflow names)."""
+        stmt = (
+            select(workers.c.id, workers.c.queues, worker_workflows.c.workflow)
+            .select_from(
+                workers.outerjoin(worker_workflows, worker_workflows.c.worker_id == workers.c.id)
+            )
+            .where(
+                workers.c.stopped_at.is_(None), workers.c.heartbeat_at >= self.now() - alive_within
+            )
+        )
+        out: dict[str, tuple[set, set]] = {}
+        with self._read() as conn:
+            for r in conn.execute(stmt):
+                _queues, names = out.setdefault(
+                    r.id, (set(r.queues.split(",")) if r.queues else set(), set())
+                )
+                if r.workflow is not None:
+                    names.add(r.workflow)
+        return out
+
+    def queued_workflow_counts(self, queue_names: Sequence[str]) -> dict[str, int]:
+        """Queued jobs per workflow in these queues (a worker's start-up check)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(jobs.c.workflow, func.count())
+                .where(jobs.c.status == QUEUED_SQL, jobs.c.queue.in_(list(queue_names)))
+                .group_by(jobs.c.workflow)
+            ).all()
+        return {workflow: count for workflow, count in rows}
 
     def stop_worker(self, worker_id: str) -> None:
         with self._write() as conn:
@@ -148,6 +232,7 @@ class WorkerQueries(CoreStore):
                 .where(workers.c.id == worker_id)
                 .values(stopped_at=self.now(), jobs_held=0)
             )
+            conn.execute(delete(worker_workflows).where(worker_workflows.c.worker_id == worker_id))
 
     def heartbeat(
         self, *, worker_id: str, held: dict[str, str], lease_seconds: float
@@ -210,10 +295,10 @@ class WorkerQueries(CoreStore):
             reclaims = 0 if progressed else r.reclaims + 1
             give_up = reclaims > max_reclaims
             error = (
-                f"worker lost {reclaims} times ({reason}); the job may crash its worker "
+                f"{WORKER_LOST_PREFIX}{reclaims} times ({reason}); the job may crash its worker "
                 f"- giving up after {max_reclaims} reclaims"
                 if give_up
-                else f"worker lost ({reason}); the job was put back in the queue"
+                else f"{WORKER_LOST_PREFIX}({reason}); the job was put back in the queue"
             )
             values: dict[str, Any] = dict(
                 lease_token=None,
@@ -234,6 +319,14 @@ class WorkerQueries(CoreStore):
             )
             if done.rowcount:
                 count += 1
+                # One line per job in the reclaiming worker's log (its operator's view).
+                log.log(
+                    logging.ERROR if give_up else logging.WARNING,
+                    "job %s (%s): %s",
+                    r.id,
+                    r.workflow,
+                    error,
+                )
                 self._finish_attempt(conn, r.id, r.attempts, "lost", error)
                 if give_up or r.cancel_requested:
                     self._after_terminal(conn, r.id)
@@ -283,6 +376,7 @@ class WorkerQueries(CoreStore):
             conn.execute(
                 update(workers).where(workers.c.id.in_(dead)).values(stopped_at=self.now())
             )
+            conn.execute(delete(worker_workflows).where(worker_workflows.c.worker_id.in_(dead)))
         if count:
             log.warning("reclaimed %d job(s) of dead worker process(es) %s", count, dead)
         return count

@@ -17,8 +17,9 @@ import pandas as pd
 import panel as pn
 import param
 
-from ..display import code_mark, progress_label, registered_fingerprints
+from ..display import code_mark, no_worker_mark, progress_label, registered_fingerprints
 from ..store.views import SORTS, JobFilter, row_code_changed, row_progress
+from ..store.workers import runner_problem
 from .base import Component, Throttle
 from .style import CSS, STATUSES, fmt_duration, fmt_time, pill, progress_bar
 
@@ -36,16 +37,30 @@ SORT_LABELS = {
 }
 
 
+#: How often the table reads which workflows and queues live workers serve.
+RUNNERS_REFRESH_SECONDS = 5.0
+
+
 def table_rows(
-    rows: Sequence[Any], now: float, registered: Mapping[str, str] | None = None
+    rows: Sequence[Any],
+    now: float,
+    registered: Mapping[str, str] | None = None,
+    runners: dict[str, tuple[set, set]] | None = None,
 ) -> pd.DataFrame:
     """Store rows (``ViewQueries.jobs_page``) as the table's frame.
 
     ``registered`` (workflow -> fingerprint in this process) decides which unfinished
     rows get the "code changed" mark; see :func:`~nbjobs.store.views.row_code_changed`.
+    ``runners`` (``live_worker_capabilities``) marks the queued jobs no live worker will
+    run, with the reason in the badge's tooltip.
     """
     records = []
     for r in rows:
+        status = pill(r.status)
+        if runners is not None and r.status == "queued":
+            problem = runner_problem(r.workflow, r.queue, runners)
+            if problem is not None:
+                status += no_worker_mark(problem)
         fraction = row_progress(r)
         label = progress_label(r)
         mark = code_mark() if row_code_changed(r, registered) else ""
@@ -57,7 +72,7 @@ def table_rows(
                 r.id,
                 html.escape(r.workflow) + mark,
                 r.queue,
-                pill(r.status),
+                status,
                 progress_bar(fraction, r.status, label),
                 r.attempts,
                 fmt_time(r.created_at),
@@ -90,6 +105,8 @@ class JobsTable(Component):
         super().__init__(**params)
         self.counts: dict[str, int] = {}
         self._throttle = Throttle(minimum_seconds=0.25)
+        self._runners: dict[str, tuple[set, set]] | None = None
+        self._runners_at = float("-inf")
         self.table = pn.widgets.Tabulator(
             pd.DataFrame(columns=COLUMNS),
             show_index=False,
@@ -171,7 +188,21 @@ class JobsTable(Component):
         browser-side work whose time (long on a busy host) says nothing of the database.
         """
         rows = self._throttle.run(self._read_page)
-        self.show(table_rows(rows, self.store.now(), registered_fingerprints(self.app)))
+        runners = self._live_runners()
+        self.show(table_rows(rows, self.store.now(), registered_fingerprints(self.app), runners))
+
+    def _live_runners(self) -> dict[str, tuple[set, set]] | None:
+        """What live workers run, read at most every ``RUNNERS_REFRESH_SECONDS``."""
+        now = self.store.now()
+        if now - self._runners_at >= RUNNERS_REFRESH_SECONDS:
+            try:
+                self._runners = self.store.live_worker_capabilities(
+                    alive_within=2 * self.app.stale_after_seconds
+                )
+            except Exception:
+                self._runners = None
+            self._runners_at = now
+        return self._runners
 
     def _read_page(self) -> list[Any]:
         filters = self.filters()
