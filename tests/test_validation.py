@@ -116,6 +116,10 @@ def test_an_over_long_cron_expression_is_refused_before_it_is_parsed(sqlite_app)
 
 # -- a closed App ---------------------------------------------------------------------
 def test_a_closed_app_refuses_every_call_and_closing_twice_is_harmless(db_url) -> None:
+    def ours() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("nbjobs")}
+
+    before = ours()  # other tests in this process may have left threads behind
     app = make_app(db_url)
 
     @app.workflow(name="echo")
@@ -147,7 +151,7 @@ def test_a_closed_app_refuses_every_call_and_closing_twice_is_harmless(db_url) -
         with pytest.raises(nbjobs.ConfigurationError, match="the app is closed"):
             call()
             pytest.fail(f"{where} worked on a closed app")
-    assert not [t for t in threading.enumerate() if t.name.startswith("nbjobs")]
+    assert not ours() - before, "a closed app started a thread"
     app.close()  # twice: harmless
     app.stop()
     # The database is untouched: a new App sees the job.

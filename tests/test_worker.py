@@ -820,7 +820,7 @@ def test_a_success_waiting_for_its_shared_commit_keeps_its_lease(db_url, monkeyp
     try:
         quick = app.workflow(name="quick", queue="manual")(lambda cs, x: runs.append(x) or x)
         first, second = quick.submit(1), quick.submit(2)
-        app.start(concurrency=1)  # serves "default" only: these two are claimed here
+        app.start(concurrency=1, queues=["default"])  # these two are claimed here
         worker = app._worker
         claimed = app.store.claim_jobs(
             worker_id=worker.id, queue="manual", workflows=["quick"], limit=2,
