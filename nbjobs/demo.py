@@ -199,10 +199,10 @@ def run_demo(url: str, port: int, show: bool, jobs: int, *, dashboard: bool = Tr
     data_dir = Path(tempfile.gettempdir()) / "nbjobs-demo"
     pipeline = define_pipeline(app, data_dir)
     all_regions, refresh_rates = define_fan_out(app, pipeline)
+    app.start(concurrency=4)  # first, so that no submit below warns that nothing runs it
     handles = submit_runs(pipeline, jobs)
     handles.append(all_regions.submit(time.strftime("%Y-%m-%d") + "-all"))
     app.schedule(SCHEDULE, refresh_rates, cron="* * * * *")
-    app.start(concurrency=4)
     print(
         f"nbjobs demo: {jobs} runs of 'sales_report' on {app.store.safe_url}, and one\n"
         f"  'all_regions' run that fans out over the {len(REGIONS)} regions (partitions);\n"
