@@ -119,7 +119,7 @@ def test_dashboard_live_in_chromium(served):
 
     for i in range(4):
         leaf.submit(i)
-    app.start(concurrency=4)
+    app.start(concurrency=4, queues=["default"])  # "later" stays queued
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)

@@ -340,6 +340,7 @@ async def _websocket_status(url: str, origin: str) -> int:
 
 
 def test_allow_websocket_origin_and_the_serve_keyword(sqlite_url, tmp_path) -> None:
+    make_app(sqlite_url).close()  # nbjobs dashboard opens only an existing database
     port = free_port()
     argv = nbjobs_dashboard(sqlite_url, port, "--allow-websocket-origin", "proxy.example")
     ws = f"ws://127.0.0.1:{port}/ws?token={TOKEN}"
@@ -368,6 +369,7 @@ def token_payload(page: str) -> dict:
 def test_the_page_never_carries_login_cookies_and_secrets_come_from_env_or_file(
     sqlite_url, tmp_path
 ) -> None:
+    make_app(sqlite_url).close()  # nbjobs dashboard opens only an existing database
     secret_file = tmp_path / "cookie-secret"
     secret_file.write_text("f" * 64 + "\n")
     port = free_port()
