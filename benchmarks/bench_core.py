@@ -106,14 +106,15 @@ def bench_latency(app: nbjobs.App, samples: int) -> tuple[list[float], list[floa
     return to_start, to_done
 
 
-def raw_commits(tmp: str, name: str = "raw", n: int = 5000) -> float:
-    """Single-row commits/s of plain sqlite3 (WAL, synchronous=NORMAL, no index) on this
-    machine: the yardstick the issue's targets were set against (about 56,000/s there)."""
+def raw_commits(tmp: str, name: str = "raw", n: int = 5000, synchronous: str = "NORMAL") -> float:
+    """Single-row commits/s of plain sqlite3 (WAL, ``synchronous`` NORMAL by default, no
+    index) on this machine: the yardstick the issue's targets were set against (about
+    56,000/s there); ``bench_peers.py`` also takes it in FULL mode."""
     import sqlite3
 
     conn = sqlite3.connect(f"{tmp}/{name}.db", isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
     start = time.perf_counter()
     for _ in range(n):
