@@ -26,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect, sync_playwright
 
 from tests.test_dashboard_browser import CHROMIUM_ARGS, free_port
@@ -73,6 +74,14 @@ DONE_JS = """() => {
     if (!kernel || kernel.status !== 'idle') return false;
     const prompts = [...panel.node.querySelectorAll('.jp-InputArea-prompt')];
     return !prompts.some(p => p.textContent.includes('*'));
+}"""
+
+#: JavaScript: has a run started in the current tab (a cell queued, run, or the kernel busy)?
+STARTED_JS = """() => {
+    const panel = window.jupyterapp.shell.currentWidget;
+    const kernel = panel.sessionContext.session.kernel;
+    const prompts = [...panel.node.querySelectorAll('.jp-InputArea-prompt')];
+    return kernel.status !== 'idle' || prompts.some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent));
 }"""
 
 #: JavaScript: every code cell's execution count and outputs (nbformat JSON).
@@ -232,13 +241,20 @@ def open_notebook(context, address: str, name: str):
 
 
 def run_all(page) -> None:
-    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    # The first cell is queued at once; wait until it is, then until all have run.
-    page.wait_for_function(
-        "() => [...window.jupyterapp.shell.currentWidget.node"
-        ".querySelectorAll('.jp-InputArea-prompt')].some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))",
-        timeout=30_000,
-    )
+    """Start "Run All Cells" in the tab, without waiting for the cells to finish.
+
+    The command acts on the notebook JupyterLab tracks as current, which a tab that has
+    only just opened may not have yet: it is repeated until the first cell is queued.
+    """
+    page.bring_to_front()
+    for _ in range(6):
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+        try:
+            page.wait_for_function(STARTED_JS, timeout=10_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError("Run All Cells did not start")
 
 
 def wait_done(page, timeout_s: float = RUN_SECONDS) -> list[dict]:
@@ -274,6 +290,8 @@ def check_dashboard(page, cells: list[dict], name: str) -> None:
     before = int(succeeded.inner_text().replace(",", ""))
     expect(dashboard.locator(".nbj-card")).to_have_count(6)
     expect(dashboard.locator(".nbj-live")).to_be_visible()
+    # Styled: the cards wear nbjobs' CSS (a coloured top border), the table its theme.
+    expect(dashboard.locator(".nbj-card").first).to_have_css("border-top-width", "4px")
     box = dashboard.bounding_box()
     assert box and box["height"] > 400 and box["width"] > 600, f"dashboard clipped: {box}"
     shot(dashboard, f"jupyterlab-{name}-dashboard-overview")
@@ -281,6 +299,7 @@ def check_dashboard(page, cells: list[dict], name: str) -> None:
     dashboard.locator(".bk-tab", has_text="Jobs").click()
     rows = dashboard.locator(".nbj-jobs-table .tabulator-row")
     expect(rows.first).to_be_visible(timeout=15_000)
+    expect(dashboard.locator(".nbj-jobs-table .tabulator-header")).to_be_visible()
     shot(dashboard, f"jupyterlab-{name}-dashboard-jobs")
 
     # A job submitted from a new cell appears, and finishes, in the dashboard above.
@@ -311,7 +330,7 @@ def check_dashboard(page, cells: list[dict], name: str) -> None:
             break
         page.wait_for_timeout(500)
     assert "refreshing 1 running True" in text, text
-    _, text = run_cell(page, PROBE_CELL.replace("app.start()\n", ""))
+    run_cell(page, PROBE_CELL.replace("app.start()\n", ""))
     expect(succeeded).to_have_text(f"{before + 2:,}", timeout=15_000)
 
 
