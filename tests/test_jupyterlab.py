@@ -57,6 +57,9 @@ assert probe.result(timeout=60) == "seen"
 print("probe job", probe.id)
 """
 
+#: The cell that reports how many jobs of the notebook's database succeeded.
+COUNT_CELL = 'print("succeeded", app.store.job_counts().get("succeeded", 0))\n'
+
 #: The cell that reports the kernel's notebook refresher: how many dashboards it
 #: refreshes and whether its one periodic callback runs.
 REFRESHER_CELL = """\
@@ -285,9 +288,11 @@ def check_dashboard(page, cells: list[dict], name: str) -> None:
     outputs = page.locator(".jp-Cell").nth(dashboard_cell["index"]).locator(".jp-OutputArea")
     dashboard = outputs.locator(".jp-OutputArea-output", has=page.locator(".nbj-url"))
     expect(dashboard).to_have_count(1, timeout=30_000)
+    # The counters catch up with the database (cells after the dashboard's ran jobs).
+    _, text = run_cell(page, COUNT_CELL)
+    before = int(re.search(r"succeeded (\d+)", text).group(1))
     succeeded = dashboard.locator('.nbj-card [data-status="succeeded"]')
-    expect(succeeded).to_be_visible()
-    before = int(succeeded.inner_text().replace(",", ""))
+    expect(succeeded).to_have_text(f"{before:,}", timeout=15_000)
     expect(dashboard.locator(".nbj-card")).to_have_count(6)
     expect(dashboard.locator(".nbj-live")).to_be_visible()
     # Styled: the cards wear nbjobs' CSS (a coloured top border), the table its theme.
