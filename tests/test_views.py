@@ -190,6 +190,24 @@ def test_counters_queues_workers_and_throughput_widgets(pipeline):
     assert 'data-status="succeeded">3<' in counters._pane.object
 
 
+def test_a_table_that_empties_is_hidden_with_its_last_rows(pipeline):
+    """JupyterLab showed Panel's traceback in the dashboard's cell when the Queues or
+    Workers table went from rows to none while the page still sent its rows back."""
+    app = pipeline
+    job = app.wf["steps"].submit(1)
+    queues = QueueDepths(app=app)
+    queues.load()
+    assert list(queues._table.value["queue"]) == ["default"]
+    assert queues._table.visible and not queues._empty.visible
+    job.cancel()
+    queues.load()
+    assert not queues._table.visible and queues._empty.visible
+    assert list(queues._table.value["queue"]) == ["default"]  # hidden, never emptied
+    app.wf["steps"].submit(2)
+    queues.load()
+    assert queues._table.visible and not queues._empty.visible
+
+
 def test_jobs_table_pages_filters_and_patches_progress(pipeline):
     app = pipeline
     for i in range(7):

@@ -59,6 +59,18 @@ class Component(pn.viewable.Viewer):
     def store(self) -> Any:
         return self.app.store
 
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        """Shown in a notebook cell: load Panel's notebook support (inline, offline) first."""
+        from .notebook import inline_stylesheets, load_panel_support
+
+        load_panel_support()
+        bundle = super()._repr_mimebundle_(include, exclude)
+        if isinstance(bundle, tuple):
+            for meta in bundle[1].values():
+                if isinstance(meta, dict) and "id" in meta:
+                    inline_stylesheets(meta["id"])
+        return bundle
+
     def refresh(self, changes: Sequence[Any]) -> None:
         """Bring the view up to date, given the jobs changed since the last refresh."""
 

@@ -67,7 +67,8 @@ class Dashboard(Component):
         self._watermark = self.store.latest_update() or self.store.now()
         self._seen: dict[str, float] = {}
         self.changes()  # what the first load below reads anyway: not news on the first tick
-        self._callback: Any = None
+        self._callback: Any = None  # a served session's periodic callback
+        self._refresher: Any = None  # a notebook kernel's NotebookRefresher
         self._status = pn.pane.HTML("", stylesheets=[CSS], margin=(0, 10))
         self._layout: pn.viewable.Viewable | None = None
         self.refreshed_at = 0.0
@@ -123,17 +124,42 @@ class Dashboard(Component):
 
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
-        """Start this session's periodic refresh (once), stopped when the session ends."""
+        """Start the live refresh (once): per session when served, per kernel in a notebook.
+
+        A served page gets its own periodic callback, stopped when the session ends.  A
+        dashboard shown in a notebook cell joins the kernel's one refresher
+        (:class:`~nbjobs.views.notebook.NotebookRefresher`), at each render: the
+        refresher drops the dashboards an earlier run of the same cell showed, so
+        re-running the cell does not add a refresh.
+        """
         if not self.live or self._callback is not None:
             return
-        self._callback = pn.state.add_periodic_callback(self.refresh, period=self.period_ms)
         if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+            self._callback = pn.state.add_periodic_callback(self.refresh, period=self.period_ms)
             pn.state.on_session_destroyed(lambda _ctx: self.stop())
+            return
+        from .notebook import NotebookRefresher
+
+        refresher = NotebookRefresher.shared()
+        if refresher.add(self):
+            self._refresher = refresher
 
     def stop(self) -> None:
+        """Stop the live refresh (the dashboard keeps its last state)."""
         if self._callback is not None:
             self._callback.stop()
             self._callback = None
+        if self._refresher is not None:
+            self._refresher.remove(self)
+            self._refresher = None
+
+    def views_shown(self) -> list[str]:
+        """The root ids of the dashboard's rendered views (pages or cell outputs)."""
+        return [] if self._layout is None else list(self._layout._models)
+
+    def shown(self) -> bool:
+        """True while some view of the dashboard is rendered (a page or a cell output)."""
+        return bool(self.views_shown())
 
     # -- layout ------------------------------------------------------------------------
     def _header(self) -> pn.viewable.Viewable:
@@ -145,11 +171,16 @@ class Dashboard(Component):
 
     def __panel__(self) -> pn.viewable.Viewable:
         if self._layout is None:
+            # The detail sits beside the table, or under it when the space is narrow
+            # (a notebook cell is about 1000 px wide).
+            table = self.jobs.body()
+            table.styles = {"flex": "1 1 600px"}
             jobs_page = pn.Column(
                 self.jobs.controls(),
-                pn.Row(
-                    self.jobs.body(),
+                pn.FlexBox(
+                    table,
                     pn.Column(self.detail, width=500, css_classes=["nbj-detail"]),
+                    flex_wrap="wrap",
                     sizing_mode="stretch_width",
                 ),
                 sizing_mode="stretch_width",

@@ -302,9 +302,9 @@ class JobsTable(Component):
 
     def controls(self) -> pn.viewable.Viewable:
         """The filter and sort widgets (a row above the table)."""
-        return pn.Row(
+        return pn.FlexBox(
             self._status_w, self._workflow_w, self._queue_w, self._search_w, self._sort_w,
-            self._order_w, sizing_mode="stretch_width",
+            self._order_w, flex_wrap="wrap", sizing_mode="stretch_width",
         )  # fmt: skip
 
     def body(self) -> pn.viewable.Viewable:

@@ -21,6 +21,22 @@ TOP_WORKFLOWS = 6
 PALETTE = ["#2563eb", "#0891b2", "#7c3aed", "#db2777", "#ca8a04", "#059669", "#9ca3af"]
 
 
+def show_rows(
+    table: pn.widgets.Tabulator, frame: pd.DataFrame, empty: pn.viewable.Viewable
+) -> None:
+    """Put ``frame`` in ``table``; when it has no rows, hide the table and show ``empty``.
+
+    A hidden table keeps its last rows instead of going empty: a page can still send
+    back the rows it shows, and Panel (1.9) fails to compare those with an empty
+    table's columns (a traceback in the notebook cell, seen in JupyterLab when the last
+    worker stopped).
+    """
+    if not frame.empty and not frame.equals(table.value):
+        table.value = frame
+    empty.visible = frame.empty
+    table.visible = not frame.empty
+
+
 class Counters(Component):
     """One card per status with its job count."""
 
@@ -216,6 +232,12 @@ class QueueDepths(Component):
             theme="simple",
             titles={"ready": "ready now"},
         )
+        self._empty = pn.pane.HTML(
+            '<div class="nbj-empty">No job is queued, running or waiting.</div>',
+            stylesheets=[CSS],
+            sizing_mode="stretch_width",
+            visible=False,
+        )
         self._throttle = Throttle(minimum_seconds=1.0)
 
     def load(self) -> None:
@@ -224,8 +246,7 @@ class QueueDepths(Component):
             rows, columns=["queue", "queued", "ready", "running", "waiting", "paused"]
         )
         frame["paused"] = frame["paused"].map({True: "paused", False: ""})
-        if not frame.equals(self._table.value):
-            self._table.value = frame
+        show_rows(self._table, frame, self._empty)
 
     def refresh(self, changes: Sequence[Any]) -> None:
         if changes:
@@ -237,6 +258,7 @@ class QueueDepths(Component):
         return pn.Column(
             pn.pane.HTML('<div class="nbj-section">Queues</div>', stylesheets=[CSS]),
             self._table,
+            self._empty,
             sizing_mode="stretch_width",
         )
 
@@ -286,10 +308,7 @@ class Workers(Component):
             ],
             columns=self.columns,
         )
-        if not frame.equals(self._table.value):
-            self._table.value = frame
-        self._empty.visible = frame.empty
-        self._table.visible = not frame.empty
+        show_rows(self._table, frame, self._empty)
 
     def refresh(self, changes: Sequence[Any]) -> None:
         if self._throttle.due():
