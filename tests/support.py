@@ -1,10 +1,12 @@
-"""Test helpers: condition waits with deadlines, and real ``nbjobs worker`` subprocesses."""
+"""Test helpers: condition waits with deadlines, real ``nbjobs worker`` subprocesses, and
+server subprocesses (dashboards, JupyterLab) on free local ports."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +18,78 @@ import nbjobs
 from tests.conftest import make_app
 
 ROOT = Path(__file__).resolve().parents[1]
+
+#: Debian's Chromium, headless, with nothing that reaches for the (closed) network.
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server_process(
+    argv: list[str],
+    log_path: Path,
+    ready: Callable[[subprocess.Popen], Any],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    timeout: float = 90,
+    stop_seconds: float = 15,
+) -> Iterator[subprocess.Popen]:
+    """A server subprocess (output to ``log_path``), yielded once ``ready(proc)`` is true;
+    terminated after (killed if it does not stop within ``stop_seconds``)."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready(proc):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the server did not start:\n{log_path.read_text()}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(stop_seconds)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(stop_seconds)
+
+
+def accepts(port: int) -> Callable[[subprocess.Popen], bool]:
+    """A ``ready`` test for :func:`server_process`: something accepts on 127.0.0.1:port."""
+
+    def ready(_proc: subprocess.Popen) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                return True
+        except OSError:
+            return False
+
+    return ready
+
+
+def answers(url: str) -> Callable[[subprocess.Popen], bool]:
+    """A ``ready`` test for :func:`server_process`: a GET of ``url`` succeeds."""
+    import urllib.request
+
+    def ready(_proc: subprocess.Popen) -> bool:
+        try:
+            urllib.request.urlopen(url, timeout=5).read()
+            return True
+        except OSError:
+            return False
+
+    return ready
 
 
 def wait_until(

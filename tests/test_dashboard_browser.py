@@ -9,65 +9,30 @@ saved under artifacts/screenshots/.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-import subprocess
 import sys
 import threading
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from tests.conftest import make_app
+from tests.support import CHROMIUM_ARGS, ROOT, answers, free_port, server_process
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "artifacts" / "screenshots"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
 def panel_serve(url: str):
     port = free_port()
-    log = open(SHOTS.parent / "panel-serve.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "panel", "serve", str(ROOT / "nbjobs" / "dashboard.py"),
-         "--port", str(port), "--address", "127.0.0.1",
-         "--allow-websocket-origin", f"127.0.0.1:{port}", "--args", "--url", url],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "BOKEH_LOG_LEVEL": "warn"},
-    )  # fmt: skip
+    argv = [sys.executable, "-m", "panel", "serve", str(ROOT / "nbjobs" / "dashboard.py"),
+            "--port", str(port), "--address", "127.0.0.1",
+            "--allow-websocket-origin", f"127.0.0.1:{port}", "--args", "--url", url]  # fmt: skip
     address = f"http://127.0.0.1:{port}/dashboard"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(address, timeout=5).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"panel serve did not start: see {log.name}") from None
-                time.sleep(0.2)
+    log = SHOTS.parent / "panel-serve.log"
+    with server_process(argv, log, answers(address), env={"BOKEH_LOG_LEVEL": "warn"}, timeout=60):
         yield address
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture

@@ -14,11 +14,8 @@ import contextlib
 import html
 import ipaddress
 import json
-import os
 import re
-import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -47,9 +44,8 @@ from nbjobs.views.access import (
     session_user,
 )
 from tests.conftest import make_app
-from tests.support import ROOT
-from tests.test_dashboard_browser import CHROMIUM_ARGS, SHOTS
-from tests.test_security import free_port
+from tests.support import CHROMIUM_ARGS, ROOT, free_port, server_process
+from tests.test_dashboard_browser import SHOTS
 
 HOSTILE = "<img src=x onerror=window.nbjxss=document.domain>"
 PASSWORD = "letmein-Xy7"
@@ -61,26 +57,10 @@ TIMEOUT = 60
 @contextlib.contextmanager
 def server(argv: list[str], port: int, log_path: Path, **env: str) -> Iterator[int]:
     """A dashboard server process (``argv``); yields its pid once ``port`` accepts."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "BOKEH_LOG_LEVEL": "info", "NBJOBS_DASHBOARD_TOKEN": TOKEN,
-                 **env},
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 90
-        while not listening(proc.pid, port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the server did not start:\n{log_path.read_text()}")
-            time.sleep(0.2)
+    env = {"BOKEH_LOG_LEVEL": "info", "NBJOBS_DASHBOARD_TOKEN": TOKEN, **env}
+    ready = lambda proc: listening(proc.pid, port)  # noqa: E731
+    with server_process(argv, log_path, ready, env=env) as proc:
         yield proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(15)
 
 
 def listening(pid: int, port: int) -> list[str]:
@@ -104,14 +84,14 @@ def panel_serve(url: str, port: int, *args: str) -> list[str]:
 
 
 def non_loopback_address() -> str:
-    """An IPv4 address of this machine that is not loopback (skip when there is none)."""
+    """An IPv4 address of this machine that is not loopback (the test needs one)."""
     for addresses in psutil.net_if_addrs().values():
         for a in addresses:
             if a.family.name == "AF_INET":
                 ip = ipaddress.ip_address(a.address)
                 if not (ip.is_loopback or ip.is_link_local):
                     return a.address
-    pytest.skip("this machine has no non-loopback IPv4 address")
+    pytest.fail("this machine has no non-loopback IPv4 address to connect from")
 
 
 def pulled_text(url: str, token: str | None = None) -> str:

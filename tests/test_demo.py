@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 
 import nbjobs
 from nbjobs.demo import define_pipeline, run_demo, submit_runs
+from tests.support import free_port
 
 WAIT = 120
 
@@ -92,15 +92,9 @@ def test_demo_schedule_fires_refresh_rates(sqlite_app, tmp_path):
         app.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_nbjobs_demo_command_serves_the_dashboard(tmp_path):
-    port = _free_port()
+    port = free_port()
     nbjobs = Path(sys.executable).with_name("nbjobs")
     proc = subprocess.Popen(
         [str(nbjobs), "demo", "--jobs", "3", "--port", str(port)],

@@ -18,10 +18,8 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -29,7 +27,7 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect, sync_playwright
 
-from tests.test_dashboard_browser import CHROMIUM_ARGS, free_port
+from tests.support import CHROMIUM_ARGS, answers, free_port, server_process
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -151,7 +149,6 @@ def jupyterlab(workdir: Path):
         (settings / name).write_text(json.dumps(value))
     port = free_port()
     env = {
-        **os.environ,
         "JUPYTER_CONFIG_DIR": str(config),
         "JUPYTER_RUNTIME_DIR": str(workdir / "runtime"),
         "JUPYTERLAB_SETTINGS_DIR": str(workdir / "settings"),
@@ -160,33 +157,16 @@ def jupyterlab(workdir: Path):
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "PYDEVD_DISABLE_FILE_VALIDATION": "1",
     }
-    log = open(SHOTS.parent / "jupyterlab.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
-         f"--port={port}", f"--IdentityProvider.token={TOKEN}", "--allow-root",
-         f"--ServerApp.root_dir={workdir / 'root'}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    argv = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
+            f"--port={port}", f"--IdentityProvider.token={TOKEN}", "--allow-root",
+            f"--ServerApp.root_dir={workdir / 'root'}"]  # fmt: skip
     address = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{address}/api/status?token={TOKEN}", timeout=5).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"JupyterLab did not start: see {log.name}") from None
-                time.sleep(0.3)
+    ready = answers(f"{address}/api/status?token={TOKEN}")
+    # The server shuts its kernels down on SIGTERM.
+    with server_process(
+        argv, SHOTS.parent / "jupyterlab.log", ready, env=env, timeout=120, stop_seconds=30
+    ):
         yield address
-    finally:
-        proc.terminate()  # the server shuts its kernels down on SIGTERM
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
 
 
 def output_text(output: dict) -> str:

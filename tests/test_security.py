@@ -10,11 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import socket
-import subprocess
 import sys
-import time
 import traceback
 import urllib.error
 import urllib.request
@@ -32,7 +28,7 @@ from nbjobs.dialects import safe_url
 from nbjobs.views import Dashboard, JobDetail
 from tests import backends
 from tests.conftest import make_app
-from tests.support import ROOT, cli, wait_until, worker_process
+from tests.support import accepts, cli, free_port, server_process, wait_until, worker_process
 
 TIMEOUT = 60
 PASSWORD = "s3cr3t-Pa55w0rd-nbjobs"
@@ -52,43 +48,14 @@ def pg_url_with_password(request) -> Iterator[str]:
             yield parsed.set(password=PASSWORD).render_as_string(hide_password=False)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def dashboard_process(url: str, log_path: Path, *args: str) -> Iterator[tuple[int, int]]:
     """``nbjobs dashboard`` in a subprocess on a free port; yields (pid, port) once up."""
     port = free_port()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "nbjobs.cli", "dashboard", "--url", url, "--port", str(port),
-             *args],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "BOKEH_LOG_LEVEL": "info"},
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"dashboard did not start:\n{log_path.read_text()}"
-                    ) from None
-                time.sleep(0.2)
+    argv = [sys.executable, "-m", "nbjobs.cli", "dashboard", "--url", url, "--port", str(port),
+            *args]  # fmt: skip
+    with server_process(argv, log_path, accepts(port), env={"BOKEH_LOG_LEVEL": "info"}) as proc:
         yield proc.pid, port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(15)
 
 
 def fetch(url: str) -> tuple[str, str]:
