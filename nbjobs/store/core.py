@@ -18,7 +18,7 @@ import traceback
 import weakref
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -26,7 +26,7 @@ from .. import dialects
 from ..clock import Clock
 from ..dialects.base import Prepared
 from ..errors import ConfigurationError
-from ..schema import TERMINAL, attempts, jobs, meta, new_token
+from ..schema import TERMINAL, Status, attempts, checkpoints, jobs, meta, new_token
 from . import migrations
 from .autocommit import AutocommitConnections
 from .migrations import EPOCH_KEY as EPOCH_KEY
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 JOB_SUMMARY = tuple(c for c in jobs.c if c.name not in ("input", "result", "traceback"))
 
 _TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
+#: The terminal statuses as a list for ``IN`` clauses (sorted: one statement text).
+TERMINAL_VALUES = sorted(s.value for s in TERMINAL)
 
 #: "The caller does not know": the hook looks the job's parent up itself.
 UNKNOWN: Any = object()
@@ -252,11 +254,29 @@ class CoreStore(Transactions):
         ``ViewQueries.job_counts``).  Only retries and purges do it, never the hot path."""
         conn.execute(update(meta).where(meta.c.key == EPOCH_KEY).values(value=new_token()))
 
-    def _after_terminal(
-        self, conn: Connection, job_id: str, parent_id: str | object | None = UNKNOWN
+    def _reset_job(
+        self, conn: Connection, job_id: str, now: float, *, fresh: bool, **values: Any
     ) -> None:
-        """Hook run in the transaction that makes a job terminal (fan-in lives here).
-
-        ``parent_id`` is passed when the caller knows it (``None``: a top-level job, so
-        nothing to decide and no query needed on the hot path).
-        """
+        """Queue a finished job again; ``fresh`` also drops its checkpoints (a re-run)."""
+        self._unsettle(conn)
+        if fresh:
+            conn.execute(delete(checkpoints).where(checkpoints.c.job_id == job_id))
+            values["steps_done"] = 0
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(
+                status=Status.QUEUED.value,
+                run_at=now,
+                cancel_requested=False,
+                result=None,
+                finished_at=None,
+                failures=0,
+                reclaims=0,
+                waiting_for=None,
+                progress=None,
+                message=None,
+                updated_at=now,
+                **values,
+            )
+        )
