@@ -24,6 +24,7 @@ hook ``Transactions._run_group``, which ``FinishQueries`` replaces without ``sup
 """
 
 from .cancel import CancelQueries
+from .counts import CountQueries
 from .finish import FinishQueries
 from .history import HistoryQueries
 from .jobs import ClaimedJob
@@ -41,6 +42,7 @@ class Store(
     ScheduleQueries,
     JobReads,
     ViewQueries,
+    CountQueries,
     HistoryQueries,
     RetentionQueries,
 ):

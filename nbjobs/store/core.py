@@ -251,7 +251,7 @@ class CoreStore(Transactions):
     def _unsettle(self, conn: Connection) -> None:
         """Record, in ``conn``'s transaction, that finished jobs were queued again or
         deleted: the one change that invalidates the dashboard's settled counts (see
-        ``ViewQueries.job_counts``).  Only retries and purges do it, never the hot path."""
+        ``CountQueries.job_counts``).  Only retries and purges do it, never the hot path."""
         conn.execute(update(meta).where(meta.c.key == EPOCH_KEY).values(value=new_token()))
 
     def _reset_job(
