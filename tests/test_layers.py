@@ -17,6 +17,7 @@ The rules, read from the source (no database needed):
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 from nbjobs.store import Store
@@ -130,3 +131,26 @@ def test_the_order_of_stores_bases_changes_nothing():
     assert "cancel_job" in names and "_after_terminal" in names
     differ = [n for n in sorted(names) if getattr(reversed_store, n) != getattr(Store, n)]
     assert differ == []
+
+
+def test_every_store_class_inherits_what_it_calls():
+    """``self.method(...)`` inside a store class names a method of that class or of its
+    bases, never one that only a sibling mixin provides (which made the behaviour
+    depend on how ``Store`` happened to be assembled)."""
+    missing = []
+    for path in _store_modules():
+        module = importlib.import_module(f"nbjobs.store.{path.stem}")
+        for node in ast.parse(path.read_text()).body:
+            if not isinstance(node, ast.ClassDef):
+                continue
+            cls = getattr(module, node.name)
+            for call in ast.walk(node):
+                if (
+                    isinstance(call, ast.Call)
+                    and isinstance(call.func, ast.Attribute)
+                    and isinstance(call.func.value, ast.Name)
+                    and call.func.value.id == "self"
+                    and not hasattr(cls, call.func.attr)
+                ):
+                    missing.append(f"{node.name}.{call.func.attr} ({path.name}:{call.lineno})")
+    assert missing == []

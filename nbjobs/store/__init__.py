@@ -16,15 +16,14 @@
 * ``retention``: purging old history.
 
 The composition is explicit: a class inherits from the classes whose methods it calls
-(``FinishQueries`` from ``JobQueries`` and ``FanoutQueries``, ``FanoutQueries`` from
-``WaitQueries``, all of them from ``CoreStore``), and no method is defined twice, so
-the order of the bases below changes nothing.  The one exception is the group-commit
-hook ``Transactions._run_group``, which ``FinishQueries`` replaces without ``super()``
-(``tests/test_layers.py`` checks both).
+(``FinishQueries`` from ``JobQueries`` and ``FanoutQueries``; ``FanoutQueries`` from
+``WaitQueries``; ``ViewQueries`` from ``CountQueries``; all of them from ``CoreStore``),
+and no method is defined twice, so the order of the bases below changes nothing.  The
+one exception is the group-commit hook ``Transactions._run_group``, which
+``FinishQueries`` replaces without ``super()`` (``tests/test_layers.py`` checks it all).
 """
 
 from .cancel import CancelQueries
-from .counts import CountQueries
 from .finish import FinishQueries
 from .history import HistoryQueries
 from .jobs import ClaimedJob
@@ -42,7 +41,6 @@ class Store(
     ScheduleQueries,
     JobReads,
     ViewQueries,
-    CountQueries,
     HistoryQueries,
     RetentionQueries,
 ):

@@ -26,8 +26,8 @@ from ..schema import (
     schedules,
     signals,
 )
-from .core import JOB_SUMMARY, CoreStore
-from .counts import ACTIVE, FINISHED
+from .core import JOB_SUMMARY
+from .counts import ACTIVE, FINISHED, CountQueries
 
 #: How much of each stored value or text the job detail view reads (characters).
 DETAIL_CHARS = {
@@ -176,7 +176,7 @@ def row_code_changed(row: Any, registered: Mapping[str, str] | None = None) -> b
     return bool(current) and current != row.code_fingerprint
 
 
-class ViewQueries(CoreStore):
+class ViewQueries(CountQueries):
     """Read-only queries for the dashboard: pages of jobs, what changed, a job's detail
     and tree (the counters are in :mod:`.counts`)."""
 
