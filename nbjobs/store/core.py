@@ -116,9 +116,7 @@ class CoreStore(Transactions):
         self._prepared: dict[int, Prepared] = {}
         self._group: list[_GroupedWork] = []
         self._group_lock = threading.Lock()
-        #: Counts the cancel requests this process wrote for running jobs, so that a
-        #: worker knows when to look whether a job it claimed ahead was cancelled.
-        self.cancel_requests = 0
+        self.cancel_requests = 0  # see Transactions.cancel_requests
         #: How far the clock's offset to the server may be off at most (see sync_clock).
         self.clock_error_seconds = 0.0
         self._clock_synced = float("-inf")
