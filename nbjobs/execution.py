@@ -329,7 +329,7 @@ class Execution:
 
     def commit_success(self, text: str, claim: dict[str, Any] | None = None) -> list[ClaimedJob]:
         """Commit the success now, claiming in the same transaction the jobs ``claim``
-        asks for (see ``JobQueries.finish_and_claim``); returns them."""
+        asks for (see ``FinishQueries.finish_and_claim``); returns them."""
         accepted, claimed = self.app.store.finish_and_claim(
             job_id=self.job.id,
             token=self.token,

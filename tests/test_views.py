@@ -12,7 +12,8 @@ from sqlalchemy import insert
 import nbjobs
 from nbjobs.clock import FakeClock
 from nbjobs.schema import schedules
-from nbjobs.store.views import SETTLE_SECONDS, JobFilter
+from nbjobs.store.counts import SETTLE_SECONDS
+from nbjobs.store.views import JobFilter
 from nbjobs.views import Dashboard, FanOutTree, JobDetail, JobsTable, Schedules
 from nbjobs.views.overview import Counters, QueueDepths, Throughput, Workers
 from tests.conftest import make_app

@@ -1,38 +1,48 @@
 """The only package that executes SQL: one short transaction per method, verb_noun names.
 
-:class:`Store` is assembled from one mixin per concern, each in its own module, over
-:class:`~nbjobs.store.core.CoreStore` (connections, transactions, the schema):
+:class:`Store` is assembled from one class per concern, each in its own module:
 
-* ``jobs``: enqueue, claim, checkpoint, finish, cancel and retry (the hot path);
+* ``transactions``: connections, transactions, group commit, retry of conflicts;
+* ``migrations``: the schema's creation and upgrades;
+* ``core``: ``CoreStore``, the engine, the clock and the statements all parts share;
+* ``jobs``: submit, claim, checkpoints and progress (the hot path);
+* ``finish``: the ends of an attempt (success, failure, retry later, release);
+* ``cancel``: the user's cancel and retry;
+* ``waits``: timers and signals; ``fanout``: fan-out and fan-in;
 * ``workers``: the worker registry, heartbeats, the reaper, timers, paused queues;
 * ``queries``: reads of single jobs and simple listings;
-* ``waits``: timers, signals and fan-out/fan-in;
 * ``schedules``: cron schedules and their ticks;
-* ``views`` and ``history``: the dashboard's and the notebooks' read-only queries;
+* ``counts``, ``views`` and ``history``: the dashboard's and the notebooks' reads;
 * ``retention``: purging old history.
+
+The composition is explicit: a class inherits from the classes whose methods it calls
+(``FinishQueries`` from ``JobQueries`` and ``FanoutQueries``; ``FanoutQueries`` from
+``WaitQueries``; ``ViewQueries`` from ``CountQueries``; all of them from ``CoreStore``),
+and no method is defined twice, so the order of the bases below changes nothing.  The
+one exception is the group-commit hook ``Transactions._run_group``, which
+``FinishQueries`` replaces without ``super()`` (``tests/test_layers.py`` checks it all).
 """
 
-from .core import CoreStore
+from .cancel import CancelQueries
+from .finish import FinishQueries
 from .history import HistoryQueries
-from .jobs import ClaimedJob, JobQueries
+from .jobs import ClaimedJob
 from .queries import JobReads
 from .retention import RetentionQueries
 from .schedules import ScheduleQueries
 from .views import ViewQueries
-from .waits import WaitQueries
 from .workers import WorkerQueries, process_alive
 
 
 class Store(
-    WaitQueries,
+    FinishQueries,
+    CancelQueries,
+    WorkerQueries,
     ScheduleQueries,
+    JobReads,
     ViewQueries,
     HistoryQueries,
     RetentionQueries,
-    JobQueries,
-    WorkerQueries,
-    JobReads,
-    CoreStore,
 ):
     """All reads and writes of the nbjobs tables for one database."""
 

@@ -1,4 +1,7 @@
-"""The only module that executes SQL: one short transaction per method, verb_noun names.
+"""The base of the store: the engine, the clock, and what every part of it shares.
+
+Connections and transactions are in :mod:`.transactions`, the schema's creation and
+upgrades in :mod:`.migrations`.
 
 Every write a worker makes for a job it runs is *fenced* by the job's lease token: the
 ``WHERE lease_token = :token`` clause makes a write from a worker whose lease was taken
@@ -8,46 +11,26 @@ transaction is ever held open while user code runs.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import (
-    Column,
-    Index,
-    MetaData,
-    String,
-    Table,
-    bindparam,
-    func,
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from .. import dialects
 from ..clock import Clock
 from ..dialects.base import Prepared
-from ..errors import ConfigurationError, DatabaseLost
-from ..schema import (
-    DUE_INDEX,
-    SCHEMA_VERSION,
-    TERMINAL,
-    TREE_INDEX,
-    attempts,
-    jobs,
-    meta,
-    metadata,
-    new_token,
-)
+from ..errors import ConfigurationError
+from ..schema import TERMINAL, Status, attempts, checkpoints, jobs, meta, new_token
+from . import migrations
 from .autocommit import AutocommitConnections
+from .migrations import EPOCH_KEY as EPOCH_KEY
+from .transactions import Transactions, _GroupedWork
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +38,8 @@ log = logging.getLogger(__name__)
 JOB_SUMMARY = tuple(c for c in jobs.c if c.name not in ("input", "result", "traceback"))
 
 _TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
+#: The terminal statuses as a list for ``IN`` clauses (sorted: one statement text).
+TERMINAL_VALUES = sorted(s.value for s in TERMINAL)
 
 #: "The caller does not know": the hook looks the job's parent up itself.
 UNKNOWN: Any = object()
@@ -106,37 +91,6 @@ def storable_text(text: str | None) -> str | None:
     return text
 
 
-# What the reaper needs of a job whose worker was lost.
-
-
-def _migrate_to_2(conn: Connection, dialect: dialects.Dialect) -> None:
-    """Version 2 replaces the (status, queue, run_at) index of every queued job with
-    ``ix_nbjobs_jobs_due``, which holds only the queued jobs not yet due."""
-    old = Table("nbjobs_jobs", MetaData(), Column("status", String(16)))
-    dialect.drop_index(conn, Index("ix_nbjobs_jobs_delayed", old.c.status))
-    DUE_INDEX.create(conn, checkfirst=True)
-
-
-def _migrate_to_3(conn: Connection, dialect: dialects.Dialect) -> None:
-    """Version 3 replaces the index of every job's ``root_id`` with
-    ``ix_nbjobs_jobs_tree``, which holds fan-out children only."""
-    old = Table("nbjobs_jobs", MetaData(), Column("root_id", String(40)))
-    dialect.drop_index(conn, Index("ix_nbjobs_jobs_root", old.c.root_id))
-    TREE_INDEX.create(conn, checkfirst=True)
-
-
-#: A meta row changed whenever finished jobs stop being finished (a retry) or are deleted.
-EPOCH_KEY = "finished_epoch"
-
-
-# Forward migrations: MIGRATIONS[n] takes a database from version n-1 to n.
-MIGRATIONS: dict[int, Callable[[Connection, dialects.Dialect], None]] = {
-    2: _migrate_to_2,
-    3: _migrate_to_3,
-}
-
-T = TypeVar("T")
-
 #: Readings of the server's clock taken to estimate this process's offset from it.
 CLOCK_SAMPLES = 5
 #: How old a measure of that offset may get before a worker's monitor, or an App without
@@ -145,109 +99,9 @@ CLOCK_SAMPLES = 5
 CLOCK_SYNC_SECONDS = 60.0
 
 
-class _GroupedWork:
-    """One thread's piece of a group commit."""
-
-    __slots__ = ("callback", "done", "error", "item", "proof", "result", "work")
-
-    def __init__(
-        self,
-        work: Callable[[Connection], Any],
-        item: Any = None,
-        callback: Callable[[_GroupedWork], None] | None = None,
-        proof: tuple[str, int, str] | None = None,
-    ) -> None:
-        self.work = work
-        #: What the work is about, for a group that runs like pieces as one statement.
-        self.item = item
-        #: (job id, attempt, outcome): the attempt row the piece writes when its fence
-        #: accepts it (``result[0]`` true), which tells after an ambiguous COMMIT whether
-        #: the group committed (see ``CoreStore._group_committed``).
-        self.proof = proof
-        #: Called once the piece is committed or has failed, for a piece nobody waits on.
-        self.callback = callback
-        self.done = False
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-
-def _on_driver(conn: Connection, call: Callable[..., Any], *args: Any) -> Any:
-    """``call(*args)`` on ``conn``'s driver connection, its errors raised as SQLAlchemy's."""
-    try:
-        return call(*args)
-    except conn.dialect.loaded_dbapi.Error as exc:
-        raise DBAPIError.instance(
-            str(args[0]) if args else call.__name__,
-            None,
-            exc,
-            conn.dialect.loaded_dbapi.Error,
-            dialect=conn.dialect,
-        ) from exc
-
-
-class _RawTransaction:
-    """A transaction of a kept connection begun and ended on the driver itself
-    (``Dialect.keep_connections``, SQLite): SQLAlchemy's transaction objects, its events
-    and generator-based context managers cost as much as a short statement there, and
-    the hot paths run only prepared statements (``CoreStore._run``), which need none of
-    them.  A Core statement run inside it makes SQLAlchemy begin its own view of the
-    transaction (its begin event finds the driver's open and sends nothing); that view
-    then ends it, so that SQLAlchemy's bookkeeping stays true.
-    """
-
-    __slots__ = ("conn", "driver", "lock", "role", "store")
-
-    def __init__(self, store: CoreStore, role: str, lock: Any = None) -> None:
-        self.store = store
-        self.role = role
-        self.lock = lock
-
-    def __enter__(self) -> Connection:
-        self.store._check_open()
-        if self.lock is not None:
-            self.lock.acquire()
-        try:
-            self.conn = conn = self.store._kept_connection(self.role)
-            self.driver = conn.connection.driver_connection
-            _on_driver(
-                conn, self.driver.execute, self.store.dialect.begin_sql(self.role == "writer")
-            )
-        except BaseException:
-            self._exit(failed=True)
-            raise
-        return conn
-
-    def __exit__(self, kind: Any, error: Any, tb: Any) -> None:
-        conn = self.conn
-        try:
-            if conn.in_transaction():
-                if kind is None:
-                    conn.commit()
-                else:
-                    conn.rollback()
-            elif kind is None:
-                _on_driver(conn, self.driver.commit)
-            elif self.driver.in_transaction:
-                self.driver.rollback()
-        except BaseException:
-            self._exit(failed=True)
-            raise
-        self._exit(failed=isinstance(error, DBAPIError))
-
-    def _exit(self, failed: bool) -> None:
-        try:
-            conn = getattr(self, "conn", None)
-            if failed:
-                self.store._drop_kept(self.role)
-            if conn is not None:
-                self.store._after_transaction(conn)
-        finally:
-            if self.lock is not None:
-                self.lock.release()
-
-
-class CoreStore:
-    """Connections, transactions, the schema, and what every part of the store shares."""
+class CoreStore(Transactions):
+    """The engine, the clock and the statements every part of the store shares; the
+    transactions it inherits from :class:`~.transactions.Transactions`."""
 
     def __init__(self, url: str, *, clock: Clock | None = None, **options: Any) -> None:
         self.dialect = dialects.for_url(url, **options)
@@ -262,9 +116,7 @@ class CoreStore:
         self._prepared: dict[int, Prepared] = {}
         self._group: list[_GroupedWork] = []
         self._group_lock = threading.Lock()
-        #: Counts the cancel requests this process wrote for running jobs, so that a
-        #: worker knows when to look whether a job it claimed ahead was cancelled.
-        self.cancel_requests = 0
+        self.cancel_requests = 0  # see Transactions.cancel_requests
         #: How far the clock's offset to the server may be off at most (see sync_clock).
         self.clock_error_seconds = 0.0
         self._clock_synced = float("-inf")
@@ -296,13 +148,6 @@ class CoreStore:
             error.__cause__ = refused
         raise error
 
-    def _check_open(self) -> None:
-        """Refuse work on a closed store, or on a SQLite file deleted under it."""
-        if self.closed:
-            raise ConfigurationError("the app is closed (app.close() was called); make a new App")
-        if self.dialect.gone is not None:
-            raise DatabaseLost(self.dialect.gone)
-
     def close(self) -> None:
         """Release the connections; every later transaction is refused.  Idempotent."""
         self.closed = True
@@ -318,313 +163,19 @@ class CoreStore:
         becomes ready anywhere; returns a stop function, or None (polling only)."""
         return self.dialect.listen(callback)
 
-    def _kept_connection(self, role: str) -> Connection:
-        local = self._local
-        conn = getattr(local, role, None)
-        if conn is None or conn.closed:
-            conn = self.engine.connect()
-            if role == "writer" and self._write_options:
-                conn.execution_options(**self._write_options)
-            setattr(local, role, conn)
-            self._kept.add(conn)
-        return conn
-
-    def _drop_kept(self, role: str) -> None:
-        conn = getattr(self._local, role, None)
-        if conn is not None:
-            setattr(self._local, role, None)
-            self._kept.discard(conn)
-            try:
-                conn.close()
-            except Exception:
-                pass
-
-    def _transaction(self, role: str) -> contextlib.AbstractContextManager[Connection]:
-        if self.dialect.keep_connections:
-            return _RawTransaction(self, role)
-        return self._pooled_transaction(role)
-
-    @contextlib.contextmanager
-    def _pooled_transaction(self, role: str) -> Iterator[Connection]:
-        self._check_open()
-        with self.engine.connect() as conn:
-            if role == "writer" and self._write_options:
-                conn.execution_options(**self._write_options)
-            try:
-                with conn.begin():
-                    yield conn
-            finally:
-                self._after_transaction(conn)
-
-    def _request_cancel(self, conn: Connection) -> None:
-        """Note that ``conn``'s transaction asks running jobs to stop: once it ends,
-        ``cancel_requests`` moves on, so that workers look at the jobs they claimed
-        ahead (counting after the commit, a worker that sees the new count also sees the
-        request)."""
-        conn.info["nbjobs_cancel"] = True
-
-    def _after_transaction(self, conn: Connection) -> None:
-        # A connection closed after a failed transaction (see ``_drop_kept``) committed
-        # nothing to announce.
-        if not conn.closed and conn.info.pop("nbjobs_cancel", False):
-            self.cancel_requests += 1
-
-    def _write(self, hot: bool = False) -> contextlib.AbstractContextManager[Connection]:
-        """A short write transaction (``BEGIN IMMEDIATE`` on SQLite).
-
-        ``hot``: a worker's claim, checkpoint or finish, whose connection is not pinged
-        when it was used a moment ago (see ``dialects.base.ping_unless_recent``; raw
-        transactions never ping).
-        """
-        if self.dialect.keep_connections:
-            return _RawTransaction(self, "writer", self.dialect.write_lock)
-        return self._pooled_write(hot)
-
-    @contextlib.contextmanager
-    def _pooled_write(self, hot: bool) -> Iterator[Connection]:
-        with (
-            self.dialect.write_lock,
-            self.dialect.hot_path() if hot else contextlib.nullcontext(),
-            self._transaction("writer") as conn,
-        ):
-            yield conn
-
-    def _read(self) -> contextlib.AbstractContextManager[Connection]:
-        return self._transaction("reader")
-
-    def _write_one(self, statement: Any, params: dict[str, Any]) -> int:
-        """Run one hot-path write statement as its own transaction; returns its rowcount."""
-        return self._single_statement(lambda conn: self._run(conn, statement, params).rowcount)
-
-    def _single_statement(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work(conn)``, which sends one statement, as its own hot-path transaction.
-
-        Where the dialect allows (PostgreSQL) the statement is sent in autocommit mode,
-        one round trip instead of three (BEGIN, the statement, COMMIT), on a connection
-        kept in that mode (:mod:`.autocommit`) or, when all those are lent, one from the
-        pool; elsewhere it runs in a short write transaction, run again if the server
-        aborted it.
-        """
-        if not self.dialect.autocommit_single:
-            return self._retry_conflicts(work, hot=True)
-        self._check_open()
-        conn = self._autocommit.take() if self._autocommit is not None else None
-        if conn is not None:
-            broken = False
-            try:
-                return work(conn)
-            except DBAPIError as exc:
-                broken = exc.connection_invalidated
-                raise
-            finally:
-                self._autocommit.give_back(conn, broken=broken)
-        with self.dialect.hot_path(), self.engine.connect() as conn:
-            dbapi_connection = conn.connection.dbapi_connection
-            dbapi_connection.autocommit = True
-            try:
-                return work(conn)
-            finally:
-                if not dbapi_connection.closed:
-                    dbapi_connection.autocommit = False
-
-    def _grouped(
-        self,
-        work: Callable[[Connection], T],
-        item: Any = None,
-        proof: tuple[str, int, str] | None = None,
-    ) -> T:
-        """Run ``work(conn)`` in a write transaction shared with other threads (group commit).
-
-        Threads that want to write while another runs a group leave their work in a list;
-        the next thread to get the dialect's group lock (on SQLite, the write lock) runs
-        every piece waiting in one transaction, so N concurrent finishes cost one commit
-        instead of N.  A failing piece never takes the others down: the batch is re-run
-        one by one.  ``item`` describes the work for :meth:`_run_group`, which may run
-        like pieces together as one statement; ``proof`` names the attempt row the piece
-        writes (see ``_GroupedWork.proof``).
-        """
-        if not self.dialect.group_commit:
-            return self._retry_conflicts(work, hot=True)
-        request = _GroupedWork(work, item, proof=proof)
-        with self._group_lock:
-            self._group.append(request)
-        with self.dialect.group_lock:
-            if not request.done:
-                with self._group_lock:
-                    batch, self._group = self._group, []
-                self._commit_group(batch)
-        if request.error is not None:
-            raise request.error
-        return request.result
-
-    def _grouped_later(
-        self,
-        work: Callable[[Connection], Any],
-        item: Any,
-        callback: Callable[[Any], None],
-        proof: tuple[str, int, str] | None = None,
-    ) -> None:
-        """Leave ``work`` for the next group commit and return at once (write-behind).
-
-        ``callback(piece)`` runs once it is committed (``piece.result``) or has failed
-        (``piece.error``); :meth:`flush` commits what is left.  Without group commits
-        the work runs now.
-        """
-        request = _GroupedWork(work, item, callback, proof)
-        if not self.dialect.group_commit:
-            try:
-                request.result = self._retry_conflicts(work, hot=True)
-            except Exception as exc:
-                request.error = exc
-            self._called_back([request])
-            return
-        with self._group_lock:
-            self._group.append(request)
-
-    def flush(self) -> None:
-        """Commit the pieces left by :meth:`_grouped_later` that no group has taken yet."""
-        if not self._group:
-            return
-        with self.dialect.group_lock:
-            with self._group_lock:
-                batch, self._group = self._group, []
-            if batch:
-                self._commit_group(batch)
-
-    def _retry_conflicts(self, work: Callable[[Connection], T], hot: bool = False) -> T:
-        """``work(conn)`` in a write transaction, run again when the server aborted it (a
-        deadlock, a serialization conflict, a connection lost before the commit): it
-        rolled back whole, so running it again is safe."""
-        for attempt in range(5):
-            committing = False
-            try:
-                with self._write(hot) as conn:
-                    result = work(conn)
-                    committing = True
-                return result
-            except DBAPIError as exc:
-                # A connection lost during COMMIT leaves the outcome unknown: never re-run
-                # that.  Lost before it, the server rolled the transaction back.
-                if attempt == 4 or (exc.connection_invalidated and committing):
-                    raise
-                if not self.dialect.is_transient(exc):
-                    raise
-                log.info("write transaction aborted (%s); running it again", exc.orig)
-                time.sleep(0.005 * 2**attempt)
-        raise AssertionError("unreachable")
-
-    def _run_group(self, conn: Connection, batch: list[_GroupedWork]) -> None:
-        """Run a group's pieces in ``conn``'s transaction, setting each one's result."""
-        for request in batch:
-            request.result = request.work(conn)
-
-    def _commit_group(self, batch: list[_GroupedWork]) -> None:
-        ran = False
-        try:
-            with self.dialect.hot_path(), self._transaction("writer") as conn:
-                self._run_group(conn, batch)
-                ran = True
-        except Exception as exc:
-            # A connection lost during COMMIT leaves the outcome unknown: never run the
-            # pieces again blindly.  Committed, each piece keeps what it did in the
-            # transaction (the jobs it claimed included); rolled back, they run alone.
-            committed = False
-            if ran and isinstance(exc, DBAPIError) and exc.connection_invalidated:
-                committed = self._group_committed(batch)
-            if committed is None:
-                for request in batch:
-                    request.error = exc
-            elif not committed:
-                # The group rolled back whole: run each piece alone (a deadlock or
-                # conflict is retried there), so one failing piece fails alone.
-                for request in batch:
-                    request.error = None
-                    try:
-                        request.result = self._retry_conflicts(request.work)
-                    except Exception as single:
-                        request.error = single
-            else:
-                log.warning("a group commit lost its connection after committing (%s)", exc)
-        finally:
-            for request in batch:
-                request.done = True
-            self._called_back(batch)
-
-    def _group_committed(self, batch: list[_GroupedWork]) -> bool | None:
-        """After a COMMIT whose outcome is unknown: whether the group committed, read from
-        the attempt row of a piece its fence accepted; None when no piece can tell (or
-        the database cannot be read either).  A group in which every fence refused its
-        piece wrote nothing: running it again is harmless (False)."""
-        proofs = [
-            r.proof
-            for r in batch
-            if r.proof is not None and isinstance(r.result, tuple) and r.result and r.result[0]
-        ]
-        if not proofs:
-            accepted = [r for r in batch if r.proof is None or r.result is None or r.result[0]]
-            return None if accepted else False
-        job_id, attempt, outcome = proofs[0]
-        try:
-            with self._read() as conn:
-                row = conn.execute(
-                    select(attempts.c.outcome).where(
-                        attempts.c.job_id == job_id, attempts.c.attempt == attempt
-                    )
-                ).all()
-        except Exception:
-            log.warning("cannot tell whether a group commit went through", exc_info=True)
-            return None
-        return any(r.outcome == outcome for r in row)
-
-    @staticmethod
-    def _called_back(batch: list[_GroupedWork]) -> None:
-        for request in batch:
-            if request.callback is not None:
-                try:
-                    request.callback(request)
-                except Exception:
-                    log.exception("a write-behind callback failed")
-
     def now(self) -> float:
         return self.clock.now()
 
-    def _run(self, conn: Connection, statement: Any, params: Any) -> Any:
-        """Execute one of the module's hot-path statements, compiled once per store."""
-        prepared = self._prepared.get(id(statement))
-        if prepared is None:
-            prepared = self._prepared[id(statement)] = Prepared(statement, self.engine.dialect)
-        return prepared.execute(conn, params)
-
     def migrate(self) -> int:
-        """Create the tables or migrate them forward; never destroys data.
+        """Create the tables or migrate them forward; never destroys data (see
+        :mod:`.migrations`).
 
         ``schema_found`` keeps the version the database had (None: no tables yet), so
         that ``nbjobs migrate`` can say what it did.
         """
         with self._write() as conn, self.dialect.migration_lock(conn):
-            metadata.create_all(conn, checkfirst=True)
-            self.dialect.after_create(conn)
-            version = conn.execute(
-                select(meta.c.value).where(meta.c.key == "schema_version")
-            ).scalar()
-            if conn.execute(select(meta.c.key).where(meta.c.key == EPOCH_KEY)).first() is None:
-                conn.execute(insert(meta).values(key=EPOCH_KEY, value=new_token()))
-            self.schema_found = None if version is None else int(version)
-            if version is None:
-                conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
-                return SCHEMA_VERSION
-            current = int(version)
-            if current > SCHEMA_VERSION:
-                raise ConfigurationError(
-                    f"the database at {self.safe_url} has nbjobs schema version {current}, "
-                    f"newer than this nbjobs ({SCHEMA_VERSION}); upgrade nbjobs"
-                )
-            for target in range(current + 1, SCHEMA_VERSION + 1):
-                MIGRATIONS[target](conn, self.dialect)
-                conn.execute(
-                    update(meta).where(meta.c.key == "schema_version").values(value=str(target))
-                )
-            return SCHEMA_VERSION
+            self.schema_found = migrations.prepare(conn, self.dialect)
+            return migrations.upgrade(conn, self.dialect, self.schema_found, self.safe_url)
 
     def sync_clock(self, samples: int = CLOCK_SAMPLES) -> None:
         """Correct the clock by the database server's offset (workers' clocks may differ).
@@ -698,14 +249,32 @@ class CoreStore:
     def _unsettle(self, conn: Connection) -> None:
         """Record, in ``conn``'s transaction, that finished jobs were queued again or
         deleted: the one change that invalidates the dashboard's settled counts (see
-        ``ViewQueries.job_counts``).  Only retries and purges do it, never the hot path."""
+        ``CountQueries.job_counts``).  Only retries and purges do it, never the hot path."""
         conn.execute(update(meta).where(meta.c.key == EPOCH_KEY).values(value=new_token()))
 
-    def _after_terminal(
-        self, conn: Connection, job_id: str, parent_id: str | object | None = UNKNOWN
+    def _reset_job(
+        self, conn: Connection, job_id: str, now: float, *, fresh: bool, **values: Any
     ) -> None:
-        """Hook run in the transaction that makes a job terminal (fan-in lives here).
-
-        ``parent_id`` is passed when the caller knows it (``None``: a top-level job, so
-        nothing to decide and no query needed on the hot path).
-        """
+        """Queue a finished job again; ``fresh`` also drops its checkpoints (a re-run)."""
+        self._unsettle(conn)
+        if fresh:
+            conn.execute(delete(checkpoints).where(checkpoints.c.job_id == job_id))
+            values["steps_done"] = 0
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(
+                status=Status.QUEUED.value,
+                run_at=now,
+                cancel_requested=False,
+                result=None,
+                finished_at=None,
+                failures=0,
+                reclaims=0,
+                waiting_for=None,
+                progress=None,
+                message=None,
+                updated_at=now,
+                **values,
+            )
+        )

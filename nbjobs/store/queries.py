@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, literal, null, select
+from sqlalchemy import case, func, insert, literal, null, select
 from sqlalchemy.engine import Row
 
 from ..errors import UnknownJob
@@ -20,7 +20,7 @@ from ..schema import (
     new_id,
     signals,
 )
-from .core import JOB_SUMMARY, CoreStore, storable_text
+from .core import JOB_SUMMARY, TERMINAL_VALUES, CoreStore, storable_text
 
 
 class JobReads(CoreStore):
@@ -89,9 +89,29 @@ class JobReads(CoreStore):
                 .limit(1)
             ).scalar()
 
+    def fanout_progress(self, job_id: str) -> dict[str, tuple[int, int]]:
+        """Per fan-out of ``job_id``: (children finished, children in all)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(
+                    jobs.c.fanout,
+                    func.count(),
+                    func.sum(case((jobs.c.status.in_(TERMINAL_VALUES), 1), else_=0)),
+                )
+                .where(jobs.c.parent_id == job_id)
+                .group_by(jobs.c.fanout)
+            ).all()
+        return {name: (int(done or 0), total) for name, total, done in rows}
+
     def job_progress(self, job_id: str) -> float | None:
-        """Finished steps over expected ones, a step's own report, or None if unknown."""
+        """Finished steps over expected ones, a step's own report, or None if unknown;
+        a parent waiting for a fan-in reports the fraction of its children finished."""
         row = self.get_job(job_id)
+        if row.status == Status.WAITING.value and (row.waiting_for or "").startswith("fanout:"):
+            done, total = self.fanout_progress(job_id).get(
+                row.waiting_for[len("fanout:") :], (0, 0)
+            )
+            return done / total if total else None
         if row.status == Status.SUCCEEDED.value:
             return 1.0
         if row.progress is not None and row.status == Status.RUNNING.value:

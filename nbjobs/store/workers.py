@@ -23,7 +23,8 @@ from ..schema import (
     worker_workflows,
     workers,
 )
-from .core import _TERMINAL_VALUES, CoreStore
+from .core import _TERMINAL_VALUES
+from .fanout import FanoutQueries
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def runner_problem(workflow: str, queue: str, runners: dict[str, tuple[set, set]
     return None
 
 
-class WorkerQueries(CoreStore):
+class WorkerQueries(FanoutQueries):
     """What workers share through the database: who is alive, and which jobs are lost."""
 
     def register_worker(

@@ -1,0 +1,424 @@
+"""Fan-out and fan-in: children inserted with their parent's wait, decided as they end.
+
+The parent is parked like any durable wait (:mod:`.waits`).  The fan-in is decided in
+the transaction that makes a child terminal (``_after_terminal``, which every terminal
+write calls explicitly), so a crash can never separate a child's end from its parent's
+resume; a recovery sweep (``heal_fanouts``) re-decides anyway, as a safety net.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterator, Sequence
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import and_, bindparam, exists, func, insert, select, update
+from sqlalchemy.engine import Connection, Row
+
+from ..schema import RESERVED_KEY_PREFIX, Status, checkpoints, jobs, new_id
+from ..strategies import Strategy, strategy_from_detail
+from .core import TERMINAL_VALUES, UNKNOWN
+from .jobs import fresh_job_counters
+from .waits import DONE, SUSPENDED, WaitQueries, WaitResult
+
+_CHUNK = 500
+
+
+def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
+    for i in range(0, len(ids), _CHUNK):
+        yield list(ids[i : i + _CHUNK])
+
+
+class FanoutQueries(WaitQueries):
+    """Fan-out, fan-in, the recovery sweep, and cancelling or reopening a subtree."""
+
+    def begin_fanout(
+        self,
+        *,
+        job_id: str,
+        token: str,
+        attempt: int,
+        root_id: str | None,
+        name: str,
+        seq: int,
+        detail: dict[str, Any],
+        children: list[dict[str, Any]] | None,
+        code_fingerprint: str | None = None,
+    ) -> WaitResult:
+        """Record the fan-out and insert its children (or re-wait for recorded ones), then
+        return the outcomes if the fan-in is already decided, else park the parent.
+
+        Children get deterministic keys ``nbjobs:{parent}/{fan-out}/{index}``, which no
+        user key can take first (``RESERVED_KEY_PREFIX``); children that
+        exist already (the fan-out was dropped by ``retry(from_checkpoint=...)``) are
+        reset and run again instead of being inserted twice.
+        """
+
+        def work(conn: Connection) -> Any:
+            refused = self._own(conn, job_id, token)
+            if refused:
+                return WaitResult(refused)
+            cp = conn.execute(
+                select(checkpoints.c.done, checkpoints.c.value).where(
+                    checkpoints.c.job_id == job_id, checkpoints.c.name == name
+                )
+            ).first()
+            if cp is not None and cp.done:
+                return WaitResult(DONE, cp.value)
+            if cp is None:
+                self._start_children(conn, job_id, root_id or job_id, name, children or [])
+                self._put_checkpoint(
+                    conn,
+                    job_id=job_id,
+                    name=name,
+                    seq=seq,
+                    kind="fanout",
+                    attempt=attempt,
+                    done=False,
+                    exists_=False,
+                    detail=detail,
+                    code_fingerprint=code_fingerprint,
+                )
+            outcomes = self._decide_fanin(conn, job_id, name)
+            if outcomes is not None:
+                return WaitResult(DONE, outcomes)
+            self._park(conn, job_id, attempt, None, f"fanout:{name}")
+            return WaitResult(SUSPENDED)
+
+        return self._retry_conflicts(work)
+
+    def _start_children(
+        self, conn: Connection, parent_id: str, root_id: str, name: str, children: list[dict]
+    ) -> None:
+        now = self.now()
+        existing = {
+            r.fanout_index: r
+            for r in conn.execute(
+                select(jobs.c.id, jobs.c.fanout_index, jobs.c.status).where(
+                    jobs.c.parent_id == parent_id, jobs.c.fanout == name
+                )
+            )
+        }
+        rows = []
+        for index, fields in enumerate(children):
+            old = existing.get(index)
+            if old is not None:
+                if old.status in TERMINAL_VALUES:
+                    self._reset_job(conn, old.id, now, fresh=True, input=fields["input"])
+                continue
+            child_id = new_id()
+            run_at = fields.get("run_at")
+            rows.append(
+                dict(
+                    fields,
+                    id=child_id,
+                    status=Status.QUEUED.value,
+                    run_at=now if run_at is None else run_at,
+                    # In nbjobs' own key namespace (children of an older version have
+                    # the bare form; children are found by parent and fan-out, never by key).
+                    key=f"{RESERVED_KEY_PREFIX}{parent_id}/{name}/{index}",
+                    parent_id=parent_id,
+                    root_id=root_id,
+                    fanout=name,
+                    fanout_index=index,
+                    **fresh_job_counters(now),
+                )
+            )
+        for i in range(0, len(rows), _CHUNK):
+            conn.execute(insert(jobs), rows[i : i + _CHUNK])
+
+    @functools.cached_property
+    def _fanin_sql(self) -> SimpleNamespace:
+        """The fan-in's statements, built once: a check runs in every child's terminal
+        transaction, so it is two cached statements and takes no lock while the fan-in
+        cannot be decided yet (the parent's row lock would serialize all the children)."""
+        child = jobs.alias("fanin_child")
+        columns = (
+            jobs.c.id,
+            jobs.c.status,
+            jobs.c.waiting_for,
+            checkpoints.c.name,
+            checkpoints.c.done,
+            checkpoints.c.detail,
+        )
+        fanout_cp = and_(checkpoints.c.job_id == jobs.c.id, checkpoints.c.kind == "fanout")
+        by_child = (
+            select(*columns)
+            .select_from(
+                child.join(jobs, jobs.c.id == child.c.parent_id).join(
+                    checkpoints, and_(fanout_cp, checkpoints.c.name == child.c.fanout)
+                )
+            )
+            .where(child.c.id == bindparam("child"))
+        )
+        by_parent = (
+            select(*columns)
+            .select_from(jobs.join(checkpoints, fanout_cp))
+            .where(jobs.c.id == bindparam("parent"), checkpoints.c.name == bindparam("name"))
+        )
+        siblings = (jobs.c.parent_id == bindparam("parent"), jobs.c.fanout == bindparam("name"))
+        return SimpleNamespace(
+            by_child=by_child,
+            by_parent=self.dialect.lock(by_parent),
+            counts=select(jobs.c.status, func.count()).where(*siblings).group_by(jobs.c.status),
+            children=select(jobs.c.id, jobs.c.status, jobs.c.result, jobs.c.error)
+            .where(*siblings)
+            .order_by(jobs.c.fanout_index),
+        )
+
+    def _decide_fanin(self, conn: Connection, parent_id: str, name: str) -> str | None:
+        """Decide the fan-in ``name`` of ``parent_id`` if its strategy can; returns the
+        outcomes text when decided now (and resumes a parent that waits for it)."""
+        row = conn.execute(self._fanin_sql.by_parent, {"parent": parent_id, "name": name}).first()
+        return None if row is None else self._decide(conn, row)
+
+    def _counts(self, conn: Connection, parent: Row) -> tuple[Strategy, int, int, int, int]:
+        """(strategy, children, succeeded, not ok, running) of a fan-out."""
+        key = {"parent": parent.id, "name": parent.name}
+        counts = dict(conn.execute(self._fanin_sql.counts, key).all())
+        succeeded = counts.get(Status.SUCCEEDED.value, 0)
+        not_ok = sum(counts.get(s, 0) for s in TERMINAL_VALUES) - succeeded
+        detail = json.loads(parent.detail)
+        return (
+            strategy_from_detail(detail),
+            detail["count"],
+            succeeded,
+            not_ok,
+            counts.get(Status.RUNNING.value, 0),
+        )
+
+    def _decide(self, conn: Connection, parent: Row) -> str | None:
+        """The decision itself, on a locked (parent, fan-out checkpoint) row."""
+        if parent.done or parent.status in TERMINAL_VALUES:
+            return None
+        sql = self._fanin_sql
+        key = {"parent": parent.id, "name": parent.name}
+        strategy, total, succeeded, not_ok, _running = self._counts(conn, parent)
+        if not strategy.decided(total, succeeded, not_ok):
+            return None
+        outcomes = []
+        unfinished = []
+        for c in conn.execute(sql.children, key):
+            if c.status in TERMINAL_VALUES:
+                error = None if c.status == Status.SUCCEEDED.value else (c.error or c.status)
+                outcomes.append(
+                    {"status": c.status, "result": c.result, "error": error, "job_id": c.id}
+                )
+            else:
+                unfinished.append(c.id)
+                outcomes.append(
+                    {
+                        "status": Status.CANCELLED.value,
+                        "result": None,
+                        "error": "cancelled: the fan-out was decided without it",
+                        "job_id": c.id,
+                    }
+                )
+        if unfinished:
+            self._cancel_tree(conn, unfinished)
+        text = json.dumps(outcomes)
+        now = self.now()
+        conn.execute(
+            update(checkpoints)
+            .where(checkpoints.c.job_id == parent.id, checkpoints.c.name == parent.name)
+            .values(done=True, value=text, finished_at=now)
+        )
+        resume: dict[str, Any] = {}
+        if (
+            parent.status == Status.WAITING.value
+            and parent.waiting_for == f"fanout:{parent.name}"[:255]
+        ):
+            resume = dict(status=Status.QUEUED.value, run_at=now, waiting_for=None)
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == parent.id)
+            .values(steps_done=jobs.c.steps_done + 1, updated_at=now, **resume)
+        )
+        return text
+
+    def _after_terminal(
+        self, conn: Connection, job_id: str, parent_id: str | object | None = UNKNOWN
+    ) -> None:
+        """A job became terminal: if it is a fan-out child, try to decide its fan-in.
+
+        Called, in the transaction that makes a job terminal, by every such write
+        (finish, unclaim, cancel, the reaper).  ``parent_id`` is passed when the caller
+        knows it (``None``: a top-level job, so nothing to decide and no query needed
+        on the hot path).
+        """
+        if parent_id is None:
+            return  # a top-level job: nothing to decide, no query
+        parent = conn.execute(self._fanin_sql.by_child, {"child": job_id}).first()
+        if parent is None or parent.done or parent.status in TERMINAL_VALUES:
+            return
+        # Unlocked, a sibling finishing at this moment still looks running: lock the
+        # parent (and count again) only if those could complete the decision.  The
+        # last of two siblings to take the lock then sees the other's commit.
+        strategy, total, succeeded, not_ok, running = self._counts(conn, parent)
+        if strategy.could_decide(total, succeeded, not_ok, running):
+            self._decide_fanin(conn, parent.id, parent.name)
+
+    def heal_fanouts(self, limit: int = 100) -> int:
+        """The recovery sweep every worker's monitor runs; returns the parents resumed.
+
+        * Re-decides the fan-ins of waiting parents whose children are all terminal (the
+          decision normally happens in the last child's terminal transaction).
+        * Asks running children to stop whose fan-out was decided without them or whose
+          parent was cancelled: the decision skips rows another transaction holds, rather
+          than wait for them while it holds the parent's row.
+        """
+        child = jobs.alias("child")
+        parent = jobs.alias("parent")
+        busy = exists().where(
+            child.c.parent_id == jobs.c.id, child.c.status.not_in(TERMINAL_VALUES)
+        )
+        stalled_stmt = (
+            select(jobs.c.id, jobs.c.waiting_for)
+            .where(
+                jobs.c.status == Status.WAITING.value,
+                jobs.c.waiting_for.like("fanout:%"),
+                ~busy,
+            )
+            .limit(limit)
+        )
+        # Decided while this attempt ran (a child retried by hand later is left alone).
+        decided = exists().where(
+            checkpoints.c.job_id == jobs.c.parent_id,
+            checkpoints.c.name == jobs.c.fanout,
+            checkpoints.c.done.is_(True),
+            jobs.c.claimed_at <= checkpoints.c.finished_at,
+        )
+        cancelled = exists().where(
+            parent.c.id == jobs.c.parent_id, parent.c.status == Status.CANCELLED.value
+        )
+        orphans_stmt = (
+            select(jobs.c.id)
+            .where(
+                jobs.c.status == Status.RUNNING.value,
+                jobs.c.parent_id.is_not(None),
+                jobs.c.cancel_requested.is_(False),
+                decided | cancelled,
+            )
+            .limit(limit)
+        )
+        with self._read() as conn:
+            stalled = conn.execute(stalled_stmt).all()
+            orphans = conn.execute(orphans_stmt).scalars().all()
+        if orphans:
+
+            def stop(conn: Connection) -> None:
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id.in_(orphans), jobs.c.status == Status.RUNNING.value)
+                    .values(cancel_requested=True, updated_at=self.now())
+                )
+                self._request_cancel(conn)
+
+            self._retry_conflicts(stop)
+        resumed = 0
+        for row in stalled:
+            name = row.waiting_for[len("fanout:") :]
+            if self._retry_conflicts(lambda conn, r=row, n=name: self._decide_fanin(conn, r.id, n)):
+                resumed += 1
+        return resumed
+
+    # -- cancellation ------------------------------------------------------------------
+    def _cancel_tree(self, conn: Connection, ids: Sequence[str]) -> None:
+        """Cancel jobs and all their descendants: queued and waiting ones at once,
+        running ones by ``cancel_requested`` (they stop at their next step).
+
+        Running rows another transaction holds are skipped, not waited for: that
+        transaction may be a child's fan-in waiting for a parent row this one holds.
+        ``heal_fanouts`` asks them to stop a moment later.
+        """
+        now = self.now()
+        frontier = list(ids)
+        while frontier:
+            below: list[str] = []
+            for chunk in _chunks(frontier):
+                rows = conn.execute(
+                    select(jobs.c.id, jobs.c.status, jobs.c.cancel_requested).where(
+                        jobs.c.id.in_(chunk)
+                    )
+                ).all()
+                idle = [
+                    r.id for r in rows if r.status in (Status.QUEUED.value, Status.WAITING.value)
+                ]
+                if idle:
+                    conn.execute(
+                        update(jobs)
+                        .where(
+                            jobs.c.id.in_(idle),
+                            jobs.c.status.in_([Status.QUEUED.value, Status.WAITING.value]),
+                        )
+                        .values(
+                            status=Status.CANCELLED.value,
+                            cancel_requested=True,
+                            waiting_for=None,
+                            finished_at=now,
+                            updated_at=now,
+                            error="cancelled",
+                        )
+                    )
+                busy = [
+                    r.id
+                    for r in rows
+                    if r.status == Status.RUNNING.value and not r.cancel_requested
+                ]
+                if busy:
+                    free = (
+                        conn.execute(
+                            self.dialect.lock(
+                                select(jobs.c.id).where(
+                                    jobs.c.id.in_(busy), jobs.c.status == Status.RUNNING.value
+                                ),
+                                skip_locked=True,
+                            )
+                        )
+                        .scalars()
+                        .all()
+                    )
+                    if free:
+                        conn.execute(
+                            update(jobs)
+                            .where(jobs.c.id.in_(free))
+                            .values(cancel_requested=True, updated_at=now)
+                        )
+                        self._request_cancel(conn)
+                below += conn.execute(
+                    select(jobs.c.id).where(
+                        jobs.c.parent_id.in_(chunk), jobs.c.status.not_in(TERMINAL_VALUES)
+                    )
+                ).scalars()
+            frontier = below
+
+    # -- retries -----------------------------------------------------------------------
+    def _reopen_fanouts(self, conn: Connection, job_id: str, now: float) -> None:
+        fanouts = conn.execute(
+            select(checkpoints.c.name, checkpoints.c.done, checkpoints.c.value).where(
+                checkpoints.c.job_id == job_id, checkpoints.c.kind == "fanout"
+            )
+        ).all()
+        for cp in fanouts:
+            if cp.done and all(o["status"] == Status.SUCCEEDED.value for o in json.loads(cp.value)):
+                continue
+            conn.execute(
+                update(checkpoints)
+                .where(checkpoints.c.job_id == job_id, checkpoints.c.name == cp.name)
+                .values(done=False, value=None, finished_at=None)
+            )
+            kids = conn.execute(
+                select(jobs.c.id, jobs.c.status).where(
+                    jobs.c.parent_id == job_id, jobs.c.fanout == cp.name
+                )
+            ).all()
+            for kid in kids:
+                if kid.status in (Status.FAILED.value, Status.CANCELLED.value):
+                    self._reopen_fanouts(conn, kid.id, now)
+                    self._reset_job(conn, kid.id, now, fresh=False)
+                elif kid.status not in TERMINAL_VALUES:
+                    conn.execute(
+                        update(jobs).where(jobs.c.id == kid.id).values(cancel_requested=False)
+                    )

@@ -1,0 +1,349 @@
+"""The ends of an attempt: success, failure, a retry later, a release, an unclaim.
+
+A success may share its transaction with other threads' (group commit, see
+:mod:`.transactions`) and claim the worker's next jobs in it; a job made terminal
+decides its parent's fan-in in the same transaction (:meth:`FanoutQueries._after_terminal`).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, case, select, update
+from sqlalchemy.engine import Connection
+
+from ..schema import Status, jobs
+from .core import _FENCED, _FINISH_ATTEMPT, UNKNOWN, storable_text
+from .fanout import FanoutQueries
+from .jobs import ClaimedJob, JobQueries
+from .transactions import run_pieces
+
+
+@dataclass
+class _Success:
+    """A finish that a group may record together with others (see ``_run_group``)."""
+
+    job_id: str
+    token: str
+    attempt: int
+    result: str | None
+    claim: dict[str, Any] | None
+
+
+_FINISH = (
+    update(jobs)
+    .where(*_FENCED)
+    .values(
+        status=bindparam("f_status"),
+        result=bindparam("f_result"),
+        error=bindparam("f_error"),
+        traceback=bindparam("f_traceback"),
+        finished_at=bindparam("f_now"),
+        updated_at=bindparam("f_now"),
+        lease_token=None,
+        lease_expires_at=None,
+        failures=jobs.c.failures + bindparam("f_failed"),
+    )
+)
+
+
+class FinishQueries(JobQueries, FanoutQueries):
+    """Recording how an attempt ended; claims the next jobs in the same transaction."""
+
+    @functools.cached_property
+    def _finish_many(self) -> Any:
+        """Several successes as one statement, where possible (see ``_run_group``)."""
+        return self.dialect.finish_many_statement()
+
+    def finish_job(
+        self,
+        *,
+        job_id: str,
+        token: str,
+        attempt: int,
+        status: Status,
+        result: str | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+        outcome: str | None = None,
+    ) -> bool:
+        """Record a terminal status; False when the lease was lost (nothing written)."""
+        accepted, _ = self.finish_and_claim(
+            job_id=job_id,
+            token=token,
+            attempt=attempt,
+            status=status,
+            result=result,
+            error=error,
+            traceback=traceback,
+            outcome=outcome,
+        )
+        return accepted
+
+    def finish_and_claim(
+        self,
+        *,
+        job_id: str,
+        token: str,
+        attempt: int,
+        status: Status,
+        result: str | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+        outcome: str | None = None,
+        claim: dict[str, Any] | None = None,
+        parent_id: str | object | None = UNKNOWN,
+    ) -> tuple[bool, list[ClaimedJob]]:
+        """Record a terminal status and, in the same transaction, claim the next jobs.
+
+        ``claim`` (worker_id, queue, workflows, lease_seconds, and optionally ``limit``,
+        default 1) lets a worker thread that just finished a job take the next ones with
+        one commit instead of two.  Returns (accepted, the jobs claimed); nothing is
+        written or claimed when the lease was lost.
+        """
+        simple = status == Status.SUCCEEDED and parent_id is None and outcome is None
+        error, traceback = storable_text(error), storable_text(traceback)
+        return self._grouped(
+            lambda conn: self._finish_and_claim(
+                conn, job_id, token, attempt, status, result, error, traceback, outcome,
+                claim, parent_id,
+            ),
+            _Success(job_id, token, attempt, result, claim) if simple else None,
+            (job_id, attempt, outcome or status.value),
+        )  # fmt: skip
+
+    def finish_later(
+        self,
+        *,
+        job_id: str,
+        token: str,
+        attempt: int,
+        result: str | None,
+        done: Any,
+    ) -> None:
+        """Record a top-level job's success with the next group commit, without waiting.
+
+        A worker running short jobs back to back uses this so that many successes share
+        one commit.  ``done(accepted)`` is called once the success is committed (False:
+        the lease was lost, nothing written) or ``done(error)`` once it has failed.
+        """
+
+        def work(conn: Connection) -> tuple[bool, list[ClaimedJob]]:
+            return self._finish_and_claim(
+                conn, job_id, token, attempt, Status.SUCCEEDED, result, None, None, None,
+                None, None,
+            )  # fmt: skip
+
+        self._grouped_later(
+            work,
+            _Success(job_id, token, attempt, result, None),
+            lambda piece: done(piece.error if piece.error is not None else piece.result[0]),
+            (job_id, attempt, Status.SUCCEEDED.value),
+        )
+
+    def _run_group(self, conn: Connection, batch: list) -> None:
+        """Record the group's plain successes together and claim the next jobs they asked
+        for with one claim per queue; the other pieces run one by one.
+
+        Replaces the group-commit hook ``Transactions._run_group`` (the store's one
+        hook; it calls :func:`~.transactions.run_pieces` itself, never ``super()``).
+        """
+        successes = [r for r in batch if r.item is not None]
+        if len(successes) < 2:  # alone, the two plain statements cost less
+            run_pieces(conn, batch)
+            return
+        accepted = self._record_successes(conn, [r.item for r in successes])
+        wanting: dict[tuple, list] = {}
+        for request in successes:
+            item = request.item
+            request.result = (item.job_id in accepted, [])
+            if item.job_id in accepted and item.claim is not None:
+                claim = item.claim
+                key = (claim["worker_id"], claim["queue"], tuple(claim["workflows"]))
+                wanting.setdefault(key, []).append(request)
+        for (worker_id, queue, workflows), requests in wanting.items():
+            limits = [r.item.claim.get("limit", 1) for r in requests]
+            plan = self._claim_plan(queue, workflows, min(sum(limits), self.dialect.claim_batch))
+            lease = requests[0].item.claim["lease_seconds"]
+            claimed = self._claim(conn, plan, worker_id, lease)
+            for request, limit in zip(requests, limits, strict=True):  # claimed may be fewer
+                request.result = (True, claimed[:limit])
+                claimed = claimed[limit:]
+        run_pieces(conn, [r for r in batch if r.item is None])
+
+    def _record_successes(self, conn: Connection, items: list[_Success]) -> set[str]:
+        """Mark several jobs succeeded, fenced by their lease tokens, and write their
+        attempt rows; returns the ids accepted.  One statement where the database allows
+        (PostgreSQL), else one batched statement for the jobs and one for the attempts."""
+        now = self.now()
+        if self._finish_many is not None:
+            batch = dict(
+                b_ids=[i.job_id for i in items],
+                b_tokens=[i.token for i in items],
+                b_results=[i.result for i in items],
+                b_attempts=[i.attempt for i in items],
+                b_now=now,
+            )
+            return {row.job_id for row in self._run(conn, self._finish_many, batch).all()}
+        finished = self._run(
+            conn,
+            _FINISH,
+            [
+                dict(
+                    f_id=i.job_id,
+                    f_token=i.token,
+                    f_now=now,
+                    f_status=Status.SUCCEEDED.value,
+                    f_result=i.result,
+                    f_error=None,
+                    f_traceback=None,
+                    f_failed=0,
+                )
+                for i in items
+            ],
+        )
+        if finished.rowcount != len(items):
+            # Some leases were lost: the accepted jobs are the ones this batch finished.
+            ids = [i.job_id for i in items]
+            done = select(jobs.c.id).where(
+                jobs.c.id.in_(ids), jobs.c.finished_at == now, jobs.c.lease_token.is_(None)
+            )
+            kept = set(conn.execute(done).scalars())
+            items = [i for i in items if i.job_id in kept]
+            if not items:
+                return set()
+        self._run(
+            conn,
+            _FINISH_ATTEMPT,
+            [
+                dict(
+                    a_job=i.job_id,
+                    a_attempt=i.attempt,
+                    a_outcome=Status.SUCCEEDED.value,
+                    a_now=now,
+                    a_error=None,
+                    a_traceback=None,
+                )
+                for i in items
+            ],
+        )
+        return {i.job_id for i in items}
+
+    def _finish_and_claim(
+        self,
+        conn: Connection,
+        job_id: str,
+        token: str,
+        attempt: int,
+        status: Status,
+        result: str | None,
+        error: str | None,
+        traceback: str | None,
+        outcome: str | None,
+        claim: dict[str, Any] | None,
+        parent_id: str | object | None,
+    ) -> tuple[bool, list[ClaimedJob]]:
+        now = self.now()
+        fenced = self._run(
+            conn,
+            _FINISH,
+            dict(
+                f_id=job_id,
+                f_token=token,
+                f_now=now,
+                f_status=status.value,
+                f_result=result,
+                f_error=error,
+                f_traceback=traceback,
+                f_failed=1 if status == Status.FAILED else 0,
+            ),
+        )
+        if fenced.rowcount != 1:
+            return False, []
+        self._finish_attempt(conn, job_id, attempt, outcome or status.value, error, traceback)
+        self._after_terminal(conn, job_id, parent_id)
+        if claim is None:
+            return True, []
+        limit = min(claim.get("limit", 1), self.dialect.claim_batch)
+        plan = self._claim_plan(claim["queue"], tuple(claim["workflows"]), limit)
+        return True, self._claim(conn, plan, claim["worker_id"], claim["lease_seconds"])
+
+    def retry_job_later(
+        self,
+        *,
+        job_id: str,
+        token: str,
+        attempt: int,
+        run_at: float,
+        error: str,
+        traceback: str | None,
+        outcome: str = "failed",
+    ) -> bool:
+        """Put a failed attempt's job back in the queue to run at ``run_at``."""
+        error, traceback = storable_text(error), storable_text(traceback)
+        with self._write() as conn:
+            if not self._fence(
+                conn,
+                job_id,
+                token,
+                status=Status.QUEUED.value,
+                run_at=run_at,
+                error=error,
+                traceback=traceback,
+                lease_token=None,
+                lease_expires_at=None,
+                failures=jobs.c.failures + 1,
+            ):
+                return False
+            self._finish_attempt(conn, job_id, attempt, outcome, error, traceback)
+        return True
+
+    def release_job(
+        self,
+        *,
+        job_id: str,
+        token: str,
+        attempt: int,
+        run_at: float | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Give a running job back to the queue without counting a failure (a graceful
+        stop, or the database failing under the run: ``run_at`` delays the next run and
+        ``error`` says why on the attempt row)."""
+        error = storable_text(error)
+        with self._write() as conn:
+            if not self._fence(
+                conn,
+                job_id,
+                token,
+                status=Status.QUEUED.value,
+                run_at=self.now() if run_at is None else run_at,
+                lease_token=None,
+                lease_expires_at=None,
+            ):
+                return False
+            self._finish_attempt(conn, job_id, attempt, "released", error)
+        return True
+
+    def unclaim_job(self, *, job_id: str, token: str, cancel: bool = False) -> bool:
+        """Undo the claim of a job that never started (claimed ahead by a worker): back
+        to the queue, or cancelled when ``cancel``, as if never claimed (no attempt)."""
+        now = self.now()
+        values: dict[str, Any] = dict(
+            attempts=jobs.c.attempts - 1,
+            started_at=case((jobs.c.attempts == 1, None), else_=jobs.c.started_at),
+            lease_token=None,
+            lease_expires_at=None,
+        )
+        if cancel:
+            values.update(status=Status.CANCELLED.value, finished_at=now, error="cancelled")
+        else:
+            values.update(status=Status.QUEUED.value)
+        with self._write() as conn:
+            if not self._fence(conn, job_id, token, **values):
+                return False
+            if cancel:
+                self._after_terminal(conn, job_id)
+        return True

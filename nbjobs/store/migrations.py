@@ -1,0 +1,72 @@
+"""Migrations: the schema created, or moved forward one version at a time; never destroyed.
+
+``SCHEMA_VERSION`` (in :mod:`nbjobs.schema`) is the version this nbjobs writes; a
+database at an older version is upgraded by ``MIGRATIONS[n]`` for each version ``n`` up
+to it, inside one transaction under the dialect's migration lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Column, Index, MetaData, String, Table, insert, select, update
+from sqlalchemy.engine import Connection
+
+from .. import dialects
+from ..errors import ConfigurationError
+from ..schema import DUE_INDEX, SCHEMA_VERSION, TREE_INDEX, meta, metadata, new_token
+
+
+def _migrate_to_2(conn: Connection, dialect: dialects.Dialect) -> None:
+    """Version 2 replaces the (status, queue, run_at) index of every queued job with
+    ``ix_nbjobs_jobs_due``, which holds only the queued jobs not yet due."""
+    old = Table("nbjobs_jobs", MetaData(), Column("status", String(16)))
+    dialect.drop_index(conn, Index("ix_nbjobs_jobs_delayed", old.c.status))
+    DUE_INDEX.create(conn, checkfirst=True)
+
+
+def _migrate_to_3(conn: Connection, dialect: dialects.Dialect) -> None:
+    """Version 3 replaces the index of every job's ``root_id`` with
+    ``ix_nbjobs_jobs_tree``, which holds fan-out children only."""
+    old = Table("nbjobs_jobs", MetaData(), Column("root_id", String(40)))
+    dialect.drop_index(conn, Index("ix_nbjobs_jobs_root", old.c.root_id))
+    TREE_INDEX.create(conn, checkfirst=True)
+
+
+#: A meta row changed whenever finished jobs stop being finished (a retry) or are deleted.
+EPOCH_KEY = "finished_epoch"
+
+
+# Forward migrations: MIGRATIONS[n] takes a database from version n-1 to n.
+MIGRATIONS: dict[int, Callable[[Connection, dialects.Dialect], None]] = {
+    2: _migrate_to_2,
+    3: _migrate_to_3,
+}
+
+
+def prepare(conn: Connection, dialect: dialects.Dialect) -> int | None:
+    """Create what is missing (tables, indexes, meta rows) in ``conn``'s transaction;
+    returns the schema version the database had (None: no tables yet)."""
+    metadata.create_all(conn, checkfirst=True)
+    dialect.after_create(conn)
+    version = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+    if conn.execute(select(meta.c.key).where(meta.c.key == EPOCH_KEY)).first() is None:
+        conn.execute(insert(meta).values(key=EPOCH_KEY, value=new_token()))
+    return None if version is None else int(version)
+
+
+def upgrade(conn: Connection, dialect: dialects.Dialect, found: int | None, safe_url: str) -> int:
+    """Bring a database at version ``found`` to ``SCHEMA_VERSION``, refusing a newer one;
+    returns the version now."""
+    if found is None:
+        conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+        return SCHEMA_VERSION
+    if found > SCHEMA_VERSION:
+        raise ConfigurationError(
+            f"the database at {safe_url} has nbjobs schema version {found}, "
+            f"newer than this nbjobs ({SCHEMA_VERSION}); upgrade nbjobs"
+        )
+    for target in range(found + 1, SCHEMA_VERSION + 1):
+        MIGRATIONS[target](conn, dialect)
+        conn.execute(update(meta).where(meta.c.key == "schema_version").values(value=str(target)))
+    return SCHEMA_VERSION
