@@ -37,6 +37,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import panel as pn
+from panel.io.state import set_curdoc
 
 if TYPE_CHECKING:
     from .dashboard import Dashboard
@@ -125,15 +126,18 @@ class InlineStylesheets(dict):
         return self._inline(super().__getitem__(url))
 
 
+def documents(*refs: str) -> list[Any]:
+    """The Bokeh documents of the rendered views ``refs`` (root ids) still known to Panel."""
+    from panel.io.state import state
+
+    return [view[2] for ref in refs if (view := state._views.get(ref)) is not None]
+
+
 def inline_stylesheets(*refs: str) -> None:
     """Serve Panel's CSS inline to the notebook documents of the views ``refs`` (root ids)."""
     from panel.io.state import state
 
-    for ref in refs:
-        view = state._views.get(ref)
-        if view is None:
-            continue
-        doc = view[2]
+    for doc in documents(*refs):
         cache = state._stylesheets.get(doc)
         if not isinstance(cache, InlineStylesheets):
             state._stylesheets[doc] = InlineStylesheets(cache or {})
@@ -228,8 +232,14 @@ class NotebookRefresher:
                     log.debug("dashboard %s is no longer shown: its refresh ends", dashboard.name)
                     dashboard.stop()
                 elif now - dashboard.refreshed_at >= dashboard.period_ms / 1000 - TICK_SECONDS / 2:
-                    inline_stylesheets(*dashboard.views_shown())
-                    dashboard.refresh()
+                    views = dashboard.views_shown()
+                    inline_stylesheets(*views)
+                    # Panel looks up the stylesheets of an update in the cache of its
+                    # current document, which a callback outside a server session has not
+                    # set (an empty cache: CDN addresses); make it the dashboard's own.
+                    docs = documents(*views)
+                    with set_curdoc(docs[0] if docs else None):
+                        dashboard.refresh()
             except Exception:
                 # One failing dashboard must not end the refresh of the others (an
                 # exception would end Panel's periodic task for good).
