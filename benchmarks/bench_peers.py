@@ -46,6 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_backends import cell  # noqa: E402
 from benchmarks.peers import SYSTEMS, measure  # noqa: E402
 
 log = logging.getLogger("bench_peers")
@@ -185,15 +186,6 @@ def limits() -> dict[tuple[str, str, str], Limit]:
             ">= 8,000 jobs/s", lambda rate: rate >= 8000
         ),
     }
-
-
-def cell(values: list[float]) -> str:
-    """The median, with the range when there are several rounds."""
-    digits = 1 if max(values) < 100 else 0
-    text = f"{statistics.median(values):,.{digits}f}"
-    if len(values) > 1:
-        text += f" ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
-    return text
 
 
 def median_of(figure: Figure | None) -> float | None:
