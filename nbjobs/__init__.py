@@ -10,15 +10,16 @@ from .errors import (
     JobFailed,
     JobTimeout,
     NbjobsError,
+    ResultTimeout,
     SerializationError,
     SignalTimeout,
     UnknownJob,
     WorkerLost,
 )
-from .handle import JobHandle, ResultTimeout
+from .handle import JobHandle
+from .runtime.callstate import CallState
 from .schema import Status
 from .strategies import CollectAll, FailFast, Outcome, Threshold
-from .workflow import CallState
 
 __version__ = "0.1.0"
 

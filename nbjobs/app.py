@@ -6,10 +6,6 @@ import contextlib
 import inspect
 import logging
 import os
-import socket
-import sys
-import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,103 +13,34 @@ from typing import Any
 from . import dialects
 from .clock import Clock, to_datetime
 from .codec import Codec
-from .errors import ConfigurationError, SerializationError
-from .execution import Execution, jittered_backoff
-from .handle import JobHandle, ResultTimeout
-from .schedules import Schedules
+from .errors import ConfigurationError
+from .handle import JobHandle
+from .options import Options
+from .runtime.context import Runtime, Settings
+from .runtime.engine import Engine, warn_user
+from .runtime.registry import check_call_state_parameter, default_workflow_name
+from .runtime.scheduler import Scheduler
 from .schema import Status
 from .store import Store
-from .store.workers import runner_problem
-from .validation import check_name as _check_name
-from .validation import check_number, check_time
-from .waits import Waits
-from .worker import Worker, _LoopThread
-from .workflow import Options, Workflow
+from .validation import check_name, check_number, check_purge
+from .workflow import Workflow
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite:///nbjobs.db"
-#: How long a submitter trusts what it last read of the live workers (which queues and
-#: workflows they serve) before it reads the registry again: the "no worker will run
-#: this job" warning costs at most one query per this many seconds.
-RUNNERS_TTL_SECONDS = 5.0
-#: ``h.result()`` without a timeout says after this long why nothing may run the job.
-RESULT_HINT_SECONDS = 5.0
 
 # Apps of this process, so that re-running ``app = App(); app.start()`` in a notebook
 # stops the worker of the App object that cell made before (and its old definitions).
 _apps: weakref.WeakSet[App] = weakref.WeakSet()
 
 
-def default_workflow_name(func: Callable[..., Any]) -> str:
-    """``module.qualname`` for a function of an importable module; the bare ``qualname``
-    in a notebook or a script (``__main__``: a worker importing the script under its
-    module name matches its jobs by the bare name, see :meth:`App.get_workflow`)."""
-    qualname = getattr(func, "__qualname__", None)
-    if not isinstance(qualname, str):
-        raise ConfigurationError(f"cannot name the workflow {func!r}: pass name=...")
-    if getattr(func, "__name__", None) == "<lambda>":
-        raise ConfigurationError(
-            "a lambda workflow needs an explicit name (lambdas would all be '<lambda>'): "
-            "app.workflow(lambda cs, x: ..., name='square')"
-        )
-    module = getattr(func, "__module__", None)
-    if module in (None, "__main__", "__mp_main__") or module not in sys.modules:
-        return qualname
-    return f"{module}.{qualname}"
-
-
-_START_HINT = (
-    "Start a worker in this process with app.start(), or run `nbjobs worker module:app` "
-    "where the module registers this workflow and its queue."
-)
-
-
-def _warn_user(message: str) -> None:
-    """Log ``message`` and show it as a ``UserWarning`` at the caller's line (a cell)."""
-    import warnings
-
-    log.warning("%s", message)
-    frame, level = sys._getframe(1), 2
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("nbjobs."):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, UserWarning, stacklevel=level)
-
-
-def _definition(func: Callable[..., Any]) -> tuple[Any, Any]:
-    """What makes two functions one definition: a re-run cell or a reloaded module
-    defines a new function object with the same module and qualname."""
-    return getattr(func, "__module__", None), getattr(func, "__qualname__", None)
-
-
-def _describe(func: Callable[..., Any]) -> str:
-    module, qualname = _definition(func)
-    return f"{module}.{qualname}" if module else repr(func)
-
-
-def _claim_names(registry: dict[str, Workflow]) -> tuple[str, ...]:
-    aliases = [wf.alias for wf in registry.values() if wf.alias and wf.alias not in registry]
-    unique = [a for a in aliases if aliases.count(a) == 1]
-    return (*registry, *unique)
-
-
-def _check_call_state_parameter(name: str, func: Callable[..., Any]) -> None:
-    """Refuse at decoration a function that cannot take the call state first."""
-    try:
-        parameters = list(inspect.signature(func).parameters.values())
-    except (TypeError, ValueError):
-        return  # a builtin or an odd callable: let the run tell
-    positional = (
-        inspect.Parameter.POSITIONAL_ONLY,
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        inspect.Parameter.VAR_POSITIONAL,
+def _setting(name: str) -> property:
+    """A read-only App attribute for one of its settings (they are fixed at ``App(...)``:
+    the engine read them when it was made)."""
+    return property(
+        lambda app: getattr(app.runtime.settings, name),
+        doc=f"``{name}``, as given to ``App(...)`` (read-only).",
     )
-    if not parameters or parameters[0].kind not in positional:
-        raise ConfigurationError(
-            f"workflow {name!r} must take the call state as its first parameter, e.g. "
-            f"def {getattr(func, '__name__', 'fn')}(cs, ...): it makes the durable steps "
-            "(cs.checkpoint)"
-        )
 
 
 class App:
@@ -179,41 +106,38 @@ class App:
         # which read only the names it knew).
         dialects.check_options(database_options, also=_APP_OPTIONS)
         self.codec = Codec(serializer, max_payload_bytes=max_payload_bytes)
-        self.retention_seconds = None if retention_seconds is None else float(retention_seconds)
-        self._retention_next_at = 0.0
         self.clock = clock or Clock()
-        self.heartbeat_seconds = float(heartbeat_seconds)
-        self.stale_after_seconds = float(stale_after_seconds)
-        self.max_reclaims = max_reclaims
-        self.poll_seconds = float(poll_seconds)
-        self.retry_backoff_seconds = float(retry_backoff_seconds)
-        self.retry_backoff_max_seconds = float(retry_backoff_max_seconds)
         # An explicit "" is a mistake to report, not a request for the default file.
         self.url = url if url is not None else os.environ.get("NBJOBS_URL") or DEFAULT_URL
         self.store = Store(self.url, clock=self.clock, **database_options)
-        self._registry: dict[str, Workflow] = {}
-        #: The workflow names this App's worker claims: the registered names, and the
-        #: bare qualname of a module-qualified one when no other workflow has it.
-        self._claim_names: tuple[str, ...] = ()
-        self._registry_lock = threading.Lock()
-        self._worker: Worker | None = None
-        self._finished = threading.Condition()
-        self._finished_generation = 0
-        self._inline_id = f"{socket.gethostname()}:{os.getpid()}:inline"
-        self._inline: dict[str, Execution] = {}
-        self._inline_monitor: threading.Thread | None = None
-        self._inline_loop: _LoopThread | None = None
-        self._waits = Waits(self)
-        self._schedules = Schedules(self)
+        settings = Settings(
+            heartbeat_seconds=float(heartbeat_seconds),
+            stale_after_seconds=float(stale_after_seconds),
+            max_reclaims=max_reclaims,
+            poll_seconds=float(poll_seconds),
+            retry_backoff_seconds=float(retry_backoff_seconds),
+            retry_backoff_max_seconds=float(retry_backoff_max_seconds),
+            retention_seconds=None if retention_seconds is None else float(retention_seconds),
+        )
+        #: What the engine gets instead of the App (see :mod:`nbjobs.runtime.context`).
+        self.runtime = Runtime(self.store, self.codec, self.clock, settings)
+        self._engine = Engine(self.runtime)
+        self._schedules = Scheduler(self.runtime)
         self._closed = False
-        self._runners: dict[str, tuple[set, set]] = {}
-        self._runners_at = float("-inf")
-        self._warned_unrunnable: set[tuple[str, str]] = set()
         _apps.add(self)
 
+    heartbeat_seconds = _setting("heartbeat_seconds")
+    stale_after_seconds = _setting("stale_after_seconds")
+    max_reclaims = _setting("max_reclaims")
+    poll_seconds = _setting("poll_seconds")
+    retry_backoff_seconds = _setting("retry_backoff_seconds")
+    retry_backoff_max_seconds = _setting("retry_backoff_max_seconds")
+    retention_seconds = _setting("retention_seconds")
+
     def __repr__(self) -> str:
-        state = "running" if self._worker and self._worker.alive else "stopped"
-        return f"<nbjobs.App {self.store.safe_url} worker={state} workflows={len(self._registry)}>"
+        state = "running" if self._engine.working else "stopped"
+        workflows = len(self.runtime.registry.names())
+        return f"<nbjobs.App {self.store.safe_url} worker={state} workflows={workflows}>"
 
     # -- workflows ---------------------------------------------------------------------
     def workflow(
@@ -243,28 +167,17 @@ class App:
         def register(func: Callable[..., Any]) -> Workflow:
             if not callable(func):
                 raise ConfigurationError(f"@app.workflow needs a function, got {func!r}")
-            wf_name = _check_name(
+            wf_name = check_name(
                 "workflow name", default_workflow_name(func) if name is None else name
             )
-            _check_call_state_parameter(wf_name, func)
-            wf = Workflow(self, func, wf_name, defaults)
+            check_call_state_parameter(wf_name, func)
+            wf = Workflow(self._engine, func, wf_name, defaults)
             if name is None and wf_name != func.__qualname__:
                 wf.alias = func.__qualname__
-            with self._registry_lock:
-                old = self._registry.get(wf_name)
-                if old is not None and _definition(old.fn) != _definition(func):
-                    raise ConfigurationError(
-                        f"workflow name {wf_name!r} is taken by {_describe(old.fn)}; "
-                        f"register {_describe(func)} under another name with name=..."
-                    )
-                self._registry[wf_name] = wf
-                self._claim_names = _claim_names(self._registry)
-            if old is not None and old.fingerprint != wf.fingerprint:
-                log.info("workflow %r redefined; new claims use the new code", wf_name)
+            old = self.runtime.registry.add(wf)
             if old is None or old.fingerprint != wf.fingerprint:
                 self._warn_changed_code(wf)
-            if self._worker is not None and self._worker.alive:
-                self._worker.registered(wf)
+            self._engine.registered(wf)
             return wf
 
         if fn is not None:
@@ -277,7 +190,7 @@ class App:
         if not count:
             return
         shown = ", ".join(ids) + (f" and {count - len(ids)} more" if count > len(ids) else "")
-        _warn_user(
+        warn_user(
             f"workflow {wf.name!r} changed while {count} of its runs are unfinished ({shown}). "
             "Choose for each: let it resume with the new code (do nothing; finished steps "
             "are replayed from their checkpoints), re-run from a step with "
@@ -286,240 +199,21 @@ class App:
         )
 
     def workflow_names(self) -> list[str]:
-        with self._registry_lock:
-            return list(self._registry)
+        return self.runtime.registry.names()
 
     def get_workflow(self, name: str) -> Workflow:
         """The workflow registered as ``name``, or (for jobs submitted under the bare
         ``qualname``: from a script's ``__main__``, or by nbjobs before 0.x made default
         names module-qualified) the one workflow whose ``qualname`` that is."""
-        with self._registry_lock:
-            wf = self._registry.get(name)
-            if wf is None and name in self._claim_names:
-                wf = next(w for w in self._registry.values() if w.alias == name)
-        if wf is None:
-            raise ConfigurationError(f"no workflow named {name!r} is registered")
-        return wf
-
-    # -- submitting --------------------------------------------------------------------
-    def _encode_input(self, workflow: Workflow, args: tuple, kwargs: dict) -> str:
-        try:
-            return self.codec.dumps({"args": list(args), "kwargs": kwargs})
-        except SerializationError as exc:
-            raise SerializationError(
-                f"cannot submit {workflow.name!r}: an argument cannot be stored: {exc}"
-            ) from None
-
-    def _job_fields(self, workflow: Workflow, args: tuple, kwargs: dict, options: Options) -> dict:
-        opts = workflow.defaults.merged(options)
-        run_at = None
-        if opts.run_at is not None:
-            run_at = check_time("run_at", opts.run_at)
-        elif opts.delay:
-            run_at = self.clock.now() + opts.delay
-        return dict(
-            workflow=workflow.name,
-            input=self._encode_input(workflow, args, kwargs),
-            queue=opts.queue or "default",
-            priority=opts.priority or 0,
-            run_at=run_at,
-            key=opts.key,
-            max_retries=opts.retries or 0,
-            timeout_seconds=opts.timeout,
-            steps_expected=opts.steps,
-            code_fingerprint=workflow.fingerprint,
-        )
-
-    def _submit(self, workflow: Workflow, args: tuple, kwargs: dict, options: Options) -> JobHandle:
-        if self._worker is None:  # a worker's monitor keeps the clock measured
-            self.store.sync_clock_if_stale()
-        fields = self._job_fields(workflow, args, kwargs, options)
-        job_id, _created = self.store.enqueue_job(**fields)
-        if self._worker is not None:
-            self._worker.submitted(fields["queue"])
-        self._warn_if_unrunnable(job_id, workflow.name, fields["queue"])
-        return JobHandle(self, job_id)
-
-    def _runner_problem(self, workflow: str, queue: str, *, fresh: bool = False) -> str | None:
-        """Why no live worker will run a job of ``workflow`` in ``queue``; None if one will.
-
-        This process's own worker answers without a query; otherwise the registry is
-        read at most every ``RUNNERS_TTL_SECONDS`` (``fresh`` reads it now).
-        """
-        worker = self._worker
-        local = worker is not None and worker.alive and queue in worker.queues
-        if local and workflow in self._claim_names:
-            return None
-        now = time.monotonic()
-        if fresh or now - self._runners_at >= RUNNERS_TTL_SECONDS:
-            self._runners = self.store.live_worker_capabilities(
-                alive_within=2 * self.stale_after_seconds
-            )
-            self._runners_at = now
-        return runner_problem(workflow, queue, self._runners)
-
-    def _warn_if_unrunnable(self, job_id: str, workflow: str, queue: str) -> None:
-        """Warn (once per workflow and queue) when no live worker will run the job."""
-        if (workflow, queue) in self._warned_unrunnable:
-            return
-        try:
-            problem = self._runner_problem(workflow, queue)
-        except Exception:
-            log.debug("could not read the worker registry", exc_info=True)
-            return
-        if problem is None:
-            return
-        self._warned_unrunnable.add((workflow, queue))
-        _warn_user(
-            f"job {job_id} of workflow {workflow!r} waits in queue {queue!r}: {problem}. "
-            f"{_START_HINT}"
-        )
-
-    def _wake_workers(self) -> None:
-        if self._worker is not None:
-            self._worker.wake()
-
-    def _run_inline(self, workflow: Workflow, args: tuple, kwargs: dict, options: Options) -> Any:
-        """``wf.run``: a durable job executed in the calling thread, retries included."""
-        claim, job_id = self.store.enqueue_running(
-            worker_id=self._inline_id,
-            lease_seconds=self.stale_after_seconds,
-            **self._job_fields(workflow, args, kwargs, options),
-        )
-        handle = JobHandle(self, job_id)
-        while True:
-            if claim is not None:
-                self._run_execution_here(Execution(self, claim, workflow))
-            row = self.store.get_job(job_id)
-            if row.status != Status.QUEUED.value or row.workflow != workflow.name:
-                break
-            # A retry with backoff, or the queued job an idempotency key named: run it
-            # here when it is due, unless a worker takes it first.
-            self.clock.wait(threading.Event(), max(0.0, (row.run_at or 0) - self.clock.now()))
-            claim = self.store.claim_job(
-                job_id, worker_id=self._inline_id, lease_seconds=self.stale_after_seconds
-            )
-        return handle.result()
-
-    def _run_execution_here(self, execution: Execution) -> None:
-        self._inline[execution.job.id] = execution
-        self._ensure_inline_monitor()
-        try:
-            if execution.workflow.is_async:
-                # Never the caller's loop: a notebook's loop is already running.
-                if self._inline_loop is None:
-                    self._inline_loop = _LoopThread("nbjobs-inline-loop")
-                import asyncio
-
-                asyncio.run_coroutine_threadsafe(
-                    execution.run_async(), self._inline_loop.loop
-                ).result()
-            else:
-                execution.run_sync()
-        finally:
-            self._inline.pop(execution.job.id, None)
-            self._job_finished()
-
-    def _ensure_inline_monitor(self) -> None:
-        if self._inline_monitor is not None and self._inline_monitor.is_alive():
-            return
-
-        def beat() -> None:
-            stop = threading.Event()
-            while self._inline:
-                held = {j: x.token for j, x in list(self._inline.items()) if not x.lost}
-                try:
-                    now = self.clock.now()
-                    for x in list(self._inline.values()):
-                        if x.deadline is not None and now >= x.deadline:
-                            x.expire()
-                    lost, cancel = self.store.heartbeat(
-                        worker_id=self._inline_id, held=held, lease_seconds=self.stale_after_seconds
-                    )
-                    for job_id in lost:
-                        if job_id in self._inline:
-                            self._inline[job_id].mark_lost()
-                    for job_id in cancel:
-                        if job_id in self._inline:
-                            self._inline[job_id].request_cancel()
-                except Exception:
-                    log.exception("inline heartbeat failed")
-                self.clock.wait(stop, min(self.heartbeat_seconds, 0.5))
-
-        self._inline_monitor = threading.Thread(target=beat, name="nbjobs-inline-beat", daemon=True)
-        self._inline_monitor.start()
-
-    # -- waiting for results -----------------------------------------------------------
-    def _job_finished(self) -> None:
-        with self._finished:
-            self._finished_generation += 1
-            self._finished.notify_all()
-
-    def _wait_for(self, handle: JobHandle, timeout: float | None) -> Any:
-        check_number("timeout", timeout, 0, optional=True)
-        started = time.monotonic()
-        deadline = None if timeout is None else started + timeout
-        hinted = timeout is not None
-        pause = 0.002
-        while True:
-            generation = self._finished_generation
-            done, value = handle._outcome()
-            if done:
-                return value
-            wait = pause
-            now = time.monotonic()
-            if deadline is not None:
-                remaining = deadline - now
-                if remaining <= 0:
-                    raise ResultTimeout(self._timeout_message(handle, timeout))
-                wait = min(wait, remaining)
-            elif not hinted and now - started >= RESULT_HINT_SECONDS:
-                hinted = True
-                self._hint_waiting(handle)
-            with self._finished:
-                if self._finished_generation == generation:
-                    self._finished.wait(wait)
-            pause = min(pause * 1.5, 0.1)
-
-    def _timeout_message(self, handle: JobHandle, timeout: float | None) -> str:
-        """``ResultTimeout``'s text: whether any live worker will run the job, and what to do."""
-        message = f"job {handle.id} did not finish within {timeout} s"
-        try:
-            row = self.store.get_job(handle.id)
-            problem = self._runner_problem(row.workflow, row.queue, fresh=True)
-        except Exception:
-            return message
-        if problem is not None:
-            return f"{message}: it is {row.status} and {problem}. {_START_HINT}"
-        return (
-            f"{message}: it is {row.status}; a live worker serves workflow {row.workflow!r} "
-            f"on queue {row.queue!r}"
-        )
-
-    def _hint_waiting(self, handle: JobHandle) -> None:
-        """``h.result()`` has waited a while: say so when no live worker will run the job."""
-        try:
-            row = self.store.get_job(handle.id)
-            if row.status != Status.QUEUED.value:
-                return
-            problem = self._runner_problem(row.workflow, row.queue, fresh=True)
-        except Exception:
-            return
-        if problem is not None:
-            log.warning(
-                "still waiting for job %s (%s, queue %r): %s. %s",
-                handle.id,
-                row.workflow,
-                row.queue,
-                problem,
-                _START_HINT,
-            )
+        workflow = self.runtime.registry.get(name)
+        assert isinstance(workflow, Workflow)  # the App registers only Workflows
+        return workflow
 
     # -- jobs --------------------------------------------------------------------------
     def job(self, job_id: str) -> JobHandle:
         """The handle of an existing job (raises ``UnknownJob``)."""
         self.store.job_status(job_id)
-        return JobHandle(self, job_id)
+        return JobHandle(self._engine, job_id)
 
     def jobs(
         self,
@@ -532,7 +226,7 @@ class App:
         from .display import JobList
 
         rows = self._list_jobs(status, workflow, queue, limit)
-        return JobList(JobHandle(self, r.id) for r in rows)
+        return JobList(JobHandle(self._engine, r.id) for r in rows)
 
     def _list_jobs(
         self, status: str | None, workflow: str | None, queue: str | None, limit: int
@@ -543,9 +237,9 @@ class App:
                 f"unknown status {status!r}; one of {', '.join(s.value for s in Status)}"
             )
         if workflow is not None:
-            _check_name("workflow", workflow)
+            check_name("workflow", workflow)
         if queue is not None:
-            _check_name("queue", queue)
+            check_name("queue", queue)
         check_number("limit", limit, 1, integer=True)
         return self.store.list_jobs(status=status, workflow=workflow, queue=queue, limit=limit)
 
@@ -602,9 +296,7 @@ class App:
         and no job of it is unfinished, so a child is never orphaned.  Deletes in
         transactions of ``batch_size`` trees; returns the number of jobs deleted.
         """
-        from .retention import purge_arguments
-
-        cutoff, statuses = purge_arguments(self.clock.now(), older_than, status)
+        cutoff, statuses = check_purge(self.clock.now(), older_than, status)
         check_number("batch_size", batch_size, 1, integer=True)
         deleted, _ = self.store.purge_jobs(
             finished_before=cutoff, statuses=statuses, batch_size=batch_size
@@ -613,23 +305,11 @@ class App:
 
     def cancel(self, job_id: str) -> str:
         """Cancel a job; returns its status after the request."""
-        status = self.store.cancel_job(job_id)
-        for execution in self._local_executions():
-            if execution.job.id == job_id:
-                execution.request_cancel()
-        self._wake_workers()
-        return status
-
-    def _local_executions(self) -> list[Execution]:
-        running = list(self._inline.values())
-        if self._worker is not None:
-            running += list(self._worker.running.values())
-        return running
+        return self._engine.cancel(job_id)
 
     def signal(self, job_id: str, name: str, payload: Any = None) -> None:
         """Send a signal to a job (buffered FIFO until ``cs.wait_signal`` consumes it)."""
-        self._waits.send_signal(job_id, name, payload)
-        self._wake_workers()
+        self._engine.signal(job_id, name, payload)
 
     # -- workers -----------------------------------------------------------------------
     def start(self, concurrency: int = 4, queues: list[str] | str | None = None) -> App:
@@ -639,12 +319,13 @@ class App:
         if isinstance(queues, str):
             queues = [q.strip() for q in queues.split(",") if q.strip()]
         if queues is not None:
-            queues = [_check_name("queue", q) for q in queues]
-        if self._worker is not None and self._worker.alive:
-            worker = self._worker
+            queues = [check_name("queue", q) for q in queues]
+        if self._engine.working:
+            worker = self._engine.worker
+            assert worker is not None
             asked = list(queues) if queues else None
             if concurrency != worker.concurrency or (asked and asked != worker.queues):
-                _warn_user(
+                warn_user(
                     f"the worker of this App is running already (concurrency "
                     f"{worker.concurrency}, queues {', '.join(worker.queues)}); "
                     f"start(concurrency={concurrency}"
@@ -654,19 +335,16 @@ class App:
             return self
         for other in list(_apps):
             same_db = other is not self and other.store.url == self.store.url
-            if same_db and other._worker is not None and other._worker.alive:
+            if same_db and other._engine.working:
                 log.warning("stopping the worker of an earlier App on the same database")
                 other.stop()
-        self._worker = Worker(self, concurrency=concurrency, queues=queues)
-        self._worker.start()
+        self._engine.start(concurrency, queues)
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the worker: running jobs get ``timeout`` s to finish, then are released."""
         check_number("timeout", timeout, 0)
-        if self._worker is not None:
-            worker, self._worker = self._worker, None
-            worker.stop(timeout)
+        self._engine.stop(timeout)
 
     @contextlib.contextmanager
     def running(self, concurrency: int = 4, queues: list[str] | str | None = None) -> Iterator[App]:
@@ -693,7 +371,7 @@ class App:
 
     def pause_queue(self, queue: str) -> None:
         """Hold a queue: no worker anywhere claims its jobs until ``resume_queue``."""
-        self.store.set_queue_paused(_check_name("queue", queue), True)
+        self.store.set_queue_paused(check_name("queue", queue), True)
 
     def resume_queue(self, queue: str) -> None:
         """Let workers claim from a queue held by ``pause_queue`` again, at once.
@@ -701,9 +379,10 @@ class App:
         Workers everywhere see it at their next claim; this process's own worker is woken
         so that it need not wait for its next poll.
         """
-        self.store.set_queue_paused(_check_name("queue", queue), False)
-        if self._worker is not None:
-            self._worker.queues_changed()
+        self.store.set_queue_paused(check_name("queue", queue), False)
+        worker = self._engine.worker
+        if worker is not None:
+            worker.queues_changed()
 
     def backoff_seconds(self, failures: int) -> float:
         """The delay before the retry after ``failures`` failed attempts.
@@ -711,17 +390,7 @@ class App:
         Exponential from ``retry_backoff_seconds``, capped at ``retry_backoff_max_seconds``,
         with jitter, so that jobs that failed together do not all retry at the same moment.
         """
-        return jittered_backoff(
-            failures, self.retry_backoff_seconds, self.retry_backoff_max_seconds
-        )
-
-    def _on_monitor_tick(self, worker: Worker) -> None:
-        """Called by the worker's monitor thread about four times a second."""
-        self._schedules.tick(worker)
-        if self.retention_seconds is not None:
-            from .retention import retention_tick
-
-            retention_tick(self)
+        return self.runtime.settings.backoff_seconds(failures)
 
     # -- schedules ---------------------------------------------------------------------
     def schedule(
@@ -777,7 +446,7 @@ class App:
         """
         from .display import ScheduleList
 
-        return ScheduleList(self._schedules.list(), clock=self.clock)
+        return ScheduleList(self._schedules.every(), clock=self.clock)
 
     def schedules_frame(self):
         """``schedules()`` as a pandas DataFrame."""

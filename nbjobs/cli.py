@@ -130,7 +130,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         )
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     app.start(concurrency=args.concurrency, queues=queues)
-    served = app._worker.queues if app._worker is not None else queues or []
+    served = queues or app.runtime.registry.queues()
     print(
         printable(
             f"nbjobs worker on {app.store.safe_url}: concurrency {args.concurrency}, "
@@ -249,14 +249,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     from .app import App
     from .schema import Status
-    from .workflow import _check_name
+    from .validation import check_name
 
     if args.status is not None and args.status not in {s.value for s in Status}:
         raise ConfigurationError(
             f"unknown status {args.status!r}; one of {', '.join(s.value for s in Status)}"
         )
     if args.workflow is not None:
-        _check_name("workflow name", args.workflow)
+        check_name("workflow name", args.workflow)
     if args.limit < 1:
         raise ConfigurationError(f"--limit must be at least 1, got {args.limit}")
     app = App(_existing_database(_url(args)))

@@ -71,6 +71,10 @@ class UnknownJob(NbjobsError):
     """No job has the given id."""
 
 
+class ResultTimeout(NbjobsError, TimeoutError):
+    """``h.result(timeout=...)`` returned before the job finished."""
+
+
 class DatabaseLost(NbjobsError):
     """The App's database went away under it (its SQLite file was deleted or replaced):
     every further use of the App raises this; open a new App."""

@@ -2,47 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 from .clock import to_datetime
-from .errors import (
-    TIMEOUT_ERROR_PREFIX,
-    WORKER_LOST_PREFIX,
-    JobCancelled,
-    JobFailed,
-    JobTimeout,
-    NbjobsError,
-    WorkerLost,
-)
-from .schema import Status
 from .validation import check_number
 
 if TYPE_CHECKING:
-    from .app import App
-
-
-class ResultTimeout(NbjobsError, TimeoutError):
-    """``h.result(timeout=...)`` returned before the job finished."""
-
-
-def _failure_class(error: str | None) -> type[JobFailed]:
-    """The ``JobFailed`` subclass a failed job's stored error text stands for (nbjobs
-    writes these texts itself: a timeout, and the give-up of a job whose worker kept
-    dying)."""
-    text = error or ""
-    if text.startswith(TIMEOUT_ERROR_PREFIX):
-        return JobTimeout
-    if text.startswith(WORKER_LOST_PREFIX) and "giving up" in text:
-        return WorkerLost
-    return JobFailed
+    from .runtime.engine import Engine
 
 
 class JobHandle:
     """A job in the database.  Nothing is cached: every property asks the database."""
 
-    def __init__(self, app: App, job_id: str) -> None:
-        self.app = app
+    def __init__(self, engine: Engine, job_id: str) -> None:
+        #: What the handle asks: the engine of the App that made it.
+        self.engine = engine
         self.id = job_id
 
     def __repr__(self) -> str:
@@ -58,11 +32,11 @@ class JobHandle:
     @property
     def status(self) -> str:
         """``queued | running | waiting | succeeded | failed | cancelled``."""
-        return self.app.store.job_status(self.id)
+        return self.engine.store.job_status(self.id)
 
     def info(self) -> dict[str, Any]:
         """The job's row (without input and result) as a dict, times as datetimes."""
-        row = self.app.store.get_job(self.id)._asdict()
+        row = self.engine.store.get_job(self.id)._asdict()
         for name in ("run_at", "created_at", "started_at", "finished_at", "updated_at", "tick_at"):
             row[name] = to_datetime(row[name])
         row.pop("lease_token", None)
@@ -71,12 +45,12 @@ class JobHandle:
     @property
     def workflow(self) -> str:
         """The name of the workflow the job runs (as registered, see ``App.workflow``)."""
-        return self.app.store.get_job(self.id).workflow
+        return self.engine.store.get_job(self.id).workflow
 
     @property
     def input(self) -> dict[str, Any]:
         """``{"args": [...], "kwargs": {...}}`` as submitted."""
-        return self.app.codec.loads(self.app.store.get_job(self.id, full=True).input)
+        return self.engine.codec.loads(self.engine.store.get_job(self.id, full=True).input)
 
     @property
     def error(self) -> str | None:
@@ -86,19 +60,21 @@ class JobHandle:
         traceback of each attempt is in ``attempts``; ``result()`` raises ``JobFailed``
         with both once the job has failed for good.
         """
-        return self.app.store.get_job(self.id).error
+        return self.engine.store.get_job(self.id).error
 
     @property
     def checkpoints(self) -> dict[str, Any]:
         """Finished steps, name -> stored value, in the order they were made."""
-        loads = self.app.codec.loads
-        return {r.name: loads(r.value) for r in self.app.store.job_checkpoints(self.id) if r.done}
+        loads = self.engine.codec.loads
+        return {
+            r.name: loads(r.value) for r in self.engine.store.job_checkpoints(self.id) if r.done
+        }
 
     @property
     def attempts(self) -> list[dict[str, Any]]:
         """One dict per attempt: worker, start, end, outcome, error, traceback."""
         out = []
-        for r in self.app.store.job_attempts(self.id):
+        for r in self.engine.store.job_attempts(self.id):
             row = r._asdict()
             row.pop("lease_token", None)
             row["started_at"] = to_datetime(row["started_at"])
@@ -109,30 +85,20 @@ class JobHandle:
     @property
     def progress(self) -> float | None:
         """Finished steps over expected steps (or the step's own report), else None."""
-        return self.app.store.job_progress(self.id)
+        return self.engine.store.job_progress(self.id)
 
     @property
     def children(self) -> list[JobHandle]:
         """The jobs this job fanned out, in order."""
-        rows = self.app.store.list_jobs(parent_id=self.id, limit=1_000_000, newest_first=False)
-        return [JobHandle(self.app, r.id) for r in rows]
+        rows = self.engine.store.list_jobs(parent_id=self.id, limit=1_000_000, newest_first=False)
+        return [JobHandle(self.engine, r.id) for r in rows]
 
     def logs(self) -> str:
         """What the job printed or logged while running on a worker (``UnknownJob`` when
         there is no such job)."""
-        return "".join(r.text for r in self.app.store.job_logs(self.id))
+        return "".join(r.text for r in self.engine.store.job_logs(self.id))
 
     # -- waiting -----------------------------------------------------------------------
-    def _outcome(self) -> tuple[bool, Any]:
-        row = self.app.store.job_outcome(self.id)
-        if row is None:
-            return False, None
-        if row.status == Status.SUCCEEDED.value:
-            return True, self.app.codec.loads(row.result)
-        if row.status == Status.CANCELLED.value:
-            raise JobCancelled(self.id)
-        raise _failure_class(row.error)(self.id, row.error, row.traceback)
-
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the job and return its result.
 
@@ -143,23 +109,11 @@ class JobHandle:
         message says whether a live worker serves the job's workflow and queue).
         A ``timeout`` that is not a number of seconds (NaN) is a ``ConfigurationError``.
         """
-        return self.app._wait_for(self, check_number("timeout", timeout, 0, optional=True))
+        return self.engine.wait(self.id, check_number("timeout", timeout, 0, optional=True))
 
     async def result_async(self, timeout: float | None = None) -> Any:
         """``result`` for async code; polls without blocking the event loop."""
-        check_number("timeout", timeout, 0, optional=True)
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        pause = 0.005
-        while True:
-            done, value = await asyncio.to_thread(self._outcome)
-            if done:
-                return value
-            if deadline is not None and loop.time() >= deadline:
-                message = await asyncio.to_thread(self.app._timeout_message, self, timeout)
-                raise ResultTimeout(message)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.2)
+        return await self.engine.wait_async(self.id, timeout)
 
     def __await__(self):
         return self.result_async().__await__()
@@ -167,17 +121,16 @@ class JobHandle:
     # -- actions -----------------------------------------------------------------------
     def cancel(self) -> str:
         """Cancel: at once when queued or waiting, at the next step when running."""
-        return self.app.cancel(self.id)
+        return self.engine.cancel(self.id)
 
     def retry(self, from_checkpoint: str | None = None) -> JobHandle:
         """Run again, keeping finished checkpoints (or those before ``from_checkpoint``)."""
-        self.app.store.retry_job(self.id, from_checkpoint=from_checkpoint)
-        self.app._wake_workers()
+        self.engine.retry(self.id, from_checkpoint)
         return self
 
     def signal(self, name: str, payload: Any = None) -> None:
         """Send a signal the job waits for with ``cs.wait_signal(name)``."""
-        self.app.signal(self.id, name, payload)
+        self.engine.signal(self.id, name, payload)
 
     def watch(self) -> Any:
         """An ipywidgets progress display that updates live (notebooks)."""

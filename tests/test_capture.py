@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from nbjobs import capture
+from nbjobs.runtime import capture
 
 WAIT = 60
 

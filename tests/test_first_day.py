@@ -220,9 +220,9 @@ def test_the_warning_says_which_of_queue_and_workflow_no_worker_serves(db_url, t
 
 
 def test_result_without_timeout_says_why_it_waits(app, caplog, monkeypatch):
-    import nbjobs.app
+    import nbjobs.runtime.engine
 
-    monkeypatch.setattr(nbjobs.app, "RESULT_HINT_SECONDS", 0.3)
+    monkeypatch.setattr(nbjobs.runtime.engine, "RESULT_HINT_SECONDS", 0.3)
 
     @app.workflow(name="unwatched")
     def unwatched(cs: nbjobs.CallState) -> str:

@@ -63,7 +63,7 @@ def test_public_names_are_exported_once():
 def test_contract_names_live_where_they_should():
     homes = {
         "App": "nbjobs.app",
-        "CallState": "nbjobs.workflow",
+        "CallState": "nbjobs.runtime.callstate",
         "JobHandle": "nbjobs.handle",
         "Status": "nbjobs.schema",
     }

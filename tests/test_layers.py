@@ -11,19 +11,26 @@ The rules, read from the source (no database needed):
 * no method of ``Store`` depends on the order of its base classes: no ``super()`` call
   in the store, no method defined by two of its classes except the one declared hook
   (``_run_group``), and a ``Store`` with its bases reversed resolves every name to the
-  same function.
+  same function;
+* the engine (``nbjobs/runtime``) never imports the App, the workflow and handle facade,
+  the notebook renderers or the dashboard; ``import nbjobs`` loads no Panel;
+* no import circle inside ``nbjobs`` but through type-only imports, and none of more
+  than two files even counting those.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 from nbjobs.store import Store
 from tests.support import ROOT
 
-STORE = Path(ROOT) / "nbjobs" / "store"
+ROOT = Path(ROOT)
+STORE = ROOT / "nbjobs" / "store"
 MAX_LINES = 600
 #: What nbjobs/store may import from nbjobs (a package name covers its modules).
 ALLOWED = {
@@ -46,11 +53,28 @@ def _store_modules() -> list[Path]:
     return modules
 
 
-def _imported(path: Path) -> set[str]:
-    """The nbjobs modules ``path`` imports, relative imports resolved."""
-    package = "nbjobs.store"
+def _package(path: Path) -> str:
+    """The package a module file of ``nbjobs/`` belongs to (store modules by default)."""
+    if path.is_relative_to(ROOT / "nbjobs"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        return ".".join(parts if path.name == "__init__.py" else parts[:-1])
+    return "nbjobs.store"
+
+
+def _imported(path: Path, *, typing_too: bool = True) -> set[str]:
+    """The nbjobs modules ``path`` imports, relative imports resolved; with
+    ``typing_too=False``, not those under ``if TYPE_CHECKING:``."""
+    package = _package(path)
+    tree = ast.parse(path.read_text(), str(path))
+    skip: set[int] = set()
+    if not typing_too:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                skip.update(id(n) for n in ast.walk(node))
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -154,3 +178,105 @@ def test_every_store_class_inherits_what_it_calls():
                 ):
                     missing.append(f"{node.name}.{call.func.attr} ({path.name}:{call.lineno})")
     assert missing == []
+
+
+# -- the whole package ------------------------------------------------------------------
+ENGINE_MAY_NOT_IMPORT = (
+    "nbjobs.app",
+    "nbjobs.workflow",
+    "nbjobs.handle",
+    "nbjobs.notebook",
+    "nbjobs.views",
+    "nbjobs.dashboard",
+    "nbjobs.cli",
+    "nbjobs.demo",
+)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if path.name == "__init__.py" else parts)
+
+
+def _graph(*, typing_too: bool) -> dict[str, set[str]]:
+    """Module -> the nbjobs modules it imports (a name that is an attribute, not a
+    module, counts as its module)."""
+    paths = {_module_name(p): p for p in (ROOT / "nbjobs").rglob("*.py")}
+    graph = {}
+    for name, path in paths.items():
+        targets = set()
+        for module in _imported(path, typing_too=typing_too):
+            while module not in paths and "." in module:
+                module = module.rsplit(".", 1)[0]
+            if module in paths and module != name and module != "nbjobs":
+                targets.add(module)
+        graph[name] = targets
+    assert len(graph) > 40 and "nbjobs.runtime.worker" in graph  # it found the package
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected components of more than one module (Tarjan's)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[set[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in graph[node]:
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = set()
+            while True:
+                member = stack.pop()
+                component.add(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                out.append(component)
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return out
+
+
+def test_the_engine_never_imports_the_app_or_the_views():
+    engine = sorted((ROOT / "nbjobs" / "runtime").glob("*.py"))
+    assert len(engine) > 8, engine
+    wrong = {
+        path.name: sorted(
+            m
+            for m in _imported(path)
+            if any(m == bad or m.startswith(bad + ".") for bad in ENGINE_MAY_NOT_IMPORT)
+        )
+        for path in engine
+    }
+    assert {n: m for n, m in wrong.items() if m} == {}
+
+
+def test_no_import_circle_but_through_type_only_imports():
+    assert _circles(_graph(typing_too=False)) == []
+    assert [c for c in _circles(_graph(typing_too=True)) if len(c) > 2] == []
+
+
+def test_the_circle_check_finds_a_circle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _circles(graph) == [{"a", "b", "c"}]
+
+
+def test_import_nbjobs_loads_no_panel_nor_pandas():
+    code = (
+        "import sys, nbjobs\n"
+        "print(sorted(m for m in ('panel', 'bokeh', 'pandas', 'ipywidgets') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -185,10 +185,12 @@ def test_a_worker_of_another_pid_namespace_is_not_taken_for_dead(sqlite_url, tmp
         h = pipeline.submit()
         wait_until(book.exists, timeout=WAIT, what="the job to start")
         # As the other container registered it: its own pid and namespace.
-        _set_worker_row(app, app._worker.id, pid=_free_pid(), pid_start="4242@0123456789abcdef")
+        _set_worker_row(
+            app, app._engine.worker.id, pid=_free_pid(), pid_start="4242@0123456789abcdef"
+        )
         env = {"NBJOBS_LEDGER": str(book)}
         with worker_process("tests.apps.crash_app:app", sqlite_url, tmp_path / "w.log", env=env):
-            mine = app._worker.id
+            mine = app._engine.worker.id
             wait_until(
                 lambda: [w for w in app.workers() if w["id"] != mine],
                 timeout=WAIT,
@@ -266,7 +268,9 @@ def test_deleting_the_sqlite_file_under_a_running_app_stops_it_loudly(tmp_path, 
         for name in ("nbjobs.db", "nbjobs.db-wal", "nbjobs.db-shm"):
             (tmp_path / name).unlink(missing_ok=True)
         with caplog.at_level(logging.ERROR):
-            wait_until(lambda: app._worker is None or not app._worker.alive, what="a stop")
+            wait_until(
+                lambda: app._engine.worker is None or not app._engine.worker.alive, what="a stop"
+            )
             go_on.set()
             with pytest.raises(DatabaseLost, match="was deleted while this App was using it"):
                 two_steps.submit(False)

@@ -1,6 +1,6 @@
 """Schedules: stored in the database, each tick fired exactly once, driven by a fake clock.
 
-Most tests drive :meth:`nbjobs.schedules.Schedules.tick` (what every worker's monitor
+Most tests drive :meth:`nbjobs.runtime.scheduler.Scheduler.tick` (what every worker's monitor
 thread calls) directly, so time is exact; the worker tests let real worker threads and
 processes fire the ticks.
 """
@@ -19,7 +19,7 @@ import pytest
 import nbjobs
 from nbjobs import ConfigurationError, SerializationError
 from nbjobs.clock import FakeClock
-from nbjobs.schedules import MAX_TICKS_PER_PASS, MISFIRE_GRACE_SECONDS, Schedules
+from nbjobs.runtime.scheduler import MAX_TICKS_PER_PASS, MISFIRE_GRACE_SECONDS, Scheduler
 from tests import backends
 from tests.conftest import BACKENDS, make_app
 from tests.support import wait_until, worker_process
@@ -61,7 +61,7 @@ def only(app: nbjobs.App) -> dict:
 
 def drive(app: nbjobs.App, clock: FakeClock, until: float, step: float) -> None:
     """Move the clock to ``until`` in ``step``s, with a worker's tick after each step."""
-    ticker = Schedules(app)
+    ticker = Scheduler(app.runtime)
     while clock.now() < until:
         clock.advance(min(step, until - clock.now()))
         ticker.tick()
@@ -117,10 +117,10 @@ def test_each_tick_fires_once_as_a_job_recording_schedule_and_tick(
     sapp: nbjobs.App, clock: FakeClock
 ) -> None:
     sapp.schedule("minutely", "report", cron="* * * * *", args=(1,), queue="q", priority=7)
-    other = Schedules(sapp)  # a second worker polling the same database
+    other = Scheduler(sapp.runtime)  # a second worker polling the same database
     while clock.now() < at(2024, 1, 1, 10, 4, 30):
         clock.advance(7)
-        Schedules(sapp).tick()
+        Scheduler(sapp.runtime).tick()
         other.tick()
     ticks = [at(2024, 1, 1, 10, m) for m in range(5)]
     assert fired(sapp, "minutely") == ticks
@@ -151,7 +151,7 @@ def test_racing_workers_fire_each_tick_exactly_once(db_url: str, clock: FakeCloc
         counts: list[list[int]] = [[] for _ in apps]
 
         def worker(i: int) -> None:
-            ticker = Schedules(apps[i])
+            ticker = Scheduler(apps[i].runtime)
             for _ in range(rounds):
                 barrier.wait(timeout=60)
                 counts[i].append(ticker.tick())
@@ -220,7 +220,7 @@ def test_berlin_dst_changes_neither_double_fire_nor_lose_a_run(
     clock.set(start)
     sapp.schedule("berlin-offline", "report", cron=cron, timezone="Europe/Berlin", catch_up="all")
     clock.set(end)
-    Schedules(sapp).tick()
+    Scheduler(sapp.runtime).tick()
     assert fired(sapp, "berlin-offline") == expected
 
 
@@ -231,8 +231,8 @@ def test_catch_up_latest_runs_only_the_latest_missed_tick(
     sapp.schedule("ten", "report", cron="*/10 * * * *")
     assert only(sapp)["catch_up"] == "latest"
     clock.set(at(2024, 1, 1, 11, 5))  # 10:00 .. 11:00 missed: seven ticks
-    assert Schedules(sapp).tick() == 1
-    assert Schedules(sapp).tick() == 0
+    assert Scheduler(sapp.runtime).tick() == 1
+    assert Scheduler(sapp.runtime).tick() == 0
     assert fired(sapp, "ten") == [at(2024, 1, 1, 11, 0)]
     assert only(sapp)["next_run"] == utc(at(2024, 1, 1, 11, 10))
 
@@ -244,7 +244,7 @@ def test_catch_up_all_fires_every_missed_tick_in_bounded_passes(
     first = at(2024, 1, 1, 9, 59, 31)
     missed = 2 * MAX_TICKS_PER_PASS + 500
     clock.set(first + missed - 1 + 0.5)
-    ticker = Schedules(sapp)
+    ticker = Scheduler(sapp.runtime)
     assert ticker.tick() == MAX_TICKS_PER_PASS
     assert only(sapp)["next_run"] == utc(first + MAX_TICKS_PER_PASS)
     assert ticker.tick() == MAX_TICKS_PER_PASS
@@ -259,12 +259,12 @@ def test_catch_up_none_skips_missed_ticks_but_fires_on_time_ones(
 ) -> None:
     sapp.schedule("ten", "report", cron="*/10 * * * *", catch_up="none")
     clock.set(at(2024, 1, 1, 11, 5))
-    assert Schedules(sapp).tick() == 0
+    assert Scheduler(sapp.runtime).tick() == 0
     assert only(sapp)["next_run"] == utc(at(2024, 1, 1, 11, 10))
     clock.set(at(2024, 1, 1, 11, 10) + 5)  # a few seconds late: still on time
-    assert Schedules(sapp).tick() == 1
+    assert Scheduler(sapp.runtime).tick() == 1
     clock.set(at(2024, 1, 1, 11, 20) + MISFIRE_GRACE_SECONDS + 1)  # too late: skipped
-    assert Schedules(sapp).tick() == 0
+    assert Scheduler(sapp.runtime).tick() == 0
     assert fired(sapp, "ten") == [at(2024, 1, 1, 11, 10)]
     assert only(sapp)["next_run"] == utc(at(2024, 1, 1, 11, 30))
     assert only(sapp)["last_run"] == utc(at(2024, 1, 1, 11, 10))
@@ -277,22 +277,22 @@ def test_pause_and_resume(sapp: nbjobs.App, clock: FakeClock) -> None:
     row = only(sapp)
     assert row["paused"] is True and row["next_run"] is None
     clock.set(at(2024, 1, 1, 10, 35))
-    assert Schedules(sapp).tick() == 0
+    assert Scheduler(sapp.runtime).tick() == 0
     sapp.resume_schedule("ten")
     row = only(sapp)
     assert row["paused"] is False
     assert row["next_run"] == utc(at(2024, 1, 1, 10, 40))  # ticks while paused are skipped
-    assert Schedules(sapp).tick() == 0
+    assert Scheduler(sapp.runtime).tick() == 0
     sapp.resume_schedule("ten")  # resuming a running schedule changes nothing
     clock.set(at(2024, 1, 1, 10, 40, 1))
-    assert Schedules(sapp).tick() == 1
+    assert Scheduler(sapp.runtime).tick() == 1
     assert fired(sapp, "ten") == [at(2024, 1, 1, 10, 40)]
 
 
 def test_redefinition_updates_by_name(sapp: nbjobs.App, clock: FakeClock) -> None:
     sapp.schedule("job", "report", cron="0 * * * *", args=("a",))
     clock.set(at(2024, 1, 1, 10, 5))
-    assert Schedules(sapp).tick() == 1  # the 10:00 run
+    assert Scheduler(sapp.runtime).tick() == 1  # the 10:00 run
 
     # A new cron: the next fire is recomputed from now (10:15, not 11:00).
     row = sapp.schedule("job", "report", cron="*/15 * * * *", args=("b",))
@@ -300,7 +300,7 @@ def test_redefinition_updates_by_name(sapp: nbjobs.App, clock: FakeClock) -> Non
     assert row["last_run"] == utc(at(2024, 1, 1, 10, 0))
     assert row["args"] == ["b"]
     clock.set(at(2024, 1, 1, 10, 15, 1))
-    assert Schedules(sapp).tick() == 1
+    assert Scheduler(sapp.runtime).tick() == 1
     newest = sapp.store.schedule_jobs("job")[0]
     assert sapp.codec.loads(sapp.store.get_job(newest.id, full=True).input)["args"] == ["b"]
 
@@ -323,11 +323,11 @@ def test_unschedule_deletes_the_schedule_but_keeps_its_jobs(
 ) -> None:
     sapp.schedule("gone", "report", cron="* * * * *")
     clock.set(at(2024, 1, 1, 10, 0, 1))
-    assert Schedules(sapp).tick() == 1
+    assert Scheduler(sapp.runtime).tick() == 1
     sapp.unschedule("gone")
     assert sapp.schedules() == []
     clock.set(at(2024, 1, 1, 10, 5, 1))
-    assert Schedules(sapp).tick() == 0
+    assert Scheduler(sapp.runtime).tick() == 0
     assert fired(sapp, "gone") == [at(2024, 1, 1, 10, 0)]
 
 

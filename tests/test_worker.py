@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import threading
@@ -254,7 +255,7 @@ def test_a_due_job_no_worker_here_can_run_does_not_make_the_dispatcher_spin(app,
             return claim_jobs(**kwargs)
 
         app.store.claim_jobs = counted
-        app.poll_seconds = 0.2
+        app.runtime.settings = dataclasses.replace(app.runtime.settings, poll_seconds=0.2)
         app.start(concurrency=1)
         time.sleep(1.0)
         app.stop()
@@ -332,7 +333,7 @@ def test_cancel_from_another_process_view_reaches_the_worker(app, db_url):
     finally:
         viewer.close()
     # The worker learns of it from the database on its next heartbeat.
-    wait_until(lambda: app._worker.running[h.id].cancel_requested, what="cancel flag")
+    wait_until(lambda: app._engine.worker.running[h.id].cancel_requested, what="cancel flag")
     release.set()
     with pytest.raises(nbjobs.JobCancelled):
         h.result(timeout=30)
@@ -388,7 +389,7 @@ def test_sync_timeout_fails_the_job(app):
     assert attempt["outcome"] == "timeout"
     assert "JobTimeout" in attempt["error"]
     # The abandoned thread's late writes are refused: nothing recorded after the timeout.
-    wait_until(lambda: app._worker.running == {}, what="the abandoned run to end")
+    wait_until(lambda: app._engine.worker.running == {}, what="the abandoned run to end")
     assert h.checkpoints == {}
     assert after == []
     assert h.status == "failed"
@@ -595,7 +596,7 @@ def test_a_zombie_whose_lease_was_taken_over_cannot_write(db_url, tmp_path, capl
             assert result_job.result(timeout=60) == "owner:zombie"
         with caplog.at_level(logging.WARNING, logger="nbjobs"):
             gate.set()
-            wait_until(lambda: zombie._worker.running == {}, what="the zombie's runs to end")
+            wait_until(lambda: zombie._engine.worker.running == {}, what="the zombie's runs to end")
         refused = [r.getMessage() for r in caplog.records if "lease" in r.getMessage()]
         refused += [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
         assert any(step_job.id in m for m in refused), refused
@@ -812,7 +813,7 @@ def test_a_success_waiting_for_its_shared_commit_keeps_its_lease(db_url, monkeyp
     that commit is made: a database stall longer than the lease (here the group commit
     held up for 2.5 leases) must not let the reaper run the job again and refuse the
     success.  PostgreSQL: there heartbeats and the reaper do not wait for group commits."""
-    import nbjobs.worker as worker_module
+    import nbjobs.runtime.worker as worker_module
 
     monkeypatch.setattr(worker_module, "SHORT_JOB_SECONDS", 60.0)  # every job is short
     app = make_app(db_url)
@@ -821,7 +822,7 @@ def test_a_success_waiting_for_its_shared_commit_keeps_its_lease(db_url, monkeyp
         quick = app.workflow(name="quick", queue="manual")(lambda cs, x: runs.append(x) or x)
         first, second = quick.submit(1), quick.submit(2)
         app.start(concurrency=1, queues=["default"])  # these two are claimed here
-        worker = app._worker
+        worker = app._engine.worker
         claimed = app.store.claim_jobs(
             worker_id=worker.id, queue="manual", workflows=["quick"], limit=2,
             lease_seconds=app.stale_after_seconds,

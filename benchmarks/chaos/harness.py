@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nbjobs.worker import PREFETCH
+from nbjobs.runtime.worker import PREFETCH
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = "benchmarks.chaos.app:app"
@@ -253,7 +253,7 @@ class Workload:
 
 def sample_slots(app: Any, config: Config, record: Record) -> None:
     """No live worker ever reports holding more jobs than it has slots, plus the short
-    jobs it may claim ahead (``nbjobs.worker.PREFETCH`` per slot)."""
+    jobs it may claim ahead (``nbjobs.runtime.worker.PREFETCH`` per slot)."""
     record.slot_samples += 1
     for w in app.store.list_workers(alive_within=2.0):
         if w.jobs_held > w.concurrency * (1 + PREFETCH) or w.jobs_held < 0:

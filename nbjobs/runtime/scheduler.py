@@ -2,7 +2,7 @@
 
 A schedule lives in ``nbjobs_schedules``, not in code, so it survives a kernel restart and
 every worker of every process sees it.  Every worker's monitor thread calls
-:meth:`Schedules.tick` a few times a second: one indexed read finds the due schedules, and
+:meth:`Scheduler.tick` a few times a second: one indexed read finds the due schedules, and
 only then does a worker try to claim a tick.  The claim and the tick's job are one
 transaction (see :meth:`nbjobs.store.schedules.ScheduleQueries.fire_schedule`), so a tick
 becomes exactly one job however many workers race for it.
@@ -21,18 +21,18 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .clock import to_datetime
-from .errors import ConfigurationError, NbjobsError, SerializationError
-from .validation import check_name as _check_name
-from .validation import check_number
-from .workflow import Workflow
+from ..clock import to_datetime
+from ..errors import ConfigurationError, NbjobsError, SerializationError
+from ..schema import TERMINAL
+from ..validation import check_name as _check_name
+from ..validation import check_number
+from .registry import Definition
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Row
 
-    from .app import App
-    from .cron import Cron
-    from .worker import Worker
+    from ..cron import Cron
+    from .context import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +49,23 @@ MAX_CRON_LENGTH = 200
 
 def _parse_cron(expression: str, timezone: str) -> Cron:
     """:func:`nbjobs.cron.parse`, imported on first use so ``import nbjobs`` skips croniter."""
-    from .cron import parse
+    from ..cron import parse
 
     return parse(expression, timezone)
 
 
-class Schedules:
+class Scheduler:
     """Defines schedules and fires their due ticks from the workers' monitor threads."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         self._failing: set[str] = set()  # schedules whose last firing raised (log once)
 
     # -- defining ----------------------------------------------------------------------
     def define(
         self,
         name: str,
-        workflow: Workflow | str,
+        workflow: Definition | str,
         *,
         cron: str,
         args: tuple | list = (),
@@ -75,9 +75,10 @@ class Schedules:
         priority: int | None = None,
         catch_up: str = "latest",
     ) -> dict[str, Any]:
-        """Create or update (by name) a schedule; returns it as :meth:`list` shows it."""
+        """Create or update (by name) a schedule; returns it as :meth:`every` shows it."""
         name = _check_name("schedule name", name)
-        if isinstance(workflow, Workflow):
+        wf: Definition | None
+        if isinstance(workflow, Definition):
             wf_name, wf = workflow.name, workflow
         elif isinstance(workflow, str):
             wf_name = _check_name("workflow name", workflow)
@@ -110,12 +111,12 @@ class Schedules:
         if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
             raise ConfigurationError(f"schedule {name!r}: kwargs must be a dict with str keys")
         try:
-            encoded = self.app.codec.dumps({"args": list(args), "kwargs": kwargs})
+            encoded = self.runtime.codec.dumps({"args": list(args), "kwargs": kwargs})
         except SerializationError as exc:
             raise SerializationError(
                 f"schedule {name!r}: an argument cannot be stored: {exc}"
             ) from None
-        now = self.app.clock.now()
+        now = self.runtime.clock.now()
         next_fire = spec.next_after(now)
         if next_fire is None:
             raise ConfigurationError(
@@ -128,7 +129,7 @@ class Schedules:
                 name,
                 wf_name,
             )
-        self.app.store.save_schedule(
+        self.runtime.store.save_schedule(
             name=name,
             workflow=wf_name,
             cron=spec.expression,
@@ -144,32 +145,29 @@ class Schedules:
         )
         return self.get(name)
 
-    def _registered(self, workflow: str) -> Workflow | None:
-        try:
-            return self.app.get_workflow(workflow)
-        except ConfigurationError:
-            return None
+    def _registered(self, workflow: str) -> Definition | None:
+        return self.runtime.registry.find(workflow)
 
     def remove(self, name: str) -> None:
-        if not self.app.store.delete_schedule(name):
+        if not self.runtime.store.delete_schedule(name):
             raise ConfigurationError(f"no schedule named {name!r}")
 
     def set_paused(self, name: str, paused: bool) -> None:
         """Pause, or resume from the next tick after now (ticks while paused are skipped)."""
         if paused:
-            if not self.app.store.pause_schedule(name):
+            if not self.runtime.store.pause_schedule(name):
                 raise ConfigurationError(f"no schedule named {name!r}")
             return
         row = self._row(name)
         if not row.paused:
             return
         spec = _parse_cron(row.cron, row.timezone)
-        next_fire = spec.next_after(self.app.clock.now())
-        self.app.store.resume_schedule(name, cron=row.cron, next_fire_at=next_fire)
+        next_fire = spec.next_after(self.runtime.clock.now())
+        self.runtime.store.resume_schedule(name, cron=row.cron, next_fire_at=next_fire)
 
     # -- reading -----------------------------------------------------------------------
     def _row(self, name: str) -> Row:
-        rows = self.app.store.list_schedules(name)
+        rows = self.runtime.store.list_schedules(name)
         if not rows:
             raise ConfigurationError(f"no schedule named {name!r}")
         return rows[0]
@@ -177,12 +175,12 @@ class Schedules:
     def get(self, name: str) -> dict[str, Any]:
         return self._as_dict(self._row(name))
 
-    def list(self) -> list[dict[str, Any]]:
-        return [self._as_dict(r) for r in self.app.store.list_schedules()]
+    def every(self) -> list[dict[str, Any]]:
+        return [self._as_dict(r) for r in self.runtime.store.list_schedules()]
 
     def _as_dict(self, row: Row) -> dict[str, Any]:
         try:
-            stored = self.app.codec.loads(row.input) or {}
+            stored = self.runtime.codec.loads(row.input) or {}
         except (NbjobsError, ValueError):
             stored = {}  # e.g. pickled by an app that opted in; this one cannot read it
         return {
@@ -203,19 +201,19 @@ class Schedules:
         }
 
     # -- firing ------------------------------------------------------------------------
-    def tick(self, worker: Worker | None = None) -> int:
+    def tick(self, queues: list[str] | None = None) -> int:
         """Fire due ticks (called by every worker's monitor; exactly once per tick).
 
         A worker fires only the schedules it can run (its App registers the workflow and
-        it serves the queue): a tick fired by another worker would wait, orphaned, for
+        it serves the queue: ``queues``): a tick fired by another worker would wait, orphaned, for
         one that can.  Returns the number of jobs this call enqueued.  Cheap when nothing
         is due: one indexed read, no write.
         """
-        now = self.app.clock.now()
+        now = self.runtime.clock.now()
         runnable: dict[str, Any] = {}
-        if worker is not None:
-            runnable = dict(workflows=self.app._claim_names, queues_=worker.queues)
-        due = self.app.store.due_schedules(now, limit=DUE_PER_PASS, **runnable)
+        if queues is not None:
+            runnable = dict(workflows=self.runtime.registry.claim_names, queues_=queues)
+        due = self.runtime.store.due_schedules(now, limit=DUE_PER_PASS, **runnable)
         fired = 0
         for row in due:
             try:
@@ -225,8 +223,6 @@ class Schedules:
                 if row.name not in self._failing:
                     self._failing.add(row.name)
                     log.exception("schedule %r: firing failed; will retry", row.name)
-        if fired and worker is not None:
-            worker.wake()
         return fired
 
     def _fire(self, row: Row, now: float) -> int:
@@ -242,7 +238,7 @@ class Schedules:
             next_fire = spec.next_after(max(latest, now))
             if ticks and latest != expected:
                 log.info("schedule %r: ran late; firing only its latest tick", row.name)
-        ids = self.app.store.fire_schedule(
+        ids = self.runtime.store.fire_schedule(
             name=row.name,
             expected_next=expected,
             ticks=ticks,
@@ -273,3 +269,45 @@ class Schedules:
                 )
             fields["code_fingerprint"] = wf.fingerprint
         return fields
+
+
+#: The finished statuses automatic retention purges.
+FINISHED = tuple(sorted(s.value for s in TERMINAL))
+#: Batches one monitor pass of automatic retention deletes at most (each a short
+#: transaction).
+BATCHES_PER_PASS = 4
+BATCH_SIZE = 500
+
+
+def retention_interval(retention_seconds: float) -> float:
+    """How often a worker purges: a tenth of the retention period, within [1 s, 5 min]."""
+    return min(300.0, max(1.0, retention_seconds / 10))
+
+
+class Retention:
+    """Automatic retention (``App(retention_seconds=...)``), run by every worker's
+    monitor: finished job trees older than the period are purged a few batches at a
+    time, so no pass holds the database for long."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._next_at = 0.0
+
+    def tick(self) -> None:
+        """One pass, when it is due (a few batches at most)."""
+        period = self.runtime.settings.retention_seconds
+        now = self.runtime.clock.now()
+        if period is None or now < self._next_at:
+            return
+        # Set first: a failing purge (logged by the monitor) waits a full interval to retry.
+        self._next_at = now + retention_interval(period)
+        deleted, more = self.runtime.store.purge_jobs(
+            finished_before=now - period,
+            statuses=FINISHED,
+            batch_size=BATCH_SIZE,
+            max_batches=BATCHES_PER_PASS,
+        )
+        if more:
+            self._next_at = now + 1.0
+        if deleted:
+            log.info("retention: purged %d finished job(s)", deleted)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import threading
 import traceback as tb
 from collections.abc import Callable, Iterator
@@ -18,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from . import capture
-from .errors import (
+from ..errors import (
     TIMEOUT_ERROR_PREFIX,
     DatabaseLost,
     DuplicateCheckpoint,
@@ -30,13 +28,15 @@ from .errors import (
     _StoreUnavailable,
     _Suspend,
 )
-from .schema import Status
-from .store import ClaimedJob
-from .store.core import storable_text
-from .workflow import AsyncCallState, CallState, Workflow
+from ..schema import Status
+from ..store import ClaimedJob
+from ..store.core import storable_text
+from . import capture
+from .callstate import AsyncCallState, CallState
 
 if TYPE_CHECKING:
-    from .app import App
+    from .context import Runtime
+    from .registry import Definition
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +64,27 @@ def store_failures() -> Iterator[None]:
 class Execution:
     """Runs one attempt of a job and records its outcome under the job's lease."""
 
-    def __init__(self, app: App, job: ClaimedJob, workflow: Workflow) -> None:
-        self.app = app
+    def __init__(
+        self, runtime: Runtime, job: ClaimedJob, workflow: Definition, *, inline: bool = False
+    ) -> None:
+        self.runtime = runtime
         self.job = job
         self.workflow = workflow
+        #: Run by ``wf.run`` in the caller's thread: its output is shown as well as stored.
+        self.inline = inline
         self.stored: dict[str, Any] = {}
         #: The names this run used (its CallState's), to tell a replay that diverged.
         self.used: set[str] = set()
         self.cancel_requested = False
         self.lost = False
         self.timed_out = False
-        self.started = app.store.now()
+        self.started = runtime.store.now()
         self.deadline = (
             self.started + job.timeout_seconds if job.timeout_seconds is not None else None
         )
         self.task: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.done = threading.Event()
-        self._seq = 0
         #: Finished steps the job row does not count yet, and when this run last wrote
         #: that count (see ``record_step``).
         self._uncounted = 0
@@ -129,8 +132,26 @@ class Execution:
         if self.cancel_requested:
             raise _Cancelled()
 
+    def lease_lost(self) -> _LeaseLost:
+        """A write was refused because another worker holds the job now: every later
+        write of this run is refused too.  Returns the signal to raise."""
+        self.lost = True
+        return _LeaseLost()
+
+    def cancelled(self) -> _Cancelled:
+        """The store found a cancel request: the run stops.  Returns the signal to raise."""
+        self.cancel_requested = True
+        return _Cancelled()
+
+    def writing(self) -> contextlib.AbstractContextManager[None]:
+        """Where a durable call writes: a store failure stops the run (see
+        ``store_failures``)."""
+        return store_failures()
+
     # -- what CallState calls ----------------------------------------------------------
-    def record_step(self, name: str, text: str, args_hash: str | None, started: float) -> None:
+    def record_step(
+        self, name: str, seq: int, text: str, args_hash: str | None, started: float
+    ) -> None:
         """Store a finished step, fenced by the lease.
 
         Where the database allows (``defers_touches``), a step less than
@@ -138,8 +159,7 @@ class Execution:
         row is written by the next slower step or, at the latest, before the run's
         outcome or a durable wait (``flush_steps``).  A short step then costs one row.
         """
-        store = self.app.store
-        self._seq += 1
+        store = self.runtime.store
         self._uncounted += 1
         now = store.now()
         touch = not store.defers_touches or now - self._touched_at >= TOUCH_SECONDS
@@ -148,7 +168,7 @@ class Execution:
                 job_id=self.job.id,
                 token=self.token,
                 name=name,
-                seq=self._seq,
+                seq=seq,
                 value=text,
                 args_hash=args_hash,
                 code_fingerprint=self.workflow.fingerprint,
@@ -157,8 +177,7 @@ class Execution:
                 count=self._uncounted if touch else None,
             )
         if not accepted:
-            self.lost = True
-            raise _LeaseLost()
+            raise self.lease_lost()
         if touch:
             self._uncounted = 0
             self._touched_at = now
@@ -167,19 +186,18 @@ class Execution:
         """Add to the job row the steps that short steps left out of its count."""
         if self._uncounted and not self.lost:
             added, self._uncounted = self._uncounted, 0
-            self._touched_at = self.app.store.now()
+            self._touched_at = self.runtime.store.now()
             with store_failures():
-                counted = self.app.store.count_steps(self.job.id, self.token, added)
+                counted = self.runtime.store.count_steps(self.job.id, self.token, added)
             if not counted:
                 self.lost = True
 
     def report_progress(self, fraction: float | None, message: str | None) -> None:
         self.check()
         with store_failures():
-            accepted = self.app.store.set_progress(self.job.id, self.token, fraction, message)
+            accepted = self.runtime.store.set_progress(self.job.id, self.token, fraction, message)
         if not accepted:
-            self.lost = True
-            raise _LeaseLost()
+            raise self.lease_lost()
 
     def warn_changed_code(self, step: str) -> None:
         if not self._warned_code:
@@ -220,39 +238,33 @@ class Execution:
             in_job=True,
         )
 
-    def durable_sleep(self, cs: CallState, name: str, wake_at: float) -> None:
-        with store_failures():
-            self.app._waits.sleep(self, cs, name, wake_at)
-
-    def durable_wait_signal(self, cs: CallState, name: str, timeout: float | None) -> Any:
-        with store_failures():
-            return self.app._waits.wait_signal(self, cs, name, timeout)
-
-    def durable_fan_out(self, cs: CallState, name: str, specs: list, strategy: Any) -> list:
-        with store_failures():
-            return self.app._waits.fan_out(self, cs, name, specs, strategy)
-
     # -- running -----------------------------------------------------------------------
+    def _output(self) -> contextlib.AbstractContextManager[capture.JobOutput]:
+        """Capture what the run prints and logs into the job's logs."""
+        runtime = self.runtime
+        return capture.job_output(runtime.store, runtime.clock, self.job, tee=self.inline)
+
     def _prepare(self) -> tuple[CallState, tuple, dict]:
         args, kwargs = self._decode_input()
         # A first attempt that has made no step has nothing to replay: skip the query.
+        last_seq = 0
         if self.job.attempt > 1 or self.job.steps_done > 0:
             with store_failures():
-                self.stored = self.app.store.load_checkpoints(self.job.id)
-            self._seq = max((r.seq for r in self.stored.values()), default=0)
+                self.stored = self.runtime.store.load_checkpoints(self.job.id)
+            last_seq = max((r.seq for r in self.stored.values()), default=0)
             # A run that died left its last short steps uncounted: the first write of
             # the count makes it good.
             done = sum(1 for r in self.stored.values() if r.done)
             self._uncounted = done - self.job.steps_done
         cls = AsyncCallState if self.workflow.is_async else CallState
-        cs = cls(self, args, kwargs)
-        self.used = cs._seen
+        cs = cls(self, args, kwargs, last_seq)
+        self.used = cs.names
         return cs, args, kwargs
 
     def _decode_input(self) -> tuple[tuple, dict]:
         """The stored arguments; a row that cannot be decoded fails its job (no retry)."""
         try:
-            payload = self.app.codec.loads(self.job.input) or {}
+            payload = self.runtime.codec.loads(self.job.input) or {}
         except SerializationError as exc:
             raise SerializationError(f"the job's stored input cannot be decoded: {exc}") from None
         args, kwargs = (
@@ -270,7 +282,7 @@ class Execution:
     def run_sync(self) -> None:
         """Run the workflow in this thread and record the outcome."""
         try:
-            with capture.job_output(self):
+            with self._output():
                 try:
                     cs, args, kwargs = self._prepare()
                     value = self.workflow.fn(cs, *args, **kwargs)
@@ -286,7 +298,7 @@ class Execution:
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
         try:
-            with capture.job_output(self):
+            with self._output():
                 try:
                     cs, args, kwargs = await asyncio.to_thread(self._prepare)
                     if self.lost or self.cancel_requested:
@@ -313,7 +325,7 @@ class Execution:
             with store_failures():
                 self.flush_steps()
                 try:
-                    text = self.app.codec.dumps(value)
+                    text = self.runtime.codec.dumps(value)
                 except SerializationError as exc:
                     message = f"SerializationError: the workflow's result cannot be stored: {exc}"
                     self._record_failure(message, None, "failed", retryable=False)
@@ -330,7 +342,7 @@ class Execution:
     def commit_success(self, text: str, claim: dict[str, Any] | None = None) -> list[ClaimedJob]:
         """Commit the success now, claiming in the same transaction the jobs ``claim``
         asks for (see ``FinishQueries.finish_and_claim``); returns them."""
-        accepted, claimed = self.app.store.finish_and_claim(
+        accepted, claimed = self.runtime.store.finish_and_claim(
             job_id=self.job.id,
             token=self.token,
             attempt=self.job.attempt,
@@ -360,7 +372,7 @@ class Execution:
             return
         if isinstance(exc, _Cancelled):
             self.note_write(
-                self.app.store.finish_job(
+                self.runtime.store.finish_job(
                     job_id=self.job.id,
                     token=self.token,
                     attempt=self.job.attempt,
@@ -374,7 +386,7 @@ class Execution:
             return
         if not isinstance(exc, Exception):
             # KeyboardInterrupt, SystemExit: give the job back rather than fail it.
-            self.app.store.release_job(
+            self.runtime.store.release_job(
                 job_id=self.job.id, token=self.token, attempt=self.job.attempt
             )
             raise exc
@@ -392,10 +404,10 @@ class Execution:
     ) -> None:
         """Retry the job later, or fail it; either way one line in the worker's log."""
         if retryable and self.job.failures < self.job.max_retries:
-            delay = self.app.backoff_seconds(self.job.failures + 1)
-            run_at = self.app.store.now() + delay
+            delay = self.runtime.settings.backoff_seconds(self.job.failures + 1)
+            run_at = self.runtime.store.now() + delay
             self._write_failure(
-                lambda error, text: self.app.store.retry_job_later(
+                lambda error, text: self.runtime.store.retry_job_later(
                     job_id=self.job.id,
                     token=self.token,
                     attempt=self.job.attempt,
@@ -435,7 +447,7 @@ class Execution:
 
     def _fail(self, error: str, text: str | None, outcome: str = "failed") -> None:
         self._write_failure(
-            lambda error, text: self.app.store.finish_job(
+            lambda error, text: self.runtime.store.finish_job(
                 job_id=self.job.id,
                 token=self.token,
                 attempt=self.job.attempt,
@@ -481,7 +493,7 @@ class Execution:
         back to the queue, to run again after a backoff that grows with its attempts,
         without counting a retry; when even that write fails, the job's lease expires
         and a reaper takes it back."""
-        delay = self.app.backoff_seconds(self.job.attempt)
+        delay = self.runtime.settings.backoff_seconds(self.job.attempt)
         error = f"{type(failure.cause).__name__}: {_first_line(failure.cause)}"
         log.warning(
             "job %s: the database failed during the run (%s); the job runs again in "
@@ -492,11 +504,11 @@ class Execution:
         )
         try:
             self.note_write(
-                self.app.store.release_job(
+                self.runtime.store.release_job(
                     job_id=self.job.id,
                     token=self.token,
                     attempt=self.job.attempt,
-                    run_at=self.app.store.now() + delay,
+                    run_at=self.runtime.store.now() + delay,
                     error=f"the database failed during the run: {error}",
                 )
             )
@@ -522,9 +534,3 @@ def _first_line(error: BaseException | str, limit: int = 300) -> str:
         return "" if isinstance(error, str) else type(error).__name__
     line = lines[0]
     return line if len(line) <= limit else line[:limit] + "..."
-
-
-def jittered_backoff(failures: int, base: float, cap: float) -> float:
-    """Exponential backoff with jitter: between half and all of base * 2**(failures-1)."""
-    delay = min(cap, base * 2 ** max(0, failures - 1))
-    return delay * (0.5 + random.random() / 2)

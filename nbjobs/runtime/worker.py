@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import os
-import queue as queue_module
 import random
 import socket
 import threading
@@ -42,14 +42,17 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .errors import DatabaseLost
+from ..errors import DatabaseLost
+from ..schema import new_token
+from ..store import ClaimedJob
 from .execution import Execution
-from .schema import new_token
-from .store import ClaimedJob
+from .leases import expire_overdue, renew
+from .scheduler import Retention, Scheduler
+from .threads import DaemonPool, LoopThread
 
 if TYPE_CHECKING:
-    from .app import App
-    from .workflow import Workflow
+    from .context import Runtime
+    from .registry import Definition
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +64,6 @@ SHORT_JOB_SECONDS = 0.005
 PREFETCH = 16
 #: How long a short job's success may wait for a commit shared with others, at most.
 WRITE_BEHIND_SECONDS = 0.005
-
-
-def _app_queues(app: App) -> list[str]:
-    """``default`` and the default queue of every workflow ``app`` registered."""
-    names = {wf.defaults.queue or "default" for wf in app._registry.values()}
-    return ["default", *sorted(names - {"default"})]
 
 
 #: How long running jobs get at interpreter exit (a script that ends, or Ctrl-C).
@@ -107,69 +104,22 @@ def _stop_live_workers() -> None:
                 log.exception("could not stop worker %s at exit", worker.id)
 
 
-class _DaemonPool:
-    """A fixed set of daemon threads running submitted calls in order.
-
-    ``ThreadPoolExecutor``'s threads hold the interpreter at exit until their call
-    returns, so a long step would keep a script (and its second Ctrl-C) waiting after
-    the worker released its job; these do not.
-    """
-
-    def __init__(self, size: int, prefix: str) -> None:
-        self._calls: queue_module.SimpleQueue = queue_module.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._serve, name=f"{prefix}_{i}", daemon=True)
-            for i in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def _serve(self) -> None:
-        while (call := self._calls.get()) is not None:
-            fn, args = call
-            fn(*args)
-
-    def submit(self, fn: Callable[..., None], *args: object) -> None:
-        self._calls.put((fn, args))
-
-    def shutdown(self) -> None:
-        """Drop the calls not started; each thread ends after its current call."""
-        while True:
-            try:
-                self._calls.get_nowait()
-            except queue_module.Empty:
-                break
-        for _ in self._threads:
-            self._calls.put(None)
-
-
-class _LoopThread:
-    """A private asyncio loop in its own thread, for ``async def`` workflows."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
-
-
 class Worker:
     """Background worker threads for one :class:`~nbjobs.App` in this process."""
 
-    def __init__(self, app: App, *, concurrency: int = 4, queues: list[str] | None = None) -> None:
-        self.app = app
+    def __init__(
+        self, runtime: Runtime, *, concurrency: int = 4, queues: list[str] | None = None
+    ) -> None:
+        self.runtime = runtime
+        self.store = runtime.store
+        self.settings = runtime.settings
+        self.scheduler = Scheduler(runtime)
+        self.retention = Retention(runtime)
         self.concurrency = concurrency
         #: Without explicit queues, the worker serves ``default`` and the queue of every
         #: workflow its App registers (later registrations too, see ``registered``).
         self.auto_queues = not queues
-        self.queues = list(queues) if queues else _app_queues(app)
+        self.queues = list(queues) if queues else runtime.registry.queues()
         self.id = f"{socket.gethostname()}:{os.getpid()}:{new_token()[-8:]}"
         self.running: dict[str, Execution] = {}
         #: Successes left to a later shared commit (see ``_record_chained``), heartbeated
@@ -185,8 +135,8 @@ class Worker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._stopped = False
-        self._pool = _DaemonPool(concurrency, "nbjobs-job")
-        self._loop: _LoopThread | None = None
+        self._pool = DaemonPool(concurrency, "nbjobs-job")
+        self._loop: LoopThread | None = None
         self._threads: list[threading.Thread] = []
         self._paused: set[str] = set()
         self._paused_checked = 0.0
@@ -195,15 +145,16 @@ class Worker:
 
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
-        store = self.app.store
+        store = self.store
         store.register_worker(
             worker_id=self.id,
             queues_=self.queues,
             concurrency=self.concurrency,
-            workflows=self.app._claim_names,
+            workflows=self.runtime.registry.claim_names,
         )
+        self.runtime.on_wake(self.wake)
         try:
-            store.reclaim_dead_local_workers(max_reclaims=self.app.max_reclaims)
+            store.reclaim_dead_local_workers(max_reclaims=self.settings.max_reclaims)
         except Exception:
             log.exception("could not reclaim jobs of dead local workers")
         self._unlisten = store.listen_ready(self._on_ready)
@@ -228,11 +179,11 @@ class Worker:
     def _report_unknown_jobs(self) -> None:
         """Say once, at start, which queued jobs of this worker's queues it cannot run."""
         try:
-            counts = self.app.store.queued_workflow_counts(self.queues)
+            counts = self.store.queued_workflow_counts(self.queues)
         except Exception:
             log.debug("could not count queued jobs by workflow", exc_info=True)
             return
-        known = set(self.app._claim_names)
+        known = set(self.runtime.registry.claim_names)
         unknown = {name: n for name, n in counts.items() if name not in known}
         if unknown:
             log.warning(
@@ -242,17 +193,16 @@ class Worker:
                 ", ".join(f"{name} ({n})" for name, n in sorted(unknown.items())),
             )
 
-    def registered(self, workflow: Workflow) -> None:
+    def registered(self, workflow: Definition) -> None:
         """A workflow was registered after start: record it, and serve its queue."""
-        queue = workflow.defaults.queue or "default"
+        queue = workflow.queue
         if self.auto_queues and queue not in self.queues:
             self.queues = [*self.queues, queue]
             log.info("worker %s now also serves queue %s", self.id, queue)
         try:
-            names = [n for n in (workflow.name, workflow.alias) if n in self.app._claim_names]
-            self.app.store.add_worker_workflows(
-                worker_id=self.id, workflows=names, queues_=self.queues
-            )
+            claimed = self.runtime.registry.claim_names
+            names = [n for n in (workflow.name, workflow.alias) if n in claimed]
+            self.store.add_worker_workflows(worker_id=self.id, workflows=names, queues_=self.queues)
         except Exception:
             log.warning("could not record workflow %r in the worker registry", workflow.name)
         self._wake.set()
@@ -268,6 +218,7 @@ class Worker:
         self._stopped = True
         self._stopping.set()
         self._wake.set()
+        self.runtime.on_wake(None)
         if self._unlisten is not None:
             self._unlisten()
         try:
@@ -276,7 +227,7 @@ class Worker:
             self._wait_for_running(timeout)
         except KeyboardInterrupt:
             log.warning("interrupted: giving the running jobs back to the queue")
-        store = self.app.store
+        store = self.store
         try:
             store.flush()
             for job_id, execution in list(self.running.items()):
@@ -320,9 +271,10 @@ class Worker:
             + (" ..." if len(running) > 5 else ""),
             "it" if len(running) == 1 else "them",
         )
-        deadline = self.app.clock.now() + timeout
+        clock = self.runtime.clock
+        deadline = clock.now() + timeout
         for execution in running:
-            execution.done.wait(max(0.0, deadline - self.app.clock.now()))
+            execution.done.wait(max(0.0, deadline - clock.now()))
 
     @property
     def alive(self) -> bool:
@@ -381,9 +333,9 @@ class Worker:
             return self.concurrency - len(self.running)
 
     def _active_queues(self) -> list[str]:
-        now = self.app.clock.now()
+        now = self.runtime.clock.now()
         if now - self._paused_checked > 1.0:
-            self._paused = self.app.store.paused_queues()
+            self._paused = self.store.paused_queues()
             self._paused_checked = now
         queues = [q for q in self.queues if q not in self._paused]
         # Rotate so one busy queue cannot starve the others.
@@ -399,11 +351,11 @@ class Worker:
         written by other processes reach the worker with its next heartbeat, as for
         running jobs.
         """
-        if self._ready and self.app.store.cancel_requests != self._cancels_seen:
-            self._cancels_seen = self.app.store.cancel_requests
+        if self._ready and self.store.cancel_requests != self._cancels_seen:
+            self._cancels_seen = self.store.cancel_requests
             with self._lock:
                 ids = [job.id for job in self._ready]
-            self._cancel_ahead(self.app.store.cancels_requested(ids))
+            self._cancel_ahead(self.store.cancels_requested(ids))
         with self._lock:
             return self._ready.popleft() if self._ready else None
 
@@ -421,25 +373,25 @@ class Worker:
             return
         dropped = self._drop_ahead(lambda job: job.id in job_ids)
         for job in dropped:
-            self.app.store.unclaim_job(job_id=job.id, token=job.lease_token, cancel=True)
+            self.store.unclaim_job(job_id=job.id, token=job.lease_token, cancel=True)
         if dropped:
-            self.app._job_finished()
+            self.runtime.finished.notify()
 
     def _claim(self, free: int) -> list[ClaimedJob]:
         claimed: list[ClaimedJob] = []
         while len(claimed) < free and (job := self._take_ready()) is not None:
             claimed.append(job)
         free -= len(claimed)
-        workflows = self.app._claim_names
+        workflows = self.runtime.registry.claim_names
         for queue in self._active_queues():
             if free <= 0:
                 break
-            got = self.app.store.claim_jobs(
+            got = self.store.claim_jobs(
                 worker_id=self.id,
                 queue=queue,
                 workflows=workflows,
                 limit=free,
-                lease_seconds=self.app.stale_after_seconds,
+                lease_seconds=self.settings.stale_after_seconds,
             )
             claimed.extend(got)
             free -= len(got)
@@ -472,7 +424,7 @@ class Worker:
                 failures = 0
                 if claimed:
                     continue  # maybe more ready work: claim again as slots free
-                self.app.clock.wait(self._wake, self._idle_wait() if free > 0 else 1.0)
+                self.runtime.clock.wait(self._wake, self._idle_wait() if free > 0 else 1.0)
             except Exception:
                 failures += 1
                 pause = min(30.0, 0.5 * 2**failures) * (0.5 + random.random() / 2)
@@ -480,23 +432,29 @@ class Worker:
                 self._stopping.wait(pause)
 
     def _idle_wait(self) -> float:
-        poll = self.app.poll_seconds
-        due = self.app.store.next_due_at(self.queues)
+        poll = self.settings.poll_seconds
+        due = self.store.next_due_at(self.queues)
         if due is None:
             return poll
-        return min(poll, max(0.0, due - self.app.clock.now()) + 0.001)
+        return min(poll, max(0.0, due - self.runtime.clock.now()) + 0.001)
 
     def _dispatch(self, job: ClaimedJob) -> None:
         execution = self._execution(job)
         if execution.workflow.is_async:
-            loop = self._event_loop()
-            future = asyncio.run_coroutine_threadsafe(execution.run_async(), loop)
-            future.add_done_callback(lambda _f, x=execution: self._finished(x.job.id, x))
+            self._start_async(execution)
         else:
             self._pool.submit(self._run_slot, execution)
 
+    def _start_async(self, execution: Execution) -> None:
+        """Run an ``async def`` job on the worker's own loop (never the caller's)."""
+        future = asyncio.run_coroutine_threadsafe(execution.run_async(), self._event_loop())
+        future.add_done_callback(functools.partial(self._async_done, execution))
+
+    def _async_done(self, execution: Execution, _future: object) -> None:
+        self._finished(execution.job.id, execution)
+
     def _execution(self, job: ClaimedJob, replaces: Execution | None = None) -> Execution:
-        execution = Execution(self.app, job, self.app.get_workflow(job.workflow))
+        execution = Execution(self.runtime, job, self.runtime.registry.get(job.workflow))
         with self._lock:
             if replaces is not None and self.running.get(replaces.job.id) is replaces:
                 del self.running[replaces.job.id]
@@ -523,12 +481,10 @@ class Worker:
                 self._finished(execution.job.id, execution)
                 return
             if not execution.deferred:
-                self.app._job_finished()
+                self.runtime.finished.notify()
             following = self._execution(nxt, replaces=execution)
             if following.workflow.is_async:
-                loop = self._event_loop()
-                future = asyncio.run_coroutine_threadsafe(following.run_async(), loop)
-                future.add_done_callback(lambda _f, x=following: self._finished(x.job.id, x))
+                self._start_async(following)
                 return
             execution = following
 
@@ -540,7 +496,7 @@ class Worker:
         ``WRITE_BEHIND_SECONDS``); otherwise the success is committed now, with the claim
         of the next job (and, after a short job, of jobs to hold ahead).
         """
-        job, store = execution.job, self.app.store
+        job, store = execution.job, self.store
         short = store.now() - execution.started < SHORT_JOB_SECONDS
         if short and job.parent_id is None and not self._stopping.is_set():
             nxt = self._take_ready()
@@ -590,7 +546,7 @@ class Worker:
             return
         execution.note_write(outcome)
         if outcome:
-            self.app._job_finished()
+            self.runtime.finished.notify()
 
     def _write_behind_loop(self) -> None:
         while not self._stopping.is_set():
@@ -599,7 +555,7 @@ class Worker:
             self._stopping.wait(WRITE_BEHIND_SECONDS)
             self._behind.clear()
             try:
-                self.app.store.flush()
+                self.store.flush()
             except Exception:
                 log.exception("worker %s: write-behind commit failed", self.id)
 
@@ -613,14 +569,14 @@ class Worker:
         return dict(
             worker_id=self.id,
             queue=queues[0],
-            workflows=self.app._claim_names,
-            lease_seconds=self.app.stale_after_seconds,
+            workflows=self.runtime.registry.claim_names,
+            lease_seconds=self.settings.stale_after_seconds,
             limit=limit,
         )
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
-            self._loop = _LoopThread("nbjobs-loop")
+            self._loop = LoopThread("nbjobs-loop")
         return self._loop.loop
 
     def _finished(self, job_id: str, execution: Execution | None = None) -> None:
@@ -629,33 +585,35 @@ class Worker:
             if execution is None or self.running.get(job_id) is execution:
                 self.running.pop(job_id, None)
         self._wake.set()
-        self.app._job_finished()
+        self.runtime.finished.notify()
 
     # -- monitoring --------------------------------------------------------------------
     def _monitor_loop(self) -> None:
-        clock = self.app.clock
+        clock, settings = self.runtime.clock, self.settings
         last_beat = last_reap = 0.0
-        tick = min(0.25, self.app.heartbeat_seconds / 4)
+        tick = min(0.25, settings.heartbeat_seconds / 4)
         while not self._stopping.is_set():
-            if self.app.store.dialect.gone is not None:
+            if self.store.dialect.gone is not None:
                 self._database_gone()
                 return
             try:
-                self.app.store.sync_clock_if_stale()
+                self.store.sync_clock_if_stale()
                 now = clock.now()
-                self._check_timeouts(now)
-                if self.app.store.wake_due_jobs():
+                expire_overdue(list(self.running.values()), now)
+                if self.store.wake_due_jobs():
                     self._wake.set()
-                if now - last_beat >= self.app.heartbeat_seconds:
+                if now - last_beat >= settings.heartbeat_seconds:
                     last_beat = now
                     self._heartbeat()
-                if now - last_reap >= self.app.heartbeat_seconds:
+                if now - last_reap >= settings.heartbeat_seconds:
                     last_reap = now
-                    if self.app.store.reap_expired(max_reclaims=self.app.max_reclaims):
+                    if self.store.reap_expired(max_reclaims=settings.max_reclaims):
                         self._wake.set()
-                    if self.app.store.heal_fanouts():  # heals a missed fan-in or sibling cancel
+                    if self.store.heal_fanouts():  # heals a missed fan-in or sibling cancel
                         self._wake.set()
-                self.app._on_monitor_tick(self)
+                if self.scheduler.tick(self.queues):
+                    self._wake.set()
+                self.retention.tick()
             except Exception:
                 log.exception("worker %s: monitor pass failed", self.id)
                 self._stopping.wait(1.0)
@@ -664,18 +622,13 @@ class Worker:
     def _database_gone(self) -> None:
         """The database went away under the App (see ``Dialect.gone``): nothing can be
         recorded any more, so stop claiming and stop the runs at their next step."""
-        log.error("worker %s stopped: %s", self.id, self.app.store.dialect.gone)
+        log.error("worker %s stopped: %s", self.id, self.store.dialect.gone)
         self._stopping.set()
         self._wake.set()
         with self._lock:
             executions = list(self.running.values())
         for execution in executions:
             execution.mark_lost()
-
-    def _check_timeouts(self, now: float) -> None:
-        for execution in list(self.running.values()):
-            if execution.deadline is not None and now >= execution.deadline:
-                execution.expire()
 
     def _heartbeat(self) -> None:
         with self._lock:
@@ -685,22 +638,7 @@ class Worker:
             # (old token) and claimed ahead (new token): the new lease is the one held.
             held.update((job.id, job.lease_token) for job in self._ready)
             held.update((jid, x.token) for jid, x in self._deferred.items() if jid not in held)
-        lost, cancel = self.app.store.heartbeat(
-            worker_id=self.id, held=held, lease_seconds=self.app.stale_after_seconds
-        )
-        # Only the lease reported lost is dropped, never a newer one of the same job.
-        lost_leases = {(job_id, held[job_id]) for job_id in lost}
-        if lost:
+        lost_leases, cancel = renew(self.runtime, self.id, executions, held)
+        if lost_leases:
             self._drop_ahead(lambda job: (job.id, job.lease_token) in lost_leases)
         self._cancel_ahead(set(cancel))
-        for job_id in lost:
-            execution = executions.get(job_id)
-            if execution is None or (job_id, execution.token) not in lost_leases:
-                continue
-            if not execution.done.is_set():
-                log.warning("job %s: lease lost (another worker took it over)", job_id)
-                execution.mark_lost()
-        for job_id in cancel:
-            execution = self.running.get(job_id)
-            if execution is not None:
-                execution.request_cancel()

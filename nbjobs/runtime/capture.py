@@ -30,7 +30,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from .execution import Execution
+    from ..clock import Clock
+    from ..store import ClaimedJob, Store
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,11 @@ _formatter = logging.Formatter()
 class JobOutput:
     """The bounded output buffer of one attempt of one job."""
 
-    def __init__(self, execution: Execution, *, tee: bool = False) -> None:
-        self.store = execution.app.store
-        self.clock = execution.app.clock
-        self.job_id = execution.job.id
-        self.attempt = execution.job.attempt
+    def __init__(self, store: Store, clock: Clock, job: ClaimedJob, *, tee: bool = False) -> None:
+        self.store = store
+        self.clock = clock
+        self.job_id = job.id
+        self.attempt = job.attempt
         self.tee = tee
         self.kept = 0
         self.dropped = 0
@@ -245,12 +246,11 @@ def install() -> None:
 
 
 @contextlib.contextmanager
-def job_output(execution: Execution) -> Iterator[JobOutput]:
-    """Route this context's output to ``execution``'s job while the block runs."""
+def job_output(store: Store, clock: Clock, job: ClaimedJob, *, tee: bool) -> Iterator[JobOutput]:
+    """Route this context's output to ``job``'s buffer while the block runs; ``tee``
+    shows it as well (``wf.run``, whose caller watches)."""
     install()
-    app = execution.app
-    inline = app._inline.get(execution.job.id) is execution
-    output = JobOutput(execution, tee=inline)
+    output = JobOutput(store, clock, job, tee=tee)
     token = _current.set(output)
     try:
         yield output

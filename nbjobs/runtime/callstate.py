@@ -1,0 +1,356 @@
+"""The call state a workflow run gets: replay-or-run steps, and durable waits.
+
+``cs.checkpoint`` returns a stored step result on replay, or runs the step once and
+stores its result before returning it.  The durable waits (``cs.sleep``,
+``cs.wait_signal``, ``cs.fan_out``) are steps too, numbered by the same counter: the
+first time a run reaches one, the wait is recorded and the job parked as ``waiting`` in
+one transaction, and the run stops by raising the internal ``_Suspend`` (the worker slot
+is free at once).  When the timer is due, the signal arrives or the fan-in is decided,
+the job is queued again and *replayed*: its finished steps return their stored values,
+and the wait now returns what it waited for.
+
+The call state owns the run's step names and numbers; the :class:`Execution` it is
+given owns the lease and writes the steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import math
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ..codec import digest
+from ..errors import (
+    ConfigurationError,
+    DuplicateCheckpoint,
+    FanOutError,
+    SerializationError,
+    SignalTimeout,
+    _Suspend,
+)
+from ..options import Spec
+from ..store.waits import CANCELLED, LOST, SUSPENDED, TIMEOUT, WaitResult
+from ..strategies import FailFast, Outcome, Strategy, strategy_from_detail
+from ..validation import check_name, check_number, check_time
+from . import capture
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Row
+
+    from .execution import Execution
+
+log = logging.getLogger(__name__)
+
+
+class CallState:
+    """The handle a workflow run gets: durable steps, durable waits, progress, identity.
+
+    ``job_id``, ``attempt`` and ``input`` (``{"args": [...], "kwargs": {...}}``) describe
+    the run.  Everything durable goes through ``checkpoint`` and the waits.
+    """
+
+    def __init__(self, execution: Execution, args: tuple, kwargs: dict, last_seq: int = 0) -> None:
+        self._x = execution
+        self._runtime = execution.runtime
+        self.job_id: str = execution.job.id
+        self.attempt: int = execution.job.attempt
+        self.input: dict[str, Any] = {"args": list(args), "kwargs": dict(kwargs)}
+        #: The step names this run used, to tell a replay that diverged.
+        self.names: set[str] = set()
+        #: The number of the last step (checkpoint or wait) recorded for the job.
+        self._seq = last_seq
+        #: How often this run waited for each signal name (the n-th wait is a step).
+        self._signal_waits: dict[str, int] = {}
+
+    # -- steps: names and numbers ------------------------------------------------------
+    def _claim_name(self, name: str, what: str) -> Row | None:
+        """Take ``name`` for this run; return its stored step, if an earlier attempt
+        recorded it."""
+        check_name(what, name)
+        if name in self.names:
+            raise DuplicateCheckpoint(
+                f"{what} {name!r} is used twice in one run of job {self.job_id}; give each "
+                "step, sleep and fan-out its own name (e.g. f'download-{i}')"
+            )
+        self.names.add(name)
+        self._x.check()
+        return self._x.stored.get(name)
+
+    def _next_seq(self, stored: Row | None = None) -> int:
+        """The number of a new step (or the stored one of a step replayed)."""
+        if stored is not None:
+            return stored.seq
+        self._seq += 1
+        return self._seq
+
+    # -- checkpoints, shared by the sync and async checkpoint --------------------------
+    def _begin_step(
+        self, name: str, fn: Any, args: tuple, kwargs: dict
+    ) -> tuple[bool, Any, str | None]:
+        """(replayed, value, args_hash): the stored value on replay."""
+        if not callable(fn):
+            check_name("checkpoint name", name)
+            raise ConfigurationError(
+                f"checkpoint {name!r}: pass the function and its arguments, not its result: "
+                f"cs.checkpoint({name!r}, fetch, 1) rather than cs.checkpoint({name!r}, "
+                f"fetch(1)) (got a {type(fn).__name__})"
+            )
+        stored = self._claim_name(name, "checkpoint name")
+        args_hash = self._args_hash(args, kwargs)
+        if stored is None:
+            return False, None, args_hash
+        if stored.args_hash and args_hash and stored.args_hash != args_hash:
+            capture.log_outside(
+                log,
+                logging.WARNING,
+                "job %s (%s) replays checkpoint %r with different arguments than its first "
+                "run; the stored result is returned",
+                self.job_id,
+                self._x.workflow.name,
+                name,
+                in_job=True,
+            )
+        if stored.code_fingerprint and stored.code_fingerprint != self._x.workflow.fingerprint:
+            self._x.warn_changed_code(name)
+        return True, self._runtime.codec.loads(stored.value), args_hash
+
+    def _args_hash(self, args: tuple, kwargs: dict) -> str | None:
+        try:
+            return digest(self._runtime.codec.dumps([list(args), kwargs], check_keys=False))
+        except (SerializationError, RecursionError):
+            return None
+
+    def _encode(self, name: str, value: Any) -> str:
+        try:
+            return self._runtime.codec.dumps(value)
+        except SerializationError as exc:
+            raise SerializationError(
+                f"checkpoint {name!r} returned a value nbjobs cannot store: {exc}"
+            ) from None
+
+    def _record(self, name: str, text: str, args_hash: str | None, started: float) -> Any:
+        """Store a finished step under the next number; returns the value as stored."""
+        self._x.record_step(name, self._next_seq(), text, args_hash, started)
+        return self._runtime.codec.loads(text)
+
+    # -- public ------------------------------------------------------------------------
+    def checkpoint(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` once per job and persist its result.
+
+        On a replay (retry, crash recovery, resume) the stored result is returned and
+        ``fn`` is not called.  The value returned is the stored one in both cases (JSON
+        turns tuples into lists), so a run behaves the same on replay.  ``name`` and
+        ``fn`` are positional-only, so the step may take keyword arguments of those names.
+        """
+        replayed, value, args_hash = self._begin_step(name, fn, args, kwargs)
+        if replayed:
+            return value
+        started = self._runtime.store.now()
+        value = fn(*args, **kwargs)
+        if inspect.isawaitable(value):
+            if inspect.iscoroutine(value):
+                value.close()  # never awaited: close it rather than leak a warning
+            raise ConfigurationError(
+                f"checkpoint {name!r} returned an awaitable in a sync workflow; make the "
+                "workflow `async def` and `await cs.checkpoint(...)`"
+            )
+        return self._record(name, self._encode(name, value), args_hash, started)
+
+    def progress(self, value: float | str) -> None:
+        """Report progress inside a long step: a fraction in [0, 1] or a message."""
+        if isinstance(value, str):
+            self._x.report_progress(None, value)
+        else:
+            self._x.report_progress(min(1.0, max(0.0, float(value))), None)
+
+    def sleep(self, name: str, seconds: float) -> None:
+        """Durably wait ``seconds`` without holding a worker slot."""
+        self._sleep(name, self._runtime.store.now() + float(seconds))
+
+    def sleep_until(self, name: str, when: datetime | float) -> None:
+        """Durably wait until ``when`` (an aware datetime or epoch seconds; a naive
+        datetime fails the run) without holding a worker slot."""
+        self._sleep(name, check_time("sleep_until", when))
+
+    def wait_signal(self, name: str, timeout: float | None = None) -> Any:
+        """Wait for ``h.signal(name, payload)``; returns the payload (FIFO, once each)."""
+        check_name("signal name", name)
+        check_number("timeout", timeout, 0, optional=True)
+        # The n-th wait for a name in a run is its own step (fixed by call order).
+        self._signal_waits[name] = count = self._signal_waits.get(name, 0) + 1
+        step = f"signal:{name}" if count == 1 else f"signal:{name}#{count}"
+        with self._x.writing():
+            stored = self._begin_wait(step, "signal wait")
+            if stored is not None and stored.done:
+                if _detail(stored).get("timed_out"):
+                    raise SignalTimeout(f"no signal {name!r} arrived within {timeout} s")
+                return self._runtime.codec.loads(stored.value)
+            if stored is not None:
+                deadline = _detail(stored).get("deadline")
+            else:
+                deadline = None if timeout is None else self._runtime.store.now() + timeout
+            result = self._settle(
+                self._runtime.store.take_signal(
+                    **self._wait_fields(stored),
+                    checkpoint=step,
+                    name=name,
+                    deadline=deadline,
+                    exists_=stored is not None,
+                )
+            )
+        if result.state == TIMEOUT:
+            raise SignalTimeout(f"no signal {name!r} arrived within {timeout} s")
+        return self._runtime.codec.loads(result.value)
+
+    def fan_out(self, name: str, specs: list[Spec], strategy: Any = None) -> list:
+        """Start child runs and wait for them without holding a slot; see the contract."""
+        strategy = FailFast() if strategy is None else strategy
+        if not isinstance(strategy, Strategy):
+            raise ConfigurationError(
+                f"strategy must be FailFast(), CollectAll() or Threshold(n), got {strategy!r}"
+            )
+        specs = list(specs)
+        for spec in specs:
+            if not isinstance(spec, Spec):
+                raise ConfigurationError(
+                    f"fan_out takes workflow specs (child.spec(...)), got {spec!r}"
+                )
+        with self._x.writing():
+            stored = self._begin_wait(name, "fan-out name")
+            if stored is not None and stored.done:
+                return self._outcomes(name, stored.value, _detail(stored))
+            detail = _detail(stored) or dict(strategy.to_detail(), count=len(specs))
+            if stored is None and not specs:
+                return _judge(name, [], strategy)
+            children = None if stored is not None else [self._child(s) for s in specs]
+            result = self._settle(
+                self._runtime.store.begin_fanout(
+                    **self._wait_fields(stored),
+                    root_id=self._x.job.root_id,
+                    name=name,
+                    detail=detail,
+                    children=children,
+                )
+            )
+        return self._outcomes(name, result.value, detail)
+
+    # -- durable waits -----------------------------------------------------------------
+    def _sleep(self, name: str, wake_at: float) -> None:
+        with self._x.writing():
+            stored = self._begin_wait(name, "sleep name")
+            if stored is not None:
+                if stored.done:
+                    return
+                wake_at = _detail(stored).get("wake_at", wake_at)  # the first run's time
+            if not math.isfinite(wake_at):
+                raise ConfigurationError(f"sleep {name!r}: the wake-up time must be finite")
+            self._settle(
+                self._runtime.store.begin_sleep(
+                    **self._wait_fields(stored),
+                    name=name,
+                    wake_at=wake_at,
+                    exists_=stored is not None,
+                )
+            )
+
+    def _begin_wait(self, name: str, what: str) -> Row | None:
+        stored = self._claim_name(name, what)
+        self._x.flush_steps()  # the wait's own write adds to the job row's count of steps
+        return stored
+
+    def _wait_fields(self, stored: Row | None) -> dict[str, Any]:
+        """The fields every wait writes: the job, its lease, the step's number and code."""
+        x = self._x
+        return dict(
+            job_id=x.job.id,
+            token=x.token,
+            attempt=x.job.attempt,
+            seq=self._next_seq(stored),
+            code_fingerprint=x.workflow.fingerprint,
+        )
+
+    def _settle(self, result: WaitResult) -> WaitResult:
+        """Turn the store's answer into control flow: suspend, stop, or go on."""
+        if result.state == SUSPENDED:
+            raise _Suspend()
+        if result.state == LOST:
+            raise self._x.lease_lost()
+        if result.state == CANCELLED:
+            raise self._x.cancelled()
+        return result
+
+    def _child(self, spec: Spec) -> dict[str, Any]:
+        """A fan-out child's row; children get deterministic keys from the store."""
+        definition = self._runtime.registry.get(spec.workflow)
+        fields = self._runtime.job_fields(definition, spec.args, spec.kwargs, spec.options)
+        fields.pop("key", None)
+        return fields
+
+    def _outcomes(self, name: str, text: str | None, detail: dict[str, Any]) -> list[Outcome]:
+        loads = self._runtime.codec.loads
+        outcomes = [
+            Outcome(
+                status=o["status"],
+                value=loads(o["result"]) if o["status"] == "succeeded" else None,
+                error=o.get("error"),
+                job_id=o.get("job_id"),
+            )
+            for o in json.loads(text or "[]")
+        ]
+        return _judge(name, outcomes, strategy_from_detail(detail))
+
+
+def _detail(stored: Row | None) -> dict[str, Any]:
+    return json.loads(stored.detail) if stored is not None and stored.detail else {}
+
+
+def _judge(name: str, outcomes: list[Outcome], strategy: Strategy) -> list[Outcome]:
+    """The outcomes, or ``FanOutError`` when ``strategy`` says the fan-out failed."""
+    if not strategy.failed(outcomes):
+        return outcomes
+    bad = [o for o in outcomes if not o.ok]
+    first = next((o for o in bad if o.status == "failed"), bad[0] if bad else None)
+    message = (
+        f"fan-out {name!r} failed under {strategy!r}: {len(bad)} of {len(outcomes)} "
+        "children did not succeed"
+    )
+    if first is not None:
+        message += f" (first: {first.status}: {first.error})"
+    raise FanOutError(message, outcomes)
+
+
+class AsyncCallState(CallState):
+    """The call state of an ``async def`` workflow: its durable calls are awaited."""
+
+    async def checkpoint(  # type: ignore[override]
+        self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Any:
+        replayed, value, args_hash = self._begin_step(name, fn, args, kwargs)
+        if replayed:
+            return value
+        started = self._runtime.store.now()
+        if inspect.iscoroutinefunction(fn):
+            value = await fn(*args, **kwargs)
+        else:
+            value = await asyncio.to_thread(fn, *args, **kwargs)
+            if inspect.isawaitable(value):
+                value = await value
+        text = self._encode(name, value)
+        return await asyncio.to_thread(self._record, name, text, args_hash, started)
+
+    async def sleep(self, name: str, seconds: float) -> None:  # type: ignore[override]
+        await asyncio.to_thread(super().sleep, name, seconds)
+
+    async def sleep_until(self, name: str, when: datetime | float) -> None:  # type: ignore[override]
+        await asyncio.to_thread(super().sleep_until, name, when)
+
+    async def wait_signal(self, name: str, timeout: float | None = None) -> Any:  # type: ignore[override]
+        return await asyncio.to_thread(super().wait_signal, name, timeout)
+
+    async def fan_out(self, name: str, specs: list[Spec], strategy: Any = None) -> list:  # type: ignore[override]
+        return await asyncio.to_thread(super().fan_out, name, specs, strategy)
