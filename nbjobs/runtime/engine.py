@@ -93,7 +93,25 @@ class Engine:
     def start(self, concurrency: int, queues: list[str] | None) -> Worker:
         self.worker = Worker(self.runtime, concurrency=concurrency, queues=queues)
         self.worker.start()
+        self._report_unknown_jobs(self.worker)
         return self.worker
+
+    def _report_unknown_jobs(self, worker: Worker) -> None:
+        """Say once, at start, which queued jobs of this worker's queues it cannot run."""
+        try:
+            counts = self.store.queued_workflow_counts(worker.queues)
+        except Exception:
+            log.debug("could not count queued jobs by workflow", exc_info=True)
+            return
+        known = set(self.runtime.registry.claim_names)
+        unknown = {name: n for name, n in counts.items() if name not in known}
+        if unknown:
+            log.warning(
+                "%d queued jobs of workflows this worker does not know: %s (they wait for a "
+                "worker that registers them)",
+                sum(unknown.values()),
+                ", ".join(f"{name} ({n})" for name, n in sorted(unknown.items())),
+            )
 
     def stop(self, timeout: float) -> None:
         if self.worker is not None:

@@ -38,7 +38,6 @@ import os
 import random
 import socket
 import threading
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -48,7 +47,7 @@ from ..store import ClaimedJob
 from .execution import Execution
 from .leases import expire_overdue, renew
 from .scheduler import Retention, Scheduler
-from .threads import DaemonPool, LoopThread
+from .threads import DaemonPool, LoopThread, forget_at_exit, stop_at_exit
 
 if TYPE_CHECKING:
     from .context import Runtime
@@ -64,44 +63,6 @@ SHORT_JOB_SECONDS = 0.005
 PREFETCH = 16
 #: How long a short job's success may wait for a commit shared with others, at most.
 WRITE_BEHIND_SECONDS = 0.005
-
-
-#: How long running jobs get at interpreter exit (a script that ends, or Ctrl-C).
-EXIT_GRACE_SECONDS = 30.0
-
-_live_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
-_exit_hook = threading.Lock()
-_exit_hook_installed = False
-
-
-def _stop_at_exit_too(worker: Worker) -> None:
-    """Stop ``worker`` when the interpreter exits (a script's end, its first Ctrl-C).
-
-    A threading exit hook (run before the interpreter joins its threads), never a signal
-    handler: this also runs in a notebook kernel, which owns SIGINT.  The hook waits up
-    to ``EXIT_GRACE_SECONDS`` for the running jobs and says so; a second Ctrl-C gives
-    them back to the queue at once.  The job threads are daemons, so a step still
-    running after that does not hold the process.
-    """
-    global _exit_hook_installed
-    _live_workers.add(worker)
-    with _exit_hook:
-        if _exit_hook_installed:
-            return
-        try:
-            threading._register_atexit(_stop_live_workers)  # type: ignore[attr-defined]
-        except (AttributeError, RuntimeError):
-            return  # no hook API here, or the interpreter is exiting already
-        _exit_hook_installed = True
-
-
-def _stop_live_workers() -> None:
-    for worker in list(_live_workers):
-        if worker.alive:
-            try:
-                worker.stop(EXIT_GRACE_SECONDS)
-            except BaseException:
-                log.exception("could not stop worker %s at exit", worker.id)
 
 
 class Worker:
@@ -158,7 +119,7 @@ class Worker:
         except Exception:
             log.exception("could not reclaim jobs of dead local workers")
         self._unlisten = store.listen_ready(self._on_ready)
-        _stop_at_exit_too(self)
+        stop_at_exit(self)
         for target, name in (
             (self._dispatch_loop, "dispatch"),
             (self._monitor_loop, "monitor"),
@@ -174,24 +135,6 @@ class Worker:
             ", ".join(self.queues),
             " (those of its workflows; pass queues= to choose)" if self.auto_queues else "",
         )
-        self._report_unknown_jobs()
-
-    def _report_unknown_jobs(self) -> None:
-        """Say once, at start, which queued jobs of this worker's queues it cannot run."""
-        try:
-            counts = self.store.queued_workflow_counts(self.queues)
-        except Exception:
-            log.debug("could not count queued jobs by workflow", exc_info=True)
-            return
-        known = set(self.runtime.registry.claim_names)
-        unknown = {name: n for name, n in counts.items() if name not in known}
-        if unknown:
-            log.warning(
-                "%d queued jobs of workflows this worker does not know: %s (they wait for a "
-                "worker that registers them)",
-                sum(unknown.values()),
-                ", ".join(f"{name} ({n})" for name, n in sorted(unknown.items())),
-            )
 
     def registered(self, workflow: Definition) -> None:
         """A workflow was registered after start: record it, and serve its queue."""
@@ -253,7 +196,7 @@ class Worker:
                 store.stop_worker(self.id)
         except Exception:
             log.exception("could not mark worker %s stopped", self.id)
-        _live_workers.discard(self)
+        forget_at_exit(self)
         log.info("worker %s stopped", self.id)
 
     def _wait_for_running(self, timeout: float) -> None:
