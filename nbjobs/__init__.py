@@ -16,7 +16,7 @@ from .errors import (
     WorkerLost,
 )
 from .handle import JobHandle, ResultTimeout
-from .schema import Status
+from .jobs import Status
 from .strategies import CollectAll, FailFast, Outcome, Threshold
 from .workflow import CallState
 

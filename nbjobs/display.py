@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, SupportsIndex, overload
 
 from .errors import ConfigurationError
-from .handle import STATUS_COLOURS, JobHandle
-from .store.views import row_code_changed, row_progress
+from .handle import JobHandle
+from .jobs import STATUS_COLOURS, row_code_changed, row_progress
 
 if TYPE_CHECKING:
     from .app import App

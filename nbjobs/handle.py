@@ -191,13 +191,3 @@ class JobHandle:
         from .display import job_html
 
         return job_html(self)
-
-
-STATUS_COLOURS = {
-    "queued": "#6b7280",
-    "running": "#2563eb",
-    "waiting": "#d97706",
-    "succeeded": "#16a34a",
-    "failed": "#dc2626",
-    "cancelled": "#9ca3af",
-}

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
-from .schema import TERMINAL, Status
+from .errors import UnknownJob
+from .jobs import FINISHED, STATUS_COLOURS, Status, row_progress
 
 if TYPE_CHECKING:
     from .handle import JobHandle
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two reads of the job's row.
 POLL_SECONDS = 0.25
-_TERMINAL = {s.value for s in TERMINAL}
 _BAR_STYLE = {
     Status.SUCCEEDED.value: "success",
     Status.FAILED.value: "danger",
@@ -50,7 +50,6 @@ class JobWatch(w.VBox):
         super().__init__([self.header, w.HBox([self.bar, self.step]), self.outcome])
         self.finished = threading.Event()
         self._stop = threading.Event()
-        self._expected: int | None = None
         self._last_steps = -1
         self._last_step_name: str | None = None
         self._refreshing = threading.Lock()
@@ -81,9 +80,10 @@ class JobWatch(w.VBox):
 
     def _refresh(self) -> None:
         store = self.handle.app.store
-        row = store.get_job(self.handle.id)
-        if self._expected is None:
-            self._expected = row.steps_expected or store.expected_steps(row.workflow)
+        rows = store.jobs_rows([self.handle.id])  # a table row: the dashboard's progress
+        if not rows:
+            raise UnknownJob(f"no job with id {self.handle.id!r}")
+        row = rows[0]
         if row.steps_done != self._last_steps:
             self._last_steps = row.steps_done
             steps = store.history_steps([row.id])
@@ -93,24 +93,15 @@ class JobWatch(w.VBox):
             f'<span style="font-family:system-ui,sans-serif"><b>{html.escape(row.workflow)}</b> '
             f"<code>{html.escape(row.id)}</code> {_badge(status)}</span>"
         )
-        self.bar.value = self._fraction(row)
+        self.bar.value = row_progress(row) or 0.0
         self.bar.bar_style = _BAR_STYLE.get(status, "info")
         self.step.value = self._step_text(row)
-        if status in _TERMINAL:
+        if status in FINISHED:
             self.outcome.value = self._outcome_html(status)
             self.finished.set()
 
-    def _fraction(self, row: Any) -> float:
-        if row.status == Status.SUCCEEDED.value:
-            return 1.0
-        if row.status == Status.RUNNING.value and row.progress is not None:
-            return float(row.progress)
-        if self._expected:
-            return min(1.0, row.steps_done / self._expected)
-        return 0.0
-
     def _step_text(self, row: Any) -> str:
-        total = f" of {self._expected}" if self._expected else ""
+        total = f" of {row.expected_steps}" if row.expected_steps else ""
         parts = [f"{row.steps_done}{total} steps done"]
         if row.status == Status.RUNNING.value:
             after = f" after {self._last_step_name!r}" if self._last_step_name else ""
@@ -164,8 +155,6 @@ class JobWatch(w.VBox):
 
 
 def _badge(status: str) -> str:
-    from .handle import STATUS_COLOURS
-
     colour = STATUS_COLOURS.get(status, "#666")
     return (
         f'<span style="background:{colour};color:white;border-radius:8px;padding:1px 8px">'

@@ -15,7 +15,7 @@ from sqlalchemy import event
 import nbjobs
 from nbjobs.clock import FakeClock
 from nbjobs.display import MAX_ROWS, JobList, ScheduleList
-from nbjobs.handle import STATUS_COLOURS
+from nbjobs.jobs import STATUS_COLOURS
 from tests.conftest import make_app
 
 WAIT = 60

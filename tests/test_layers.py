@@ -4,8 +4,8 @@ The rules, read from the source (no database needed):
 
 * every module of ``nbjobs/store`` is under 600 lines (``STYLE.md``'s budget);
 * ``nbjobs/store`` imports, from nbjobs, only ``store/`` itself, ``dialects/`` and the
-  leaves ``schema``, ``codec``, ``clock``, ``errors``, ``validation`` and
-  ``strategies``: never the engine (``app``, ``worker``, ``execution``, ``workflow``,
+  leaves ``schema``, ``codec``, ``clock``, ``errors``, ``validation``,
+  ``strategies`` and ``jobs``: never the engine (``app``, ``worker``, ``execution``, ``workflow``,
   ``waits``...), the notebook renderers or the dashboard.  Imports of every kind count:
   module-level, inside functions and under ``if TYPE_CHECKING:``;
 * no method of ``Store`` depends on the order of its base classes: no ``super()`` call
@@ -35,6 +35,7 @@ ALLOWED = {
     "nbjobs.errors",
     "nbjobs.validation",
     "nbjobs.strategies",
+    "nbjobs.jobs",
 }
 #: Methods one class declares for a subclass to replace (never through ``super()``).
 HOOKS = {"_run_group"}

@@ -12,8 +12,7 @@ import param
 
 from ..display import code_mark, registered_fingerprints
 from ..errors import UnknownJob
-from ..schema import TERMINAL
-from ..store.views import row_code_changed, row_progress
+from ..jobs import FINISHED, row_code_changed, row_progress
 from .base import Component
 from .style import (
     CSS,
@@ -27,8 +26,6 @@ from .style import (
     stored_value,
     truncate,
 )
-
-FINISHED = {s.value for s in TERMINAL}
 
 
 def _esc(value: Any) -> str:

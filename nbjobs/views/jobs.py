@@ -18,7 +18,8 @@ import panel as pn
 import param
 
 from ..display import code_mark, no_worker_mark, progress_label, registered_fingerprints
-from ..store.views import SORTS, JobFilter, row_code_changed, row_progress
+from ..jobs import row_code_changed, row_progress
+from ..store.views import SORTS, JobFilter
 from ..store.workers import runner_problem
 from .base import Component, Throttle
 from .style import CSS, STATUSES, fmt_duration, fmt_time, pill, progress_bar

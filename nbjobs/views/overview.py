@@ -10,7 +10,7 @@ import pandas as pd
 import panel as pn
 import param
 
-from ..store.views import FINISHED
+from ..jobs import FINISHED
 from .base import Component, Throttle
 from .style import CSS, STATUSES, colour, fmt_relative
 

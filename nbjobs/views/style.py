@@ -15,8 +15,7 @@ from ..display import (
     pill,
     progress_bar,
 )
-
-STATUSES = ("queued", "running", "waiting", "succeeded", "failed", "cancelled")
+from ..jobs import STATUSES
 
 
 def truncate(text: str | None, limit: int = 2000, total: int | None = None) -> str:
