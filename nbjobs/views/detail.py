@@ -10,7 +10,7 @@ from typing import Any
 import panel as pn
 import param
 
-from ..display import code_mark, registered_fingerprints
+from ..notebook.display import code_mark, registered_fingerprints
 from ..errors import UnknownJob
 from ..jobs import FINISHED, row_code_changed, row_progress
 from .base import Component

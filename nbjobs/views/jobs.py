@@ -17,7 +17,7 @@ import pandas as pd
 import panel as pn
 import param
 
-from ..display import code_mark, no_worker_mark, progress_label, registered_fingerprints
+from ..notebook.display import code_mark, no_worker_mark, progress_label, registered_fingerprints
 from ..jobs import row_code_changed, row_progress
 from ..store.views import SORTS, JobFilter
 from ..store.workers import runner_problem

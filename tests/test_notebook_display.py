@@ -14,8 +14,8 @@ from sqlalchemy import event
 
 import nbjobs
 from nbjobs.clock import FakeClock
-from nbjobs.display import MAX_ROWS, JobList, ScheduleList
 from nbjobs.jobs import STATUS_COLOURS
+from nbjobs.notebook.display import MAX_ROWS, JobList, ScheduleList
 from tests.conftest import make_app
 
 WAIT = 60

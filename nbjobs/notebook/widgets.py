@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
-from .errors import UnknownJob
-from .jobs import FINISHED, STATUS_COLOURS, Status, row_progress
+from ..errors import UnknownJob
+from ..jobs import FINISHED, STATUS_COLOURS, Status, row_progress
 
 if TYPE_CHECKING:
-    from .handle import JobHandle
+    from .display import Job
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class JobWatch(w.VBox):
     tests; a notebook just displays the widget and carries on).
     """
 
-    def __init__(self, handle: JobHandle, poll_seconds: float = POLL_SECONDS) -> None:
+    def __init__(self, handle: Job, poll_seconds: float = POLL_SECONDS) -> None:
         self.handle = handle
         self.poll_seconds = poll_seconds
         self.header = w.HTML()
@@ -169,6 +169,6 @@ def _box(colour: str, text: str) -> str:
     )
 
 
-def watch(handle: JobHandle, poll_seconds: float = POLL_SECONDS) -> JobWatch:
+def watch(handle: Job, poll_seconds: float = POLL_SECONDS) -> JobWatch:
     """A live ipywidgets display of ``handle``'s job; display it in a notebook cell."""
     return JobWatch(handle, poll_seconds=poll_seconds)

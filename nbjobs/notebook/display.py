@@ -17,15 +17,13 @@ import html
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, SupportsIndex, overload
+from typing import TYPE_CHECKING, Any, Protocol, SupportsIndex, overload, runtime_checkable
 
-from .errors import ConfigurationError
-from .handle import JobHandle
-from .jobs import STATUS_COLOURS, row_code_changed, row_progress
+from ..errors import ConfigurationError
+from ..jobs import STATUS_COLOURS, row_code_changed, row_progress
 
 if TYPE_CHECKING:
-    from .app import App
-    from .clock import Clock
+    from ..clock import Clock
 
 #: Rows a list shows at most; the rest are counted in its footer.
 MAX_ROWS = 100
@@ -37,6 +35,31 @@ MONO = "font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px"
 MUTED = "color:#6b7280"
 CELL = "text-align:left;padding:3px 10px 3px 0;vertical-align:middle;white-space:nowrap"
 HEAD = f"{CELL};{MUTED};font-weight:500;border-bottom:1px solid #d1d5db"
+
+
+# -- what the renderers read of an app and a job handle ---------------------------------
+class Workflows(Protocol):
+    """The workflow registry of an app (:func:`registered_fingerprints` reads it)."""
+
+    def workflow_names(self) -> list[str]: ...
+
+    def get_workflow(self, name: str) -> Any: ...
+
+
+class AppView(Workflows, Protocol):
+    """What the notebook renderers use of an :class:`~nbjobs.App`: its store (table
+    rows, the database's clock, outcomes), its codec (results) and its registry."""
+
+    store: Any
+    codec: Any
+
+
+@runtime_checkable
+class Job(Protocol):
+    """A job as the renderers see it (a :class:`~nbjobs.JobHandle`): an id and its app."""
+
+    id: str
+    app: AppView
 
 
 # -- pieces shared with the dashboard ---------------------------------------------------
@@ -134,7 +157,7 @@ def fmt_relative(value: float | datetime | None, now: float | None = None) -> st
     return f"in {text}" if delta > 0 else f"{text} ago"
 
 
-def registered_fingerprints(app: App) -> dict[str, str]:
+def registered_fingerprints(app: Workflows) -> dict[str, str]:
     """Workflow name -> fingerprint of the code registered in this process."""
     out = {}
     for name in app.workflow_names():
@@ -176,7 +199,7 @@ def _muted(text: str) -> str:
 
 
 # -- one job ----------------------------------------------------------------------------
-def job_html(handle: JobHandle) -> str:
+def job_html(handle: Job) -> str:
     """A job as a header (id, status, progress) over a small table of facts; one query."""
     app = handle.app
     rows = app.store.jobs_rows([handle.id])
@@ -221,7 +244,7 @@ def job_html(handle: JobHandle) -> str:
 
 
 # -- lists ------------------------------------------------------------------------------
-def _job_rows(handles: Sequence[JobHandle]) -> dict[str, Any]:
+def _job_rows(handles: Sequence[Job]) -> dict[str, Any]:
     """Table rows of the handles by id: one query per database (one for an app's list)."""
     out: dict[str, Any] = {}
     apps = {id(h.app): h.app for h in handles}
@@ -246,15 +269,15 @@ def jobs_html(handles: Sequence[Any]) -> str:
     if not handles:
         return _muted("No jobs.")
     shown = list(handles[:MAX_ROWS])
-    jobs = [h for h in shown if isinstance(h, JobHandle)]
+    jobs = [h for h in shown if isinstance(h, Job)]
     rows = _job_rows(jobs)
     now = {id(h.app): h.app.store.now() for h in jobs}
     fingerprints = {id(h.app): registered_fingerprints(h.app) for h in jobs}
     body = []
     for h in shown:
-        r = rows.get(h.id) if isinstance(h, JobHandle) else None
+        r = rows.get(h.id) if isinstance(h, Job) else None
         if r is None:
-            what = h.id if isinstance(h, JobHandle) else repr(h)
+            what = h.id if isinstance(h, Job) else repr(h)
             body.append(
                 f'<tr><td style="{CELL};{MONO}">{_esc(what)}</td>'
                 f'<td style="{CELL};{MUTED}" colspan="9">not found</td></tr>'
@@ -331,7 +354,7 @@ class JobList(list):
     """
 
     @overload
-    def __getitem__(self, index: SupportsIndex) -> JobHandle: ...
+    def __getitem__(self, index: SupportsIndex) -> Job: ...
     @overload
     def __getitem__(self, index: slice) -> JobList: ...
     def __getitem__(self, index: Any) -> Any:
