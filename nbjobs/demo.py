@@ -239,9 +239,9 @@ def run_demo(url: str, port: int, show: bool, jobs: int, *, dashboard: bool = Tr
 
 
 def _dashboard_server() -> Callable[..., Any] | None:
-    """``nbjobs.views.serve`` when the dashboard is installed, else None."""
+    """``nbjobs.dashboard.serve`` when the dashboard is installed, else None."""
     try:
-        from .views import serve
+        from .dashboard import serve
     except ImportError:
         return None
     return serve

@@ -17,8 +17,8 @@ import pandas as pd
 import panel as pn
 import param
 
-from ..notebook.display import code_mark, no_worker_mark, progress_label, registered_fingerprints
 from ..jobs import row_code_changed, row_progress
+from ..notebook.display import code_mark, no_worker_mark, progress_label, registered_fingerprints
 from ..store.views import SORTS, JobFilter
 from ..store.workers import runner_problem
 from .base import Component, Throttle
@@ -101,10 +101,17 @@ class JobsTable(Component):
     selected = param.String(default="", doc="The id of the job picked in the table.")
     total = param.Integer(default=0, doc="Jobs matching the filters (capped).")
     total_exact = param.Boolean(default=True)
+    counts = param.Dict(
+        default={},
+        allow_refs=True,
+        doc="status -> jobs (the counters' ``counts``, passed as a reference): the total "
+        "of a status-only filter, without a count query.",
+    )
+    workflows = param.List(default=[], item_type=str, doc="The workflow filter's choices.")
+    queues = param.List(default=[], item_type=str, doc="The queue filter's choices.")
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self.counts: dict[str, int] = {}
         self._throttle = Throttle(minimum_seconds=0.25)
         self._runners: dict[str, tuple[set, set]] | None = None
         self._runners_at = float("-inf")
@@ -145,8 +152,10 @@ class JobsTable(Component):
         self._status_w = pn.widgets.MultiChoice.from_param(
             self.param.status, label="Status", width=220, placeholder="any status"
         )
-        self._workflow_w = pn.widgets.Select(label="Workflow", options=[""], width=190)
-        self._queue_w = pn.widgets.Select(label="Queue", options=[""], width=120)
+        self._workflow_w = pn.widgets.Select(
+            label="Workflow", options=["", *self.workflows], width=190
+        )
+        self._queue_w = pn.widgets.Select(label="Queue", options=["", *self.queues], width=120)
         self._search_w = pn.widgets.TextInput(
             label="Search", placeholder="id, key or error text", width=200
         )
@@ -250,8 +259,8 @@ class JobsTable(Component):
             self.load()
 
     def set_options(self, workflows: list[str], queues: list[str]) -> None:
-        self._workflow_w.options = ["", *workflows]
-        self._queue_w.options = ["", *queues]
+        """The choices of the workflow and queue filters (see :meth:`_options_changed`)."""
+        self.param.update(workflows=list(workflows), queues=list(queues))
 
     # -- events ------------------------------------------------------------------------
     @param.depends(
@@ -267,6 +276,11 @@ class JobsTable(Component):
     @param.depends("page", watch=True)
     def _page_changed(self) -> None:
         self.load()
+
+    @param.depends("workflows", "queues", watch=True)
+    def _options_changed(self) -> None:
+        self._workflow_w.options = ["", *self.workflows]
+        self._queue_w.options = ["", *self.queues]
 
     def _turn(self, step: int) -> None:
         last = self._last_page()
