@@ -66,7 +66,7 @@ class JobWatch(w.VBox):
                 self.refresh()
             except Exception as exc:  # the database went away, the app was closed...
                 log.debug("watch of job %s stopped", self.handle.id, exc_info=True)
-                self.outcome.value = _box("#9ca3af", f"watch stopped: {exc}")
+                self.outcome.value = _box(STATUS_COLOURS["cancelled"], f"watch stopped: {exc}")
                 self.finished.set()
                 return
             self._stop.wait(self.poll_seconds)
@@ -129,10 +129,10 @@ class JobWatch(w.VBox):
                 value = f"(the result cannot be loaded here: {exc})"
             if len(value) > 2000:
                 value = value[:2000] + " ..."
-            return _box("#16a34a", f"result: {value}")
+            return _box(STATUS_COLOURS[status], f"result: {value}")
         if status == Status.CANCELLED.value:
-            return _box("#9ca3af", "cancelled")
-        text = _box("#dc2626", outcome.error or "failed")
+            return _box(STATUS_COLOURS[status], "cancelled")
+        text = _box(STATUS_COLOURS[status], outcome.error or "failed")
         if outcome.traceback:
             text += (
                 "<details><summary>traceback</summary><pre style='font-size:12px'>"

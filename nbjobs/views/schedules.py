@@ -9,7 +9,7 @@ import pandas as pd
 import panel as pn
 
 from .base import Component, Throttle
-from .style import CSS, fmt_relative, fmt_time, pill
+from .style import CSS, colour, fmt_relative, fmt_time, pill
 
 COLUMNS = ["name", "workflow", "cron", "timezone", "next run", "last run", "last status", "state"]
 
@@ -64,9 +64,9 @@ class Schedules(Component):
                     else f"{fmt_time(r.next_fire_at)} ({fmt_relative(r.next_fire_at, now)})",
                     fmt_time(r.last_fire_at),
                     pill(r.last_status) if r.last_status else "",
-                    '<span style="color:#d97706;font-weight:600">paused</span>'
+                    f'<span style="color:{colour("waiting")};font-weight:600">paused</span>'
                     if r.paused
-                    else '<span style="color:#16a34a">active</span>',
+                    else f'<span style="color:{colour("succeeded")}">active</span>',
                 ]
                 for r in self.rows
             ],
