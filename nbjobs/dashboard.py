@@ -113,7 +113,7 @@ def serve(
             address,
         )
 
-    def session() -> pn.viewable.Viewable:
+    def session() -> pn.viewable.Viewable | pn.template.BaseTemplate:
         reason = refusal(require_auth=require_auth, allow_remote=allow_remote)
         if reason is not None:
             return refusal_page(reason)

@@ -196,8 +196,8 @@ class JobDetail(Component):
             label="Cancel", color="danger", variant="outline", width=90,
             css_classes=["nbj-cancel"],
         )  # fmt: skip
-        self.retry_button.on_click(lambda _e: self.retry())
-        self.cancel_button.on_click(lambda _e: self.cancel())
+        self.retry_button.on_click(self._on_retry)
+        self.cancel_button.on_click(self._on_cancel)
         self.tabs = pn.Tabs(
             ("Summary", self._summary),
             ("Steps", self._steps),
@@ -223,6 +223,12 @@ class JobDetail(Component):
         done = self.act(f"cancelling job {job_id}", lambda: self.app.cancel(job_id))
         self.load()
         return done
+
+    def _on_retry(self, _event: Any) -> None:
+        self.retry()
+
+    def _on_cancel(self, _event: Any) -> None:
+        self.cancel()
 
     # -- loading -----------------------------------------------------------------------
     @param.depends("job_id", watch=True)

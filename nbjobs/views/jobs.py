@@ -86,6 +86,10 @@ def table_rows(
     return pd.DataFrame.from_records(records, columns=COLUMNS)
 
 
+def _no_rows(total: int) -> bool:
+    return total == 0
+
+
 class JobsTable(Component):
     """Filters, a page of jobs and a pager; ``selected`` is the id of the clicked job."""
 
@@ -94,7 +98,7 @@ class JobsTable(Component):
     queue = param.String(default="")
     search = param.String(default="")
     parent_id = param.String(default="", doc="Only the children of this job.")
-    sort = param.Selector(default="created", objects=list(SORTS))
+    sort: param.Selector = param.Selector(default="created", objects=list(SORTS))
     descending = param.Boolean(default=True)
     page = param.Integer(default=1, bounds=(1, None))
     page_size = param.Integer(default=25, bounds=(5, 500))
@@ -199,7 +203,9 @@ class JobsTable(Component):
         """
         rows = self._throttle.run(self._read_page)
         runners = self._live_runners()
-        self.show(table_rows(rows, self.store.now(), registered_fingerprints(self.app), runners))
+        self.show_page(
+            table_rows(rows, self.store.now(), registered_fingerprints(self.app), runners)
+        )
 
     def _live_runners(self) -> dict[str, tuple[set, set]] | None:
         """What live workers run, read at most every ``RUNNERS_REFRESH_SECONDS``."""
@@ -230,7 +236,7 @@ class JobsTable(Component):
             self.total, self.total_exact = self.store.count_matching(filters)
         return rows
 
-    def show(self, frame: pd.DataFrame) -> None:
+    def show_page(self, frame: pd.DataFrame) -> None:
         """Put a page in the table: patch changed cells, or replace a different page."""
         current = self.table.value
         same_rows = (
@@ -327,7 +333,7 @@ class JobsTable(Component):
         empty = pn.pane.HTML(
             '<div class="nbj-empty">No jobs match.</div>',
             stylesheets=[CSS],
-            visible=pn.bind(lambda total: total == 0, self.param.total),
+            visible=pn.bind(_no_rows, self.param.total),
             sizing_mode="stretch_width",
         )
         pager = pn.Row(self._prev, self._next, self._pager_text)

@@ -38,8 +38,8 @@ class Schedules(Component):
         self.resume_button = pn.widgets.Button(
             label="Resume", width=90, color="primary", variant="outline"
         )
-        self.pause_button.on_click(lambda _e: self.set_paused(True))
-        self.resume_button.on_click(lambda _e: self.set_paused(False))
+        self.pause_button.on_click(self._on_pause)
+        self.resume_button.on_click(self._on_resume)
         self._empty = pn.pane.HTML(
             '<div class="nbj-empty">No schedules. Create one with '
             '<code>app.schedule("name", workflow, cron="0 3 * * *")</code>.</div>',
@@ -84,6 +84,12 @@ class Schedules(Component):
     def refresh(self, changes: Sequence[Any]) -> None:
         if self._throttle.due():
             self.load()
+
+    def _on_pause(self, _event: Any) -> None:
+        self.set_paused(True)
+
+    def _on_resume(self, _event: Any) -> None:
+        self.set_paused(False)
 
     def set_paused(self, paused: bool) -> bool:
         if not self.table.selection:
