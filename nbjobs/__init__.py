@@ -17,8 +17,8 @@ from .errors import (
     WorkerLost,
 )
 from .handle import JobHandle
+from .jobs import Status
 from .runtime.callstate import CallState
-from .schema import Status
 from .strategies import CollectAll, FailFast, Outcome, Threshold
 
 __version__ = "0.1.0"

@@ -223,7 +223,7 @@ class App:
         limit: int = 100,
     ) -> list[JobHandle]:
         """The newest jobs, optionally filtered: a list that renders as a table in notebooks."""
-        from .display import JobList
+        from .notebook.display import JobList
 
         rows = self._list_jobs(status, workflow, queue, limit)
         return JobList(JobHandle(self._engine, r.id) for r in rows)
@@ -251,19 +251,9 @@ class App:
         limit: int = 1000,
     ):
         """The newest jobs as a pandas DataFrame (one row per job, times as datetimes)."""
-        import pandas as pd
+        from .notebook.frames import jobs_frame
 
-        rows = self._list_jobs(status, workflow, queue, limit)
-        columns = [
-            "id", "workflow", "queue", "status", "priority", "attempts", "steps_done",
-            "steps_expected", "error", "key", "parent_id", "created_at", "started_at",
-            "finished_at",
-        ]  # fmt: skip
-        frame = pd.DataFrame([{c: getattr(r, c) for c in columns} for r in rows], columns=columns)
-        for column in ("created_at", "started_at", "finished_at"):
-            frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
-        frame["duration_s"] = (frame["finished_at"] - frame["started_at"]).dt.total_seconds()
-        return frame
+        return jobs_frame(self._list_jobs(status, workflow, queue, limit))
 
     def history_frame(
         self,
@@ -275,11 +265,11 @@ class App:
         """Jobs, attempts and step timings of the newest ``limit`` jobs as one DataFrame.
 
         One row per job, attempt and step (the ``kind`` column), with ``name``, ``status``,
-        ``started_at``, ``finished_at`` and ``duration_s``; see :mod:`nbjobs.history`.
+        ``started_at``, ``finished_at`` and ``duration_s``; see :mod:`nbjobs.notebook.frames`.
         """
-        from .history import history_frame
+        from .notebook.frames import history_frame
 
-        return history_frame(self, workflow=workflow, status=status, since=since, limit=limit)
+        return history_frame(self.store, workflow=workflow, status=status, since=since, limit=limit)
 
     def purge(
         self,
@@ -444,15 +434,15 @@ class App:
 
         A list of dicts that renders as a table in notebooks.
         """
-        from .display import ScheduleList
+        from .notebook.display import ScheduleList
 
         return ScheduleList(self._schedules.every(), clock=self.clock)
 
     def schedules_frame(self):
         """``schedules()`` as a pandas DataFrame."""
-        import pandas as pd
+        from .notebook.frames import schedules_frame
 
-        return pd.DataFrame(self.schedules())
+        return schedules_frame(self.schedules())
 
     # -- views -------------------------------------------------------------------------
     def dashboard(self, **params: Any):

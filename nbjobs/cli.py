@@ -220,7 +220,7 @@ def _dashboard_login(args: argparse.Namespace) -> tuple[str | None, str | None]:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from .views import serve
+    from .dashboard import serve
 
     basic_auth, cookie_secret = _dashboard_login(args)
     token = None

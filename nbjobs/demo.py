@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .app import App
+from .jobs import FINISHED
 from .strategies import CollectAll
 
 REGIONS = ["north", "south", "east", "west", "central", "islands"]
@@ -183,12 +184,11 @@ def _report_progress(
             write(line)
             last = line
         mine = [r for r in rows if r.id in ids]
-        if len(mine) == len(ids) and all(r.status in _FINISHED for r in mine):
+        if len(mine) == len(ids) and all(r.status in FINISHED for r in mine):
             return
         stop.wait(0.5)
 
 
-_FINISHED = ("succeeded", "failed", "cancelled")
 SCHEDULE = "demo-refresh-rates"
 
 
@@ -239,9 +239,9 @@ def run_demo(url: str, port: int, show: bool, jobs: int, *, dashboard: bool = Tr
 
 
 def _dashboard_server() -> Callable[..., Any] | None:
-    """``nbjobs.views.serve`` when the dashboard is installed, else None."""
+    """``nbjobs.dashboard.serve`` when the dashboard is installed, else None."""
     try:
-        from .views import serve
+        from .dashboard import serve
     except ImportError:
         return None
     return serve

@@ -134,23 +134,13 @@ class JobHandle:
 
     def watch(self) -> Any:
         """An ipywidgets progress display that updates live (notebooks)."""
-        from .widgets import watch
+        from .notebook.widgets import watch
 
         return watch(self)
 
     # -- notebooks ---------------------------------------------------------------------
     def _repr_html_(self) -> str:
-        """Status, progress, timings and the error, for a notebook (see :mod:`nbjobs.display`)."""
-        from .display import job_html
+        """Status, progress, timings and the error (see :mod:`nbjobs.notebook.display`)."""
+        from .notebook.display import job_html
 
         return job_html(self)
-
-
-STATUS_COLOURS = {
-    "queued": "#6b7280",
-    "running": "#2563eb",
-    "waiting": "#d97706",
-    "succeeded": "#16a34a",
-    "failed": "#dc2626",
-    "cancelled": "#9ca3af",
-}

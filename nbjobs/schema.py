@@ -8,7 +8,6 @@ datetimes at the public API.  Values (inputs, results, checkpoints) are text wri
 
 from __future__ import annotations
 
-import enum
 import secrets
 import threading
 import time
@@ -28,24 +27,12 @@ from sqlalchemy import (
     literal_column,
 )
 
+# The engine's modules read the statuses here; nbjobs.jobs is their home.
+from .jobs import TERMINAL as TERMINAL
+from .jobs import Status as Status
+
 SCHEMA_VERSION = 3
 
-
-class Status(str, enum.Enum):
-    """A job's status, stored as its lowercase value."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    WAITING = "waiting"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
 
 #: Status values rendered inline in SQL, for the partial indexes (see below).
 QUEUED_SQL = literal_column("'queued'")

@@ -331,7 +331,7 @@ def test_allow_websocket_origin_and_the_serve_keyword(sqlite_url, tmp_path) -> N
     # serve(websocket_origin=...) used to raise TypeError (a duplicate keyword).
     port = free_port()
     code = (
-        "import sys; from nbjobs.views import serve; "
+        "import sys; from nbjobs.dashboard import serve; "
         f"serve({sqlite_url!r}, port={port}, websocket_origin='proxy.example')"
     )
     with server([sys.executable, "-c", code], port, tmp_path / "kw.log"):

@@ -65,7 +65,7 @@ def test_contract_names_live_where_they_should():
         "App": "nbjobs.app",
         "CallState": "nbjobs.runtime.callstate",
         "JobHandle": "nbjobs.handle",
-        "Status": "nbjobs.schema",
+        "Status": "nbjobs.jobs",
     }
     for name, module in homes.items():
         assert getattr(nbjobs, name).__module__ == module, name

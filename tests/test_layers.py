@@ -4,10 +4,15 @@ The rules, read from the source (no database needed):
 
 * every module of ``nbjobs/store`` is under 600 lines (``STYLE.md``'s budget);
 * ``nbjobs/store`` imports, from nbjobs, only ``store/`` itself, ``dialects/`` and the
-  leaves ``schema``, ``codec``, ``clock``, ``errors``, ``validation`` and
-  ``strategies``: never the engine (``app``, ``worker``, ``execution``, ``workflow``,
+  leaves ``schema``, ``codec``, ``clock``, ``errors``, ``validation``,
+  ``strategies`` and ``jobs``: never the engine (``app``, ``worker``, ``execution``, ``workflow``,
   ``waits``...), the notebook renderers or the dashboard.  Imports of every kind count:
   module-level, inside functions and under ``if TYPE_CHECKING:``;
+* ``nbjobs/jobs.py`` (statuses, colours, the progress rule) is a leaf: no SQLAlchemy, and
+  from nbjobs at most the other leaves;
+* the notebook presentation (``nbjobs/notebook``) and the dashboard views
+  (``nbjobs/views``) never import the App (``nbjobs.app``, nor the ``nbjobs`` package,
+  which imports it): they are handed an app, a store or rows;
 * no method of ``Store`` depends on the order of its base classes: no ``super()`` call
   in the store, no method defined by two of its classes except the one declared hook
   (``_run_group``), and a ``Store`` with its bases reversed resolves every name to the
@@ -30,7 +35,8 @@ from nbjobs.store import Store
 from tests.support import ROOT
 
 ROOT = Path(ROOT)
-STORE = ROOT / "nbjobs" / "store"
+NBJOBS = ROOT / "nbjobs"
+STORE = NBJOBS / "store"
 MAX_LINES = 600
 #: What nbjobs/store may import from nbjobs (a package name covers its modules).
 ALLOWED = {
@@ -42,7 +48,12 @@ ALLOWED = {
     "nbjobs.errors",
     "nbjobs.validation",
     "nbjobs.strategies",
+    "nbjobs.jobs",
 }
+#: The modules without nbjobs imports of their own, which ``nbjobs/jobs.py`` may import.
+LEAVES = {"nbjobs.errors", "nbjobs.clock", "nbjobs.validation"}
+#: What the notebook presentation and the dashboard views must not import.
+THE_APP = {"nbjobs", "nbjobs.app"}
 #: Methods one class declares for a subclass to replace (never through ``super()``).
 HOOKS = {"_run_group"}
 
@@ -53,18 +64,12 @@ def _store_modules() -> list[Path]:
     return modules
 
 
-def _package(path: Path) -> str:
-    """The package a module file of ``nbjobs/`` belongs to (store modules by default)."""
-    if path.is_relative_to(ROOT / "nbjobs"):
-        parts = path.relative_to(ROOT).with_suffix("").parts
-        return ".".join(parts if path.name == "__init__.py" else parts[:-1])
-    return "nbjobs.store"
-
-
-def _imported(path: Path, *, typing_too: bool = True) -> set[str]:
-    """The nbjobs modules ``path`` imports, relative imports resolved; with
-    ``typing_too=False``, not those under ``if TYPE_CHECKING:``."""
-    package = _package(path)
+def _imports(path: Path, package: str | None = None, *, typing_too: bool = True) -> set[str]:
+    """Every module ``path`` imports, relative imports resolved against ``package`` (by
+    default the package ``path`` is in): module-level, in functions, under
+    ``if TYPE_CHECKING:`` (not those with ``typing_too=False``)."""
+    if package is None:
+        package = ".".join(path.relative_to(ROOT).parent.parts)
     tree = ast.parse(path.read_text(), str(path))
     skip: set[int] = set()
     if not typing_too:
@@ -86,6 +91,14 @@ def _imported(path: Path, *, typing_too: bool = True) -> set[str]:
                 found.update(names or [module])
             else:
                 found.add(node.module or "")
+    return found
+
+
+def _imported(path: Path, package: str | None = None, *, typing_too: bool = True) -> set[str]:
+    """The nbjobs modules ``path`` imports (see :func:`_imports`)."""
+    if package is None and not path.is_relative_to(ROOT):
+        package = "nbjobs.store"  # a file written by a test stands in for a store module
+    found = _imports(path, package, typing_too=typing_too)
     return {m for m in found if m == "nbjobs" or m.startswith("nbjobs.")}
 
 
@@ -178,6 +191,45 @@ def test_every_store_class_inherits_what_it_calls():
                 ):
                     missing.append(f"{node.name}.{call.func.attr} ({path.name}:{call.lineno})")
     assert missing == []
+
+
+def test_jobs_module_is_a_leaf():
+    path = NBJOBS / "jobs.py"
+    imports = _imports(path)
+    assert {"enum", "typing"} <= imports  # the check sees its imports at all
+    assert {m for m in imports if m.split(".")[0] == "sqlalchemy"} == set()
+    assert _imported(path) - LEAVES == set()
+
+
+def _presentation_modules() -> list[Path]:
+    modules = sorted((NBJOBS / "notebook").glob("*.py")) + sorted((NBJOBS / "views").glob("*.py"))
+    assert len(modules) > 10, modules  # both globs found their package
+    return modules
+
+
+def test_notebook_and_views_never_import_the_app():
+    wrong = {
+        f"{path.parent.name}/{path.name}": sorted(_imported(path) & THE_APP)
+        for path in _presentation_modules()
+    }
+    assert {n: m for n, m in wrong.items() if m} == {}
+    # the check resolves their relative imports: the views do import the notebook's HTML
+    seen = set().union(*(_imported(p) for p in _presentation_modules()))
+    assert {"nbjobs.notebook.display", "nbjobs.jobs", "nbjobs.views.base"} <= seen
+
+
+def test_the_app_check_catches_every_kind_of_import(tmp_path):
+    views = tmp_path / "nbjobs" / "views"
+    views.mkdir(parents=True)
+    for code in (
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..app import App\n",
+        "def f():\n    from .. import app\n",
+        "import nbjobs.app\n",
+        "from nbjobs import App\n",
+    ):
+        bad = views / "bad.py"
+        bad.write_text(code)
+        assert _imported(bad, "nbjobs.views") & THE_APP, code
 
 
 # -- the whole package ------------------------------------------------------------------

@@ -41,7 +41,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.expression import Grouping
 
-from ..schema import Status, attempts, jobs
+from ..jobs import Status
+from ..schema import attempts, jobs
 from .base import CLAIMED_COLUMNS, RowLockingDialect, safe_url
 
 log = logging.getLogger(__name__)

@@ -78,6 +78,7 @@ class Engine:
         self.runtime = runtime
         self.store = runtime.store
         self.codec = runtime.codec
+        self.registry = runtime.registry
         self.worker: Worker | None = None
         self.inline = InlineRunner(runtime)
         self._runners: dict[str, tuple[set, set]] = {}

@@ -161,6 +161,10 @@ class Registry:
         except ConfigurationError:
             return None
 
+    def fingerprints(self) -> dict[str, str]:
+        """Workflow name -> the fingerprint of the code registered under it."""
+        return {d.name: d.fingerprint for d in self.definitions()}
+
     def queues(self) -> list[str]:
         """``default`` and the default queue of every registered workflow."""
         names = {d.queue for d in self.definitions()}

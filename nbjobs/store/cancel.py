@@ -8,8 +8,8 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Connection
 
 from ..errors import ConfigurationError, UnknownJob
-from ..schema import TERMINAL, Status, checkpoints, jobs
-from .core import TERMINAL_VALUES
+from ..jobs import FINISHED, TERMINAL, Status
+from ..schema import checkpoints, jobs
 from .fanout import FanoutQueries
 
 
@@ -55,7 +55,7 @@ class CancelQueries(FanoutQueries):
             children = (
                 conn.execute(
                     select(jobs.c.id).where(
-                        jobs.c.parent_id == job_id, jobs.c.status.not_in(TERMINAL_VALUES)
+                        jobs.c.parent_id == job_id, jobs.c.status.not_in(FINISHED)
                     )
                 )
                 .scalars()

@@ -26,7 +26,8 @@ from .. import dialects
 from ..clock import Clock
 from ..dialects.base import Prepared
 from ..errors import ConfigurationError
-from ..schema import TERMINAL, Status, attempts, checkpoints, jobs, meta, new_token
+from ..jobs import Status
+from ..schema import attempts, checkpoints, jobs, meta, new_token
 from . import migrations
 from .autocommit import AutocommitConnections
 from .migrations import EPOCH_KEY as EPOCH_KEY
@@ -36,10 +37,6 @@ log = logging.getLogger(__name__)
 
 #: Columns a job handle and the dashboard show (inputs and results are loaded apart).
 JOB_SUMMARY = tuple(c for c in jobs.c if c.name not in ("input", "result", "traceback"))
-
-_TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
-#: The terminal statuses as a list for ``IN`` clauses (sorted: one statement text).
-TERMINAL_VALUES = sorted(s.value for s in TERMINAL)
 
 #: "The caller does not know": the hook looks the job's parent up itself.
 UNKNOWN: Any = object()

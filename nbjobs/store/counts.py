@@ -16,11 +16,9 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import GenericFunction
 from sqlalchemy.types import Integer
 
-from ..schema import QUEUED_SQL, SUCCEEDED_SQL, TERMINAL, Status, jobs, meta, queues, workers
+from ..jobs import ACTIVE, FINISHED, Status
+from ..schema import QUEUED_SQL, SUCCEEDED_SQL, jobs, meta, queues, workers
 from .core import EPOCH_KEY, CoreStore
-
-ACTIVE = (Status.QUEUED.value, Status.RUNNING.value, Status.WAITING.value)
-FINISHED = tuple(s.value for s in TERMINAL)
 
 #: How far behind "now" the settled counts of finished jobs stay: longer than any
 #: transaction stamping ``updated_at`` takes to commit, and than the clock offsets left

@@ -17,9 +17,10 @@ from typing import Any
 from sqlalchemy import and_, bindparam, exists, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
-from ..schema import RESERVED_KEY_PREFIX, Status, checkpoints, jobs, new_id
+from ..jobs import FINISHED, Status
+from ..schema import RESERVED_KEY_PREFIX, checkpoints, jobs, new_id
 from ..strategies import Strategy, strategy_from_detail
-from .core import TERMINAL_VALUES, UNKNOWN
+from .core import UNKNOWN
 from .jobs import fresh_job_counters
 from .waits import DONE, SUSPENDED, WaitQueries, WaitResult
 
@@ -105,7 +106,7 @@ class FanoutQueries(WaitQueries):
         for index, fields in enumerate(children):
             old = existing.get(index)
             if old is not None:
-                if old.status in TERMINAL_VALUES:
+                if old.status in FINISHED:
                     self._reset_job(conn, old.id, now, fresh=True, input=fields["input"])
                 continue
             child_id = new_id()
@@ -179,7 +180,7 @@ class FanoutQueries(WaitQueries):
         key = {"parent": parent.id, "name": parent.name}
         counts = dict(conn.execute(self._fanin_sql.counts, key).all())
         succeeded = counts.get(Status.SUCCEEDED.value, 0)
-        not_ok = sum(counts.get(s, 0) for s in TERMINAL_VALUES) - succeeded
+        not_ok = sum(counts.get(s, 0) for s in FINISHED) - succeeded
         detail = json.loads(parent.detail)
         return (
             strategy_from_detail(detail),
@@ -191,7 +192,7 @@ class FanoutQueries(WaitQueries):
 
     def _decide(self, conn: Connection, parent: Row) -> str | None:
         """The decision itself, on a locked (parent, fan-out checkpoint) row."""
-        if parent.done or parent.status in TERMINAL_VALUES:
+        if parent.done or parent.status in FINISHED:
             return None
         sql = self._fanin_sql
         key = {"parent": parent.id, "name": parent.name}
@@ -201,7 +202,7 @@ class FanoutQueries(WaitQueries):
         outcomes = []
         unfinished = []
         for c in conn.execute(sql.children, key):
-            if c.status in TERMINAL_VALUES:
+            if c.status in FINISHED:
                 error = None if c.status == Status.SUCCEEDED.value else (c.error or c.status)
                 outcomes.append(
                     {"status": c.status, "result": c.result, "error": error, "job_id": c.id}
@@ -251,7 +252,7 @@ class FanoutQueries(WaitQueries):
         if parent_id is None:
             return  # a top-level job: nothing to decide, no query
         parent = conn.execute(self._fanin_sql.by_child, {"child": job_id}).first()
-        if parent is None or parent.done or parent.status in TERMINAL_VALUES:
+        if parent is None or parent.done or parent.status in FINISHED:
             return
         # Unlocked, a sibling finishing at this moment still looks running: lock the
         # parent (and count again) only if those could complete the decision.  The
@@ -271,9 +272,7 @@ class FanoutQueries(WaitQueries):
         """
         child = jobs.alias("child")
         parent = jobs.alias("parent")
-        busy = exists().where(
-            child.c.parent_id == jobs.c.id, child.c.status.not_in(TERMINAL_VALUES)
-        )
+        busy = exists().where(child.c.parent_id == jobs.c.id, child.c.status.not_in(FINISHED))
         stalled_stmt = (
             select(jobs.c.id, jobs.c.waiting_for)
             .where(
@@ -389,7 +388,7 @@ class FanoutQueries(WaitQueries):
                         self._request_cancel(conn)
                 below += conn.execute(
                     select(jobs.c.id).where(
-                        jobs.c.parent_id.in_(chunk), jobs.c.status.not_in(TERMINAL_VALUES)
+                        jobs.c.parent_id.in_(chunk), jobs.c.status.not_in(FINISHED)
                     )
                 ).scalars()
             frontier = below
@@ -418,7 +417,7 @@ class FanoutQueries(WaitQueries):
                 if kid.status in (Status.FAILED.value, Status.CANCELLED.value):
                     self._reopen_fanouts(conn, kid.id, now)
                     self._reset_job(conn, kid.id, now, fresh=False)
-                elif kid.status not in TERMINAL_VALUES:
+                elif kid.status not in FINISHED:
                     conn.execute(
                         update(jobs).where(jobs.c.id == kid.id).values(cancel_requested=False)
                     )

@@ -14,7 +14,8 @@ from typing import Any
 from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.engine import Connection
 
-from ..schema import Status, jobs
+from ..jobs import Status
+from ..schema import jobs
 from .core import _FENCED, _FINISH_ATTEMPT, UNKNOWN, storable_text
 from .fanout import FanoutQueries
 from .jobs import ClaimedJob, JobQueries

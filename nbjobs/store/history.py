@@ -7,13 +7,12 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.engine import Row
 
-from ..schema import Status, attempts, checkpoints, jobs
+from ..jobs import ACTIVE
+from ..schema import attempts, checkpoints, jobs
 from .core import CoreStore
 
 #: Ids per ``IN (...)`` list: well under every backend's parameter limit.
 _CHUNK = 500
-
-UNFINISHED = (Status.QUEUED.value, Status.RUNNING.value, Status.WAITING.value)
 
 
 class HistoryQueries(CoreStore):
@@ -103,7 +102,7 @@ class HistoryQueries(CoreStore):
         """Unfinished runs of ``workflow`` submitted with other code: (count, first ids)."""
         where = (
             jobs.c.workflow == workflow,
-            jobs.c.status.in_(UNFINISHED),
+            jobs.c.status.in_(ACTIVE),
             jobs.c.code_fingerprint != fingerprint,
         )
         with self._read() as conn:

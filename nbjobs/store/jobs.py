@@ -18,7 +18,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Executable
 
 from ..dialects.base import Prepared
-from ..schema import Status, checkpoints, jobs, new_id, new_token
+from ..jobs import Status
+from ..schema import checkpoints, jobs, new_id, new_token
 from .core import _FENCED, CoreStore, storable_text
 
 

@@ -9,18 +9,9 @@ from sqlalchemy import case, func, insert, literal, null, select
 from sqlalchemy.engine import Row
 
 from ..errors import UnknownJob
-from ..schema import (
-    SUCCEEDED_SQL,
-    TERMINAL,
-    Status,
-    attempts,
-    checkpoints,
-    jobs,
-    logs,
-    new_id,
-    signals,
-)
-from .core import JOB_SUMMARY, TERMINAL_VALUES, CoreStore, storable_text
+from ..jobs import FINISHED, Status, progress
+from ..schema import SUCCEEDED_SQL, attempts, checkpoints, jobs, logs, new_id, signals
+from .core import JOB_SUMMARY, CoreStore, storable_text
 
 
 class JobReads(CoreStore):
@@ -51,7 +42,7 @@ class JobReads(CoreStore):
             ).first()
         if row is None:
             raise UnknownJob(f"no job with id {job_id!r}")
-        return row if row.status in {s.value for s in TERMINAL} else None
+        return row if row.status in FINISHED else None
 
     def list_jobs(
         self,
@@ -96,7 +87,7 @@ class JobReads(CoreStore):
                 select(
                     jobs.c.fanout,
                     func.count(),
-                    func.sum(case((jobs.c.status.in_(TERMINAL_VALUES), 1), else_=0)),
+                    func.sum(case((jobs.c.status.in_(FINISHED), 1), else_=0)),
                 )
                 .where(jobs.c.parent_id == job_id)
                 .group_by(jobs.c.fanout)
@@ -104,22 +95,16 @@ class JobReads(CoreStore):
         return {name: (int(done or 0), total) for name, total, done in rows}
 
     def job_progress(self, job_id: str) -> float | None:
-        """Finished steps over expected ones, a step's own report, or None if unknown;
-        a parent waiting for a fan-in reports the fraction of its children finished."""
+        """The job's progress by :func:`nbjobs.jobs.progress`: a parent waiting for a
+        fan-in counts the children of that fan-out finished."""
         row = self.get_job(job_id)
+        children = None
         if row.status == Status.WAITING.value and (row.waiting_for or "").startswith("fanout:"):
-            done, total = self.fanout_progress(job_id).get(
-                row.waiting_for[len("fanout:") :], (0, 0)
-            )
-            return done / total if total else None
-        if row.status == Status.SUCCEEDED.value:
-            return 1.0
-        if row.progress is not None and row.status == Status.RUNNING.value:
-            return row.progress
-        expected = row.steps_expected or self.expected_steps(row.workflow)
-        if not expected:
-            return None
-        return min(1.0, row.steps_done / expected)
+            children = self.fanout_progress(job_id).get(row.waiting_for[len("fanout:") :])
+        expected = row.steps_expected
+        if not expected and row.status != Status.SUCCEEDED.value:
+            expected = self.expected_steps(row.workflow)  # learned from the last success
+        return progress(row.status, row.steps_done, expected, row.progress, children)
 
     def job_checkpoints(self, job_id: str) -> list[Row]:
         with self._read() as conn:

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from sqlalchemy import and_, delete, exists, or_, select
 from sqlalchemy.engine import Connection
 
-from ..schema import TERMINAL, attempts, checkpoints, jobs, logs, signals
+from ..jobs import FINISHED
+from ..schema import attempts, checkpoints, jobs, logs, signals
 from .core import CoreStore
 
-TERMINAL_VALUES = sorted(s.value for s in TERMINAL)
 #: Ids per ``IN (...)`` list: well under every backend's parameter limit.
 _CHUNK = 500
 
@@ -34,7 +34,7 @@ class RetentionQueries(CoreStore):
         self,
         *,
         finished_before: float,
-        statuses: Sequence[str] = TERMINAL_VALUES,
+        statuses: Sequence[str] = FINISHED,
         batch_size: int = 500,
         max_batches: int | None = None,
     ) -> tuple[int, bool]:
@@ -64,7 +64,7 @@ class RetentionQueries(CoreStore):
         unfinished = exists().where(
             tree.c.root_id == jobs.c.id,
             tree.c.parent_id.is_not(None),
-            tree.c.status.not_in(TERMINAL_VALUES),
+            tree.c.status.not_in(FINISHED),
         )
         candidates = (
             select(jobs.c.id)
@@ -116,7 +116,7 @@ class RetentionQueries(CoreStore):
         victims: list[str] = []
         for root in roots:
             tree = members.get(root, [])
-            if tree and all(status in TERMINAL_VALUES for _, status in tree):
+            if tree and all(status in FINISHED for _, status in tree):
                 victims += [job_id for job_id, _ in tree]
         return victims
 

@@ -16,7 +16,8 @@ from sqlalchemy import delete, false, insert, select, true, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
-from ..schema import Status, jobs, new_id, schedules
+from ..jobs import Status
+from ..schema import jobs, new_id, schedules
 from .core import JOB_SUMMARY, CoreStore
 
 #: The columns a firing worker needs.

@@ -9,7 +9,7 @@ SQL of their own; they call these named methods.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,17 +17,10 @@ from sqlalchemy import case, func, literal, or_, select
 from sqlalchemy.engine import Row
 from sqlalchemy.sql.expression import ColumnElement
 
-from ..schema import (
-    SUCCEEDED_SQL,
-    Status,
-    attempts,
-    checkpoints,
-    jobs,
-    schedules,
-    signals,
-)
+from ..jobs import ACTIVE, FINISHED, Status
+from ..schema import SUCCEEDED_SQL, attempts, checkpoints, jobs, schedules, signals
 from .core import JOB_SUMMARY
-from .counts import ACTIVE, FINISHED, CountQueries
+from .counts import CountQueries
 
 #: How much of each stored value or text the job detail view reads (characters).
 DETAIL_CHARS = {
@@ -121,7 +114,7 @@ def _row_columns() -> list[ColumnElement]:
         .scalar_subquery()
     )
     # The code of the newest job of the same workflow, for unfinished rows only (see
-    # row_code_changed): a newer submission means newer code.
+    # nbjobs.jobs.row_code_changed): a newer submission means newer code.
     newest = jobs.alias("newest")
     latest_code = (
         select(newest.c.code_fingerprint)
@@ -143,37 +136,6 @@ def _row_columns() -> list[ColumnElement]:
             "latest_fingerprint"
         ),
     ]
-
-
-def row_progress(row: Any) -> float | None:
-    """Progress of a table row (see :func:`_row_columns`): a fraction, or None if unknown.
-
-    Succeeded is complete; a fan-out parent shows children done over total; a running
-    step's own report wins; otherwise finished steps over expected steps.
-    """
-    if row.status == Status.SUCCEEDED.value:
-        return 1.0
-    if row.children_total:
-        return min(1.0, (row.children_done or 0) / row.children_total)
-    if row.status == Status.RUNNING.value and row.progress is not None:
-        return float(row.progress)
-    if row.expected_steps:
-        return min(1.0, row.steps_done / row.expected_steps)
-    return None
-
-
-def row_code_changed(row: Any, registered: Mapping[str, str] | None = None) -> bool:
-    """True when an unfinished row was submitted with other code than its workflow's now.
-
-    The workflow's code now is the fingerprint registered in this process (``registered``:
-    name -> fingerprint) when there is one, else that of the newest job of the workflow
-    (``latest_fingerprint`` of :func:`_row_columns`): a dashboard served by another
-    process has no workflows registered, and a newer submission means newer code.
-    """
-    if row.status not in ACTIVE or not row.code_fingerprint:
-        return False
-    current = (registered or {}).get(row.workflow) or row.latest_fingerprint
-    return bool(current) and current != row.code_fingerprint
 
 
 class ViewQueries(CountQueries):
@@ -203,7 +165,7 @@ class ViewQueries(CountQueries):
         limit: int = 25,
         offset: int = 0,
     ) -> list[Row]:
-        """One page of table rows (see :func:`row_progress`) in one query.
+        """One page of table rows (see :func:`nbjobs.jobs.row_progress`) in one query.
 
         The page's ids are chosen first on the sort's index (``LIMIT``/``OFFSET`` over ids
         alone), and only those rows get their progress columns computed: a deep page
@@ -431,4 +393,4 @@ def _node(row: Row) -> dict[str, Any]:
     return {"job": row, "counts": {}, "total": 0, "children": [], "hidden": {}}
 
 
-__all__ = ["SORTS", "JobFilter", "ViewQueries", "row_code_changed", "row_progress"]
+__all__ = ["SORTS", "JobFilter", "ViewQueries"]

@@ -18,7 +18,8 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
 from ..errors import UnknownJob
-from ..schema import Status, checkpoints, jobs, new_id, signals
+from ..jobs import Status
+from ..schema import checkpoints, jobs, new_id, signals
 from .core import CoreStore
 
 # What a durable wait came to (``WaitResult.state``).

@@ -13,17 +13,8 @@ from sqlalchemy.engine import Connection, Row
 
 from ..codec import digest
 from ..errors import WORKER_LOST_PREFIX
-from ..schema import (
-    QUEUED_SQL,
-    WAITING_SQL,
-    Status,
-    checkpoints,
-    jobs,
-    queues,
-    worker_workflows,
-    workers,
-)
-from .core import _TERMINAL_VALUES
+from ..jobs import FINISHED, Status
+from ..schema import QUEUED_SQL, WAITING_SQL, checkpoints, jobs, queues, worker_workflows, workers
 from .fanout import FanoutQueries
 
 log = logging.getLogger(__name__)
@@ -269,7 +260,7 @@ class WorkerQueries(FanoutQueries):
         owned = {r.id for r in rows if r.lease_token == held[r.id]}
         cancel = {r.id for r in rows if r.cancel_requested and r.id in owned}
         # A job that finished since the caller looked is not lost, just done.
-        finished = {r.id for r in rows if r.status in _TERMINAL_VALUES}
+        finished = {r.id for r in rows if r.status in FINISHED}
         return set(held) - owned - finished, cancel
 
     def _requeue_lost(

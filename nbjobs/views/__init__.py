@@ -1,9 +1,10 @@
 """The live Panel dashboard: ``app.dashboard()``, ``panel serve nbjobs/dashboard.py``.
 
-Importing this package imports Panel; ``import nbjobs`` never does.
+Importing this package imports Panel; ``import nbjobs`` never does.  The views read an
+App's store and never import the App: :mod:`nbjobs.dashboard` builds one from a URL.
 """
 
-from .dashboard import Dashboard, serve
+from .dashboard import Dashboard
 from .detail import FanOutTree, JobDetail
 from .jobs import JobsTable
 from .overview import Counters, Overview, QueueDepths, Throughput, Workers
@@ -20,5 +21,4 @@ __all__ = [
     "Schedules",
     "Throughput",
     "Workers",
-    "serve",
 ]

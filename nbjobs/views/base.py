@@ -71,6 +71,9 @@ class Component(pn.viewable.Viewer):
                     inline_stylesheets(meta["id"])
         return bundle
 
+    def load(self) -> None:
+        """Read what the view shows (its first render, or a reload)."""
+
     def refresh(self, changes: Sequence[Any]) -> None:
         """Bring the view up to date, given the jobs changed since the last refresh."""
 

@@ -1,33 +1,27 @@
-"""The dashboard: the views on tabs, one live refresh per session, and ``serve``.
+"""The dashboard: the views on tabs, wired by their parameters, one live refresh per session.
 
 Live updates come from the database, never from an in-process event stream: once a
 second the session asks which jobs changed since its watermark (an index range scan of
 ``updated_at``) and hands that list to every view, which re-reads only what it shows.
 So several dashboards and workers in different processes all see the same state.
+
+The views share state through ``param`` references, not assignments: the jobs table's
+totals follow the counters' ``counts``, the detail follows the table's ``selected`` and
+its fan-out tree the detail's ``job_id``.  The dashboard gets an App; building one from
+a URL, and serving it, is :mod:`nbjobs.dashboard`'s job.
 """
 
 from __future__ import annotations
 
 import html
 import logging
-import threading
 import time
-import webbrowser
 from collections.abc import Sequence
 from typing import Any
 
 import panel as pn
 import param
 
-from .access import (
-    TOKEN_OPTIONS,
-    LoginName,
-    TokenAuth,
-    is_loopback,
-    refusal,
-    refusal_page,
-    remote_allowed,
-)
 from .base import Component
 from .detail import JobDetail
 from .jobs import JobsTable
@@ -52,18 +46,15 @@ class Dashboard(Component):
     title = param.String(default="nbjobs")
 
     def __init__(self, **params: Any) -> None:
-        if isinstance(params.get("app"), str):
-            from ..app import App
-
-            params["app"] = App(params["app"])
         super().__init__(**params)
         shared = dict(app=self.app, require_auth=self.require_auth, read_only=self.read_only)
         self.overview = Overview(**shared)
-        self.jobs = JobsTable(**shared)
-        self.detail = JobDetail(**shared)
+        # References, not copies: the table's totals follow the counters, the detail the
+        # table's selection.
+        self.jobs = JobsTable(counts=self.overview.counters.param.counts, **shared)
+        self.detail = JobDetail(job_id=self.jobs.param.selected, **shared)
         self.schedules = Schedules(**shared)
         self.views: list[Component] = [self.overview, self.jobs, self.detail, self.schedules]
-        self.jobs.param.watch(lambda e: setattr(self.detail, "job_id", e.new), "selected")
         self._watermark = self.store.latest_update() or self.store.now()
         self._seen: dict[str, float] = {}
         self.changes()  # what the first load below reads anyway: not news on the first tick
@@ -78,7 +69,6 @@ class Dashboard(Component):
     def load(self) -> None:
         """Read everything once (the first render)."""
         self.overview.load()
-        self.jobs.counts = self.overview.counters.counts
         self.jobs.set_options(self.store.workflow_names(), self.store.queue_names())
         self.jobs.load()
         self.schedules.load()
@@ -103,11 +93,10 @@ class Dashboard(Component):
             if changes is None:
                 changes = self.changes()
             if changes:
-                known = set(self.jobs._workflow_w.options)
+                known = set(self.jobs.workflows)
                 if any(c.workflow not in known for c in changes):
                     self.jobs.set_options(self.store.workflow_names(), self.store.queue_names())
             self.overview.refresh(changes)
-            self.jobs.counts = self.overview.counters.counts
             self.jobs.refresh(changes)
             self.detail.refresh(changes)
             self.schedules.refresh(changes)
@@ -206,88 +195,3 @@ class Dashboard(Component):
             theme_toggle=False,
             main_layout=None,
         )
-
-
-def serve(
-    url: str,
-    port: int = 5006,
-    address: str = "127.0.0.1",
-    show: bool = False,
-    basic_auth: str | None = None,
-    cookie_secret: str | None = None,
-    websocket_origin: str | Sequence[str] | None = None,
-    allow_remote: bool = False,
-    token: str | None = None,
-    **kwargs: Any,
-) -> Any:
-    """Serve the dashboard of the database at ``url`` (what ``nbjobs dashboard`` runs).
-
-    Binds to 127.0.0.1 unless ``address`` says otherwise.  With ``basic_auth`` (a
-    password, or a JSON file of user: password) the page asks for a login, and actions
-    are refused to sessions without a user; the cookie secret is ``cookie_secret``, else
-    ``PANEL_COOKIE_SECRET``, else a random one (logins then end with the server).
-
-    Without a login, sessions from other hosts are refused (see :mod:`.access`) unless
-    ``allow_remote`` (or ``NBJOBS_DASHBOARD_ALLOW_REMOTE=1``).  ``websocket_origin``
-    adds the browser origins (``host[:port]``) allowed besides this host's own, as when
-    the page is reached through a reverse proxy under another name.  The session token
-    embedded in the page never carries the login cookies (:data:`.access.TOKEN_OPTIONS`).
-
-    With ``token`` and no ``basic_auth``, nothing is served without the token: the URL
-    printed (and opened by ``show``) carries it, as Jupyter's does (:class:`.TokenAuth`).
-    """
-    import secrets
-
-    from panel.config import config
-    from panel.io.application import build_applications
-
-    from ..app import App
-
-    app = App(url)
-    pn.extension("tabulator", notifications=True)
-    cookie_secret = cookie_secret or config.cookie_secret
-    if basic_auth and not cookie_secret:
-        cookie_secret = secrets.token_hex(32)
-    require_auth = bool(basic_auth)
-    allow_remote = allow_remote or remote_allowed()
-    if not (require_auth or allow_remote or is_loopback(address) or address == "localhost"):
-        log.warning(
-            "the dashboard listens on %s without a login: sessions from other hosts are "
-            "refused; add --basic-auth, or --allow-remote behind a proxy that logs users in",
-            address,
-        )
-
-    def session() -> pn.viewable.Viewable:
-        reason = refusal(require_auth=require_auth, allow_remote=allow_remote)
-        if reason is not None:
-            return refusal_page(reason)
-        return Dashboard(app=app, require_auth=require_auth).template()
-
-    origins = [f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"]
-    if isinstance(websocket_origin, str):
-        websocket_origin = [websocket_origin]
-    origins += [o for o in websocket_origin or () if o not in origins]
-    applications = build_applications({"/": session}, title="nbjobs")
-    applications["/"].add(LoginName())
-    options = {**TOKEN_OPTIONS, **kwargs}
-    launch = f"http://{address}:{port}/"
-    if token and not basic_auth:
-        options["auth_provider"] = TokenAuth(token)
-        cookie_secret = cookie_secret or secrets.token_hex(32)
-        launch += f"?token={token}"
-        if show:  # Panel would open the bare address, which asks for the token
-            threading.Timer(1.0, webbrowser.open, [launch]).start()
-            show = False
-    # Panel would also print its own "Launching server at" URL, without the token.
-    options.setdefault("verbose", False)
-    print(f"nbjobs dashboard for {app.store.safe_url} on {launch}", flush=True)
-    return pn.serve(
-        applications,
-        port=port,
-        address=address,
-        show=show,
-        basic_auth=basic_auth,
-        cookie_secret=cookie_secret,
-        websocket_origin=origins,
-        **options,
-    )

@@ -10,10 +10,9 @@ from typing import Any
 import panel as pn
 import param
 
-from ..display import code_mark, registered_fingerprints
 from ..errors import UnknownJob
-from ..schema import TERMINAL
-from ..store.views import row_code_changed, row_progress
+from ..jobs import FINISHED, row_code_changed, row_progress
+from ..notebook.display import code_mark, registered_fingerprints
 from .base import Component
 from .style import (
     CSS,
@@ -27,8 +26,6 @@ from .style import (
     stored_value,
     truncate,
 )
-
-FINISHED = {s.value for s in TERMINAL}
 
 
 def _esc(value: Any) -> str:
@@ -113,41 +110,55 @@ def tree_html(node: dict[str, Any], *, open_levels: int = 1, level: int = 0) -> 
 
 
 class FanOutTree(Component):
-    """A job's children and grandchildren, at most ``cap`` listed per parent."""
+    """A job's children and grandchildren, at most ``cap`` listed per parent.
 
-    job_id = param.String(default="")
+    ``job_id`` may be a reference (the detail passes its own); ``tree`` is the state
+    read, and the pane follows it.
+    """
+
+    job_id = param.String(default="", allow_refs=True)
     cap = param.Integer(default=50, bounds=(1, 10_000))
     depth = param.Integer(default=2, bounds=(1, 5))
+    tree = param.Dict(
+        default=None, allow_None=True, constant=True,
+        doc="The tree read for ``job_id`` (``ViewQueries.job_tree``); None without one.",
+    )  # fmt: skip
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._pane = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
-        self.tree: dict[str, Any] | None = None
         self._ids: set[str] = set()
+        # Every read redraws, even one equal to the last (a gone job, twice).
+        self.param.watch(self._render, "tree", onlychanged=False)
         self.load()
 
-    @param.depends("job_id", watch=True)
+    @param.depends("job_id", "cap", "depth", watch=True)
     def load(self) -> None:
-        if not self.job_id:
-            self.tree, self._ids = None, set()
-            self._pane.object = '<div class="nbj-empty">Pick a job to see its fan-out.</div>'
-            return
-        try:
-            self.tree = self.store.job_tree(self.job_id, depth=self.depth, cap=self.cap)
-        except UnknownJob:
-            self.tree = None
-            self._pane.object = '<div class="nbj-empty">This job no longer exists.</div>'
-            return
+        tree = None
+        if self.job_id:
+            try:
+                tree = self.store.job_tree(self.job_id, depth=self.depth, cap=self.cap)
+            except UnknownJob:
+                pass
+        with param.edit_constant(self):
+            self.tree = tree
+
+    def _render(self, _event: Any = None) -> None:
+        tree = self.tree
         self._ids = set()
-        stack = [self.tree]
+        stack = [tree] if tree else []
         while stack:
             node = stack.pop()
             self._ids.add(node["job"].id)
             stack.extend(node["children"])
-        if not self.tree["total"]:
+        if not self.job_id:
+            self._pane.object = '<div class="nbj-empty">Pick a job to see its fan-out.</div>'
+        elif tree is None:
+            self._pane.object = '<div class="nbj-empty">This job no longer exists.</div>'
+        elif not tree["total"]:
             self._pane.object = '<div class="nbj-empty">This job has no children.</div>'
         else:
-            self._pane.object = f'<div class="nbj-tree">{tree_html(self.tree)}</div>'
+            self._pane.object = f'<div class="nbj-tree">{tree_html(tree)}</div>'
 
     def refresh(self, changes: Sequence[Any]) -> None:
         if self.job_id and any(c.id in self._ids or c.parent_id in self._ids for c in changes):
@@ -158,14 +169,21 @@ class FanOutTree(Component):
 
 
 class JobDetail(Component):
-    """Everything about one job, and the retry and cancel actions."""
+    """Everything about one job, and the retry and cancel actions.
 
-    job_id = param.String(default="")
+    ``job_id`` may be a reference (the dashboard passes the table's ``selected``);
+    ``detail`` is the state read, and the panes follow it.
+    """
+
+    job_id = param.String(default="", allow_refs=True)
+    detail = param.Dict(
+        default=None, allow_None=True, constant=True,
+        doc="What ``ViewQueries.job_detail`` read for ``job_id``; None without one.",
+    )  # fmt: skip
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self.detail: dict[str, Any] | None = None
-        self.tree = FanOutTree(app=self.app)
+        self.tree = FanOutTree(app=self.app, job_id=self.param.job_id)
         self._header = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
         self._summary = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
         self._steps = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
@@ -178,8 +196,8 @@ class JobDetail(Component):
             label="Cancel", color="danger", variant="outline", width=90,
             css_classes=["nbj-cancel"],
         )  # fmt: skip
-        self.retry_button.on_click(lambda _e: self.retry())
-        self.cancel_button.on_click(lambda _e: self.cancel())
+        self.retry_button.on_click(self._on_retry)
+        self.cancel_button.on_click(self._on_cancel)
         self.tabs = pn.Tabs(
             ("Summary", self._summary),
             ("Steps", self._steps),
@@ -189,6 +207,8 @@ class JobDetail(Component):
             sizing_mode="stretch_width",
             dynamic=False,
         )
+        # Every read redraws, even one equal to the last (a gone job, twice).
+        self.param.watch(self._render, "detail", onlychanged=False)
         self.load()
 
     # -- actions -----------------------------------------------------------------------
@@ -204,27 +224,35 @@ class JobDetail(Component):
         self.load()
         return done
 
+    def _on_retry(self, _event: Any) -> None:
+        self.retry()
+
+    def _on_cancel(self, _event: Any) -> None:
+        self.cancel()
+
     # -- loading -----------------------------------------------------------------------
     @param.depends("job_id", watch=True)
-    def _job_changed(self) -> None:
-        self.tree.job_id = self.job_id
-        self.load()
-
     def load(self) -> None:
-        if not self.job_id:
-            self.detail = None
-            self._header.object = '<div class="nbj-empty">Select a job in the table.</div>'
+        detail = None
+        if self.job_id:
+            try:
+                detail = self.store.job_detail(self.job_id)
+            except UnknownJob:
+                pass
+        with param.edit_constant(self):
+            self.detail = detail
+
+    def _render(self, _event: Any = None) -> None:
+        d = self.detail
+        if d is None:
+            gone = (
+                f"Job {_esc(self.job_id)} is gone." if self.job_id else "Select a job in the table."
+            )
+            self._header.object = f'<div class="nbj-empty">{gone}</div>'
             for pane in (self._summary, self._steps, self._attempts, self._signals):
                 pane.object = ""
             self.retry_button.visible = self.cancel_button.visible = False
             return
-        try:
-            self.detail = self.store.job_detail(self.job_id)
-        except UnknownJob:
-            self.detail = None
-            self._header.object = f'<div class="nbj-empty">Job {_esc(self.job_id)} is gone.</div>'
-            return
-        d = self.detail
         job = d["job"]
         self._header.object = self._header_html(job, d["children"])
         self._summary.object = self._summary_html(job)
@@ -283,7 +311,7 @@ class JobDetail(Component):
 
     def _code_notice(self, job: Any) -> str:
         """The changed-code line and its three choices, for an unfinished run of old code."""
-        registered = registered_fingerprints(self.app)
+        registered = registered_fingerprints(self.app.runtime.registry)
         if not row_code_changed(job, registered):
             return ""
         current = registered.get(job.workflow) or job.latest_fingerprint

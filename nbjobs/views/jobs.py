@@ -17,8 +17,9 @@ import pandas as pd
 import panel as pn
 import param
 
-from ..display import code_mark, no_worker_mark, progress_label, registered_fingerprints
-from ..store.views import SORTS, JobFilter, row_code_changed, row_progress
+from ..jobs import row_code_changed, row_progress
+from ..notebook.display import code_mark, no_worker_mark, progress_label, registered_fingerprints
+from ..store.views import SORTS, JobFilter
 from ..store.workers import runner_problem
 from .base import Component, Throttle
 from .style import CSS, STATUSES, fmt_duration, fmt_time, pill, progress_bar
@@ -85,6 +86,10 @@ def table_rows(
     return pd.DataFrame.from_records(records, columns=COLUMNS)
 
 
+def _no_rows(total: int) -> bool:
+    return total == 0
+
+
 class JobsTable(Component):
     """Filters, a page of jobs and a pager; ``selected`` is the id of the clicked job."""
 
@@ -93,17 +98,24 @@ class JobsTable(Component):
     queue = param.String(default="")
     search = param.String(default="")
     parent_id = param.String(default="", doc="Only the children of this job.")
-    sort = param.Selector(default="created", objects=list(SORTS))
+    sort: param.Selector = param.Selector(default="created", objects=list(SORTS))
     descending = param.Boolean(default=True)
     page = param.Integer(default=1, bounds=(1, None))
     page_size = param.Integer(default=25, bounds=(5, 500))
     selected = param.String(default="", doc="The id of the job picked in the table.")
     total = param.Integer(default=0, doc="Jobs matching the filters (capped).")
     total_exact = param.Boolean(default=True)
+    counts = param.Dict(
+        default={},
+        allow_refs=True,
+        doc="status -> jobs (the counters' ``counts``, passed as a reference): the total "
+        "of a status-only filter, without a count query.",
+    )
+    workflows = param.List(default=[], item_type=str, doc="The workflow filter's choices.")
+    queues = param.List(default=[], item_type=str, doc="The queue filter's choices.")
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self.counts: dict[str, int] = {}
         self._throttle = Throttle(minimum_seconds=0.25)
         self._runners: dict[str, tuple[set, set]] | None = None
         self._runners_at = float("-inf")
@@ -144,8 +156,10 @@ class JobsTable(Component):
         self._status_w = pn.widgets.MultiChoice.from_param(
             self.param.status, label="Status", width=220, placeholder="any status"
         )
-        self._workflow_w = pn.widgets.Select(label="Workflow", options=[""], width=190)
-        self._queue_w = pn.widgets.Select(label="Queue", options=[""], width=120)
+        self._workflow_w = pn.widgets.Select(
+            label="Workflow", options=["", *self.workflows], width=190
+        )
+        self._queue_w = pn.widgets.Select(label="Queue", options=["", *self.queues], width=120)
         self._search_w = pn.widgets.TextInput(
             label="Search", placeholder="id, key or error text", width=200
         )
@@ -189,7 +203,11 @@ class JobsTable(Component):
         """
         rows = self._throttle.run(self._read_page)
         runners = self._live_runners()
-        self.show(table_rows(rows, self.store.now(), registered_fingerprints(self.app), runners))
+        self.show_page(
+            table_rows(
+                rows, self.store.now(), registered_fingerprints(self.app.runtime.registry), runners
+            )
+        )
 
     def _live_runners(self) -> dict[str, tuple[set, set]] | None:
         """What live workers run, read at most every ``RUNNERS_REFRESH_SECONDS``."""
@@ -220,7 +238,7 @@ class JobsTable(Component):
             self.total, self.total_exact = self.store.count_matching(filters)
         return rows
 
-    def show(self, frame: pd.DataFrame) -> None:
+    def show_page(self, frame: pd.DataFrame) -> None:
         """Put a page in the table: patch changed cells, or replace a different page."""
         current = self.table.value
         same_rows = (
@@ -249,8 +267,8 @@ class JobsTable(Component):
             self.load()
 
     def set_options(self, workflows: list[str], queues: list[str]) -> None:
-        self._workflow_w.options = ["", *workflows]
-        self._queue_w.options = ["", *queues]
+        """The choices of the workflow and queue filters (see :meth:`_options_changed`)."""
+        self.param.update(workflows=list(workflows), queues=list(queues))
 
     # -- events ------------------------------------------------------------------------
     @param.depends(
@@ -266,6 +284,11 @@ class JobsTable(Component):
     @param.depends("page", watch=True)
     def _page_changed(self) -> None:
         self.load()
+
+    @param.depends("workflows", "queues", watch=True)
+    def _options_changed(self) -> None:
+        self._workflow_w.options = ["", *self.workflows]
+        self._queue_w.options = ["", *self.queues]
 
     def _turn(self, step: int) -> None:
         last = self._last_page()
@@ -312,7 +335,7 @@ class JobsTable(Component):
         empty = pn.pane.HTML(
             '<div class="nbj-empty">No jobs match.</div>',
             stylesheets=[CSS],
-            visible=pn.bind(lambda total: total == 0, self.param.total),
+            visible=pn.bind(_no_rows, self.param.total),
             sizing_mode="stretch_width",
         )
         pager = pn.Row(self._prev, self._next, self._pager_text)

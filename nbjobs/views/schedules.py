@@ -9,7 +9,7 @@ import pandas as pd
 import panel as pn
 
 from .base import Component, Throttle
-from .style import CSS, fmt_relative, fmt_time, pill
+from .style import CSS, colour, fmt_relative, fmt_time, pill
 
 COLUMNS = ["name", "workflow", "cron", "timezone", "next run", "last run", "last status", "state"]
 
@@ -38,8 +38,8 @@ class Schedules(Component):
         self.resume_button = pn.widgets.Button(
             label="Resume", width=90, color="primary", variant="outline"
         )
-        self.pause_button.on_click(lambda _e: self.set_paused(True))
-        self.resume_button.on_click(lambda _e: self.set_paused(False))
+        self.pause_button.on_click(self._on_pause)
+        self.resume_button.on_click(self._on_resume)
         self._empty = pn.pane.HTML(
             '<div class="nbj-empty">No schedules. Create one with '
             '<code>app.schedule("name", workflow, cron="0 3 * * *")</code>.</div>',
@@ -64,9 +64,9 @@ class Schedules(Component):
                     else f"{fmt_time(r.next_fire_at)} ({fmt_relative(r.next_fire_at, now)})",
                     fmt_time(r.last_fire_at),
                     pill(r.last_status) if r.last_status else "",
-                    '<span style="color:#d97706;font-weight:600">paused</span>'
+                    f'<span style="color:{colour("waiting")};font-weight:600">paused</span>'
                     if r.paused
-                    else '<span style="color:#16a34a">active</span>',
+                    else f'<span style="color:{colour("succeeded")}">active</span>',
                 ]
                 for r in self.rows
             ],
@@ -84,6 +84,12 @@ class Schedules(Component):
     def refresh(self, changes: Sequence[Any]) -> None:
         if self._throttle.due():
             self.load()
+
+    def _on_pause(self, _event: Any) -> None:
+        self.set_paused(True)
+
+    def _on_resume(self, _event: Any) -> None:
+        self.set_paused(False)
 
     def set_paused(self, paused: bool) -> bool:
         if not self.table.selection:

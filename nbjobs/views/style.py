@@ -2,12 +2,13 @@
 
 Cells of a Tabulator live in its shadow DOM, so what goes into a table cell carries
 inline styles; the rest of the page shares :data:`CSS`.  The pill, the progress bar and
-the time formats are :mod:`nbjobs.display`'s, so notebooks and the dashboard look alike.
+the time formats are :mod:`nbjobs.notebook.display`'s, so notebooks and the dashboard look alike.
 """
 
 from __future__ import annotations
 
-from ..display import (
+from ..jobs import STATUSES
+from ..notebook.display import (
     colour,
     fmt_duration,
     fmt_relative,
@@ -15,8 +16,6 @@ from ..display import (
     pill,
     progress_bar,
 )
-
-STATUSES = ("queued", "running", "waiting", "succeeded", "failed", "cancelled")
 
 
 def truncate(text: str | None, limit: int = 2000, total: int | None = None) -> str:

@@ -1,24 +1,32 @@
-"""``app.history_frame``: jobs, attempts and step timings as one tidy pandas DataFrame.
+"""The pandas DataFrames of ``app.jobs_frame()``, ``app.history_frame()`` and
+``app.schedules_frame()``, built from what the store reads; pandas is imported lazily.
 
-One row per job, per attempt and per step, told apart by the ``kind`` column, so that
-the usual questions are one ``groupby`` away: the slowest steps
-(``kind == "step"`` by ``name``), failure rates (``kind == "job"`` by ``status``) and
-retries (``kind == "attempt"`` by ``status``).  pandas is imported here, lazily.
+``history_frame`` puts jobs, attempts and step timings in one tidy frame: one row per
+job, per attempt and per step, told apart by the ``kind`` column, so that the usual
+questions are one ``groupby`` away: the slowest steps (``kind == "step"`` by ``name``),
+failure rates (``kind == "job"`` by ``status``) and retries (``kind == "attempt"`` by
+``status``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .validation import check_number, check_time
+from ..validation import check_number, check_time
 
 if TYPE_CHECKING:
     import pandas
 
-    from .app import App
+#: The columns of ``app.jobs_frame()``, in order (``duration_s`` is added after them).
+JOB_COLUMNS = [
+    "id", "workflow", "queue", "status", "priority", "attempts", "steps_done",
+    "steps_expected", "error", "key", "parent_id", "created_at", "started_at",
+    "finished_at",
+]  # fmt: skip
 
+#: The columns of ``app.history_frame()``.
 COLUMNS = [
     "kind",  # job | attempt | step
     "job_id",
@@ -36,18 +44,38 @@ COLUMNS = [
 ]
 
 
+def jobs_frame(rows: Iterable[Any]) -> pandas.DataFrame:
+    """Job rows (``store.list_jobs``) as one row per job, times as UTC datetimes."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        [{c: getattr(r, c) for c in JOB_COLUMNS} for r in rows], columns=JOB_COLUMNS
+    )
+    for column in ("created_at", "started_at", "finished_at"):
+        frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
+    frame["duration_s"] = (frame["finished_at"] - frame["started_at"]).dt.total_seconds()
+    return frame
+
+
+def schedules_frame(items: Iterable[Mapping[str, Any]]) -> pandas.DataFrame:
+    """The schedules (as ``app.schedules()`` lists them) as one row per schedule."""
+    import pandas as pd
+
+    return pd.DataFrame(list(items))
+
+
 def history_frame(
-    app: App,
+    store: Any,
     *,
     workflow: str | None = None,
     status: str | Sequence[str] | None = None,
     since: datetime | float | None = None,
     limit: int = 1000,
 ) -> pandas.DataFrame:
-    """Build the frame for the newest ``limit`` jobs matching the filters."""
+    """Build the frame for the newest ``limit`` jobs matching the filters, read from
+    ``store`` (its ``history_jobs``, ``history_attempts`` and ``history_steps``)."""
     import pandas as pd
 
-    store = app.store
     job_rows = store.history_jobs(
         workflow=workflow,
         status=status,

@@ -17,15 +17,12 @@ import html
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, SupportsIndex, overload
+from typing import TYPE_CHECKING, Any, Protocol, SupportsIndex, overload, runtime_checkable
 
-from .errors import ConfigurationError
-from .handle import STATUS_COLOURS, JobHandle
-from .store.views import row_code_changed, row_progress
+from ..jobs import STATUS_COLOURS, row_code_changed, row_progress
 
 if TYPE_CHECKING:
-    from .app import App
-    from .clock import Clock
+    from ..clock import Clock
 
 #: Rows a list shows at most; the rest are counted in its footer.
 MAX_ROWS = 100
@@ -37,6 +34,31 @@ MONO = "font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px"
 MUTED = "color:#6b7280"
 CELL = "text-align:left;padding:3px 10px 3px 0;vertical-align:middle;white-space:nowrap"
 HEAD = f"{CELL};{MUTED};font-weight:500;border-bottom:1px solid #d1d5db"
+
+
+# -- what the renderers read of an app and a job handle ---------------------------------
+class Workflows(Protocol):
+    """The workflow registry of an app (:func:`registered_fingerprints` reads it)."""
+
+    def fingerprints(self) -> dict[str, str]: ...
+
+
+class EngineView(Protocol):
+    """What the notebook renderers use of a handle's engine: its store (table rows, the
+    database's clock, outcomes), its codec (results) and its workflow registry."""
+
+    store: Any
+    codec: Any
+    registry: Workflows
+
+
+@runtime_checkable
+class Job(Protocol):
+    """A job as the renderers see it (a :class:`~nbjobs.JobHandle`): an id and the
+    engine of its app."""
+
+    id: str
+    engine: EngineView
 
 
 # -- pieces shared with the dashboard ---------------------------------------------------
@@ -134,15 +156,9 @@ def fmt_relative(value: float | datetime | None, now: float | None = None) -> st
     return f"in {text}" if delta > 0 else f"{text} ago"
 
 
-def registered_fingerprints(app: App) -> dict[str, str]:
+def registered_fingerprints(registry: Workflows) -> dict[str, str]:
     """Workflow name -> fingerprint of the code registered in this process."""
-    out = {}
-    for name in app.workflow_names():
-        try:
-            out[name] = app.get_workflow(name).fingerprint
-        except ConfigurationError:  # gone in between: the stored code decides
-            continue
-    return out
+    return registry.fingerprints()
 
 
 def _first_line(text: str | None) -> str:
@@ -176,15 +192,15 @@ def _muted(text: str) -> str:
 
 
 # -- one job ----------------------------------------------------------------------------
-def job_html(handle: JobHandle) -> str:
+def job_html(handle: Job) -> str:
     """A job as a header (id, status, progress) over a small table of facts; one query."""
-    app = handle.app
-    rows = app.store.jobs_rows([handle.id])
+    engine = handle.engine
+    rows = engine.store.jobs_rows([handle.id])
     if not rows:
         return _muted(f"job <b>{_esc(handle.id)}</b> not found (purged, or another database)")
     r = rows[0]
-    changed = row_code_changed(r, registered_fingerprints(app))
-    took = fmt_duration(_duration(r, app.store.now()))
+    changed = row_code_changed(r, registered_fingerprints(engine.registry))
+    took = fmt_duration(_duration(r, engine.store.now()))
     facts = [
         ("workflow", _esc(r.workflow) + (code_mark() if changed else "")),
         ("queue", _esc(r.queue) + (f" · priority {r.priority}" if r.priority else "")),
@@ -221,13 +237,13 @@ def job_html(handle: JobHandle) -> str:
 
 
 # -- lists ------------------------------------------------------------------------------
-def _job_rows(handles: Sequence[JobHandle]) -> dict[str, Any]:
+def _job_rows(handles: Sequence[Job]) -> dict[str, Any]:
     """Table rows of the handles by id: one query per database (one for an app's list)."""
     out: dict[str, Any] = {}
-    apps = {id(h.app): h.app for h in handles}
-    for app in apps.values():
-        ids = [h.id for h in handles if h.app is app]
-        out.update((r.id, r) for r in app.store.jobs_rows(ids))
+    engines = {id(h.engine): h.engine for h in handles}
+    for engine in engines.values():
+        ids = [h.id for h in handles if h.engine is engine]
+        out.update((r.id, r) for r in engine.store.jobs_rows(ids))
     return out
 
 
@@ -246,21 +262,21 @@ def jobs_html(handles: Sequence[Any]) -> str:
     if not handles:
         return _muted("No jobs.")
     shown = list(handles[:MAX_ROWS])
-    jobs = [h for h in shown if isinstance(h, JobHandle)]
+    jobs = [h for h in shown if isinstance(h, Job)]
     rows = _job_rows(jobs)
-    now = {id(h.app): h.app.store.now() for h in jobs}
-    fingerprints = {id(h.app): registered_fingerprints(h.app) for h in jobs}
+    now = {id(h.engine): h.engine.store.now() for h in jobs}
+    fingerprints = {id(h.engine): registered_fingerprints(h.engine.registry) for h in jobs}
     body = []
     for h in shown:
-        r = rows.get(h.id) if isinstance(h, JobHandle) else None
+        r = rows.get(h.id) if isinstance(h, Job) else None
         if r is None:
-            what = h.id if isinstance(h, JobHandle) else repr(h)
+            what = h.id if isinstance(h, Job) else repr(h)
             body.append(
                 f'<tr><td style="{CELL};{MONO}">{_esc(what)}</td>'
                 f'<td style="{CELL};{MUTED}" colspan="9">not found</td></tr>'
             )
             continue
-        mark = code_mark() if row_code_changed(r, fingerprints[id(h.app)]) else ""
+        mark = code_mark() if row_code_changed(r, fingerprints[id(h.engine)]) else ""
         line = _first_line(r.error)
         error = (
             f'<span title="{_esc(r.error)}" style="color:{colour("failed")}">{_esc(line)}</span>'
@@ -277,7 +293,7 @@ def jobs_html(handles: Sequence[Any]) -> str:
             f'<td style="{CELL}">{fmt_time(r.started_at)}</td>',
             f'<td style="{CELL}">{fmt_time(r.finished_at)}</td>',
             f'<td style="{CELL};text-align:right">'
-            f"{fmt_duration(_duration(r, now[id(h.app)]))}</td>",
+            f"{fmt_duration(_duration(r, now[id(h.engine)]))}</td>",
             f'<td style="{CELL};white-space:normal;min-width:220px;max-width:480px">{error}</td>',
         ]
         body.append(f'<tr data-job="{_esc(r.id)}">{"".join(cells)}</tr>')
@@ -331,7 +347,7 @@ class JobList(list):
     """
 
     @overload
-    def __getitem__(self, index: SupportsIndex) -> JobHandle: ...
+    def __getitem__(self, index: SupportsIndex) -> Job: ...
     @overload
     def __getitem__(self, index: slice) -> JobList: ...
     def __getitem__(self, index: Any) -> Any:

@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
-from .schema import TERMINAL, Status
+from ..errors import UnknownJob
+from ..jobs import FINISHED, STATUS_COLOURS, Status, row_progress
 
 if TYPE_CHECKING:
-    from .handle import JobHandle
+    from .display import Job
 
 log = logging.getLogger(__name__)
 
 #: Seconds between two reads of the job's row.
 POLL_SECONDS = 0.25
-_TERMINAL = {s.value for s in TERMINAL}
 _BAR_STYLE = {
     Status.SUCCEEDED.value: "success",
     Status.FAILED.value: "danger",
@@ -40,7 +40,7 @@ class JobWatch(w.VBox):
     tests; a notebook just displays the widget and carries on).
     """
 
-    def __init__(self, handle: JobHandle, poll_seconds: float = POLL_SECONDS) -> None:
+    def __init__(self, handle: Job, poll_seconds: float = POLL_SECONDS) -> None:
         self.handle = handle
         self.poll_seconds = poll_seconds
         self.header = w.HTML()
@@ -50,7 +50,6 @@ class JobWatch(w.VBox):
         super().__init__([self.header, w.HBox([self.bar, self.step]), self.outcome])
         self.finished = threading.Event()
         self._stop = threading.Event()
-        self._expected: int | None = None
         self._last_steps = -1
         self._last_step_name: str | None = None
         self._refreshing = threading.Lock()
@@ -67,7 +66,7 @@ class JobWatch(w.VBox):
                 self.refresh()
             except Exception as exc:  # the database went away, the app was closed...
                 log.debug("watch of job %s stopped", self.handle.id, exc_info=True)
-                self.outcome.value = _box("#9ca3af", f"watch stopped: {exc}")
+                self.outcome.value = _box(STATUS_COLOURS["cancelled"], f"watch stopped: {exc}")
                 self.finished.set()
                 return
             self._stop.wait(self.poll_seconds)
@@ -80,10 +79,11 @@ class JobWatch(w.VBox):
             self._refresh()
 
     def _refresh(self) -> None:
-        store = self.handle.app.store
-        row = store.get_job(self.handle.id)
-        if self._expected is None:
-            self._expected = row.steps_expected or store.expected_steps(row.workflow)
+        store = self.handle.engine.store
+        rows = store.jobs_rows([self.handle.id])  # a table row: the dashboard's progress
+        if not rows:
+            raise UnknownJob(f"no job with id {self.handle.id!r}")
+        row = rows[0]
         if row.steps_done != self._last_steps:
             self._last_steps = row.steps_done
             steps = store.history_steps([row.id])
@@ -93,24 +93,15 @@ class JobWatch(w.VBox):
             f'<span style="font-family:system-ui,sans-serif"><b>{html.escape(row.workflow)}</b> '
             f"<code>{html.escape(row.id)}</code> {_badge(status)}</span>"
         )
-        self.bar.value = self._fraction(row)
+        self.bar.value = row_progress(row) or 0.0
         self.bar.bar_style = _BAR_STYLE.get(status, "info")
         self.step.value = self._step_text(row)
-        if status in _TERMINAL:
+        if status in FINISHED:
             self.outcome.value = self._outcome_html(status)
             self.finished.set()
 
-    def _fraction(self, row: Any) -> float:
-        if row.status == Status.SUCCEEDED.value:
-            return 1.0
-        if row.status == Status.RUNNING.value and row.progress is not None:
-            return float(row.progress)
-        if self._expected:
-            return min(1.0, row.steps_done / self._expected)
-        return 0.0
-
     def _step_text(self, row: Any) -> str:
-        total = f" of {self._expected}" if self._expected else ""
+        total = f" of {row.expected_steps}" if row.expected_steps else ""
         parts = [f"{row.steps_done}{total} steps done"]
         if row.status == Status.RUNNING.value:
             after = f" after {self._last_step_name!r}" if self._last_step_name else ""
@@ -130,18 +121,18 @@ class JobWatch(w.VBox):
         )
 
     def _outcome_html(self, status: str) -> str:
-        outcome = self.handle.app.store.job_outcome(self.handle.id)
+        outcome = self.handle.engine.store.job_outcome(self.handle.id)
         if status == Status.SUCCEEDED.value:
             try:
-                value = repr(self.handle.app.codec.loads(outcome.result))
+                value = repr(self.handle.engine.codec.loads(outcome.result))
             except Exception as exc:
                 value = f"(the result cannot be loaded here: {exc})"
             if len(value) > 2000:
                 value = value[:2000] + " ..."
-            return _box("#16a34a", f"result: {value}")
+            return _box(STATUS_COLOURS[status], f"result: {value}")
         if status == Status.CANCELLED.value:
-            return _box("#9ca3af", "cancelled")
-        text = _box("#dc2626", outcome.error or "failed")
+            return _box(STATUS_COLOURS[status], "cancelled")
+        text = _box(STATUS_COLOURS[status], outcome.error or "failed")
         if outcome.traceback:
             text += (
                 "<details><summary>traceback</summary><pre style='font-size:12px'>"
@@ -164,8 +155,6 @@ class JobWatch(w.VBox):
 
 
 def _badge(status: str) -> str:
-    from .handle import STATUS_COLOURS
-
     colour = STATUS_COLOURS.get(status, "#666")
     return (
         f'<span style="background:{colour};color:white;border-radius:8px;padding:1px 8px">'
@@ -180,6 +169,6 @@ def _box(colour: str, text: str) -> str:
     )
 
 
-def watch(handle: JobHandle, poll_seconds: float = POLL_SECONDS) -> JobWatch:
+def watch(handle: Job, poll_seconds: float = POLL_SECONDS) -> JobWatch:
     """A live ipywidgets display of ``handle``'s job; display it in a notebook cell."""
     return JobWatch(handle, poll_seconds=poll_seconds)

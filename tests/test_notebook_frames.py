@@ -1,4 +1,4 @@
-"""app.history_frame (nbjobs.history, store/history.py) and the changed-code warning."""
+"""app.history_frame (nbjobs.notebook.frames, store/history.py) and the changed-code warning."""
 
 from __future__ import annotations
 

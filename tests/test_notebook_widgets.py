@@ -6,7 +6,7 @@ import threading
 
 import ipywidgets
 
-from nbjobs.widgets import JobWatch
+from nbjobs.notebook.widgets import JobWatch
 
 WAIT = 60
 

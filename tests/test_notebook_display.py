@@ -14,8 +14,8 @@ from sqlalchemy import event
 
 import nbjobs
 from nbjobs.clock import FakeClock
-from nbjobs.display import MAX_ROWS, JobList, ScheduleList
-from nbjobs.handle import STATUS_COLOURS
+from nbjobs.jobs import STATUS_COLOURS
+from nbjobs.notebook.display import MAX_ROWS, JobList, ScheduleList
 from tests.conftest import make_app
 
 WAIT = 60
@@ -140,7 +140,7 @@ def test_empty_lists_and_a_purged_job(sqlite_app):
     app = sqlite_app
     assert app.jobs() == [] and "No jobs." in app.jobs()._repr_html_()
     assert app.schedules() == [] and "No schedules" in app.schedules()._repr_html_()
-    gone = nbjobs.JobHandle(app, "no-such-job")
+    gone = nbjobs.JobHandle(app._engine, "no-such-job")  # as if purged since
     assert "not found" in gone._repr_html_()
     assert "not found" in JobList([gone])._repr_html_()
 
