@@ -250,7 +250,7 @@ def test_unknown_job_id(app):
     with pytest.raises(nbjobs.UnknownJob):
         app.cancel("does-not-exist")
     with pytest.raises(nbjobs.UnknownJob):
-        nbjobs.JobHandle(app, "does-not-exist").logs()
+        nbjobs.JobHandle(app._engine, "does-not-exist").logs()
 
 
 def test_a_job_without_output_has_empty_logs(app):

@@ -9,7 +9,6 @@ import threading
 import pytest
 
 import nbjobs
-from nbjobs.handle import JobHandle
 from tests.support import wait_until
 
 
@@ -42,8 +41,8 @@ def test_checkpoint_is_committed_before_it_returns(app):
     def committed(cs: nbjobs.CallState) -> str:
         cs.checkpoint("first", lambda: "one")
         # Read through a fresh handle, from the database, before the run ends.
-        seen["during"] = JobHandle(app, cs.job_id).checkpoints
-        seen["status"] = JobHandle(app, cs.job_id).status
+        seen["during"] = app.job(cs.job_id).checkpoints
+        seen["status"] = app.job(cs.job_id).status
         return "done"
 
     app.start(concurrency=1)
@@ -273,9 +272,9 @@ def test_progress_fraction_is_clamped(app):
     @app.workflow(name="clamp")
     def clamp(cs: nbjobs.CallState) -> None:
         cs.progress(7)
-        seen.append(JobHandle(app, cs.job_id).progress)
+        seen.append(app.job(cs.job_id).progress)
         cs.progress(-1)
-        seen.append(JobHandle(app, cs.job_id).progress)
+        seen.append(app.job(cs.job_id).progress)
         release.set()
 
     app.start(concurrency=1)
