@@ -19,8 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from nbjobs.views import Dashboard
+
+if TYPE_CHECKING:
+    from nbjobs import App
 
 __all__ = ["Dashboard"]
 
@@ -32,7 +36,7 @@ def _url(argv: list[str]) -> str:
     return known.url or os.environ.get("NBJOBS_URL") or "sqlite:///nbjobs.db"
 
 
-def _shared_app(url: str):
+def _shared_app(url: str) -> App:
     import panel as pn
 
     from nbjobs import App
