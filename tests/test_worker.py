@@ -819,6 +819,7 @@ def test_a_job_claimed_ahead_and_cancelled_never_runs(still_app):
     assert after.attempts == []  # it never started
 
 
+@pytest.mark.no_worker
 @pytest.mark.parametrize("backend", backends.selected("postgres"))
 def test_a_success_waiting_for_its_shared_commit_keeps_its_lease(db_url, monkeypatch):
     """A short job's success left to the write-behind commit stays heartbeated until
