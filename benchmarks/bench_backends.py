@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import nbjobs  # noqa: E402
-from benchmarks.bench_core import pct  # noqa: E402
+from benchmarks.bench_core import no_worker_yet, pct  # noqa: E402
 
 WORKER_TARGET = "benchmarks.bench_backends:app"
 
@@ -97,16 +97,18 @@ def wait_for(predicate, timeout: float = 600.0, poll: float = 0.005) -> None:
 
 def bench_enqueue(bench: nbjobs.App, n: int) -> float:
     wf = bench.get_workflow("noop")
-    start = time.perf_counter()
-    for i in range(n):
-        wf.submit(i)
-    return n / (time.perf_counter() - start)
+    with no_worker_yet():
+        start = time.perf_counter()
+        for i in range(n):
+            wf.submit(i)
+        return n / (time.perf_counter() - start)
 
 
 def bench_drain(bench: nbjobs.App, url: str, n: int, processes: int, logs: Path) -> float:
     bench.pause_queue("default")
     wf = bench.get_workflow("noop")
-    handles = [wf.submit(i) for i in range(n)]
+    with no_worker_yet():
+        handles = [wf.submit(i) for i in range(n)]
     procs = start_workers(url, processes, 1.0, logs)
     try:
         wait_for(lambda: len(bench.workers()) >= processes, timeout=120)

@@ -23,11 +23,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .app import App
 from .jobs import FINISHED
 from .strategies import CollectAll
+
+if TYPE_CHECKING:
+    from . import CallState
 
 REGIONS = ["north", "south", "east", "west", "central", "islands"]
 PRODUCTS = ["tea", "coffee", "cocoa", "juice", "water"]
@@ -109,7 +112,7 @@ def define_pipeline(
         return str(path)
 
     @app.workflow(name="sales_report", retries=4, steps=5)
-    def sales_report(cs, region: str, day: str, rows: int = 400) -> dict:
+    def sales_report(cs: CallState, region: str, day: str, rows: int = 400) -> dict:
         """Download, clean, aggregate, enrich (flaky) and publish one region's report."""
         raw = cs.checkpoint("download", download, region, day, rows)
         cleaned = cs.checkpoint("clean", clean, raw)
@@ -129,7 +132,7 @@ def define_fan_out(app: App, sales_report: Any) -> tuple[Any, Any]:
     """Register ``all_regions`` (a fan-out over the regions) and ``refresh_rates``."""
 
     @app.workflow(name="all_regions")
-    def all_regions(cs, day: str) -> dict:
+    def all_regions(cs: CallState, day: str) -> dict:
         """One child run per region (partition), then a combined summary."""
         outcomes = cs.fan_out(
             "regions",
@@ -147,7 +150,7 @@ def define_fan_out(app: App, sales_report: Any) -> tuple[Any, Any]:
         )
 
     @app.workflow(name="refresh_rates")
-    def refresh_rates(cs) -> dict:
+    def refresh_rates(cs: CallState) -> dict:
         """What the cron schedule runs every minute: a quick two-step refresh."""
         stamp = cs.checkpoint("fetch", lambda: time.strftime("%H:%M:%S"))
         return cs.checkpoint("store", lambda: {"refreshed_at": stamp, "regions": len(REGIONS)})

@@ -53,6 +53,7 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+@pytest.mark.no_worker
 def test_dashboard_live_in_chromium(served):
     app, address = served
     gates = [threading.Event() for _ in range(3)]

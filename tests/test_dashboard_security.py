@@ -134,6 +134,7 @@ def notifications():
 
 
 # -- D1: every notification is escaped -----------------------------------------------
+@pytest.mark.no_worker
 def test_every_notification_escapes_hostile_names(app, notifications) -> None:
     nightly = define_nightly(app)
     app.schedule(HOSTILE, nightly, cron="0 3 * * *")

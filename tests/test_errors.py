@@ -253,11 +253,13 @@ def test_unknown_job_id(app):
         nbjobs.JobHandle(app._engine, "does-not-exist").logs()
 
 
+@pytest.mark.no_worker
 def test_a_job_without_output_has_empty_logs(app):
     wf = app.workflow(name="silent")(lambda cs: None)
     assert wf.submit().logs() == ""
 
 
+@pytest.mark.no_worker
 @pytest.mark.parametrize("timeout", [float("nan"), "1", True])
 def test_a_result_timeout_that_is_no_number_of_seconds_is_refused(app, timeout):
     """A NaN deadline is never reached: ``result(timeout=nan)`` would wait forever."""

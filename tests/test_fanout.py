@@ -347,6 +347,7 @@ def test_a_decided_fanout_failure_is_not_retried_automatically(app: nbjobs.App) 
     assert app.store.get_job(h.id).failures == 1
 
 
+@pytest.mark.no_worker
 def test_a_user_key_cannot_take_a_childs_key(app: nbjobs.App) -> None:
     """Children's idempotency keys live in nbjobs' own namespace: a user job submitted
     with the key a child would have had (the old ``{parent}/{fan-out}/{index}`` form)

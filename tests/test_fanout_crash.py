@@ -12,6 +12,8 @@ import sqlite3
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 import nbjobs
 from tests.conftest import make_app
 from tests.support import wait_until, worker_process
@@ -25,6 +27,7 @@ def ledger_rows(path: Path, table: str) -> Counter:
         return Counter(who for (who,) in conn.execute(f"SELECT who FROM {table}"))
 
 
+@pytest.mark.no_worker
 def test_sigkill_while_half_the_children_are_done(sqlite_url: str, tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.db"
     env = {"FANOUT_LEDGER": str(ledger), "FANOUT_CHILD_SECONDS": "0.3"}

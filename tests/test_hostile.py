@@ -215,6 +215,7 @@ def test_submit_options_refuse_non_finite_numbers(app, bad) -> None:
     assert app.jobs() == []
 
 
+@pytest.mark.no_worker
 @pytest.mark.parametrize("bad", NON_FINITE)
 def test_every_other_public_number_refuses_non_finite_values(sqlite_app, bad) -> None:
     @sqlite_app.workflow(name="noop")
@@ -321,6 +322,7 @@ def test_the_default_limit_is_16_mib(sqlite_app) -> None:
 
 
 # -- names -----------------------------------------------------------------------------
+@pytest.mark.no_worker(strict=False)
 @PROPERTY
 @given(workflow=NAMES, step=NAMES, queue=NAMES, key=NAMES)
 def test_odd_names_are_stored_exactly_or_refused_clearly(app, workflow, step, queue, key) -> None:
@@ -358,6 +360,7 @@ def test_odd_names_are_stored_exactly_or_refused_clearly(app, workflow, step, qu
     assert [h.id for h in app.jobs(queue=queue, workflow=wf_name, status="queued")] == [first.id]
 
 
+@pytest.mark.no_worker
 def test_names_differing_only_in_case_or_trailing_space_stay_apart(app) -> None:
     @app.workflow(name="cased")
     def cased(cs: nbjobs.CallState) -> list:
@@ -369,6 +372,7 @@ def test_names_differing_only_in_case_or_trailing_space_stay_apart(app) -> None:
 
 
 # -- malformed rows --------------------------------------------------------------------
+@pytest.mark.no_worker
 def test_rows_nbjobs_cannot_decode_fail_their_own_job_and_the_rest_go_on(app) -> None:
     @app.workflow(name="plain", retries=3)
     def plain(cs: nbjobs.CallState, x: int = 0) -> int:
@@ -412,6 +416,7 @@ def test_rows_nbjobs_cannot_decode_fail_their_own_job_and_the_rest_go_on(app) ->
 
 
 # -- the CLI ---------------------------------------------------------------------------
+@pytest.mark.no_worker
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

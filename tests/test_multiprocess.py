@@ -79,6 +79,7 @@ def _check_exactly_once(engine: sa.Engine, count: int, may_replay: set[str]) -> 
     assert replayed <= may_replay, replayed - may_replay
 
 
+@pytest.mark.no_worker
 @pytest.mark.parametrize("backend", backends.selected("postgres", "mysql"))
 def test_four_workers_drain_exactly_once_and_recover_a_killed_worker(backend, tmp_path: Path):
     with backends.server_database(backend) as url:

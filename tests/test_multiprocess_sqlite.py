@@ -5,12 +5,15 @@ from __future__ import annotations
 import signal
 import sqlite3
 
+import pytest
+
 from tests.conftest import make_app
 from tests.support import wait_until, worker_process
 
 JOBS = 2000
 
 
+@pytest.mark.no_worker
 def test_two_processes_drain_each_job_exactly_once(sqlite_url, tmp_path):
     ledger_db = tmp_path / "ledger.db"
     with sqlite3.connect(ledger_db) as conn:

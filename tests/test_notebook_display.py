@@ -57,6 +57,7 @@ def pill_of(status: str) -> str:
     return f"background:{STATUS_COLOURS[status]};color:#fff"
 
 
+@pytest.mark.no_worker
 def test_job_list_renders_every_status_in_one_query(app):
     gate, entered = threading.Event(), threading.Event()
 
@@ -117,6 +118,7 @@ def test_job_list_renders_every_status_in_one_query(app):
     assert "6 jobs" in page and "took" in page and "started (UTC)" in page
 
 
+@pytest.mark.no_worker
 def test_one_query_however_many_jobs_and_long_lists_are_cut(sqlite_app):
     app = sqlite_app
 
@@ -145,6 +147,7 @@ def test_empty_lists_and_a_purged_job(sqlite_app):
     assert "not found" in JobList([gone])._repr_html_()
 
 
+@pytest.mark.no_worker
 def test_job_handle_shows_status_progress_and_escaped_facts(sqlite_app):
     app = sqlite_app
 
@@ -200,6 +203,7 @@ def test_schedules_list_next_and_last_run_status_and_paused(sqlite_url):
     assert "2 schedules" in page
 
 
+@pytest.mark.no_worker
 def test_changed_code_is_marked_in_the_notebook_list(sqlite_url):
     app = make_app(sqlite_url)
     try:

@@ -69,6 +69,7 @@ def test_history_frame_of_an_empty_database(app):
     assert {"kind", "job_id", "name", "duration_s"} <= set(frame.columns)
 
 
+@pytest.mark.no_worker
 def test_history_frame_since(sqlite_app):
     from datetime import datetime, timedelta, timezone
 
@@ -83,6 +84,7 @@ def test_history_frame_since(sqlite_app):
     assert list(sqlite_app.history_frame(since=past).job_id) == [h.id]
 
 
+@pytest.mark.no_worker
 def test_changed_code_warns_about_unfinished_runs(sqlite_app):
     def define(version):
         namespace = {}

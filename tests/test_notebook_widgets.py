@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import ipywidgets
+import pytest
 
 from nbjobs.notebook.widgets import JobWatch
 
@@ -65,6 +66,7 @@ def test_watch_ends_with_the_error_and_traceback(sqlite_app):
     assert "raise ValueError" in view.outcome.value
 
 
+@pytest.mark.no_worker
 def test_watch_of_a_cancelled_job(sqlite_app):
     @sqlite_app.workflow
     def never_claimed(cs):
@@ -104,6 +106,7 @@ def test_watch_learns_expected_steps_from_the_last_success(sqlite_app):
     assert view.wait(WAIT)
 
 
+@pytest.mark.no_worker
 def test_stop_ends_the_background_thread(sqlite_app):
     @sqlite_app.workflow
     def idle(cs):

@@ -67,6 +67,7 @@ def test_a_job_that_kills_every_worker_fails_after_max_reclaims(db_url, tmp_path
         reader.close()
 
 
+@pytest.mark.no_worker
 def test_a_poison_job_in_a_fan_out_fails_its_child_not_the_tree(sqlite_url, tmp_path) -> None:
     """A crashing child is failed after its reclaims; the parent's fan-in decides."""
     submitter = make_app(sqlite_url)

@@ -113,6 +113,7 @@ def _fill_disk_for_new_connections(app, room_pages: int) -> dict:
     return state
 
 
+@pytest.mark.no_worker
 def test_a_full_disk_at_a_checkpoint_is_not_the_workflows_failure(sqlite_url):
     """A checkpoint that cannot be written (disk full) is not seen by the workflow's own
     ``except Exception`` and costs no retry: the job is given back and, once there is
@@ -206,6 +207,7 @@ def test_a_worker_of_another_pid_namespace_is_not_taken_for_dead(sqlite_url, tmp
         app.close()
 
 
+@pytest.mark.no_worker
 def test_a_killed_worker_not_yet_reaped_by_its_parent_is_dead(sqlite_url):
     """A worker killed a moment ago is a zombie until its parent waits for it: its pid
     answers and its start time matches, but it runs nothing.  Its jobs are reclaimed at

@@ -105,6 +105,7 @@ def test_served_dashboard_with_basic_auth_asks_for_a_login(sqlite_url, tmp_path)
         assert "nbj-url" not in page  # no dashboard content before a login
 
 
+@pytest.mark.no_worker
 def test_actions_are_refused_without_a_login_when_auth_is_configured(sqlite_app) -> None:
     app = sqlite_app
 
@@ -266,6 +267,7 @@ class _Exploit:
         return (Path.touch, (Path(self.path),))
 
 
+@pytest.mark.no_worker
 def test_pickle_is_opt_in_and_an_app_without_it_refuses_pickled_rows(sqlite_url, tmp_path) -> None:
     trusted = make_app(sqlite_url, serializer="pickle")
     plain = make_app(sqlite_url)

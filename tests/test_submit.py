@@ -27,6 +27,7 @@ def fake_app(db_url: str, clock: FakeClock) -> Iterator[nbjobs.App]:
     application.close()
 
 
+@pytest.mark.no_worker
 def test_submit_returns_a_handle_and_the_result(app):
     @app.workflow(name="double")
     def double(cs: nbjobs.CallState, x: int) -> int:
@@ -45,6 +46,7 @@ def test_submit_returns_a_handle_and_the_result(app):
     assert attempt["finished_at"] >= attempt["started_at"]
 
 
+@pytest.mark.no_worker
 def test_options_submit_and_chained_options(app):
     @app.workflow(name="opt", queue="io", priority=1)
     def opt(cs: nbjobs.CallState) -> str:
@@ -77,6 +79,7 @@ def test_submit_async_and_await_handle(app):
     assert h.status == "succeeded"
 
 
+@pytest.mark.no_worker
 def test_result_timeout_when_nothing_runs_the_job(app):
     @app.workflow(name="idle")
     def idle(cs: nbjobs.CallState) -> None:
@@ -144,6 +147,7 @@ def test_run_of_an_async_workflow(app):
     assert arun.run(4) == 12
 
 
+@pytest.mark.no_worker
 def test_handle_lookup_and_listing(app):
     @app.workflow(name="listed")
     def listed(cs: nbjobs.CallState, ok: bool) -> bool:
@@ -210,6 +214,7 @@ def test_retry_keeps_finished_checkpoints(app):
         h.retry()
 
 
+@pytest.mark.no_worker
 def test_priorities_higher_first_fifo_within_a_priority(app):
     order: list[str] = []
 
@@ -226,6 +231,7 @@ def test_priorities_higher_first_fifo_within_a_priority(app):
     assert order == ["high-1", "high-2", "high-3", "mid-1", "mid-2", "low-1", "low-2", "neg-1"]
 
 
+@pytest.mark.no_worker
 def test_delay_holds_a_job_until_its_time(fake_app, clock):
     @fake_app.workflow(name="later")
     def later(cs: nbjobs.CallState, label: str) -> str:
@@ -243,6 +249,7 @@ def test_delay_holds_a_job_until_its_time(fake_app, clock):
     assert delayed.result(timeout=30) == "delayed"
 
 
+@pytest.mark.no_worker
 def test_run_at_holds_a_job_until_that_datetime(fake_app, clock):
     @fake_app.workflow(name="at")
     def at(cs: nbjobs.CallState) -> str:
@@ -258,6 +265,7 @@ def test_run_at_holds_a_job_until_that_datetime(fake_app, clock):
     assert h.result(timeout=30) == "ran"
 
 
+@pytest.mark.no_worker
 def test_idempotency_key_returns_the_first_job(app):
     calls: list[int] = []
 
@@ -279,6 +287,7 @@ def test_idempotency_key_returns_the_first_job(app):
     assert len(app.jobs(workflow="once")) == 1
 
 
+@pytest.mark.no_worker
 def test_per_job_retries_with_exponential_backoff(db_url, clock):
     application = make_app(
         db_url, clock=clock, retry_backoff_seconds=10, retry_backoff_max_seconds=1000
@@ -373,6 +382,7 @@ def test_run_keeps_its_lease_while_a_reaper_is_active(app):
     assert [a["outcome"] for a in h.attempts] == ["succeeded"]
 
 
+@pytest.mark.no_worker
 def test_run_with_the_key_of_a_queued_job_runs_that_job_here(app):
     where: list[int] = []
 

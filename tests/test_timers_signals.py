@@ -97,6 +97,7 @@ def test_sleep_until_the_past_and_async_sleep(app: nbjobs.App) -> None:
     assert [a["outcome"] for a in h.attempts] == ["suspended", "succeeded"]
 
 
+@pytest.mark.no_worker
 def test_signal_sent_before_the_wait_is_consumed_by_it(app: nbjobs.App) -> None:
     @app.workflow
     def approve(cs: nbjobs.CallState) -> dict:
@@ -191,6 +192,7 @@ def test_signal_survives_a_worker_restart(db_url: str) -> None:
         second.close()
 
 
+@pytest.mark.no_worker
 def test_signal_to_an_unknown_job_and_bad_names(app: nbjobs.App) -> None:
     with pytest.raises(nbjobs.UnknownJob):
         app.signal("no-such-job", "x")

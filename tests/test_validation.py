@@ -115,6 +115,7 @@ def test_an_over_long_cron_expression_is_refused_before_it_is_parsed(sqlite_app)
 
 
 # -- a closed App ---------------------------------------------------------------------
+@pytest.mark.no_worker
 def test_a_closed_app_refuses_every_call_and_closing_twice_is_harmless(db_url) -> None:
     def ours() -> set[threading.Thread]:
         return {t for t in threading.enumerate() if t.name.startswith("nbjobs")}

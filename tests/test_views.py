@@ -103,6 +103,7 @@ def test_status_counters_stay_exact_across_settling_retries_and_purges(db_url):
         app.close()
 
 
+@pytest.mark.no_worker
 def test_store_queries_count_page_filter_and_search(pipeline):
     app = pipeline
     ok = [app.wf["steps"].options(key=f"k-{i}").submit(i) for i in range(6)]
@@ -138,6 +139,7 @@ def test_store_queries_count_page_filter_and_search(pipeline):
     assert store.jobs_rows([bad[0].id])[0].expected_steps is None
 
 
+@pytest.mark.no_worker
 def test_changes_since_watermark_and_throughput(pipeline):
     app = pipeline
     store = app.store
@@ -156,6 +158,7 @@ def test_changes_since_watermark_and_throughput(pipeline):
     assert store.queue_depths() == []  # no active job, no live worker, nothing paused
 
 
+@pytest.mark.no_worker
 def test_counters_queues_workers_and_throughput_widgets(pipeline):
     app = pipeline
     for i in range(3):
@@ -191,6 +194,7 @@ def test_counters_queues_workers_and_throughput_widgets(pipeline):
     assert 'data-status="succeeded">3<' in counters._pane.object
 
 
+@pytest.mark.no_worker
 def test_a_table_that_empties_is_hidden_with_its_last_rows(pipeline):
     """JupyterLab showed Panel's traceback in the dashboard's cell when the Queues or
     Workers table went from rows to none while the page still sent its rows back."""
@@ -209,6 +213,7 @@ def test_a_table_that_empties_is_hidden_with_its_last_rows(pipeline):
     assert queues._table.visible and not queues._empty.visible
 
 
+@pytest.mark.no_worker
 def test_jobs_table_pages_filters_and_patches_progress(pipeline):
     app = pipeline
     for i in range(7):
@@ -252,6 +257,7 @@ def test_jobs_table_pages_filters_and_patches_progress(pipeline):
     assert table.selected == fresh.id
 
 
+@pytest.mark.no_worker
 def test_job_detail_shows_error_and_retries_and_cancels(pipeline):
     app = pipeline
     bad = app.wf["breaks"].submit(5)
@@ -320,6 +326,7 @@ def test_schedules_view_lists_next_run_and_state(pipeline):
     assert not view._empty.visible
 
 
+@pytest.mark.no_worker
 def test_dashboard_change_feed_reaches_every_view(pipeline):
     app = pipeline
     first = app.wf["steps"].submit(1)
@@ -340,6 +347,7 @@ def test_dashboard_change_feed_reaches_every_view(pipeline):
     assert dash.detail.job_id == first.id and dash.detail.tree.job_id == first.id
 
 
+@pytest.mark.no_worker
 def test_changed_code_is_marked_in_the_table_and_explained_in_the_detail(sqlite_url):
     """A dashboard in another process (no workflows registered) compares each unfinished
     run's code with the newest run of its workflow; one in the notebook, with the code."""
@@ -386,6 +394,7 @@ def test_changed_code_is_marked_in_the_table_and_explained_in_the_detail(sqlite_
         notebook.close()
 
 
+@pytest.mark.no_worker
 def test_job_detail_reads_large_values_cut_by_the_database(app):
     """The detail view reads at most what it shows of each stored value: the database
     cuts them (``substr``) and gives their full length, which the view reports (on every

@@ -31,6 +31,7 @@ def _ledger(path: Path) -> list[str]:
 
 
 # -- life cycle ------------------------------------------------------------------------
+@pytest.mark.no_worker
 def test_start_and_stop_are_idempotent(app):
     @app.workflow(name="noop")
     def noop(cs: nbjobs.CallState) -> int:
@@ -203,6 +204,7 @@ def test_worker_in_a_running_event_loop_keeps_the_kernels_loop_and_signals(app):
 
 
 # -- unknown workflows ---------------------------------------------------------------
+@pytest.mark.no_worker
 def test_jobs_of_unknown_workflows_stay_queued_until_a_worker_knows_them(app, db_url):
     other = make_app(db_url)
     try:
@@ -231,6 +233,7 @@ def test_jobs_of_unknown_workflows_stay_queued_until_a_worker_knows_them(app, db
         other.close()
 
 
+@pytest.mark.no_worker
 def test_a_due_job_no_worker_here_can_run_does_not_make_the_dispatcher_spin(app, db_url):
     other = make_app(db_url)
     try:
@@ -266,6 +269,7 @@ def test_a_due_job_no_worker_here_can_run_does_not_make_the_dispatcher_spin(app,
 
 
 # -- cancellation --------------------------------------------------------------------
+@pytest.mark.no_worker
 def test_cancel_a_queued_job(app):
     calls: list[str] = []
 
@@ -449,6 +453,7 @@ def test_a_timed_out_run_returning_late_does_not_disturb_its_retry(app):
 
 
 # -- leases, the reaper and lost workers -----------------------------------------------
+@pytest.mark.no_worker
 def test_reaper_requeues_a_stale_job_and_counts_the_attempt(app):
     @app.workflow(name="orphan")
     def orphan(cs: nbjobs.CallState) -> int:
@@ -466,6 +471,7 @@ def test_reaper_requeues_a_stale_job_and_counts_the_attempt(app):
     assert done["outcome"] == "succeeded"
 
 
+@pytest.mark.no_worker
 def test_a_job_lost_more_than_max_reclaims_times_is_failed(db_url):
     application = make_app(db_url, max_reclaims=2)
     try:
@@ -492,6 +498,7 @@ def test_a_job_lost_more_than_max_reclaims_times_is_failed(db_url):
         application.close()
 
 
+@pytest.mark.no_worker
 def test_a_lost_attempt_that_made_progress_is_not_held_against_the_job(db_url):
     """Only losses without a new checkpoint count towards max_reclaims: a job whose
     worker keeps dying while it advances (a crashing neighbour, say) is not failed."""
@@ -612,6 +619,7 @@ def test_a_zombie_whose_lease_was_taken_over_cannot_write(db_url, tmp_path, capl
         zombie.close()
 
 
+@pytest.mark.no_worker
 def test_a_cancelled_job_whose_worker_was_lost_is_not_run_again(app):
     calls: list[int] = []
 
@@ -661,6 +669,7 @@ def _job_times(app: nbjobs.App, column: str) -> list[float]:
         return list(conn.execute(select(getattr(jobs.c, column))).scalars())
 
 
+@pytest.mark.no_worker
 def test_short_jobs_share_claims_and_commits_and_run_once(app):
     """A slot running short jobs claims many at once and records their successes with
     shared commits: the jobs carry fewer distinct claim and finish times than there are
@@ -691,6 +700,7 @@ def still_app(db_url: str):
     application.close()
 
 
+@pytest.mark.no_worker
 def test_a_short_success_is_committed_while_a_long_job_runs(still_app):
     """The success left for a later commit is written within milliseconds by the
     write-behind thread, not when the long job after it ends."""
@@ -718,6 +728,7 @@ def test_a_short_success_is_committed_while_a_long_job_runs(still_app):
     assert long.result(timeout=30) == "slow"
 
 
+@pytest.mark.no_worker
 def test_stop_gives_back_the_jobs_claimed_ahead(still_app):
     """Jobs a slot claimed ahead but never started go back to the queue on stop() and run
     exactly once on the next start."""
@@ -747,6 +758,7 @@ def test_stop_gives_back_the_jobs_claimed_ahead(still_app):
     assert all([a["outcome"] for a in h.attempts] == ["succeeded"] for h in handles)
 
 
+@pytest.mark.no_worker
 def test_finish_later_refuses_a_job_whose_lease_was_lost(app):
     """Successes recorded together are fenced one by one: a job whose lease another
     worker took over is refused and left as that worker has it."""
@@ -779,6 +791,7 @@ def test_finish_later_refuses_a_job_whose_lease_was_lost(app):
     assert [x["outcome"] for x in b.attempts] == ["running"]
 
 
+@pytest.mark.no_worker
 def test_a_job_claimed_ahead_and_cancelled_never_runs(still_app):
     """Cancelling a job that a slot claimed ahead (so it shows as running) stops it before
     it starts: it is recorded as cancelled and its function is never called."""
@@ -807,6 +820,7 @@ def test_a_job_claimed_ahead_and_cancelled_never_runs(still_app):
     assert after.attempts == []  # it never started
 
 
+@pytest.mark.no_worker
 @pytest.mark.parametrize("backend", backends.selected("postgres"))
 def test_a_success_waiting_for_its_shared_commit_keeps_its_lease(db_url, monkeypatch):
     """A short job's success left to the write-behind commit stays heartbeated until

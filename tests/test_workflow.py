@@ -359,6 +359,7 @@ def test_short_steps_are_counted_on_the_job_row_by_the_end_of_the_run(db_url):
         app.close()
 
 
+@pytest.mark.no_worker
 def test_a_step_fenced_by_reading_the_lease_is_refused_after_a_takeover(app):
     """The one-row step (``count=None``) is fenced like the two-row one: a worker whose
     lease was taken over writes nothing."""

@@ -44,8 +44,9 @@ def drain(url: str, jobs: int, concurrency: int, synchronous: str = "NORMAL") ->
         countdown.hit()
         return i
 
-    for i in range(jobs):
-        noop.submit(i)
+    with bench_core.no_worker_yet():
+        for i in range(jobs):
+            noop.submit(i)
     try:
         start = time.perf_counter()
         app.start(concurrency=concurrency)

@@ -14,9 +14,10 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, exists, make_url, select, update
 from sqlalchemy.engine import URL, Connection, Row
-from sqlalchemy.exc import DBAPIError, DisconnectionError, NoSuchModuleError
+from sqlalchemy.engine.interfaces import DBAPIModule
+from sqlalchemy.exc import DBAPIError, DisconnectionError, NoSuchModuleError, StatementError
 from sqlalchemy.schema import DropIndex
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import ColumnElement, Select
 
 from ..errors import ConfigurationError
 from ..schema import QUEUED_SQL, jobs, queues
@@ -77,6 +78,8 @@ class Prepared:
         self.names = list(compiled.positiontup) if compiled.positional else None
         # Picks the positional values in bind order, in C (a statement binds up to ~40).
         self._pick = operator.itemgetter(*self.names) if self.names else None
+        # itemgetter returns a bare value, not a 1-tuple, when it picks one name.
+        self._single = self.names is not None and len(self.names) == 1
         self._row_type: Any = None
 
     def _bind(self, params: dict[str, Any]) -> Any:
@@ -84,11 +87,11 @@ class Prepared:
         if self._pick is None:
             return merged if self.names is None else ()
         picked = self._pick(merged)
-        return picked if len(self.names) > 1 else (picked,)
+        return (picked,) if self._single else picked
 
     def execute(self, conn: Connection, params: dict[str, Any] | list[dict[str, Any]]) -> Any:
         many = isinstance(params, list)
-        bound = [self._bind(p) for p in params] if many else self._bind(params)
+        bound = [self._bind(p) for p in params] if isinstance(params, list) else self._bind(params)
         cursor = conn.connection.cursor()
         try:
             try:
@@ -108,7 +111,9 @@ class Prepared:
         finally:
             cursor.close()
 
-    def _wrap(self, conn: Connection, cursor: Any, bound: Any, exc: Exception) -> DBAPIError:
+    def _wrap(
+        self, conn: Connection, cursor: Any, bound: Any, exc: DBAPIModule.Error
+    ) -> StatementError:
         """What SQLAlchemy would raise (IntegrityError, OperationalError...); on a
         disconnect the connection is invalidated so that it is not used again."""
         dialect = conn.dialect
@@ -133,11 +138,11 @@ class _Result:
 
     __slots__ = ("_rows", "rowcount")
 
-    def __init__(self, rowcount: int, rows: list) -> None:
+    def __init__(self, rowcount: int, rows: Sequence[Any]) -> None:
         self.rowcount = rowcount
         self._rows = rows
 
-    def all(self) -> list:
+    def all(self) -> Sequence[Any]:
         return self._rows
 
 
@@ -356,9 +361,10 @@ class Dialect:
 
     # -- the claim ---------------------------------------------------------------------
     def claim_candidates(
-        self, queue: str, workflows: Sequence[str], now: float, limit: int
+        self, queue: str, workflows: Sequence[str], now: ColumnElement[Any], limit: int
     ) -> Select:
-        """The ids of the best ready jobs of one queue, in claim order.
+        """The ids of the best ready jobs of one queue, in claim order (``now`` is the
+        bind parameter each claim fills in).
 
         A paused queue yields nothing: the pause is read inside the claim itself, so it
         holds for every worker on every machine from the moment it commits.
@@ -396,7 +402,7 @@ class Dialect:
             .returning(*CLAIMED_COLUMNS)
         )
 
-    def claim(self, conn: Connection, statement: Any, params: dict[str, Any]) -> list[Row]:
+    def claim(self, conn: Connection, statement: Any, params: dict[str, Any]) -> Sequence[Row]:
         """Run a statement from ``claim_statement``; returns the claimed rows."""
         if isinstance(statement, Prepared):
             return statement.execute(conn, params).all()
@@ -416,7 +422,7 @@ class RowLockingDialect(Dialect):
         return stmt.with_for_update(skip_locked=skip_locked)
 
     def claim_candidates(
-        self, queue: str, workflows: Sequence[str], now: float, limit: int
+        self, queue: str, workflows: Sequence[str], now: ColumnElement[Any], limit: int
     ) -> Select:
         return (
             super().claim_candidates(queue, workflows, now, limit).with_for_update(skip_locked=True)

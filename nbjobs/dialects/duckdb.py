@@ -19,6 +19,7 @@ import threading
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from ..errors import ConfigurationError
@@ -36,7 +37,7 @@ class DuckDBDialect(Dialect):
     multi_process = False
     claim_batch = 64
 
-    def __init__(self, url, **options: Any) -> None:
+    def __init__(self, url: URL, **options: Any) -> None:
         super().__init__(url, **options)
         if not url.database or url.database == ":memory:":
             raise ConfigurationError(
@@ -74,7 +75,7 @@ def _full_indexes(base: type) -> type:
     a full index serves the same queries, so drop the WHERE here (this engine only)."""
 
     class DDLCompiler(base):
-        def visit_create_index(self, create, **kw):
+        def visit_create_index(self, create: Any, **kw: Any) -> str:
             text = super().visit_create_index(create, **kw)
             if create.element.dialect_options["postgresql"].get("where") is not None:
                 text = text.partition(" WHERE ")[0]

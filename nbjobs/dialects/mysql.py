@@ -10,10 +10,10 @@ is a named ``GET_LOCK``; the clock is the server's ``NOW(6)``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, inspect, select, update
+from sqlalchemy import BindParameter, bindparam, func, inspect, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.schema import DropIndex
 from sqlalchemy.sql import Select
@@ -87,24 +87,24 @@ class MySQLDialect(RowLockingDialect):
                 )
 
     def server_time(self, conn: Connection) -> float | None:
-        return float(conn.execute(select(func.unix_timestamp(func.now(6)))).scalar())
+        return float(conn.execute(select(func.unix_timestamp(func.now(6)))).scalar_one())
 
     def is_transient(self, exc: BaseException) -> bool:
         if super().is_transient(exc):
             return True
         orig = getattr(exc, "orig", exc)
-        args = getattr(orig, "args", ())
+        args: tuple[Any, ...] = getattr(orig, "args", ())
         return bool(args) and args[0] in TRANSIENT_CODES
 
     def claim_statement(self, candidates: Select, values: dict[str, Any]) -> Any:
         """Three statements: lock the candidates, mark them running, read them back."""
         if candidates._for_update_arg is None:
             candidates = candidates.with_for_update(skip_locked=True)
-        ids = bindparam("c_ids", expanding=True)
+        ids: BindParameter[Any] = bindparam("c_ids", expanding=True)
         mark = update(jobs).where(jobs.c.id.in_(ids)).values(**values, attempts=jobs.c.attempts + 1)
         return candidates, mark, select(*CLAIMED_COLUMNS).where(jobs.c.id.in_(ids))
 
-    def claim(self, conn: Connection, statement: Any, params: dict[str, Any]) -> list[Row]:
+    def claim(self, conn: Connection, statement: Any, params: dict[str, Any]) -> Sequence[Row]:
         candidates, mark, read = statement
         ids = list(conn.execute(candidates, params).scalars())
         if not ids:

@@ -130,7 +130,8 @@ class PostgresDialect(RowLockingDialect):
             conn.exec_driver_sql(statement)
 
     def server_time(self, conn: Connection) -> float | None:
-        return float(conn.execute(select(func.extract("epoch", func.clock_timestamp()))).scalar())
+        now = select(func.extract("epoch", func.clock_timestamp()))
+        return float(conn.execute(now).scalar_one())
 
     def is_transient(self, exc: BaseException) -> bool:
         if super().is_transient(exc):

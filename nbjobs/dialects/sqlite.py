@@ -13,9 +13,10 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Engine, event
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import OperationalError
 
 from ..errors import ConfigurationError, DatabaseLost
@@ -37,7 +38,7 @@ class SQLiteDialect(Dialect):
     read_fence = True
     group_commit = True
 
-    def __init__(self, url, **options: Any) -> None:
+    def __init__(self, url: URL, **options: Any) -> None:
         super().__init__(url, **options)
         if not url.database or url.database == ":memory:" or "mode=memory" in str(url):
             raise ConfigurationError(
@@ -74,7 +75,7 @@ class SQLiteDialect(Dialect):
         busy = self.busy_timeout_ms
 
         @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn, _record) -> None:
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             # Let SQLAlchemy's begin event, not pysqlite, decide when transactions start.
             dbapi_conn.isolation_level = None
             cursor = dbapi_conn.cursor()
@@ -97,8 +98,8 @@ class SQLiteDialect(Dialect):
                 raise DatabaseLost(self.gone)
 
         @event.listens_for(engine, "begin")
-        def _on_begin(conn) -> None:
-            driver = conn.connection.driver_connection
+        def _on_begin(conn: Connection) -> None:
+            driver = cast(sqlite3.Connection, conn.connection.driver_connection)
             # Open already: the store began it on the driver (a kept connection) and a
             # Core statement inside it made SQLAlchemy begin its view of it.
             if not driver.in_transaction:
@@ -130,7 +131,9 @@ class SQLiteDialect(Dialect):
             try:
                 raw = engine.raw_connection()
                 try:
-                    raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    cursor = raw.cursor()
+                    cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    cursor.close()
                 finally:
                     raw.close()
             except Exception:  # the next pass tries again; a closed engine ends the loop

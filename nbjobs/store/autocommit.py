@@ -21,6 +21,7 @@ import threading
 import time
 
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DisconnectionError
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,10 @@ class AutocommitConnections:
 
     def _alive(self, conn: Connection) -> bool:
         try:
-            conn.dialect.do_ping(conn.connection.dbapi_connection)
+            dbapi_connection = conn.connection.dbapi_connection
+            if dbapi_connection is None:  # invalidated while it was idle
+                raise DisconnectionError("the connection was invalidated")
+            conn.dialect.do_ping(dbapi_connection)
             return True
         except Exception as exc:
             log.info("an idle autocommit connection is dead (%s); opening another", exc)

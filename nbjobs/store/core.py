@@ -16,11 +16,12 @@ import threading
 import time
 import traceback
 import weakref
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.pool import QueuePool
 
 from .. import dialects
 from ..clock import Clock
@@ -68,6 +69,12 @@ _FINISH_ATTEMPT = insert(attempts).from_select(
 )
 
 
+@overload
+def storable_text(text: str) -> str: ...
+@overload
+def storable_text(text: None) -> None: ...
+@overload
+def storable_text(text: str | None) -> str | None: ...
 def storable_text(text: str | None) -> str | None:
     """``text`` as every backend can store it: NUL and lone surrogates escaped.
 
@@ -118,10 +125,11 @@ class CoreStore(Transactions):
         self.clock_error_seconds = 0.0
         self._clock_synced = float("-inf")
         self._kept: weakref.WeakSet[Connection] = weakref.WeakSet()
+        pool = self.engine.pool
+        # At most half the pool kept in autocommit mode (every dialect sets pool_size).
+        kept = max(1, pool.size() // 2) if isinstance(pool, QueuePool) else 1
         self._autocommit = (
-            AutocommitConnections(
-                self.engine, max(1, self.engine.pool.size() // 2), self.dialect.idle_ping_seconds
-            )
+            AutocommitConnections(self.engine, kept, self.dialect.idle_ping_seconds)
             if self.dialect.autocommit_single
             else None
         )

@@ -7,7 +7,7 @@ throughput narrows its rows by the ``updated_at`` index.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import case, func, select
@@ -116,7 +116,7 @@ class CountQueries(CoreStore):
         if not self.dialect.snapshot_reads:
             return self._count_finished(conn, None, until)
         total = conn.execute(select(func.count()).select_from(jobs)).scalar() or 0
-        others = dict(
+        others: dict[str, int] = dict(
             conn.execute(
                 select(jobs.c.status, func.count())
                 .where(jobs.c.status != SUCCEEDED_SQL)
@@ -148,7 +148,7 @@ class CountQueries(CoreStore):
         row = conn.execute(select(*sums).where(*clauses)).one()
         return {s: int(n or 0) for s, n in zip(FINISHED, row, strict=True)}
 
-    def throughput(self, *, since: float, bucket_seconds: int = 60) -> list[Row]:
+    def throughput(self, *, since: float, bucket_seconds: int = 60) -> Sequence[Row]:
         """Finished jobs per time bucket, workflow and status since ``since``.
 
         Rows are (bucket start in epoch seconds, workflow, status, count); call it again
@@ -173,7 +173,7 @@ class CountQueries(CoreStore):
         with self._read() as conn:
             return conn.execute(stmt).all()
 
-    def queue_depths(self) -> list[Row]:
+    def queue_depths(self) -> list[dict[str, Any]]:
         """Per queue: queued, ready now, running and waiting jobs, and whether it is paused.
 
         Queues with no active jobs appear when they are paused or a live worker serves
@@ -211,14 +211,14 @@ class CountQueries(CoreStore):
                 names.update(q for q in text.split(",") if q)
         out = []
         for name in sorted(names):
-            r = depth.get(name, {})
+            counts = depth.get(name, {})
             out.append(
                 dict(
                     queue=name,
-                    queued=r.get("queued", 0),
-                    ready=r.get("ready", 0),
-                    running=r.get(Status.RUNNING.value, 0),
-                    waiting=r.get(Status.WAITING.value, 0),
+                    queued=counts.get("queued", 0),
+                    ready=counts.get("ready", 0),
+                    running=counts.get(Status.RUNNING.value, 0),
+                    waiting=counts.get(Status.WAITING.value, 0),
                     paused=paused.get(name, False),
                 )
             )

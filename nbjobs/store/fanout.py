@@ -319,7 +319,8 @@ class FanoutQueries(WaitQueries):
         resumed = 0
         for row in stalled:
             name = row.waiting_for[len("fanout:") :]
-            if self._retry_conflicts(lambda conn, r=row, n=name: self._decide_fanin(conn, r.id, n)):
+            decide = functools.partial(self._decide_fanin, parent_id=row.id, name=name)
+            if self._retry_conflicts(decide):
                 resumed += 1
         return resumed
 

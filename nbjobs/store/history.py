@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.engine import Row
 
 from ..jobs import ACTIVE
@@ -25,7 +26,7 @@ class HistoryQueries(CoreStore):
         status: str | Sequence[str] | None = None,
         since: float | None = None,
         limit: int = 1000,
-    ) -> list[Row]:
+    ) -> Sequence[Row]:
         """The newest ``limit`` jobs (created at or after ``since``), newest first."""
         stmt = select(
             jobs.c.id,
@@ -87,7 +88,13 @@ class HistoryQueries(CoreStore):
             (checkpoints.c.job_id, checkpoints.c.seq),
         )
 
-    def _by_job_ids(self, stmt, column, job_ids: Sequence[str], order) -> list[Row]:
+    def _by_job_ids(
+        self,
+        stmt: Select[Any],
+        column: ColumnElement[str],
+        job_ids: Sequence[str],
+        order: tuple[ColumnElement[Any], ...],
+    ) -> list[Row]:
         ids = list(job_ids)
         out: list[Row] = []
         with self._read() as conn:

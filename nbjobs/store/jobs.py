@@ -62,7 +62,7 @@ def _claimed(row: Row) -> ClaimedJob:
 
 # Hot-path statements, built once with bind parameters (building a statement costs more
 # than running it on SQLite).
-_CLAIM_VALUES = dict(
+_CLAIM_VALUES: dict[str, Any] = dict(
     status=Status.RUNNING.value,
     lease_token=bindparam("c_token", None),
     lease_expires_at=bindparam("c_expires", None),
@@ -224,9 +224,8 @@ class JobQueries(CoreStore):
         )
         if not rows:
             return []
-        rows.sort(key=lambda r: (-r.priority, r.run_at or 0.0, r.id))
-        claimed = [_claimed(r) for r in rows]
-        return claimed
+        rows = sorted(rows, key=lambda r: (-r.priority, r.run_at or 0.0, r.id))
+        return [_claimed(r) for r in rows]
 
     def claim_jobs(
         self,

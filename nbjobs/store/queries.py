@@ -54,7 +54,7 @@ class JobReads(CoreStore):
         limit: int = 100,
         offset: int = 0,
         newest_first: bool = True,
-    ) -> list[Row]:
+    ) -> Sequence[Row]:
         stmt = select(*JOB_SUMMARY)
         if status is not None:
             statuses = [status] if isinstance(status, str) else list(status)
@@ -106,7 +106,7 @@ class JobReads(CoreStore):
             expected = self.expected_steps(row.workflow)  # learned from the last success
         return progress(row.status, row.steps_done, expected, row.progress, children)
 
-    def job_checkpoints(self, job_id: str) -> list[Row]:
+    def job_checkpoints(self, job_id: str) -> Sequence[Row]:
         with self._read() as conn:
             return conn.execute(
                 select(checkpoints)
@@ -160,7 +160,7 @@ class JobReads(CoreStore):
                     [dict(r, id=new_id(), text=storable_text(r["text"])) for r in rows],
                 )
 
-    def job_logs(self, job_id: str) -> list[Row]:
+    def job_logs(self, job_id: str) -> Sequence[Row]:
         """The job's output rows in order; ``UnknownJob`` when there is no such job."""
         with self._read() as conn:
             rows = conn.execute(
@@ -173,7 +173,7 @@ class JobReads(CoreStore):
                 raise UnknownJob(f"no job with id {job_id!r}")
         return rows
 
-    def job_signals(self, job_id: str) -> list[Row]:
+    def job_signals(self, job_id: str) -> Sequence[Row]:
         with self._read() as conn:
             return conn.execute(
                 select(signals).where(signals.c.job_id == job_id).order_by(signals.c.id)

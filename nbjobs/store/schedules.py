@@ -144,7 +144,7 @@ class ScheduleQueries(CoreStore):
             )
             return done.rowcount > 0
 
-    def list_schedules(self, name: str | None = None) -> list[Row]:
+    def list_schedules(self, name: str | None = None) -> Sequence[Row]:
         """Schedules by name, each with ``last_status``: the status of its latest job."""
         stmt = (
             select(schedules, jobs.c.status.label("last_status"))
@@ -163,7 +163,7 @@ class ScheduleQueries(CoreStore):
         *,
         workflows: Sequence[str] | None = None,
         queues_: Sequence[str] | None = None,
-    ) -> list[Row]:
+    ) -> Sequence[Row]:
         """Unpaused schedules whose next tick is due: one read of ``ix_nbjobs_schedules_next``.
 
         ``workflows`` and ``queues_`` narrow it to the schedules a worker can run, so that
@@ -249,7 +249,7 @@ class ScheduleQueries(CoreStore):
             )
         return ids
 
-    def schedule_jobs(self, name: str, *, limit: int = 100) -> list[Row]:
+    def schedule_jobs(self, name: str, *, limit: int = 100) -> Sequence[Row]:
         """A schedule's jobs, latest tick first (its history, for the dashboard)."""
         with self._read() as conn:
             return conn.execute(

@@ -92,6 +92,9 @@ class _RawTransaction:
     """
 
     __slots__ = ("conn", "driver", "lock", "role", "store")
+    conn: Connection
+    #: The driver's own connection (sqlite3's, psycopg's...): untyped, as drivers are.
+    driver: Any
 
     def __init__(self, store: Transactions, role: str, lock: Any = None) -> None:
         self.store = store
@@ -262,8 +265,9 @@ class Transactions:
         if not self.dialect.autocommit_single:
             return self._retry_conflicts(work, hot=True)
         self._check_open()
-        conn = self._autocommit.take() if self._autocommit is not None else None
-        if conn is not None:
+        kept = self._autocommit
+        conn = kept.take() if kept is not None else None
+        if kept is not None and conn is not None:
             broken = False
             try:
                 return work(conn)
@@ -271,9 +275,10 @@ class Transactions:
                 broken = exc.connection_invalidated
                 raise
             finally:
-                self._autocommit.give_back(conn, broken=broken)
+                kept.give_back(conn, broken=broken)
         with self.dialect.hot_path(), self.engine.connect() as conn:
-            dbapi_connection = conn.connection.dbapi_connection
+            # psycopg's connection: autocommit and closed are its own attributes.
+            dbapi_connection: Any = conn.connection.dbapi_connection
             dbapi_connection.autocommit = True
             try:
                 return work(conn)
@@ -385,7 +390,7 @@ class Transactions:
             # A connection lost during COMMIT leaves the outcome unknown: never run the
             # pieces again blindly.  Committed, each piece keeps what it did in the
             # transaction (the jobs it claimed included); rolled back, they run alone.
-            committed = False
+            committed: bool | None = False
             if ran and isinstance(exc, DBAPIError) and exc.connection_invalidated:
                 committed = self._group_committed(batch)
             if committed is None:

@@ -10,6 +10,7 @@ in :mod:`.fanout`.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -220,7 +221,9 @@ class WaitQueries(CoreStore):
                 .order_by(signals.c.id)
                 .limit(1)
             ).first()
-            common = dict(
+            put = functools.partial(
+                self._put_checkpoint,
+                conn,
                 job_id=job_id,
                 name=checkpoint,
                 seq=seq,
@@ -235,19 +238,17 @@ class WaitQueries(CoreStore):
                     .where(signals.c.id == signal.id)
                     .values(consumed_at=now, consumed_by=checkpoint)
                 )
-                self._put_checkpoint(
-                    conn,
+                put(
                     done=True,
                     value=signal.payload,
                     detail={"deadline": deadline, "signal": signal.id},
-                    **common,
                 )
                 return WaitResult(DONE, signal.payload)
             if deadline is not None and now >= deadline:
                 detail = {"deadline": deadline, "timed_out": True}
-                self._put_checkpoint(conn, done=True, detail=detail, **common)
+                put(done=True, detail=detail)
                 return WaitResult(TIMEOUT)
-            self._put_checkpoint(conn, done=False, detail={"deadline": deadline}, **common)
+            put(done=False, detail={"deadline": deadline})
             self._park(conn, job_id, attempt, deadline, f"signal:{name}")
             return WaitResult(SUSPENDED)
 

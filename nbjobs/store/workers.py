@@ -264,7 +264,7 @@ class WorkerQueries(FanoutQueries):
         return set(held) - owned - finished, cancel
 
     def _requeue_lost(
-        self, conn: Connection, rows: list[Row], reason: str, max_reclaims: int
+        self, conn: Connection, rows: Sequence[Row], reason: str, max_reclaims: int
     ) -> int:
         """Put jobs of a dead or silent worker back in the queue (or fail poison ones).
 
@@ -418,7 +418,7 @@ class WorkerQueries(FanoutQueries):
             if not done.rowcount:
                 conn.execute(insert(queues).values(name=name, paused=paused, updated_at=now))
 
-    def list_workers(self, *, alive_within: float | None = None) -> list[Row]:
+    def list_workers(self, *, alive_within: float | None = None) -> Sequence[Row]:
         stmt = select(workers).order_by(workers.c.started_at)
         if alive_within is not None:
             stmt = stmt.where(
