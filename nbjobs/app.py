@@ -7,8 +7,8 @@ import inspect
 import logging
 import os
 import weakref
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import dialects
 from .clock import Clock, to_datetime
@@ -24,6 +24,12 @@ from .schema import Status
 from .store import Store
 from .validation import check_name, check_number, check_purge
 from .workflow import Workflow
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from sqlalchemy.engine import Row
+
+    from .dashboard import Dashboard
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +236,7 @@ class App:
 
     def _list_jobs(
         self, status: str | None, workflow: str | None, queue: str | None, limit: int
-    ) -> list:
+    ) -> Sequence[Row]:
         """Validated filters (a clear error, never a database one), then the store's list."""
         if status is not None and status not in {s.value for s in Status}:
             raise ConfigurationError(
@@ -249,7 +255,7 @@ class App:
         workflow: str | None = None,
         queue: str | None = None,
         limit: int = 1000,
-    ):
+    ) -> pd.DataFrame:
         """The newest jobs as a pandas DataFrame (one row per job, times as datetimes)."""
         from .notebook.frames import jobs_frame
 
@@ -261,7 +267,7 @@ class App:
         status: str | None = None,
         since: Any = None,
         limit: int = 1000,
-    ):
+    ) -> pd.DataFrame:
         """Jobs, attempts and step timings of the newest ``limit`` jobs as one DataFrame.
 
         One row per job, attempt and step (the ``kind`` column), with ``name``, ``status``,
@@ -438,14 +444,14 @@ class App:
 
         return ScheduleList(self._schedules.every(), clock=self.clock)
 
-    def schedules_frame(self):
+    def schedules_frame(self) -> pd.DataFrame:
         """``schedules()`` as a pandas DataFrame."""
         from .notebook.frames import schedules_frame
 
         return schedules_frame(self.schedules())
 
     # -- views -------------------------------------------------------------------------
-    def dashboard(self, **params: Any):
+    def dashboard(self, **params: Any) -> Dashboard:
         """The live Panel dashboard: renders inline in a notebook, or ``.servable()``."""
         from .dashboard import Dashboard
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from .clock import to_datetime
@@ -115,7 +116,7 @@ class JobHandle:
         """``result`` for async code; polls without blocking the event loop."""
         return await self.engine.wait_async(self.id, timeout)
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, Any]:
         return self.result_async().__await__()
 
     # -- actions -----------------------------------------------------------------------

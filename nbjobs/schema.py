@@ -26,6 +26,7 @@ from sqlalchemy import (
     and_,
     literal_column,
 )
+from sqlalchemy.sql.elements import ColumnClause
 
 # The engine's modules read the statuses here; nbjobs.jobs is their home.
 from .jobs import TERMINAL as TERMINAL
@@ -35,9 +36,9 @@ SCHEMA_VERSION = 3
 
 
 #: Status values rendered inline in SQL, for the partial indexes (see below).
-QUEUED_SQL = literal_column("'queued'")
-WAITING_SQL = literal_column("'waiting'")
-SUCCEEDED_SQL = literal_column("'succeeded'")
+QUEUED_SQL: ColumnClause[str] = literal_column("'queued'")
+WAITING_SQL: ColumnClause[str] = literal_column("'waiting'")
+SUCCEEDED_SQL: ColumnClause[str] = literal_column("'succeeded'")
 
 metadata = MetaData()
 

@@ -47,9 +47,14 @@ class EngineView(Protocol):
     """What the notebook renderers use of a handle's engine: its store (table rows, the
     database's clock, outcomes), its codec (results) and its workflow registry."""
 
-    store: Any
-    codec: Any
-    registry: Workflows
+    @property
+    def store(self) -> Any: ...
+
+    @property
+    def codec(self) -> Any: ...
+
+    @property
+    def registry(self) -> Workflows: ...
 
 
 @runtime_checkable
@@ -58,7 +63,9 @@ class Job(Protocol):
     engine of its app."""
 
     id: str
-    engine: EngineView
+
+    @property
+    def engine(self) -> EngineView: ...
 
 
 # -- pieces shared with the dashboard ---------------------------------------------------

@@ -327,7 +327,7 @@ def _judge(name: str, outcomes: list[Outcome], strategy: Strategy) -> list[Outco
 class AsyncCallState(CallState):
     """The call state of an ``async def`` workflow: its durable calls are awaited."""
 
-    async def checkpoint(  # type: ignore[override]
+    async def checkpoint(
         self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> Any:
         replayed, value, args_hash = self._begin_step(name, fn, args, kwargs)
@@ -349,7 +349,7 @@ class AsyncCallState(CallState):
     async def sleep_until(self, name: str, when: datetime | float) -> None:  # type: ignore[override]
         await asyncio.to_thread(super().sleep_until, name, when)
 
-    async def wait_signal(self, name: str, timeout: float | None = None) -> Any:  # type: ignore[override]
+    async def wait_signal(self, name: str, timeout: float | None = None) -> Any:
         return await asyncio.to_thread(super().wait_signal, name, timeout)
 
     async def fan_out(self, name: str, specs: list[Spec], strategy: Any = None) -> list:  # type: ignore[override]

@@ -207,7 +207,7 @@ def _rebind_handlers(stream: TextIO, proxy: _StreamProxy) -> None:
     for logger in loggers:
         for handler in list(logger.handlers):
             if type(handler) is logging.StreamHandler and handler.stream is stream:
-                handler.setStream(proxy)  # type: ignore[arg-type]
+                handler.setStream(proxy)
 
 
 def _install_record_factory() -> None:

@@ -164,7 +164,7 @@ class ViewQueries(CountQueries):
         descending: bool = True,
         limit: int = 25,
         offset: int = 0,
-    ) -> list[Row]:
+    ) -> Sequence[Row]:
         """One page of table rows (see :func:`nbjobs.jobs.row_progress`) in one query.
 
         The page's ids are chosen first on the sort's index (``LIMIT``/``OFFSET`` over ids
@@ -201,7 +201,7 @@ class ViewQueries(CountQueries):
             n = conn.execute(select(func.count()).select_from(inner.subquery())).scalar() or 0
         return (min(n, cap), n <= cap)
 
-    def jobs_rows(self, job_ids: Sequence[str]) -> list[Row]:
+    def jobs_rows(self, job_ids: Sequence[str]) -> Sequence[Row]:
         """Table rows of the given jobs (to patch the rows a page shows)."""
         ids = list(job_ids)
         if not ids:
@@ -214,7 +214,7 @@ class ViewQueries(CountQueries):
         with self._read() as conn:
             return conn.execute(select(func.max(jobs.c.updated_at))).scalar()
 
-    def jobs_changed_since(self, since: float, *, limit: int = 2000) -> list[Row]:
+    def jobs_changed_since(self, since: float, *, limit: int = 2000) -> Sequence[Row]:
         """Jobs whose ``updated_at`` is after ``since``, oldest change first, at most ``limit``.
 
         A range scan of ``ix_nbjobs_jobs_updated``: an idle system costs one index seek.
@@ -285,7 +285,7 @@ class ViewQueries(CountQueries):
                 .where(signals.c.job_id == job_id)
                 .order_by(signals.c.id)
             ).all()
-            kids = dict(
+            kids: dict[str, int] = dict(
                 conn.execute(
                     select(jobs.c.status, func.count())
                     .where(jobs.c.parent_id == job_id)
@@ -366,7 +366,7 @@ class ViewQueries(CountQueries):
         return top
 
     # -- schedules ---------------------------------------------------------------------
-    def schedules_overview(self) -> list[Row]:
+    def schedules_overview(self) -> Sequence[Row]:
         """Every schedule with the status of the job its last tick made."""
         last = jobs.alias("last_job")
         stmt = (
