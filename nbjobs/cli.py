@@ -274,10 +274,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from .app import App
     from .schema import SCHEMA_VERSION
-    from .store import Store
 
-    store = Store(_url(args))
+    app = App(_url(args))  # opening the App's store creates or migrates the schema
+    store = app.store
     found, where = store.schema_found, printable(store.safe_url)
     if found is None:
         print(f"nbjobs schema created at version {SCHEMA_VERSION} on {where}")
@@ -285,7 +286,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print(f"nbjobs schema migrated from version {found} to {SCHEMA_VERSION} on {where}")
     else:
         print(f"nbjobs schema is current (version {SCHEMA_VERSION}) on {where}")
-    store.close()
+    app.close()
     return 0
 
 

@@ -6,7 +6,6 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from .clock import to_datetime
-from .validation import check_number
 
 if TYPE_CHECKING:
     from .runtime.engine import Engine
@@ -110,7 +109,7 @@ class JobHandle:
         message says whether a live worker serves the job's workflow and queue).
         A ``timeout`` that is not a number of seconds (NaN) is a ``ConfigurationError``.
         """
-        return self.engine.wait(self.id, check_number("timeout", timeout, 0, optional=True))
+        return self.engine.wait(self.id, timeout)
 
     async def result_async(self, timeout: float | None = None) -> Any:
         """``result`` for async code; polls without blocking the event loop."""
