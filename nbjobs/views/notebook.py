@@ -218,8 +218,8 @@ def serve_on_kernel_loop(*refs: str) -> None:
     loop (the kernel's), under each view's document, whatever thread the kernel receives
     them on (a subshell).  Once per view; without a running loop it does nothing.
 
-    The refresh calls it before it first touches a view, so no refresh of a view runs
-    beside a message of that view.
+    A dashboard calls it as it renders in a cell, and the refresh before it touches a
+    view (one shown inside another layout), so no refresh runs beside a message.
     """
     from panel.io.state import state
 
