@@ -229,19 +229,22 @@ def serve_on_kernel_loop(*refs: str) -> None:
         return
     for ref in refs:
         view = state._views.get(ref)
-        comms = view[0]._comms.get(ref) if view is not None else None
-        handler = comms[1]._on_msg if comms is not None else None
-        if handler is None or getattr(handler, "nbjobs_on_loop", False):
+        client = view[0]._comms.get(ref, (None, None))[1] if view is not None else None
+        if client is None or getattr(client._handle_msg, "nbjobs_on_loop", False):
             continue
-        doc = view[2]
+        # The whole of pyviz_comms' handler moves, not just Panel's part: it swaps the
+        # process's sys.stdout while it runs, which must not span a cell's run.
+        handler, doc = client._handle_msg, view[2]
 
-        def on_msg(msg: Any, handler: Callable[[Any], Any] = handler, doc: Any = doc) -> Any:
+        def handle(msg: Any, handler: Callable[[Any], Any] = handler, doc: Any = doc) -> Any:
             with set_curdoc(doc):
                 return handler(msg)
 
-        served = on_loop(on_msg, loop)
+        served = on_loop(handle, loop)
         served.nbjobs_on_loop = True  # type: ignore[attr-defined]
-        comms[1]._on_msg = served
+        client._handle_msg = served  # taken when the page opens the comm
+        if client._comm is not None:  # already open
+            client._comm.on_msg(served)
 
 
 def current_cell() -> tuple[str, str] | None:
