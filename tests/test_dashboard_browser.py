@@ -91,8 +91,9 @@ def test_dashboard_live_in_chromium(served):
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1500, "height": 950})
             page.goto(address)
-            expect(page.locator(".nbj-card").first).to_be_visible(timeout=30_000)
-            page.wait_for_timeout(1500)
+            # The four leaf jobs have run: the live refresh has caught up with them.
+            succeeded = page.locator('.nbj-card [data-status="succeeded"]')
+            expect(succeeded).to_have_text("4", timeout=30_000)
             shot(page, "overview")
 
             page.locator(".bk-tab", has_text="Jobs").click()
@@ -177,7 +178,7 @@ def test_dashboard_live_in_chromium(served):
             shot(page, "schedules")
 
             page.locator(".bk-tab", has_text="Overview").click()
-            expect(page.locator('.nbj-card [data-status="succeeded"]')).not_to_have_text("0")
+            expect(succeeded).not_to_have_text("4")
             shot(page, "overview-after")
             browser.close()
     finally:

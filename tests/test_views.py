@@ -420,3 +420,38 @@ def test_job_detail_reads_large_values_cut_by_the_database(app):
     html = JobDetail(app=app, job_id=h.id)._summary.object
     assert f"({job.input_length - 2000:,} more characters)" in html
     assert f"({job.error_length - 2000:,} more characters)" in html
+
+
+def test_a_call_from_another_thread_runs_on_the_loop_and_waits():
+    """A comm message the kernel receives on a subshell thread is handled on the kernel's
+    loop, where the notebook refresh runs: the caller waits and gets the result or error."""
+    import asyncio
+
+    from nbjobs.errors import NbjobsError
+    from nbjobs.views.notebook import on_loop
+
+    ran_on: list[int] = []
+
+    def handler(value: int) -> int:
+        ran_on.append(threading.get_ident())
+        if value < 0:
+            raise ValueError("negative")
+        return value * 2
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        served = on_loop(handler, loop)
+        assert served(1) == 2  # on the loop itself: at once
+        assert await asyncio.to_thread(served, 21) == 42
+        with pytest.raises(ValueError, match="negative"):
+            await asyncio.to_thread(served, -1)
+        assert set(ran_on) == {threading.get_ident()}
+
+    asyncio.run(main())
+    stopped = asyncio.new_event_loop()
+    try:
+        with pytest.raises(NbjobsError, match="stopped"):
+            on_loop(handler, stopped)(1)
+    finally:
+        stopped.close()
+    assert len(ran_on) == 3

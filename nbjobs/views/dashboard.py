@@ -150,6 +150,14 @@ class Dashboard(Component):
         """True while some view of the dashboard is rendered (a page or a cell output)."""
         return bool(self.views_shown())
 
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        """Shown in a cell: its comm messages are handled where its refresh runs."""
+        from .notebook import serve_on_kernel_loop
+
+        bundle = super()._repr_mimebundle_(include, exclude)
+        serve_on_kernel_loop(*self.views_shown())
+        return bundle
+
     # -- layout ------------------------------------------------------------------------
     def _header(self) -> pn.viewable.Viewable:
         url = pn.pane.HTML(

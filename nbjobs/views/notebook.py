@@ -21,6 +21,17 @@ Because the refresh runs on the kernel's loop, the Bokeh models are only ever to
 from the kernel's thread; a cell that blocks (``h.result()``) holds the refresh until it
 returns, and the dashboard then catches up at once.
 
+A comm message from a cell's dashboard (a tab or a row clicked) is handled on the kernel's
+event loop too.  JupyterLab 4.4 and later send comm messages to a kernel *subshell* when
+the kernel has them (ipykernel 7), so Panel's handler would run on a thread of its own,
+at the same time as a refresh: two threads changing one Bokeh document and writing the
+parts of their update messages into one comm, interleaved.  The page's Bokeh receiver
+then reads them out of step and drops every later update (counters that stop, a tab
+that comes back empty).  :func:`serve_on_kernel_loop` hands each message to the loop and
+waits for it, as a kernel without subshells would.  And a dashboard is refreshed only
+once its page listens (:func:`listening`): Panel holds back an update made before and
+retries each on its own, so they could arrive out of order and fail there.
+
 Panel's inline mode inlines the stylesheets of a cell's first render only; the ones a
 later update sends point at its CDN again.  :class:`InlineStylesheets` makes those
 data: URLs, so the page fetches nothing from the internet, ever.
@@ -30,14 +41,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import functools
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import panel as pn
 from panel.io.state import set_curdoc
+
+from ..errors import NbjobsError
 
 if TYPE_CHECKING:
     from .dashboard import Dashboard
@@ -133,6 +148,25 @@ def documents(*refs: str) -> list[Any]:
     return [view[2] for ref in refs if (view := state._views.get(ref)) is not None]
 
 
+def listening(*refs: str) -> list[str]:
+    """The views among ``refs`` (root ids) whose page listens: their comm is open.
+
+    Panel opens a view's comm when the page has drawn the view, which can take seconds
+    on a busy machine (the output carries all of Panel's JavaScript).  An update made
+    before that is held back and retried on its own, so two of them can reach the page
+    in either order: one that names a model defined in an earlier one the page has not
+    had yet fails there, and the view never shows it (counters that stay behind).
+    """
+    from panel.io.state import state
+
+    return [
+        ref
+        for ref in refs
+        if (view := state._views.get(ref)) is not None
+        and getattr(view[3], "_comm", None) is not None
+    ]
+
+
 def inline_stylesheets(*refs: str) -> None:
     """Serve Panel's CSS inline to the notebook documents of the views ``refs`` (root ids)."""
     from panel.io.state import state
@@ -141,6 +175,76 @@ def inline_stylesheets(*refs: str) -> None:
         cache = state._stylesheets.get(doc)
         if not isinstance(cache, InlineStylesheets):
             state._stylesheets[doc] = InlineStylesheets(cache or {})
+
+
+def on_loop(fn: Callable[..., Any], loop: asyncio.AbstractEventLoop) -> Callable[..., Any]:
+    """``fn`` that runs on ``loop``'s thread whatever thread calls it; the caller waits.
+
+    Called on the loop itself it runs at once.  A caller on another thread waits for as
+    long as the loop is busy (a cell that blocks holds it, as it holds the refresh), and
+    gets ``fn``'s exception if it raises; if the loop stops meanwhile it gets an error.
+    """
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            return fn(*args, **kwargs)
+        done: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run() -> None:
+            if done.set_running_or_notify_cancel():
+                try:
+                    done.set_result(fn(*args, **kwargs))
+                except BaseException as exc:
+                    done.set_exception(exc)
+
+        loop.call_soon_threadsafe(run)
+        while True:
+            try:
+                return done.result(timeout=1.0)
+            except concurrent.futures.TimeoutError:
+                if not loop.is_running() and done.cancel():
+                    raise NbjobsError("the kernel's event loop stopped") from None
+
+    return call
+
+
+def serve_on_kernel_loop(*refs: str) -> None:
+    """Handle the comm messages of the rendered views ``refs`` (root ids) on the running
+    loop (the kernel's), under each view's document, whatever thread the kernel receives
+    them on (a subshell).  Once per view; without a running loop it does nothing.
+
+    A dashboard calls it as it renders in a cell, and the refresh before it touches a
+    view (one shown inside another layout), so no refresh runs beside a message.
+    """
+    from panel.io.state import state
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    for ref in refs:
+        view = state._views.get(ref)
+        client = view[0]._comms.get(ref, (None, None))[1] if view is not None else None
+        if client is None or getattr(client._handle_msg, "nbjobs_on_loop", False):
+            continue
+        # The whole of pyviz_comms' handler moves, not just Panel's part: it swaps the
+        # process's sys.stdout while it runs, which must not span a cell's run.
+        handler, doc = client._handle_msg, view[2]
+
+        def handle(msg: Any, handler: Callable[[Any], Any] = handler, doc: Any = doc) -> Any:
+            with set_curdoc(doc):
+                return handler(msg)
+
+        served = on_loop(handle, loop)
+        served.nbjobs_on_loop = True  # type: ignore[attr-defined]
+        client._handle_msg = served  # taken when the page opens the comm
+        if client._comm is not None:  # already open
+            client._comm.on_msg(served)
 
 
 def current_cell() -> tuple[str, str] | None:
@@ -233,6 +337,9 @@ class NotebookRefresher:
                     dashboard.stop()
                 elif now - dashboard.refreshed_at >= dashboard.period_ms / 1000 - TICK_SECONDS / 2:
                     views = dashboard.views_shown()
+                    if not listening(*views):
+                        continue  # no page draws it yet: it catches up once one does
+                    serve_on_kernel_loop(*views)
                     inline_stylesheets(*views)
                     # Panel looks up the stylesheets of an update in the cache of its
                     # current document, which a callback outside a server session has not
