@@ -47,20 +47,41 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import panel as pn
 from panel.io.state import set_curdoc
 
 from ..errors import NbjobsError
 
-if TYPE_CHECKING:
-    from .dashboard import Dashboard
-
 log = logging.getLogger(__name__)
 
 #: The Panel extensions nbjobs' components need in the page.
 EXTENSIONS = ("tabulator",)
+
+
+class Dashboard(Protocol):
+    """What the refresh uses of a :class:`~nbjobs.views.Dashboard` (a protocol, so that
+    this module, which the dashboard imports, need not import it back)."""
+
+    @property
+    def name(self) -> str | None: ...
+
+    @property
+    def refreshed_at(self) -> float: ...
+
+    @property
+    def period_ms(self) -> int: ...
+
+    def shown(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
+    def views_shown(self) -> list[str]: ...
+
+    def refresh(self) -> None: ...
+
+
 #: Seconds between two looks at the shown dashboards (each refreshes at its own period).
 TICK_SECONDS = 0.25
 #: The ``pn.state.cache`` key of the kernel's refresher.
@@ -229,7 +250,9 @@ def serve_on_kernel_loop(*refs: str) -> None:
         return
     for ref in refs:
         view = state._views.get(ref)
-        client = view[0]._comms.get(ref, (None, None))[1] if view is not None else None
+        if view is None:
+            continue
+        client = view[0]._comms.get(ref, (None, None))[1]
         if client is None or getattr(client._handle_msg, "nbjobs_on_loop", False):
             continue
         # The whole of pyviz_comms' handler moves, not just Panel's part: it swaps the
@@ -255,6 +278,8 @@ def current_cell() -> tuple[str, str] | None:
     """
     ipython = sys.modules.get("IPython")
     kernel = getattr(ipython.get_ipython(), "kernel", None) if ipython else None
+    if kernel is None:
+        return None
     try:
         parent = kernel.get_parent("shell")
         cell, request = parent["metadata"].get("cellId"), parent["header"]["msg_id"]
