@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from sqlalchemy.engine import Row
 
-    from .dashboard import Dashboard
+    from .views import Dashboard
 
 log = logging.getLogger(__name__)
 
@@ -453,7 +453,7 @@ class App:
     # -- views -------------------------------------------------------------------------
     def dashboard(self, **params: Any) -> Dashboard:
         """The live Panel dashboard: renders inline in a notebook, or ``.servable()``."""
-        from .dashboard import Dashboard
+        from .views import Dashboard
 
         self._check_open()
         return Dashboard(app=self, **params)
