@@ -81,6 +81,7 @@ def test_a_pause_holds_inside_the_claim_for_every_app(db_url: str):
         other.close()
 
 
+@pytest.mark.no_worker
 def test_a_paused_queue_is_not_run_by_a_worker_of_another_app(db_url: str):
     submitter, runner = make_app(db_url), make_app(db_url)
     try:
@@ -127,6 +128,7 @@ def _index_names(conn: sa.Connection) -> set[str]:
     return {i["name"] for i in sa.inspect(conn).get_indexes("nbjobs_jobs")}
 
 
+@pytest.mark.no_worker
 def test_a_version_1_database_is_migrated_forward_with_its_jobs(db_url: str):
     app = make_app(db_url)
 
@@ -278,6 +280,7 @@ def _kill_connections(url: str) -> int:
         engine.dispose()
 
 
+@pytest.mark.no_worker
 @pytest.mark.parametrize("backend", backends.selected("postgres", "mysql"))
 def test_dropped_connections_mid_run_lose_no_job(backend: str, caplog):
     with backends.server_database(backend) as url:
@@ -330,6 +333,7 @@ def test_a_killed_session_is_classified_transient(backend: str):
             app.close()
 
 
+@pytest.mark.no_worker
 @pytest.mark.parametrize("backend", backends.selected("postgres", "mysql"))
 def test_submits_survive_the_server_killing_their_connections(backend: str):
     """Killed while idle (a restart, an idle timeout), the connections a submit would use
@@ -465,6 +469,7 @@ def test_a_job_delayed_by_another_app_starts_when_due_not_at_the_next_poll(backe
             worker.close()
 
 
+@pytest.mark.no_worker
 @pytest.mark.parametrize("backend", backends.selected("postgres"))
 def test_the_listener_asks_for_a_look_once_it_listens(backend: str):
     """A job made ready before ``LISTEN`` took effect sent a notification nobody heard:
@@ -572,6 +577,7 @@ def test_duckdb_refuses_a_second_process_clearly(tmp_path: Path):
     assert opened.returncode == 0 and "OPENED" in opened.stdout, opened.stdout + opened.stderr
 
 
+@pytest.mark.no_worker
 def test_duckdb_threads_of_one_process_share_it_safely(tmp_path: Path):
     app = make_app(f"duckdb:///{tmp_path / 'threads.duckdb'}")
     try:
@@ -588,6 +594,7 @@ def test_duckdb_threads_of_one_process_share_it_safely(tmp_path: Path):
         app.close()
 
 
+@pytest.mark.no_worker
 def test_sqlite_copies_its_wal_into_the_database_file_while_the_app_stays_open(
     sqlite_url: str, tmp_path: Path
 ):
@@ -686,6 +693,7 @@ def test_a_claim_commits_durably(db_url: str):
         app.close()
 
 
+@pytest.mark.no_worker
 @pytest.mark.parametrize("backend", backends.selected("postgres", "mysql"))
 def test_an_app_without_a_worker_measures_its_clock_offset_again(backend: str, monkeypatch):
     """A notebook that only submits measures the offset again at a submit once the last

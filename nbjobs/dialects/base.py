@@ -16,7 +16,7 @@ from sqlalchemy import Engine, create_engine, event, exists, make_url, select, u
 from sqlalchemy.engine import URL, Connection, Row
 from sqlalchemy.engine.interfaces import DBAPIModule
 from sqlalchemy.exc import DBAPIError, DisconnectionError, NoSuchModuleError, StatementError
-from sqlalchemy.schema import DropIndex
+from sqlalchemy.schema import CreateIndex, DropIndex
 from sqlalchemy.sql import ColumnElement, Select
 
 from ..errors import ConfigurationError
@@ -309,6 +309,11 @@ class Dialect:
     def drop_index(self, conn: Connection, index: Any) -> None:
         """Drop ``index`` if it exists (a migration)."""
         conn.execute(DropIndex(index, if_exists=True))
+
+    def create_index(self, conn: Connection, index: Any) -> None:
+        """Create ``index`` unless it exists (a migration).  The database decides, not
+        reflection: duckdb-engine cannot reflect indexes (``checkfirst`` is blind there)."""
+        conn.execute(CreateIndex(index, if_not_exists=True))
 
     def after_create(self, conn: Connection) -> None:
         """Run under the migration lock once the tables exist (e.g. PostgreSQL triggers)."""

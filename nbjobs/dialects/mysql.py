@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import BindParameter, bindparam, func, inspect, select, update
 from sqlalchemy.engine import Connection, Row
-from sqlalchemy.schema import DropIndex
+from sqlalchemy.schema import CreateIndex, DropIndex
 from sqlalchemy.sql import Select
 
 from ..errors import ConfigurationError
@@ -53,6 +53,11 @@ class MySQLDialect(RowLockingDialect):
         # MySQL 8 has no DROP INDEX IF EXISTS (MariaDB has): look first.
         if index.name in {i["name"] for i in inspect(conn).get_indexes(index.table.name)}:
             conn.execute(DropIndex(index))
+
+    def create_index(self, conn: Connection, index: Any) -> None:
+        # MySQL 8 has no CREATE INDEX IF NOT EXISTS (MariaDB has): look first.
+        if index.name not in {i["name"] for i in inspect(conn).get_indexes(index.table.name)}:
+            conn.execute(CreateIndex(index))
 
     @contextlib.contextmanager
     def migration_lock(self, conn: Connection) -> Iterator[None]:

@@ -22,7 +22,7 @@ def _migrate_to_2(conn: Connection, dialect: dialects.Dialect) -> None:
     ``ix_nbjobs_jobs_due``, which holds only the queued jobs not yet due."""
     old = Table("nbjobs_jobs", MetaData(), Column("status", String(16)))
     dialect.drop_index(conn, Index("ix_nbjobs_jobs_delayed", old.c.status))
-    DUE_INDEX.create(conn, checkfirst=True)
+    dialect.create_index(conn, DUE_INDEX)
 
 
 def _migrate_to_3(conn: Connection, dialect: dialects.Dialect) -> None:
@@ -30,7 +30,7 @@ def _migrate_to_3(conn: Connection, dialect: dialects.Dialect) -> None:
     ``ix_nbjobs_jobs_tree``, which holds fan-out children only."""
     old = Table("nbjobs_jobs", MetaData(), Column("root_id", String(40)))
     dialect.drop_index(conn, Index("ix_nbjobs_jobs_root", old.c.root_id))
-    TREE_INDEX.create(conn, checkfirst=True)
+    dialect.create_index(conn, TREE_INDEX)
 
 
 #: A meta row changed whenever finished jobs stop being finished (a retry) or are deleted.
