@@ -142,23 +142,18 @@ class Throughput(Component):
         return frame
 
     def _figure(self, workflows: list[str]) -> Any:
-        from bokeh.models import ColumnDataSource, DataRange1d, HoverTool, Range1d
-        from bokeh.models.annotations import Legend, LegendItem, Title
+        from bokeh.models import ColumnDataSource, HoverTool, Legend, LegendItem, Range1d
         from bokeh.plotting import figure
 
-        start, end = self._window()
-        self._x_range = Range1d(start=start, end=end)
+        self._x_range = Range1d(*self._window())
         fig = figure(
             x_range=self._x_range,
-            y_range=DataRange1d(start=0),
             x_axis_type="datetime",
             height=260,
             sizing_mode="stretch_width",
             toolbar_location=None,
             tools="",
-            title=Title(
-                text="Finished per minute (last hour)", text_font_size="13px", text_color="#374151"
-            ),
+            title="Finished per minute (last hour)",
         )
         self._source = ColumnDataSource(self.frame())
         width = self.bucket_seconds * 1000 * 0.8
@@ -178,11 +173,10 @@ class Throughput(Component):
                 "time", "failed", source=self._source, color=colour("failed"), line_width=2
             )
             labels = [*(w[-28:] for w in workflows), "other", "failed"]
-            drawn: list[Any] = [*bars, failed]
             legend = Legend(
                 items=[
                     LegendItem(label=label, renderers=[r])
-                    for label, r in zip(labels, drawn, strict=True)
+                    for label, r in zip(labels, [*bars, failed], strict=True)
                 ],
                 label_text_font_size="11px",
                 border_line_color=None,
@@ -195,6 +189,9 @@ class Throughput(Component):
                      text_color="#6b7280", text_align="center", text_font_size="13px")  # fmt: skip
             fig.xaxis.visible = False
             fig.yaxis.visible = False
+        fig.title.text_font_size = "13px"
+        fig.title.text_color = "#374151"
+        fig.y_range.start = 0
         fig.grid.grid_line_alpha = 0.4
         fig.outline_line_color = None
         return fig
