@@ -15,12 +15,12 @@ from .clock import Clock, to_datetime
 from .codec import Codec
 from .errors import ConfigurationError
 from .handle import JobHandle
+from .jobs import Status
 from .options import Options
 from .runtime.context import Runtime, Settings
 from .runtime.engine import Engine, warn_user
 from .runtime.registry import check_call_state_parameter, default_workflow_name
 from .runtime.scheduler import Scheduler
-from .schema import Status
 from .store import Store
 from .validation import check_name, check_number, check_purge
 from .workflow import Workflow

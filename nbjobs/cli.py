@@ -248,7 +248,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     from .app import App
-    from .schema import Status
+    from .jobs import Status
     from .validation import check_name
 
     if args.status is not None and args.status not in {s.value for s in Status}:

@@ -28,10 +28,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnClause
 
-# The engine's modules read the statuses here; nbjobs.jobs is their home.
-from .jobs import TERMINAL as TERMINAL
-from .jobs import Status as Status
-
 SCHEMA_VERSION = 3
 
 

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import ConfigurationError
-from .schema import TERMINAL
+from .jobs import FINISHED
 
 #: What every database's INTEGER column holds.
 INT32_LIMIT = 2**31
@@ -108,7 +108,7 @@ def check_purge(
 ) -> tuple[float, list[str]]:
     """(cutoff epoch, statuses) from ``app.purge``'s arguments: an age (seconds or a
     ``timedelta``) or a cutoff ``datetime``, and finished statuses only."""
-    finished = sorted(s.value for s in TERMINAL)
+    finished = list(FINISHED)
     if isinstance(older_than, datetime):
         cutoff = check_time("older_than", older_than)
     elif isinstance(older_than, timedelta):

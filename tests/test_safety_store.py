@@ -19,7 +19,8 @@ from sqlalchemy import event, update
 
 import nbjobs.store.workers as workers_store
 from nbjobs import DatabaseLost, JobFailed
-from nbjobs.schema import Status, workers
+from nbjobs.jobs import Status
+from nbjobs.schema import workers
 from tests import backends
 from tests.conftest import make_app
 from tests.support import wait_until, worker_process

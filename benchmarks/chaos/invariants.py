@@ -15,7 +15,8 @@ from sqlalchemy import select
 
 from benchmarks.chaos.harness import CRON, SCHEDULE, Config, Record
 from benchmarks.chaos.ledger import duplicates, ledger
-from nbjobs.schema import TERMINAL, attempts, checkpoints, jobs, signals, workers
+from nbjobs.jobs import TERMINAL
+from nbjobs.schema import attempts, checkpoints, jobs, signals, workers
 
 TERMINAL_VALUES = {s.value for s in TERMINAL}
 #: Clock skew allowed between the worker processes and the database clock.

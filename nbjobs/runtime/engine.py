@@ -25,8 +25,8 @@ from ..errors import (
     SerializationError,
     WorkerLost,
 )
+from ..jobs import Status
 from ..options import Options
-from ..schema import Status
 from ..store.workers import runner_problem
 from ..validation import check_name, check_number
 from .context import Runtime

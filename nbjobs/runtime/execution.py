@@ -28,7 +28,7 @@ from ..errors import (
     _StoreUnavailable,
     _Suspend,
 )
-from ..schema import Status
+from ..jobs import Status
 from ..store import ClaimedJob
 from ..store.core import storable_text
 from . import capture

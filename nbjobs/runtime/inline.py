@@ -15,8 +15,8 @@ import socket
 import threading
 from typing import TYPE_CHECKING
 
+from ..jobs import Status
 from ..options import Options
-from ..schema import Status
 from .execution import Execution
 from .leases import expire_overdue, renew
 from .threads import LoopThread

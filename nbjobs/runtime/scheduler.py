@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..clock import to_datetime
 from ..errors import ConfigurationError, NbjobsError, SerializationError
-from ..schema import TERMINAL
+from ..jobs import FINISHED
 from ..validation import check_name as _check_name
 from ..validation import check_number
 from .registry import Definition
@@ -271,8 +271,6 @@ class Scheduler:
         return fields
 
 
-#: The finished statuses automatic retention purges.
-FINISHED = tuple(sorted(s.value for s in TERMINAL))
 #: Batches one monitor pass of automatic retention deletes at most (each a short
 #: transaction).
 BATCHES_PER_PASS = 4
