@@ -468,7 +468,7 @@ class App:
         if self._closed:
             return
         self._closed = True
-        self.stop()
+        self._engine.close(30.0)
         self.store.close()
 
     def _check_open(self) -> None:

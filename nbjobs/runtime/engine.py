@@ -119,6 +119,11 @@ class Engine:
             worker, self.worker = self.worker, None
             worker.stop(timeout)
 
+    def close(self, timeout: float) -> None:
+        """Stop the worker and the inline runner's loop."""
+        self.stop(timeout)
+        self.inline.close()
+
     def registered(self, definition: Definition) -> None:
         """A workflow was registered: the running worker serves it from now on."""
         if self.working:

@@ -80,6 +80,13 @@ class InlineRunner:
                 self.running.pop(execution.job.id, None)
             self.runtime.finished.notify()
 
+    def close(self) -> None:
+        """Stop the loop of ``async def`` runs (the App is closing)."""
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.stop()
+
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:

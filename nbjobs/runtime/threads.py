@@ -65,7 +65,10 @@ class LoopThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()  # its self-pipe sockets too: nothing left to the collector
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)

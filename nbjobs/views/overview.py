@@ -142,10 +142,13 @@ class Throughput(Component):
         return frame
 
     def _figure(self, workflows: list[str]) -> Any:
-        from bokeh.models import ColumnDataSource, HoverTool, Legend, LegendItem, Range1d
+        from bokeh.models import ColumnDataSource, DataRange1d, HoverTool, Range1d
+        from bokeh.models.annotations import Legend, LegendItem, Title
+        from bokeh.models.renderers import GlyphRenderer
         from bokeh.plotting import figure
 
-        self._x_range = Range1d(*self._window())
+        start, end = self._window()
+        self._x_range = Range1d(start=start, end=end)
         fig = figure(
             x_range=self._x_range,
             x_axis_type="datetime",
@@ -173,10 +176,11 @@ class Throughput(Component):
                 "time", "failed", source=self._source, color=colour("failed"), line_width=2
             )
             labels = [*(w[-28:] for w in workflows), "other", "failed"]
+            renderers: list[GlyphRenderer] = [*bars, failed]
             legend = Legend(
                 items=[
                     LegendItem(label=label, renderers=[r])
-                    for label, r in zip(labels, [*bars, failed], strict=True)
+                    for label, r in zip(labels, renderers, strict=True)
                 ],
                 label_text_font_size="11px",
                 border_line_color=None,
@@ -189,9 +193,11 @@ class Throughput(Component):
                      text_color="#6b7280", text_align="center", text_font_size="13px")  # fmt: skip
             fig.xaxis.visible = False
             fig.yaxis.visible = False
-        fig.title.text_font_size = "13px"
-        fig.title.text_color = "#374151"
-        fig.y_range.start = 0
+        title, y_range = fig.title, fig.y_range
+        assert isinstance(title, Title) and isinstance(y_range, DataRange1d)  # figure()'s own
+        title.text_font_size = "13px"
+        title.text_color = "#374151"
+        y_range.start = 0
         fig.grid.grid_line_alpha = 0.4
         fig.outline_line_color = None
         return fig
