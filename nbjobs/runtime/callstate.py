@@ -55,7 +55,7 @@ class CallState:
     """
 
     def __init__(self, execution: Execution, args: tuple, kwargs: dict, last_seq: int = 0) -> None:
-        self._x = execution
+        self._execution = execution
         self._runtime = execution.runtime
         self.job_id: str = execution.job.id
         self.attempt: int = execution.job.attempt
@@ -78,8 +78,8 @@ class CallState:
                 "step, sleep and fan-out its own name (e.g. f'download-{i}')"
             )
         self.names.add(name)
-        self._x.check()
-        return self._x.stored.get(name)
+        self._execution.check()
+        return self._execution.stored.get(name)
 
     def _next_seq(self, stored: Row | None = None) -> int:
         """The number of a new step (or the stored one of a step replayed)."""
@@ -111,12 +111,15 @@ class CallState:
                 "job %s (%s) replays checkpoint %r with different arguments than its first "
                 "run; the stored result is returned",
                 self.job_id,
-                self._x.workflow.name,
+                self._execution.workflow.name,
                 name,
                 in_job=True,
             )
-        if stored.code_fingerprint and stored.code_fingerprint != self._x.workflow.fingerprint:
-            self._x.warn_changed_code(name)
+        if (
+            stored.code_fingerprint
+            and stored.code_fingerprint != self._execution.workflow.fingerprint
+        ):
+            self._execution.warn_changed_code(name)
         return True, self._runtime.codec.loads(stored.value), args_hash
 
     def _args_hash(self, args: tuple, kwargs: dict) -> str | None:
@@ -135,7 +138,7 @@ class CallState:
 
     def _record(self, name: str, text: str, args_hash: str | None, started: float) -> Any:
         """Store a finished step under the next number; returns the value as stored."""
-        self._x.record_step(name, self._next_seq(), text, args_hash, started)
+        self._execution.record_step(name, self._next_seq(), text, args_hash, started)
         return self._runtime.codec.loads(text)
 
     # -- public ------------------------------------------------------------------------
@@ -164,9 +167,9 @@ class CallState:
     def progress(self, value: float | str) -> None:
         """Report progress inside a long step: a fraction in [0, 1] or a message."""
         if isinstance(value, str):
-            self._x.report_progress(None, value)
+            self._execution.report_progress(None, value)
         else:
-            self._x.report_progress(min(1.0, max(0.0, float(value))), None)
+            self._execution.report_progress(min(1.0, max(0.0, float(value))), None)
 
     def sleep(self, name: str, seconds: float) -> None:
         """Durably wait ``seconds`` without holding a worker slot."""
@@ -184,7 +187,7 @@ class CallState:
         # The n-th wait for a name in a run is its own step (fixed by call order).
         self._signal_waits[name] = count = self._signal_waits.get(name, 0) + 1
         step = f"signal:{name}" if count == 1 else f"signal:{name}#{count}"
-        with self._x.writing():
+        with self._execution.writing():
             stored = self._begin_wait(step, "signal wait")
             if stored is not None and stored.done:
                 if _detail(stored).get("timed_out"):
@@ -220,7 +223,7 @@ class CallState:
                 raise ConfigurationError(
                     f"fan_out takes workflow specs (child.spec(...)), got {spec!r}"
                 )
-        with self._x.writing():
+        with self._execution.writing():
             stored = self._begin_wait(name, "fan-out name")
             if stored is not None and stored.done:
                 return self._outcomes(name, stored.value, _detail(stored))
@@ -231,7 +234,7 @@ class CallState:
             result = self._settle(
                 self._runtime.store.begin_fanout(
                     **self._wait_fields(stored),
-                    root_id=self._x.job.root_id,
+                    root_id=self._execution.job.root_id,
                     name=name,
                     detail=detail,
                     children=children,
@@ -241,7 +244,7 @@ class CallState:
 
     # -- durable waits -----------------------------------------------------------------
     def _sleep(self, name: str, wake_at: float) -> None:
-        with self._x.writing():
+        with self._execution.writing():
             stored = self._begin_wait(name, "sleep name")
             if stored is not None:
                 if stored.done:
@@ -260,18 +263,18 @@ class CallState:
 
     def _begin_wait(self, name: str, what: str) -> Row | None:
         stored = self._claim_name(name, what)
-        self._x.flush_steps()  # the wait's own write adds to the job row's count of steps
+        self._execution.flush_steps()  # the wait's own write adds to the job row's count of steps
         return stored
 
     def _wait_fields(self, stored: Row | None) -> dict[str, Any]:
         """The fields every wait writes: the job, its lease, the step's number and code."""
-        x = self._x
+        execution = self._execution
         return dict(
-            job_id=x.job.id,
-            token=x.token,
-            attempt=x.job.attempt,
+            job_id=execution.job.id,
+            token=execution.token,
+            attempt=execution.job.attempt,
             seq=self._next_seq(stored),
-            code_fingerprint=x.workflow.fingerprint,
+            code_fingerprint=execution.workflow.fingerprint,
         )
 
     def _settle(self, result: WaitResult) -> WaitResult:
@@ -279,9 +282,9 @@ class CallState:
         if result.state == SUSPENDED:
             raise _Suspend()
         if result.state == LOST:
-            raise self._x.lease_lost()
+            raise self._execution.lease_lost()
         if result.state == CANCELLED:
-            raise self._x.cancelled()
+            raise self._execution.cancelled()
         return result
 
     def _child(self, spec: Spec) -> dict[str, Any]:
