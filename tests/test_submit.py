@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -380,6 +381,47 @@ def test_run_keeps_its_lease_while_a_reaper_is_active(app):
     assert long_inline.run() == "held"
     [h] = app.jobs(workflow="long-inline")
     assert [a["outcome"] for a in h.attempts] == ["succeeded"]
+
+
+def _ticking(app, name: str, started: threading.Event, ids: list[str]):
+    """A workflow of many short steps, so a stop request lands at a step boundary."""
+
+    @app.workflow(name=name)
+    def ticking(cs: nbjobs.CallState) -> str:
+        ids.append(cs.job_id)
+        started.set()
+        for i in range(600):
+            cs.checkpoint(f"tick-{i}", time.sleep, 0.05)
+        return "finished"
+
+    return ticking
+
+
+def test_run_hears_a_cancel_written_elsewhere_through_the_shared_heartbeat(app):
+    """A cancel another process writes (not this App's own, which also tells the run
+    directly) reaches a ``wf.run`` through the same lease heartbeat a worker uses."""
+    started, ids = threading.Event(), []
+    ticking = _ticking(app, "cancel-inline", started, ids)
+
+    def cancel_from_elsewhere() -> None:
+        started.wait(30)
+        app.store.cancel_job(ids[0])  # the request row only, as another process writes it
+
+    threading.Thread(target=cancel_from_elsewhere, daemon=True).start()
+    with pytest.raises(nbjobs.JobCancelled):
+        ticking.run()
+    [h] = app.jobs(workflow="cancel-inline")
+    assert h.status == "cancelled" and 0 < len(h.checkpoints) < 600
+
+
+def test_run_past_its_timeout_is_stopped_by_the_shared_heartbeat(app):
+    started, ids = threading.Event(), []
+    ticking = _ticking(app, "timeout-inline", started, ids)
+    with pytest.raises(nbjobs.JobTimeout):
+        ticking.options(timeout=0.5).run()
+    [h] = app.jobs(workflow="timeout-inline")
+    assert [a["outcome"] for a in h.attempts] == ["timeout"]
+    assert 0 < len(h.checkpoints) < 600
 
 
 @pytest.mark.no_worker
