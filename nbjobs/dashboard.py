@@ -68,6 +68,20 @@ def _shared_app(url: str) -> App:
     return pn.state.as_cached(f"nbjobs-app:{url}", lambda: App(url))
 
 
+def _quiet_closed_sockets(record: logging.LogRecord) -> bool:
+    """Drop asyncio's "Task exception was never retrieved" for a browser tab that closed
+    while the server pushed it an update: tornado raises ``WebSocketClosedError`` in a
+    task nobody awaits, and its traceback in the server's log would look like a fault."""
+    from tornado.iostream import StreamClosedError
+    from tornado.websocket import WebSocketClosedError
+
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, (WebSocketClosedError, StreamClosedError)):
+        log.debug("a browser closed its connection during an update")
+        return False
+    return True
+
+
 def serve(
     url: str,
     port: int = 5006,
@@ -136,6 +150,7 @@ def serve(
             show = False
     # Panel would also print its own "Launching server at" URL, without the token.
     options.setdefault("verbose", False)
+    logging.getLogger("asyncio").addFilter(_quiet_closed_sockets)
     print(f"nbjobs dashboard for {app.store.safe_url} on {launch}", flush=True)
     return pn.serve(
         applications,

@@ -14,6 +14,7 @@ import contextlib
 import html
 import ipaddress
 import json
+import logging
 import re
 import sys
 import urllib.parse
@@ -532,3 +533,21 @@ def test_nbjobs_dashboard_without_a_login_needs_its_token(sqlite_url, tmp_path) 
     argv = nbjobs_dashboard(sqlite_url, port, "--no-token")
     with server(argv, port, tmp_path / "open.log"):
         assert "nightly" in pulled_text(f"http://127.0.0.1:{port}/")
+
+
+def test_a_tab_closed_mid_update_leaves_no_traceback_in_the_server_log():
+    """asyncio reports tornado's ``WebSocketClosedError`` from a task nobody awaits when
+    a browser tab closes while the server pushes an update; ``nbjobs dashboard`` drops
+    that record (and only that kind) so its log shows faults, not closed tabs."""
+    from tornado.websocket import WebSocketClosedError
+
+    from nbjobs.dashboard import _quiet_closed_sockets
+
+    def record(error: BaseException) -> logging.LogRecord:
+        info = (type(error), error, None)
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "Task exception", (), info)
+
+    assert _quiet_closed_sockets(record(WebSocketClosedError())) is False
+    assert _quiet_closed_sockets(record(RuntimeError("a real fault"))) is True
+    plain = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "no exception", (), None)
+    assert _quiet_closed_sockets(plain) is True
