@@ -8,6 +8,7 @@ import logging
 import os
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import dialects
@@ -15,14 +16,14 @@ from .clock import Clock, to_datetime
 from .codec import Codec
 from .errors import ConfigurationError
 from .handle import JobHandle
-from .jobs import Status
+from .jobs import FINISHED, Status
 from .options import Options
 from .runtime.context import Runtime, Settings
 from .runtime.engine import Engine, warn_user
 from .runtime.registry import check_call_state_parameter, default_workflow_name
 from .runtime.scheduler import Scheduler
 from .store import Store
-from .validation import check_name, check_number, check_purge
+from .validation import check_name, check_number, check_time
 from .workflow import Workflow
 
 if TYPE_CHECKING:
@@ -292,7 +293,7 @@ class App:
         and no job of it is unfinished, so a child is never orphaned.  Deletes in
         transactions of ``batch_size`` trees; returns the number of jobs deleted.
         """
-        cutoff, statuses = check_purge(self.clock.now(), older_than, status)
+        cutoff, statuses = _purge_cutoff(self.clock.now(), older_than, status)
         check_number("batch_size", batch_size, 1, integer=True)
         deleted, _ = self.store.purge_jobs(
             finished_before=cutoff, statuses=statuses, batch_size=batch_size
@@ -481,6 +482,35 @@ class App:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _purge_cutoff(
+    now: float, older_than: Any, status: str | list[str] | tuple[str, ...] | None
+) -> tuple[float, list[str]]:
+    """(cutoff epoch, statuses) from ``app.purge``'s arguments: an age (seconds or a
+    ``timedelta``) or a cutoff ``datetime``, and finished statuses only."""
+    finished = list(FINISHED)
+    if isinstance(older_than, datetime):
+        cutoff = check_time("older_than", older_than)
+    elif isinstance(older_than, timedelta):
+        cutoff = now - older_than.total_seconds()
+    elif isinstance(older_than, (int, float)) and not isinstance(older_than, bool):
+        cutoff = now - float(check_number("older_than", older_than, 0))
+    else:
+        raise ConfigurationError(
+            "older_than must be an age in seconds, a timedelta or a cutoff datetime, "
+            f"got {older_than!r}"
+        )
+    if status is None:
+        return cutoff, finished
+    statuses = [status] if isinstance(status, str) else list(status)
+    bad = [s for s in statuses if str(s) not in finished]
+    if bad or not statuses:
+        raise ConfigurationError(
+            f"purge deletes finished jobs only: status must be among {', '.join(finished)}, "
+            f"got {status!r}"
+        )
+    return cutoff, [str(s) for s in statuses]
 
 
 #: The keyword options of ``App(...)`` itself, offered when an unknown one is given.

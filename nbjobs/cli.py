@@ -16,7 +16,7 @@ import sys
 import threading
 from typing import Any
 
-from .errors import ConfigurationError, NbjobsError
+from . import ConfigurationError, NbjobsError
 
 log = logging.getLogger("nbjobs.cli")
 
@@ -74,7 +74,7 @@ def load_app(target: str) -> Any:
         raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
     finally:
         slow.cancel()
-    from .app import App
+    from . import App
 
     if attribute:
         try:
@@ -247,8 +247,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from .app import App
-    from .jobs import Status
+    from . import App, Status
     from .validation import check_name
 
     if args.status is not None and args.status not in {s.value for s in Status}:
@@ -274,7 +273,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from .app import App
+    from . import App
     from .schema import SCHEMA_VERSION
 
     app = App(_url(args))  # opening the App's store creates or migrates the schema
@@ -308,7 +307,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from . import __version__  # the package's own
 
     parser = argparse.ArgumentParser(
         prog="nbjobs", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter

@@ -25,9 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .app import App
+from . import App, CollectAll
 from .jobs import FINISHED
-from .strategies import CollectAll
 
 if TYPE_CHECKING:
     from . import CallState

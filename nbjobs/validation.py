@@ -9,11 +9,10 @@ the reaper off and a NaN ``run_at`` left a job queued forever.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from .errors import ConfigurationError
-from .jobs import FINISHED
 
 #: What every database's INTEGER column holds.
 INT32_LIMIT = 2**31
@@ -101,32 +100,3 @@ def _utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def check_purge(
-    now: float, older_than: Any, status: str | list[str] | tuple[str, ...] | None
-) -> tuple[float, list[str]]:
-    """(cutoff epoch, statuses) from ``app.purge``'s arguments: an age (seconds or a
-    ``timedelta``) or a cutoff ``datetime``, and finished statuses only."""
-    finished = list(FINISHED)
-    if isinstance(older_than, datetime):
-        cutoff = check_time("older_than", older_than)
-    elif isinstance(older_than, timedelta):
-        cutoff = now - older_than.total_seconds()
-    elif isinstance(older_than, (int, float)) and not isinstance(older_than, bool):
-        cutoff = now - float(check_number("older_than", older_than, 0))
-    else:
-        raise ConfigurationError(
-            "older_than must be an age in seconds, a timedelta or a cutoff datetime, "
-            f"got {older_than!r}"
-        )
-    if status is None:
-        return cutoff, finished
-    statuses = [status] if isinstance(status, str) else list(status)
-    bad = [s for s in statuses if str(s) not in finished]
-    if bad or not statuses:
-        raise ConfigurationError(
-            f"purge deletes finished jobs only: status must be among {', '.join(finished)}, "
-            f"got {status!r}"
-        )
-    return cutoff, [str(s) for s in statuses]
