@@ -38,7 +38,8 @@ from nbjobs.artifacts import (
     register_type,
     store_value,
 )
-from nbjobs.artifacts.store import TEMP_FOLDER
+from nbjobs.artifacts.store import FINGERPRINTS, TEMP_FOLDER
+from nbjobs.artifacts.types import write_parquet
 from nbjobs.codec import Codec
 from tests.support import ROOT, accepts, free_port, server_process, wait_until
 
@@ -540,3 +541,39 @@ def test_s3_two_processes_share_the_store(s3_endpoint):
     got = store_value(expected, store)
     assert got.sha256 == digest
     pd.testing.assert_frame_equal(decode(got, store), expected)
+
+
+# ------------------------------------------------------------------- fingerprints
+
+
+def test_a_stored_table_is_found_by_its_fingerprint_and_not_encoded_again(store):
+    table = pa.table({"x": np.arange(200_000), "y": np.arange(200_000) * 0.5})
+    sha, size = store.write_arrow(table, "parquet", write_parquet)
+    [entry] = Path(store.root, FINGERPRINTS).glob("*/*.json")
+    assert json.loads(entry.read_text()) == {"sha256": sha, "size": size, "suffix": "parquet"}
+
+    calls = {"started": 0, "finished": 0}
+
+    def slow_dump(t, f):  # a Parquet write slow enough to be overtaken by the fingerprint
+        calls["started"] += 1
+        for _ in range(500):
+            f.write(b"\0" * 65536)
+            time.sleep(0.01)
+        calls["finished"] += 1
+
+    assert store.write_arrow(table.select(["x", "y"]), "parquet", slow_dump) == (sha, size)
+    assert calls == {"started": 1, "finished": 0}  # stopped once the fingerprint matched
+    assert not list((Path(store.root) / TEMP_FOLDER).iterdir())
+
+
+def test_a_stale_or_broken_fingerprint_entry_is_ignored(store):
+    df = pd.DataFrame({"x": np.arange(1000)})
+    ref = encode(df, store)[MARKER]
+    [entry] = Path(store.root, FINGERPRINTS).glob("*/*.json")
+    Path(ref["uri"]).chmod(0o644)
+    os.unlink(ref["uri"])  # the artifact went away (a sweep, a disk error)
+    assert encode(df, store)[MARKER] == ref
+    pd.testing.assert_frame_equal(decode(ref, store), df)
+    entry.write_text("{not json")
+    assert encode(df, store)[MARKER] == ref
+    assert json.loads(entry.read_text())["sha256"] == ref["sha256"]  # written anew

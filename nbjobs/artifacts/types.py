@@ -163,16 +163,18 @@ def _load_pandas(path: str, _summary: dict, _store: ArtifactStore) -> Any:
 
     table = pq.read_table(path)
     extra = json.loads((table.schema.metadata or {}).get(b"nbjobs", b"{}"))
-    df = table.to_pandas()
-    for position in extra.get("object_columns", ()):
+    objects = {i: _object_column(table.column(i)) for i in extra.get("object_columns", ())}
+    # self_destruct frees each Arrow column once converted: the peak is about one copy
+    # of the frame plus one column, not two copies (pd.read_parquet keeps both).
+    df = table.to_pandas(self_destruct=True, split_blocks=True)
+    del table
+    for position, values in objects.items():
         # a Series with dtype=object: pandas 3 would infer ``str`` from a bare array
-        column = pd.Series(_object_column(table.column(position)), index=df.index, dtype=object)
-        df.isetitem(position, column)
+        df.isetitem(position, pd.Series(values, index=df.index, dtype=object))
     if extra.get("object_index"):
         df.index = df.index.astype(object)
     if "freq" in extra:
         df.index = type(df.index)(df.index, freq=extra["freq"])
-    del table
     return df if isinstance(df, pd.DataFrame) else pd.DataFrame(df)
 
 
