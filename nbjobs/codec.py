@@ -37,7 +37,7 @@ import hashlib
 import io
 import json
 import pickle
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import ArtifactError, ConfigurationError, SerializationError
 from .validation import check_number
@@ -105,7 +105,7 @@ def _check_marker(value: Any) -> None:
             stack.extend(item)
 
 
-def _refuse(value: Any) -> Any:
+def _refuse(value: Any) -> NoReturn:
     raise SerializationError(
         f"cannot store a value of type {type(value).__module__}.{type(value).__qualname__} "
         "as JSON; convert it to plain lists/dicts/strings/numbers, or open the app with "
@@ -279,15 +279,20 @@ class Codec:
 
 
 def _digest_artifact(value: Any) -> Any:
-    """For hashed-only text: an artifact type's digest stands for it, nothing is written."""
-    from .artifacts.store import HashingWriter
+    """For hashed-only text: an artifact type's digest stands for it, nothing is written
+    (an Arrow-backed frame is fingerprinted in memory, not encoded)."""
+    from .artifacts.store import HashingWriter, arrow_fingerprint
     from .artifacts.types import find_type
 
     kind = find_type(value)
     if kind is None:
         _refuse(value)
+    if kind.to_arrow is not None:
+        return {
+            _MARKER: {"type": kind.name, "fingerprint": arrow_fingerprint(kind.to_arrow(value))}
+        }
     sink = HashingWriter(None)
-    kind.dump(value, sink)  # type: ignore[arg-type]
+    kind.dump(value, sink)
     return {_MARKER: {"type": kind.name, "sha256": sink.hexdigest()}}
 
 

@@ -265,7 +265,7 @@ class ArtifactStore:
 
     # ----------------------------------------------------------------- writes
 
-    def write(self, dump: Callable[[IO[bytes]], Any], suffix: str) -> tuple[str, int]:
+    def write(self, dump: Callable[[Any], Any], suffix: str) -> tuple[str, int]:
         """Write what ``dump(file)`` produces; returns ``(sha256, size)``.  The artifact is
         complete under its final name when this returns."""
         if self.local:
@@ -284,7 +284,7 @@ class ArtifactStore:
         return sha, len(data)
 
     def write_arrow(
-        self, table: Any, suffix: str, dump: Callable[[Any, IO[bytes]], Any]
+        self, table: Any, suffix: str, dump: Callable[[Any, Any], Any]
     ) -> tuple[str, int]:
         """Write an Arrow table with ``dump(table, file)`` (Parquet), unless a table with the
         same fingerprint is stored already: then storing it again costs about one hash.
@@ -357,7 +357,7 @@ class ArtifactStore:
         except OSError:  # an optimisation: the next store of this table encodes it again
             log.warning("cannot record the fingerprint of artifact %s", sha256, exc_info=True)
 
-    def _write_local(self, dump: Callable[[IO[bytes]], Any], suffix: str) -> tuple[str, int]:
+    def _write_local(self, dump: Callable[[Any], Any], suffix: str) -> tuple[str, int]:
         temp = os.path.join(self.root, TEMP_FOLDER, f"{os.getpid()}-{uuid.uuid4().hex}.part")
         hasher: TailHasher | None = None
         try:
@@ -390,7 +390,7 @@ class ArtifactStore:
                 pass
             raise
 
-    def _write_remote(self, dump: Callable[[IO[bytes]], Any], suffix: str) -> tuple[str, int]:
+    def _write_remote(self, dump: Callable[[Any], Any], suffix: str) -> tuple[str, int]:
         # Spooled to a local file first: the name is the digest, known only at the end.
         os.makedirs(self.cache_dir, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=self.cache_dir, suffix=".part") as f:

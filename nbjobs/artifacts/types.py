@@ -70,7 +70,7 @@ class ArtifactType:
     """
 
     name: str
-    dump: Callable[[Any, IO[bytes]], Any]
+    dump: Callable[[Any, Any], Any]
     load: Callable[[str, dict, ArtifactStore], Any]
     suffix: Callable[[Any], str]
     summary: Callable[[Any], dict]
@@ -313,7 +313,7 @@ def _walk(root: Path) -> Iterator[tuple[str, Path]]:
             yield path.relative_to(root).as_posix(), path
 
 
-def _dump_file(value: File, file: IO[bytes]) -> None:
+def _dump_file(value: File, file: Any) -> None:
     if not value.path.exists():
         raise SerializationError(f"nbjobs.File: {value.path} does not exist")
     if not value.is_dir:
@@ -381,9 +381,14 @@ def _summary_file(value: File) -> dict:
 
 # -------------------------------------------------------------------------- registry
 
+
+def _fixed(suffix: str) -> Callable[[Any], str]:
+    return lambda _value: suffix
+
+
 #: Built-in types by (module, class name): looked up only when the module is imported.
 _BUILTIN: list[tuple[str, str, ArtifactType]] = [
-    (module, attr, ArtifactType(name, dump, load, lambda _v, s=suffix: s, summary, arrow))
+    (module, attr, ArtifactType(name, dump, load, _fixed(suffix), summary, arrow))
     for module, attr, name, suffix, dump, load, summary, arrow in (
         ("pandas", "DataFrame", "pandas.DataFrame", "parquet",
          _dump_pandas, _load_pandas, _summary_pandas, _pandas_to_arrow),
