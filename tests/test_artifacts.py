@@ -54,6 +54,11 @@ def _finals(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("??/*") if p.is_file() and ".corrupt-" not in p.name)
 
 
+def _temporary(root: Path) -> list[Path]:
+    folder = root / TEMP_FOLDER
+    return list(folder.iterdir()) if folder.exists() else []
+
+
 def _round_trip(value, store):
     ref = encode(value, store)
     assert ref is not None and set(ref) == {MARKER}
@@ -177,7 +182,7 @@ def test_values_with_no_typed_form_are_refused_clearly(store):
     with pytest.raises(nbjobs.SerializationError, match="Duplicate column"):
         encode(pd.DataFrame([[1, 2]], columns=["a", "a"]), store)
     assert not _finals(Path(store.root))
-    assert not list((Path(store.root) / TEMP_FOLDER).iterdir())  # failed writes cleaned up
+    assert not _temporary(Path(store.root))  # failed writes cleaned up
 
 
 def test_files_and_folders_round_trip_as_private_copies(store, tmp_path):
@@ -217,7 +222,7 @@ def test_equal_content_is_stored_once(store):
     second = encode(df.copy(), store)[MARKER]
     assert first == second
     assert _finals(Path(store.root)) == [Path(first["uri"])]
-    assert not list((Path(store.root) / TEMP_FOLDER).iterdir())
+    assert not _temporary(Path(store.root))
     assert encode(b"same", store) == encode(b"same", store)
     assert len(_finals(Path(store.root))) == 2
 
@@ -288,7 +293,7 @@ def test_two_processes_writing_the_same_content_at_once(tmp_path):
     assert len(digests) == 1
     [final] = _finals(Path(root))
     assert final.name.startswith(digests.pop())
-    assert not list((Path(root) / TEMP_FOLDER).iterdir())
+    assert not _temporary(Path(root))
     expected = pd.DataFrame(np.random.default_rng(7).random((200_000, 4)), columns=list("abcd"))
     pd.testing.assert_frame_equal(pd.read_parquet(final), expected)
 
@@ -439,8 +444,14 @@ def test_codec_with_pickle_keeps_artifacts_out_of_the_pickle(store):
 # ----------------------------------------------------------------- imports and locations
 
 
-def test_import_nbjobs_imports_no_optional_library():
-    probe = "import sys, nbjobs, nbjobs.artifacts, nbjobs.codec; print(' '.join(sys.modules))"
+def test_import_nbjobs_imports_no_optional_library(tmp_path):
+    probe = (
+        "import sys, nbjobs, nbjobs.artifacts as a, nbjobs.codec as c\n"
+        f"store = a.ArtifactStore({str(tmp_path / 'store')!r})\n"
+        "codec = c.Codec(artifacts=store)\n"
+        "assert codec.loads(codec.dumps({'raw': b'x' * 10})) == {'raw': b'x' * 10}\n"
+        "print(' '.join(sys.modules))"
+    )
     done = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
@@ -563,7 +574,7 @@ def test_a_stored_table_is_found_by_its_fingerprint_and_not_encoded_again(store)
 
     assert store.write_arrow(table.select(["x", "y"]), "parquet", slow_dump) == (sha, size)
     assert calls == {"started": 1, "finished": 0}  # stopped once the fingerprint matched
-    assert not list((Path(store.root) / TEMP_FOLDER).iterdir())
+    assert not _temporary(Path(store.root))
 
 
 def test_a_stale_or_broken_fingerprint_entry_is_ignored(store):
@@ -577,3 +588,13 @@ def test_a_stale_or_broken_fingerprint_entry_is_ignored(store):
     entry.write_text("{not json")
     assert encode(df, store)[MARKER] == ref
     assert json.loads(entry.read_text())["sha256"] == ref["sha256"]  # written anew
+
+
+def test_a_local_store_makes_no_folder_until_used_and_takes_no_options(tmp_path):
+    store = ArtifactStore(f"file://{tmp_path}/later")
+    assert store.local and store.root == f"{tmp_path}/later"
+    assert not (tmp_path / "later").exists()
+    with pytest.raises(nbjobs.ConfigurationError, match="for object storage"):
+        ArtifactStore(tmp_path / "x", endpoint_url="http://127.0.0.1:1")
+    with pytest.raises(nbjobs.ConfigurationError, match="not ''"):
+        ArtifactStore("")

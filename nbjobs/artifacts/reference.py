@@ -98,12 +98,18 @@ def store_value(value: Any, store: ArtifactStore, kind: ArtifactType | None = No
         raise SerializationError(f"a value of type {type(value).__qualname__} is no artifact type")
     suffix = kind.suffix(value)
     summary = kind.summary(value)
-    if isinstance(value, bytes):
-        sha, size = store.write_bytes(value, suffix)
-    elif kind.to_arrow is not None:
-        sha, size = store.write_arrow(kind.to_arrow(value), suffix, write_parquet)
-    else:
-        sha, size = store.write(lambda f: kind.dump(value, f), suffix)
+    try:
+        if isinstance(value, bytes):
+            sha, size = store.write_bytes(value, suffix)
+        elif kind.to_arrow is not None:
+            sha, size = store.write_arrow(kind.to_arrow(value), suffix, write_parquet)
+        else:
+            sha, size = store.write(lambda f: kind.dump(value, f), suffix)
+    except ImportError as exc:
+        raise SerializationError(
+            f"storing a {kind.name} needs {exc.name or 'an optional library'}: "
+            "pip install 'nbjobs[artifacts]'"
+        ) from exc
     return Reference(kind.name, sha, size, suffix, store.uri(sha, suffix), summary)
 
 

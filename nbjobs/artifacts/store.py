@@ -215,32 +215,60 @@ class ArtifactStore:
         cache_dir: str | os.PathLike[str] | None = None,
         **options: Any,
     ) -> None:
-        import fsspec
-        from fsspec.implementations.local import LocalFileSystem
-
         text = os.fspath(url)
         if not text:
             raise ConfigurationError("the artifact store needs a URL or a folder, not ''")
+        scheme, _, rest = text.partition("://") if "://" in text else ("", "", text)
+        self.url = text
+        self.fsync = fsync
+        #: A local folder is used through ``os`` alone: fsspec is imported only for
+        #: other URLs, and only when the store is first used.
+        self.local = scheme.lower() in ("", "file", "local")
+        self._fs: Any = None
+        self._options = options
+        if self.local:
+            if options:
+                raise ConfigurationError(
+                    f"artifact store options {sorted(options)} are for object storage, "
+                    f"not the local folder {text!r}"
+                )
+            self._root = os.path.abspath(os.path.expanduser(rest))
         # s3fs and friends take client options nested; accept the flat endpoint_url too.
-        if text.startswith(("s3://", "s3a://")) and "endpoint_url" in options:
+        elif scheme in ("s3", "s3a") and "endpoint_url" in options:
             client = dict(options.pop("client_kwargs", {}))
             client.setdefault("endpoint_url", options.pop("endpoint_url"))
             options["client_kwargs"] = client
-        self.url = text
-        self.fs, root = fsspec.core.url_to_fs(text, **options)
-        self.local = isinstance(self.fs, LocalFileSystem)
-        self.fsync = fsync
-        if self.local:
-            self.root = os.path.abspath(root)
-            os.makedirs(os.path.join(self.root, TEMP_FOLDER), exist_ok=True)
-        else:
-            self.root = root.rstrip("/")
         default_cache = (
-            os.path.join(self.root, ".files")
+            os.path.join(self._root, ".files")
             if self.local
-            else os.path.join(tempfile.gettempdir(), "nbjobs-artifacts", _slug(self.root))
+            else os.path.join(tempfile.gettempdir(), "nbjobs-artifacts", _slug(text))
         )
         self.cache_dir = os.fspath(cache_dir or default_cache)
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem of an object store (opened on first use)."""
+        if self._fs is None:
+            if self.local:
+                raise AssertionError("a local artifact folder is used through os, not fsspec")
+            try:
+                import fsspec
+
+                self._fs, root = fsspec.core.url_to_fs(self.url, **self._options)
+            except ImportError as exc:
+                raise ConfigurationError(
+                    f"the artifact store {self.url!r} needs {exc.name or 'fsspec'}: "
+                    "pip install 'nbjobs[artifacts]' and the fsspec driver of that URL "
+                    "(s3fs, gcsfs, adlfs)"
+                ) from exc
+            self._root = root.rstrip("/")
+        return self._fs
+
+    @property
+    def root(self) -> str:
+        if not self.local:
+            self.fs  # noqa: B018 - opening the filesystem sets the root
+        return self._root
 
     def __repr__(self) -> str:
         return f"ArtifactStore({self.url!r})"
@@ -358,7 +386,9 @@ class ArtifactStore:
             log.warning("cannot record the fingerprint of artifact %s", sha256, exc_info=True)
 
     def _write_local(self, dump: Callable[[Any], Any], suffix: str) -> tuple[str, int]:
-        temp = os.path.join(self.root, TEMP_FOLDER, f"{os.getpid()}-{uuid.uuid4().hex}.part")
+        folder = os.path.join(self.root, TEMP_FOLDER)
+        os.makedirs(folder, exist_ok=True)  # on first use: an unused store leaves no folder
+        temp = os.path.join(folder, f"{os.getpid()}-{uuid.uuid4().hex}.part")
         hasher: TailHasher | None = None
         try:
             with open(temp, "wb") as f:
