@@ -1,13 +1,19 @@
-"""A content-addressed artifact store on any fsspec URL.
+"""A content-addressed artifact store in a local folder or on any fsspec URL.
 
 An artifact's name is the SHA-256 of its bytes: ``<root>/<sha[:2]>/<sha>.<suffix>``.
 Writes are crash-safe: the bytes go to a temporary name and only a complete file is
 renamed (a local folder) or uploaded in one request (object storage: a single PUT, or a
 multipart upload, which S3 also makes visible only when complete), so a SIGKILL at any
 moment leaves at most a temporary file, never a partial file under a final name.  The
-digest is computed while the bytes are written, never on a second in-memory copy.
+digest is computed by a second thread reading the temporary file behind the writer
+(from the page cache), never on a second in-memory copy.  Object storage is written
+through a local spool file (``cache_dir``), since the name is known only at the end.
 
-A digest already stored is not written again: equal content is stored once.  Loads
+A digest already stored is not written again: equal content is stored once.  An Arrow
+table (a pandas frame converted) is also fingerprinted in memory (SHA-256 of its Arrow
+IPC stream) beside the Parquet write; ``fingerprints/`` maps a fingerprint to the digest
+it was stored under, so storing the same frame again stops the write and costs about
+one hash.  A fingerprint entry whose artifact is gone is ignored.  Loads
 verify the digest (on a local folder concurrently with parsing, so the check costs
 little wall time); a missing or corrupt artifact raises :class:`nbjobs.ArtifactError`
 naming its URI, and a corrupt file is moved aside (``*.corrupt-<time>``; deleted on
