@@ -508,6 +508,19 @@ def _s3_store(endpoint: str, prefix: str) -> ArtifactStore:
     )  # fmt: skip
 
 
+def test_s3_files_and_folders_round_trip(s3_endpoint, tmp_path):
+    store = _s3_store(s3_endpoint, "files")
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "a.txt").write_text("alpha")
+    ref = Reference.from_dict(encode(File(folder), store))
+    copy = decode(ref, store)
+    assert copy == File(folder) and (copy.path / "a.txt").read_text() == "alpha"
+    assert copy.path.parent.name == ref.sha256
+    single = decode(encode(File(folder / "a.txt"), store), store)
+    assert single.name == "a.txt" and single.path.read_text() == "alpha"
+
+
 def test_s3_round_trip_dedup_missing_and_corrupt(s3_endpoint, request):
     store = _s3_store(s3_endpoint, request.node.name)
     assert not store.local

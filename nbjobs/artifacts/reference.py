@@ -172,4 +172,4 @@ def decode(
             "serializer='pickle' loads it"
         )
     kind = type_named(ref.type)
-    return store.read(ref.sha256, ref.suffix, lambda path: kind.load(path, ref.summary, store))
+    return store.read(ref.sha256, ref.suffix, lambda path: kind.load(path, ref, store))

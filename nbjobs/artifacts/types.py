@@ -53,6 +53,7 @@ from typing import IO, TYPE_CHECKING, Any
 from ..errors import ArtifactError, ConfigurationError, SerializationError
 
 if TYPE_CHECKING:
+    from .reference import Reference
     from .store import ArtifactStore
 
 _SUFFIX = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,15}$")
@@ -64,14 +65,14 @@ SUMMARY_COLUMNS = 20
 class ArtifactType:
     """How one kind of value is written and read.
 
-    ``dump(value, file)`` writes to a binary file object; ``load(path, summary, store)``
+    ``dump(value, file)`` writes to a binary file object; ``load(path, reference, store)``
     reads a local file; ``suffix(value)`` names the extension; ``summary(value)`` gives the
     small shape or schema description kept in the reference (shown without loading).
     """
 
     name: str
     dump: Callable[[Any, Any], Any]
-    load: Callable[[str, dict, ArtifactStore], Any]
+    load: Callable[[str, Reference, ArtifactStore], Any]
     suffix: Callable[[Any], str]
     summary: Callable[[Any], dict]
     #: For types written as Parquet by pyarrow: the value as the Arrow table that is
@@ -157,7 +158,7 @@ def _object_column(column: Any) -> Any:
     return column.to_pandas().to_numpy(dtype=object)
 
 
-def _load_pandas(path: str, _summary: dict, _store: ArtifactStore) -> Any:
+def _load_pandas(path: str, _ref: Reference, _store: ArtifactStore) -> Any:
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -193,7 +194,7 @@ def _dump_polars(df: Any, file: IO[bytes]) -> None:
     df.write_parquet(file)
 
 
-def _load_polars(path: str, _summary: dict, _store: ArtifactStore) -> Any:
+def _load_polars(path: str, _ref: Reference, _store: ArtifactStore) -> Any:
     import polars as pl
 
     return pl.read_parquet(path)
@@ -203,7 +204,7 @@ def _summary_polars(df: Any) -> dict:
     return {"shape": list(df.shape), **_columns(df.schema.items(), df.width)}
 
 
-def _load_arrow(path: str, _summary: dict, _store: ArtifactStore) -> Any:
+def _load_arrow(path: str, _ref: Reference, _store: ArtifactStore) -> Any:
     import pyarrow.parquet as pq
 
     return pq.read_table(path)
@@ -230,7 +231,7 @@ def _dump_numpy(array: Any, file: IO[bytes]) -> None:
     np.save(file, array, allow_pickle=False)
 
 
-def _load_numpy(path: str, _summary: dict, _store: ArtifactStore) -> Any:
+def _load_numpy(path: str, _ref: Reference, _store: ArtifactStore) -> Any:
     import numpy as np
 
     return np.load(path, allow_pickle=False)
@@ -247,7 +248,7 @@ def _dump_bytes(data: bytes, file: IO[bytes]) -> None:
     file.write(data)
 
 
-def _load_bytes(path: str, _summary: dict, _store: ArtifactStore) -> bytes:
+def _load_bytes(path: str, _ref: Reference, _store: ArtifactStore) -> bytes:
     with open(path, "rb") as f:
         return f.read()
 
@@ -337,12 +338,13 @@ def _dump_file(value: File, file: Any) -> None:
                 tar.addfile(info)
 
 
-def _load_file(path: str, summary: dict, store: ArtifactStore) -> File:
+def _load_file(path: str, ref: Reference, store: ArtifactStore) -> File:
     """Copy (or unpack) the artifact into the cache folder once; later loads reuse it."""
+    summary = ref.summary
     name = summary.get("name") or "file"
-    if "/" in name or name in ("", ".", ".."):
+    if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
         raise ArtifactError(f"a stored File has an unsafe name {name!r}")
-    digest = Path(path).name.split(".")[0]
+    digest = ref.sha256
     target = Path(store.cache_dir) / digest
     if not (target / name).exists():
         staging = Path(store.cache_dir) / f".{digest}-{uuid.uuid4().hex}"
@@ -431,7 +433,7 @@ def register_type(
     check_suffix(suffix)
     type_name = name or f"{cls.__module__}.{cls.__qualname__}"
 
-    def load_path(path: str, _summary: dict, _store: ArtifactStore) -> Any:
+    def load_path(path: str, _ref: Reference, _store: ArtifactStore) -> Any:
         with open(path, "rb") as f:
             return load(f)
 
