@@ -1,7 +1,9 @@
 """nbjobs: durable, checkpointed workflows for notebooks and scripts; the database is the queue."""
 
 from .app import App
+from .artifacts.types import File, register_type
 from .errors import (
+    ArtifactError,
     ConfigurationError,
     DatabaseLost,
     DuplicateCheckpoint,
@@ -25,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "ArtifactError",
     "CallState",
     "CollectAll",
     "ConfigurationError",
@@ -32,6 +35,7 @@ __all__ = [
     "DuplicateCheckpoint",
     "FailFast",
     "FanOutError",
+    "File",
     "JobCancelled",
     "JobFailed",
     "JobHandle",
@@ -46,4 +50,5 @@ __all__ = [
     "UnknownJob",
     "WorkerLost",
     "__version__",
+    "register_type",
 ]

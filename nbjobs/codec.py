@@ -18,18 +18,32 @@ Every stored value is bounded by ``max_payload_bytes`` (``App(max_payload_bytes=
 16 MiB by default): one limit for inputs, checkpoints, results and signal payloads, so a
 runaway value fails where it is made with a :class:`SerializationError` naming the limit,
 instead of bloating the database or timing out a transaction.
+
+Artifacts (``Codec(..., artifacts=ArtifactStore(...))``): a value of an artifact type
+(a DataFrame, an Arrow table, a numpy array, ``bytes``, ``nbjobs.File``...; see
+:mod:`nbjobs.artifacts`), at the top or nested in lists and dicts, is written to the
+store and the text keeps ``{"__nbjobs_artifact__": {...reference...}}`` in its place;
+stored text longer than ``inline_bytes`` goes to the store as a whole.  The limit
+``max_payload_bytes`` then applies to what stays in the row.  A user dict with the key
+``__nbjobs_artifact__`` is refused, with or without a store, so a reference cannot be
+forged.  Without a store, values with no JSON form are refused as before.  Text with no
+reference in it costs one substring test more than before, on dumps and loads.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import pickle
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from .errors import ConfigurationError, SerializationError
+from .errors import ArtifactError, ConfigurationError, SerializationError
 from .validation import check_number
+
+if TYPE_CHECKING:
+    from .artifacts.store import ArtifactStore
 
 _PICKLE_PREFIX = "pickle:"
 DEFAULT_MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
@@ -38,6 +52,9 @@ SERIALIZERS = ("json", "pickle")
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _STR = frozenset({str})
+_MARKER = "__nbjobs_artifact__"
+_QUOTED_MARKER = f'"{_MARKER}"'
+DEFAULT_INLINE_BYTES = 256 * 1024
 
 
 def _check_keys(value: Any) -> None:
@@ -72,7 +89,23 @@ def _check_keys(value: Any) -> None:
             stack.extend(m for m in members if type(m) not in _SCALARS)
 
 
-def _refuse(value: Any) -> Any:
+def _check_marker(value: Any) -> None:
+    """Refuse a user dict keyed ``__nbjobs_artifact__``: loads would take it for a reference."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if _MARKER in item:
+                raise SerializationError(
+                    f"cannot store a dict with the key {_MARKER!r}: nbjobs reserves it for "
+                    "references to artifacts; rename the key"
+                )
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+
+
+def _refuse(value: Any) -> NoReturn:
     raise SerializationError(
         f"cannot store a value of type {type(value).__module__}.{type(value).__qualname__} "
         "as JSON; convert it to plain lists/dicts/strings/numbers, or open the app with "
@@ -84,26 +117,45 @@ class Codec:
     """Turns Python values into stored text and back."""
 
     def __init__(
-        self, serializer: str = "json", max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+        self,
+        serializer: str = "json",
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        artifacts: ArtifactStore | None = None,
+        inline_bytes: int = DEFAULT_INLINE_BYTES,
     ) -> None:
         if serializer not in SERIALIZERS:
             raise ConfigurationError(
                 f"unknown serializer {serializer!r}; choose one of {', '.join(SERIALIZERS)}"
             )
         check_number("max_payload_bytes", max_payload_bytes, positive=True, integer=True)
+        check_number("inline_bytes", inline_bytes, positive=True, integer=True)
         self.serializer = serializer
         self.max_payload_bytes = max_payload_bytes
+        self.artifacts = artifacts
+        self.inline_bytes = inline_bytes
         # What json.dumps builds on every call with these options, built once.
-        self._json = json.JSONEncoder(default=_refuse, separators=(",", ":"))
+        self._json = json.JSONEncoder(
+            default=_refuse if artifacts is None else self._out_of_row, separators=(",", ":")
+        )
+        # For text that is only hashed: an artifact is digested, not written.
+        self._json_digest = (
+            self._json
+            if artifacts is None
+            else json.JSONEncoder(default=_digest_artifact, separators=(",", ":"))
+        )
 
     def dumps(self, value: Any, check_keys: bool = True) -> str:
         """``value`` as stored text.  ``check_keys=False`` lets JSON turn non-string dict
         keys into strings: for text that is only hashed, never loaded back."""
-        text = self._dumps(value)
+        text = self._dumps(value, check_keys)
         # After the encoder, which refuses cycles and deep nesting; text without a "{"
         # holds no dict (a list of numbers, say), so its walk is skipped.
         if check_keys and self.serializer == "json" and "{" in text:
             _check_keys(value)
+            if _QUOTED_MARKER in text:
+                _check_marker(value)
+        if check_keys and self.artifacts is not None and len(text) > self.inline_bytes:
+            text = self._spill(text)
         # JSON is written with ensure_ascii and pickle as base64: one character, one byte.
         if len(text) > self.max_payload_bytes:
             raise SerializationError(
@@ -114,17 +166,19 @@ class Codec:
             )
         return text
 
-    def _dumps(self, value: Any) -> str:
+    def _dumps(self, value: Any, check_keys: bool = True) -> str:
         if self.serializer == "pickle":
             try:
-                data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+                data = self._pickle(value, written=check_keys)
+            except (SerializationError, ArtifactError):
+                raise
             except Exception as exc:  # pickling raises many kinds of errors
                 raise SerializationError(
                     f"cannot pickle a value of type {type(value).__qualname__}: {exc}"
                 ) from exc
             return _PICKLE_PREFIX + base64.b64encode(data).decode("ascii")
         try:
-            return self._json.encode(value)
+            return (self._json if check_keys else self._json_digest).encode(value)
         except SerializationError:
             raise
         except (TypeError, ValueError, RecursionError) as exc:
@@ -133,28 +187,144 @@ class Codec:
                 "or open the app with App(..., serializer='pickle')"
             ) from exc
 
+    # ------------------------------------------------------------------ artifacts
+
+    def _out_of_row(self, value: Any) -> Any:
+        """The JSON encoder's ``default``: an artifact type goes to the store."""
+        from .artifacts.reference import store_value
+        from .artifacts.types import find_type
+
+        kind = find_type(value)
+        if kind is None:
+            _refuse(value)
+        assert self.artifacts is not None
+        return {_MARKER: store_value(value, self.artifacts, kind).to_dict()}
+
+    def _spill(self, text: str) -> str:
+        """Stored text too long for the row, replaced by a reference to it."""
+        from .artifacts.reference import JSON_TYPE, PICKLE_TYPE, store_text
+
+        assert self.artifacts is not None
+        if text.startswith(_PICKLE_PREFIX):
+            data = base64.b64decode(text[len(_PICKLE_PREFIX) :])
+            ref = store_text(data, self.artifacts, PICKLE_TYPE)
+        else:
+            ref = store_text(text, self.artifacts, JSON_TYPE)
+        return self._json.encode({_MARKER: ref.to_dict()})
+
+    def _pickle(self, value: Any, written: bool) -> bytes:
+        if self.artifacts is None:
+            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        buffer = io.BytesIO()
+        _ArtifactPickler(buffer, self, written).dump(value)
+        return buffer.getvalue()
+
+    def _unpickle(self, data: bytes) -> Any:
+        if self.artifacts is None:
+            return pickle.loads(data)
+        return _ArtifactUnpickler(io.BytesIO(data), self).load()
+
+    def _reference(self, ref: dict) -> Any:
+        """The value a stored reference names (``json.loads``' object hook)."""
+        from .artifacts.reference import PICKLE_TYPE, Reference, decode, read_bytes
+
+        if self.artifacts is None:
+            raise ArtifactError(
+                f"this value is stored in an artifact store ({ref.get('uri', '?')}); open "
+                "the app with its artifact store to load it"
+            )
+        reference = Reference.from_dict(ref)
+        if reference.type == PICKLE_TYPE:
+            self._allow_pickle()
+            return self._unpickle_loaded(read_bytes(reference, self.artifacts))
+        return decode(reference, self.artifacts, self.loads)
+
+    def _hook(self, obj: dict) -> Any:
+        if len(obj) == 1 and _MARKER in obj:
+            return self._reference(obj[_MARKER])
+        return obj
+
+    def _allow_pickle(self) -> None:
+        if self.serializer != "pickle":
+            raise SerializationError(
+                "this value was stored with pickle; open the app with "
+                "App(..., serializer='pickle') to load it (only for trusted databases)"
+            )
+
+    def _unpickle_loaded(self, data: bytes) -> Any:
+        try:
+            return self._unpickle(data)
+        except (ArtifactError, SerializationError):
+            raise
+        except Exception as exc:  # unpickling raises many kinds of errors
+            raise SerializationError(
+                f"a stored pickled value cannot be loaded: {type(exc).__name__}: {exc}"
+            ) from exc
+
     def loads(self, text: str | None) -> Any:
         if text is None:
             return None
         if text.startswith(_PICKLE_PREFIX):
-            if self.serializer != "pickle":
-                raise SerializationError(
-                    "this value was stored with pickle; open the app with "
-                    "App(..., serializer='pickle') to load it (only for trusted databases)"
-                )
-            try:
-                return pickle.loads(base64.b64decode(text[len(_PICKLE_PREFIX) :]))
-            except Exception as exc:  # unpickling raises many kinds of errors
-                raise SerializationError(
-                    f"a stored pickled value cannot be loaded: {type(exc).__name__}: {exc}"
-                ) from exc
+            self._allow_pickle()
+            return self._unpickle_loaded(base64.b64decode(text[len(_PICKLE_PREFIX) :]))
         try:
+            if _QUOTED_MARKER in text:
+                return json.loads(text, object_hook=self._hook)
             return json.loads(text)
         except (ValueError, RecursionError) as exc:
             raise SerializationError(
                 f"a stored value is not valid JSON ({type(exc).__name__}: {exc}); the row "
                 f"was written by something other than nbjobs: {text[:60]!r}"
             ) from exc
+
+
+def _digest_artifact(value: Any) -> Any:
+    """For hashed-only text: an artifact type's digest stands for it, nothing is written
+    (an Arrow-backed frame is fingerprinted in memory, not encoded)."""
+    from .artifacts.store import HashingWriter, arrow_fingerprint
+    from .artifacts.types import find_type
+
+    kind = find_type(value)
+    if kind is None:
+        _refuse(value)
+    if kind.to_arrow is not None:
+        return {
+            _MARKER: {"type": kind.name, "fingerprint": arrow_fingerprint(kind.to_arrow(value))}
+        }
+    sink = HashingWriter(None)
+    kind.dump(value, sink)
+    return {_MARKER: {"type": kind.name, "sha256": sink.hexdigest()}}
+
+
+class _ArtifactPickler(pickle.Pickler):
+    """Pickles with artifact types written to the store (or only digested)."""
+
+    def __init__(self, file: io.BytesIO, codec: Codec, written: bool) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._codec = codec
+        self._written = written
+
+    def persistent_id(self, obj: Any) -> Any:
+        from .artifacts.types import find_type
+
+        if type(obj) in _SCALARS or isinstance(obj, (list, dict, tuple)):
+            return None
+        if find_type(obj) is None:
+            return None
+        if self._written:
+            return (_MARKER, self._codec._out_of_row(obj)[_MARKER])
+        return (_MARKER, _digest_artifact(obj)[_MARKER])
+
+
+class _ArtifactUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, codec: Codec) -> None:
+        super().__init__(file)
+        self._codec = codec
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) == 2 and pid[0] == _MARKER):
+            raise pickle.UnpicklingError(f"unknown persistent id {pid!r:.80}")
+        return self._codec._reference(pid[1])
 
 
 def digest(text: str | bytes) -> str:

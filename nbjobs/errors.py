@@ -26,6 +26,11 @@ class SerializationError(NbjobsError):
     """A value cannot be stored with the app's serializer."""
 
 
+class ArtifactError(NbjobsError):
+    """An artifact (a value stored out of the row) is missing, corrupt or unreadable; the
+    message names its URI (and the job and step, where the caller knows them)."""
+
+
 class DuplicateCheckpoint(NbjobsError):
     """A checkpoint name was used twice within one run of a workflow."""
 
