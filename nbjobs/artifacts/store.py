@@ -483,7 +483,7 @@ class ArtifactStore:
     def _read_remote(self, sha256: str, suffix: str, load: Callable[[str], T], uri: str) -> T:
         os.makedirs(self.cache_dir, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=self.cache_dir, suffix=f".{suffix}") as f:
-            sink = HashingWriter(f)  # type: ignore[arg-type]
+            sink = HashingWriter(f)
             try:
                 with self.fs.open(self.path(sha256, suffix), "rb") as remote:
                     while chunk := remote.read(_CHUNK):
