@@ -328,6 +328,7 @@ def test_a_writer_killed_mid_write_leaves_no_file_under_a_final_name(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
+        proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
     assert _finals(root) == []
     store = ArtifactStore(root)
