@@ -158,6 +158,7 @@ def test_four_workers_drain_exactly_once_and_recover_a_killed_worker(backend, tm
 
 
 @pytest.mark.exclusive
+@pytest.mark.no_worker
 @pytest.mark.parametrize("backend", backends.selected("postgres"))
 def test_a_postgres_restart_mid_run_does_not_stop_the_run(backend: str, tmp_path: Path):
     count = 800
