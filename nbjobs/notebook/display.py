@@ -38,7 +38,7 @@ HEAD = f"{CELL};{MUTED};font-weight:500;border-bottom:1px solid #d1d5db"
 
 # -- what the renderers read of an app and a job handle ---------------------------------
 class Workflows(Protocol):
-    """The workflow registry of an app (:func:`registered_fingerprints` reads it)."""
+    """The workflow registry of an app: the fingerprint of each registered workflow."""
 
     def fingerprints(self) -> dict[str, str]: ...
 
@@ -163,11 +163,6 @@ def fmt_relative(value: float | datetime | None, now: float | None = None) -> st
     return f"in {text}" if delta > 0 else f"{text} ago"
 
 
-def registered_fingerprints(registry: Workflows) -> dict[str, str]:
-    """Workflow name -> fingerprint of the code registered in this process."""
-    return registry.fingerprints()
-
-
 def _first_line(text: str | None) -> str:
     lines = (text or "").strip().splitlines()
     line = lines[0] if lines else ""
@@ -206,7 +201,7 @@ def job_html(handle: Job) -> str:
     if not rows:
         return _muted(f"job <b>{_esc(handle.id)}</b> not found (purged, or another database)")
     r = rows[0]
-    changed = row_code_changed(r, registered_fingerprints(engine.registry))
+    changed = row_code_changed(r, engine.registry.fingerprints())
     took = fmt_duration(_duration(r, engine.store.now()))
     facts = [
         ("workflow", _esc(r.workflow) + (code_mark() if changed else "")),
@@ -272,7 +267,7 @@ def jobs_html(handles: Sequence[Any]) -> str:
     jobs = [h for h in shown if isinstance(h, Job)]
     rows = _job_rows(jobs)
     now = {id(h.engine): h.engine.store.now() for h in jobs}
-    fingerprints = {id(h.engine): registered_fingerprints(h.engine.registry) for h in jobs}
+    fingerprints = {id(h.engine): h.engine.registry.fingerprints() for h in jobs}
     body = []
     for h in shown:
         r = rows.get(h.id) if isinstance(h, Job) else None
@@ -396,6 +391,5 @@ __all__ = [
     "pill",
     "progress_bar",
     "progress_label",
-    "registered_fingerprints",
     "schedules_html",
 ]

@@ -12,7 +12,7 @@ import param
 
 from ..errors import UnknownJob
 from ..jobs import FINISHED, row_code_changed, row_progress
-from ..notebook.display import code_mark, registered_fingerprints
+from ..notebook.display import code_mark
 from .base import Component
 from .style import (
     CSS,
@@ -311,7 +311,7 @@ class JobDetail(Component):
 
     def _code_notice(self, job: Any) -> str:
         """The changed-code line and its three choices, for an unfinished run of old code."""
-        registered = registered_fingerprints(self.app.runtime.registry)
+        registered = self.app.runtime.registry.fingerprints()
         if not row_code_changed(job, registered):
             return ""
         current = registered.get(job.workflow) or job.latest_fingerprint

@@ -18,7 +18,7 @@ import panel as pn
 import param
 
 from ..jobs import row_code_changed, row_progress
-from ..notebook.display import code_mark, no_worker_mark, progress_label, registered_fingerprints
+from ..notebook.display import code_mark, no_worker_mark, progress_label
 from ..store.views import SORTS, JobFilter
 from ..store.workers import runner_problem
 from .base import Component, Throttle
@@ -204,9 +204,7 @@ class JobsTable(Component):
         rows = self._throttle.run(self._read_page)
         runners = self._live_runners()
         self.show_page(
-            table_rows(
-                rows, self.store.now(), registered_fingerprints(self.app.runtime.registry), runners
-            )
+            table_rows(rows, self.store.now(), self.app.runtime.registry.fingerprints(), runners)
         )
 
     def _live_runners(self) -> dict[str, tuple[set, set]] | None:
