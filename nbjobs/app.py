@@ -11,8 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from . import dialects
-from .clock import Clock, to_datetime
+from .clock import Clock
 from .codec import Codec
 from .errors import ConfigurationError
 from .handle import JobHandle
@@ -109,14 +108,11 @@ class App:
             )
         check_number("max_reclaims", max_reclaims, 0, integer=True, int32=True)
         check_number("retention_seconds", retention_seconds, positive=True, optional=True)
-        # A misspelled option must not be ignored (it used to reach the database layer,
-        # which read only the names it knew).
-        dialects.check_options(database_options, also=_APP_OPTIONS)
         self.codec = Codec(serializer, max_payload_bytes=max_payload_bytes)
         self.clock = clock or Clock()
         # An explicit "" is a mistake to report, not a request for the default file.
         self.url = url if url is not None else os.environ.get("NBJOBS_URL") or DEFAULT_URL
-        self.store = Store(self.url, clock=self.clock, **database_options)
+        self.store = Store(self.url, clock=self.clock, suggest=_APP_OPTIONS, **database_options)
         settings = Settings(
             heartbeat_seconds=float(heartbeat_seconds),
             stale_after_seconds=float(stale_after_seconds),
@@ -232,13 +228,14 @@ class App:
         """The newest jobs, optionally filtered: a list that renders as a table in notebooks."""
         from .notebook.display import JobList
 
-        rows = self._list_jobs(status, workflow, queue, limit)
+        rows = self.list_job_rows(status, workflow, queue, limit)
         return JobList(JobHandle(self._engine, r.id) for r in rows)
 
-    def _list_jobs(
+    def list_job_rows(
         self, status: str | None, workflow: str | None, queue: str | None, limit: int
     ) -> Sequence[Row]:
-        """Validated filters (a clear error, never a database one), then the store's list."""
+        """The store's rows of ``jobs()``, its filters checked first (a clear error, never a
+        database one); for views that print rows (the CLI) rather than handles."""
         if status is not None and status not in {s.value for s in Status}:
             raise ConfigurationError(
                 f"unknown status {status!r}; one of {', '.join(s.value for s in Status)}"
@@ -260,7 +257,7 @@ class App:
         """The newest jobs as a pandas DataFrame (one row per job, times as datetimes)."""
         from .notebook.frames import jobs_frame
 
-        return jobs_frame(self._list_jobs(status, workflow, queue, limit))
+        return jobs_frame(self.list_job_rows(status, workflow, queue, limit))
 
     def history_frame(
         self,
@@ -276,6 +273,8 @@ class App:
         """
         from .notebook.frames import history_frame
 
+        since = None if since is None else check_time("since", since)
+        check_number("limit", limit, 1, integer=True)
         return history_frame(self.store, workflow=workflow, status=status, since=since, limit=limit)
 
     def purge(
@@ -356,15 +355,7 @@ class App:
         """The worker registry: host, pid, queues, concurrency, last heartbeat, jobs held."""
         check_number("alive_within", alive_within, positive=True, optional=True)
         window = alive_within if alive_within is not None else 2 * self.stale_after_seconds
-        out = []
-        for r in self.store.list_workers(alive_within=window):
-            row = r._asdict()
-            row["queues"] = row["queues"].split(",") if row["queues"] else []
-            for name in ("started_at", "heartbeat_at", "stopped_at"):
-                row[name] = to_datetime(row[name])
-            row.pop("pid_start", None)
-            out.append(row)
-        return out
+        return self._engine.workers(window)
 
     def pause_queue(self, queue: str) -> None:
         """Hold a queue: no worker anywhere claims its jobs until ``resume_queue``."""

@@ -247,19 +247,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from . import App, Status
-    from .validation import check_name
+    from . import App
 
-    if args.status is not None and args.status not in {s.value for s in Status}:
-        raise ConfigurationError(
-            f"unknown status {args.status!r}; one of {', '.join(s.value for s in Status)}"
-        )
-    if args.workflow is not None:
-        check_name("workflow name", args.workflow)
-    if args.limit < 1:
-        raise ConfigurationError(f"--limit must be at least 1, got {args.limit}")
     app = App(_existing_database(_url(args)))
-    rows = app.store.list_jobs(status=args.status, workflow=args.workflow, limit=args.limit)
+    try:  # the App checks the filters as for app.jobs(): a clear error, never a database one
+        rows = app.list_job_rows(args.status, args.workflow, None, args.limit)
+    finally:
+        app.close()
     print(f"{'id':26} {'workflow':24} {'status':10} {'attempts':>8}  error")
     for r in rows:
         error = (r.error or "").splitlines()[0][:60] if r.error else ""
@@ -268,23 +262,22 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             printable(f"{r.id:26} {workflow[:24]:24} {r.status:10} {r.attempts:>8}  ")
             + printable(error)
         )
-    app.close()
     return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from . import App
-    from .schema import SCHEMA_VERSION
 
     app = App(_url(args))  # opening the App's store creates or migrates the schema
     store = app.store
     found, where = store.schema_found, printable(store.safe_url)
+    version = store.schema_version
     if found is None:
-        print(f"nbjobs schema created at version {SCHEMA_VERSION} on {where}")
-    elif found < SCHEMA_VERSION:
-        print(f"nbjobs schema migrated from version {found} to {SCHEMA_VERSION} on {where}")
+        print(f"nbjobs schema created at version {version} on {where}")
+    elif found < version:
+        print(f"nbjobs schema migrated from version {found} to {version} on {where}")
     else:
-        print(f"nbjobs schema is current (version {SCHEMA_VERSION}) on {where}")
+        print(f"nbjobs schema is current (version {version}) on {where}")
     app.close()
     return 0
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from .clock import to_datetime
-
 if TYPE_CHECKING:
     from .runtime.engine import Engine
 
@@ -36,11 +34,7 @@ class JobHandle:
 
     def info(self) -> dict[str, Any]:
         """The job's row (without input and result) as a dict, times as datetimes."""
-        row = self.engine.store.get_job(self.id)._asdict()
-        for name in ("run_at", "created_at", "started_at", "finished_at", "updated_at", "tick_at"):
-            row[name] = to_datetime(row[name])
-        row.pop("lease_token", None)
-        return row
+        return self.engine.job_info(self.id)
 
     @property
     def workflow(self) -> str:
@@ -73,14 +67,7 @@ class JobHandle:
     @property
     def attempts(self) -> list[dict[str, Any]]:
         """One dict per attempt: worker, start, end, outcome, error, traceback."""
-        out = []
-        for r in self.engine.store.job_attempts(self.id):
-            row = r._asdict()
-            row.pop("lease_token", None)
-            row["started_at"] = to_datetime(row["started_at"])
-            row["finished_at"] = to_datetime(row["finished_at"])
-            out.append(row)
-        return out
+        return self.engine.attempts(self.id)
 
     @property
     def progress(self) -> float | None:

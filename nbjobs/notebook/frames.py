@@ -11,10 +11,7 @@ failure rates (``kind == "job"`` by ``status``) and retries (``kind == "attempt"
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
-
-from ..validation import check_number, check_time
 
 if TYPE_CHECKING:
     import pandas
@@ -69,18 +66,19 @@ def history_frame(
     *,
     workflow: str | None = None,
     status: str | Sequence[str] | None = None,
-    since: datetime | float | None = None,
+    since: float | None = None,
     limit: int = 1000,
 ) -> pandas.DataFrame:
     """Build the frame for the newest ``limit`` jobs matching the filters, read from
-    ``store`` (its ``history_jobs``, ``history_attempts`` and ``history_steps``)."""
+    ``store`` (its ``history_jobs``, ``history_attempts`` and ``history_steps``); the
+    App checked the filters (``since`` as epoch seconds)."""
     import pandas as pd
 
     job_rows = store.history_jobs(
         workflow=workflow,
         status=status,
-        since=None if since is None else check_time("since", since),
-        limit=check_number("limit", limit, 1, integer=True),
+        since=since,
+        limit=limit,
     )
     by_id = {j.id: j for j in job_rows}
     records: list[dict[str, Any]] = []

@@ -15,6 +15,7 @@ import time
 import warnings
 from typing import Any
 
+from ..clock import to_datetime
 from ..errors import (
     TIMEOUT_ERROR_PREFIX,
     WORKER_LOST_PREFIX,
@@ -180,6 +181,24 @@ class Engine:
         self.runtime.wake()
 
     # -- waiting for results ---------------------------------------------------------------
+    def job_info(self, job_id: str) -> dict[str, Any]:
+        """The job's row (without input and result) for people: see :func:`readable`."""
+        return readable(self.store.get_job(job_id), _JOB_TIMES)
+
+    def attempts(self, job_id: str) -> list[dict[str, Any]]:
+        """One readable dict per attempt of the job, oldest first."""
+        return [readable(r, _ATTEMPT_TIMES) for r in self.store.job_attempts(job_id)]
+
+    def workers(self, alive_within: float) -> list[dict[str, Any]]:
+        """The readable worker registry (``queues`` as a list)."""
+        out = []
+        for r in self.store.list_workers(alive_within=alive_within):
+            row = readable(r, _WORKER_TIMES)
+            row["queues"] = row["queues"].split(",") if row["queues"] else []
+            row.pop("pid_start", None)
+            out.append(row)
+        return out
+
     def outcome(self, job_id: str) -> tuple[bool, Any]:
         """(finished, result); a failed or cancelled job raises what ``h.result`` raises."""
         row = self.store.job_outcome(job_id)
@@ -310,3 +329,18 @@ class Engine:
             f"job {job_id} of workflow {workflow!r} waits in queue {queue!r}: {problem}. "
             f"{START_HINT}"
         )
+
+
+_JOB_TIMES = ("run_at", "created_at", "started_at", "finished_at", "updated_at", "tick_at")
+_ATTEMPT_TIMES = ("started_at", "finished_at")
+_WORKER_TIMES = ("started_at", "heartbeat_at", "stopped_at")
+
+
+def readable(row: Any, times: tuple[str, ...]) -> dict[str, Any]:
+    """A store row as a dict for people and scripts: ``times`` as datetimes, and no
+    lease token (a fence for the worker that holds the job, never shown)."""
+    out = row._asdict()
+    for name in times:
+        out[name] = to_datetime(out[name])
+    out.pop("lease_token", None)
+    return out

@@ -16,6 +16,7 @@ import threading
 import time
 import traceback
 import weakref
+from collections.abc import Iterable
 from typing import Any, overload
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
@@ -107,7 +108,17 @@ class CoreStore(Transactions):
     """The engine, the clock and the statements every part of the store shares; the
     transactions it inherits from :class:`~.transactions.Transactions`."""
 
-    def __init__(self, url: str, *, clock: Clock | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Clock | None = None,
+        suggest: Iterable[str] = (),
+        **options: Any,
+    ) -> None:
+        # A misspelled option must not be ignored (the dialect reads only the names it
+        # knows); ``suggest``: the caller's own option names, offered as corrections.
+        dialects.check_options(options, also=suggest)
         self.dialect = dialects.for_url(url, **options)
         self.url = self.dialect.url
         self.closed = False
@@ -134,7 +145,8 @@ class CoreStore(Transactions):
             else None
         )
         try:
-            self.migrate()
+            #: The schema version of the tables now (see ``schema_found`` for before).
+            self.schema_version = self.migrate()
             self.sync_clock()
         except DBAPIError as exc:
             self.close()
