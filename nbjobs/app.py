@@ -7,12 +7,12 @@ import inspect
 import logging
 import os
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .clock import Clock
-from .codec import Codec
+from .codec import DEFAULT_INLINE_BYTES, Codec, open_artifacts
 from .errors import ConfigurationError
 from .handle import JobHandle
 from .jobs import FINISHED, Status
@@ -91,6 +91,9 @@ class App:
         clock: Clock | None = None,
         max_payload_bytes: int = 16 * 1024 * 1024,
         retention_seconds: float | None = None,
+        artifacts: str | os.PathLike[str] | bool | None = None,
+        artifacts_options: Mapping[str, Any] | None = None,
+        inline_bytes: int = DEFAULT_INLINE_BYTES,
         **database_options: Any,
     ) -> None:
         for name, value in (
@@ -108,11 +111,26 @@ class App:
             )
         check_number("max_reclaims", max_reclaims, 0, integer=True, int32=True)
         check_number("retention_seconds", retention_seconds, positive=True, optional=True)
-        self.codec = Codec(serializer, max_payload_bytes=max_payload_bytes)
+        Codec.check(serializer, max_payload_bytes, inline_bytes)  # before any connection
         self.clock = clock or Clock()
         # An explicit "" is a mistake to report, not a request for the default file.
         self.url = url if url is not None else os.environ.get("NBJOBS_URL") or DEFAULT_URL
         self.store = Store(self.url, clock=self.clock, suggest=_APP_OPTIONS, **database_options)
+        try:
+            self.codec = Codec(
+                serializer,
+                max_payload_bytes=max_payload_bytes,
+                artifacts=open_artifacts(
+                    artifacts,
+                    artifacts_options,
+                    db_url=self.url,
+                    fsync=self.store.dialect.durable_commits,
+                ),
+                inline_bytes=inline_bytes,
+            )
+        except BaseException:
+            self.store.close()
+            raise
         settings = Settings(
             heartbeat_seconds=float(heartbeat_seconds),
             stale_after_seconds=float(stale_after_seconds),

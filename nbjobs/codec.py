@@ -36,7 +36,10 @@ import base64
 import hashlib
 import io
 import json
+import os
 import pickle
+import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import ArtifactError, ConfigurationError, SerializationError
@@ -123,16 +126,12 @@ class Codec:
         artifacts: ArtifactStore | None = None,
         inline_bytes: int = DEFAULT_INLINE_BYTES,
     ) -> None:
-        if serializer not in SERIALIZERS:
-            raise ConfigurationError(
-                f"unknown serializer {serializer!r}; choose one of {', '.join(SERIALIZERS)}"
-            )
-        check_number("max_payload_bytes", max_payload_bytes, positive=True, integer=True)
-        check_number("inline_bytes", inline_bytes, positive=True, integer=True)
+        self.check(serializer, max_payload_bytes, inline_bytes)
         self.serializer = serializer
         self.max_payload_bytes = max_payload_bytes
         self.artifacts = artifacts
         self.inline_bytes = inline_bytes
+        self._local = threading.local()  # the memo of dumps_as_stored, per thread
         # What json.dumps builds on every call with these options, built once.
         self._json = json.JSONEncoder(
             default=_refuse if artifacts is None else self._out_of_row, separators=(",", ":")
@@ -143,6 +142,28 @@ class Codec:
             if artifacts is None
             else json.JSONEncoder(default=_digest_artifact, separators=(",", ":"))
         )
+
+    @staticmethod
+    def check(serializer: str, max_payload_bytes: int, inline_bytes: int) -> None:
+        """Refuse a bad setting (an App checks its options before it connects)."""
+        if serializer not in SERIALIZERS:
+            raise ConfigurationError(
+                f"unknown serializer {serializer!r}; choose one of {', '.join(SERIALIZERS)}"
+            )
+        check_number("max_payload_bytes", max_payload_bytes, positive=True, integer=True)
+        check_number("inline_bytes", inline_bytes, positive=True, integer=True)
+
+    def dumps_as_stored(self, value: Any) -> tuple[str, Any]:
+        """``value``'s stored text and the value a replay of it returns, without reading
+        back what was just written: artifacts come back as the objects given (equal to
+        what a load returns), spilled text is parsed from memory."""
+        memo: dict[str, Any] = {}
+        self._local.memo = memo
+        try:
+            text = self.dumps(value)
+        finally:
+            self._local.memo = None
+        return text, self.loads(text, memo=memo or None)
 
     def dumps(self, value: Any, check_keys: bool = True) -> str:
         """``value`` as stored text.  ``check_keys=False`` lets JSON turn non-string dict
@@ -198,7 +219,11 @@ class Codec:
         if kind is None:
             _refuse(value)
         assert self.artifacts is not None
-        return {_MARKER: store_value(value, self.artifacts, kind).to_dict()}
+        ref = store_value(value, self.artifacts, kind)
+        memo = getattr(self._local, "memo", None)
+        if memo is not None:
+            memo[ref.sha256] = value
+        return {_MARKER: ref.to_dict()}
 
     def _spill(self, text: str) -> str:
         """Stored text too long for the row, replaced by a reference to it."""
@@ -210,6 +235,9 @@ class Codec:
             ref = store_text(data, self.artifacts, PICKLE_TYPE)
         else:
             ref = store_text(text, self.artifacts, JSON_TYPE)
+        memo = getattr(self._local, "memo", None)
+        if memo is not None:
+            memo[ref.sha256] = _Spilled(text)
         return self._json.encode({_MARKER: ref.to_dict()})
 
     def _pickle(self, value: Any, written: bool) -> bytes:
@@ -219,13 +247,14 @@ class Codec:
         _ArtifactPickler(buffer, self, written).dump(value)
         return buffer.getvalue()
 
-    def _unpickle(self, data: bytes) -> Any:
+    def _unpickle(self, data: bytes, memo: dict | None = None) -> Any:
         if self.artifacts is None:
             return pickle.loads(data)
-        return _ArtifactUnpickler(io.BytesIO(data), self).load()
+        return _ArtifactUnpickler(io.BytesIO(data), self, memo).load()
 
-    def _reference(self, ref: dict) -> Any:
-        """The value a stored reference names (``json.loads``' object hook)."""
+    def _reference(self, ref: dict, memo: dict | None = None) -> Any:
+        """The value a stored reference names (``json.loads``' object hook); ``memo``:
+        values just written, by digest (see :meth:`dumps_as_stored`)."""
         from .artifacts.reference import PICKLE_TYPE, Reference, decode, read_bytes
 
         if self.artifacts is None:
@@ -234,14 +263,21 @@ class Codec:
                 "the app with its artifact store to load it"
             )
         reference = Reference.from_dict(ref)
+        if memo is not None and reference.sha256 in memo:
+            value = memo[reference.sha256]
+            if not isinstance(value, _Spilled):
+                return value
+            if reference.type == PICKLE_TYPE:
+                return self._unpickle_loaded(base64.b64decode(value[len(_PICKLE_PREFIX) :]), memo)
+            return self.loads(value, memo=memo)
         if reference.type == PICKLE_TYPE:
             self._allow_pickle()
             return self._unpickle_loaded(read_bytes(reference, self.artifacts))
         return decode(reference, self.artifacts, self.loads)
 
-    def _hook(self, obj: dict) -> Any:
+    def _hook(self, obj: dict, memo: dict | None = None) -> Any:
         if len(obj) == 1 and _MARKER in obj:
-            return self._reference(obj[_MARKER])
+            return self._reference(obj[_MARKER], memo)
         return obj
 
     def _allow_pickle(self) -> None:
@@ -251,9 +287,9 @@ class Codec:
                 "App(..., serializer='pickle') to load it (only for trusted databases)"
             )
 
-    def _unpickle_loaded(self, data: bytes) -> Any:
+    def _unpickle_loaded(self, data: bytes, memo: dict | None = None) -> Any:
         try:
-            return self._unpickle(data)
+            return self._unpickle(data, memo)
         except (ArtifactError, SerializationError):
             raise
         except Exception as exc:  # unpickling raises many kinds of errors
@@ -261,15 +297,27 @@ class Codec:
                 f"a stored pickled value cannot be loaded: {type(exc).__name__}: {exc}"
             ) from exc
 
-    def loads(self, text: str | None) -> Any:
+    def loads(self, text: str | None, *, where: str | None = None, memo: dict | None = None) -> Any:
+        """The value of stored text.  ``where`` names what is loaded ("job X, checkpoint
+        'load'") in an :class:`ArtifactError`: a missing or corrupt artifact is reported
+        with the job and step it belongs to, not only its URI."""
+        if where is None:
+            return self._loads(text, memo)
+        try:
+            return self._loads(text, memo)
+        except ArtifactError as exc:
+            raise ArtifactError(f"{where}: {exc}") from exc
+
+    def _loads(self, text: str | None, memo: dict | None) -> Any:
         if text is None:
             return None
         if text.startswith(_PICKLE_PREFIX):
             self._allow_pickle()
-            return self._unpickle_loaded(base64.b64decode(text[len(_PICKLE_PREFIX) :]))
+            return self._unpickle_loaded(base64.b64decode(text[len(_PICKLE_PREFIX) :]), memo)
         try:
             if _QUOTED_MARKER in text:
-                return json.loads(text, object_hook=self._hook)
+                hook = self._hook if memo is None else lambda obj: self._hook(obj, memo)
+                return json.loads(text, object_hook=hook)
             return json.loads(text)
         except (ValueError, RecursionError) as exc:
             raise SerializationError(
@@ -317,14 +365,51 @@ class _ArtifactPickler(pickle.Pickler):
 
 
 class _ArtifactUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, codec: Codec) -> None:
+    def __init__(self, file: io.BytesIO, codec: Codec, memo: dict | None) -> None:
         super().__init__(file)
         self._codec = codec
+        self._memo = memo
 
     def persistent_load(self, pid: Any) -> Any:
         if not (isinstance(pid, tuple) and len(pid) == 2 and pid[0] == _MARKER):
             raise pickle.UnpicklingError(f"unknown persistent id {pid!r:.80}")
-        return self._codec._reference(pid[1])
+        return self._codec._reference(pid[1], self._memo)
+
+
+class _Spilled(str):
+    """Stored text written out of the row (in a :meth:`Codec.dumps_as_stored` memo)."""
+
+
+def open_artifacts(
+    location: str | os.PathLike[str] | bool | None,
+    options: Mapping[str, Any] | None,
+    *,
+    db_url: str,
+    fsync: bool,
+) -> ArtifactStore | None:
+    """The artifact store of an app (``App(artifacts=..., artifacts_options=...)``):
+    ``None`` for ``NBJOBS_ARTIFACTS`` if set, else the default folder beside the
+    database; ``False`` for none (values with no JSON form are then refused, as before
+    artifacts).  A store is lazy: it touches no file and imports no fsspec until the
+    first artifact."""
+    from .artifacts import ArtifactStore, default_location
+
+    if location is False:
+        if options:
+            raise ConfigurationError("artifacts_options given with artifacts=False")
+        return None
+    if location is None:
+        location = os.environ.get("NBJOBS_ARTIFACTS") or None
+    if location is True or location is None:
+        location = default_location(db_url)
+    if not isinstance(location, (str, os.PathLike)):
+        raise ConfigurationError(
+            "artifacts must be a folder, an fsspec URL (s3://bucket/prefix), False or "
+            f"None, not a {type(location).__name__}"
+        )
+    opts = dict(options or {})
+    opts.setdefault("fsync", fsync)
+    return ArtifactStore(location, **opts)
 
 
 def digest(text: str | bytes) -> str:

@@ -44,7 +44,8 @@ class JobHandle:
     @property
     def input(self) -> dict[str, Any]:
         """``{"args": [...], "kwargs": {...}}`` as submitted."""
-        return self.engine.codec.loads(self.engine.store.get_job(self.id, full=True).input)
+        text = self.engine.store.get_job(self.id, full=True).input
+        return self.engine.codec.loads(text, where=f"job {self.id}, its input")
 
     @property
     def error(self) -> str | None:
@@ -61,7 +62,9 @@ class JobHandle:
         """Finished steps, name -> stored value, in the order they were made."""
         loads = self.engine.codec.loads
         return {
-            r.name: loads(r.value) for r in self.engine.store.job_checkpoints(self.id) if r.done
+            r.name: loads(r.value, where=f"job {self.id}, checkpoint {r.name!r}")
+            for r in self.engine.store.job_checkpoints(self.id)
+            if r.done
         }
 
     @property

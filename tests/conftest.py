@@ -7,8 +7,10 @@ them all, and a backend whose server cannot be reached there is a failure, not a
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +75,14 @@ NO_WORKER = r"^job \S+ of workflow .* waits in queue "
 
 
 @pytest.fixture(autouse=True)
+def _artifacts_in_tmp_path(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's apps (and the worker processes it starts) keep artifacts in its own
+    folder: a server database's default, ``./nbjobs-artifacts``, would be shared by all
+    tests in the working directory.  Tests of the default location unset it."""
+    monkeypatch.setenv("NBJOBS_ARTIFACTS", str(tmp_path / "artifacts"))
+
+
+@pytest.fixture(autouse=True)
 def _no_worker_warning(request: pytest.FixtureRequest) -> Iterator[None]:
     """``@pytest.mark.no_worker``: the test submits jobs that no live worker runs (yet), on
     purpose, so nbjobs warns (once per workflow and queue); the warning is expected, and
@@ -89,3 +99,26 @@ def _no_worker_warning(request: pytest.FixtureRequest) -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", NO_WORKER, UserWarning)
             yield
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory) -> Iterator[str]:
+    """A real S3-compatible server (moto's server mode) on 127.0.0.1 with the bucket
+    ``nbjobs``; its endpoint URL.  Keys: ``testing`` / ``testing``."""
+    from tests.support import accepts, free_port, server_process  # support imports this
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    moto = Path(sys.executable).with_name("moto_server")
+    with server_process([str(moto), "-H", "127.0.0.1", "-p", str(port)], log, accepts(port)):
+        endpoint = f"http://127.0.0.1:{port}"
+        import boto3
+
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ).create_bucket(Bucket="nbjobs")
+        yield endpoint

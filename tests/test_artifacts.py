@@ -41,7 +41,7 @@ from nbjobs.artifacts import (
 from nbjobs.artifacts.store import FINGERPRINTS, TEMP_FOLDER
 from nbjobs.artifacts.types import write_parquet
 from nbjobs.codec import Codec
-from tests.support import ROOT, accepts, free_port, server_process, wait_until
+from tests.support import ROOT, wait_until
 
 
 @pytest.fixture
@@ -482,24 +482,6 @@ def test_default_location_and_the_several_hosts_rule(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------- object storage (S3)
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    moto = Path(sys.executable).with_name("moto_server")
-    with server_process([str(moto), "-H", "127.0.0.1", "-p", str(port)], log, accepts(port)):
-        endpoint = f"http://127.0.0.1:{port}"
-        import boto3
-
-        boto3.client(
-            "s3", endpoint_url=endpoint, region_name="us-east-1", **S3_KEYS_BOTO
-        ).create_bucket(Bucket="nbjobs")
-        yield endpoint
-
-
-S3_KEYS_BOTO = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
 def _s3_store(endpoint: str, prefix: str) -> ArtifactStore:

@@ -310,15 +310,34 @@ def test_payload_size_limit_guards_inputs_checkpoints_results_and_signals(sqlite
         app.close()
 
 
-def test_the_default_limit_is_16_mib(sqlite_app) -> None:
+def test_the_default_limit_is_16_mib_without_an_artifact_store(sqlite_url) -> None:
+    app = nbjobs.App(sqlite_url, artifacts=False)
+    try:
+
+        @app.workflow(name="huge")
+        def huge(cs: nbjobs.CallState, v: str) -> int:
+            return len(v)
+
+        with pytest.raises(nbjobs.SerializationError, match="16,777,216 bytes"):
+            huge.submit("y" * (16 * 1024 * 1024))
+        with pytest.raises(nbjobs.ConfigurationError, match="max_payload_bytes"):
+            nbjobs.App(sqlite_url, max_payload_bytes=0)
+    finally:
+        app.close()
+
+
+def test_with_the_default_artifact_store_a_huge_value_leaves_the_row(sqlite_app) -> None:
     @sqlite_app.workflow(name="huge")
     def huge(cs: nbjobs.CallState, v: str) -> int:
         return len(v)
 
-    with pytest.raises(nbjobs.SerializationError, match="16,777,216 bytes"):
-        huge.submit("y" * (16 * 1024 * 1024))
-    with pytest.raises(nbjobs.ConfigurationError, match="max_payload_bytes"):
-        nbjobs.App(sqlite_app.url, max_payload_bytes=0)
+    big = "y" * (16 * 1024 * 1024 + 1)
+    sqlite_app.start(concurrency=1)
+    h = huge.submit(big)
+    assert h.result(timeout=TIMEOUT) == len(big)
+    row = sqlite_app.store.get_job(h.id, full=True)
+    assert len(row.input) < 2000 and "__nbjobs_artifact__" in row.input
+    assert h.input == {"args": [big], "kwargs": {}}
 
 
 # -- names -----------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -278,6 +278,13 @@ class ArtifactStore:
 
     def __repr__(self) -> str:
         return f"ArtifactStore({self.url!r})"
+
+    def check_hosts(self, db_url: str, hosts: Iterable[str]) -> None:
+        """Refuse to serve workers on several ``hosts`` of a server database from a
+        folder private to each host (see :func:`.location.check_hosts`)."""
+        from .location import check_hosts, is_private_folder
+
+        check_hosts(db_url, is_private_folder(self), hosts)
 
     # ------------------------------------------------------------------ names
 

@@ -233,6 +233,9 @@ class Dialect:
     #: (SQLite runs one write transaction at a time; PostgreSQL's ``FOR SHARE`` waits
     #: for a concurrent update of the row and reads the lease again).
     read_fence = False
+    #: A commit is on disk when it returns (a power loss cannot undo it), so the
+    #: artifacts a commit refers to are flushed to disk before it too.
+    durable_commits = True
 
     #: Finishing jobs of this process's threads share commits.  ``group_lock`` is held by
     #: the thread that runs a group; on SQLite it is the write lock itself.

@@ -51,6 +51,9 @@ class SQLiteDialect(Dialect):
                 f"sqlite_synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, "
                 f"got {self.synchronous!r}"
             )
+        # NORMAL (the default) syncs at WAL checkpoints only: a power loss may undo the
+        # last commits, never corrupt the file.
+        self.durable_commits = self.synchronous in ("FULL", "EXTRA")
         self.busy_timeout_ms = int(float(options.get("sqlite_busy_timeout", 30.0)) * 1000)
         # Writers of one process queue here, on a fast mutex, rather than in SQLite's
         # busy handler, which sleeps in growing steps; other processes still use it.

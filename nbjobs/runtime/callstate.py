@@ -120,7 +120,10 @@ class CallState:
             and stored.code_fingerprint != self._execution.workflow.fingerprint
         ):
             self._execution.warn_changed_code(name)
-        return True, self._runtime.codec.loads(stored.value), args_hash
+        where = self._where(
+            f"checkpoint {name!r} (h.retry(from_checkpoint={name!r}) computes it again)"
+        )
+        return True, self._runtime.codec.loads(stored.value, where=where), args_hash
 
     def _args_hash(self, args: tuple, kwargs: dict) -> str | None:
         try:
@@ -128,18 +131,21 @@ class CallState:
         except (SerializationError, RecursionError):
             return None
 
-    def _encode(self, name: str, value: Any) -> str:
+    def _record(self, name: str, value: Any, args_hash: str | None, started: float) -> Any:
+        """Store a finished step under the next number; returns the value as a replay
+        returns it.  Artifacts in it are written (complete) before the step commits."""
         try:
-            return self._runtime.codec.dumps(value)
+            text, stored = self._runtime.codec.dumps_as_stored(value)
         except SerializationError as exc:
             raise SerializationError(
                 f"checkpoint {name!r} returned a value nbjobs cannot store: {exc}"
             ) from None
-
-    def _record(self, name: str, text: str, args_hash: str | None, started: float) -> Any:
-        """Store a finished step under the next number; returns the value as stored."""
         self._execution.record_step(name, self._next_seq(), text, args_hash, started)
-        return self._runtime.codec.loads(text)
+        return stored
+
+    def _where(self, what: str) -> str:
+        """Names a stored value of this job in an ArtifactError."""
+        return f"job {self.job_id} ({self._execution.workflow.name}), {what}"
 
     # -- public ------------------------------------------------------------------------
     def checkpoint(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
@@ -162,7 +168,7 @@ class CallState:
                 f"checkpoint {name!r} returned an awaitable in a sync workflow; make the "
                 "workflow `async def` and `await cs.checkpoint(...)`"
             )
-        return self._record(name, self._encode(name, value), args_hash, started)
+        return self._record(name, value, args_hash, started)
 
     def progress(self, value: float | str) -> None:
         """Report progress inside a long step: a fraction in [0, 1] or a message."""
@@ -192,7 +198,9 @@ class CallState:
             if stored is not None and stored.done:
                 if _detail(stored).get("timed_out"):
                     raise SignalTimeout(f"no signal {name!r} arrived within {timeout} s")
-                return self._runtime.codec.loads(stored.value)
+                return self._runtime.codec.loads(
+                    stored.value, where=self._where(f"signal {name!r}")
+                )
             if stored is not None:
                 deadline = _detail(stored).get("deadline")
             else:
@@ -208,7 +216,7 @@ class CallState:
             )
         if result.state == TIMEOUT:
             raise SignalTimeout(f"no signal {name!r} arrived within {timeout} s")
-        return self._runtime.codec.loads(result.value)
+        return self._runtime.codec.loads(result.value, where=self._where(f"signal {name!r}"))
 
     def fan_out(self, name: str, specs: list[Spec], strategy: Any = None) -> list:
         """Start child runs and wait for them without holding a slot; see the contract."""
@@ -299,7 +307,11 @@ class CallState:
         outcomes = [
             Outcome(
                 status=o["status"],
-                value=loads(o["result"]) if o["status"] == "succeeded" else None,
+                value=loads(
+                    o["result"], where=self._where(f"fan-out {name!r}, child {o.get('job_id')}")
+                )
+                if o["status"] == "succeeded"
+                else None,
                 error=o.get("error"),
                 job_id=o.get("job_id"),
             )
@@ -343,8 +355,8 @@ class AsyncCallState(CallState):
             value = await asyncio.to_thread(fn, *args, **kwargs)
             if inspect.isawaitable(value):
                 value = await value
-        text = self._encode(name, value)
-        return await asyncio.to_thread(self._record, name, text, args_hash, started)
+        # In a thread: writing an artifact (a DataFrame, say) must not block the loop.
+        return await asyncio.to_thread(self._record, name, value, args_hash, started)
 
     async def sleep(self, name: str, seconds: float) -> None:  # type: ignore[override]
         await asyncio.to_thread(super().sleep, name, seconds)

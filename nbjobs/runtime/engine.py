@@ -93,10 +93,11 @@ class Engine:
         return self.worker is not None and self.worker.alive
 
     def start(self, concurrency: int, queues: list[str] | None) -> Worker:
-        self.worker = Worker(self.runtime, concurrency=concurrency, queues=queues)
-        self.worker.start()
-        self._report_unknown_jobs(self.worker)
-        return self.worker
+        worker = Worker(self.runtime, concurrency=concurrency, queues=queues)
+        worker.start()  # may refuse (several hosts on one private artifact folder)
+        self.worker = worker
+        self._report_unknown_jobs(worker)
+        return worker
 
     def _report_unknown_jobs(self, worker: Worker) -> None:
         """Say once, at start, which queued jobs of this worker's queues it cannot run."""
@@ -205,7 +206,7 @@ class Engine:
         if row is None:
             return False, None
         if row.status == Status.SUCCEEDED.value:
-            return True, self.codec.loads(row.result)
+            return True, self.codec.loads(row.result, where=f"job {job_id}, its result")
         if row.status == Status.CANCELLED.value:
             raise JobCancelled(job_id)
         raise _failure_class(row.error)(job_id, row.error, row.traceback)

@@ -264,7 +264,8 @@ class Execution:
     def _decode_input(self) -> tuple[tuple, dict]:
         """The stored arguments; a row that cannot be decoded fails its job (no retry)."""
         try:
-            payload = self.runtime.codec.loads(self.job.input) or {}
+            where = f"job {self.job.id} ({self.workflow.name}), its input"
+            payload = self.runtime.codec.loads(self.job.input, where=where) or {}
         except SerializationError as exc:
             raise SerializationError(f"the job's stored input cannot be decoded: {exc}") from None
         args, kwargs = (

@@ -113,6 +113,14 @@ class Worker:
             concurrency=self.concurrency,
             workflows=self.runtime.registry.claim_names,
         )
+        artifacts = self.runtime.codec.artifacts
+        if artifacts is not None:
+            live = store.list_workers(alive_within=self.settings.stale_after_seconds)
+            try:
+                artifacts.check_hosts(str(store.url), [w.host for w in live])
+            except BaseException:
+                store.stop_worker(self.id)
+                raise
         self.runtime.on_wake(self.wake)
         try:
             store.reclaim_dead_local_workers(max_reclaims=self.settings.max_reclaims)
