@@ -317,6 +317,15 @@ class App:
         )
         return deleted
 
+    def sweep_artifacts(self, grace_seconds: float = 3600.0) -> dict[str, int]:
+        """Delete the artifacts that no stored value refers to any more (after a purge),
+        and the leftovers of crashed writers; those written within ``grace_seconds``
+        are kept, since their reference may not have committed yet.  Returns counts
+        (``deleted``, ``bytes``, ``kept``, ``temporary``).  With retention on, workers
+        sweep hourly by themselves; see :mod:`nbjobs.artifacts.sweep`."""
+        check_number("grace_seconds", grace_seconds, 0)
+        return self._engine.sweep_artifacts(grace_seconds)
+
     def cancel(self, job_id: str) -> str:
         """Cancel a job; returns its status after the request."""
         return self._engine.cancel(job_id)

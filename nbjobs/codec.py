@@ -38,6 +38,7 @@ import io
 import json
 import os
 import pickle
+import re
 import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -176,7 +177,7 @@ class Codec:
             if _QUOTED_MARKER in text:
                 _check_marker(value)
         if check_keys and self.artifacts is not None and len(text) > self.inline_bytes:
-            text = self._spill(text)
+            text = self._spill(text, _digests_in(text))
         # JSON is written with ensure_ascii and pickle as base64: one character, one byte.
         if len(text) > self.max_payload_bytes:
             raise SerializationError(
@@ -225,16 +226,18 @@ class Codec:
             memo[ref.sha256] = value
         return {_MARKER: ref.to_dict()}
 
-    def _spill(self, text: str) -> str:
-        """Stored text too long for the row, replaced by a reference to it."""
+    def _spill(self, text: str, nested: list[str]) -> str:
+        """Stored text too long for the row, replaced by a reference to it.  The
+        reference lists the artifacts ``nested`` in the text, so that the row alone
+        says everything it keeps alive (see :mod:`nbjobs.artifacts.sweep`)."""
         from .artifacts.reference import JSON_TYPE, PICKLE_TYPE, store_text
 
         assert self.artifacts is not None
         if text.startswith(_PICKLE_PREFIX):
             data = base64.b64decode(text[len(_PICKLE_PREFIX) :])
-            ref = store_text(data, self.artifacts, PICKLE_TYPE)
+            ref = store_text(data, self.artifacts, PICKLE_TYPE, nested)
         else:
-            ref = store_text(text, self.artifacts, JSON_TYPE)
+            ref = store_text(text, self.artifacts, JSON_TYPE, nested)
         memo = getattr(self._local, "memo", None)
         if memo is not None:
             memo[ref.sha256] = _Spilled(text)
@@ -324,6 +327,21 @@ class Codec:
                 f"a stored value is not valid JSON ({type(exc).__name__}: {exc}); the row "
                 f"was written by something other than nbjobs: {text[:60]!r}"
             ) from exc
+
+
+#: What every stored reference holds: the store finds the rows that keep artifacts by it.
+ARTIFACT_MARKER = _MARKER
+_NESTED_DIGEST = re.compile(r"sha256.{1,6}?([0-9a-f]{64})", re.DOTALL)
+
+
+def _digests_in(text: str) -> list[str]:
+    """The digests of the artifacts referenced in stored text (JSON or pickle)."""
+    if text.startswith(_PICKLE_PREFIX):
+        data = base64.b64decode(text[len(_PICKLE_PREFIX) :]).decode("latin-1")
+        return sorted(set(_NESTED_DIGEST.findall(data)))
+    if _QUOTED_MARKER not in text:
+        return []
+    return sorted(set(_NESTED_DIGEST.findall(text)))
 
 
 def _digest_artifact(value: Any) -> Any:

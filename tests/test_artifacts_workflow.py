@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -419,3 +421,138 @@ def test_two_worker_processes_share_an_object_store(s3_endpoint, tmp_path) -> No
         pd.testing.assert_frame_equal(out["frame"], _expected_frame(20_000, seed))
     makers = {ln.split()[-1] for ln in _ledger(ledger) if ln.startswith("start make")}
     assert len(makers) == 2  # both processes made frames
+
+
+# ------------------------------------------------------------------------ lifecycle
+
+
+def _age(path: Path, seconds: float = 7200.0) -> None:
+    """Make a file look written ``seconds`` ago (past the sweep's grace period)."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def _stored(folder: Path) -> set[str]:
+    return {p.stem for p in folder.glob("??/*.*")}
+
+
+def test_purge_releases_references_and_the_sweep_deletes_only_the_unreferenced(app) -> None:
+    folder = Path(app.codec.artifacts.url)
+    shared = _frame()
+
+    @app.workflow(name="holder")
+    def holder(cs: nbjobs.CallState, seed: int) -> int:
+        cs.checkpoint("shared", lambda: shared)
+        cs.checkpoint("own", lambda: np.full(1000, seed))
+        # Spilled JSON with a frame nested in it: the row keeps both alive.
+        nested = pd.DataFrame({"seed": [seed, seed]})
+        cs.checkpoint("nested", lambda: {"pad": "x" * 300_000, "f": nested})
+        return seed
+
+    app.start(concurrency=1)
+    first = holder.submit(1)
+    assert first.result(timeout=TIMEOUT) == 1
+    second = holder.submit(2)
+    assert second.result(timeout=TIMEOUT) == 2
+    assert len(_stored(folder)) == 1 + 2 * 3  # the frame once; own, spilled, nested each
+    for path in folder.glob("??/*.*"):
+        _age(path)
+    assert app.sweep_artifacts(grace_seconds=0)["deleted"] == 0  # all still referenced
+
+    # Purge the first job only: what it alone referred to goes, the shared frame stays.
+    app.purge(older_than=first.info()["finished_at"] + timedelta(microseconds=1))
+    assert [h.id for h in app.jobs()] == [second.id]
+    report = app.sweep_artifacts(grace_seconds=0)
+    assert report["deleted"] == 3 and report["bytes"] > 0
+    assert len(_stored(folder)) == 4
+    pd.testing.assert_frame_equal(second.checkpoints["shared"], shared)
+    assert list(second.checkpoints["nested"]["f"]["seed"]) == [2, 2]
+    assert list(second.checkpoints["own"]) == [2] * 1000
+
+    app.purge(older_than=0)
+    assert app.sweep_artifacts(grace_seconds=0)["deleted"] == 4
+    assert _stored(folder) == set()
+    assert not list((folder / "fingerprints").glob("??/*.json"))  # entries go with them
+
+
+def test_the_sweep_keeps_young_and_reused_artifacts_and_clears_orphans(sqlite_app) -> None:
+    """Nothing younger than the grace period goes (its reference may not have committed);
+    an old unreferenced artifact that a write reuses is marked used and stays; a crashed
+    writer's temporary file and an artifact whose step never committed are swept."""
+    store = sqlite_app.codec.artifacts
+    codec = sqlite_app.codec
+    folder = Path(store.url)
+    young = codec.dumps(np.arange(10))
+    reused_text = codec.dumps(np.arange(20))
+    orphan_text = codec.dumps(np.arange(30))
+    paths = {p.stem: p for p in folder.glob("??/*.npy")}
+    assert len(paths) == 3
+    digest = {t: json.loads(t)[MARKER]["sha256"] for t in (young, reused_text, orphan_text)}
+    _age(paths[digest[reused_text]])
+    _age(paths[digest[orphan_text]])
+    crashed = folder / ".tmp" / "123-dead.part"
+    crashed.write_bytes(b"half a file")
+    _age(crashed)
+
+    assert codec.dumps(np.arange(20)) == reused_text  # a reuse: stored once, marked used
+    orphan_size = paths[digest[orphan_text]].stat().st_size
+    report = sqlite_app.sweep_artifacts()  # the default grace period: one hour
+    assert report == {"deleted": 1, "bytes": orphan_size, "kept": 2, "temporary": 1}
+    assert _stored(folder) == {digest[young], digest[reused_text]}
+    assert not crashed.exists()
+
+
+def test_a_reuse_racing_the_sweep_puts_the_file_back(tmp_path) -> None:
+    """The last window: a write reuses a file between the sweep's listing and its
+    delete.  The sweep moves the file aside, sees the fresh mark and puts it back.
+    (Driven step by step: in a real run the window is microseconds wide.)"""
+    from nbjobs.artifacts.sweep import _remove_local
+
+    store = nbjobs.artifacts.ArtifactStore(tmp_path)
+    sha, size = store.write_bytes(b"content", "bin")
+    path = store.path(sha, "bin")
+    _age(Path(path))
+    cutoff = time.time() - 3600  # the sweep listed the file as old and unreferenced
+    assert store._reuse(sha, "bin", size)  # the racing write marks it used
+    assert _remove_local(path, cutoff) is False
+    assert Path(path).read_bytes() == b"content"
+    _age(Path(path))
+    assert _remove_local(path, cutoff) is True and not Path(path).exists()
+    assert not list((tmp_path / ".tmp").iterdir())
+    assert not store._reuse(sha, "bin", size)  # gone: the next write stores it anew
+
+
+def test_the_sweep_on_object_storage(s3_endpoint, tmp_path) -> None:
+    store = nbjobs.artifacts.ArtifactStore(
+        f"s3://nbjobs/{tmp_path.name}", endpoint_url=s3_endpoint, key="testing",
+        secret="testing", skip_instance_cache=True,
+    )  # fmt: skip
+    codec = nbjobs.codec.Codec(artifacts=store)
+    kept_text = codec.dumps(pd.DataFrame({"a": [1, 2]}))
+    dropped_text = codec.dumps(np.arange(5))
+    reused_text = codec.dumps(b"reused bytes")
+    assert store.sweep(lambda: [kept_text, reused_text, dropped_text], 0)["deleted"] == 0
+    assert store.sweep(lambda: [], 3600)["deleted"] == 0  # all young
+    report = store.sweep(lambda: [kept_text], 0)
+    assert report["deleted"] == 2
+    pd.testing.assert_frame_equal(codec.loads(kept_text), pd.DataFrame({"a": [1, 2]}))
+    with pytest.raises(nbjobs.ArtifactError, match="is missing"):
+        codec.loads(dropped_text)
+    assert codec.dumps(b"reused bytes") == reused_text and codec.loads(reused_text) == (
+        b"reused bytes"
+    )
+    assert not store.fs.exists(f"{store.root}/trash")
+
+
+def test_retention_sweeps_the_store_in_the_background(sqlite_url, tmp_path) -> None:
+    app = make_app(sqlite_url, retention_seconds=3600)
+    try:
+        folder = Path(app.codec.artifacts.url)
+        text = app.codec.dumps(np.arange(7))
+        (orphan,) = folder.glob("??/*.npy")
+        assert json.loads(text)[MARKER]["sha256"] == orphan.stem
+        _age(orphan)
+        app.start(concurrency=1)
+        wait_until(lambda: not orphan.exists(), timeout=TIMEOUT, what="the hourly sweep")
+    finally:
+        app.close()

@@ -113,12 +113,20 @@ def store_value(value: Any, store: ArtifactStore, kind: ArtifactType | None = No
     return Reference(kind.name, sha, size, suffix, store.uri(sha, suffix), summary)
 
 
-def store_text(text: str | bytes, store: ArtifactStore, type_name: str = JSON_TYPE) -> Reference:
-    """Stored text too long for a row (JSON, or raw pickle bytes)."""
+def store_text(
+    text: str | bytes,
+    store: ArtifactStore,
+    type_name: str = JSON_TYPE,
+    nested: list[str] | None = None,
+) -> Reference:
+    """Stored text too long for a row (JSON, or raw pickle bytes); ``nested``: the
+    digests of the artifacts it references, listed in the reference's summary
+    (``refs``) so that a sweep sees them without reading the text."""
     data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
     suffix = "json" if type_name == JSON_TYPE else "pkl"
     sha, size = store.write_bytes(data, suffix)
-    return Reference(type_name, sha, size, suffix, store.uri(sha, suffix))
+    summary = {"refs": nested} if nested else {}
+    return Reference(type_name, sha, size, suffix, store.uri(sha, suffix), summary)
 
 
 def read_bytes(ref: Reference, store: ArtifactStore) -> bytes:

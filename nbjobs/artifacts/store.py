@@ -50,6 +50,8 @@ _CHUNK = 8 * 1024 * 1024
 TEMP_FOLDER = ".tmp"
 #: Folder (under the root) mapping fingerprints of Arrow tables to stored digests.
 FINGERPRINTS = "fingerprints"
+#: Folder (object storage) of markers of reused artifacts (see ``_reuse`` and sweep.py).
+TOUCHED = "touched"
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -304,6 +306,29 @@ class ArtifactStore:
             return False
         return size is None or info_size == size
 
+    def _reuse(self, sha256: str, suffix: str, size: int) -> bool:
+        """Whether the artifact is stored already; if so it is marked as used now, so
+        that a sweep running at this moment keeps it (the write that reuses it commits
+        its reference later).  A local file's time is set; object storage gets a marker
+        (``touched/``), written before the second look, which is what the sweep's
+        restore relies on (see :mod:`.sweep`)."""
+        path = self.path(sha256, suffix)
+        if self.local:
+            try:
+                if os.path.getsize(path) != size:
+                    return False
+                os.utime(path)  # fails if a sweep moved the file away: then write it
+            except OSError:
+                return False
+            return True
+        if not self.exists(sha256, suffix, size):
+            return False
+        self.fs.pipe_file(self.touched_path(sha256, suffix), b"")
+        return self.exists(sha256, suffix, size)
+
+    def touched_path(self, sha256: str, suffix: str) -> str:
+        return f"{self.root}/{TOUCHED}/{sha256}.{suffix}"
+
     # ----------------------------------------------------------------- writes
 
     def write(self, dump: Callable[[Any], Any], suffix: str) -> tuple[str, int]:
@@ -316,7 +341,7 @@ class ArtifactStore:
     def write_bytes(self, data: bytes, suffix: str) -> tuple[str, int]:
         """Store bytes already in memory: hashed first, so a stored digest costs no I/O."""
         sha = hashlib.sha256(data).hexdigest()
-        if self.exists(sha, suffix, len(data)):
+        if self._reuse(sha, suffix, len(data)):
             return sha, len(data)
         if self.local:
             return self._write_local(lambda f: f.write(data), suffix)
@@ -381,7 +406,7 @@ class ArtifactStore:
             return None
         if not (isinstance(sha, str) and SHA256_PATTERN.match(sha) and isinstance(size, int)):
             return None
-        return (sha, size) if self.exists(sha, suffix, size) else None
+        return (sha, size) if self._reuse(sha, suffix, size) else None
 
     def _remember(self, fingerprint: str, sha256: str, size: int, suffix: str) -> None:
         entry = json.dumps({"sha256": sha256, "size": size, "suffix": suffix}).encode()
@@ -414,7 +439,7 @@ class ArtifactStore:
             sha = hasher.finish(size)
             hasher = None
             final = self.path(sha, suffix)
-            if self.exists(sha, suffix, size):
+            if self._reuse(sha, suffix, size):
                 os.unlink(temp)
                 return sha, size
             os.chmod(temp, 0o444)
@@ -446,7 +471,7 @@ class ArtifactStore:
                 raise
             size = f.tell()
             sha = hasher.finish(size)
-            if not self.exists(sha, suffix, size):
+            if not self._reuse(sha, suffix, size):
                 self.fs.makedirs(f"{self.root}/{sha[:2]}", exist_ok=True)
                 self.fs.put_file(f.name, self.path(sha, suffix))
         return sha, size
@@ -530,6 +555,14 @@ class ArtifactStore:
         )
 
     # ------------------------------------------------------------ housekeeping
+
+    def sweep(
+        self, referencing_texts: Callable[[], Iterable[str]], grace_seconds: float = 3600.0
+    ) -> dict[str, int]:
+        """Delete the artifacts no stored text refers to any more; see :mod:`.sweep`."""
+        from .sweep import sweep
+
+        return sweep(self, referencing_texts, grace_seconds)
 
     def sweep_temporary(self, older_than: float = 3600.0) -> int:
         """Delete writes in flight older than ``older_than`` seconds (orphans of killed

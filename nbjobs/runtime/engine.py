@@ -34,6 +34,7 @@ from .context import Runtime
 from .execution import Execution
 from .inline import InlineRunner
 from .registry import Definition
+from .scheduler import sweep_artifacts
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,10 @@ class Engine:
             row.pop("pid_start", None)
             out.append(row)
         return out
+
+    def sweep_artifacts(self, grace_seconds: float) -> dict[str, int]:
+        """One sweep of the app's artifact store (nothing to do without one)."""
+        return sweep_artifacts(self.runtime, grace_seconds)
 
     def outcome(self, job_id: str) -> tuple[bool, Any]:
         """(finished, result); a failed or cancelled job raises what ``h.result`` raises."""

@@ -19,9 +19,11 @@ Missed ticks (no worker was running) follow the schedule's ``catch_up`` policy:
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
 from ..clock import to_datetime
+from ..codec import ARTIFACT_MARKER
 from ..errors import ConfigurationError, NbjobsError, SerializationError
 from ..jobs import FINISHED
 from ..validation import check_name as _check_name
@@ -275,6 +277,10 @@ class Scheduler:
 #: transaction).
 BATCHES_PER_PASS = 4
 BATCH_SIZE = 500
+#: Artifacts younger than this are never swept: their reference may not have committed.
+SWEEP_GRACE_SECONDS = 3600.0
+#: How often each worker with retention on sweeps the artifact store.
+SWEEP_INTERVAL_SECONDS = 3600.0
 
 
 def retention_interval(retention_seconds: float) -> float:
@@ -282,14 +288,26 @@ def retention_interval(retention_seconds: float) -> float:
     return min(300.0, max(1.0, retention_seconds / 10))
 
 
+def sweep_artifacts(runtime: Runtime, grace_seconds: float = SWEEP_GRACE_SECONDS) -> dict[str, int]:
+    """Delete the artifacts no stored value refers to (see :mod:`nbjobs.artifacts.sweep`)."""
+    artifacts = runtime.codec.artifacts
+    if artifacts is None:
+        return {"deleted": 0, "bytes": 0, "kept": 0, "temporary": 0}
+    return artifacts.sweep(lambda: runtime.store.texts_containing(ARTIFACT_MARKER), grace_seconds)
+
+
 class Retention:
     """Automatic retention (``App(retention_seconds=...)``), run by every worker's
     monitor: finished job trees older than the period are purged a few batches at a
-    time, so no pass holds the database for long."""
+    time, so no pass holds the database for long.  The artifacts they referred to are
+    swept hourly, in a thread of its own (a listing of object storage may take a while,
+    and the monitor also heartbeats)."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._next_at = 0.0
+        self._sweep_at = 0.0
+        self._sweeping: threading.Thread | None = None
 
     def tick(self) -> None:
         """One pass, when it is due (a few batches at most)."""
@@ -309,3 +327,16 @@ class Retention:
             self._next_at = now + 1.0
         if deleted:
             log.info("retention: purged %d finished job(s)", deleted)
+        idle = self._sweeping is None or not self._sweeping.is_alive()
+        if self.runtime.codec.artifacts is not None and now >= self._sweep_at and idle:
+            self._sweep_at = now + SWEEP_INTERVAL_SECONDS
+            self._sweeping = threading.Thread(
+                target=self._sweep, name="nbjobs-artifact-sweep", daemon=True
+            )
+            self._sweeping.start()
+
+    def _sweep(self) -> None:
+        try:
+            sweep_artifacts(self.runtime)
+        except Exception:
+            log.exception("the artifact sweep failed; it runs again in an hour")

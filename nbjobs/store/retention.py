@@ -20,7 +20,7 @@ from sqlalchemy import and_, delete, exists, or_, select
 from sqlalchemy.engine import Connection
 
 from ..jobs import FINISHED
-from ..schema import attempts, checkpoints, jobs, logs, signals
+from ..schema import attempts, checkpoints, jobs, logs, schedules, signals
 from .core import CoreStore
 
 #: Ids per ``IN (...)`` list: well under every backend's parameter limit.
@@ -28,7 +28,25 @@ _CHUNK = 500
 
 
 class RetentionQueries(CoreStore):
-    """``purge_jobs``: bounded, tree-at-a-time deletion of finished jobs."""
+    """``purge_jobs``: bounded, tree-at-a-time deletion of finished jobs; and the texts
+    that keep artifacts alive after it."""
+
+    def texts_containing(self, marker: str) -> list[str]:
+        """Every stored value (input, result, checkpoint, signal payload, schedule
+        input) whose text contains ``marker``: the artifact sweep's mark phase reads
+        the references they hold.  Rows without artifacts are skipped by the filter."""
+        found: list[str] = []
+        for column in (
+            jobs.c.input,
+            jobs.c.result,
+            checkpoints.c.value,
+            signals.c.payload,
+            schedules.c.input,
+        ):
+            stmt = select(column).where(column.contains(marker, autoescape=True))
+            with self._read() as conn:
+                found.extend(conn.execute(stmt).scalars())
+        return found
 
     def purge_jobs(
         self,
