@@ -377,9 +377,14 @@ class _ArtifactPickler(pickle.Pickler):
             return None
         if find_type(obj) is None:
             return None
-        if self._written:
-            return (_MARKER, self._codec._out_of_row(obj)[_MARKER])
-        return (_MARKER, _digest_artifact(obj)[_MARKER])
+        try:
+            if self._written:
+                return (_MARKER, self._codec._out_of_row(obj)[_MARKER])
+            return (_MARKER, _digest_artifact(obj)[_MARKER])
+        except SerializationError:
+            # No typed form (a frame with a column of mixed objects, say): this app
+            # opted into pickle, so the value is pickled like any other object.
+            return None
 
 
 class _ArtifactUnpickler(pickle.Unpickler):

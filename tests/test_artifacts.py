@@ -436,6 +436,9 @@ def test_codec_with_pickle_keeps_artifacts_out_of_the_pickle(store):
     back = codec.loads(text)
     pd.testing.assert_frame_equal(back["df"], df)
     assert back["obj"] == {1, 2}
+    # What Parquet cannot hold (a column of mixed objects) is pickled: the pickle opt-in.
+    mixed = pd.DataFrame({"o": [1, "a", None]})
+    pd.testing.assert_frame_equal(codec.loads(codec.dumps({"m": mixed}))["m"], mixed)
     big = codec.dumps(list(range(100_000)))
     assert json.loads(big)[MARKER]["type"] == "pickle" and codec.loads(big) == list(range(100_000))
     with pytest.raises(nbjobs.SerializationError, match="stored with pickle"):

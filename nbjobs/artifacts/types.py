@@ -129,7 +129,8 @@ def _pandas_to_arrow(df: Any) -> Any:
         raise SerializationError(
             f"cannot store this pandas DataFrame as Parquet: {exc}; give every column one "
             "type (object columns of mixed values cannot be written) and unique names, "
-            "or register a type of your own with nbjobs.register_type"
+            "register a type of your own with nbjobs.register_type, or open the app with "
+            "App(..., serializer='pickle'), which pickles what Parquet cannot hold"
         ) from exc
     metadata = dict(table.schema.metadata or {})
     metadata[b"nbjobs"] = json.dumps(extra, sort_keys=True).encode()
