@@ -29,6 +29,7 @@ import pytest
 
 import nbjobs
 from nbjobs.artifacts import MARKER, Reference
+from nbjobs.artifacts.sweep import sweep
 from tests import backends
 from tests.conftest import make_app
 from tests.support import ROOT, wait_until, worker_process
@@ -531,9 +532,9 @@ def test_the_sweep_on_object_storage(s3_endpoint, tmp_path) -> None:
     kept_text = codec.dumps(pd.DataFrame({"a": [1, 2]}))
     dropped_text = codec.dumps(np.arange(5))
     reused_text = codec.dumps(b"reused bytes")
-    assert store.sweep(lambda: [kept_text, reused_text, dropped_text], 0)["deleted"] == 0
-    assert store.sweep(lambda: [], 3600)["deleted"] == 0  # all young
-    report = store.sweep(lambda: [kept_text], 0)
+    assert sweep(store, lambda: [kept_text, reused_text, dropped_text], 0)["deleted"] == 0
+    assert sweep(store, lambda: [], 3600)["deleted"] == 0  # all young
+    report = sweep(store, lambda: [kept_text], 0)
     assert report["deleted"] == 2
     pd.testing.assert_frame_equal(codec.loads(kept_text), pd.DataFrame({"a": [1, 2]}))
     with pytest.raises(nbjobs.ArtifactError, match="is missing"):

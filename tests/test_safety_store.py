@@ -119,7 +119,10 @@ def test_a_full_disk_at_a_checkpoint_is_not_the_workflows_failure(sqlite_url):
     """A checkpoint that cannot be written (disk full) is not seen by the workflow's own
     ``except Exception`` and costs no retry: the job is given back and, once there is
     room again, runs to success with the checkpoint stored."""
-    app = make_app(sqlite_url, retry_backoff_seconds=0.05, retry_backoff_max_seconds=0.2)
+    # No artifact store: the 300 KB value must land in the database row (the disk full).
+    app = make_app(
+        sqlite_url, retry_backoff_seconds=0.05, retry_backoff_max_seconds=0.2, artifacts=False
+    )
     swallowed: list[BaseException] = []
     try:
 

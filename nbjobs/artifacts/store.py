@@ -36,22 +36,17 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from ..errors import ArtifactError, ConfigurationError
+from .layout import FINGERPRINTS, TEMP_FOLDER, TOUCHED
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _CHUNK = 8 * 1024 * 1024
-#: Folder (under a local root) for writes in flight; older files there are crash orphans.
-TEMP_FOLDER = ".tmp"
-#: Folder (under the root) mapping fingerprints of Arrow tables to stored digests.
-FINGERPRINTS = "fingerprints"
-#: Folder (object storage) of markers of reused artifacts (see ``_reuse`` and sweep.py).
-TOUCHED = "touched"
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -280,13 +275,6 @@ class ArtifactStore:
 
     def __repr__(self) -> str:
         return f"ArtifactStore({self.url!r})"
-
-    def check_hosts(self, db_url: str, hosts: Iterable[str]) -> None:
-        """Refuse to serve workers on several ``hosts`` of a server database from a
-        folder private to each host (see :func:`.location.check_hosts`)."""
-        from .location import check_hosts, is_private_folder
-
-        check_hosts(db_url, is_private_folder(self), hosts)
 
     # ------------------------------------------------------------------ names
 
@@ -555,14 +543,6 @@ class ArtifactStore:
         )
 
     # ------------------------------------------------------------ housekeeping
-
-    def sweep(
-        self, referencing_texts: Callable[[], Iterable[str]], grace_seconds: float = 3600.0
-    ) -> dict[str, int]:
-        """Delete the artifacts no stored text refers to any more; see :mod:`.sweep`."""
-        from .sweep import sweep
-
-        return sweep(self, referencing_texts, grace_seconds)
 
     def sweep_temporary(self, older_than: float = 3600.0) -> int:
         """Delete writes in flight older than ``older_than`` seconds (orphans of killed

@@ -41,7 +41,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .store import FINGERPRINTS, TEMP_FOLDER, TOUCHED
+from .layout import FINGERPRINTS, TEMP_FOLDER, TOUCHED
 
 if TYPE_CHECKING:
     from .store import ArtifactStore

@@ -22,6 +22,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ..artifacts.sweep import sweep
 from ..clock import to_datetime
 from ..codec import ARTIFACT_MARKER
 from ..errors import ConfigurationError, NbjobsError, SerializationError
@@ -293,7 +294,7 @@ def sweep_artifacts(runtime: Runtime, grace_seconds: float = SWEEP_GRACE_SECONDS
     artifacts = runtime.codec.artifacts
     if artifacts is None:
         return {"deleted": 0, "bytes": 0, "kept": 0, "temporary": 0}
-    return artifacts.sweep(lambda: runtime.store.texts_containing(ARTIFACT_MARKER), grace_seconds)
+    return sweep(artifacts, lambda: runtime.store.texts_containing(ARTIFACT_MARKER), grace_seconds)
 
 
 class Retention:

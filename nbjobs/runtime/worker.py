@@ -41,6 +41,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..artifacts.location import check_hosts, is_private_folder
 from ..errors import DatabaseLost
 from ..schema import new_token
 from ..store import ClaimedJob
@@ -117,7 +118,7 @@ class Worker:
         if artifacts is not None:
             live = store.list_workers(alive_within=self.settings.stale_after_seconds)
             try:
-                artifacts.check_hosts(str(store.url), [w.host for w in live])
+                check_hosts(str(store.url), is_private_folder(artifacts), [w.host for w in live])
             except BaseException:
                 store.stop_worker(self.id)
                 raise

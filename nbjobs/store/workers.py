@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -11,7 +12,6 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
-from ..codec import digest
 from ..errors import WORKER_LOST_PREFIX
 from ..jobs import FINISHED, Status
 from ..schema import QUEUED_SQL, WAITING_SQL, checkpoints, jobs, queues, worker_workflows, workers
@@ -65,7 +65,8 @@ def _pid_namespace() -> str:
         parts.append(f"{ns.st_dev}:{ns.st_ino}")
     except OSError:
         pass
-    return digest("/".join(parts)) if parts else ""
+    # SHA-256, shortened: an identity to compare, not a secret.
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:16] if parts else ""
 
 
 #: This process's ``_pid_namespace()`` (fixed for its lifetime).
