@@ -113,9 +113,7 @@ def _wait_for_stop_signal() -> None:
 
 @click.command()
 @click.argument("app_target", metavar="APP")
-@click.option(
-    "--concurrency", "-c", type=click.IntRange(min=1), default=4, help="jobs run at once (threads)"
-)
+@click.option("--concurrency", "-c", type=int, default=4, help="jobs run at once (threads)")
 @click.option(
     "--queues",
     "-q",
