@@ -289,12 +289,9 @@ def _targets(
     return ids
 
 
-def _act(
-    ids: Sequence[str],
-    act: Callable[[str], str],
-    as_json: bool,
-) -> None:
-    """Apply ``act`` to each job; report each outcome; exit 1 when any failed."""
+def _act(ids: Sequence[str], act: Callable[[str], str], as_json: bool, *, bulk: bool) -> None:
+    """Apply ``act`` to each job and report each outcome (in bulk, only the failures and
+    the count); exit code 1 when any failed."""
     results: list[dict[str, Any]] = []
     for job_id in ids:
         try:
@@ -305,13 +302,15 @@ def _act(
     if as_json:
         emit_json(results)
     else:
+        alone = len(results) == 1  # its error goes to stderr, once
         for r in results:
-            text = r["status"] if r["ok"] else f"error: {r['error']}"
-            click.echo(printable(f"{r['id']}: {text}"))
-        if len(results) > 1:
+            if (r["ok"] and not bulk) or (not r["ok"] and not alone):
+                text = r["status"] if r["ok"] else f"error: {r['error']}"
+                click.echo(printable(f"{r['id']}: {text}"))
+        if bulk or len(results) > 1:
             click.echo(f"{len(results) - len(failed)} of {len(results)} done")
     if failed:
-        if len(failed) == 1 and len(results) == 1 and not as_json:
+        if len(results) == 1 and not as_json:
             raise OperationFailed(failed[0]["error"])
         raise OperationFailed(f"{len(failed)} of {len(results)} job(s) failed")
 
@@ -349,7 +348,7 @@ def cancel(
                 return "cancelled"
             return f"already {after}: nothing to cancel"
 
-        _act(ids, one, as_json)
+        _act(ids, one, as_json, bulk=not job_ids)
 
 
 @jobs.command()
@@ -388,7 +387,7 @@ def retry(
             app.job(job_id).retry(from_checkpoint=from_step)
             return "queued again" + (f" from {from_step!r}" if from_step else "")
 
-        _act(ids, one, as_json)
+        _act(ids, one, as_json, bulk=not job_ids)
 
 
 @jobs.command()
