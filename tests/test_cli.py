@@ -387,3 +387,41 @@ def test_version_and_python_dash_m_nbjobs():
         cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert done.returncode == 0 and done.stdout.strip() == f"nbjobs {nbjobs.__version__}"
+
+
+# -- the App's reads under the commands, on every backend --------------------------------
+def test_the_reads_under_the_commands(app):
+    @app.workflow(name="wide", queue="wide-q")
+    def wide(cs: nbjobs.CallState) -> None:
+        cs.checkpoint("small", lambda: 7)
+        cs.checkpoint("big", lambda: "x" * 5000)
+
+    app.start(concurrency=1, queues=["wide-q"])
+    done = wide.submit()
+    done.result(timeout=60)
+    app.pause_queue("idle-q")
+    steps = done.checkpoint_info()
+    assert [(c["name"], c["kind"], c["done"], c["attempt"]) for c in steps] == [
+        ("small", "step", True, 1),
+        ("big", "step", True, 1),
+    ]
+    assert steps[0]["value"] == "7" and steps[0]["value_length"] == 1
+    assert len(steps[1]["value"]) < 1000 and steps[1]["value_length"] == 5002  # a preview
+    assert steps[1]["started_at"] <= steps[1]["finished_at"]
+    with pytest.raises(nbjobs.UnknownJob):
+        app.job(done.id).engine.checkpoint_info("no-such-job")
+
+    queues = {q["queue"]: q for q in app.queues()}
+    assert queues["idle-q"]["paused"] is True and queues["wide-q"]["paused"] is False
+
+    now = datetime.now(timezone.utc)
+    rows = app.list_job_rows(
+        ["succeeded", "failed"], "wide", "wide-q", None, since=now - timedelta(hours=1)
+    )
+    assert [r.id for r in rows] == [done.id]
+    assert app.list_job_rows("queued", None, None, None) == []
+    assert app.list_job_rows(None, None, None, 5, since=now + timedelta(hours=1)) == []
+    with pytest.raises(nbjobs.ConfigurationError, match="unknown status 'done'"):
+        app.list_job_rows(["succeeded", "done"], None, None, None)
+    with pytest.raises(nbjobs.ConfigurationError, match="timezone-aware"):
+        app.list_job_rows(None, None, None, None, since=datetime(2026, 1, 1))
