@@ -199,7 +199,7 @@ def test_unknown_ids_are_exit_code_1_and_usage_errors_2(app, db_url):
         assert done.stderr.startswith("nbjobs: error: "), argv
         assert "no-such" in done.stderr and "Traceback" not in done.stderr
     for argv, said in (
-        (["jobs", "list", "--status", "broken"], "unknown status 'broken'"),
+        (["jobs", "list", "--status", "broken"], "'broken' is not one of 'queued'"),
         (["jobs", "list", "--since", "yesterday"], "neither an age"),
         (["jobs", "purge", "--older-than", "7x"], "is not an age"),
         (["jobs", "purge"], "--older-than"),
@@ -379,6 +379,17 @@ def _at_a_terminal(argv: list[str], url: str, answer: str) -> tuple[int, str]:
     finally:
         os.close(main)
     return code, seen.decode(errors="replace")
+
+
+def test_shell_completion_comes_from_click():
+    done = subprocess.run(
+        [sys.executable, "-m", "nbjobs.cli"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        env={**os.environ, "COMP_WORDS": "nbjobs jobs list --status f", "COMP_CWORD": "4",
+             "_NBJOBS_COMPLETE": "bash_complete"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["plain,failed"]
 
 
 def test_version_and_python_dash_m_nbjobs():

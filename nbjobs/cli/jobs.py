@@ -52,8 +52,8 @@ def filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--status",
         multiple=True,
-        metavar="STATUS",
-        help=f"only jobs in this status ({', '.join(STATUSES)}; repeatable)",
+        type=click.Choice(STATUSES),
+        help="only jobs in this status (repeatable)",
     )(fn)
 
 

@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group (click >= 8.2): its help
+            click.echo(exc.format_message(), err=True)
+            return EXIT_USAGE
         _error(exc.format_message())
         if exc.ctx is not None:
             click.echo(f"Try '{exc.ctx.command_path} --help' for help.", err=True)
