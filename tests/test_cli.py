@@ -162,6 +162,7 @@ def test_jobs_list_show_logs_and_retry_from_a_step(app, db_url):
         ("extract", True, '{"rows":3}'),
         ("transform", True, '"shaped"'),
     ]
+    assert _json(cli("jobs", "--url", db_url, "show", bad.id, "--json")) == shown  # --url first
     table = cli("jobs", "show", bad.id, url=db_url)
     assert table.returncode == 0, table.stderr
     assert "Traceback (most recent call last)" in table.stdout
@@ -183,7 +184,7 @@ def test_jobs_list_show_logs_and_retry_from_a_step(app, db_url):
 
 
 @pytest.mark.parametrize("backend", OPERATED)
-def test_unknown_ids_are_exit_code_1_and_usage_errors_2(app, db_url):
+def test_unknown_ids_are_exit_code_1(app, db_url):
     assert cli("migrate", "--url", db_url).returncode == 0
     for argv in (
         ["jobs", "show", "no-such-job"],
@@ -198,7 +199,11 @@ def test_unknown_ids_are_exit_code_1_and_usage_errors_2(app, db_url):
         assert done.returncode == 1, (argv, done.stderr)
         assert done.stderr.startswith("nbjobs: error: "), argv
         assert "no-such" in done.stderr and "Traceback" not in done.stderr
-    for argv, said in (
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
         (["jobs", "list", "--status", "broken"], "'broken' is not one of 'queued'"),
         (["jobs", "list", "--since", "yesterday"], "neither an age"),
         (["jobs", "purge", "--older-than", "7x"], "is not an age"),
@@ -208,11 +213,17 @@ def test_unknown_ids_are_exit_code_1_and_usage_errors_2(app, db_url):
         (["jobs", "--status", "failed", "retry"], "after the subcommand"),
         (["jobs", "frobnicate"], "No such command"),
         (["queues", "pause", "a,b"], "queue"),
-    ):
-        done = cli(*argv, url=db_url)
-        assert done.returncode == 2, (argv, done.stderr)
-        assert done.stderr.startswith("nbjobs: error: ") and said in done.stderr, done.stderr
-        assert "Traceback" not in done.stderr
+        (["signal", "some-id", "go", "{by: ana}"], "is not valid JSON"),
+    ],
+)
+def test_usage_errors_are_exit_code_2(sqlite_app, argv, said, capsys):
+    """In-process (``main(argv)``, as the entry point calls it): one line on stderr."""
+    from nbjobs.cli import main
+
+    assert main([*argv, "--url", sqlite_app.url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nbjobs: error: ") and said in err, err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("backend", OPERATED)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import sys
@@ -46,11 +47,26 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_LEVEL_HELP = "logging level (env NBJOBS_LOG_LEVEL)"
 
 
+#: Whether this command set up the process's logging (then a later --log-level changes it).
+_LOGGING = {"ours": False}
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr at ``level``, when the process has no logging set up (the command run
+    as a program); a process that set up its own (``main()`` called from Python) keeps it."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        _LOGGING["ours"] = True
+    elif _LOGGING["ours"]:
+        root.setLevel(level.upper())
+
+
 def _set_log_level(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
     if value:
-        import logging
-
-        logging.getLogger().setLevel(value.upper())
+        configure_logging(value)
 
 
 def log_level_option(fn: F) -> F:

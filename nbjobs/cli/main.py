@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
 import click
 
 from ..errors import NbjobsError, UnknownJob
-from .common import EXIT_FAILED, EXIT_USAGE, LOG_LEVEL_HELP, LOG_LEVELS, OperationFailed
+from .common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    LOG_LEVEL_HELP,
+    LOG_LEVELS,
+    OperationFailed,
+    configure_logging,
+    printable,
+)
 from .jobs import jobs
 from .operate import queues, schedules, signal, workers
 from .serve import dashboard, demo, migrate, worker
@@ -41,10 +48,7 @@ def _version() -> str:
     help=LOG_LEVEL_HELP,
 )
 def cli(log_level: str) -> None:
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger().setLevel(log_level.upper())
+    configure_logging(log_level)
 
 
 for command in (worker, dashboard, demo, jobs, migrate, queues, schedules, signal, workers):
@@ -52,14 +56,8 @@ for command in (worker, dashboard, demo, jobs, migrate, queues, schedules, signa
 
 
 def _error(message: str) -> None:
-    text = "\n".join(_printable(line) for line in message.splitlines())
+    text = "\n".join(printable(line) for line in message.splitlines())
     click.echo(f"nbjobs: error: {text}", err=True)
-
-
-def _printable(text: str) -> str:
-    from .common import printable
-
-    return printable(text)
 
 
 def main(argv: list[str] | None = None) -> int:
