@@ -94,12 +94,15 @@ def list_jobs(
     if as_json:
         emit_json([record(r) for r in rows])
         return
-    click.echo(f"{'id':26} {'workflow':24} {'status':10} {'attempts':>8}  error")
+    click.echo(
+        f"{'id':26} {'workflow':24} {'status':10} {'queue':12} {'attempts':>8}  "
+        f"{'created (UTC)':19}  error"
+    )
     for r in rows:
-        workflow_name = printable(r.workflow)
+        workflow_name, queue_name = printable(r.workflow), printable(r.queue)
         click.echo(
-            printable(f"{r.id:26} {workflow_name[:24]:24} {r.status:10} {r.attempts:>8}  ")
-            + printable(_first_line(r.error))
+            f"{r.id:26} {workflow_name[:24]:24} {r.status:10} {queue_name[:12]:12} "
+            f"{r.attempts:>8}  {shown_time(r.created_at):19}  {printable(_first_line(r.error))}"
         )
 
 
@@ -128,8 +131,10 @@ def jobs(
         list_jobs(url, status, workflow, queue, since, limit, as_json)
         return
     given = [f"--{name}" for name in FILTERS if ctx.params.get(name)]
-    if as_json or ctx.get_parameter_source("limit") != click.core.ParameterSource.DEFAULT:
-        given += ["--json"] if as_json else ["--limit"]
+    if ctx.get_parameter_source("limit") != click.core.ParameterSource.DEFAULT:
+        given.append("--limit")
+    if as_json:
+        given.append("--json")
     if given:
         raise click.UsageError(
             f"put {', '.join(given)} after the subcommand: nbjobs jobs "
