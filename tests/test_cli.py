@@ -199,6 +199,17 @@ def test_unknown_ids_are_exit_code_1(app, db_url):
         assert done.returncode == 1, (argv, done.stderr)
         assert done.stderr.startswith("nbjobs: error: "), argv
         assert "no-such" in done.stderr and "Traceback" not in done.stderr
+    # Several ids: each is tried and reported; one unknown id makes the exit code 1.
+    real = submit_elsewhere(db_url, "idle")
+    mixed = cli("jobs", "cancel", real, "no-such-job", url=db_url)
+    assert mixed.returncode == 1
+    assert mixed.stdout.splitlines() == [
+        f"{real}: cancelled",
+        "no-such-job: error: no job with id 'no-such-job'",
+        "1 of 2 done",
+    ]
+    assert mixed.stderr == "nbjobs: error: 1 of 2 job(s) failed\n"
+    assert app.job(real).status == "cancelled"
 
 
 @pytest.mark.parametrize(
