@@ -250,20 +250,41 @@ class App:
         return JobList(JobHandle(self._engine, r.id) for r in rows)
 
     def list_job_rows(
-        self, status: str | None, workflow: str | None, queue: str | None, limit: int
+        self,
+        status: str | Sequence[str] | None,
+        workflow: str | None,
+        queue: str | None,
+        limit: int | None,
+        *,
+        since: Any = None,
     ) -> Sequence[Row]:
         """The store's rows of ``jobs()``, its filters checked first (a clear error, never a
-        database one); for views that print rows (the CLI) rather than handles."""
-        if status is not None and status not in {s.value for s in Status}:
-            raise ConfigurationError(
-                f"unknown status {status!r}; one of {', '.join(s.value for s in Status)}"
-            )
+        database one); for views that print rows (the CLI) rather than handles.
+
+        ``status`` may be one status or several; ``since`` (a timezone-aware datetime or
+        epoch seconds) keeps the jobs created at or after it; ``limit=None`` returns every
+        matching job.
+        """
+        statuses = [status] if isinstance(status, str) else status
+        known = {s.value for s in Status}
+        for one in statuses or ():
+            if one not in known:
+                raise ConfigurationError(
+                    f"unknown status {one!r}; one of {', '.join(s.value for s in Status)}"
+                )
         if workflow is not None:
             check_name("workflow", workflow)
         if queue is not None:
             check_name("queue", queue)
-        check_number("limit", limit, 1, integer=True)
-        return self.store.list_jobs(status=status, workflow=workflow, queue=queue, limit=limit)
+        check_number("limit", limit, 1, integer=True, optional=True)
+        since = None if since is None else check_time("since", since)
+        return self.store.list_jobs(
+            status=None if statuses is None else list(statuses),
+            workflow=workflow,
+            queue=queue,
+            since=since,
+            limit=limit,
+        )
 
     def jobs_frame(
         self,
@@ -384,6 +405,11 @@ class App:
         window = alive_within if alive_within is not None else 2 * self.stale_after_seconds
         return self._engine.workers(window)
 
+    def queues(self) -> list[dict[str, Any]]:
+        """Every known queue (with active jobs, paused, or served by a live worker): its
+        queued jobs, those ready now, running and waiting jobs, and whether it is paused."""
+        return self.store.queue_depths()
+
     def pause_queue(self, queue: str) -> None:
         """Hold a queue: no worker anywhere claims its jobs until ``resume_queue``."""
         self.store.set_queue_paused(check_name("queue", queue), True)
@@ -453,6 +479,12 @@ class App:
         policy.  Resuming a schedule that is not paused changes nothing.
         """
         self._schedules.set_paused(name, False)
+
+    def run_schedule(self, name: str) -> JobHandle:
+        """Fire the schedule ``name`` once, now, whether paused or not; its cron ticks go
+        on as before and this run becomes its last run.  Raises ``ConfigurationError`` for
+        an unknown schedule."""
+        return JobHandle(self._engine, self._schedules.run_now(name))
 
     def schedules(self) -> list[dict[str, Any]]:
         """Every schedule: name, cron, timezone, next run, last run, last status, paused.

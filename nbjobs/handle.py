@@ -67,6 +67,12 @@ class JobHandle:
             if r.done
         }
 
+    def checkpoint_info(self) -> list[dict[str, Any]]:
+        """One dict per checkpoint, in order, without loading any value: ``name``,
+        ``kind``, ``done``, ``attempt``, ``started_at``, ``finished_at`` (datetimes),
+        ``value`` (the stored form, cut to a preview) and ``value_length``."""
+        return self.engine.checkpoint_info(self.id)
+
     @property
     def attempts(self) -> list[dict[str, Any]]:
         """One dict per attempt: worker, start, end, outcome, error, traceback."""

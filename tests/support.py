@@ -108,10 +108,14 @@ def wait_until(
 
 
 def cli(*args: str, url: str | None = None, env: dict[str, str] | None = None, timeout: float = 60):
-    """Run ``python -m nbjobs.cli ARGS`` to completion; returns the CompletedProcess."""
+    """Run ``python -m nbjobs.cli ARGS`` to completion; returns the CompletedProcess.
+
+    Its stdin is empty, never the terminal of the test run: a command that would ask
+    for confirmation sees no terminal, as under cron or CI."""
     return subprocess.run(
         [sys.executable, "-m", "nbjobs.cli", *args],
         cwd=ROOT,
+        stdin=subprocess.DEVNULL,
         env=_env(url, env),
         capture_output=True,
         text=True,

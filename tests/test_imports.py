@@ -27,6 +27,12 @@ def test_import_does_not_pull_in_ui_or_dataframe_libraries():
     assert not set(HEAVY) & _modules_after("import nbjobs")
 
 
+def test_the_command_line_library_loads_only_with_the_command():
+    """click is imported by ``nbjobs.cli``, which only the ``nbjobs`` command imports."""
+    assert "click" not in _modules_after("import nbjobs")
+    assert "click" in _modules_after("import nbjobs.cli")
+
+
 def test_running_a_worker_does_not_pull_them_in_either(tmp_path):
     code = f"""
 import nbjobs

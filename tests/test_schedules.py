@@ -289,6 +289,30 @@ def test_pause_and_resume(sapp: nbjobs.App, clock: FakeClock) -> None:
     assert fired(sapp, "ten") == [at(2024, 1, 1, 10, 40)]
 
 
+def test_run_schedule_fires_once_now_and_leaves_its_ticks_alone(
+    sapp: nbjobs.App, clock: FakeClock
+) -> None:
+    sapp.schedule("ten", "report", cron="*/10 * * * *", args=("eu",), queue="reports")
+    sapp.pause_schedule("ten")
+    clock.set(at(2024, 1, 1, 10, 3))
+    run = sapp.run_schedule("ten")  # paused or not: the operator asked for it
+    info = run.info()
+    assert (info["status"], info["schedule"], info["queue"]) == ("queued", "ten", "reports")
+    assert info["tick_at"] == utc(at(2024, 1, 1, 10, 3))
+    assert run.input == {"args": ["eu"], "kwargs": {}}
+    row = only(sapp)
+    assert row["last_run"] == utc(at(2024, 1, 1, 10, 3)) and row["last_job_id"] == run.id
+    assert row["last_status"] == "queued" and row["paused"] is True
+    sapp.resume_schedule("ten")
+    assert only(sapp)["next_run"] == utc(at(2024, 1, 1, 10, 10))
+    assert Scheduler(sapp.runtime).tick() == 0
+    clock.set(at(2024, 1, 1, 10, 10, 1))
+    assert Scheduler(sapp.runtime).tick() == 1
+    assert fired(sapp, "ten") == [at(2024, 1, 1, 10, 3), at(2024, 1, 1, 10, 10)]
+    with pytest.raises(ConfigurationError, match="no schedule named 'nope'"):
+        sapp.run_schedule("nope")
+
+
 def test_redefinition_updates_by_name(sapp: nbjobs.App, clock: FakeClock) -> None:
     sapp.schedule("job", "report", cron="0 * * * *", args=("a",))
     clock.set(at(2024, 1, 1, 10, 5))

@@ -138,10 +138,10 @@ def test_actions_are_refused_without_a_login_when_auth_is_configured(sqlite_app)
 
 
 def test_the_cli_dashboard_binds_127_0_0_1_by_default() -> None:
-    from nbjobs.cli import build_parser
+    from nbjobs.cli import cli
 
-    args = build_parser().parse_args(["dashboard"])
-    assert args.address == "127.0.0.1"
+    ctx = cli.commands["dashboard"].make_context("dashboard", [])
+    assert ctx.params["address"] == "127.0.0.1"
 
 
 # -- passwords never leak -------------------------------------------------------------

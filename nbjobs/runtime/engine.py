@@ -191,6 +191,15 @@ class Engine:
         """One readable dict per attempt of the job, oldest first."""
         return [readable(r, _ATTEMPT_TIMES) for r in self.store.job_attempts(job_id)]
 
+    def checkpoint_info(self, job_id: str) -> list[dict[str, Any]]:
+        """Readable checkpoint previews of the job (see ``JobHandle.checkpoint_info``)."""
+        out = []
+        for r in self.store.checkpoint_previews(job_id):
+            row = readable(r, _ATTEMPT_TIMES)
+            row.pop("job_id", None)
+            out.append(row)
+        return out
+
     def workers(self, alive_within: float) -> list[dict[str, Any]]:
         """The readable worker registry (``queues`` as a list)."""
         out = []

@@ -203,6 +203,16 @@ class Scheduler:
             "last_job_id": row.last_job_id,
         }
 
+    def run_now(self, name: str) -> str:
+        """Fire the schedule ``name`` once, now (paused or not); its cron ticks go on as
+        before.  Returns the new job's id."""
+        row = self._row(name)
+        job_id = self.runtime.store.fire_schedule_now(name=row.name, job=self._job_fields(row))
+        if job_id is None:  # removed meanwhile
+            raise ConfigurationError(f"no schedule named {name!r}")
+        self.runtime.wake()
+        return job_id
+
     # -- firing ------------------------------------------------------------------------
     def tick(self, queues: list[str] | None = None) -> int:
         """Fire due ticks (called by every worker's monitor; exactly once per tick).

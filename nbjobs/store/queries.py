@@ -51,10 +51,13 @@ class JobReads(CoreStore):
         workflow: str | None = None,
         queue: str | None = None,
         parent_id: str | None = None,
-        limit: int = 100,
+        since: float | None = None,
+        limit: int | None = 100,
         offset: int = 0,
         newest_first: bool = True,
     ) -> Sequence[Row]:
+        """Job summaries, newest first (or oldest), filtered; ``since`` keeps the jobs
+        created at or after that epoch time, ``limit=None`` every match."""
         stmt = select(*JOB_SUMMARY)
         if status is not None:
             statuses = [status] if isinstance(status, str) else list(status)
@@ -65,6 +68,8 @@ class JobReads(CoreStore):
             stmt = stmt.where(jobs.c.queue == queue)
         if parent_id is not None:
             stmt = stmt.where(jobs.c.parent_id == parent_id)
+        if since is not None:
+            stmt = stmt.where(jobs.c.created_at >= since)
         order = jobs.c.created_at.desc() if newest_first else jobs.c.created_at
         stmt = stmt.order_by(order, jobs.c.id.desc() if newest_first else jobs.c.id)
         with self._read() as conn:

@@ -249,6 +249,40 @@ class ScheduleQueries(CoreStore):
             )
         return ids
 
+    def fire_schedule_now(self, *, name: str, job: dict[str, Any]) -> str | None:
+        """Enqueue one run of a schedule now, outside its cron ticks; returns the job's id.
+
+        The schedule's next tick is left as it is; its last run becomes this job.  None
+        when there is no schedule of that name.  The job carries the schedule's name and
+        ``tick_at`` = now, so it shows in the schedule's history.
+        """
+        now = self.now()
+        job_id = new_id()
+        with self._write() as conn:
+            found = conn.execute(
+                update(schedules)
+                .where(schedules.c.name == name)
+                .values(last_fire_at=now, last_job_id=job_id, updated_at=now)
+            )
+            if found.rowcount != 1:
+                return None
+            conn.execute(
+                insert(jobs).values(
+                    dict(
+                        job,
+                        id=job_id,
+                        root_id=job_id,
+                        status=Status.QUEUED.value,
+                        run_at=now,
+                        schedule=name,
+                        tick_at=now,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            )
+        return job_id
+
     def schedule_jobs(self, name: str, *, limit: int = 100) -> Sequence[Row]:
         """A schedule's jobs, latest tick first (its history, for the dashboard)."""
         with self._read() as conn:
