@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ..errors import ConfigurationError
+from .. import ConfigurationError
 
 if TYPE_CHECKING:
     from ..app import App

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import NbjobsError
+from .. import NbjobsError
 from ..jobs import ACTIVE, Status
 from .common import (
     OperationFailed,

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from ..errors import NbjobsError, UnknownJob
+from .. import NbjobsError, UnknownJob
 from .common import (
     EXIT_FAILED,
     EXIT_USAGE,

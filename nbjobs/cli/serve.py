@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from ..errors import ConfigurationError
+from .. import ConfigurationError
 from .common import (
     command_url,
     existing_database,
