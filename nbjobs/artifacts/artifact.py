@@ -1,0 +1,277 @@
+"""What users see of a stored artifact: :class:`Artifact` and bounded previews.
+
+``h.artifact("features")`` and ``h.artifacts()`` return :class:`Artifact` objects, which
+show the type, shape, size and URI of an artifact without loading it, ``head()`` reads
+its first rows, and ``load()`` the whole value (verified against its digest).
+
+A preview reads only what it shows: a Parquet file's footer and first record batch
+(of at most :data:`PREVIEW_COLUMNS` columns, so a 640 MB frame costs a few kilobytes
+plus its first row group's chunks), a ``.npy`` file's header and first rows, the first
+bytes of anything else.  A preview is not checked against the digest (that would read
+the whole file): it is for looking, ``load()`` is for using.  Everything the HTML shows
+is escaped, since column names and values are user data.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any
+
+from .reference import JSON_TYPE, MARKER, PICKLE_TYPE, Reference
+from .types import SUMMARY_COLUMNS
+
+if TYPE_CHECKING:
+    from .store import ArtifactStore
+
+#: Rows a preview shows.
+PREVIEW_ROWS = 5
+#: Columns a preview shows at most (the summary lists their dtypes).
+PREVIEW_COLUMNS = SUMMARY_COLUMNS
+#: Inline styles: a notebook's output area has no stylesheet of ours.
+_TABLE = "border-collapse:collapse;font-size:12px;margin:2px 0"
+_CELL = "text-align:left;padding:2px 8px 2px 0;border-bottom:1px solid #e5e7eb;white-space:nowrap"
+_MUTED = "color:#6b7280;font-size:12px"
+_PRE = (
+    "font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px;margin:2px 0;"
+    "white-space:pre-wrap;max-height:12em;overflow:auto"
+)
+#: Characters of one preview cell, and bytes of a bytes/JSON preview.
+CELL_CHARS = 60
+TEXT_BYTES = 400
+_PARQUET_TYPES = ("pandas.DataFrame", "polars.DataFrame", "pyarrow.Table")
+
+
+def human_size(size: int | None) -> str:
+    """``512 B``, ``12.3 kB``, ``640.0 MB`` (decimal units, as ``ls -h --si``)."""
+    if size is None:
+        return ""
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def shape_text(ref: Reference) -> str:
+    """``1,000 x 3`` for a shape, the file name for a File, else empty."""
+    if ref.shape is not None:
+        return " x ".join(f"{n:,}" for n in ref.shape)
+    name = ref.summary.get("name")
+    if isinstance(name, str):
+        return f"{name}/" if ref.summary.get("folder") else name
+    return ""
+
+
+def _open(ref: Reference, store: ArtifactStore) -> IO[bytes]:
+    path = store.path(ref.sha256, ref.suffix)
+    return open(path, "rb") if store.local else store.fs.open(path, "rb")
+
+
+def head(ref: Reference, store: ArtifactStore, rows: int = PREVIEW_ROWS) -> Any:
+    """The first ``rows`` rows of a frame or table (a pandas DataFrame of at most
+    :data:`PREVIEW_COLUMNS` columns), or of an array; the first bytes of anything else.
+    Reads only those rows, unverified."""
+    if ref.type in _PARQUET_TYPES:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        with _open(ref, store) as f:
+            parquet = pq.ParquetFile(f)
+            schema = parquet.schema_arrow
+            columns = schema.names[:PREVIEW_COLUMNS]
+            batch = next(parquet.iter_batches(batch_size=max(rows, 1), columns=columns), None)
+            if batch is None:
+                fields = [schema.field(c) for c in columns]
+                batch = pa.RecordBatch.from_pylist([], schema=pa.schema(fields))
+            table = pa.Table.from_batches([batch]).slice(0, rows)
+            return table.to_pandas()
+    if ref.type == "numpy.ndarray":
+        import numpy as np
+
+        with _open(ref, store) as f:
+            fmt = np.lib.format
+            version = fmt.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                return None
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+            if fortran or dtype.hasobject:
+                return None
+            first = min(rows, shape[0]) if shape else 1
+            per_row = int(np.prod(shape[1:], dtype=np.int64)) if shape else 1
+            data = f.read(first * per_row * dtype.itemsize)
+            array = np.frombuffer(data, dtype=dtype)
+            return array.reshape((first, *shape[1:])) if shape else array.reshape(())
+    if ref.type in ("nbjobs.File", PICKLE_TYPE) and ref.summary.get("folder"):
+        return None
+    with _open(ref, store) as f:
+        return f.read(TEXT_BYTES)
+
+
+def _cell(value: Any) -> str:
+    text = str(value)
+    if len(text) > CELL_CHARS:
+        text = text[: CELL_CHARS - 1] + "\u2026"
+    return html.escape(text)
+
+
+def preview_html(ref: Reference, store: ArtifactStore | None, rows: int = PREVIEW_ROWS) -> str:
+    """An artifact's dtypes and first rows as a small escaped HTML table (or its first
+    bytes); a short note when it cannot be read (missing, or no store)."""
+    if store is None:
+        return f'<div class="nbj-muted" style="{_MUTED}">no artifact store to preview from</div>'
+    try:
+        first = head(ref, store, rows)
+    except Exception as exc:  # a missing file or a library not installed: say so, briefly
+        return (
+            f'<div class="nbj-muted nbj-preview-error" style="{_MUTED}">no preview: '
+            f"{html.escape(type(exc).__name__)}: {_cell(exc)}</div>"
+        )
+    if first is None:
+        return ""
+    columns = ref.summary.get("columns") or {}
+    if hasattr(first, "columns"):  # a pandas frame (the head of a table)
+        dtypes = {str(c): str(t) for c, t in first.dtypes.items()}
+        names = [str(c) for c in first.columns]
+        heads = "".join(f'<th style="{_CELL}">{_cell(c)}</th>' for c in names)
+        types = "".join(
+            f'<td style="{_CELL};{_MUTED}">{_cell(columns.get(c, dtypes.get(c, "")))}</td>'
+            for c in names
+        )
+        body = "".join(
+            "<tr>" + "".join(f'<td style="{_CELL}">{_cell(v)}</td>' for v in row) + "</tr>"
+            for row in first.itertuples(index=False, name=None)
+        )
+        more = ref.summary.get("more_columns") or 0
+        shape = ref.shape
+        notes = []
+        if shape and shape[0] > len(first):
+            notes.append(f"first {len(first):,} of {shape[0]:,} rows")
+        if more:
+            notes.append(f"{more:,} more columns")
+        note = f'<div style="{_MUTED}">{", ".join(notes)}</div>' if notes else ""
+        return (
+            f'<div class="nbj-preview" style="overflow-x:auto"><table style="{_TABLE}">'
+            f'<tr>{heads}</tr><tr class="nbj-dtypes">{types}</tr>{body}</table>{note}</div>'
+        )
+    if isinstance(first, bytes):
+        if ref.type == JSON_TYPE:
+            shown = first.decode("utf-8", "replace")
+        else:
+            shown = first.hex(" ") if ref.type in ("bytes", PICKLE_TYPE) else repr(first)
+        cut = "\u2026" if ref.size > len(first) else ""
+        return (
+            f'<pre class="nbj-preview" style="{_PRE}">{html.escape(shown[:TEXT_BYTES])}{cut}</pre>'
+        )
+    text = repr(first)
+    return f'<pre class="nbj-preview" style="{_PRE}">{html.escape(text[: TEXT_BYTES * 2])}</pre>'
+
+
+class Artifact:
+    """A value a job stored out of its database row: a DataFrame, an array, a file...
+
+    ``type`` (``pandas.DataFrame``...), ``shape`` (None when the type has none),
+    ``size`` (bytes stored), ``sha256`` (the content's digest, also its file name),
+    ``uri`` (readable by other tools: ``pd.read_parquet(a.uri)``,
+    ``duckdb.sql(f"select * from '{a.uri}'")``) and ``summary`` (the column dtypes, or
+    a file's name) come from the row without reading the artifact.  ``head()`` reads its
+    first rows; ``load()`` reads the whole value, checked against its digest.
+
+    ``job_id``, ``step`` (the checkpoint's name, or ``"input"`` / ``"result"``),
+    ``kind`` (``step``, ``input`` or ``result``) and ``within`` (where in the stored value
+    the artifact sits: ``""`` for the whole value, else a subscript such as
+    ``['frame']``) say where it was found.
+    """
+
+    def __init__(
+        self,
+        reference: Reference,
+        *,
+        job_id: str,
+        kind: str,
+        step: str,
+        within: str = "",
+        store: ArtifactStore | None = None,
+        loads: Callable[..., Any] | None = None,
+    ) -> None:
+        self.reference = reference
+        self.job_id = job_id
+        self.kind = kind
+        self.step = step
+        self.within = within
+        self._store = store
+        self._loads = loads
+
+    type = property(lambda self: self.reference.type, doc="The stored type's name.")
+    sha256 = property(lambda self: self.reference.sha256, doc="The content's SHA-256.")
+    size = property(lambda self: self.reference.size, doc="Bytes stored.")
+    uri = property(lambda self: self.reference.uri, doc="Where other tools read it.")
+    summary = property(lambda self: dict(self.reference.summary), doc="Dtypes, or a name.")
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        """``(rows, columns)`` of a frame or table, an array's shape; else None."""
+        return self.reference.shape
+
+    def _where(self) -> str:
+        what = "checkpoint" if self.kind == "step" else "its"
+        name = f"{self.step!r}" if self.kind == "step" else self.kind
+        return f"job {self.job_id}, {what} {name}{self.within}"
+
+    def load(self) -> Any:
+        """The value, read from the store and verified (``ArtifactError`` when it is
+        missing or corrupt, naming the job, the step and the URI)."""
+        if self._loads is None:
+            from ..errors import ArtifactError
+
+            raise ArtifactError(f"{self._where()}: no artifact store to load {self.uri} from")
+        text = json.dumps({MARKER: self.reference.to_dict()})
+        return self._loads(text, where=self._where())
+
+    def head(self, rows: int = PREVIEW_ROWS) -> Any:
+        """The first ``rows`` rows (a pandas DataFrame for frames and tables, an array
+        for arrays; the first bytes of anything else), read without loading the rest."""
+        if self._store is None:
+            from ..errors import ArtifactError
+
+            raise ArtifactError(f"{self._where()}: no artifact store to read {self.uri} from")
+        return head(self.reference, self._store, rows)
+
+    def __repr__(self) -> str:
+        shape = shape_text(self.reference)
+        parts = [self.type, f"({shape})" if shape else "", human_size(self.size), self.uri]
+        return f"<Artifact {' '.join(p for p in parts if p)}>"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Artifact):
+            return NotImplemented
+        key = (self.job_id, self.kind, self.step, self.within, self.reference)
+        return key == (other.job_id, other.kind, other.step, other.within, other.reference)
+
+    def __hash__(self) -> int:
+        return hash((self.job_id, self.kind, self.step, self.within, self.sha256))
+
+    def _repr_html_(self) -> str:
+        return artifact_html(self.reference, self._store, where=self._where())
+
+
+def facts(ref: Reference) -> str:
+    """``pandas.DataFrame · 1,000 x 3 · 24.1 kB``: escaped, without reading the file."""
+    shape = shape_text(ref)
+    return " · ".join(html.escape(p) for p in (ref.type, shape, human_size(ref.size)) if p)
+
+
+def artifact_html(
+    ref: Reference, store: ArtifactStore | None, *, where: str = "", preview: bool = True
+) -> str:
+    """An artifact for a notebook cell: its facts, URI and (bounded) preview."""
+    title = f'<div style="{_MUTED}">{html.escape(where)}</div>' if where else ""
+    body = preview_html(ref, store) if preview else ""
+    return (
+        '<div class="nbj-artifact" style="font-family:system-ui,-apple-system,sans-serif;'
+        f'font-size:13px">{title}<div><b>{facts(ref)}</b></div>'
+        f'<div style="{_PRE}">{html.escape(ref.uri)}</div>{body}</div>'
+    )
