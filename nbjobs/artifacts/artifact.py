@@ -4,10 +4,9 @@
 show the type, shape, size and URI of an artifact without loading it, ``head()`` reads
 its first rows, and ``load()`` the whole value (verified against its digest).
 
-A preview reads only what it shows: a Parquet file's footer and first record batch
-(of at most :data:`PREVIEW_COLUMNS` columns, so a 640 MB frame costs a few kilobytes
-plus its first row group's chunks), a ``.npy`` file's header and first rows, the first
-bytes of anything else.  A preview is not checked against the digest (that would read
+A preview reads only what it shows: a Parquet file's footer and the first data page
+of at most :data:`PREVIEW_COLUMNS` columns (about a megabyte a column, however big the
+frame), a ``.npy`` file's header and first rows, the first bytes of anything else.  A preview is not checked against the digest (that would read
 the whole file): it is for looking, ``load()`` is for using.  Everything the HTML shows
 is escaped, since column names and values are user data.
 """
@@ -31,7 +30,7 @@ PREVIEW_ROWS = 5
 PREVIEW_COLUMNS = SUMMARY_COLUMNS
 #: Inline styles: a notebook's output area has no stylesheet of ours.
 _TABLE = "border-collapse:collapse;font-size:12px;margin:2px 0"
-_CELL = "text-align:left;padding:2px 8px 2px 0;border-bottom:1px solid #e5e7eb;white-space:nowrap"
+_CELL = "text-align:left;padding:1px 8px 1px 0;white-space:nowrap"
 _MUTED = "color:#6b7280;font-size:12px"
 _PRE = (
     "font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px;margin:2px 0;"
@@ -40,6 +39,7 @@ _PRE = (
 #: Characters of one preview cell, and bytes of a bytes/JSON preview.
 CELL_CHARS = 60
 TEXT_BYTES = 400
+_PAGE_BUFFER = 64 * 1024
 _PARQUET_TYPES = ("pandas.DataFrame", "polars.DataFrame", "pyarrow.Table")
 
 
@@ -79,7 +79,9 @@ def head(ref: Reference, store: ArtifactStore, rows: int = PREVIEW_ROWS) -> Any:
         import pyarrow.parquet as pq
 
         with _open(ref, store) as f:
-            parquet = pq.ParquetFile(f)
+            # Page by page (no pre-buffering of the whole row group): the first rows
+            # cost the footer and a data page per column, not the first row group.
+            parquet = pq.ParquetFile(f, pre_buffer=False, buffer_size=_PAGE_BUFFER)
             schema = parquet.schema_arrow
             columns = schema.names[:PREVIEW_COLUMNS]
             batch = next(parquet.iter_batches(batch_size=max(rows, 1), columns=columns), None)
@@ -136,7 +138,9 @@ def preview_html(ref: Reference, store: ArtifactStore | None, rows: int = PREVIE
     if hasattr(first, "columns"):  # a pandas frame (the head of a table)
         dtypes = {str(c): str(t) for c, t in first.dtypes.items()}
         names = [str(c) for c in first.columns]
-        heads = "".join(f'<th style="{_CELL}">{_cell(c)}</th>' for c in names)
+        heads = "".join(
+            f'<th style="{_CELL};border-bottom:1px solid #d1d5db">{_cell(c)}</th>' for c in names
+        )
         types = "".join(
             f'<td style="{_CELL};{_MUTED}">{_cell(columns.get(c, dtypes.get(c, "")))}</td>'
             for c in names
