@@ -40,6 +40,8 @@ _PRE = (
 CELL_CHARS = 60
 TEXT_BYTES = 400
 _PAGE_BUFFER = 64 * 1024
+#: Types whose preview is their first bytes (as text for JSON and files, else hex).
+_BYTE_TYPES = ("bytes", "nbjobs.File", JSON_TYPE, PICKLE_TYPE)
 _PARQUET_TYPES = ("pandas.DataFrame", "polars.DataFrame", "pyarrow.Table")
 
 
@@ -72,8 +74,9 @@ def _open(ref: Reference, store: ArtifactStore) -> IO[bytes]:
 
 def head(ref: Reference, store: ArtifactStore, rows: int = PREVIEW_ROWS) -> Any:
     """The first ``rows`` rows of a frame or table (a pandas DataFrame of at most
-    :data:`PREVIEW_COLUMNS` columns), or of an array; the first bytes of anything else.
-    Reads only those rows, unverified."""
+    :data:`PREVIEW_COLUMNS` columns) or of an array; the first bytes of bytes, a file
+    and spilled JSON; None for a folder and for types registered with
+    ``register_type``.  Reads only those, unverified."""
     if ref.type in _PARQUET_TYPES:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -107,8 +110,8 @@ def head(ref: Reference, store: ArtifactStore, rows: int = PREVIEW_ROWS) -> Any:
             data = f.read(first * per_row * dtype.itemsize)
             array = np.frombuffer(data, dtype=dtype)
             return array.reshape((first, *shape[1:])) if shape else array.reshape(())
-    if ref.type in ("nbjobs.File", PICKLE_TYPE) and ref.summary.get("folder"):
-        return None
+    if ref.type not in _BYTE_TYPES or ref.summary.get("folder"):
+        return None  # a folder, or a type registered by the user: no generic preview
     with _open(ref, store) as f:
         return f.read(TEXT_BYTES)
 
@@ -162,10 +165,10 @@ def preview_html(ref: Reference, store: ArtifactStore | None, rows: int = PREVIE
             f'<tr>{heads}</tr><tr class="nbj-dtypes">{types}</tr>{body}</table>{note}</div>'
         )
     if isinstance(first, bytes):
-        if ref.type == JSON_TYPE:
+        if ref.type in ("bytes", PICKLE_TYPE):
+            shown = first.hex(" ")
+        else:  # JSON text, or a file: as text, undecodable bytes replaced
             shown = first.decode("utf-8", "replace")
-        else:
-            shown = first.hex(" ") if ref.type in ("bytes", PICKLE_TYPE) else repr(first)
         cut = "\u2026" if ref.size > len(first) else ""
         return (
             f'<pre class="nbj-preview" style="{_PRE}">{html.escape(shown[:TEXT_BYTES])}{cut}</pre>'
@@ -209,11 +212,32 @@ class Artifact:
         self._store = store
         self._loads = loads
 
-    type = property(lambda self: self.reference.type, doc="The stored type's name.")
-    sha256 = property(lambda self: self.reference.sha256, doc="The content's SHA-256.")
-    size = property(lambda self: self.reference.size, doc="Bytes stored.")
-    uri = property(lambda self: self.reference.uri, doc="Where other tools read it.")
-    summary = property(lambda self: dict(self.reference.summary), doc="Dtypes, or a name.")
+    @property
+    def type(self) -> str:
+        """The stored type's name: ``pandas.DataFrame``, ``numpy.ndarray``, ``bytes``,
+        ``nbjobs.File``, ``json`` (a value spilled out of its row)..."""
+        return self.reference.type
+
+    @property
+    def sha256(self) -> str:
+        """The SHA-256 of the stored bytes (also the file's name)."""
+        return self.reference.sha256
+
+    @property
+    def size(self) -> int:
+        """Bytes stored."""
+        return self.reference.size
+
+    @property
+    def uri(self) -> str:
+        """Where other tools read it: a local path, or an ``s3://``-style URL."""
+        return self.reference.uri
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """What the reference records of the value: ``columns`` (name -> dtype, the
+        first 20), ``shape``, an array's ``dtype``, a File's ``name``..."""
+        return dict(self.reference.summary)
 
     @property
     def shape(self) -> tuple[int, ...] | None:
@@ -237,7 +261,8 @@ class Artifact:
 
     def head(self, rows: int = PREVIEW_ROWS) -> Any:
         """The first ``rows`` rows (a pandas DataFrame for frames and tables, an array
-        for arrays; the first bytes of anything else), read without loading the rest."""
+        for arrays), or the first bytes of bytes, a file and spilled JSON; None for a
+        folder or a registered type.  Reads only those, without checking the digest."""
         if self._store is None:
             from ..errors import ArtifactError
 
