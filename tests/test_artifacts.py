@@ -627,7 +627,7 @@ def test_a_preview_reads_the_first_rows_not_the_frame(store):
     np.testing.assert_array_equal(head(arr, store, 3), array[:3])
 
 
-def test_a_preview_escapes_names_and_values_and_reports_a_missing_file(store):
+def test_a_preview_escapes_names_and_values_is_kept_and_reports_a_missing_file(store):
     from nbjobs.artifacts.artifact import preview_html
 
     hostile = "<img src=x onerror=alert(1)>"
@@ -636,8 +636,12 @@ def test_a_preview_escapes_names_and_values_and_reports_a_missing_file(store):
     assert "<img" not in page and html.escape(hostile) in page
     raw = store_value(hostile.encode() * 100, store)
     assert "<img" not in preview_html(raw, store)
+    # An artifact never changes: a second preview is the first, not read again.
     Path(ref.uri).unlink()
-    assert "no preview: FileNotFoundError" in preview_html(ref, store)
+    assert preview_html(ref, store) == page
+    gone = store_value(pd.DataFrame({"a": [1]}), store)
+    Path(gone.uri).unlink()
+    assert "no preview: FileNotFoundError" in preview_html(gone, store)
 
 
 class _Boom:

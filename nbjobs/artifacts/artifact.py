@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import html
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
@@ -40,6 +42,10 @@ _PRE = (
 CELL_CHARS = 60
 TEXT_BYTES = 400
 _PAGE_BUFFER = 64 * 1024
+#: Previews kept in memory (each a few kilobytes of HTML), by store, digest and rows.
+CACHED_PREVIEWS = 256
+_CACHE: OrderedDict[tuple[str, str, str, str, int], str] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
 #: Types whose preview is their first bytes (as text for JSON and files, else hex).
 _BYTE_TYPES = ("bytes", "nbjobs.File", JSON_TYPE, PICKLE_TYPE)
 _PARQUET_TYPES = ("pandas.DataFrame", "polars.DataFrame", "pyarrow.Table")
@@ -125,9 +131,19 @@ def _cell(value: Any) -> str:
 
 def preview_html(ref: Reference, store: ArtifactStore | None, rows: int = PREVIEW_ROWS) -> str:
     """An artifact's dtypes and first rows as a small escaped HTML table (or its first
-    bytes); a short note when it cannot be read (missing, or no store)."""
+    bytes); a short note when it cannot be read (missing, or no store).
+
+    An artifact never changes (its name is its digest), so previews are kept (the last
+    :data:`CACHED_PREVIEWS`): a dashboard redrawing a running job's detail reads each
+    file once."""
     if store is None:
         return f'<div class="nbj-muted" style="{_MUTED}">no artifact store to preview from</div>'
+    key = (store.url, ref.type, ref.sha256, ref.suffix, rows)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            _CACHE.move_to_end(key)
+            return cached
     try:
         first = head(ref, store, rows)
     except Exception as exc:  # a missing file or a library not installed: say so, briefly
@@ -135,6 +151,15 @@ def preview_html(ref: Reference, store: ArtifactStore | None, rows: int = PREVIE
             f'<div class="nbj-muted nbj-preview-error" style="{_MUTED}">no preview: '
             f"{html.escape(type(exc).__name__)}: {_cell(exc)}</div>"
         )
+    text = _render(ref, first)
+    with _CACHE_LOCK:
+        _CACHE[key] = text
+        while len(_CACHE) > CACHED_PREVIEWS:
+            _CACHE.popitem(last=False)
+    return text
+
+
+def _render(ref: Reference, first: Any) -> str:
     if first is None:
         return ""
     columns = ref.summary.get("columns") or {}
