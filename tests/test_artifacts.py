@@ -673,3 +673,22 @@ def test_references_are_found_in_json_and_pickle_text_without_running_code(store
     assert not pwned.exists()
     codec.loads(pickled)  # what loading would do (the check above can fail)
     assert pwned.exists()
+
+
+def test_listing_references_walks_a_shared_or_cyclic_pickle_once():
+    """A row written by someone else: 60 levels of a list holding the level below twice
+    (2**60 paths) and a list that holds itself are listed at once, not for ever."""
+    import base64
+    import pickle
+
+    from nbjobs.artifacts.reference import find_references
+
+    deep: list = []
+    for _ in range(60):
+        deep = [deep, deep]
+    cycle: list = []
+    cycle.append(cycle)
+    text = "pickle:" + base64.b64encode(pickle.dumps([deep, cycle, MARKER])).decode()
+    started = time.monotonic()
+    assert find_references(text) == []
+    assert time.monotonic() - started < 5

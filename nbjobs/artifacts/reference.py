@@ -246,8 +246,13 @@ def find_references(text: str | None) -> list[tuple[str, Reference]]:
         return []
     found: list[tuple[str, Reference]] = []
     stack: list[tuple[str, Any]] = [("", value)]
+    seen: set[int] = set()  # a pickle may share an object, or hold a cycle: walk it once
     while stack:
         where, item = stack.pop()
+        if id(item) in seen:
+            continue
+        if isinstance(item, (dict, list, tuple, set, frozenset, _Opaque)):
+            seen.add(id(item))
         children: list[tuple[str, Any]] = []
         if isinstance(item, dict):
             if len(item) == 1 and MARKER in item:
