@@ -1,6 +1,7 @@
 """nbjobs: durable, checkpointed workflows for notebooks and scripts; the database is the queue."""
 
 from .app import App
+from .artifacts.artifact import Artifact
 from .artifacts.types import File, register_type
 from .errors import (
     ArtifactError,
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "Artifact",
     "ArtifactError",
     "CallState",
     "CollectAll",

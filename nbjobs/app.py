@@ -308,13 +308,34 @@ class App:
         """Jobs, attempts and step timings of the newest ``limit`` jobs as one DataFrame.
 
         One row per job, attempt and step (the ``kind`` column), with ``name``, ``status``,
-        ``started_at``, ``finished_at`` and ``duration_s``; see :mod:`nbjobs.notebook.frames`.
+        ``started_at``, ``finished_at``, ``duration_s`` and ``artifact_bytes`` (the size of
+        the artifacts a step's value, or a job's input and result, refer to); see
+        :mod:`nbjobs.notebook.frames`.
         """
         from .notebook.frames import history_frame
 
         since = None if since is None else check_time("since", since)
         check_number("limit", limit, 1, integer=True)
         return history_frame(self.store, workflow=workflow, status=status, since=since, limit=limit)
+
+    def artifacts_frame(
+        self, workflow: str | None = None, since: Any = None, limit: int = 1000
+    ) -> pd.DataFrame:
+        """Every artifact the stored inputs, checkpoints and results refer to, newest job
+        first, as a DataFrame: ``job_id``, ``workflow``, ``kind`` (``input``, ``step``,
+        ``result``), ``step``, ``within`` (where in the value), ``type``, ``shape``,
+        ``bytes``, ``sha256``, ``uri`` and ``created``.  Read from the references in the
+        rows: no artifact is loaded.  At most ``limit`` rows; ``since`` filters on the
+        jobs' creation time.  See :mod:`nbjobs.notebook.frames`.
+        """
+        from .notebook.frames import artifacts_frame
+
+        if workflow is not None:
+            check_name("workflow", workflow)
+        since = None if since is None else check_time("since", since)
+        check_number("limit", limit, 1, integer=True)
+        values = self.store.artifact_values(workflow=workflow, since=since, limit=limit)
+        return artifacts_frame(values, limit)
 
     def purge(
         self,

@@ -6,6 +6,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .artifacts.artifact import Artifact
     from .runtime.engine import Engine
 
 
@@ -72,6 +73,60 @@ class JobHandle:
         ``kind``, ``done``, ``attempt``, ``started_at``, ``finished_at`` (datetimes),
         ``value`` (the stored form, cut to a preview) and ``value_length``."""
         return self.engine.checkpoint_info(self.id)
+
+    def artifacts(self) -> list[Artifact]:
+        """Every artifact the job's stored values refer to, without loading any: its
+        input's, each finished checkpoint's (in order), its result's.  Artifacts nested
+        in a value too big for its row (spilled as a whole) are inside that file: the
+        spilled file itself is listed, as an artifact of type ``json``."""
+        from .artifacts.artifact import Artifact
+        from .artifacts.reference import find_references
+
+        self.engine.store.job_status(self.id)  # UnknownJob for a job that is not there
+        codec = self.engine.codec
+        return [
+            Artifact(
+                ref,
+                job_id=self.id,
+                kind=v.kind,
+                step=v.name,
+                within=within,
+                store=codec.artifacts,
+                loads=codec.loads,
+            )
+            for v in self.engine.store.artifact_values([self.id])
+            for within, ref in find_references(v.value)
+        ]
+
+    def artifact(self, step: str) -> Artifact:
+        """The artifact of checkpoint ``step`` (a DataFrame, array, file... stored out of
+        the row): ``.type .shape .size .uri .head() .load()``, read without loading it.
+
+        ``"input"`` and ``"result"`` name the job's input and result unless a checkpoint
+        has that name.  A value holding one artifact somewhere inside (``{"frame": df,
+        "n": 3}``) gives that one.  Raises :class:`~nbjobs.ArtifactError` when there is
+        no such finished checkpoint, when its value holds no artifact, or several (then
+        pick one from :meth:`artifacts`).
+        """
+        from .errors import ArtifactError
+
+        found = self.artifacts()
+        steps = [s.name for s in self.engine.store.history_steps([self.id]) if s.done]
+        kind = "step" if step in steps or step not in ("input", "result") else step
+        mine = [a for a in found if a.kind == kind and a.step == step]
+        if len(mine) == 1:
+            return mine[0]
+        held = sorted({a.step for a in found if a.kind == "step"})
+        hint = f"; the checkpoints holding artifacts are {held}" if held else ""
+        where = f"checkpoint {step!r}" if kind == "step" else f"its {kind}"
+        if kind == "step" and step not in steps:
+            raise ArtifactError(f"job {self.id} has no finished checkpoint {step!r}{hint}")
+        if not mine:
+            raise ArtifactError(f"job {self.id}, {where}: the value holds no artifact{hint}")
+        raise ArtifactError(
+            f"job {self.id}, {where}: the value holds {len(mine)} artifacts, at "
+            f"{[a.within for a in mine]}; pick one from h.artifacts()"
+        )
 
     @property
     def attempts(self) -> list[dict[str, Any]]:

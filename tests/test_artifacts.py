@@ -8,6 +8,7 @@ object-storage path against a real S3-compatible server (moto's server mode) sta
 
 from __future__ import annotations
 
+import html
 import json
 import multiprocessing
 import os
@@ -597,3 +598,100 @@ def test_a_local_store_makes_no_folder_until_used_and_takes_no_options(tmp_path)
         ArtifactStore(tmp_path / "x", endpoint_url="http://127.0.0.1:1")
     with pytest.raises(nbjobs.ConfigurationError, match="not ''"):
         ArtifactStore("")
+
+
+# -- seeing artifacts without loading them: references in rows, bounded previews ---------
+
+
+def _read_chars() -> int:
+    """Bytes this process has read through system calls so far (Linux)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar"))
+
+
+def test_a_preview_reads_the_first_rows_not_the_frame(store):
+    from nbjobs.artifacts.artifact import head, preview_html
+
+    rows = 3_000_000
+    frame = pd.DataFrame({f"c{i}": np.random.default_rng(i).random(rows) for i in range(4)})
+    ref = store_value(frame, store)
+    size = os.path.getsize(ref.uri)
+    before = _read_chars()
+    first = head(ref, store, 5)
+    read = _read_chars() - before
+    assert read < size / 10, (read, size)  # a data page per column, not the row group
+    assert first.shape == (5, 4)
+    np.testing.assert_array_equal(first.to_numpy(), frame.head(5).to_numpy())
+    page = preview_html(ref, store)
+    assert f"first 5 of {rows:,} rows" in page and page.count("<tr>") == 6  # names + 5
+    assert "float64" in page and f"{frame['c0'].iloc[0]}"[:10] in page
+    array = np.arange(40, dtype="float32").reshape(10, 4)
+    arr = store_value(array, store)
+    np.testing.assert_array_equal(head(arr, store, 3), array[:3])
+
+
+def test_a_preview_escapes_names_and_values_is_kept_and_reports_a_missing_file(store):
+    from nbjobs.artifacts.artifact import preview_html
+
+    hostile = "<img src=x onerror=alert(1)>"
+    ref = store_value(pd.DataFrame({hostile: [hostile, "ok"]}), store)
+    page = preview_html(ref, store)
+    assert "<img" not in page and html.escape(hostile) in page
+    raw = store_value(hostile.encode() * 100, store)
+    assert "<img" not in preview_html(raw, store)
+    # An artifact never changes: a second preview is the first, not read again.
+    Path(ref.uri).unlink()
+    assert preview_html(ref, store) == page
+    gone = store_value(pd.DataFrame({"a": [1]}), store)
+    Path(gone.uri).unlink()
+    assert "no preview: FileNotFoundError" in preview_html(gone, store)
+
+
+class _Boom:
+    """Unpickling this runs ``touch <path>``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_references_are_found_in_json_and_pickle_text_without_running_code(store, tmp_path):
+    """Listing reads rows others may have written: a pickle's code never runs."""
+    from nbjobs.artifacts.reference import find_references
+
+    ref = store_value(np.arange(3), store)
+    text = json.dumps({"a": [1, {MARKER: ref.to_dict()}], "b": {MARKER: {"type": "x"}}})
+    assert find_references(text) == [("['a'][1]", ref)]  # the malformed one is skipped
+    assert find_references("not json " + MARKER) == []
+    assert find_references('{"plain": 1}') == [] and find_references(None) == []
+    codec = Codec("pickle", artifacts=store)
+    pwned = tmp_path / "pwned"
+    pickled = codec.dumps({"boom": _Boom(pwned), "frames": (np.arange(3), b"raw" * 10)})
+    assert pickled.startswith("pickle:") and MARKER not in pickled
+    found = find_references(pickled)
+    assert [(w, r.type) for w, r in found] == [("['frames'][0]", "numpy.ndarray"),
+                                               ("['frames'][1]", "bytes")]  # fmt: skip
+    assert not pwned.exists()
+    codec.loads(pickled)  # what loading would do (the check above can fail)
+    assert pwned.exists()
+
+
+def test_listing_references_walks_a_shared_or_cyclic_pickle_once():
+    """A row written by someone else: 60 levels of a list holding the level below twice
+    (2**60 paths) and a list that holds itself are listed at once, not for ever."""
+    import base64
+    import pickle
+
+    from nbjobs.artifacts.reference import find_references
+
+    deep: list = []
+    for _ in range(60):
+        deep = [deep, deep]
+    cycle: list = []
+    cycle.append(cycle)
+    text = "pickle:" + base64.b64encode(pickle.dumps([deep, cycle, MARKER])).decode()
+    started = time.monotonic()
+    assert find_references(text) == []
+    assert time.monotonic() - started < 5

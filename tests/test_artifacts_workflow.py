@@ -557,3 +557,140 @@ def test_retention_sweeps_the_store_in_the_background(sqlite_url, tmp_path) -> N
         wait_until(lambda: not orphan.exists(), timeout=TIMEOUT, what="the hourly sweep")
     finally:
         app.close()
+
+
+# -- seeing artifacts: h.artifact, h.artifacts, app.artifacts_frame, history_frame -------
+
+
+def _seen_workflow(app: nbjobs.App) -> Any:
+    @app.workflow(name="seen")
+    def seen(cs: nbjobs.CallState, frame: pd.DataFrame) -> Any:
+        cs.checkpoint("features", lambda: frame)
+        cs.checkpoint("array", lambda: np.arange(12, dtype="int16").reshape(4, 3))
+        cs.checkpoint("pair", lambda: {"a": frame, "b": frame.head(2), "n": 3})
+        cs.checkpoint("nested", lambda: {"only": [np.zeros(2)], "n": 1})
+        cs.checkpoint("plain", lambda: 42)
+        return frame.tail(3)
+
+    return seen
+
+
+def test_h_artifact_shows_a_frame_without_loading_it_and_loads_it(app) -> None:
+    frame = _frame()
+    app.start(concurrency=1)
+    h = _seen_workflow(app).submit(frame)
+    h.result(timeout=TIMEOUT)
+    art = h.artifact("features")
+    assert isinstance(art, nbjobs.Artifact)
+    assert (art.type, art.shape, art.kind, art.step, art.within, art.job_id) == (
+        "pandas.DataFrame", (6, 5), "step", "features", "", h.id
+    )  # fmt: skip
+    path = Path(art.uri)
+    assert art.size == path.stat().st_size and art.sha256 == path.stem
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == art.sha256
+    assert art.summary["columns"]["c"] == "category" and art.summary["index"] == "int64"
+    text = repr(art)
+    assert text.startswith("<Artifact pandas.DataFrame (6 x 5) ") and text.endswith(f" {art.uri}>")
+    assert f"{art.size} B" in text or " kB " in text
+    pd.testing.assert_frame_equal(art.load(), frame)
+    first = art.head(2)
+    assert list(first["n"]) == [0, 1] and list(first["s"]) == ["u", "v"]
+    # Other tools read the URI directly.
+    pd.testing.assert_frame_equal(pd.read_parquet(art.uri), frame)
+    duckdb = pytest.importorskip("duckdb")
+    assert duckdb.sql(f"select sum(n) from '{art.uri}'").fetchall() == [(15,)]
+    # An array, one artifact nested in a value, the input and the result.
+    arr = h.artifact("array")
+    assert (arr.type, arr.shape) == ("numpy.ndarray", (4, 3))
+    assert arr.head(2).tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert np.array_equal(np.load(arr.uri), np.arange(12, dtype="int16").reshape(4, 3))
+    nested = h.artifact("nested")
+    assert (nested.within, nested.shape) == ("['only'][0]", (2,))
+    assert h.artifact("input").within == "['args'][0]"  # {"args": [frame], "kwargs": {}}
+    pd.testing.assert_frame_equal(h.artifact("result").load(), frame.tail(3))
+    # What is not one artifact says so, naming the job and what holds artifacts.
+    with pytest.raises(nbjobs.ArtifactError, match=r"'plain': the value holds no artifact"):
+        h.artifact("plain")
+    with pytest.raises(nbjobs.ArtifactError, match=r"2 artifacts, at \[\"\['a'\]\", \"\['b'\]\"\]"):
+        h.artifact("pair")
+    with pytest.raises(
+        nbjobs.ArtifactError, match=rf"job {h.id} has no finished checkpoint 'nope'"
+    ):
+        h.artifact("nope")
+    # h.artifacts(): everything, in order: input, steps, result.
+    listed = [(a.kind, a.step, a.within) for a in h.artifacts()]
+    assert listed == [
+        ("input", "input", "['args'][0]"), ("step", "features", ""), ("step", "array", ""),
+        ("step", "pair", "['a']"), ("step", "pair", "['b']"),
+        ("step", "nested", "['only'][0]"), ("result", "result", ""),
+    ]  # fmt: skip
+
+
+def test_artifacts_frame_and_history_frame_read_only_the_references(app) -> None:
+    frame = _frame()
+    app.start(concurrency=2)
+    seen = _seen_workflow(app)
+    handles = [seen.submit(frame), seen.submit(frame.head(1))]
+    for h in handles:
+        h.result(timeout=TIMEOUT)
+
+    @app.workflow(name="other")
+    def other(cs: nbjobs.CallState) -> int:
+        return 1
+
+    other.submit().result(timeout=TIMEOUT)
+    arts = app.artifacts_frame()
+    assert list(arts.columns) == [
+        "job_id", "workflow", "kind", "step", "within", "type", "shape", "bytes",
+        "sha256", "uri", "created",
+    ]  # fmt: skip
+    assert len(arts) == 14 and set(arts["job_id"]) == {h.id for h in handles}
+    assert arts["job_id"].iloc[0] == handles[1].id  # newest job first
+    mine = arts[arts["job_id"] == handles[0].id]
+    assert list(mine["step"]) == ["input", "features", "array", "pair", "pair", "nested", "result"]
+    features = mine[mine["step"] == "features"].iloc[0]
+    art = handles[0].artifact("features")
+    assert (features["type"], features["shape"], features["bytes"], features["uri"]) == (
+        art.type, art.shape, art.size, art.uri
+    )  # fmt: skip
+    assert str(arts["created"].dtype) == "datetime64[ns, UTC]" and arts["created"].notna().all()
+    assert len(app.artifacts_frame(limit=3)) == 3
+    assert app.artifacts_frame(workflow="other").empty
+    assert len(app.artifacts_frame(since=float(app.store.now()) + 3600)) == 0
+    # history_frame: artifact bytes on steps (a step's own) and jobs (input + result).
+    hist = app.history_frame()
+    steps = hist[(hist["kind"] == "step") & (hist["job_id"] == handles[0].id)]
+    sizes = dict(zip(steps["name"], steps["artifact_bytes"], strict=True))
+    pair = mine[mine["step"] == "pair"]["bytes"].sum()
+    assert sizes["features"] == art.size and sizes["pair"] == pair
+    assert pd.isna(sizes["plain"])
+    job = hist[(hist["kind"] == "job") & (hist["job_id"] == handles[0].id)].iloc[0]
+    in_out = mine[mine["kind"].isin(["input", "result"])]["bytes"].sum()
+    assert job["artifact_bytes"] == in_out
+    assert hist[hist["kind"] == "attempt"]["artifact_bytes"].isna().all()
+    assert str(hist["artifact_bytes"].dtype) == "Int64"
+
+
+def test_a_spilled_value_and_a_pickle_app_list_their_artifacts(sqlite_url) -> None:
+    app = make_app(sqlite_url, serializer="pickle")
+    try:
+
+        @app.workflow(name="pickled")
+        def pickled(cs: nbjobs.CallState) -> Any:
+            cs.checkpoint("p", lambda: {"frame": _frame(), "when": pd.Timestamp(0)})
+            cs.checkpoint("big", lambda: [f"{i:09}" * 10 for i in range(5_000)])  # spilled
+            return 0
+
+        app.start(concurrency=1)
+        h = pickled.submit()
+        h.result(timeout=TIMEOUT)
+        (row,) = [r for r in app.store.job_checkpoints(h.id) if r.name == "p"]
+        assert row.value.startswith("pickle:") and MARKER not in row.value
+        arts = app.artifacts_frame()
+        assert list(zip(arts["step"], arts["within"], arts["type"], strict=True)) == [
+            ("p", "['frame']", "pandas.DataFrame"), ("big", "", "pickle"),
+        ]  # fmt: skip
+        pd.testing.assert_frame_equal(h.artifact("p").load(), _frame())
+        assert h.artifact("big").load() == [f"{i:09}" * 10 for i in range(5_000)]
+    finally:
+        app.close()

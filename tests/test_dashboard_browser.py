@@ -12,6 +12,7 @@ import contextlib
 import sys
 import threading
 
+import pandas as pd
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
@@ -69,6 +70,7 @@ def test_dashboard_live_in_chromium(served):
     @app.workflow(name="flaky")
     def flaky(cs):
         cs.checkpoint("load", lambda: 42)
+        cs.checkpoint("frame", lambda: pd.DataFrame({"city": ["Oslo", "<b>Lima</b>"], "n": [1, 2]}))
         if failing["left"]:
             failing["left"] -= 1
             raise RuntimeError("upstream unavailable")
@@ -127,6 +129,16 @@ def test_dashboard_live_in_chromium(served):
             assert bad.result(timeout=10) == "recovered"
             expect(page.locator(".nbj-detail")).to_contain_text("succeeded", timeout=10_000)
             page.locator(".bk-tab", has_text="Steps").click()
+            # The frame step shows its type, shape and size; its preview opens on a click.
+            artifact = page.locator('.nbj-steps tr[data-step="frame"] details.nbj-artifact')
+            expect(artifact).to_contain_text("pandas.DataFrame · 2 x 2", timeout=10_000)
+            expect(artifact.locator(".nbj-preview")).to_be_hidden()
+            artifact.locator("summary").click()
+            preview = artifact.locator(".nbj-preview")
+            expect(preview).to_be_visible()
+            expect(preview).to_contain_text("Oslo")
+            expect(preview).to_contain_text("<b>Lima</b>")  # shown as text, not markup
+            expect(preview).to_contain_text("int64")
             shot(page, "job-detail-steps")
 
             # The fan-out tree shows the children.

@@ -161,8 +161,10 @@ def test_job_handle_shows_status_progress_and_escaped_facts(sqlite_app):
         wait_until(lambda: h.status == "failed")
     with counted_selects(app) as selects:
         page = h._repr_html_()
-    assert len(selects) == 1, selects
+    # The job's row, then its input/result and checkpoints that hold artifact references.
+    assert len(selects) == 3, selects
     assert pill_of("failed") in page and f"job {h.id}" in page
+    assert "nbj-artifacts" not in page  # no artifacts, no section
     assert 'data-pct="50"' in page and "1/2" in page
     assert "<script>" not in page
     assert html.escape(f"k-{HOSTILE}") in page
@@ -238,3 +240,39 @@ def test_changed_code_is_marked_in_the_notebook_list(sqlite_url):
             viewer.close()
     finally:
         app.close()
+
+
+@pytest.mark.no_worker
+def test_a_job_shows_its_artifacts_with_a_bounded_escaped_preview(sqlite_app):
+    import numpy as np
+    import pandas as pd
+
+    app = sqlite_app
+    frame = pd.DataFrame({HOSTILE: [HOSTILE, "b"] * 50_000, "n": np.arange(100_000)})
+
+    @app.workflow(name="frames")
+    def frames(cs):
+        cs.checkpoint(f"load-{HOSTILE}", lambda: frame)
+        cs.checkpoint("arrays", lambda: {"x": np.zeros((3, 2)), "y": np.ones(4)})
+        for i in range(4):
+            cs.checkpoint(f"more-{i}", lambda i=i: np.full(2, i))
+        return 1
+
+    h = frames.submit()
+    with app.running(concurrency=1):
+        h.result(timeout=WAIT)
+    page = h._repr_html_()
+    assert "<script>" not in page
+    assert page.count('<details class="nbj-artifact">') == 3  # previews: the first three
+    assert page.count("<tr data-step=") == 7
+    assert html.escape(f"load-{HOSTILE}") in page
+    assert "pandas.DataFrame · 100,000 x 2 · " in page and "numpy.ndarray · 3 x 2" in page
+    assert "arrays[&#x27;y&#x27;]" in page  # where in the value
+    # The preview: names, dtypes and the first rows, escaped; the rest counted.
+    assert html.escape(HOSTILE) in page and ">int64<" in page
+    assert re.search(r">(str|object)<", page)  # pandas 3 or 2
+    assert "first 5 of 100,000 rows" in page
+    art = h.artifact(f"load-{HOSTILE}")
+    single = art._repr_html_()
+    assert "<script>" not in single and html.escape(art.uri) in single
+    assert "first 5 of 100,000 rows" in single and "100,000 x 2" in single

@@ -455,3 +455,41 @@ def test_a_call_from_another_thread_runs_on_the_loop_and_waits():
     finally:
         stopped.close()
     assert len(ran_on) == 3
+
+
+@pytest.mark.no_worker
+def test_job_detail_shows_artifacts_with_bounded_escaped_previews(sqlite_app):
+    """A step's frame shows as type, shape and size with its dtypes and first rows; the
+    result's too; every name and value escaped; at most MAX_PREVIEWS previews a job,
+    the other artifacts with their facts only."""
+    import numpy as np
+
+    from nbjobs.views.detail import MAX_PREVIEWS
+
+    app = sqlite_app
+    hostile = "<img src=x onerror=alert(1)>"
+    frame = pd.DataFrame({hostile: [hostile, "b"] * 500, "n": np.arange(1000)})
+
+    @app.workflow(name="frames")
+    def frames(cs):
+        cs.checkpoint("load", lambda: frame)
+        for i in range(MAX_PREVIEWS + 1):
+            cs.checkpoint(f"array-{i}", lambda i=i: np.full((2, 2), i))
+        cs.checkpoint("plain", lambda: 7)
+        return frame.head(10)
+
+    h = frames.submit()
+    with app.running(concurrency=1):
+        h.result(timeout=30)
+    detail = JobDetail(app=app, job_id=h.id)
+    steps, summary = detail._steps.object, detail._summary.object
+    assert "<img" not in steps and "<img" not in summary
+    load = steps.split('<tr data-step="load">')[1].split("<tr data-step=")[0]
+    assert "pandas.DataFrame · 1,000 x 2 · " in load and "first 5 of 1,000 rows" in load
+    assert "&lt;img src=x onerror=alert(1)&gt;" in load and ">int64<" in load
+    assert "numpy.ndarray · 2 x 2" in steps and "<code" in steps  # "plain" as before
+    # The budget: the result (Summary, drawn first), then the steps in order.
+    assert "pandas.DataFrame · 10 x 2" in summary and summary.count("<details") == 1
+    assert steps.count("<details") == MAX_PREVIEWS - 1
+    last = steps.split(f'<tr data-step="array-{MAX_PREVIEWS}">')[1]
+    assert "numpy.ndarray · 2 x 2" in last and "<details" not in last

@@ -11,7 +11,10 @@ store already holds, and the loaded bytes must match the digest.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -181,3 +184,97 @@ def decode(
         )
     kind = type_named(ref.type)
     return store.read(ref.sha256, ref.suffix, lambda path: kind.load(path, ref, store))
+
+
+# ---------------------------------------------------------------- listing references
+
+_PICKLE_PREFIX = "pickle:"
+
+
+class _Opaque:
+    """What a pickled object becomes while references are listed: nothing is imported
+    or run, the object only keeps what it was built from (so references inside it are
+    found)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.parts: list[Any] = [args, kwargs]
+
+    def __setstate__(self, state: Any) -> None:
+        self.parts.append(state)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.parts.append((key, value))
+
+    def append(self, item: Any) -> None:
+        self.parts.append(item)
+
+    def extend(self, items: Any) -> None:
+        self.parts.extend(items)
+
+    def add(self, item: Any) -> None:
+        self.parts.append(item)
+
+
+class _Lister(pickle.Unpickler):
+    """Reads a pickle without importing a class: every global is :class:`_Opaque`, and a
+    persistent id (an artifact) becomes its ``{MARKER: reference}`` dict."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        return _Opaque
+
+    def persistent_load(self, pid: Any) -> Any:
+        if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == MARKER:
+            return {MARKER: pid[1]}
+        return None
+
+
+def find_references(text: str | None) -> list[tuple[str, Reference]]:
+    """Every artifact reference in stored text, with where it sits in the value (``""``
+    for the whole value, else a subscript such as ``['frame']`` or ``[0]``), in order and
+    without loading an artifact or running a pickle's code.
+
+    Only what the row holds is listed: references nested in JSON that was spilled out of
+    the row as a whole are in that file, so the spilled file's own reference (type
+    ``json``) stands for them.  Text that does not parse and malformed references are
+    skipped: a listing must not fail on one odd row.
+    """
+    if not text:
+        return []
+    try:
+        if text.startswith(_PICKLE_PREFIX):
+            data = base64.b64decode(text[len(_PICKLE_PREFIX) :])
+            if MARKER.encode() not in data:
+                return []
+            value = _Lister(io.BytesIO(data)).load()
+        elif MARKER not in text:
+            return []
+        else:
+            value = json.loads(text)
+    except Exception:  # text written by others: list nothing, never fail
+        return []
+    found: list[tuple[str, Reference]] = []
+    stack: list[tuple[str, Any]] = [("", value)]
+    seen: set[int] = set()  # a pickle may share an object, or hold a cycle: walk it once
+    while stack:
+        where, item = stack.pop()
+        if id(item) in seen:
+            continue
+        if isinstance(item, (dict, list, tuple, set, frozenset, _Opaque)):
+            seen.add(id(item))
+        children: list[tuple[str, Any]] = []
+        if isinstance(item, dict):
+            if len(item) == 1 and MARKER in item:
+                try:
+                    found.append((where, Reference.from_dict(item[MARKER])))
+                except ArtifactError:
+                    pass
+                continue
+            children = [(f"{where}[{k!r}]", v) for k, v in item.items()]
+        elif isinstance(item, (list, tuple)):
+            children = [(f"{where}[{i}]", v) for i, v in enumerate(item)]
+        elif isinstance(item, (set, frozenset)):
+            children = [(f"{where}{{...}}", v) for v in item]
+        elif isinstance(item, _Opaque):
+            children = [(f"{where}.<{i}>", v) for i, v in enumerate(item.parts)]
+        stack.extend(reversed(children))
+    return found

@@ -4,7 +4,7 @@ Jupyter shows an object's ``_repr_html_`` when it is the last expression of a ce
 ``h``, ``app.jobs()`` and ``app.schedules()`` render as compact tables.  The badge, the
 progress bar and the time formats here are also the dashboard's (``nbjobs.views.style``
 imports them), so a job looks the same in a cell and on the page.  Everything shown is
-escaped: job errors, names and keys are user data.  A list of N jobs is read in one
+escaped: job errors, names, keys and artifact previews are user data.  A list of N jobs is read in one
 query (:meth:`~nbjobs.store.views.ViewQueries.jobs_rows`), never one per row.
 
 Styles are inline because a notebook's output area has no stylesheet of ours; text
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 MAX_ROWS = 100
 #: Characters of an error's first line a table cell shows.
 ERROR_CHARS = 120
+#: Artifacts a job's repr lists, and previews it reads (each reads a file's first rows).
+MAX_ARTIFACTS = 20
+MAX_PREVIEWS = 3
 
 FONT = "font-family:system-ui,-apple-system,'Segoe UI',sans-serif;font-size:13px"
 MONO = "font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px"
@@ -195,7 +198,9 @@ def _muted(text: str) -> str:
 
 # -- one job ----------------------------------------------------------------------------
 def job_html(handle: Job) -> str:
-    """A job as a header (id, status, progress) over a small table of facts; one query."""
+    """A job as a header (id, status, progress) over a small table of facts and its
+    artifacts (with previews of the first :data:`MAX_PREVIEWS`); three queries: the
+    row, then the stored values that hold artifact references."""
     engine = handle.engine
     rows = engine.store.jobs_rows([handle.id])
     if not rows:
@@ -234,7 +239,41 @@ def job_html(handle: Job) -> str:
         f'<b style="{MONO};font-size:13px">job {_esc(r.id)}</b>{pill(r.status)}</div>'
         f'<div style="max-width:320px">{progress_bar(row_progress(r), r.status, progress_label(r))}'
         f'</div><table style="{FONT};border-collapse:collapse;margin-top:4px">{cells}</table>'
-        f"{error}</div>"
+        f"{error}{artifacts_html(engine.store.artifact_values([r.id]), engine.codec.artifacts)}"
+        "</div>"
+    )
+
+
+def artifacts_html(
+    values: Iterable[Any], store: Any, *, previews: int = MAX_PREVIEWS, limit: int = MAX_ARTIFACTS
+) -> str:
+    """The artifacts that stored values (``store.artifact_values``) refer to: where,
+    type, shape and size of each, read from the references, and a collapsed preview
+    (first rows and dtypes) of the first ``previews``; empty when there are none."""
+    from ..artifacts.artifact import facts, preview_html
+    from ..artifacts.reference import find_references
+
+    found = [(v, within, ref) for v in values for within, ref in find_references(v.value)]
+    if not found:
+        return ""
+    rows = []
+    for i, (v, within, ref) in enumerate(found[:limit]):
+        where = _esc(v.name if v.kind == "step" else v.kind) + _esc(within)
+        title = f'<span title="{_esc(ref.uri)}">{facts(ref)}</span>'
+        if i < previews:
+            title = (
+                f'<details class="nbj-artifact"><summary style="cursor:pointer">{title}</summary>'
+                f"{preview_html(ref, store)}</details>"
+            )
+        rows.append(
+            f'<tr data-step="{_esc(v.name)}"><th style="{CELL};{MUTED};font-weight:500;'
+            f'vertical-align:top">{where}</th><td style="{CELL}">{title}</td></tr>'
+        )
+    more = len(found) - len(rows)
+    footer = f'<div style="{MUTED};font-size:12px">and {more:,} more</div>' if more else ""
+    return (
+        f'<div class="nbj-artifacts" style="margin-top:4px"><div style="{MUTED}">artifacts</div>'
+        f'<table style="{FONT};border-collapse:collapse">{"".join(rows)}</table>{footer}</div>'
     )
 
 
@@ -381,6 +420,7 @@ class ScheduleList(list):
 __all__ = [
     "JobList",
     "ScheduleList",
+    "artifacts_html",
     "code_mark",
     "colour",
     "fmt_duration",

@@ -1,11 +1,18 @@
-"""The pandas DataFrames of ``app.jobs_frame()``, ``app.history_frame()`` and
-``app.schedules_frame()``, built from what the store reads; pandas is imported lazily.
+"""The pandas DataFrames of ``app.jobs_frame()``, ``app.history_frame()``,
+``app.artifacts_frame()`` and ``app.schedules_frame()``, built from what the store
+reads; pandas is imported lazily.
 
 ``history_frame`` puts jobs, attempts and step timings in one tidy frame: one row per
 job, per attempt and per step, told apart by the ``kind`` column, so that the usual
 questions are one ``groupby`` away: the slowest steps (``kind == "step"`` by ``name``),
 failure rates (``kind == "job"`` by ``status``) and retries (``kind == "attempt"`` by
-``status``).
+``status``).  Its ``artifact_bytes`` column is the size of the artifacts a step's value
+(or, on a job row, the job's input and result) refers to, read from the references in
+the rows (never from the artifacts); NA where there are none.
+
+``artifacts_frame`` lists every artifact the stored values refer to, one row each,
+found the same way: references are parsed from the rows that contain one, so nothing
+is loaded and a pickle's code never runs.
 """
 
 from __future__ import annotations
@@ -38,6 +45,22 @@ COLUMNS = [
     "started_at",
     "finished_at",
     "duration_s",
+    "artifact_bytes",  # bytes of the artifacts the value refers to (steps, jobs)
+]
+
+#: The columns of ``app.artifacts_frame()``.
+ARTIFACT_COLUMNS = [
+    "job_id",
+    "workflow",
+    "kind",  # input | step | result
+    "step",  # the checkpoint's name, or "input" / "result"
+    "within",  # where in the value: "" for the whole value, else like "['frame']"
+    "type",
+    "shape",  # a tuple, or None
+    "bytes",
+    "sha256",
+    "uri",
+    "created",  # when the value was stored (UTC)
 ]
 
 
@@ -128,10 +151,62 @@ def history_frame(
                 finished_at=s.finished_at,
             )
         )
+    sizes = _artifact_bytes(store.artifact_values(list(by_id)))
+    for record in records:
+        if record["kind"] != "attempt":
+            key = (record["job_id"], record.get("name") if record["kind"] == "step" else None)
+            record["artifact_bytes"] = sizes.get(key)
     frame = pd.DataFrame.from_records(records, columns=COLUMNS)
-    for column in ("seq", "attempt"):
+    for column in ("seq", "attempt", "artifact_bytes"):
         frame[column] = frame[column].astype("Int64")
     for column in ("started_at", "finished_at"):
         frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
     frame["duration_s"] = (frame["finished_at"] - frame["started_at"]).dt.total_seconds()
+    return frame
+
+
+def _artifact_bytes(values: Iterable[Any]) -> dict[tuple[str, str | None], int]:
+    """Bytes of artifacts by (job, step name), a job's input and result under (job, None)."""
+    from ..artifacts.reference import find_references
+
+    sizes: dict[tuple[str, str | None], int] = {}
+    for v in values:
+        refs = find_references(v.value)
+        if refs:
+            key = (v.job_id, v.name if v.kind == "step" else None)
+            sizes[key] = sizes.get(key, 0) + sum(ref.size for _where, ref in refs)
+    return sizes
+
+
+def artifacts_frame(values: Iterable[Any], limit: int | None = None) -> pandas.DataFrame:
+    """One row per artifact that the stored values (``store.artifact_values``) refer to,
+    in their order, at most ``limit``."""
+    import pandas as pd
+
+    from ..artifacts.reference import find_references
+
+    records: list[dict[str, Any]] = []
+    for v in values:
+        for within, ref in find_references(v.value):
+            records.append(
+                dict(
+                    job_id=v.job_id,
+                    workflow=v.workflow,
+                    kind=v.kind,
+                    step=v.name,
+                    within=within,
+                    type=ref.type,
+                    shape=ref.shape,
+                    bytes=ref.size,
+                    sha256=ref.sha256,
+                    uri=ref.uri,
+                    created=v.at,
+                )
+            )
+        if limit is not None and len(records) >= limit:
+            del records[limit:]
+            break
+    frame = pd.DataFrame.from_records(records, columns=ARTIFACT_COLUMNS)
+    frame["bytes"] = frame["bytes"].astype("int64")
+    frame["created"] = pd.to_datetime(frame["created"], unit="s", utc=True)
     return frame

@@ -1,5 +1,11 @@
 """One job: input, result, error and traceback, attempts, a step timeline, signals,
-its fan-out tree, and the retry and cancel actions."""
+its fan-out tree, and the retry and cancel actions.
+
+Artifacts: a step (or the input, or the result) whose value refers to artifacts shows
+each one's type, shape and size, read from the references in the row, and a collapsed
+preview (dtypes and first rows) read from the artifact store; previews are bounded
+(:mod:`nbjobs.artifacts.artifact` reads only the first rows) and at most
+:data:`MAX_PREVIEWS` per job.  Nothing is loaded whole and nothing is unpickled."""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ from typing import Any
 import panel as pn
 import param
 
+from ..artifacts.artifact import facts, preview_html
+from ..artifacts.reference import Reference, find_references
 from ..errors import UnknownJob
 from ..jobs import FINISHED, row_code_changed, row_progress
 from ..notebook.display import code_mark
@@ -32,6 +40,43 @@ def _esc(value: Any) -> str:
     return html.escape("" if value is None else str(value))
 
 
+#: Artifacts of one job the detail previews (each preview reads a file's first rows).
+MAX_PREVIEWS = 5
+
+#: The artifacts of a job by (kind, step name): ``[(within, reference), ...]``.
+Found = dict[tuple[str, str], list[tuple[str, Reference]]]
+
+
+def job_artifacts(values: Sequence[Any]) -> Found:
+    """The references in a job's stored values (``store.artifact_values``), by place."""
+    found: Found = {}
+    for v in values:
+        refs = find_references(v.value)
+        if refs:
+            found[(v.kind, v.name)] = refs
+    return found
+
+
+def artifacts_cell(refs: Sequence[tuple[str, Reference]], store: Any, previews: list[int]) -> str:
+    """Each artifact's facts, and its preview while ``previews[0]`` (a budget shared by
+    the whole job) lasts."""
+    parts = []
+    for within, ref in refs:
+        where = f'<span class="nbj-muted">{_esc(within)}</span> ' if within else ""
+        label = (
+            f'{where}<span class="nbj-artifact-facts" title="{_esc(ref.uri)}">{facts(ref)}</span>'
+        )
+        if previews[0] > 0:
+            previews[0] -= 1
+            parts.append(
+                f'<details class="nbj-artifact"><summary>{label}</summary>'
+                f"{preview_html(ref, store)}</details>"
+            )
+        else:
+            parts.append(f'<div class="nbj-artifact">{label}</div>')
+    return "".join(parts)
+
+
 def _kv(rows: Sequence[tuple[str, Any]]) -> str:
     cells = "".join(
         f"<tr><th>{_esc(k)}</th><td>{v}</td></tr>" for k, v in rows if v not in (None, "")
@@ -39,8 +84,18 @@ def _kv(rows: Sequence[tuple[str, Any]]) -> str:
     return f'<table class="nbj-kv">{cells}</table>'
 
 
-def step_timeline(steps: Sequence[Any], job: Any) -> str:
-    """Checkpoints as rows with a bar placed on the run's time axis."""
+def step_timeline(
+    steps: Sequence[Any],
+    job: Any,
+    artifacts: Found | None = None,
+    store: Any = None,
+    previews: list[int] | None = None,
+) -> str:
+    """Checkpoints as rows with a bar placed on the run's time axis; a step that refers
+    to artifacts shows them (``artifacts``, from :func:`job_artifacts`) instead of the
+    reference text, previews read from ``store`` while the ``previews`` budget lasts."""
+    artifacts = artifacts or {}
+    previews = previews if previews is not None else [MAX_PREVIEWS]
     if not steps:
         return '<div class="nbj-empty">No checkpoints yet.</div>'
     starts = [s.started_at for s in steps if s.started_at is not None]
@@ -64,12 +119,18 @@ def step_timeline(steps: Sequence[Any], job: Any) -> str:
             if s.started_at is not None and s.finished_at is not None
             else ""
         )
+        refs = artifacts.get(("step", s.name)) if s.done else None
+        value = (
+            artifacts_cell(refs, store, previews)
+            if refs
+            else f'<code style="font-size:11px">{_esc(stored_value(s.value, 120, s.value_length))}</code>'
+        )
         rows.append(
-            f"<tr><td>{s.seq}</td><td><b>{_esc(s.name)}</b>"
+            f'<tr data-step="{_esc(s.name)}"><td>{s.seq}</td><td><b>{_esc(s.name)}</b>'
             f'<div class="nbj-muted">{_esc(s.kind)}'
             f"{' · attempt ' + str(s.attempt) if s.attempt else ''}</div></td>"
             f"<td>{duration}</td><td style='width:45%'>{bar}</td>"
-            f'<td><code style="font-size:11px">{_esc(stored_value(s.value, 120, s.value_length))}</code></td></tr>'
+            f"<td>{value}</td></tr>"
         )
     head = "<tr><th>#</th><th>step</th><th>took</th><th>timeline</th><th>value</th></tr>"
     return f'<table class="nbj-steps">{head}{"".join(rows)}</table>'
@@ -237,6 +298,7 @@ class JobDetail(Component):
         if self.job_id:
             try:
                 detail = self.store.job_detail(self.job_id)
+                detail["artifacts"] = job_artifacts(self.store.artifact_values([self.job_id]))
             except UnknownJob:
                 pass
         with param.edit_constant(self):
@@ -254,9 +316,10 @@ class JobDetail(Component):
             self.retry_button.visible = self.cancel_button.visible = False
             return
         job = d["job"]
+        found, store, previews = d.get("artifacts") or {}, self.app.codec.artifacts, [MAX_PREVIEWS]
         self._header.object = self._header_html(job, d["children"])
-        self._summary.object = self._summary_html(job)
-        self._steps.object = step_timeline(d["checkpoints"], job)
+        self._summary.object = self._summary_html(job, found, store, previews)
+        self._steps.object = step_timeline(d["checkpoints"], job, found, store, previews)
         self._attempts.object = self._attempts_html(d["attempts"])
         self._signals.object = self._signals_html(d["signals"])
         allowed = not self.read_only
@@ -328,16 +391,24 @@ class JobDetail(Component):
             "</li></ul></div>"
         )
 
-    def _summary_html(self, job: Any) -> str:
+    def _summary_html(
+        self, job: Any, found: Found | None = None, store: Any = None, previews: Any = None
+    ) -> str:
+        found = found or {}
+        previews = previews if previews is not None else [MAX_PREVIEWS]
         parts = [
             '<div class="nbj-section">Input</div>',
             f'<pre class="nbj-pre">{_esc(stored_value(job.input, total=job.input_length))}</pre>',
         ]
+        if ("input", "input") in found:
+            parts.append(artifacts_cell(found["input", "input"], store, previews))
         if job.status == "succeeded":
             parts += [
                 '<div class="nbj-section">Result</div>',
                 f'<pre class="nbj-pre">{_esc(stored_value(job.result, total=job.result_length))}</pre>',
             ]
+            if ("result", "result") in found:
+                parts.append(artifacts_cell(found["result", "result"], store, previews))
         if job.error:
             parts += [
                 '<div class="nbj-section">Error</div>',

@@ -60,6 +60,8 @@ pre.nbj-error { background: #fef2f2; border-color: #fecaca; color: #7f1d1d; }
 .nbj-steps td, .nbj-steps th { padding: 4px 6px; border-bottom: 1px solid var(--nbj-border);
   text-align: left; vertical-align: middle; }
 .nbj-steps th { color: var(--nbj-muted); font-weight: 500; }
+.nbj-artifact summary { cursor: pointer; }
+.nbj-preview { max-height: 260px; overflow: auto; }
 .nbj-lane { position: relative; height: 10px; background: #f3f4f6; border-radius: 3px;
   min-width: 160px; }
 .nbj-lane > div { position: absolute; top: 0; height: 10px; border-radius: 3px; min-width: 2px; }
