@@ -27,7 +27,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from .errors import ConfigurationError
 from .jobs import ACTIVE, FINISHED, STATUSES
+from .validation import check_number
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -77,6 +79,7 @@ class JobsCollector(Collector):
     """
 
     def __init__(self, app: App, *, window_seconds: float = WINDOW_SECONDS) -> None:
+        check_number("window_seconds", window_seconds, positive=True)
         self.store = app.store
         self.stale_after_seconds = float(app.stale_after_seconds)
         self.window_seconds = float(window_seconds)
@@ -234,6 +237,9 @@ def serve_metrics(
     expose it beyond the host only on a network Prometheus alone can reach.  Port 0
     picks a free port (``server.server_port``).
     """
+    check_number("port", port, 0, integer=True)
+    if port > 65535:
+        raise ConfigurationError(f"port must be at most 65535, got {port!r}")
     registry = metrics_registry(app, window_seconds=window_seconds)
     server, _thread = start_http_server(port, addr=host, registry=registry)
     log.info(

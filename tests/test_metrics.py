@@ -297,6 +297,14 @@ def test_the_worker_metrics_server_binds_to_loopback_by_default(sqlite_app: nbjo
         server.server_close()
 
 
+def test_bad_arguments_are_refused_before_anything_listens(sqlite_app: nbjobs.App) -> None:
+    for port in (-1, 65536, "9464", 1.5):
+        with pytest.raises(nbjobs.ConfigurationError, match="port"):
+            serve_metrics(sqlite_app, port)  # type: ignore[arg-type]
+    with pytest.raises(nbjobs.ConfigurationError, match="window_seconds"):
+        serve_metrics(sqlite_app, 0, window_seconds=0)
+
+
 def test_openmetrics_is_served_to_a_scraper_that_asks_for_it(sqlite_app: nbjobs.App) -> None:
     wf = define(sqlite_app, threading.Event())
     with metrics_server(sqlite_app) as url, sqlite_app.running(concurrency=1):
