@@ -31,7 +31,7 @@ from nbjobs.metrics import STEP_BUCKETS, serve_metrics
 from nbjobs.schema import attempts, checkpoints, jobs
 from tests import backends
 from tests.conftest import make_app
-from tests.support import free_port, server_process
+from tests.support import ROOT, free_port, server_process
 from tests.test_dashboard_security import listening, non_loopback_address
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -295,6 +295,19 @@ def test_the_worker_metrics_server_binds_to_loopback_by_default(sqlite_app: nbjo
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_import_nbjobs_loads_no_prometheus_client() -> None:
+    code = (
+        "import sys, nbjobs\n"
+        "before = 'prometheus_client' in sys.modules\n"
+        "import nbjobs.metrics\n"
+        "print(before, 'prometheus_client' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.split() == ["False", "True"], out.stdout + out.stderr
 
 
 def test_bad_arguments_are_refused_before_anything_listens(sqlite_app: nbjobs.App) -> None:
