@@ -32,7 +32,7 @@ from nbjobs.schema import attempts, checkpoints, jobs
 from tests import backends
 from tests.conftest import make_app
 from tests.support import ROOT, free_port, server_process
-from tests.test_dashboard_security import listening, non_loopback_address
+from tests.test_dashboard_security import listening, login, non_loopback_address
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 TIMEOUT = 60
@@ -452,6 +452,13 @@ def test_the_dashboard_asks_a_scraper_for_its_basic_auth_login(finished_db: str,
         assert fetch(url, basic("mallory", PASSWORD))[0] == 401
         found = scrape(url, basic("prom", PASSWORD))
         assert pick(found, "nbjobs_finished_jobs", workflow="ok", outcome="succeeded") == 3
+        # a browser logged in through the dashboard's login page reads it too
+        opener, cookies = login(url.removesuffix("/metrics"), "prom", PASSWORD)
+        assert "user" in cookies
+        with opener.open(url, timeout=TIMEOUT) as response:
+            assert response.status == 200
+            found = samples(response.read().decode())
+        assert pick(found, "nbjobs_finished_jobs", workflow="bad", outcome="failed") == 1
 
 
 @pytest.mark.slow
