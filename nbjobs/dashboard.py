@@ -11,6 +11,11 @@ unless given ``--address``, and its websocket origin check does not stop scripts
 session from another host gets a refusal, not the dashboard, unless the operator sets
 ``NBJOBS_DASHBOARD_ALLOW_REMOTE=1`` (see :mod:`nbjobs.views.access`).
 
+Both serve Prometheus metrics on ``/metrics`` (:mod:`nbjobs.metrics`), guarded like
+the dashboard (:mod:`nbjobs.views.metrics`); under ``panel serve`` the route comes from
+this module as a Panel plugin: ``panel serve nbjobs/dashboard.py --plugins
+nbjobs.dashboard --args --url URL``.
+
 It is also the dashboard's entry from Python: :func:`serve` (what ``nbjobs dashboard``
 runs) and :class:`Dashboard`, which also takes a database URL for ``app``.  This is the
 one place of the dashboard that builds an :class:`~nbjobs.App`: the views under
@@ -26,7 +31,7 @@ import secrets
 import sys
 import threading
 import webbrowser
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import panel as pn
@@ -42,8 +47,9 @@ from nbjobs.views.access import (
     refusal_page,
     remote_allowed,
 )
+from nbjobs.views.metrics import metrics_route
 
-__all__ = ["Dashboard", "serve"]
+__all__ = ["ROUTES", "Dashboard", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,28 @@ def _url(argv: list[str]) -> str:
 
 def _shared_app(url: str) -> App:
     return pn.state.as_cached(f"nbjobs-app:{url}", lambda: App(url))
+
+
+def _registry(app: App | None = None) -> Callable[[], Any]:
+    """The metrics registry of ``app`` (else of the served script's ``--url``), built on
+    the first scrape and kept: its collector keeps the settled counts between scrapes."""
+    built: list[Any] = []
+    lock = threading.Lock()
+
+    def registry() -> Any:
+        with lock:
+            if not built:
+                from nbjobs.metrics import metrics_registry
+
+                built.append(metrics_registry(app or _shared_app(_url(sys.argv[1:]))))
+            return built[0]
+
+    return registry
+
+
+#: ``panel serve nbjobs/dashboard.py --plugins nbjobs.dashboard``: Panel adds these
+#: tornado routes (``/metrics``) to the server.
+ROUTES = [metrics_route(_registry())]
 
 
 def _quiet_closed_sockets(record: logging.LogRecord) -> bool:
@@ -109,6 +137,10 @@ def serve(
 
     With ``token`` and no ``basic_auth``, nothing is served without the token: the URL
     printed (and opened by ``show``) carries it, as Jupyter's does (:class:`~nbjobs.views.access.TokenAuth`).
+
+    ``/metrics`` serves Prometheus metrics of the database to the same clients (a
+    scraper passes ``Authorization: Basic`` for ``basic_auth``, or the token as
+    ``?token=`` or ``Authorization: Bearer``).
     """
     from panel.config import config
     from panel.io.application import build_applications
@@ -140,6 +172,8 @@ def serve(
     applications = build_applications({"/": session}, title="nbjobs")
     applications["/"].add(LoginName())
     options = {**TOKEN_OPTIONS, **kwargs}
+    route = metrics_route(_registry(app), basic_auth=basic_auth, allow_remote=allow_remote)
+    options["extra_patterns"] = [*options.get("extra_patterns", ()), route]
     launch = f"http://{address}:{port}/"
     if token and not basic_auth:
         options["auth_provider"] = TokenAuth(token)

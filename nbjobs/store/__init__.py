@@ -13,11 +13,12 @@
 * ``queries``: reads of single jobs and simple listings;
 * ``schedules``: cron schedules and their ticks;
 * ``counts``, ``views`` and ``history``: the dashboard's and the notebooks' reads;
+* ``metrics``: the reads behind ``/metrics``;
 * ``retention``: purging old history.
 
 The composition is explicit: a class inherits from the classes whose methods it calls
 (``FinishQueries`` from ``JobQueries`` and ``FanoutQueries``; ``FanoutQueries`` from
-``WaitQueries``; ``ViewQueries`` from ``CountQueries``; all of them from ``CoreStore``),
+``WaitQueries``; ``ViewQueries`` and ``MetricQueries`` from ``CountQueries``; all of them from ``CoreStore``),
 and no method is defined twice, so the order of the bases below changes nothing.  The
 one exception is the group-commit hook ``Transactions._run_group``, which
 ``FinishQueries`` replaces without ``super()`` (``tests/test_layers.py`` checks it all).
@@ -27,6 +28,7 @@ from .cancel import CancelQueries
 from .finish import FinishQueries
 from .history import HistoryQueries
 from .jobs import ClaimedJob
+from .metrics import MetricQueries
 from .queries import JobReads
 from .retention import RetentionQueries
 from .schedules import ScheduleQueries
@@ -43,6 +45,7 @@ class Store(
     ViewQueries,
     HistoryQueries,
     RetentionQueries,
+    MetricQueries,
 ):
     """All reads and writes of the nbjobs tables for one database."""
 

@@ -203,6 +203,12 @@ class TokenAuth(AuthProvider):
         self._mark = hashlib.sha256(token.encode()).hexdigest()[:32]
         super().__init__()
 
+    def accepts(self, token: str) -> bool:
+        """Is ``token`` this server's token (a scraper's ``Authorization: Bearer``)?"""
+        import hmac
+
+        return hmac.compare_digest(token.encode(), self._token.encode())
+
     @property
     def get_user(self) -> Any:
         import hmac
