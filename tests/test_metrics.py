@@ -337,23 +337,28 @@ def test_openmetrics_is_served_to_a_scraper_that_asks_for_it(sqlite_app: nbjobs.
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", backends.selected("sqlite", "postgres", "mysql"))
 def test_two_workers_on_one_database_report_the_same_fleet(db_url: str, tmp_path: Path) -> None:
-    """A worker process and this one, each serving /metrics, scraped one after the
-    other: the fleet's numbers come from the database, so they agree (no double count)."""
+    """An `nbjobs worker --metrics-port` process and this one, each serving /metrics,
+    scraped one after the other: the fleet's numbers come from the database, so they
+    agree (no double count)."""
     app = make_app(db_url, stale_after_seconds=5.0)
     wf = define(app, threading.Event())
+    metered = app.workflow(name="metered")(lambda cs, n: 2 * n)
     port = free_port()
 
     def ready(proc: subprocess.Popen) -> bool:
         return bool(listening(proc.pid, port))
 
-    argv = [sys.executable, "-m", "tests.apps.metrics_app", str(port)]
-    env = {"NBJOBS_URL": db_url, "NBJOBS_SUBMIT": "6"}
+    argv = [sys.executable, "-m", "nbjobs.cli", "worker", "tests.apps.metrics_app:app",
+            "--concurrency", "2", "--metrics-port", str(port)]  # fmt: skip
+    env = {"NBJOBS_URL": db_url}
     try:
         with (
             server_process(argv, tmp_path / "worker.log", ready, env=env),
             metrics_server(app) as here,
             app.running(concurrency=2),
         ):
+            for n in range(6):  # either worker may run them: the fleet is what counts
+                metered.submit(n)
             settle([wf["ok"].submit(n) for n in range(4)])
             wait_for(
                 lambda: len(app.jobs(workflow="metered", status="succeeded")) == 6,

@@ -128,9 +128,23 @@ def _wait_for_stop_signal() -> None:
     show_default=False,
     help="database URL for an App made without one (sets NBJOBS_URL before the import)",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    show_default=False,
+    help="serve Prometheus metrics on this port (/metrics; 0 picks a free one)",
+)
+@click.option("--metrics-host", default="127.0.0.1", help="address the metrics server listens on")
 @log_level_option
 def worker(
-    app_target: str, concurrency: int, queues: str | None, grace: float, url: str | None
+    app_target: str,
+    concurrency: int,
+    queues: str | None,
+    grace: float,
+    url: str | None,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run a worker process for APP, the module:attribute of an nbjobs.App
     (e.g. pipeline.jobs:app)."""
@@ -156,11 +170,20 @@ def worker(
             f"workflows {', '.join(app.workflow_names()) or '(none)'}"
         )
     )
+    metrics = None
+    if metrics_port is not None:
+        from ..metrics import serve_metrics
+
+        metrics = serve_metrics(app, metrics_port, host=metrics_host)
+        click.echo(f"metrics on http://{metrics_host}:{metrics.server_port}/metrics")
     sys.stdout.flush()
     try:
         _wait_for_stop_signal()
     finally:
         app.stop(timeout=grace)
+        if metrics is not None:
+            metrics.shutdown()
+            metrics.server_close()
 
 
 #: The environment variables ``nbjobs dashboard`` reads its secrets from.
