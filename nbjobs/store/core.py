@@ -16,18 +16,18 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, overload
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import QueuePool
 
 from .. import dialects
 from ..clock import Clock
 from ..dialects.base import Prepared
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, UnknownJob
 from ..jobs import Status
 from ..schema import attempts, checkpoints, jobs, meta, new_token
 from . import migrations
@@ -179,6 +179,18 @@ class CoreStore(Transactions):
         """Push wake-ups (PostgreSQL LISTEN/NOTIFY): ``callback(queue)`` when a job
         becomes ready anywhere; returns a stop function, or None (polling only)."""
         return self.dialect.listen(callback)
+
+    def _job_rows(self, stmt: Any, job_id: str) -> Sequence[Row]:
+        """The rows ``stmt`` reads about one job; ``UnknownJob`` when there are none
+        because there is no such job (an empty answer is ambiguous otherwise)."""
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
+            if (
+                not rows
+                and conn.execute(select(jobs.c.id).where(jobs.c.id == job_id)).first() is None
+            ):
+                raise UnknownJob(f"no job with id {job_id!r}")
+        return rows
 
     def now(self) -> float:
         return self.clock.now()

@@ -167,16 +167,9 @@ class JobReads(CoreStore):
 
     def job_logs(self, job_id: str) -> Sequence[Row]:
         """The job's output rows in order; ``UnknownJob`` when there is no such job."""
-        with self._read() as conn:
-            rows = conn.execute(
-                select(logs).where(logs.c.job_id == job_id).order_by(logs.c.id)
-            ).all()
-            if (
-                not rows
-                and conn.execute(select(jobs.c.id).where(jobs.c.id == job_id)).first() is None
-            ):
-                raise UnknownJob(f"no job with id {job_id!r}")
-        return rows
+        return self._job_rows(
+            select(logs).where(logs.c.job_id == job_id).order_by(logs.c.id), job_id
+        )
 
     def job_signals(self, job_id: str) -> Sequence[Row]:
         with self._read() as conn:

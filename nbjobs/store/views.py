@@ -298,20 +298,13 @@ class ViewQueries(CountQueries):
         """The job's checkpoints in order, each stored value cut to ``DETAIL_CHARS`` with
         its full length as ``value_length`` (a preview: no artifact is loaded);
         ``UnknownJob`` when there is no such job."""
-        from ..errors import UnknownJob
 
-        with self._read() as conn:
-            rows = conn.execute(
-                select(*self._cut_columns(checkpoints))
-                .where(checkpoints.c.job_id == job_id)
-                .order_by(checkpoints.c.seq)
-            ).all()
-            if (
-                not rows
-                and conn.execute(select(jobs.c.id).where(jobs.c.id == job_id)).first() is None
-            ):
-                raise UnknownJob(f"no job with id {job_id!r}")
-        return rows
+        return self._job_rows(
+            select(*self._cut_columns(checkpoints))
+            .where(checkpoints.c.job_id == job_id)
+            .order_by(checkpoints.c.seq),
+            job_id,
+        )
 
     def job_tree(self, job_id: str, *, depth: int = 2, cap: int = 50) -> dict[str, Any]:
         """A job and its descendants ``depth`` levels down, for the fan-out tree.

@@ -16,22 +16,11 @@ import numpy as np
 import pandas as pd
 
 import nbjobs
+from tests.apps.events import record
 
 app = nbjobs.App(
     os.environ["NBJOBS_URL"], heartbeat_seconds=0.5, stale_after_seconds=300, poll_seconds=0.1
 )
-
-
-def record(event: str) -> None:
-    path = os.environ.get("NBJOBS_LEDGER")
-    if not path:
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{event} {os.getpid()}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def make_frame(rows: int, seed: int) -> pd.DataFrame:
