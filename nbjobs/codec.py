@@ -347,7 +347,7 @@ def _digests_in(text: str) -> list[str]:
 def _digest_artifact(value: Any) -> Any:
     """For hashed-only text: an artifact type's digest stands for it, nothing is written
     (an Arrow-backed frame is fingerprinted in memory, not encoded)."""
-    from .artifacts.store import HashingWriter, arrow_fingerprint
+    from .artifacts.hashing import HashingWriter, arrow_fingerprint
     from .artifacts.types import find_type
 
     kind = find_type(value)

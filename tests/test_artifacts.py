@@ -23,6 +23,7 @@ import pandas as pd
 import polars as pl
 import polars.testing
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import nbjobs
@@ -572,7 +573,25 @@ def test_a_stored_table_is_found_by_its_fingerprint_and_not_encoded_again(store)
             time.sleep(0.01)
         calls["finished"] += 1
 
+    # Seen before (its quick print is known): hashed alone, the write never starts.
     assert store.write_arrow(table.select(["x", "y"]), "parquet", slow_dump) == (sha, size)
+    assert calls == {"started": 0, "finished": 0}
+    assert not _temporary(Path(store.root))
+
+    # The same ends but another middle: the quick print matches, the fingerprint does
+    # not, so it is written (and stored under its own digest).
+    y = np.arange(200_000) * 0.5
+    y[100_000] = -1.0
+    other = pa.table({"x": np.arange(200_000), "y": y})
+    other_sha, _ = store.write_arrow(other, "parquet", write_parquet)
+    assert other_sha != sha
+    assert pq.read_table(store.path(other_sha, "parquet")).equals(other)
+
+    # A table never seen: the write starts at once and stops when the fingerprint of a
+    # stored table matches (here: the quick print marker is gone, the entry is not).
+    for marker in Path(store.root, FINGERPRINTS, "quick").glob("*/*"):
+        marker.unlink()
+    assert store.write_arrow(table, "parquet", slow_dump) == (sha, size)
     assert calls == {"started": 1, "finished": 0}  # stopped once the fingerprint matched
     assert not _temporary(Path(store.root))
 

@@ -41,112 +41,13 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from ..errors import ArtifactError, ConfigurationError
+from .hashing import CHUNK, HashingWriter, TailHasher, arrow_fingerprint, hash_file, quick_print
 from .layout import FINGERPRINTS, TEMP_FOLDER, TOUCHED
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_CHUNK = 8 * 1024 * 1024
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-
-
-class HashingWriter:
-    """A write-only binary file that hashes what passes through (to ``target`` or nowhere).
-
-    It has what pyarrow, numpy and tarfile ask of a sink: ``write``, ``tell``, ``flush``
-    and ``closed``.
-    """
-
-    def __init__(self, target: IO[bytes] | None) -> None:
-        self._target = target
-        self._hash = hashlib.sha256()
-        self.size = 0
-        self.closed = False
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data)
-        if self._target is not None:
-            self._target.write(view)
-        self._hash.update(view)
-        self.size += view.nbytes
-        return view.nbytes
-
-    def tell(self) -> int:
-        return self.size
-
-    def flush(self) -> None:
-        if self._target is not None:
-            self._target.flush()
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def readable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.closed = True
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
-
-
-class TailHasher:
-    """Hashes a file in a second thread while this one appends to it.
-
-    Parquet encoding and SHA-256 each take a core; run one after the other, hashing would
-    add most of the encoding time again.  The hasher reads what the writer has already
-    handed to the OS (from the page cache: no second in-memory copy of the value) and
-    stops at the end of the file once :meth:`finish` says the writer is done.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._done = threading.Event()
-        self._result: tuple[str, int] | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="nbjobs-artifact-hash", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            digest = hashlib.sha256()
-            size = 0
-            buffer = bytearray(_CHUNK)
-            view = memoryview(buffer)
-            with open(self._path, "rb", buffering=0) as f:
-                while True:
-                    finished = self._done.is_set()  # before the read: then EOF is the end
-                    n = f.readinto(buffer)
-                    if n:
-                        digest.update(view[:n])
-                        size += n
-                    elif finished:
-                        break
-                    else:
-                        self._done.wait(0.002)
-            self._result = (digest.hexdigest(), size)
-        except BaseException as exc:  # re-raised in the writer's thread
-            self._error = exc
-
-    def abandon(self) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def finish(self, size: int) -> str:
-        """The digest, once everything written (``size`` bytes, flushed) is hashed."""
-        self._done.set()
-        self._thread.join()
-        if self._error is not None:
-            raise ArtifactError(f"cannot hash {self._path}: {self._error}") from self._error
-        assert self._result is not None
-        digest, hashed = self._result
-        if hashed != size:
-            raise ArtifactError(f"hashed {hashed:,} bytes of {self._path}, not {size:,}")
-        return digest
 
 
 class _Stop(Exception):
@@ -180,26 +81,6 @@ class _Stoppable:
 
     def close(self) -> None:
         self.closed = True
-
-
-def arrow_fingerprint(table: Any) -> str:
-    """SHA-256 of an Arrow table's IPC stream: its schema (metadata included) and data,
-    computed from memory without encoding Parquet."""
-    import pyarrow as pa
-
-    sink = HashingWriter(None)
-    sink.write(b"nbjobs arrow fingerprint 1\0")
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.hexdigest()
-
-
-def _hash_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ArtifactStore:
@@ -347,6 +228,17 @@ class ArtifactStore:
         first store of a table pays no delay); when the fingerprint names an artifact
         this store holds, the write is stopped and its temporary file removed.
         """
+        quick = quick_print(table)
+        if self._seen_quick(quick):
+            # A table much like this one was stored: hash it alone first, with no Parquet
+            # encoding competing for the cores; the write starts only on a miss.
+            known = arrow_fingerprint(table)
+            hit = self._lookup(known, suffix)
+            if hit is not None:
+                return hit
+            sha, size = self.write(lambda f: dump(table, f), suffix)
+            self._remember(known, sha, size, suffix, quick)
+            return sha, size
         found: list[tuple[str | None, tuple[str, int] | None]] = []
         stop = threading.Event()
 
@@ -374,8 +266,15 @@ class ArtifactStore:
         thread.join()
         digest, hit = found[0]
         if digest is not None and hit is None:
-            self._remember(digest, sha, size, suffix)
+            self._remember(digest, sha, size, suffix, quick)
         return sha, size
+
+    def _seen_quick(self, quick: str) -> bool:
+        path = f"{self.root}/{FINGERPRINTS}/quick/{quick[:2]}/{quick}"
+        try:
+            return os.path.exists(path) if self.local else bool(self.fs.exists(path))
+        except OSError:
+            return False
 
     def _fingerprint_path(self, fingerprint: str) -> str:
         return f"{self.root}/{FINGERPRINTS}/{fingerprint[:2]}/{fingerprint}.json"
@@ -396,9 +295,12 @@ class ArtifactStore:
             return None
         return (sha, size) if self._reuse(sha, suffix, size) else None
 
-    def _remember(self, fingerprint: str, sha256: str, size: int, suffix: str) -> None:
+    def _remember(self, fingerprint: str, sha256: str, size: int, suffix: str, quick: str) -> None:
+        """Record the fingerprint's artifact, and the table's quick print (a marker that
+        says: hash a table with this print before writing it, see ``write_arrow``)."""
         entry = json.dumps({"sha256": sha256, "size": size, "suffix": suffix}).encode()
         path = self._fingerprint_path(fingerprint)
+        marker = f"{self.root}/{FINGERPRINTS}/quick/{quick[:2]}/{quick}"
         try:
             if self.local:
                 temp = os.path.join(self.root, TEMP_FOLDER, f"{uuid.uuid4().hex}.part")
@@ -406,8 +308,12 @@ class ArtifactStore:
                     f.write(entry)
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 os.replace(temp, path)
+                os.makedirs(os.path.dirname(marker), exist_ok=True)
+                with open(marker, "wb"):
+                    pass
             else:
                 self.fs.pipe_file(path, entry)
+                self.fs.pipe_file(marker, b"")
         except OSError:  # an optimisation: the next store of this table encodes it again
             log.warning("cannot record the fingerprint of artifact %s", sha256, exc_info=True)
 
@@ -482,7 +388,7 @@ class ArtifactStore:
 
         def check() -> None:
             try:
-                found.append(_hash_file(path))
+                found.append(hash_file(path))
             except BaseException as exc:  # reported below, with the URI
                 found.append(exc)
 
@@ -506,7 +412,7 @@ class ArtifactStore:
             sink = HashingWriter(f)
             try:
                 with self.fs.open(self.path(sha256, suffix), "rb") as remote:
-                    while chunk := remote.read(_CHUNK):
+                    while chunk := remote.read(CHUNK):
                         sink.write(chunk)
             except FileNotFoundError:
                 raise ArtifactError(f"artifact {uri} is missing") from None

@@ -288,7 +288,7 @@ class File:
     def digest(self) -> str:
         """SHA-256 of the stored form (the bytes, or the tar stream of a folder)."""
         if self._digest is None:
-            from .store import HashingWriter
+            from .hashing import HashingWriter
 
             sink = HashingWriter(None)
             _dump_file(self, sink)
