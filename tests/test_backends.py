@@ -414,6 +414,30 @@ def test_a_connection_given_back_after_close_is_closed(app: nbjobs.App):
     assert _driver_closed(late_driver)
 
 
+@pytest.mark.parametrize("backend", backends.selected("postgres"))
+def test_a_database_of_a_newer_nbjobs_is_refused_and_no_connection_stays(db_url: str):
+    app = make_app(db_url)
+    with app.store.engine.begin() as conn:
+        conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value="999"))
+    app.close()
+    database = sa.make_url(db_url).database
+    with pytest.raises(nbjobs.ConfigurationError, match="schema version 999, newer") as refused:
+        make_app(db_url)
+    # The refused store closed its pool (its traceback, kept here, still holds the store).
+    assert refused.traceback
+    admin = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            left = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                "AND application_name = 'nbjobs' AND pid <> pg_backend_pid()",
+                (database,),
+            ).scalar()
+    finally:
+        admin.dispose()
+    assert left == 0
+
+
 # -- bad URLs --------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "url, host",

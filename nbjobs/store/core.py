@@ -152,6 +152,9 @@ class CoreStore(Transactions):
         except DBAPIError as exc:
             self.close()
             refused = exc
+        except BaseException:
+            self.close()  # e.g. a newer schema: no connection is left to the collector
+            raise
         else:
             return
         if isinstance(refused, OperationalError):
