@@ -385,6 +385,59 @@ def test_autocommit_connections_are_lent_warmest_first_and_only_so_many(backend:
             app.close()
 
 
+def _driver_closed(driver) -> bool:
+    """Whether a DB-API connection (psycopg, PyMySQL, sqlite3, DuckDB) is closed."""
+    if hasattr(driver, "closed"):  # psycopg
+        return bool(driver.closed)
+    if hasattr(driver, "open"):  # PyMySQL
+        return not driver.open
+    try:
+        driver.cursor().execute("SELECT 1")
+    except Exception:
+        return True
+    return False
+
+
+def test_a_connection_given_back_after_close_is_closed(app: nbjobs.App):
+    # A thread still in a transaction when the app closes gives its connection back
+    # after the pool was disposed of: it is closed then, not left open in that pool.
+    early = app.store.engine.connect()
+    late = app.store.engine.connect()
+    early_driver = early.connection.dbapi_connection
+    late_driver = late.connection.dbapi_connection
+    early.close()
+    assert not _driver_closed(early_driver)  # pooled while the app is open
+    app.close()
+    assert _driver_closed(early_driver)  # by dispose()
+    assert not _driver_closed(late_driver)  # still checked out
+    late.close()
+    assert _driver_closed(late_driver)
+
+
+@pytest.mark.parametrize("backend", backends.selected("postgres"))
+def test_a_database_of_a_newer_nbjobs_is_refused_and_no_connection_stays(db_url: str):
+    app = make_app(db_url)
+    with app.store.engine.begin() as conn:
+        conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value="999"))
+    app.close()
+    database = sa.make_url(db_url).database
+    with pytest.raises(nbjobs.ConfigurationError, match="schema version 999, newer") as refused:
+        make_app(db_url)
+    # The refused store closed its pool (its traceback, kept here, still holds the store).
+    assert refused.traceback
+    admin = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            left = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                "AND application_name = 'nbjobs' AND pid <> pg_backend_pid()",
+                (database,),
+            ).scalar()
+    finally:
+        admin.dispose()
+    assert left == 0
+
+
 # -- bad URLs --------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "url, host",

@@ -318,6 +318,10 @@ async def _websocket_status(url: str, origin: str) -> int:
     except HTTPClientError as exc:
         return exc.code
     conn.close()
+    # Until the server's close frame (or tornado's abort, 5 s on) closes the socket:
+    # asyncio.run would close the loop first, leaving the socket open to the collector.
+    while await conn.read_message() is not None:
+        pass
     return 101
 
 

@@ -139,6 +139,41 @@ def test_run_raises_job_failed_with_remote_traceback(app):
     assert app.jobs(workflow="broken")[0].status == "failed"
 
 
+def test_closing_the_app_stops_the_heartbeat_of_inline_runs(app):
+    # The heartbeat must not write while close() disposes of the pool: its connection,
+    # given back afterwards, would stay open until the garbage collector found it.
+    started, release = threading.Event(), threading.Event()
+
+    @app.workflow(name="held")
+    def held(cs: nbjobs.CallState) -> int:
+        started.set()
+        release.wait(30)
+        return 1
+
+    outcome: list[BaseException | int] = []
+
+    def run() -> None:
+        try:
+            outcome.append(held.run())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        assert started.wait(30)
+        beat = app._engine.inline._monitor
+        assert beat is not None and beat.is_alive()
+        app.close()
+        assert not beat.is_alive()
+    finally:
+        release.set()
+        runner.join(30)
+    # The run outlived its app: its outcome cannot be stored, and it says so.
+    (error,) = outcome
+    assert isinstance(error, nbjobs.ConfigurationError) and "closed" in str(error)
+
+
 def test_run_of_an_async_workflow(app):
     @app.workflow(name="arun")
     async def arun(cs: nbjobs.CallState, x: int) -> int:

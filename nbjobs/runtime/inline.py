@@ -36,6 +36,7 @@ class InlineRunner:
         self.id = f"{socket.gethostname()}:{os.getpid()}:inline"
         self.running: dict[str, Execution] = {}
         self._monitor: threading.Thread | None = None
+        self._closing = threading.Event()
         self._loop: LoopThread | None = None
         self._lock = threading.Lock()
 
@@ -81,9 +82,18 @@ class InlineRunner:
             self.runtime.finished.notify()
 
     def close(self) -> None:
-        """Stop the loop of ``async def`` runs (the App is closing)."""
+        """Stop the heartbeat and the loop of ``async def`` runs (the App is closing).
+
+        The heartbeat is joined: the App disposes of its connection pool next, and a
+        heartbeat still writing then would give its connection back to the pool after
+        that, which nobody closes (a connection left open to the garbage collector).
+        """
+        self._closing.set()
         with self._lock:
             loop, self._loop = self._loop, None
+            monitor = self._monitor
+        if monitor is not None and monitor is not threading.current_thread():
+            monitor.join(timeout=5)
         if loop is not None:
             loop.stop()
 
@@ -95,10 +105,10 @@ class InlineRunner:
 
     def _beat(self) -> None:
         """While jobs run here: their timeouts, and the worker's heartbeat of their leases."""
-        runtime, stop = self.runtime, threading.Event()
+        runtime = self.runtime
         while True:
             with self._lock:
-                if not self.running:
+                if not self.running or self._closing.is_set():
                     self._monitor = None
                     return
                 executions = {j: x for j, x in self.running.items() if not x.lost}
@@ -108,4 +118,4 @@ class InlineRunner:
                 renew(runtime, self.id, executions, held)
             except Exception:
                 log.exception("inline heartbeat failed")
-            runtime.clock.wait(stop, min(runtime.settings.heartbeat_seconds, 0.5))
+            runtime.clock.wait(self._closing, min(runtime.settings.heartbeat_seconds, 0.5))

@@ -19,10 +19,10 @@ import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any, overload
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, event, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from .. import dialects
 from ..clock import Clock
@@ -125,6 +125,7 @@ class CoreStore(Transactions):
         self.safe_url = dialects.safe_url(self.url)
         self.clock = clock or Clock()
         self.engine = self.dialect.create_engine()
+        event.listen(self.engine, "checkin", self._checkin)
         self._write_options = self.dialect.write_options()
         self._local = threading.local()
         self._claim_plans: dict[tuple, Any] = {}
@@ -151,6 +152,9 @@ class CoreStore(Transactions):
         except DBAPIError as exc:
             self.close()
             refused = exc
+        except BaseException:
+            self.close()  # e.g. a newer schema: no connection is left to the collector
+            raise
         else:
             return
         if isinstance(refused, OperationalError):
@@ -174,6 +178,14 @@ class CoreStore(Transactions):
             self._autocommit.close()
         self.engine.dispose()
         self.dialect.close()
+
+    def _checkin(self, dbapi_connection: Any, entry: ConnectionPoolEntry) -> None:
+        """A connection given back after :meth:`close` (a thread that was still in a
+        transaction then) is closed: ``engine.dispose()`` closes only the connections in
+        the pool, and one checked in later would stay open in the discarded pool until
+        the garbage collector finds it."""
+        if self.closed and dbapi_connection is not None:
+            entry.close()
 
     def listen_ready(self, callback: Any) -> Any:
         """Push wake-ups (PostgreSQL LISTEN/NOTIFY): ``callback(queue)`` when a job
