@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (
@@ -34,7 +34,14 @@ from .validation import check_number
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from .app import App
+
+class App(Protocol):
+    """What the metrics read of an :class:`~nbjobs.App`: its store and its stale
+    threshold (a view never imports the App)."""
+
+    store: Any
+    stale_after_seconds: float
+
 
 __all__ = [
     "DELAY_BUCKETS",
