@@ -1,0 +1,252 @@
+"""Outcome hooks: ``app.on(event, fn)`` runs ``fn(handle)`` in a worker once per outcome."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import pytest
+
+import nbjobs
+from tests import backends
+from tests.conftest import make_app
+from tests.support import submit_elsewhere, wait_until, worker_process
+
+# Backends several processes can share (DuckDB is single-process by design).
+MULTIPROCESS = backends.selected("sqlite", "postgres")
+
+
+class Calls:
+    """What hooks saw: (event, job id, status the handle read), thread-safe."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: list[tuple[str, str, str]] = []
+
+    def hook(self, event: str):
+        def record(handle: nbjobs.JobHandle) -> None:
+            with self.lock:
+                self.seen.append((event, handle.id, handle.status))
+
+        record.__qualname__ = f"record_{event}"
+        return record
+
+    def of(self, job_id: str) -> list[tuple[str, str]]:
+        with self.lock:
+            return [(event, status) for event, jid, status in self.seen if jid == job_id]
+
+
+def _done_runs(app: nbjobs.App, job_id: str) -> list:
+    return [r for r in app.store.job_hook_runs(job_id) if r.done_at is not None]
+
+
+def test_on_checks_its_event_and_function(app: nbjobs.App):
+    with pytest.raises(nbjobs.ConfigurationError, match="'succeeded', 'failed', 'cancelled'"):
+        app.on("finished", print)
+    with pytest.raises(nbjobs.ConfigurationError, match="needs a callable"):
+        app.on("failed", 42)  # type: ignore[arg-type]
+
+    def notify(handle: nbjobs.JobHandle) -> None:
+        pass
+
+    assert app.on("failed", notify) is notify
+    assert app.on("succeeded")(notify) is notify  # a decorator too
+    assert app.runtime.hooks.events() == ("succeeded", "failed")
+
+
+def test_success_failure_and_cancel_each_run_their_hook(app: nbjobs.App):
+    calls = Calls()
+    for event in ("succeeded", "failed", "cancelled"):
+        app.on(event, calls.hook(event))
+
+    @app.workflow(name="hook-ok")
+    def ok(cs: nbjobs.CallState, x: int) -> int:
+        return x + 1
+
+    @app.workflow(name="hook-bad", retries=2)
+    def bad(cs: nbjobs.CallState) -> None:
+        raise ValueError("no")
+
+    with app.running(concurrency=2):
+        good = ok.submit(1)
+        failing = bad.submit()
+        assert good.result(timeout=30) == 2
+        with pytest.raises(nbjobs.JobFailed):
+            failing.result(timeout=30)
+        wait_until(lambda: calls.of(good.id) and calls.of(failing.id), what="hooks")
+    assert calls.of(good.id) == [("succeeded", "succeeded")]
+    # Failed for good after its retries: one outcome, one call.
+    assert calls.of(failing.id) == [("failed", "failed")]
+    assert len(failing.attempts) == 3
+    assert len(_done_runs(app, failing.id)) == 1
+
+
+def test_a_queued_job_cancelled_elsewhere_runs_the_workers_hook(db_url: str):
+    calls = Calls()
+    runner = make_app(db_url)
+    runner.on("cancelled", calls.hook("cancelled"))
+    notebook = make_app(db_url)  # another process in spirit: no worker, no hooks
+    try:
+        runner.start(concurrency=1, queues=["elsewhere"])
+        job_id = notebook.store.enqueue_job(workflow="nobody-runs-this", input="{}")[0]
+        assert notebook.cancel(job_id) == "cancelled"
+        wait_until(lambda: calls.of(job_id), what="the cancelled hook")
+        assert calls.of(job_id) == [("cancelled", "cancelled")]
+    finally:
+        runner.close()
+        notebook.close()
+
+
+def test_a_failing_hook_is_logged_and_leaves_the_job_alone(
+    app: nbjobs.App, caplog: pytest.LogCaptureFixture
+):
+    calls = Calls()
+
+    def broken_alert(handle: nbjobs.JobHandle) -> None:
+        raise RuntimeError("slack is down")
+
+    app.on("succeeded", broken_alert)
+    app.on("succeeded", calls.hook("succeeded"))  # the next hook still runs
+
+    @app.workflow(name="hook-fine")
+    def fine(cs: nbjobs.CallState) -> str:
+        return "fine"
+
+    with caplog.at_level(logging.ERROR, logger="nbjobs.runtime.hooks"), app.running():
+        h = fine.submit()
+        assert h.result(timeout=30) == "fine"
+        wait_until(lambda: _done_runs(app, h.id), what="the hook run recorded")
+    assert calls.of(h.id) == [("succeeded", "succeeded")]
+    assert h.status == "succeeded" and h.result(timeout=1) == "fine"
+    [record] = [r for r in caplog.records if "slack is down" in (r.exc_text or "")]
+    message = record.getMessage()
+    assert h.id in message and "succeeded" in message and "broken_alert" in message
+    assert record.job_id == h.id and record.event == "succeeded"  # type: ignore[attr-defined]
+
+
+def test_two_workers_on_one_database_run_each_outcome_once(db_url: str):
+    calls = Calls()
+    apps = [make_app(db_url) for _ in range(2)]
+    try:
+        for a in apps:
+            a.on("succeeded", calls.hook("succeeded"))
+
+            @a.workflow(name="hook-many")
+            def many(cs: nbjobs.CallState, i: int) -> int:
+                return i
+
+        for a in apps:
+            a.start(concurrency=2)
+        handles = [apps[i % 2].get_workflow("hook-many").submit(i) for i in range(40)]
+        for h in handles:
+            h.result(timeout=60)
+        wait_until(lambda: all(calls.of(h.id) for h in handles), timeout=60, what="hooks")
+        for a in apps:
+            a.stop()
+        for h in handles:
+            assert calls.of(h.id) == [("succeeded", "succeeded")]
+            assert len(_done_runs(apps[0], h.id)) == 1
+    finally:
+        for a in apps:
+            a.close()
+
+
+def test_a_retried_job_that_fails_again_is_a_second_outcome(app: nbjobs.App):
+    calls = Calls()
+    app.on("failed", calls.hook("failed"))
+
+    @app.workflow(name="hook-twice")
+    def twice(cs: nbjobs.CallState) -> None:
+        raise ValueError("again")
+
+    with app.running():
+        h = twice.submit()
+        with pytest.raises(nbjobs.JobFailed):
+            h.result(timeout=30)
+        wait_until(lambda: calls.of(h.id), what="the first hook")
+        h.retry()
+        wait_until(lambda: len(calls.of(h.id)) == 2, what="the second hook")
+    assert calls.of(h.id) == [("failed", "failed")] * 2
+    runs = _done_runs(app, h.id)
+    assert len(runs) == 2 and runs[0].outcome_at < runs[1].outcome_at
+
+
+def test_hooks_do_not_fire_for_outcomes_before_they_were_served(app: nbjobs.App):
+    calls = Calls()
+
+    @app.workflow(name="hook-old")
+    def old(cs: nbjobs.CallState) -> str:
+        return "old"
+
+    with app.running():
+        before = old.submit()
+        before.result(timeout=30)
+    app.on("succeeded", calls.hook("succeeded"))
+    with app.running():
+        after = old.submit()
+        after.result(timeout=30)
+        wait_until(lambda: calls.of(after.id), what="the hook of the new outcome")
+    assert calls.of(before.id) == []
+    assert app.store.job_hook_runs(before.id) == []
+
+
+def test_purge_deletes_the_hook_runs(app: nbjobs.App):
+    calls = Calls()
+    app.on("succeeded", calls.hook("succeeded"))
+
+    @app.workflow(name="hook-purged")
+    def purged(cs: nbjobs.CallState) -> int:
+        return 1
+
+    with app.running():
+        h = purged.submit()
+        h.result(timeout=30)
+        wait_until(lambda: _done_runs(app, h.id), what="the hook run")
+    assert app.purge(older_than=0) == 1
+    assert app.store.job_hook_runs(h.id) == []
+
+
+def ledger(path: Path) -> list[tuple[str, int]]:
+    if not path.exists():
+        return []
+    rows = [line.rsplit(" ", 1) for line in path.read_text().splitlines()]
+    return [(event, int(pid)) for event, pid in rows]
+
+
+@pytest.mark.parametrize("backend", MULTIPROCESS)
+def test_a_worker_killed_during_a_hook_leaves_it_to_another_worker(db_url: str, tmp_path: Path):
+    book, hold = tmp_path / "ledger.txt", tmp_path / "hold"
+    hold.touch()
+    job_id = submit_elsewhere(db_url, "hooked-boom")
+    env = {"NBJOBS_LEDGER": str(book), "NBJOBS_HOOK_HOLD": str(hold)}
+    target = "tests.apps.hooks_app:app"
+    with worker_process(target, db_url, tmp_path / "w1.log", env=env) as w1:
+        wait_until(
+            lambda: (f"hook-start {job_id} failed", w1.pid) in ledger(book),
+            timeout=60,
+            what="the hook to start",
+        )
+        w1.kill()  # SIGKILL in the middle of the hook: its run is never marked done
+        assert w1.wait(30) == -9
+    reader = make_app(db_url)
+    try:
+        [run] = reader.store.job_hook_runs(job_id)
+        assert run.done_at is None and run.claimed_until is not None
+        hold.unlink()
+        with worker_process(target, db_url, tmp_path / "w2.log", env=env) as w2:
+            wait_until(
+                lambda: (f"hook-done {job_id}", w2.pid) in ledger(book),
+                timeout=60,
+                what="the second worker to run the hook",
+            )
+            wait_until(lambda: _done_runs(reader, job_id), what="the run recorded as done")
+        assert reader.job(job_id).status == "failed"  # the hooks changed nothing
+        events = [event for event, _ in ledger(book)]
+        assert events.count(f"hook-start {job_id} failed") == 2  # at least once: again
+        assert events.count(f"hook-done {job_id}") == 1
+        assert "running its failed hooks again" in (tmp_path / "w2.log").read_text()
+        [run] = reader.store.job_hook_runs(job_id)
+        assert run.done_at is not None and run.claimed_until is None
+    finally:
+        reader.close()
