@@ -250,3 +250,25 @@ def test_a_worker_killed_during_a_hook_leaves_it_to_another_worker(db_url: str, 
         assert run.done_at is not None and run.claimed_until is None
     finally:
         reader.close()
+
+
+def test_a_worker_without_hooks_runs_no_hook_thread_until_one_is_registered(app: nbjobs.App):
+    calls = Calls()
+
+    @app.workflow(name="hook-late")
+    def late(cs: nbjobs.CallState) -> str:
+        return "late"
+
+    def hook_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name == "nbjobs-hooks"]
+
+    with app.running():
+        late.submit().result(timeout=30)
+        assert hook_threads() == []  # nothing scans for hooks nobody registered
+        app.on("succeeded", calls.hook("succeeded"))  # a cell run while the worker runs
+        assert len(hook_threads()) == 1
+        h = late.submit()
+        h.result(timeout=30)
+        wait_until(lambda: calls.of(h.id), what="the hook registered while running")
+    assert calls.of(h.id) == [("succeeded", "succeeded")]
+    wait_until(lambda: hook_threads() == [], what="the hook thread to end at stop")

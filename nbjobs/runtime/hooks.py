@@ -92,6 +92,8 @@ class Hooks:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_event: dict[str, list[Hook]] = {}
+        #: Called after each registration: a running worker starts its runner then.
+        self._watchers: list[Callable[[], None]] = []
 
     def add(self, event: str, fn: Hook) -> None:
         """Register ``fn`` for ``event``; the same definition again (a re-run cell)
@@ -105,6 +107,18 @@ class Hooks:
                 or (getattr(h, "__module__", None), getattr(h, "__qualname__", None)) != key
             ]
             self._by_event[event] = [*kept, fn]
+            watchers = list(self._watchers)
+        for watcher in watchers:
+            watcher()
+
+    def watch(self, watcher: Callable[[], None]) -> None:
+        with self._lock:
+            self._watchers.append(watcher)
+
+    def unwatch(self, watcher: Callable[[], None]) -> None:
+        with self._lock:
+            if watcher in self._watchers:
+                self._watchers.remove(watcher)
 
     def events(self) -> tuple[str, ...]:
         with self._lock:
@@ -140,21 +154,33 @@ class HookRunner:
 
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
-        if self.hooks.events():
-            try:  # outcomes from now on get hooks, even those before the first scan
-                self._serve(self.store.now())
-            except Exception:
-                log.exception("worker %s: could not register its hooks", self.worker_id)
-        self._thread = threading.Thread(target=self._loop, name="nbjobs-hooks", daemon=True)
+        """Serve the hooks of this process: at once when it has some, else from the
+        first ``app.on`` (a worker without hooks runs no thread and no query for them)."""
+        self.hooks.watch(self._begin)
+        self._begin()
+
+    def _begin(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._stopping.is_set() or not self.hooks.events():
+                return
+            self._thread = threading.Thread(target=self._loop, name="nbjobs-hooks", daemon=True)
+        try:  # outcomes from now on get hooks, even those before the first scan
+            self._serve(self.store.now())
+        except Exception:
+            log.exception("worker %s: could not register its hooks", self.worker_id)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop scanning; wait up to ``timeout`` s for running hooks, and give the
         outcomes not started back at once (a dying worker's would wait for the lease)."""
         self._stopping.set()
+        self.hooks.unwatch(self._begin)
+        with self._lock:
+            thread = self._thread
+        if thread is None:
+            return
         self.runtime.finished.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        thread.join(timeout=5)
         if self._pool is not None:
             self._pool.shutdown()
         with self._lock:
@@ -230,13 +256,11 @@ class HookRunner:
         if not marks:
             return start
         rows = self.store.unhooked_outcomes(
-            after=start, since=min(since for since, _ in marks.values()), limit=BATCH
+            after=start, since={e: since for e, (since, _) in marks.items()}, limit=BATCH
         )
+        # Every row is an outcome to hook: a full batch ends where it ends.
         reached = now - slack if len(rows) < BATCH else min(now - slack, rows[-1].updated_at)
         for row in rows:
-            mark = marks.get(row.status)
-            if mark is None or row.finished_at < mark[0]:
-                continue  # an event not served here, or an outcome before its hooks
             with self._lock:
                 full = len(self._held) >= MAX_HELD
             if full:

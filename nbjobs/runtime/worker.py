@@ -133,6 +133,7 @@ class Worker:
             log.exception("could not reclaim jobs of dead local workers")
         self._unlisten = store.listen_ready(self._on_ready)
         stop_at_exit(self)
+        self.hooks.start()  # before the first claim: its outcome gets the hooks
         for target, name in (
             (self._dispatch_loop, "dispatch"),
             (self._monitor_loop, "monitor"),
@@ -141,7 +142,6 @@ class Worker:
             thread = threading.Thread(target=target, name=f"nbjobs-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        self.hooks.start()
         log.info(
             "worker %s started: concurrency %d, queues %s%s",
             self.id,

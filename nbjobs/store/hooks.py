@@ -12,9 +12,9 @@ scan and of the leases are in :mod:`nbjobs.runtime.hooks`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from sqlalchemy import and_, exists, insert, select, update
+from sqlalchemy import and_, exists, func, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
@@ -86,20 +86,30 @@ class HookQueries(CoreStore):
                 .values(scanned_to=scanned_to)
             )
 
-    def unhooked_outcomes(self, *, after: float, since: float, limit: int) -> Sequence[Row]:
-        """Finished jobs updated at or after ``after`` that finished at or after ``since``
-        and have no run row for that finish, oldest update first: (id, status,
-        finished_at, updated_at).
+    def unhooked_outcomes(
+        self, *, after: float, since: Mapping[str, float], limit: int
+    ) -> Sequence[Row]:
+        """Finished jobs updated at or after ``after``, with a status among ``since``'s
+        events and finished at or after that event's time, that have no run row for that
+        finish, oldest update first: (id, status, finished_at, updated_at).
 
-        A range of the ``updated_at`` index; the status is left to the caller, so that
-        no planner walks a status index over every finished job instead.
+        A range of the ``updated_at`` index.  The status is compared through ``lower()``,
+        which no index holds, so that no planner walks the (status, created_at) index
+        over every finished job and sorts them instead (SQLite would).
         """
         no_run = ~exists().where(
             hook_runs.c.job_id == jobs.c.id, hook_runs.c.outcome_at == jobs.c.finished_at
         )
+        status = func.lower(jobs.c.status)
+        served = or_(*(and_(status == e, jobs.c.finished_at >= t) for e, t in since.items()))
         stmt = (
             select(jobs.c.id, jobs.c.status, jobs.c.finished_at, jobs.c.updated_at)
-            .where(jobs.c.updated_at >= after, jobs.c.finished_at >= since, no_run)
+            .where(
+                jobs.c.updated_at >= after,
+                jobs.c.finished_at >= min(since.values()),
+                served,
+                no_run,
+            )
             .order_by(jobs.c.updated_at)
             .limit(limit)
         )
