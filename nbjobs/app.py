@@ -20,7 +20,7 @@ from .jobs import FINISHED, Status
 from .options import Options
 from .runtime.context import Runtime, Settings
 from .runtime.engine import Engine, warn_user
-from .runtime.hooks import check_event
+from .runtime.hooks import check_event, hook_name
 from .runtime.registry import check_call_state_parameter, default_workflow_name
 from .runtime.scheduler import Scheduler
 from .store import Store
@@ -222,7 +222,9 @@ class App:
             "with app.job(id).cancel()."
         )
 
-    def on(self, event: str, fn: Callable[[JobHandle], Any] | None = None) -> Any:
+    def on(
+        self, event: str, fn: Callable[[JobHandle], Any] | None = None, *, name: str | None = None
+    ) -> Any:
         """Call ``fn(handle)`` in a worker after a job's outcome commits; returns ``fn``.
 
         ``event`` is ``"succeeded"``, ``"failed"`` (for good: after its retries) or
@@ -230,15 +232,20 @@ class App:
         ``@app.on("failed")``.  The hooks run in the worker of this App (``app.start()``
         or ``nbjobs worker``) for every outcome recorded anywhere on the database from
         the moment a worker serving the event starts, at least once per outcome even
-        when a worker dies (the outcome's hooks then run again elsewhere); a hook's
-        exception is logged and never changes the job.  See the how-to on workers.
+        when a worker dies (the hook then runs again elsewhere); a hook's exception is
+        logged and never changes the job.  Each hook has a name (``name=``, by default
+        its ``module.qualname``; a lambda needs one): a named hook runs once per outcome
+        whichever workers have it, and registering a name again (a re-run cell)
+        replaces it.  See the how-to on workers.
         """
         checked = check_event(event)
+        if name is not None:
+            check_name("hook name", name)
 
         def register(func: Callable[[JobHandle], Any]) -> Callable[[JobHandle], Any]:
             if not callable(func):
                 raise ConfigurationError(f"app.on({checked!r}, fn) needs a callable, got {func!r}")
-            self.runtime.hooks.add(checked, func)
+            self.runtime.hooks.add(checked, name or hook_name(func), func)
             return func
 
         if fn is not None:

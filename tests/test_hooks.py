@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,13 @@ class Calls:
             return [(event, status) for event, jid, status in self.seen if jid == job_id]
 
 
+def start_beside(app: nbjobs.App) -> None:
+    """Start ``app``'s worker beside another App's in this process: ``App.start`` stops
+    the worker of another App on the same database (one per process), but two workers
+    sharing a database, as two processes would, is what these tests need."""
+    app._engine.start(2, None)
+
+
 def _done_runs(app: nbjobs.App, job_id: str) -> list:
     return [r for r in app.store.job_hook_runs(job_id) if r.done_at is not None]
 
@@ -50,9 +58,18 @@ def test_on_checks_its_event_and_function(app: nbjobs.App):
     def notify(handle: nbjobs.JobHandle) -> None:
         pass
 
+    with pytest.raises(nbjobs.ConfigurationError, match="needs a name"):
+        app.on("failed", lambda handle: None)
+
     assert app.on("failed", notify) is notify
     assert app.on("succeeded")(notify) is notify  # a decorator too
-    assert app.runtime.hooks.events() == ("succeeded", "failed")
+    app.on("failed", notify)  # a re-run cell replaces it
+    app.on("failed", lambda handle: None, name="quiet")
+    assert app.runtime.hooks.served() == (
+        ("succeeded", f"{__name__}.test_on_checks_its_event_and_function.<locals>.notify"),
+        ("failed", f"{__name__}.test_on_checks_its_event_and_function.<locals>.notify"),
+        ("failed", "quiet"),
+    )
 
 
 def test_success_failure_and_cancel_each_run_their_hook(app: nbjobs.App):
@@ -136,12 +153,14 @@ def test_two_workers_on_one_database_run_each_outcome_once(db_url: str):
             def many(cs: nbjobs.CallState, i: int) -> int:
                 return i
 
-        for a in apps:
-            a.start(concurrency=2)
+        apps[0].start(concurrency=2)
+        start_beside(apps[1])
         handles = [apps[i % 2].get_workflow("hook-many").submit(i) for i in range(40)]
         for h in handles:
             h.result(timeout=60)
         wait_until(lambda: all(calls.of(h.id) for h in handles), timeout=60, what="hooks")
+        assert all(a._engine.working for a in apps)  # both served hooks all along
+        time.sleep(0.5)  # a second call, were there one, would come within a scan
         for a in apps:
             a.stop()
         for h in handles:
@@ -150,6 +169,36 @@ def test_two_workers_on_one_database_run_each_outcome_once(db_url: str):
     finally:
         for a in apps:
             a.close()
+
+
+def test_workers_with_different_hooks_each_call_their_own(db_url: str):
+    """A notebook's worker with a debugging hook does not take the production hook's
+    outcomes: each named hook runs once per outcome, wherever it is registered."""
+    calls = Calls()
+    production, notebook = make_app(db_url), make_app(db_url)
+    try:
+        production.on("failed", calls.hook("failed"), name="alert")
+        notebook.on("failed", calls.hook("failed"), name="debug")
+        for a in (production, notebook):
+
+            @a.workflow(name="hook-fails")
+            def fails(cs: nbjobs.CallState, i: int) -> None:
+                raise ValueError(i)
+
+        production.start(concurrency=2)
+        start_beside(notebook)
+        handles = [production.get_workflow("hook-fails").submit(i) for i in range(6)]
+        wait_until(
+            lambda: all(len(_done_runs(production, h.id)) == 2 for h in handles),
+            timeout=60,
+            what="both hooks for every outcome",
+        )
+        for h in handles:
+            assert calls.of(h.id) == [("failed", "failed")] * 2
+            assert sorted(r.hook for r in _done_runs(production, h.id)) == ["alert", "debug"]
+    finally:
+        production.close()
+        notebook.close()
 
 
 def test_a_retried_job_that_fails_again_is_a_second_outcome(app: nbjobs.App):
@@ -245,7 +294,10 @@ def test_a_worker_killed_during_a_hook_leaves_it_to_another_worker(db_url: str, 
         events = [event for event, _ in ledger(book)]
         assert events.count(f"hook-start {job_id} failed") == 2  # at least once: again
         assert events.count(f"hook-done {job_id}") == 1
-        assert "running its failed hooks again" in (tmp_path / "w2.log").read_text()
+        assert (
+            f"job {job_id}: calling its failed hook tests.apps.hooks_app.alert again"
+            in (tmp_path / "w2.log").read_text()
+        )
         [run] = reader.store.job_hook_runs(job_id)
         assert run.done_at is not None and run.claimed_until is None
     finally:

@@ -10,18 +10,22 @@ How outcomes are found and run, at least once each:
   finishes again is a second outcome.  Outcomes are read from the job rows, so every
   way a job ends counts: a worker finishing it, a cancel of a queued job from a
   notebook, the reaper giving up, a timeout.
-* ``nbjobs_hooks`` holds, per event, ``since``: outcomes that finished before it get no
-  hooks.  The first worker serving an event sets it to now, so a hook registered today
-  does not fire for all history; when no worker served the event for
+* A hook has a name (``name=``, by default its ``module.qualname``), and each named
+  hook is called once per outcome, whichever workers have it: a notebook's worker with
+  a debugging hook does not take the outcomes of the production worker's alert.
+* ``nbjobs_hooks`` holds, per event and hook, ``since``: outcomes that finished before
+  it do not call the hook.  The first worker serving a hook sets it to now, so a hook
+  registered today does not fire for all history; when no worker served the hook for
   ``FORGET_SECONDS`` (a day), the next one starts it at now again.
 * The runner scans the job rows updated since its cursor (the ``updated_at`` index) for
-  outcomes without a ``nbjobs_hook_runs`` row, at most every ``POLL_SECONDS`` and at
-  once when a job finished in this process.  It claims one by inserting that row with a
-  lease (the primary key makes two workers' claims exclusive), runs the hooks outside
-  any transaction, and marks the row done.  A lease is renewed while its hooks run;
-  a worker that dies before ``done`` lets it expire, and another worker runs the hooks
-  again: at least once.  The window: hooks that ran (wholly or partly) before the
-  crash and had not been marked done.
+  outcomes without a ``nbjobs_hook_runs`` row of one of its hooks, at most every
+  ``POLL_SECONDS`` and at once when a job finished in this process.  It claims a call by
+  inserting that row with a lease (the primary key makes two workers' claims
+  exclusive), calls the hook outside any transaction, and marks the row done.  A lease
+  is renewed while the hook runs; a worker that dies before ``done`` lets it expire
+  (``stale_after_seconds``), and another worker calls the hook again: at least once.
+  The window: a hook that ran (wholly or partly) before the crash and was not yet
+  marked done.
 * Its cursor trails the clock by ``FAST_SLACK_SECONDS``; every ``SLOW_SCAN_SECONDS`` it
   scans again from the database's ``scanned_to``, which trails by ``SLACK_SECONDS``, so an
   outcome whose transaction committed late (up to a minute after it stamped
@@ -36,8 +40,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..clock import to_datetime
 from ..errors import ConfigurationError
 from ..schema import new_token
+from ..store.hooks import RunKey, Served
 from .threads import DaemonPool
 
 if TYPE_CHECKING:
@@ -80,33 +86,32 @@ def check_event(event: object) -> str:
 
 
 def hook_name(fn: Hook) -> str:
+    """A hook's default name: ``module.qualname`` (a lambda needs ``name=``)."""
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(qualname, str) or "<lambda>" in qualname:
+        raise ConfigurationError(
+            f"hook {fn!r} needs a name (each named hook runs once per outcome): "
+            "app.on('failed', fn, name='alert')"
+        )
     module = getattr(fn, "__module__", None)
-    name = getattr(fn, "__qualname__", None) or repr(fn)
-    return f"{module}.{name}" if module else name
+    return f"{module}.{qualname}" if module else qualname
 
 
 class Hooks:
-    """The hooks of this process by event; safe to read from the runner while a cell
-    registers another."""
+    """The hooks of this process by event and name; safe to read from the runner while
+    a cell registers another."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_event: dict[str, list[Hook]] = {}
+        self._by_event: dict[str, dict[str, Hook]] = {}
         #: Called after each registration: a running worker starts its runner then.
         self._watchers: list[Callable[[], None]] = []
 
-    def add(self, event: str, fn: Hook) -> None:
-        """Register ``fn`` for ``event``; the same definition again (a re-run cell)
-        replaces the one before rather than running twice."""
-        key = (getattr(fn, "__module__", None), getattr(fn, "__qualname__", None))
+    def add(self, event: str, name: str, fn: Hook) -> None:
+        """Register ``fn`` as ``name`` for ``event``; the same name again (a re-run
+        cell) replaces the one before rather than running twice."""
         with self._lock:
-            kept = [
-                h
-                for h in self._by_event.get(event, [])
-                if key == (None, None)
-                or (getattr(h, "__module__", None), getattr(h, "__qualname__", None)) != key
-            ]
-            self._by_event[event] = [*kept, fn]
+            self._by_event.setdefault(event, {})[name] = fn
             watchers = list(self._watchers)
         for watcher in watchers:
             watcher()
@@ -124,13 +129,18 @@ class Hooks:
         with self._lock:
             return tuple(e for e in EVENTS if self._by_event.get(e))
 
-    def get(self, event: str) -> list[Hook]:
+    def served(self) -> tuple[tuple[str, str], ...]:
+        """Every (event, name) registered."""
         with self._lock:
-            return list(self._by_event.get(event, ()))
+            return tuple((e, n) for e in EVENTS for n in self._by_event.get(e, {}))
+
+    def get(self, event: str, name: str) -> Hook | None:
+        with self._lock:
+            return self._by_event.get(event, {}).get(name)
 
 
 class HookRunner:
-    """Finds the outcomes whose hooks have not run, and runs them (module doc)."""
+    """Finds the outcomes its hooks have not seen, and calls them (module doc)."""
 
     def __init__(self, runtime: Runtime, worker_id: str) -> None:
         self.runtime = runtime
@@ -145,10 +155,10 @@ class HookRunner:
         self._thread: threading.Thread | None = None
         self._pool: DaemonPool | None = None
         self._lock = threading.Lock()
-        #: Outcomes claimed and not done: (job_id, outcome_at) -> (event, started).
-        self._held: dict[tuple[str, float], list[Any]] = {}
-        self._marks: dict[str, tuple[float, float]] = {}
-        self._served: tuple[str, ...] = ()
+        #: Calls claimed and not done: (job_id, outcome_at, hook) -> started.
+        self._held: dict[RunKey, bool] = {}
+        self._marks: dict[Served, tuple[float, float]] = {}
+        self._served: tuple[Served, ...] = ()
         self._cursor = float("-inf")
         self._seen_at = self._slow_at = self._renewed_at = float("-inf")
 
@@ -164,15 +174,15 @@ class HookRunner:
             if self._thread is not None or self._stopping.is_set() or not self.hooks.events():
                 return
             self._thread = threading.Thread(target=self._loop, name="nbjobs-hooks", daemon=True)
-        try:  # outcomes from now on get hooks, even those before the first scan
+        try:  # outcomes from now on call the hooks, even those before the first scan
             self._serve(self.store.now())
         except Exception:
             log.exception("worker %s: could not register its hooks", self.worker_id)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop scanning; wait up to ``timeout`` s for running hooks, and give the
-        outcomes not started back at once (a dying worker's would wait for the lease)."""
+        """Stop scanning; wait up to ``timeout`` s for running hooks, and give the calls
+        not started back at once (a dying worker's would wait for their lease)."""
         self._stopping.set()
         self.hooks.unwatch(self._begin)
         with self._lock:
@@ -184,14 +194,16 @@ class HookRunner:
         if self._pool is not None:
             self._pool.shutdown()
         with self._lock:
-            waiting = [key for key, (_, started) in self._held.items() if not started]
+            waiting = [key for key, started in self._held.items() if not started]
             for key in waiting:
                 del self._held[key]
         try:
             if waiting:
                 self.store.release_hook_runs(waiting, token=self.token)
         except Exception:
-            log.warning("could not give back %d hook runs; they wait for their lease", len(waiting))
+            log.warning(
+                "could not give back %d hook calls; they wait for their lease", len(waiting)
+            )
         deadline = time.monotonic() + timeout
         while self._held and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -217,80 +229,87 @@ class HookRunner:
             finished.wait(seen, POLL_SECONDS - MIN_GAP_SECONDS)
 
     def _pass(self) -> None:
-        events = self.hooks.events()
-        if not events:
+        served = self.hooks.served()
+        if not served:
             return
         now = self.store.now()
-        if events != self._served or now - self._seen_at >= SEEN_SECONDS:
+        if served != self._served or now - self._seen_at >= SEEN_SECONDS:
             self._serve(now)
         if now - self._renewed_at >= self.renew_seconds:
             self._renewed_at = now
             self._renew()
-            self._reclaim(events)
+            self._reclaim()
         if now - self._slow_at >= SLOW_SCAN_SECONDS:
             self._slow_at = now
-            marks = self.store.hook_marks(events)
-            self._marks.update(marks)
-            start = min(scanned for _, scanned in marks.values())
+            self._marks.update(self.store.hook_marks(self._served))
+            start = min(self._marks[pair][1] for pair in self._served)
             reached = self._scan(start, now, SLACK_SECONDS)
             if reached > start:
-                self.store.advance_hook_scan(events, reached)
+                self.store.advance_hook_scan(self._served, reached)
             self._cursor = max(self._cursor, start)
         self._cursor = self._scan(self._cursor, now, FAST_SLACK_SECONDS)
 
     def _serve(self, now: float) -> None:
-        events = self.hooks.events()
-        marks = self.store.serve_hook_events(events, forget_seconds=FORGET_SECONDS)
-        for event, (since, _) in marks.items():
-            if since >= now - 1.0 and self._marks.get(event, (None,))[0] != since:
-                log.info("worker %s: %s hooks run for outcomes from now on", self.worker_id, event)
+        served = self.hooks.served()
+        new = [pair for pair in served if pair not in self._marks]
+        marks = self.store.serve_hooks(served, forget_seconds=FORGET_SECONDS)
+        for event, name in new:
+            log.info(
+                "worker %s: hook %s runs for the %s outcomes since %s",
+                self.worker_id,
+                name,
+                event,
+                to_datetime(marks[(event, name)][0]),
+            )
         self._marks.update(marks)
-        if not self._served:
-            self._cursor = min(scanned for _, scanned in marks.values())
-        self._served, self._seen_at = events, now
+        starts = [marks[pair][1] for pair in new]
+        if starts:  # a new hook: scan from where its outcomes begin
+            self._cursor = min(self._cursor, *starts) if self._served else min(starts)
+        self._served, self._seen_at = served, now
 
     def _scan(self, start: float, now: float, slack: float) -> float:
-        """Claim and start the hooks of the outcomes updated since ``start``; returns
-        where the next scan may start (every outcome before it has a run row)."""
-        marks = {e: m for e, m in self._marks.items() if e in self._served}
-        if not marks:
-            return start
-        rows = self.store.unhooked_outcomes(
-            after=start, since={e: since for e, (since, _) in marks.items()}, limit=BATCH
-        )
-        # Every row is an outcome to hook: a full batch ends where it ends.
+        """Claim and start the calls the outcomes updated since ``start`` owe this
+        worker's hooks; returns where the next scan may start (every outcome before it
+        has the run rows of these hooks)."""
+        since = {pair: self._marks[pair][0] for pair in self._served}
+        rows = self.store.unhooked_outcomes(after=start, since=since, limit=BATCH)
+        # Every row owes a call: a full batch ends where it ends.
         reached = now - slack if len(rows) < BATCH else min(now - slack, rows[-1].updated_at)
         for row in rows:
             with self._lock:
-                full = len(self._held) >= MAX_HELD
-            if full:
+                room = MAX_HELD - len(self._held)
+            if room <= 0:
                 reached = min(reached, row.updated_at)
                 break
-            if self.store.claim_hook_run(
-                job_id=row.id,
-                outcome_at=row.finished_at,
-                event=row.status,
-                token=self.token,
-                lease_seconds=self.lease_seconds,
-            ):
-                self._submit(row.id, row.finished_at, row.status)
+            for event, name in self._served:
+                if event != row.status or row.finished_at < since[(event, name)]:
+                    continue
+                key = (row.id, row.finished_at, name)
+                with self._lock:
+                    if key in self._held:
+                        continue
+                if self.store.claim_hook_run(
+                    key, event=event, token=self.token, lease_seconds=self.lease_seconds
+                ):
+                    self._submit(key, event)
         return max(start, reached)
 
-    def _reclaim(self, events: tuple[str, ...]) -> None:
+    def _reclaim(self) -> None:
         with self._lock:
             room = MAX_HELD - len(self._held)
         if room <= 0:
             return
-        for job_id, outcome_at, event in self.store.reclaim_hook_runs(
-            events=events, token=self.token, lease_seconds=self.lease_seconds, limit=room
+        for key, event in self.store.reclaim_hook_runs(
+            self._served, token=self.token, lease_seconds=self.lease_seconds, limit=room
         ):
             log.warning(
-                "job %s: running its %s hooks again (the worker running them stopped "
-                "before they were recorded as done)",
-                job_id,
+                "job %s: calling its %s hook %s again (the worker calling it stopped "
+                "before it was recorded as done)",
+                key[0],
                 event,
+                key[2],
             )
-            self._submit(job_id, outcome_at, event)
+            self._submit(key, event)
 
     def _renew(self) -> None:
         with self._lock:
@@ -298,53 +317,53 @@ class HookRunner:
         if not held:
             return
         lost = self.store.renew_hook_runs(held, token=self.token, lease_seconds=self.lease_seconds)
-        for job_id, _ in lost:
-            log.warning("job %s: this worker lost the lease on its hooks", job_id)
+        for job_id, _, name in lost:
+            log.warning("job %s: this worker lost the lease on its hook %s", job_id, name)
 
-    # -- running hooks -------------------------------------------------------------------
-    def _submit(self, job_id: str, outcome_at: float, event: str) -> None:
+    # -- calling hooks -------------------------------------------------------------------
+    def _submit(self, key: RunKey, event: str) -> None:
         with self._lock:
-            self._held[(job_id, outcome_at)] = [event, False]
+            self._held[key] = False
         if self._pool is None:
             self._pool = DaemonPool(HOOK_THREADS, "nbjobs-hook")
-        self._pool.submit(self._run, job_id, outcome_at, event)
+        self._pool.submit(self._run, key, event)
 
-    def _run(self, job_id: str, outcome_at: float, event: str) -> None:
-        key = (job_id, outcome_at)
+    def _run(self, key: RunKey, event: str) -> None:
+        job_id, _, name = key
         with self._lock:
             if key not in self._held:
                 return  # given back at stop
-            self._held[key][1] = True
+            self._held[key] = True
         try:
-            handle = self.runtime.make_handle(job_id)
-            for fn in self.hooks.get(event):
+            fn = self.hooks.get(event, name)
+            if fn is not None:  # else unregistered since: nothing to call, done
                 try:
-                    fn(handle)
+                    fn(self.runtime.make_handle(job_id))
                 except Exception:
                     log.exception(
                         "job %s: %s hook %s failed (the job stays %s)",
                         job_id,
                         event,
-                        hook_name(fn),
+                        name,
                         event,
-                        extra={"job_id": job_id, "event": event, "hook": hook_name(fn)},
+                        extra={"job_id": job_id, "event": event, "hook": name},
                     )
             try:
-                if not self.store.finish_hook_run(
-                    job_id=job_id, outcome_at=outcome_at, token=self.token
-                ):
+                if not self.store.finish_hook_run(key, token=self.token):
                     log.warning(
-                        "job %s: its %s hooks ran, but their lease had been lost: "
-                        "another worker may run them again",
+                        "job %s: its %s hook %s ran, but its lease had been lost: another "
+                        "worker may call it again",
                         job_id,
                         event,
+                        name,
                     )
             except Exception:
                 log.exception(
-                    "job %s: could not record that its %s hooks ran; they run again "
+                    "job %s: could not record that its %s hook %s ran; it runs again "
                     "once the lease expires",
                     job_id,
                     event,
+                    name,
                 )
         finally:
             with self._lock:
