@@ -324,3 +324,36 @@ def test_a_worker_without_hooks_runs_no_hook_thread_until_one_is_registered(app:
         wait_until(lambda: calls.of(h.id), what="the hook registered while running")
     assert calls.of(h.id) == [("succeeded", "succeeded")]
     wait_until(lambda: hook_threads() == [], what="the hook thread to end at stop")
+
+
+def test_a_hook_nobody_served_for_a_day_starts_again_at_now(app: nbjobs.App):
+    store, pair = app.store, ("failed", "alert")
+    first = store.serve_hooks([pair], forget_seconds=86400.0)[pair]
+    time.sleep(0.01)
+    assert store.serve_hooks([pair], forget_seconds=86400.0)[pair] == first  # served since
+    time.sleep(0.01)
+    since, scanned_to = store.serve_hooks([pair], forget_seconds=0.001)[pair]
+    assert since > first[0] and scanned_to == since  # forgotten: history is not replayed
+    assert store.hook_marks([pair]) == {pair: (since, scanned_to)}
+
+
+def test_an_abandoned_call_for_an_outcome_since_retried_is_dropped(app: nbjobs.App):
+    """A worker died in a hook, and the job was retried meanwhile: the old outcome's
+    call is marked done rather than made with a handle showing another state."""
+    store = app.store
+    job_id = store.enqueue_job(workflow="w", input="{}")[0]
+    app.cancel(job_id)
+    finished_at = store.get_job(job_id).finished_at
+    key = (job_id, finished_at, "alert")
+    assert store.claim_hook_run(key, event="cancelled", token="dead", lease_seconds=0.0)
+    assert not store.claim_hook_run(key, event="cancelled", token="other", lease_seconds=60)
+    time.sleep(0.01)
+    served = [("cancelled", "alert")]
+    [(taken, event)] = store.reclaim_hook_runs(served, token="t2", lease_seconds=0.0, limit=5)
+    assert (taken, event) == (key, "cancelled")  # the lease expired: taken over
+    assert store.finish_hook_run(key, token="dead") is False  # fenced: not its lease
+    app.job(job_id).retry()
+    time.sleep(0.01)
+    assert store.reclaim_hook_runs(served, token="t3", lease_seconds=60, limit=5) == []
+    [run] = store.job_hook_runs(job_id)
+    assert run.done_at is not None and run.claimed_until is None
