@@ -377,7 +377,7 @@ class App:
         *,
         batch_size: int = 500,
     ) -> int:
-        """Delete finished jobs (with their checkpoints, attempts, signals and logs).
+        """Delete finished jobs (with their checkpoints, attempts, signals, logs and hook runs).
 
         ``older_than`` is an age (seconds or a ``timedelta``) or a cutoff ``datetime``:
         jobs that finished before it go.  ``status`` narrows it to some finished statuses
