@@ -357,3 +357,19 @@ def test_an_abandoned_call_for_an_outcome_since_retried_is_dropped(app: nbjobs.A
     assert store.reclaim_hook_runs(served, token="t3", lease_seconds=60, limit=5) == []
     [run] = store.job_hook_runs(job_id)
     assert run.done_at is not None and run.claimed_until is None
+
+
+def test_a_database_made_before_hooks_gets_their_tables_without_a_new_version(sqlite_url):
+    first = make_app(sqlite_url)
+    version = first.store.schema_version
+    with first.store.engine.begin() as conn:  # as an nbjobs without hooks left it
+        conn.exec_driver_sql("DROP TABLE nbjobs_hook_runs")
+        conn.exec_driver_sql("DROP TABLE nbjobs_hooks")
+    first.close()
+    again = make_app(sqlite_url)
+    try:
+        assert again.store.schema_version == version
+        pair = ("failed", "alert")
+        assert pair in again.store.serve_hooks([pair], forget_seconds=60.0)
+    finally:
+        again.close()
