@@ -263,41 +263,56 @@ def ledger(path: Path) -> list[tuple[str, int]]:
     return [(event, int(pid)) for event, pid in rows]
 
 
+@pytest.mark.parametrize("moment", ["before the hook", "during the hook"])
 @pytest.mark.parametrize("backend", MULTIPROCESS)
-def test_a_worker_killed_during_a_hook_leaves_it_to_another_worker(db_url: str, tmp_path: Path):
+def test_a_worker_killed_after_the_outcome_leaves_the_hook_to_another(
+    db_url: str, tmp_path: Path, moment: str
+):
+    """SIGKILL after the failure committed and the hook's call was claimed: before the
+    hook did anything, or in the middle of it.  Another worker calls it once its lease
+    expires, and records it done; the job is unchanged."""
     book, hold = tmp_path / "ledger.txt", tmp_path / "hold"
     hold.touch()
     job_id = submit_elsewhere(db_url, "hooked-boom")
-    env = {"NBJOBS_LEDGER": str(book), "NBJOBS_HOOK_HOLD": str(hold)}
+    variable = "NBJOBS_HOOK_HOLD_BEFORE" if moment == "before the hook" else "NBJOBS_HOOK_HOLD"
+    env = {"NBJOBS_LEDGER": str(book), variable: str(hold)}
     target = "tests.apps.hooks_app:app"
-    with worker_process(target, db_url, tmp_path / "w1.log", env=env) as w1:
-        wait_until(
-            lambda: (f"hook-start {job_id} failed", w1.pid) in ledger(book),
-            timeout=60,
-            what="the hook to start",
-        )
-        w1.kill()  # SIGKILL in the middle of the hook: its run is never marked done
-        assert w1.wait(30) == -9
     reader = make_app(db_url)
     try:
+        with worker_process(target, db_url, tmp_path / "w1.log", env=env) as w1:
+            if moment == "before the hook":
+                wait_until(lambda: reader.store.job_hook_runs(job_id), timeout=60, what="the claim")
+                time.sleep(0.3)  # well inside the hook's first wait
+            else:
+                wait_until(
+                    lambda: (f"hook-start {job_id} failed", w1.pid) in ledger(book),
+                    timeout=60,
+                    what="the hook to start",
+                )
+            w1.kill()  # SIGKILL: the call is never marked done
+            assert w1.wait(30) == -9
+        assert reader.job(job_id).status == "failed"
         [run] = reader.store.job_hook_runs(job_id)
         assert run.done_at is None and run.claimed_until is not None
+        before = [event for event, _ in ledger(book)]
+        assert before == ([] if moment == "before the hook" else [f"hook-start {job_id} failed"])
         hold.unlink()
         with worker_process(target, db_url, tmp_path / "w2.log", env=env) as w2:
             wait_until(
                 lambda: (f"hook-done {job_id}", w2.pid) in ledger(book),
                 timeout=60,
-                what="the second worker to run the hook",
+                what="the second worker to call the hook",
             )
-            wait_until(lambda: _done_runs(reader, job_id), what="the run recorded as done")
-        assert reader.job(job_id).status == "failed"  # the hooks changed nothing
-        events = [event for event, _ in ledger(book)]
-        assert events.count(f"hook-start {job_id} failed") == 2  # at least once: again
+            wait_until(lambda: _done_runs(reader, job_id), what="the call recorded as done")
+            time.sleep(0.5)  # a third call, were there one, would come within a scan
+        assert reader.job(job_id).status == "failed"  # the hook changed nothing
+        effects = ledger(book)
+        events = [event for event, _ in effects]
+        starts = [pid for event, pid in effects if event == f"hook-start {job_id} failed"]
+        assert starts == ([w2.pid] if moment == "before the hook" else [w1.pid, w2.pid])
         assert events.count(f"hook-done {job_id}") == 1
-        assert (
-            f"job {job_id}: calling its failed hook tests.apps.hooks_app.alert again"
-            in (tmp_path / "w2.log").read_text()
-        )
+        taken = f"job {job_id}: calling its failed hook tests.apps.hooks_app.alert again"
+        assert taken in (tmp_path / "w2.log").read_text()
         [run] = reader.store.job_hook_runs(job_id)
         assert run.done_at is not None and run.claimed_until is None
     finally:
