@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import os
@@ -19,6 +20,7 @@ from .jobs import FINISHED, Status
 from .options import Options
 from .runtime.context import Runtime, Settings
 from .runtime.engine import Engine, warn_user
+from .runtime.hooks import check_event, hook_name
 from .runtime.registry import check_call_state_parameter, default_workflow_name
 from .runtime.scheduler import Scheduler
 from .store import Store
@@ -143,6 +145,7 @@ class App:
         #: What the engine gets instead of the App (see :mod:`nbjobs.runtime.context`).
         self.runtime = Runtime(self.store, self.codec, self.clock, settings)
         self._engine = Engine(self.runtime)
+        self.runtime.make_handle = functools.partial(JobHandle, self._engine)
         self._schedules = Scheduler(self.runtime)
         self._closed = False
         _apps.add(self)
@@ -218,6 +221,36 @@ class App:
             "app.job(id).retry(from_checkpoint=...) once it has finished, or cancel it "
             "with app.job(id).cancel()."
         )
+
+    def on(
+        self, event: str, fn: Callable[[JobHandle], Any] | None = None, *, name: str | None = None
+    ) -> Any:
+        """Call ``fn(handle)`` in a worker after a job's outcome commits; returns ``fn``.
+
+        ``event`` is ``"succeeded"``, ``"failed"`` (for good: after its retries) or
+        ``"cancelled"``.  Use as ``app.on("failed", notify)`` or as a decorator,
+        ``@app.on("failed")``.  The hooks run in the worker of this App (``app.start()``
+        or ``nbjobs worker``) for every outcome recorded anywhere on the database from
+        the moment a worker serving the event starts, at least once per outcome even
+        when a worker dies (the hook then runs again elsewhere); a hook's exception is
+        logged and never changes the job.  Each hook has a name (``name=``, by default
+        its ``module.qualname``; a lambda needs one): a named hook runs once per outcome
+        whichever workers have it, and registering a name again (a re-run cell)
+        replaces it.  See the how-to on workers.
+        """
+        checked = check_event(event)
+        if name is not None:
+            check_name("hook name", name)
+
+        def register(func: Callable[[JobHandle], Any]) -> Callable[[JobHandle], Any]:
+            if not callable(func):
+                raise ConfigurationError(f"app.on({checked!r}, fn) needs a callable, got {func!r}")
+            self.runtime.hooks.add(checked, name or hook_name(func), func)
+            return func
+
+        if fn is not None:
+            return register(fn)
+        return register
 
     def workflow_names(self) -> list[str]:
         return self.runtime.registry.names()
@@ -344,7 +377,7 @@ class App:
         *,
         batch_size: int = 500,
     ) -> int:
-        """Delete finished jobs (with their checkpoints, attempts, signals and logs).
+        """Delete finished jobs (with their checkpoints, attempts, signals, logs and hook runs).
 
         ``older_than`` is an age (seconds or a ``timedelta``) or a cutoff ``datetime``:
         jobs that finished before it go.  ``status`` narrows it to some finished statuses

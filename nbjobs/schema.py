@@ -299,6 +299,41 @@ logs = Table(
 )
 Index("ix_nbjobs_logs_job", logs.c.job_id, logs.c.id)
 
+#: Outcome hooks (``app.on``).  New tables, no schema version: ``create_all`` adds them to
+#: an existing database, and older nbjobs ignore them.  A hook is named (by default its
+#: ``module.qualname``), so each hook runs once per outcome whichever workers have it.
+#: One row per (event, hook) that some worker serves: ``since``, outcomes that finished
+#: before it get no call of the hook (they predate it, see :mod:`nbjobs.runtime.hooks`);
+#: ``scanned_to``, every such outcome whose job row was last updated before it has a
+#: ``hook_runs`` row; ``seen_at``, when a worker serving the hook last said so.
+hooks = Table(
+    "nbjobs_hooks",
+    metadata,
+    Column("event", String(16), primary_key=True),
+    Column("hook", NAME, primary_key=True),
+    Column("since", Double, nullable=False),
+    Column("scanned_to", Double, nullable=False),
+    Column("seen_at", Double, nullable=False),
+)
+
+#: One row per outcome and hook that ran or runs: an outcome is a job's finish, named by
+#: the job and its ``finished_at`` (a retry that finishes again is another outcome).
+#: ``claimed_by`` and ``claimed_until`` are the lease of the worker calling the hook;
+#: ``done_at`` is set (and ``claimed_until`` cleared) once the call returned.
+hook_runs = Table(
+    "nbjobs_hook_runs",
+    metadata,
+    Column("job_id", ID, primary_key=True),
+    Column("outcome_at", Double, primary_key=True),
+    Column("hook", NAME, primary_key=True),
+    Column("event", String(16), nullable=False),
+    Column("claimed_by", String(40)),
+    Column("claimed_until", Double),
+    Column("done_at", Double),
+)
+# Abandoned claims (a worker died in a hook): only unfinished runs have a lease end.
+Index("ix_nbjobs_hook_runs_claimed", hook_runs.c.claimed_until)
+
 _id_lock = threading.Lock()
 _last_id_time = 0
 

@@ -412,7 +412,7 @@ def retry(
 @json_option
 @log_level_option
 def purge(older_than: str, status: tuple[str, ...], url: str | None, as_json: bool) -> None:
-    """Delete finished jobs with their checkpoints, attempts, signals and logs (a
+    """Delete finished jobs with their checkpoints, attempts, signals, logs and hook runs (a
     fan-out tree goes as a whole, once no job of it is unfinished)."""
     age = parse_age(older_than, "--older-than")
     with open_app(url) as app:

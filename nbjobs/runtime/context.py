@@ -2,7 +2,8 @@
 
 The worker, the executions, the call states and the scheduler receive a :class:`Runtime`
 rather than the :class:`~nbjobs.App`: the store, the codec, the clock, the workflow
-registry, the settings, a job-finished notifier and a wake-up for this process's worker.
+registry, the settings, the outcome hooks, a job-finished notifier, a wake-up for this
+process's worker, and a maker of job handles (for the hooks).
 The App builds one and hands it down; nothing below reaches back up.
 """
 
@@ -20,6 +21,7 @@ from ..errors import SerializationError
 from ..options import Options
 from ..store import Store
 from ..validation import check_time
+from .hooks import Hooks
 from .registry import Definition, Registry
 
 
@@ -83,6 +85,11 @@ class Runtime:
         self.clock = clock
         self.settings = settings
         self.registry = registry or Registry()
+        #: The outcome hooks of this process (``app.on``), run by its worker.
+        self.hooks = Hooks()
+        #: job id -> the handle a hook receives; set by the App (the engine never
+        #: imports the handle facade).
+        self.make_handle: Callable[[str], Any] = lambda job_id: job_id
         self.finished = Finished()
         self._wake: Callable[[], None] | None = None
 

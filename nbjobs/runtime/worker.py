@@ -16,6 +16,8 @@ Threads:
   running executions, wakes due timers, runs the reaper and, every minute, measures
   the clock's offset to the database server again.  The reaper is part of every
   worker, idempotent, and not a job;
+* the hooks thread (:mod:`.hooks`) finds the outcomes whose ``app.on`` hooks have not
+  run and runs them on a small pool of its own, off the monitor's heartbeat path;
 * the write-behind thread commits, a few milliseconds late, the successes of short jobs
   that no slot has committed with its next claim (see :meth:`Worker._record_chained`).
 
@@ -46,6 +48,7 @@ from ..errors import DatabaseLost
 from ..schema import new_token
 from ..store import ClaimedJob
 from .execution import Execution
+from .hooks import HookRunner
 from .leases import expire_overdue, renew
 from .scheduler import Retention, Scheduler
 from .threads import DaemonPool, LoopThread, forget_at_exit, stop_at_exit
@@ -104,6 +107,7 @@ class Worker:
         self._paused_checked = 0.0
         self._queue_turn = 0
         self._unlisten = None
+        self.hooks = HookRunner(runtime, self.id)
 
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -129,6 +133,7 @@ class Worker:
             log.exception("could not reclaim jobs of dead local workers")
         self._unlisten = store.listen_ready(self._on_ready)
         stop_at_exit(self)
+        self.hooks.start()  # before the first claim: its outcome gets the hooks
         for target, name in (
             (self._dispatch_loop, "dispatch"),
             (self._monitor_loop, "monitor"),
@@ -198,6 +203,7 @@ class Worker:
         except DatabaseLost:
             pass  # nothing can be given back; the error was logged when it was found
         self._pool.shutdown()
+        self.hooks.stop()
         if self._loop is not None:
             self._loop.stop()
         try:

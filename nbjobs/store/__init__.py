@@ -14,7 +14,8 @@
 * ``schedules``: cron schedules and their ticks;
 * ``counts``, ``views`` and ``history``: the dashboard's and the notebooks' reads;
 * ``metrics``: the reads behind ``/metrics``;
-* ``retention``: purging old history.
+* ``retention``: purging old history;
+* ``hooks``: the outcomes whose hooks have not run, and the leases on running them.
 
 The composition is explicit: a class inherits from the classes whose methods it calls
 (``FinishQueries`` from ``JobQueries`` and ``FanoutQueries``; ``FanoutQueries`` from
@@ -27,6 +28,7 @@ one exception is the group-commit hook ``Transactions._run_group``, which
 from .cancel import CancelQueries
 from .finish import FinishQueries
 from .history import HistoryQueries
+from .hooks import HookQueries
 from .jobs import ClaimedJob
 from .metrics import MetricQueries
 from .queries import JobReads
@@ -46,6 +48,7 @@ class Store(
     HistoryQueries,
     RetentionQueries,
     MetricQueries,
+    HookQueries,
 ):
     """All reads and writes of the nbjobs tables for one database."""
 

@@ -7,7 +7,7 @@ never outlives its parent, a parent never loses part of its fan-out, and a job t
 still be retried or resumed is never touched.
 
 Each batch is one transaction that re-reads the trees' rows under a lock before deleting
-them (with their checkpoints, attempts, signals and logs), so a ``retry()`` or a
+them (with their checkpoints, attempts, signals, logs and hook runs), so a ``retry()`` or a
 ``cancel()`` racing the purge either happens first (and the tree is skipped) or finds the
 job gone.  Batches are bounded, so a purge of millions of rows never holds a long lock.
 """
@@ -20,7 +20,7 @@ from sqlalchemy import and_, delete, exists, or_, select
 from sqlalchemy.engine import Connection
 
 from ..jobs import FINISHED
-from ..schema import attempts, checkpoints, jobs, logs, schedules, signals
+from ..schema import attempts, checkpoints, hook_runs, jobs, logs, schedules, signals
 from .core import CoreStore
 
 #: Ids per ``IN (...)`` list: well under every backend's parameter limit.
@@ -105,7 +105,7 @@ class RetentionQueries(CoreStore):
             if victims:
                 self._unsettle(conn)
             for chunk in _chunks(victims):
-                for table in (checkpoints, attempts, signals, logs):
+                for table in (checkpoints, attempts, signals, logs, hook_runs):
                     conn.execute(delete(table).where(table.c.job_id.in_(chunk)))
                 conn.execute(delete(jobs).where(jobs.c.id.in_(chunk)))
         return len(victims), len(roots) == limit
