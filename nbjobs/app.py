@@ -7,16 +7,17 @@ import inspect
 import logging
 import os
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .clock import Clock
 from .codec import DEFAULT_INLINE_BYTES, Codec, open_artifacts
 from .errors import ConfigurationError
+from .group import JobGroup
 from .handle import JobHandle
 from .jobs import FINISHED, Status
-from .options import Options
+from .options import Options, Spec
 from .runtime.context import Runtime, Settings
 from .runtime.engine import Engine, warn_user
 from .runtime.registry import check_call_state_parameter, default_workflow_name
@@ -231,6 +232,27 @@ class App:
         return workflow
 
     # -- jobs --------------------------------------------------------------------------
+    def submit_many(self, specs: Iterable[Spec], *, label: str | None = None) -> JobGroup:
+        """Queue the jobs of ``specs`` (``wf.spec(...)``, of any workflows) in one
+        transaction and return their :class:`~nbjobs.JobGroup`.
+
+        All jobs or none: a bad spec raises, naming its index, before anything is
+        written, and a database error rolls the whole group back.  A spec whose
+        idempotency key (``wf.options(key=...).spec(...)``) a job holds already is that
+        job; submitted again with the same keys, the same group is returned.
+        """
+        self._check_open()
+        return JobGroup(self._engine, self._engine.submit_group(specs, label))
+
+    def group(self, group_id: str) -> JobGroup:
+        """The group of an earlier ``wf.map`` or ``submit_many`` (raises ``UnknownJob``)."""
+        return JobGroup(self._engine, group_id)
+
+    def groups(self, limit: int | None = 100) -> list[JobGroup]:
+        """The newest groups, newest first (at most ``limit``; None: all)."""
+        check_number("limit", limit, 1, integer=True, optional=True)
+        return [JobGroup(self._engine, r.id, r) for r in self.store.list_groups(limit)]
+
     def job(self, job_id: str) -> JobHandle:
         """The handle of an existing job (raises ``UnknownJob``)."""
         self.store.job_status(job_id)

@@ -299,6 +299,32 @@ logs = Table(
 )
 Index("ix_nbjobs_logs_job", logs.c.job_id, logs.c.id)
 
+#: Sweeps (``wf.map``, ``app.submit_many``): a group of jobs submitted in one
+#: transaction.  New tables rather than a column of the jobs table: ``create_all`` adds
+#: them to an existing database without a schema version, a plain submit writes nothing
+#: here, and a job may belong to several groups (a keyed ``submit_many`` returns jobs
+#: that an earlier group made).  ``size`` is the number of members at submission;
+#: purging deletes the members of deleted jobs and a group left with none.
+groups = Table(
+    "nbjobs_groups",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("label", NAME),
+    Column("size", Integer, nullable=False),
+    Column("created_at", Double, nullable=False),
+)
+
+group_jobs = Table(
+    "nbjobs_group_jobs",
+    metadata,
+    Column("group_id", ID, primary_key=True),
+    # The member's index in the submitted items or specs.
+    Column("position", Integer, primary_key=True),
+    Column("job_id", ID, nullable=False),
+)
+# A job's groups: purge deletes its memberships with it.
+Index("ix_nbjobs_group_jobs_job", group_jobs.c.job_id)
+
 _id_lock = threading.Lock()
 _last_id_time = 0
 
