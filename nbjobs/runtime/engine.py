@@ -166,11 +166,14 @@ class Engine:
         if self.worker is None:
             self.store.sync_clock_if_stale()
         rows = []
+        definitions: dict[str, Definition] = {}
         for index, spec in enumerate(specs):
             try:
                 if not isinstance(spec, Spec):
                     raise ConfigurationError(f"not a spec (make one with wf.spec(...)): {spec!r}")
-                definition = self.registry.get(spec.workflow)
+                definition = definitions.get(spec.workflow)
+                if definition is None:
+                    definition = definitions[spec.workflow] = self.registry.get(spec.workflow)
                 rows.append(
                     self.runtime.job_fields(definition, spec.args, spec.kwargs, spec.options)
                 )

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..errors import UnknownJob
 from ..jobs import ACTIVE, Status
-from ..schema import group_jobs, groups, jobs, new_id
+from ..schema import group_jobs, groups, jobs, new_id, new_ids
 from .cancel import CancelQueries
 from .jobs import fresh_job_counters
 
@@ -81,6 +81,7 @@ class GroupQueries(CancelQueries):
         new: list[dict[str, Any]] = []
         queued = Status.QUEUED.value
         counters = fresh_job_counters(now)
+        fresh_ids = iter(new_ids(len(rows)))
         for fields in rows:
             key = fields.get("key")
             if key is not None:
@@ -88,7 +89,7 @@ class GroupQueries(CancelQueries):
                 if known is not None:
                     ids.append(known)
                     continue
-            job_id = new_id()
+            job_id = next(fresh_ids)
             if key is not None:
                 by_key[key] = job_id
             run_at = fields.get("run_at")
@@ -107,16 +108,24 @@ class GroupQueries(CancelQueries):
             same = self._group_of(conn, ids)
             if same is not None:
                 return same, ids, 0
-        for chunk in _chunks(new, _ROWS):
-            self._run(conn, _INSERT_JOBS, list(chunk))
+        self._insert_rows(conn, _INSERT_JOBS, new)
         group_id = new_id()
         conn.execute(insert(groups).values(id=group_id, label=label, size=len(ids), created_at=now))
         members = [
             {"group_id": group_id, "position": i, "job_id": job_id} for i, job_id in enumerate(ids)
         ]
-        for chunk in _chunks(members, _ROWS):
-            self._run(conn, _INSERT_MEMBERS, list(chunk))
+        self._insert_rows(conn, _INSERT_MEMBERS, members)
         return group_id, ids, len(new)
+
+    def _insert_rows(self, conn: Connection, statement: Any, rows: list[dict[str, Any]]) -> None:
+        """Insert many rows of ``statement``'s table: the dialect's bulk path, else the
+        prepared ``INSERT`` by ``executemany``, a chunk at a time."""
+        if not rows:
+            return
+        if self.dialect.copy_rows(conn, statement.table, rows):
+            return
+        for chunk in _chunks(rows, _ROWS):
+            self._run(conn, statement, list(chunk))
 
     def _group_of(self, conn: Connection, ids: list[str]) -> str | None:
         """The group whose members are exactly ``ids``, in order, if there is one."""
