@@ -241,6 +241,13 @@ def group_frame(rows: Iterable[Any], loads: Callable[..., Any]) -> pandas.DataFr
         if r.finished_at is not None and r.started_at is not None:
             duration = r.finished_at - r.started_at
         records.append((r.position, r.id, r.workflow, item, r.status, result, r.error, duration))
-    frame = pd.DataFrame.from_records(records, columns=GROUP_COLUMNS)
-    frame["duration_s"] = frame["duration_s"].astype("float64")
-    return frame
+    columns = list(zip(*records, strict=True)) if records else [()] * len(GROUP_COLUMNS)
+    # Inputs, results and errors stay Python objects: a None among integers is None,
+    # not a NaN that turns the integers into floats.
+    kinds = {"position": "int64", "duration_s": "float64"}
+    return pd.DataFrame(
+        {
+            name: pd.Series(values, dtype=kinds.get(name, object))
+            for name, values in zip(GROUP_COLUMNS, columns, strict=True)
+        }
+    )
