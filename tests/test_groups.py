@@ -101,6 +101,12 @@ def test_submit_many_mixes_workflows_arguments_and_options(app):
     assert frame["input"].tolist()[2] == "bob"
     assert app.job(frame["job_id"][1]).info()["priority"] == 5
     assert group.label == "mixed"
+    # map's options, over those of wf.options(...), apply to every job.
+    tuned = square.options(priority=2).map([5, 6], retries=3)
+    for handle in tuned.jobs:
+        info = handle.info()
+        assert (info["priority"], info["max_retries"]) == (2, 3)
+    assert tuned.wait(timeout=60).results_frame()["result"].tolist() == [25, 36]
 
 
 def test_a_bad_spec_inserts_nothing_and_names_its_index(app):
