@@ -258,6 +258,50 @@ def test_watch_shows_the_whole_group(sqlite_app):
         view.close()
 
 
+@pytest.mark.no_worker
+def test_dashboard_lists_groups_filters_jobs_and_acts_in_bulk(sqlite_app):
+    from nbjobs.views import Dashboard
+
+    app = sqlite_app
+    square, greet = _register(app)
+    other = greet.submit("not in a group")
+    group = square.map(range(5), label="grid <b>")
+    dash = Dashboard(app=app, live=False)
+    view = dash.groups
+    row = view.table.value.iloc[0]
+    assert row["id"] == group.id and row["jobs"] == 5
+    assert row["label"] == "grid &lt;b&gt;"  # escaped: a label is the user's text
+    assert "0/5" in row["progress"] and "5 queued" in row["counts"]
+    # "Show jobs": the jobs table lists the group's jobs only, until the filter is cleared.
+    view.table.selection = [0]
+    view.show_button.clicks += 1
+    assert dash.jobs.group_id == group.id and dash.jobs.total == 5
+    assert other.id not in set(dash.jobs.table.value["id"])
+    assert dash.jobs._group_w.visible and group.id in dash.jobs._group_w.label
+    dash.jobs._group_w.clicks += 1
+    assert dash.jobs.group_id == "" and dash.jobs.total == 6
+    # Bulk cancel, then retry (the cancelled jobs, through the group's API).
+    view.cancel_button.clicks += 1
+    assert group.status_counts()["cancelled"] == 5
+    assert "5 cancelled" in view.table.value.iloc[0]["counts"]
+    FLAKY.add(2)
+    try:
+        assert group.retry_failed(include_cancelled=True) == 5
+        app.start()
+        group.wait(timeout=60)
+        view.load()
+        assert "1 failed" in view.table.value.iloc[0]["counts"]
+        FLAKY.clear()
+        view.table.selection = [0]
+        view.retry_button.clicks += 1
+        group.wait(timeout=60)
+        assert group.status_counts()["succeeded"] == 5
+    finally:
+        FLAKY.clear()
+    read_only = Dashboard(app=app, live=False, read_only=True).groups
+    assert not read_only.cancel_button.visible and read_only.show_button.visible
+
+
 # -- real worker processes, one SIGKILLed mid-group --------------------------------------
 ITEMS = 10_000
 WORKER = "tests.apps.group_app:app"
