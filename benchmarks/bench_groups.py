@@ -10,6 +10,11 @@ with no worker running, and measures the seconds from the call to the returned
 inserts the jobs, the group and its members.  Then it reads the group's counts once, to
 check every job is there (not timed).  The table shows the best and the median rate
 over ``--repeat`` rounds.  Targets: 50,000 jobs/s on SQLite, 20,000 on PostgreSQL.
+
+Then (``--drain N``, 10,000 by default; 0 skips it) a group of N no-op jobs is drained by
+an in-process worker at concurrency 4, with the group's live display (``group.watch()``)
+open and without, the rounds alternated; target: the display costs at most 5%.  On a
+shared, loaded machine the spread between rounds is wider than that: repeat more.
 SQLite runs with ``synchronous=NORMAL`` (nbjobs' default), PostgreSQL with its defaults
 (``synchronous_commit=on``): one commit each, so the durability mode barely matters.
 """
@@ -69,11 +74,40 @@ def run_once(url: str, n: int) -> tuple[float, float]:
         app.close()
 
 
+def drain_once(url: str, n: int, watched: bool) -> float:
+    """Jobs/s draining a group of ``n`` no-op jobs with an in-process worker (concurrency
+    4), with the group's live display open (``watched``) or not."""
+    app = nbjobs.App(url)
+    try:
+
+        @app.workflow(name="noop")
+        def noop(cs: nbjobs.CallState, i: int) -> int:
+            return i
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            group = noop.map(range(n))
+        view = group.watch() if watched else None
+        try:
+            start = time.perf_counter()
+            with app.running(concurrency=4):
+                group.wait(timeout=3600)
+            return n / (time.perf_counter() - start)
+        finally:
+            if view is not None:
+                view.close()
+    finally:
+        app.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--drain", type=int, default=10_000, help="jobs of the drain with/without watch (0: skip)"
+    )
     args = parser.parse_args(argv)
 
     rows = []
@@ -97,6 +131,24 @@ def main(argv: list[str] | None = None) -> int:
         "DuckDB, which run in it; the client's share only for a server database): on a\n"
         "loaded machine it tells what an idle one would do better than the wall clock."
     )
+    if args.drain:
+        drains = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+                plain, watched = [], []
+                for r in range(args.repeat):  # alternated, so that load drifts hit both
+                    for on, into in ((False, plain), (True, watched)):
+                        label = f"drain-{backend}-{r}-{on}"
+                        with fresh(backend, Path(tmp), label) as url:
+                            into.append(drain_once(url, args.drain, on))
+                drains.append((backend, statistics.median(plain), statistics.median(watched)))
+        print(f"\ndrain of a {args.drain:,}-job group, in-process worker, concurrency 4 (jobs/s)")
+        print(f"{'database':10} {'no watch':>10} {'watch()':>10} {'change':>8} {'target':>8}")
+        for backend, plain_rate, watched_rate in drains:
+            change = (watched_rate - plain_rate) / plain_rate * 100
+            print(
+                f"{backend:10} {plain_rate:>10,.0f} {watched_rate:>10,.0f} {change:>7.1f}% {'>= -5%':>8}"
+            )
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
@@ -179,9 +180,13 @@ class GroupWatch(w.VBox):
         self._thread.start()
 
     def _follow(self) -> None:
-        while not self.finished.is_set() and not self._stop.wait(self.poll_seconds):
+        pause = self.poll_seconds
+        while not self.finished.is_set() and not self._stop.wait(pause):
             try:
+                started = time.monotonic()
                 self.refresh()
+                # No more often than 20 times what a read costs (a big group's count).
+                pause = max(self.poll_seconds, 20 * (time.monotonic() - started))
             except Exception as exc:  # the database went away, the app was closed...
                 log.debug("watch of group %s stopped", self.group.id, exc_info=True)
                 self.counts.value = _box(STATUS_COLOURS["cancelled"], f"watch stopped: {exc}")
