@@ -371,8 +371,10 @@ class App:
         ``older_than`` is an age (seconds or a ``timedelta``) or a cutoff ``datetime``:
         jobs that finished before it go.  ``status`` narrows it to some finished statuses
         (default all three).  A fan-out tree goes as a whole, once its root is old enough
-        and no job of it is unfinished, so a child is never orphaned.  Deletes in
-        transactions of ``batch_size`` trees; returns the number of jobs deleted.
+        and no job of it is unfinished, so a child is never orphaned.  A deleted job
+        leaves the groups it was in (``wf.map``, ``submit_many``), and a group left with
+        no job is deleted too.  Deletes in transactions of ``batch_size`` trees; returns
+        the number of jobs deleted.
         """
         cutoff, statuses = _purge_cutoff(self.clock.now(), older_than, status)
         check_number("batch_size", batch_size, 1, integer=True)

@@ -166,17 +166,25 @@ class Engine:
         if self.worker is None:
             self.store.sync_clock_if_stale()
         rows = []
-        definitions: dict[str, Definition] = {}
+        # Specs of one workflow with the same options differ only by their input: the
+        # first one's row is the template of the others (a map's items all share one).
+        templates: dict[tuple[str, Options], dict[str, Any]] = {}
+        encode = self.runtime.encode_input
         for index, spec in enumerate(specs):
             try:
                 if not isinstance(spec, Spec):
                     raise ConfigurationError(f"not a spec (make one with wf.spec(...)): {spec!r}")
-                definition = definitions.get(spec.workflow)
-                if definition is None:
-                    definition = definitions[spec.workflow] = self.registry.get(spec.workflow)
-                rows.append(
-                    self.runtime.job_fields(definition, spec.args, spec.kwargs, spec.options)
-                )
+                template = templates.get((spec.workflow, spec.options))
+                if template is None:
+                    definition = self.registry.get(spec.workflow)
+                    fields = self.runtime.job_fields(
+                        definition, spec.args, spec.kwargs, spec.options
+                    )
+                    templates[spec.workflow, spec.options] = fields
+                else:
+                    fields = dict(template)
+                    fields["input"] = encode(template["workflow"], spec.args, spec.kwargs)
+                rows.append(fields)
             except (ConfigurationError, SerializationError) as exc:
                 raise type(exc)(f"{noun} {index}: {exc}; nothing was submitted") from None
             except Exception as exc:
