@@ -105,9 +105,10 @@ class JobGroup:
         rows = self.engine.store.group_members(self.id, full=True)
         return group_frame(rows, self.engine.codec.loads)
 
-    def watch(self, poll_seconds: float = 0.5) -> Any:
+    def watch(self, poll_seconds: float = 1.0) -> Any:
         """One live ipywidgets display of the whole group: a progress bar and the count
-        of jobs in each status (notebooks)."""
+        of jobs in each status (notebooks), read once a second (one count query, or
+        less often when that query is slow)."""
         from .notebook.widgets import GroupWatch
 
         return GroupWatch(self, poll_seconds=poll_seconds)

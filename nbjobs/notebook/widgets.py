@@ -160,7 +160,7 @@ class GroupWatch(w.VBox):
     status.  One count query per refresh, whatever the group's size (a thousand bars
     would cost the kernel and the browser far more than the jobs' progress is worth)."""
 
-    def __init__(self, group: Group, poll_seconds: float = 0.5) -> None:
+    def __init__(self, group: Group, poll_seconds: float = 1.0) -> None:
         self.group = group
         self.poll_seconds = poll_seconds
         label = f"<b>{html.escape(group.label)}</b> " if group.label else ""
