@@ -131,11 +131,15 @@ class GroupQueries(CancelQueries):
         """The group whose members are exactly ``ids``, in order, if there is one."""
         if not ids:
             return None
-        candidates = conn.execute(
-            select(group_jobs.c.group_id)
-            .where(group_jobs.c.job_id == ids[0], group_jobs.c.position == 0)
-            .order_by(group_jobs.c.group_id)
-        ).scalars()
+        candidates = (
+            conn.execute(
+                select(group_jobs.c.group_id)
+                .where(group_jobs.c.job_id == ids[0], group_jobs.c.position == 0)
+                .order_by(group_jobs.c.group_id)
+            )
+            .scalars()
+            .all()
+        )
         for group_id in candidates:
             members = conn.execute(
                 select(group_jobs.c.job_id)
