@@ -214,7 +214,7 @@ def test_app_group_and_groups(app):
     square, greet = _register(app)
     app.start()
     a = square.map([1], label="first")
-    b = app.submit_many([greet.spec("z")])
+    b = app.submit_many(greet.spec(name) for name in ["z"])  # any iterable of specs
     assert app.group(a.id) == a and app.group(a.id).label == "first"
     assert app.group(b.id).label is None and app.group(b.id).size == 1
     assert [g.id for g in app.groups()] == [b.id, a.id]  # newest first
