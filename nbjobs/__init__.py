@@ -19,6 +19,7 @@ from .errors import (
     UnknownJob,
     WorkerLost,
 )
+from .group import JobGroup
 from .handle import JobHandle
 from .jobs import Status
 from .runtime.callstate import CallState
@@ -40,6 +41,7 @@ __all__ = [
     "File",
     "JobCancelled",
     "JobFailed",
+    "JobGroup",
     "JobHandle",
     "JobTimeout",
     "NbjobsError",

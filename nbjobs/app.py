@@ -8,16 +8,17 @@ import inspect
 import logging
 import os
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .clock import Clock
 from .codec import DEFAULT_INLINE_BYTES, Codec, open_artifacts
 from .errors import ConfigurationError
+from .group import JobGroup
 from .handle import JobHandle
 from .jobs import FINISHED, Status
-from .options import Options
+from .options import Options, Spec
 from .runtime.context import Runtime, Settings
 from .runtime.engine import Engine, warn_user
 from .runtime.hooks import check_event, hook_name
@@ -264,6 +265,27 @@ class App:
         return workflow
 
     # -- jobs --------------------------------------------------------------------------
+    def submit_many(self, specs: Iterable[Spec], *, label: str | None = None) -> JobGroup:
+        """Queue the jobs of ``specs`` (``wf.spec(...)``, of any workflows) in one
+        transaction and return their :class:`~nbjobs.JobGroup`.
+
+        All jobs or none: a bad spec raises, naming its index, before anything is
+        written, and a database error rolls the whole group back.  A spec whose
+        idempotency key (``wf.options(key=...).spec(...)``) a job holds already is that
+        job; submitted again with the same keys, the same group is returned.
+        """
+        self._check_open()
+        return JobGroup(self._engine, self._engine.submit_group(specs, label))
+
+    def group(self, group_id: str) -> JobGroup:
+        """The group of an earlier ``wf.map`` or ``submit_many`` (raises ``UnknownJob``)."""
+        return JobGroup(self._engine, group_id)
+
+    def groups(self, limit: int | None = 100) -> list[JobGroup]:
+        """The newest groups, newest first (at most ``limit``; None: all)."""
+        check_number("limit", limit, 1, integer=True, optional=True)
+        return [JobGroup(self._engine, r.id, r) for r in self.store.list_groups(limit)]
+
     def job(self, job_id: str) -> JobHandle:
         """The handle of an existing job (raises ``UnknownJob``)."""
         self.store.job_status(job_id)
@@ -382,8 +404,10 @@ class App:
         ``older_than`` is an age (seconds or a ``timedelta``) or a cutoff ``datetime``:
         jobs that finished before it go.  ``status`` narrows it to some finished statuses
         (default all three).  A fan-out tree goes as a whole, once its root is old enough
-        and no job of it is unfinished, so a child is never orphaned.  Deletes in
-        transactions of ``batch_size`` trees; returns the number of jobs deleted.
+        and no job of it is unfinished, so a child is never orphaned.  A deleted job
+        leaves the groups it was in (``wf.map``, ``submit_many``), and a group left with
+        no job is deleted too.  Deletes in transactions of ``batch_size`` trees; returns
+        the number of jobs deleted.
         """
         cutoff, statuses = _purge_cutoff(self.clock.now(), older_than, status)
         check_number("batch_size", batch_size, 1, integer=True)

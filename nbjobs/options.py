@@ -71,7 +71,7 @@ class Options:
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
-    """A description of one child run, for ``cs.fan_out``."""
+    """A description of one run, for ``cs.fan_out`` and ``app.submit_many``."""
 
     workflow: str
     args: tuple

@@ -334,6 +334,32 @@ hook_runs = Table(
 # Abandoned claims (a worker died in a hook): only unfinished runs have a lease end.
 Index("ix_nbjobs_hook_runs_claimed", hook_runs.c.claimed_until)
 
+#: Sweeps (``wf.map``, ``app.submit_many``): a group of jobs submitted in one
+#: transaction.  New tables rather than a column of the jobs table: ``create_all`` adds
+#: them to an existing database without a schema version, a plain submit writes nothing
+#: here, and a job may belong to several groups (a keyed ``submit_many`` returns jobs
+#: that an earlier group made).  ``size`` is the number of members at submission;
+#: purging deletes the members of deleted jobs and a group left with none.
+groups = Table(
+    "nbjobs_groups",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("label", NAME),
+    Column("size", Integer, nullable=False),
+    Column("created_at", Double, nullable=False),
+)
+
+group_jobs = Table(
+    "nbjobs_group_jobs",
+    metadata,
+    Column("group_id", ID, primary_key=True),
+    # The member's index in the submitted items or specs.
+    Column("position", Integer, primary_key=True),
+    Column("job_id", ID, nullable=False),
+)
+# A job's groups: purge deletes its memberships with it.
+Index("ix_nbjobs_group_jobs_job", group_jobs.c.job_id)
+
 _id_lock = threading.Lock()
 _last_id_time = 0
 
@@ -345,6 +371,17 @@ def new_id() -> str:
         now = max(int(time.time() * 1_000_000), _last_id_time + 1)
         _last_id_time = now
     return f"{now:014x}{secrets.token_hex(5)}"
+
+
+def new_ids(count: int) -> list[str]:
+    """``count`` unique, time-ordered ids at once (a group of jobs): consecutive
+    microseconds from now, the random bits read in one call."""
+    global _last_id_time
+    with _id_lock:
+        first = max(int(time.time() * 1_000_000), _last_id_time + 1)
+        _last_id_time = first + count - 1
+    noise = secrets.token_hex(5 * count)
+    return [f"{first + i:014x}{noise[10 * i : 10 * i + 10]}" for i in range(count)]
 
 
 def new_token() -> str:

@@ -9,9 +9,11 @@ the engine of the App that registered it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from .errors import ConfigurationError
+from .group import JobGroup
 from .handle import JobHandle
 from .options import Options, Spec
 from .runtime.registry import Definition
@@ -40,8 +42,47 @@ class _Submitter:
         return self.workflow.engine.run(self.workflow, args, kwargs, self._options)
 
     def spec(self, *args: Any, **kwargs: Any) -> Spec:
-        """Describe a child run for ``cs.fan_out`` (nothing is queued yet)."""
+        """Describe a run for ``cs.fan_out`` or ``app.submit_many`` (nothing is queued yet)."""
         return Spec(self.workflow.name, args, kwargs, self._options)
+
+    def map(
+        self,
+        items: Iterable[Any],
+        *,
+        label: str | None = None,
+        key: Callable[[Any], str] | None = None,
+        **options: Any,
+    ) -> JobGroup:
+        """Queue one job per item (the item is its single argument), all in one
+        transaction, and return their :class:`~nbjobs.JobGroup`.
+
+        ``options`` apply to every job (``priority``, ``queue``, ``retries``...);
+        ``key``, if given, is a function of the item that returns the job's idempotency
+        key (an item whose key a job holds already is that job).  ``label`` names the
+        group (the workflow's name by default).  A bad item (say, one that cannot be
+        stored) raises, naming its index, and nothing is queued.
+        """
+        if key is not None and not callable(key):
+            raise ConfigurationError(
+                f"map: key= is a function of the item that returns its key (one key for "
+                f"every job would make them one job), got {key!r}"
+            )
+        opts = self._options.merged(Options.build(**options)) if options else self._options
+        name = self.workflow.name
+        specs = []
+        for index, item in enumerate(items):
+            one = opts
+            if key is not None:
+                try:
+                    one = opts.merged(Options.build(key=key(item)))
+                except ConfigurationError as exc:
+                    raise ConfigurationError(
+                        f"item {index}: {exc}; nothing was submitted"
+                    ) from None
+            specs.append(Spec(name, (item,), {}, one))
+        engine = self.workflow.engine
+        group_id = engine.submit_group(specs, name if label is None else label, noun="item")
+        return JobGroup(engine, group_id)
 
 
 class Workflow(_Submitter, Definition):

@@ -321,6 +321,12 @@ class Dialect:
     def after_create(self, conn: Connection) -> None:
         """Run under the migration lock once the tables exist (e.g. PostgreSQL triggers)."""
 
+    def copy_rows(self, conn: Connection, table: Any, rows: Sequence[dict[str, Any]]) -> bool:
+        """Insert ``rows`` (dicts; a column left out is NULL) in ``conn``'s
+        transaction by the database's bulk path, if it has one faster than
+        ``executemany`` (PostgreSQL's ``COPY``); False: it has none, nothing was done."""
+        return False
+
     def listen(self, callback: Callable[[str], None]) -> Callable[[], None] | None:
         """Call ``callback(queue)`` when another process makes a job ready, if the
         database can push that (PostgreSQL LISTEN/NOTIFY); returns a stop function, or

@@ -16,10 +16,11 @@ import fcntl
 import functools
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 
 from ..errors import ConfigurationError
@@ -29,6 +30,9 @@ from .base import Dialect, safe_url
 # the lock that serializes write transactions.
 _files: dict[str, tuple[int, int, threading.RLock]] = {}
 _files_lock = threading.Lock()
+#: Rows per multi-row ``INSERT`` of ``copy_rows``: 100 rows of the jobs table bind 3,600
+#: parameters, and longer statements got slower.
+COPY_ROWS = 100
 
 
 class DuckDBDialect(Dialect):
@@ -63,6 +67,25 @@ class DuckDBDialect(Dialect):
         if not self._closed:
             self._closed = True
             _release(self.path)
+
+    def copy_rows(self, conn: Connection, table: Any, rows: Sequence[dict[str, Any]]) -> bool:
+        """Multi-row ``INSERT ... VALUES``, ``COPY_ROWS`` rows a statement: DuckDB runs an
+        ``executemany`` one statement per row, five times slower."""
+        quote = conn.dialect.identifier_preparer.quote
+        names = [c.name for c in table.c]
+        head = f"INSERT INTO {table.name} ({', '.join(quote(n) for n in names)}) VALUES "
+        one = "(" + ", ".join("?" * len(names)) + ")"
+        driver: Any = conn.connection.driver_connection
+        for start in range(0, len(rows), COPY_ROWS):
+            chunk = rows[start : start + COPY_ROWS]
+            sql = head + ", ".join([one] * len(chunk))
+            try:
+                driver.execute(sql, [row.get(n) for row in chunk for n in names])
+            except conn.dialect.loaded_dbapi.Error as exc:
+                raise DBAPIError.instance(
+                    head, None, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
+                ) from exc
+        return True
 
     def is_transient(self, exc: BaseException) -> bool:
         if isinstance(exc, DBAPIError) and "conflict" in str(exc.orig).lower():

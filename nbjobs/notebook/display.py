@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol, SupportsIndex, overload, runtime_checkable
 
-from ..jobs import STATUS_COLOURS, row_code_changed, row_progress
+from ..jobs import FINISHED, STATUS_COLOURS, row_code_changed, row_progress
 
 if TYPE_CHECKING:
     from ..clock import Clock
@@ -72,6 +72,17 @@ class Job(Protocol):
 
 
 # -- pieces shared with the dashboard ---------------------------------------------------
+class Group(Protocol):
+    """What the group renderers read of a :class:`~nbjobs.JobGroup`."""
+
+    id: str
+
+    @property
+    def label(self) -> str | None: ...
+
+    def status_counts(self) -> dict[str, int]: ...
+
+
 def colour(status: str | None) -> str:
     """The project's colour for a status (grey for anything unknown)."""
     return STATUS_COLOURS.get(status or "", "#6b7280")
@@ -379,6 +390,27 @@ def schedules_html(items: Sequence[Mapping[str, Any]], now: float | None = None)
             "last status", "state"]  # fmt: skip
     n = len(items)
     return _table(head, body, f"{n:,} schedule{'s' * (n != 1)}", "schedules")
+
+
+def group_counts_text(counts: Mapping[str, int]) -> str:
+    """``3 succeeded · 1 failed · 6 queued``: the non-zero counts of a group, in status order."""
+    return " · ".join(f"{n} {s}" for s, n in counts.items() if n) or "no jobs"
+
+
+def group_html(group_id: str, label: str | None, counts: Mapping[str, int]) -> str:
+    """A group of jobs: its label and id, one progress bar and its counts by status."""
+    total = sum(counts.values())
+    done = sum(counts.get(s, 0) for s in FINISHED)
+    worst = next(
+        (s for s in ("failed", "cancelled", "running", "queued") if counts.get(s)), "succeeded"
+    )
+    title = f"<b>{_esc(label)}</b> " if label else ""
+    return (
+        '<div class="nbj-group" style="font-family:system-ui,sans-serif;font-size:13px;'
+        f'max-width:520px">{title}<code>{_esc(group_id)}</code>'
+        f"{progress_bar(done / total if total else 1.0, worst, f'{done}/{total}')}"
+        f"{_muted(_esc(group_counts_text(counts)))}</div>"
+    )
 
 
 class JobList(list):

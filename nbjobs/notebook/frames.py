@@ -17,7 +17,7 @@ is loaded and a pickle's code never runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -210,3 +210,44 @@ def artifacts_frame(values: Iterable[Any], limit: int | None = None) -> pandas.D
     frame["bytes"] = frame["bytes"].astype("int64")
     frame["created"] = pd.to_datetime(frame["created"], unit="s", utc=True)
     return frame
+
+
+#: The columns of ``group.results_frame()``.
+GROUP_COLUMNS = [
+    "position",  # the index of the item or spec
+    "job_id",
+    "workflow",
+    "input",  # the item (a spec's single argument), else {"args": [...], "kwargs": {...}}
+    "status",
+    "result",  # succeeded jobs only
+    "error",  # failed and cancelled jobs only
+    "duration_s",  # from the start of the first attempt to the end; NaN while unfinished
+]
+
+
+def group_frame(rows: Iterable[Any], loads: Callable[..., Any]) -> pandas.DataFrame:
+    """One row per job of a group, in submission order, from ``store.group_members(...,
+    full=True)``; ``loads`` decodes the stored input and result (the app's codec)."""
+    import pandas as pd
+
+    records = []
+    for r in rows:
+        given = loads(r.input, where=f"job {r.id}, its input")
+        args, kwargs = given.get("args", []), given.get("kwargs", {})
+        item = args[0] if len(args) == 1 and not kwargs else given
+        succeeded = r.status == "succeeded"
+        result = loads(r.result, where=f"job {r.id}, its result") if succeeded else None
+        duration = None
+        if r.finished_at is not None and r.started_at is not None:
+            duration = r.finished_at - r.started_at
+        records.append((r.position, r.id, r.workflow, item, r.status, result, r.error, duration))
+    columns = list(zip(*records, strict=True)) if records else [()] * len(GROUP_COLUMNS)
+    # Inputs, results and errors stay Python objects: a None among integers is None,
+    # not a NaN that turns the integers into floats.
+    kinds = {"position": "int64", "duration_s": "float64"}
+    return pd.DataFrame(
+        {
+            name: pd.Series(values, dtype=kinds.get(name, object))
+            for name, values in zip(GROUP_COLUMNS, columns, strict=True)
+        }
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
@@ -20,7 +21,7 @@ from ..errors import UnknownJob
 from ..jobs import FINISHED, STATUS_COLOURS, Status, row_progress
 
 if TYPE_CHECKING:
-    from .display import Job
+    from .display import Group, Job
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,75 @@ class JobWatch(w.VBox):
 
     def stop(self) -> None:
         """Stop following the job (the display keeps its last state)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self.stop()
+        super().close()
+
+
+class GroupWatch(w.VBox):
+    """A live display of a group of jobs: one progress bar and the count of jobs in each
+    status.  One count query per refresh, whatever the group's size (a thousand bars
+    would cost the kernel and the browser far more than the jobs' progress is worth)."""
+
+    def __init__(self, group: Group, poll_seconds: float = 1.0) -> None:
+        self.group = group
+        self.poll_seconds = poll_seconds
+        label = f"<b>{html.escape(group.label)}</b> " if group.label else ""
+        self.header = w.HTML(
+            f'<span style="font-family:system-ui,sans-serif">{label}group '
+            f"<code>{html.escape(group.id)}</code></span>"
+        )
+        self.bar = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="320px"))
+        self.counts = w.HTML()
+        super().__init__([self.header, w.HBox([self.bar, self.counts])])
+        self.finished = threading.Event()
+        self._stop = threading.Event()
+        self.refresh()
+        self._thread = threading.Thread(
+            target=self._follow, name=f"nbjobs-watch-group-{group.id}", daemon=True
+        )
+        self._thread.start()
+
+    def _follow(self) -> None:
+        pause = self.poll_seconds
+        while not self.finished.is_set() and not self._stop.wait(pause):
+            try:
+                started = time.monotonic()
+                self.refresh()
+                # No more often than 20 times what a read costs (a big group's count).
+                pause = max(self.poll_seconds, 20 * (time.monotonic() - started))
+            except Exception as exc:  # the database went away, the app was closed...
+                log.debug("watch of group %s stopped", self.group.id, exc_info=True)
+                self.counts.value = _box(STATUS_COLOURS["cancelled"], f"watch stopped: {exc}")
+                self.finished.set()
+
+    def refresh(self) -> None:
+        """Read the group's counts once and update the display."""
+        counts = self.group.status_counts()
+        total = sum(counts.values())
+        done = sum(counts[s] for s in FINISHED)
+        self.bar.max = max(total, 1)
+        self.bar.value = done
+        bad = counts.get(Status.FAILED.value, 0) or counts.get(Status.CANCELLED.value, 0)
+        if done == total:
+            self.bar.bar_style = "warning" if bad else "success"
+            self.finished.set()
+        else:
+            self.bar.bar_style = "danger" if bad else "info"
+        shown = " · ".join(f"{n} {s}" for s, n in counts.items() if n) or "no jobs"
+        self.counts.value = (
+            '<span style="font-family:system-ui,sans-serif;font-size:13px;margin-left:8px">'
+            f"{done}/{total} finished · {html.escape(shown)}</span>"
+        )
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the display shows every job finished; True when it did in time."""
+        return self.finished.wait(timeout)
+
+    def stop(self) -> None:
+        """Stop following the group (the display keeps its last state)."""
         self._stop.set()
 
     def close(self) -> None:

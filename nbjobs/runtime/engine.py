@@ -13,12 +13,14 @@ import logging
 import sys
 import time
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
 from ..clock import to_datetime
 from ..errors import (
     TIMEOUT_ERROR_PREFIX,
     WORKER_LOST_PREFIX,
+    ConfigurationError,
     JobCancelled,
     JobFailed,
     JobTimeout,
@@ -27,7 +29,7 @@ from ..errors import (
     WorkerLost,
 )
 from ..jobs import Status
-from ..options import Options
+from ..options import Options, Spec
 from ..store.workers import runner_problem
 from ..validation import check_name, check_number
 from .context import Runtime
@@ -152,6 +154,54 @@ class Engine:
         self._warn_if_unrunnable(job_id, definition.name, fields["queue"])
         return job_id
 
+    def submit_group(self, specs: Iterable[Spec], label: str | None, noun: str = "spec") -> str:
+        """Queue every spec's job in one transaction; returns the group's id.
+
+        Each spec becomes a job row first, so that a bad one (not a spec, an unknown
+        workflow, a bad option, an argument that cannot be stored) raises, naming its
+        index, before anything is written.
+        """
+        if label is not None:
+            check_name("group label", label)
+        if self.worker is None:
+            self.store.sync_clock_if_stale()
+        rows = []
+        # Specs of one workflow with the same options differ only by their input: the
+        # first one's row is the template of the others (a map's items all share one).
+        templates: dict[tuple[str, Options], dict[str, Any]] = {}
+        encode = self.runtime.encode_input
+        for index, spec in enumerate(specs):
+            try:
+                if not isinstance(spec, Spec):
+                    raise ConfigurationError(f"not a spec (make one with wf.spec(...)): {spec!r}")
+                template = templates.get((spec.workflow, spec.options))
+                if template is None:
+                    definition = self.registry.get(spec.workflow)
+                    fields = self.runtime.job_fields(
+                        definition, spec.args, spec.kwargs, spec.options
+                    )
+                    templates[spec.workflow, spec.options] = fields
+                else:
+                    fields = dict(template)
+                    fields["input"] = encode(template["workflow"], spec.args, spec.kwargs)
+                rows.append(fields)
+            except (ConfigurationError, SerializationError) as exc:
+                raise type(exc)(f"{noun} {index}: {exc}; nothing was submitted") from None
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"{noun} {index}: {type(exc).__name__}: {exc}; nothing was submitted"
+                ) from exc
+        group_id, ids, inserted = self.store.enqueue_group(rows, label=label)
+        if inserted:
+            firsts: dict[tuple[str, str], str] = {}
+            for fields, job_id in zip(rows, ids, strict=True):
+                firsts.setdefault((fields["workflow"], fields["queue"]), job_id)
+            for (workflow, queue), job_id in firsts.items():
+                if self.worker is not None:
+                    self.worker.submitted(queue)
+                self._warn_if_unrunnable(job_id, workflow, queue)
+        return group_id
+
     def run(self, definition: Definition, args: tuple, kwargs: dict, options: Options) -> Any:
         """``wf.run``: run a job here, durably, and return its result."""
         return self.wait(self.inline.run(definition, args, kwargs, options), None)
@@ -165,6 +215,21 @@ class Engine:
                 execution.request_cancel()
         self.runtime.wake()
         return status
+
+    def cancel_group(self, group_id: str) -> int:
+        """Cancel a group's unfinished jobs; returns how many the request reached."""
+        ids = set(self.store.cancel_group(group_id))
+        for execution in self.local_executions():
+            if execution.job.id in ids:
+                execution.request_cancel()
+        self.runtime.wake()
+        return len(ids)
+
+    def retry_group(self, group_id: str, statuses: list[str]) -> int:
+        """Queue a group's jobs of ``statuses`` again; returns how many."""
+        ids = self.store.retry_group(group_id, statuses)
+        self.runtime.wake()
+        return len(ids)
 
     def retry(self, job_id: str, from_checkpoint: str | None) -> None:
         self.store.retry_job(job_id, from_checkpoint=from_checkpoint)

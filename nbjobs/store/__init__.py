@@ -8,6 +8,7 @@
 * ``jobs``: submit, claim, checkpoints and progress (the hot path);
 * ``finish``: the ends of an attempt (success, failure, retry later, release);
 * ``cancel``: the user's cancel and retry;
+* ``groups``: groups of jobs submitted at once (sweeps), read and acted on as one;
 * ``waits``: timers and signals; ``fanout``: fan-out and fan-in;
 * ``workers``: the worker registry, heartbeats, the reaper, timers, paused queues;
 * ``queries``: reads of single jobs and simple listings;
@@ -19,14 +20,14 @@
 
 The composition is explicit: a class inherits from the classes whose methods it calls
 (``FinishQueries`` from ``JobQueries`` and ``FanoutQueries``; ``FanoutQueries`` from
-``WaitQueries``; ``ViewQueries`` and ``MetricQueries`` from ``CountQueries``; all of them from ``CoreStore``),
+``WaitQueries``; ``GroupQueries`` from ``CancelQueries``; ``ViewQueries`` and ``MetricQueries`` from ``CountQueries``; all of them from ``CoreStore``),
 and no method is defined twice, so the order of the bases below changes nothing.  The
 one exception is the group-commit hook ``Transactions._run_group``, which
 ``FinishQueries`` replaces without ``super()`` (``tests/test_layers.py`` checks it all).
 """
 
-from .cancel import CancelQueries
 from .finish import FinishQueries
+from .groups import GroupQueries
 from .history import HistoryQueries
 from .hooks import HookQueries
 from .jobs import ClaimedJob
@@ -40,7 +41,7 @@ from .workers import WorkerQueries, process_alive
 
 class Store(
     FinishQueries,
-    CancelQueries,
+    GroupQueries,
     WorkerQueries,
     ScheduleQueries,
     JobReads,

@@ -20,7 +20,17 @@ from sqlalchemy import and_, delete, exists, or_, select
 from sqlalchemy.engine import Connection
 
 from ..jobs import FINISHED
-from ..schema import attempts, checkpoints, hook_runs, jobs, logs, schedules, signals
+from ..schema import (
+    attempts,
+    checkpoints,
+    group_jobs,
+    groups,
+    hook_runs,
+    jobs,
+    logs,
+    schedules,
+    signals,
+)
 from .core import CoreStore
 
 #: Ids per ``IN (...)`` list: well under every backend's parameter limit.
@@ -108,7 +118,28 @@ class RetentionQueries(CoreStore):
                 for table in (checkpoints, attempts, signals, logs, hook_runs):
                     conn.execute(delete(table).where(table.c.job_id.in_(chunk)))
                 conn.execute(delete(jobs).where(jobs.c.id.in_(chunk)))
+            self._drop_memberships(conn, victims)
         return len(victims), len(roots) == limit
+
+    def _drop_memberships(self, conn: Connection, victims: Sequence[str]) -> None:
+        """Delete the group memberships of deleted jobs, and the groups left with no
+        member (a group's ``size`` stays what was submitted; its counts are read from
+        the members that remain)."""
+        touched: set[str] = set()
+        for chunk in _chunks(victims):
+            found = set(
+                conn.execute(
+                    select(group_jobs.c.group_id).where(group_jobs.c.job_id.in_(chunk))
+                ).scalars()
+            )
+            if found:
+                touched |= found
+                conn.execute(delete(group_jobs).where(group_jobs.c.job_id.in_(chunk)))
+        if not touched:
+            return
+        for chunk in _chunks(sorted(touched)):
+            alive = exists().where(group_jobs.c.group_id == groups.c.id)
+            conn.execute(delete(groups).where(groups.c.id.in_(chunk), ~alive))
 
     def _lock_finished_trees(self, conn: Connection, roots: Sequence[str]) -> list[str]:
         """Lock the trees of ``roots`` and return the ids of those wholly finished.

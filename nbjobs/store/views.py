@@ -18,7 +18,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.sql.expression import ColumnElement
 
 from ..jobs import ACTIVE, FINISHED, Status
-from ..schema import SUCCEEDED_SQL, attempts, checkpoints, jobs, schedules, signals
+from ..schema import SUCCEEDED_SQL, attempts, checkpoints, group_jobs, jobs, schedules, signals
 from .core import JOB_SUMMARY
 from .counts import CountQueries
 
@@ -58,6 +58,7 @@ class JobFilter:
     queue: str | None = None
     search: str | None = None
     parent_id: str | None = None
+    group_id: str | None = None
 
     def clauses(self) -> list[ColumnElement]:
         where: list[ColumnElement] = []
@@ -69,6 +70,9 @@ class JobFilter:
             where.append(jobs.c.queue == self.queue)
         if self.parent_id:
             where.append(jobs.c.parent_id == self.parent_id)
+        if self.group_id:
+            members = select(group_jobs.c.job_id).where(group_jobs.c.group_id == self.group_id)
+            where.append(jobs.c.id.in_(members))
         text = (self.search or "").strip()
         if text:
             # Ids and keys match by prefix (an index range); errors by substring.
@@ -84,7 +88,13 @@ class JobFilter:
     @property
     def only_status(self) -> bool:
         """True when at most the status is filtered (totals then come from the counters)."""
-        return not (self.workflow or self.queue or (self.search or "").strip() or self.parent_id)
+        return not (
+            self.workflow
+            or self.queue
+            or (self.search or "").strip()
+            or self.parent_id
+            or self.group_id
+        )
 
 
 def _row_columns() -> list[ColumnElement]:

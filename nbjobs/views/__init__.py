@@ -6,6 +6,7 @@ App's store and never import the App: :mod:`nbjobs.dashboard` builds one from a 
 
 from .dashboard import Dashboard
 from .detail import FanOutTree, JobDetail
+from .groups import Groups
 from .jobs import JobsTable
 from .overview import Counters, Overview, QueueDepths, Throughput, Workers
 from .schedules import Schedules
@@ -14,6 +15,7 @@ __all__ = [
     "Counters",
     "Dashboard",
     "FanOutTree",
+    "Groups",
     "JobDetail",
     "JobsTable",
     "Overview",

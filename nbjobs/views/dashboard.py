@@ -24,6 +24,7 @@ import param
 
 from .base import Component
 from .detail import JobDetail
+from .groups import Groups
 from .jobs import JobsTable
 from .overview import Overview
 from .schedules import Schedules
@@ -39,7 +40,7 @@ CHANGES_PER_REFRESH = 2000
 
 
 class Dashboard(Component):
-    """Overview, jobs (table, detail and fan-out tree) and schedules, updated live."""
+    """Overview, jobs (table, detail and fan-out tree), groups and schedules, updated live."""
 
     live = param.Boolean(default=True, doc="Refresh about once a second while shown.")
     period_ms = param.Integer(default=1000, bounds=(100, None))
@@ -54,7 +55,15 @@ class Dashboard(Component):
         self.jobs = JobsTable(counts=self.overview.counters.param.counts, **shared)
         self.detail = JobDetail(job_id=self.jobs.param.selected, **shared)
         self.schedules = Schedules(**shared)
-        self.views: list[Component] = [self.overview, self.jobs, self.detail, self.schedules]
+        self.groups = Groups(**shared)
+        self.groups.param.watch(self._show_group, "shown_group")
+        self.views: list[Component] = [
+            self.overview,
+            self.jobs,
+            self.detail,
+            self.schedules,
+            self.groups,
+        ]
         self._watermark = self.store.latest_update() or self.store.now()
         self._seen: dict[str, float] = {}
         self.changes()  # what the first load below reads anyway: not news on the first tick
@@ -72,6 +81,7 @@ class Dashboard(Component):
         self.jobs.set_options(self.store.workflow_names(), self.store.queue_names())
         self.jobs.load()
         self.schedules.load()
+        self.groups.load()
         self._mark()
 
     def changes(self) -> list[Any]:
@@ -100,6 +110,7 @@ class Dashboard(Component):
             self.jobs.refresh(changes)
             self.detail.refresh(changes)
             self.schedules.refresh(changes)
+            self.groups.refresh(changes)
             self._mark()
         except Exception:
             # A database hiccup must not kill the periodic callback; the next tick retries.
@@ -110,6 +121,15 @@ class Dashboard(Component):
         self.refreshed_at = time.time()
         live = '<span class="nbj-live"></span>live' if self.live else "snapshot"
         self._status.object = f'<span class="nbj-muted">{live} · {time.strftime("%H:%M:%S")}</span>'
+
+    def _show_group(self, event: Any) -> None:
+        """ "Show jobs" in the groups tab: the jobs table filtered by that group."""
+        if not event.new:
+            return
+        self.jobs.group_id = event.new
+        self.groups.shown_group = ""  # the same group can be shown again later
+        if self._layout is not None:
+            self.tabs.active = 1
 
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -185,6 +205,7 @@ class Dashboard(Component):
             self.tabs = pn.Tabs(
                 ("Overview", self.overview),
                 ("Jobs", jobs_page),
+                ("Groups", self.groups),
                 ("Schedules", self.schedules),
                 sizing_mode="stretch_width",
                 dynamic=True,

@@ -98,6 +98,7 @@ class JobsTable(Component):
     queue = param.String(default="")
     search = param.String(default="")
     parent_id = param.String(default="", doc="Only the children of this job.")
+    group_id = param.String(default="", doc="Only the jobs of this group (a sweep).")
     sort: param.Selector = param.Selector(default="created", objects=list(SORTS))
     descending = param.Boolean(default=True)
     page = param.Integer(default=1, bounds=(1, None))
@@ -184,6 +185,11 @@ class JobsTable(Component):
         self._prev.on_click(lambda _e: self._turn(-1))
         self._next.on_click(lambda _e: self._turn(+1))
         self._pager_text = pn.pane.HTML("", stylesheets=[CSS], margin=(12, 10))
+        self._group_w = pn.widgets.Button(
+            label="", width=260, color="primary", variant="outline", visible=False
+        )
+        self._group_w.on_click(lambda _e: setattr(self, "group_id", ""))
+        self._group_changed()
 
     # -- queries -----------------------------------------------------------------------
     def filters(self) -> JobFilter:
@@ -193,6 +199,7 @@ class JobsTable(Component):
             queue=self.queue or None,
             search=self.search or None,
             parent_id=self.parent_id or None,
+            group_id=self.group_id or None,
         )
 
     def load(self) -> None:
@@ -270,8 +277,8 @@ class JobsTable(Component):
 
     # -- events ------------------------------------------------------------------------
     @param.depends(
-        "status", "workflow", "queue", "search", "parent_id", "sort", "descending",
-        "page_size", watch=True,
+        "status", "workflow", "queue", "search", "parent_id", "group_id", "sort",
+        "descending", "page_size", watch=True,
     )  # fmt: skip
     def _filters_changed(self) -> None:
         if self.page != 1:
@@ -321,11 +328,17 @@ class JobsTable(Component):
             self.total_exact and self.page >= self._last_page()
         )
 
+    @param.depends("group_id", watch=True)
+    def _group_changed(self) -> None:
+        """The group filter shows as a button that clears it."""
+        self._group_w.label = f"group {self.group_id} \u2715" if self.group_id else ""
+        self._group_w.visible = bool(self.group_id)
+
     def controls(self) -> pn.viewable.Viewable:
         """The filter and sort widgets (a row above the table)."""
         return pn.FlexBox(
             self._status_w, self._workflow_w, self._queue_w, self._search_w, self._sort_w,
-            self._order_w, flex_wrap="wrap", sizing_mode="stretch_width",
+            self._order_w, self._group_w, flex_wrap="wrap", sizing_mode="stretch_width",
         )  # fmt: skip
 
     def body(self) -> pn.viewable.Viewable:

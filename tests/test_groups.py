@@ -1,0 +1,395 @@
+"""Sweeps: ``wf.map`` and ``app.submit_many`` make a ``JobGroup`` in one transaction.
+
+Every backend: the basics, all-or-nothing inserts (a bad spec, a database error after
+the jobs went in), idempotent keys, counts, progress, the results frame, wait, cancel,
+retry, ``app.group``/``app.groups`` and purge.  SQLite and PostgreSQL: ten thousand
+items drained by real worker processes, one of them SIGKILLed mid-group.
+"""
+
+from __future__ import annotations
+
+import collections
+import signal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+import nbjobs
+from nbjobs.schema import attempts, group_jobs, groups, jobs, workers
+from nbjobs.store import groups as store_groups
+from tests import backends
+from tests.conftest import make_app
+from tests.support import wait_until, worker_process
+
+#: Items that fail until ``FLAKY`` is emptied (a retry then succeeds).
+FLAKY: set[int] = set()
+
+
+def _register(app: nbjobs.App) -> tuple:
+    @app.workflow(name="square")
+    def square(cs: nbjobs.CallState, x: int) -> int:
+        if x in FLAKY:
+            raise ValueError(f"flaky {x}")
+        return cs.checkpoint("square", lambda: x * x)
+
+    @app.workflow(name="greet")
+    def greet(cs: nbjobs.CallState, name: str, punct: str = "!") -> str:
+        return f"hello {name}{punct}"
+
+    return square, greet
+
+
+def _count(app: nbjobs.App, table: sa.Table) -> int:
+    with app.store.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+
+def test_map_runs_one_job_per_item_and_reports_as_one(app):
+    square, _ = _register(app)
+    app.start(concurrency=2)
+    group = square.map([3, 1, 2])
+    assert isinstance(group, nbjobs.JobGroup)
+    assert group.size == len(group) == 3 and group.label == "square"
+    assert group.wait(timeout=60) is group
+    assert group.progress == 1.0
+    assert group.status_counts() == {
+        "queued": 0,
+        "running": 0,
+        "waiting": 0,
+        "succeeded": 3,
+        "failed": 0,
+        "cancelled": 0,
+    }
+    frame = group.results_frame()
+    assert list(frame.columns) == [
+        "position",
+        "job_id",
+        "workflow",
+        "input",
+        "status",
+        "result",
+        "error",
+        "duration_s",
+    ]
+    assert frame["input"].tolist() == [3, 1, 2]  # submission order, the items themselves
+    assert frame["result"].tolist() == [9, 1, 4]
+    assert frame["status"].tolist() == ["succeeded"] * 3
+    assert (frame["duration_s"] >= 0).all()
+    assert [h.result() for h in group.jobs] == [9, 1, 4]
+    assert "3 succeeded" in repr(group)
+    assert "3/3" in group._repr_html_()
+
+
+def test_submit_many_mixes_workflows_arguments_and_options(app):
+    square, greet = _register(app)
+    app.start()
+    group = app.submit_many(
+        [
+            square.spec(4),
+            greet.options(priority=5).spec("ann", punct="?"),
+            greet.spec("bob"),
+        ],
+        label="mixed",
+    )
+    group.wait(timeout=60)
+    frame = group.results_frame()
+    assert frame["workflow"].tolist() == ["square", "greet", "greet"]
+    assert frame["result"].tolist() == [16, "hello ann?", "hello bob!"]
+    # One argument: the item; more: the whole input.
+    assert frame["input"].tolist()[1] == {"args": ["ann"], "kwargs": {"punct": "?"}}
+    assert frame["input"].tolist()[2] == "bob"
+    assert app.job(frame["job_id"][1]).info()["priority"] == 5
+    assert group.label == "mixed"
+    # map's options, over those of wf.options(...), apply to every job.
+    tuned = square.options(priority=2).map([5, 6], retries=3)
+    for handle in tuned.jobs:
+        info = handle.info()
+        assert (info["priority"], info["max_retries"]) == (2, 3)
+    assert tuned.wait(timeout=60).results_frame()["result"].tolist() == [25, 36]
+
+
+def test_a_bad_spec_inserts_nothing_and_names_its_index(app):
+    square, greet = _register(app)
+    specs = [square.spec(1), greet.spec("x"), square.spec(object()), square.spec(2)]
+    with pytest.raises(nbjobs.SerializationError, match=r"^spec 2: .*nothing was submitted"):
+        app.submit_many(specs)
+    with pytest.raises(nbjobs.ConfigurationError, match=r"^spec 1: not a spec"):
+        app.submit_many([square.spec(1), ("square", 2)])  # type: ignore[list-item]
+    with pytest.raises(nbjobs.SerializationError, match=r"^item 1: "):
+        square.map([1, {2: "int key"}, 3])
+    with pytest.raises(nbjobs.ConfigurationError, match=r"^item 2: .*key"):
+        square.map([1, 2, 3], key=lambda x: "k" if x < 3 else "")
+    with pytest.raises(nbjobs.ConfigurationError, match="function of the item"):
+        square.map([1, 2], key="same")  # type: ignore[arg-type]
+    assert _count(app, jobs) == 0 and _count(app, groups) == 0 and _count(app, group_jobs) == 0
+    assert app.groups() == []
+
+
+def test_a_database_error_after_the_jobs_went_in_leaves_nothing(app, monkeypatch):
+    square, _ = _register(app)
+    app.start()
+    first = square.map([1, 2]).wait(timeout=60)
+    # The next group takes the first one's id: its row fails on the primary key, after
+    # every job of it was inserted (by COPY on PostgreSQL), in the same transaction.
+    monkeypatch.setattr(store_groups, "new_id", lambda: first.id)
+    with pytest.raises(sa.exc.IntegrityError):
+        square.map(range(1500))
+    assert _count(app, jobs) == 2 and _count(app, group_jobs) == 2
+    assert [g.id for g in app.groups()] == [first.id]
+    monkeypatch.undo()
+    assert square.map(range(3)).wait(timeout=60).progress == 1.0
+
+
+def test_keys_return_the_jobs_that_hold_them(app):
+    square, _ = _register(app)
+    app.start()
+    alone = square.options(key="sq-1").submit(1)
+    specs = [
+        square.options(key="sq-1").spec(1),
+        square.options(key="sq-2").spec(2),
+        square.options(key="sq-2").spec(2),  # the same key twice: one job
+        square.spec(3),
+    ]
+    group = app.submit_many(specs)
+    ids = [h.id for h in group.jobs]
+    assert ids[0] == alone.id and ids[1] == ids[2] and len(set(ids)) == 3
+    assert _count(app, jobs) == 3
+    group.wait(timeout=60)
+    # All keyed, all taken: the same jobs again, so the same group.
+    keyed = [square.options(key=f"k{x}").spec(x) for x in range(5)]
+    once = app.submit_many(keyed)
+    again = app.submit_many(keyed)
+    assert again == once and len(app.groups()) == 2
+    by_map = square.map(range(5), key=lambda x: f"k{x}")
+    assert by_map == once
+    # Some taken, some new: a new group holding both.
+    more = square.map(range(3, 7), key=lambda x: f"k{x}")
+    assert more != once
+    assert [h.id for h in more.jobs][:2] == [h.id for h in once.jobs][3:]
+    assert _count(app, jobs) == 3 + 5 + 2
+    assert more.wait(timeout=60).results_frame()["result"].tolist() == [9, 16, 25, 36]
+
+
+@pytest.mark.no_worker
+def test_cancel_then_retry_and_wait_with_a_timeout(app):
+    square, _ = _register(app)
+    group = square.map(range(4))
+    assert group.status_counts()["queued"] == 4 and group.progress == 0.0
+    with pytest.raises(nbjobs.ResultTimeout, match=r"0 of 4 jobs finished .*4 queued"):
+        group.wait(timeout=0.05)
+    assert group.cancel() == 4
+    assert group.status_counts()["cancelled"] == 4 and group.progress == 1.0
+    assert group.cancel() == 0
+    assert group.retry_failed() == 0  # none failed
+    assert group.retry_failed(include_cancelled=True) == 4
+    assert group.status_counts()["queued"] == 4
+    app.start()
+    assert group.wait(timeout=60).results_frame()["result"].tolist() == [0, 1, 4, 9]
+
+
+def test_retry_failed_runs_only_the_failed_jobs_again(app):
+    square, _ = _register(app)
+    FLAKY.update({1, 3})
+    try:
+        app.start(concurrency=2)
+        group = square.map(range(5)).wait(timeout=60)
+        counts = group.status_counts()
+        assert counts["succeeded"] == 3 and counts["failed"] == 2
+        frame = group.results_frame()
+        assert frame["error"].tolist()[1] == "ValueError: flaky 1"
+        assert frame["result"].tolist()[1] is None
+        first_ids = set(frame[frame["status"] == "succeeded"]["job_id"])
+        FLAKY.clear()
+        assert group.retry_failed() == 2
+        assert group.wait(timeout=60).status_counts()["succeeded"] == 5
+        assert group.results_frame()["result"].tolist() == [0, 1, 4, 9, 16]
+        for job_id in first_ids:  # the succeeded ones did not run again
+            assert len(app.job(job_id).attempts) == 1
+    finally:
+        FLAKY.clear()
+
+
+def test_app_group_and_groups(app):
+    square, greet = _register(app)
+    app.start()
+    a = square.map([1], label="first")
+    b = app.submit_many(greet.spec(name) for name in ["z"])  # any iterable of specs
+    assert app.group(a.id) == a and app.group(a.id).label == "first"
+    assert app.group(b.id).label is None and app.group(b.id).size == 1
+    assert [g.id for g in app.groups()] == [b.id, a.id]  # newest first
+    assert [g.id for g in app.groups(limit=1)] == [b.id]
+    with pytest.raises(nbjobs.UnknownJob, match="no job group"):
+        app.group("nope")
+    with pytest.raises(nbjobs.ConfigurationError):
+        square.map([1], label="")
+    empty = square.map([])
+    assert empty.size == 0 and empty.progress == 1.0 and empty.wait(timeout=1) is empty
+
+
+def test_purge_drops_the_memberships_and_the_groups_left_empty(app):
+    square, _ = _register(app)
+    app.start()
+    done = square.map(range(3)).wait(timeout=60)
+    h = square.submit(10)
+    h.result(timeout=60)
+    shared = app.submit_many([square.spec(20), square.options(key="kept").spec(21)])
+    shared.wait(timeout=60)
+    FLAKY.add(31)
+    try:
+        partial = square.map([30, 31, 32]).wait(timeout=60)
+    finally:
+        FLAKY.clear()
+    # Only the succeeded jobs go: the partly purged group stays, counting what is left.
+    assert app.purge(0, status="succeeded") == 3 + 1 + 2 + 2
+    assert app.groups() == [partial] and _count(app, group_jobs) == 1
+    assert partial.size == 3 and partial.status_counts()["failed"] == 1
+    assert sum(partial.status_counts().values()) == 1 and partial.progress == 1.0
+    assert partial.results_frame()["position"].tolist() == [1]
+    with pytest.raises(nbjobs.UnknownJob):
+        app.group(done.id)
+    assert app.purge(0) == 1
+    assert app.groups() == [] and _count(app, group_jobs) == 0 and _count(app, groups) == 0
+
+
+def test_watch_shows_the_whole_group(sqlite_app):
+    square, _ = _register(sqlite_app)
+    sqlite_app.start(concurrency=2)
+    group = square.map(range(6), label="watched")
+    view = group.watch(poll_seconds=0.05)
+    try:
+        assert view.wait(timeout=60)
+        view.refresh()
+        assert view.bar.value == view.bar.max == 6
+        assert view.bar.bar_style == "success"
+        assert "6/6 finished" in view.counts.value and "6 succeeded" in view.counts.value
+        assert "watched" in view.header.value
+    finally:
+        view.close()
+
+
+@pytest.mark.no_worker
+def test_dashboard_lists_groups_filters_jobs_and_acts_in_bulk(sqlite_app):
+    from nbjobs.views import Dashboard
+
+    app = sqlite_app
+    square, greet = _register(app)
+    other = greet.submit("not in a group")
+    group = square.map(range(5), label="grid <b>")
+    dash = Dashboard(app=app, live=False)
+    view = dash.groups
+    row = view.table.value.iloc[0]
+    assert row["id"] == group.id and row["jobs"] == 5
+    assert row["label"] == "grid &lt;b&gt;"  # escaped: a label is the user's text
+    assert "0/5" in row["progress"] and "5 queued" in row["counts"]
+    # "Show jobs": the jobs table lists the group's jobs only, until the filter is cleared.
+    view.table.selection = [0]
+    view.show_button.clicks += 1
+    assert dash.jobs.group_id == group.id and dash.jobs.total == 5
+    assert other.id not in set(dash.jobs.table.value["id"])
+    assert dash.jobs._group_w.visible and group.id in dash.jobs._group_w.label
+    dash.jobs._group_w.clicks += 1
+    assert dash.jobs.group_id == "" and dash.jobs.total == 6
+    # Bulk cancel, then retry (the cancelled jobs, through the group's API).
+    view.cancel_button.clicks += 1
+    assert group.status_counts()["cancelled"] == 5
+    assert "5 cancelled" in view.table.value.iloc[0]["counts"]
+    FLAKY.add(2)
+    try:
+        assert group.retry_failed(include_cancelled=True) == 5
+        app.start()
+        group.wait(timeout=60)
+        view.load()
+        assert "1 failed" in view.table.value.iloc[0]["counts"]
+        FLAKY.clear()
+        view.table.selection = [0]
+        view.retry_button.clicks += 1
+        group.wait(timeout=60)
+        assert group.status_counts()["succeeded"] == 5
+    finally:
+        FLAKY.clear()
+    read_only = Dashboard(app=app, live=False, read_only=True).groups
+    assert not read_only.cancel_button.visible and read_only.show_button.visible
+
+
+# -- real worker processes, one SIGKILLed mid-group --------------------------------------
+ITEMS = 10_000
+WORKER = "tests.apps.group_app:app"
+
+
+@pytest.mark.slow
+@pytest.mark.no_worker(strict=False)
+@pytest.mark.parametrize("backend", backends.selected("sqlite", "postgres"))
+def test_a_map_of_ten_thousand_survives_a_killed_worker(backend, tmp_path: Path, monkeypatch):
+    ledger = tmp_path / "ledger.txt"
+    monkeypatch.setenv("NBJOBS_LEDGER", str(ledger))
+    with backends.fresh_database(backend, tmp_path) as url:
+        app = make_app(url)
+        engine = app.store.engine
+
+        @app.workflow(name="sweep-item")
+        def sweep_item(cs: nbjobs.CallState, x: int) -> int:  # runs in the workers
+            raise AssertionError("the test process runs no jobs")
+
+        def finished() -> int:
+            return sum(app.group(group.id).status_counts()[s] for s in ("succeeded", "failed"))
+
+        def held_by(worker_id: str) -> sa.Select:
+            return sa.select(jobs.c.id).where(
+                jobs.c.worker_id == worker_id, jobs.c.status == "running"
+            )
+
+        try:
+            group = sweep_item.map(range(ITEMS))
+            assert _count(app, jobs) == ITEMS
+            logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+            with (
+                worker_process(WORKER, url, logs[0], "-c", "4") as victim,
+                worker_process(WORKER, url, logs[1], "-c", "4"),
+            ):
+                wait_until(lambda: finished() >= ITEMS // 5, timeout=300, what="a fifth done")
+                with engine.connect() as conn:
+                    victim_id = conn.execute(
+                        sa.select(workers.c.id).where(workers.c.pid == victim.pid)
+                    ).scalar_one()
+
+                def holding() -> int:
+                    with engine.connect() as conn:
+                        return len(conn.execute(held_by(victim_id)).all())
+
+                wait_until(holding, timeout=60, interval=0.001, what="the victim holds jobs")
+                victim.send_signal(signal.SIGKILL)
+                victim.wait(timeout=30)
+                with engine.connect() as conn:
+                    orphans = set(conn.execute(held_by(victim_id)).scalars())
+                assert orphans, "the killed worker held no job"
+                assert finished() < ITEMS, "the group finished before the kill; nothing tested"
+                group.wait(timeout=600)
+            counts = group.status_counts()
+            assert counts["succeeded"] == ITEMS, counts
+            frame = group.results_frame()
+            assert frame["result"].tolist() == [2 * x for x in range(ITEMS)]
+            with engine.connect() as conn:
+                # Each job finished exactly once: one succeeded attempt; the orphans' killed
+                # attempts are "lost", and no other job was attempted twice.
+                rows = conn.execute(
+                    sa.select(attempts.c.job_id, attempts.c.outcome, attempts.c.worker_id)
+                ).all()
+            outcomes = collections.defaultdict(list)
+            for r in rows:
+                outcomes[r.job_id].append(r.outcome)
+            assert set(outcomes) == set(frame["job_id"])
+            for job_id, seen in outcomes.items():
+                assert seen.count("succeeded") == 1, (job_id, seen)
+                if job_id in orphans:
+                    assert "lost" in seen, (job_id, seen)
+                else:
+                    assert seen == ["succeeded"], (job_id, seen)
+            # The side effect ran for every job; twice only where a killed attempt may
+            # have run it without recording its checkpoint.
+            ran = collections.Counter(line.split()[1] for line in ledger.read_text().splitlines())
+            assert set(ran) == set(frame["job_id"])
+            twice = {job_id for job_id, n in ran.items() if n > 1}
+            assert twice <= orphans, twice - orphans
+        finally:
+            app.close()
