@@ -34,7 +34,30 @@ _BAR_STYLE = {
 }
 
 
-class JobWatch(w.VBox):
+class _LiveDisplay(w.VBox):
+    """What the watches share: a thread follows the database until the end it shows
+    (``finished``); ``wait`` blocks for it, ``stop`` ends the following."""
+
+    def __init__(self, children: list[w.Widget]) -> None:
+        super().__init__(children)
+        self.finished = threading.Event()
+        self._stop = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the display shows the end (the job's, or every job's of the
+        group); True when it did in time."""
+        return self.finished.wait(timeout)
+
+    def stop(self) -> None:
+        """Stop following (the display keeps its last state)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        self.stop()
+        super().close()
+
+
+class JobWatch(_LiveDisplay):
     """A live progress display of one job: status, progress bar, current step, outcome.
 
     ``wait(timeout)`` blocks until the display has shown the job's end (for scripts and
@@ -49,8 +72,6 @@ class JobWatch(w.VBox):
         self.step = w.HTML()
         self.outcome = w.HTML()
         super().__init__([self.header, w.HBox([self.bar, self.step]), self.outcome])
-        self.finished = threading.Event()
-        self._stop = threading.Event()
         self._last_steps = -1
         self._last_step_name: str | None = None
         self._refreshing = threading.Lock()
@@ -141,21 +162,8 @@ class JobWatch(w.VBox):
             )
         return text
 
-    # -- control -----------------------------------------------------------------------
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the display shows the job's end; True when it did in time."""
-        return self.finished.wait(timeout)
 
-    def stop(self) -> None:
-        """Stop following the job (the display keeps its last state)."""
-        self._stop.set()
-
-    def close(self) -> None:
-        self.stop()
-        super().close()
-
-
-class GroupWatch(w.VBox):
+class GroupWatch(_LiveDisplay):
     """A live display of a group of jobs: one progress bar and the count of jobs in each
     status.  One count query per refresh, whatever the group's size (a thousand bars
     would cost the kernel and the browser far more than the jobs' progress is worth)."""
@@ -171,8 +179,6 @@ class GroupWatch(w.VBox):
         self.bar = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="320px"))
         self.counts = w.HTML()
         super().__init__([self.header, w.HBox([self.bar, self.counts])])
-        self.finished = threading.Event()
-        self._stop = threading.Event()
         self.refresh()
         self._thread = threading.Thread(
             target=self._follow, name=f"nbjobs-watch-group-{group.id}", daemon=True
@@ -210,18 +216,6 @@ class GroupWatch(w.VBox):
             '<span style="font-family:system-ui,sans-serif;font-size:13px;margin-left:8px">'
             f"{done}/{total} finished · {html.escape(shown)}</span>"
         )
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the display shows every job finished; True when it did in time."""
-        return self.finished.wait(timeout)
-
-    def stop(self) -> None:
-        """Stop following the group (the display keeps its last state)."""
-        self._stop.set()
-
-    def close(self) -> None:
-        self.stop()
-        super().close()
 
 
 def _badge(status: str) -> str:
