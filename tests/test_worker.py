@@ -87,6 +87,9 @@ def test_a_submit_claims_for_a_free_slot_in_the_submitting_thread(db_url):
         assert all(n == 0 for _, n in claims)
         first = held.submit(1)
         wait_until(lambda: first.status == "running", timeout=30, what="the first job")
+        # The job runs once its claim commits, a moment before the claiming thread has
+        # returned and recorded it: wait for the record.
+        wait_until(lambda: any(n for _, n in claims[seen:]), timeout=30, what="the claim")
         # On PostgreSQL the listener, woken by the submit's NOTIFY, may claim first.
         awake = {threading.current_thread().name, "nbjobs-listen"}
         [taker] = [thread for thread, n in claims[seen:] if n]
