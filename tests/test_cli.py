@@ -307,6 +307,7 @@ def test_queues_schedules_and_workers(app, db_url):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 2,000 attempts: 20-50 s alone, minutes on a loaded CI machine
 @pytest.mark.parametrize("backend", OPERATED)
 def test_bulk_retry_of_a_thousand_failed_jobs(app, db_url):
     @app.workflow(name="flaky", retries=0)
@@ -320,10 +321,10 @@ def test_bulk_retry_of_a_thousand_failed_jobs(app, db_url):
         raise ValueError("not part of the bulk retry")
 
     app.start(concurrency=4)
-    handles = [flaky.submit(n) for n in range(1000)]
+    handles = app.submit_many(flaky.spec(n) for n in range(1000)).jobs  # one transaction
     bystander = other.submit()
     wait_until(
-        lambda: app.store.count_jobs(status="failed") == 1001, timeout=300, what="1001 failures"
+        lambda: app.store.count_jobs(status="failed") == 1001, timeout=600, what="1001 failures"
     )
     filters = ["--status", "failed", "--workflow", "flaky", "--since", "1h"]
     # No terminal to ask on and no --yes: refused with exit code 2, nothing retried.
@@ -336,7 +337,7 @@ def test_bulk_retry_of_a_thousand_failed_jobs(app, db_url):
     assert len(done) == 1000 and all(r["ok"] for r in done)
     assert {r["id"] for r in done} == {h.id for h in handles}
     wait_until(
-        lambda: app.store.count_jobs(status="succeeded") == 1000, timeout=300, what="the reruns"
+        lambda: app.store.count_jobs(status="succeeded") == 1000, timeout=600, what="the reruns"
     )
     assert bystander.status == "failed"
     assert sorted(h.result(timeout=1) for h in handles) == list(range(1000))
