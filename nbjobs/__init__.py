@@ -16,6 +16,7 @@ from .errors import (
     ResultTimeout,
     SerializationError,
     SignalTimeout,
+    StepTimeout,
     UnknownJob,
     WorkerLost,
 )
@@ -23,6 +24,7 @@ from .group import JobGroup
 from .handle import JobHandle
 from .jobs import Status
 from .runtime.callstate import CallState
+from .steps import Cache, step
 from .strategies import CollectAll, FailFast, Outcome, Threshold
 
 __version__ = "0.1.0"
@@ -31,6 +33,7 @@ __all__ = [
     "App",
     "Artifact",
     "ArtifactError",
+    "Cache",
     "CallState",
     "CollectAll",
     "ConfigurationError",
@@ -50,9 +53,11 @@ __all__ = [
     "SerializationError",
     "SignalTimeout",
     "Status",
+    "StepTimeout",
     "Threshold",
     "UnknownJob",
     "WorkerLost",
     "__version__",
     "register_type",
+    "step",
 ]

@@ -48,6 +48,10 @@ class JobFailed(NbjobsError):
         super().__init__(message)
 
 
+class StepTimeout(NbjobsError, TimeoutError):
+    """A step ran longer than the ``timeout`` of its ``@nbjobs.step`` options."""
+
+
 class JobCancelled(NbjobsError):
     """The job was cancelled before it finished."""
 
