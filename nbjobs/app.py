@@ -398,6 +398,7 @@ class App:
         status: str | list[str] | None = None,
         *,
         batch_size: int = 500,
+        dry_run: bool = False,
     ) -> int:
         """Delete finished jobs (with their checkpoints, attempts, signals, logs and hook runs).
 
@@ -407,10 +408,13 @@ class App:
         and no job of it is unfinished, so a child is never orphaned.  A deleted job
         leaves the groups it was in (``wf.map``, ``submit_many``), and a group left with
         no job is deleted too.  Deletes in transactions of ``batch_size`` trees; returns
-        the number of jobs deleted.
+        the number of jobs deleted.  ``dry_run=True`` deletes nothing and returns how
+        many jobs would go now.
         """
         cutoff, statuses = _purge_cutoff(self.clock.now(), older_than, status)
         check_number("batch_size", batch_size, 1, integer=True)
+        if dry_run:
+            return self.store.count_purgeable(finished_before=cutoff, statuses=statuses)
         deleted, _ = self.store.purge_jobs(
             finished_before=cutoff, statuses=statuses, batch_size=batch_size
         )
