@@ -277,34 +277,33 @@ class JobDetail(Component):
         self._steps = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
         self._attempts = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
         self._signals = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
-        self.retry_button = action_button("Retry", "nbj-retry", self.retry, outline=False, width=90)
+        self.retry_button = action_button(
+            "Retry", "nbj-retry", self.retry, outline=False, width=90, align="end"
+        )
         self.cancel_button = action_button(
-            "Cancel", "nbj-cancel", self.cancel, color="danger", width=90
+            "Cancel", "nbj-cancel", self.cancel, color="danger", width=90, align="end"
         )
         self.step_select = pn.widgets.Select(
-            options=[], width=220, css_classes=["nbj-retry-step"], margin=(5, 5, 5, 20)
+            label="Retry from step", options=[], width=190, css_classes=["nbj-retry-step"]
         )
         self.retry_from_button = action_button(
-            "Retry from this step", "nbj-retry-from", self._on_retry_from, width=170
+            "Retry from this step", "nbj-retry-from", self._on_retry_from, width=160, align="end"
         )
         self.signal_name = pn.widgets.TextInput(
-            label="Signal name", placeholder="e.g. approval", width=200,
+            label="Signal name", placeholder="e.g. approval", width=170,
             css_classes=["nbj-signal-name"],
         )  # fmt: skip
         self.signal_payload = pn.widgets.TextAreaInput(
             label="Payload (JSON; empty for none)", placeholder='{"approved": true}',
-            width=340, height=70, css_classes=["nbj-signal-payload"],
+            width=290, height=64, css_classes=["nbj-signal-payload"],
         )  # fmt: skip
-        self.signal_button = action_button(
-            "Send signal", "nbj-signal-send", self._on_send_signal, width=120,
-            margin=(26, 5, 5, 5),
-        )  # fmt: skip
+        self.signal_button = action_button("Send signal", "nbj-signal-send", self._on_send_signal)
         self.signal_message = pn.pane.HTML(
             "", stylesheets=[CSS], css_classes=["nbj-signal-message"], sizing_mode="stretch_width"
         )
         self._signal_form = pn.Column(
-            pn.Row(self.signal_name, self.signal_payload, self.signal_button),
-            self.signal_message,
+            pn.Row(self.signal_name, self.signal_payload),
+            pn.Row(self.signal_button, self.signal_message, sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )
         self.tabs = pn.Tabs(
@@ -388,10 +387,11 @@ class JobDetail(Component):
         return ok
 
     def _on_retry_from(self) -> None:
-        if self.step_select.value:
-            self.retry_from(self.step_select.value)
-        else:
+        step = self.step_select.value
+        if not step and self.action_allowed():
             self.notify("pick the step to retry from first", "warning")
+        else:  # refused and logged when this session may not act
+            self.retry_from(step or "")
 
     def _on_send_signal(self) -> None:
         self.send_signal(

@@ -217,12 +217,11 @@ class JobsTable(Component):
         )
         self._group_w.on_click(lambda _e: setattr(self, "group_id", ""))
         self.bulk_retry_button = action_button(
-            "Retry matching…", "nbj-bulk-retry", lambda: self.ask_bulk("retry"), width=150,
-            margin=(24, 5, 5, 20),
-        )  # fmt: skip
+            "Retry all matching…", "nbj-bulk-retry", lambda: self.ask_bulk("retry"), width=170
+        )
         self.bulk_cancel_button = action_button(
-            "Cancel matching…", "nbj-bulk-cancel", lambda: self.ask_bulk("cancel"),
-            color="danger", width=150, margin=(24, 5, 5, 5),
+            "Cancel all matching…", "nbj-bulk-cancel", lambda: self.ask_bulk("cancel"),
+            color="danger", width=170,
         )  # fmt: skip
         self.confirmation = Confirmation("nbj-bulk-confirm")
         self._group_changed()
@@ -417,13 +416,19 @@ class JobsTable(Component):
         """The filter and sort widgets (a row above the table), the bulk actions on what
         the filter matches, and their confirmation."""
         allowed = self.action_allowed()
-        self.bulk_retry_button.visible = self.bulk_cancel_button.visible = allowed
         filters = pn.FlexBox(
             self._status_w, self._workflow_w, self._queue_w, self._search_w, self._sort_w,
-            self._order_w, self._group_w, self.bulk_retry_button, self.bulk_cancel_button,
-            flex_wrap="wrap", sizing_mode="stretch_width",
+            self._order_w, self._group_w, flex_wrap="wrap", sizing_mode="stretch_width",
         )  # fmt: skip
-        return pn.Column(filters, self.confirmation, sizing_mode="stretch_width")
+        bulk = pn.Row(
+            self.bulk_retry_button,
+            self.bulk_cancel_button,
+            self.confirmation,
+            visible=allowed,
+            sizing_mode="stretch_width",
+        )
+        self.bulk_retry_button.visible = self.bulk_cancel_button.visible = allowed
+        return pn.Column(filters, bulk, sizing_mode="stretch_width")
 
     def body(self) -> pn.viewable.Viewable:
         """The table and its pager."""
