@@ -142,6 +142,10 @@ def test_bulk_cancel_and_retry_act_on_the_filtered_jobs_after_a_question(app) ->
     assert table.confirmation.confirm() is None
     assert [h.status for h in ours] == ["cancelled"] * 5
     table.ask_bulk("retry")
+    table.workflow = "other"  # a new filter: the question about the old one goes
+    assert table.confirmation.question == "" and table.confirmation.confirm() is None
+    table.workflow = "backlog"
+    table.ask_bulk("retry")
     assert table.confirmation.confirm() is True
     assert [h.status for h in ours] == ["queued"] * 5
 

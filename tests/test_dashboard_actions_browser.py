@@ -193,7 +193,9 @@ def test_an_operator_acts_from_the_dashboard_in_chromium(sqlite_url, tmp_path) -
         logged = log.read_text()
         assert f"retrying job {three.id} from step 'b' by alice" in logged
         assert f"sending signal 'approval' to job {waits.id} by alice" in logged
-        assert "bulk cancel of 3 jobs matching workflow='backlog' by alice" in logged
+        assert (
+            "bulk cancel of 3 jobs matching workflow='backlog' by alice: cancelled 3 of 3" in logged
+        )
         assert "refused" not in logged
     finally:
         app.stop()

@@ -46,6 +46,9 @@ BULK: dict[str, tuple[str, tuple[str, ...]]] = {
     "cancel": ("cancel", ACTIVE),
 }
 
+#: How a bulk action's outcome reads ("cancelled 3 of 3 jobs").
+DONE = {"retry": "retried", "cancel": "cancelled"}
+
 #: Jobs one bulk action reaches at most (the newest of those matching).
 BULK_CAP = 10_000
 
@@ -316,6 +319,8 @@ class JobsTable(Component):
         "descending", "page_size", watch=True,
     )  # fmt: skip
     def _filters_changed(self) -> None:
+        # A question about what the old filter matched no longer describes the table.
+        self.confirmation.dismiss()
         if self.page != 1:
             self.page = 1  # triggers _page_changed
         else:
@@ -401,7 +406,7 @@ class JobsTable(Component):
         done = self.act(
             f"bulk {verb} of {len(ids):,} jobs matching {where}",
             lambda: fn(list(ids)),
-            report=lambda reached: f"{verb} of {len(reached):,} of {len(ids):,} jobs done",
+            report=lambda reached: f"{DONE[action]} {len(reached):,} of {len(ids):,} jobs",
         )
         self.load()
         return done
