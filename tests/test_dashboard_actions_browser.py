@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from playwright.sync_api import expect, sync_playwright
 import nbjobs
 from tests.conftest import make_app
 from tests.support import CHROMIUM_ARGS, ROOT, answers, free_port, server_process, wait_until
+from tests.test_dashboard_actions import define as define_steps
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -72,28 +72,8 @@ def open_job(page, job_id: str) -> None:
 
 
 def define(app: nbjobs.App, calls: dict[str, int]) -> dict[str, nbjobs.Workflow]:
-    lock = threading.Lock()
-
-    def step(name: str):
-        def run() -> str:
-            with lock:
-                calls[name] = calls.get(name, 0) + 1
-                return f"{name}{calls[name]}"
-
-        return run
-
-    @app.workflow(name="three")
-    def three(cs):
-        return [cs.checkpoint(n, step(n)) for n in ("a", "b", "c")]
-
-    @app.workflow(name="fails", retries=1)
-    def fails(cs):
-        n = step("fails")()
-        raise RuntimeError(f"failure number {n[-1]}")
-
-    @app.workflow(name="waits")
-    def waits(cs):
-        return cs.wait_signal("approval", timeout=120)
+    """The unit tests' three workflows, and two on a queue no worker here serves."""
+    workflows = define_steps(app, calls)
 
     @app.workflow(name="backlog", queue="later")
     def backlog(cs, i):
@@ -103,7 +83,7 @@ def define(app: nbjobs.App, calls: dict[str, int]) -> dict[str, nbjobs.Workflow]
     def other(cs, i):
         return i
 
-    return {"three": three, "fails": fails, "waits": waits, "backlog": backlog, "other": other}
+    return {**workflows, "backlog": backlog, "other": other}
 
 
 def settled(app: nbjobs.App, wf: dict[str, nbjobs.Workflow]) -> dict[str, object]:
