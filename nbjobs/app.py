@@ -433,6 +433,28 @@ class App:
         """Cancel a job; returns its status after the request."""
         return self._engine.cancel(job_id)
 
+    def cancel_jobs(self, job_ids: Sequence[str]) -> list[str]:
+        """Cancel many jobs in a few transactions (500 jobs each), not one per job:
+        those still unfinished, with their fan-out subtrees.  Unknown or finished ids
+        are skipped.  Returns the ids the request reached (the dashboard's bulk cancel)."""
+        return self._engine.cancel_jobs(self._job_ids(job_ids))
+
+    def retry_jobs(self, job_ids: Sequence[str]) -> list[str]:
+        """Queue many failed or cancelled jobs again, keeping their checkpoints, in a few
+        transactions (500 jobs each); jobs in another status are skipped.  Returns the
+        ids queued again (the dashboard's bulk retry)."""
+        return self._engine.retry_jobs(self._job_ids(job_ids))
+
+    @staticmethod
+    def _job_ids(job_ids: Sequence[str]) -> list[str]:
+        if isinstance(job_ids, str):
+            raise ConfigurationError("give a list of job ids, not one id as a string")
+        ids = list(job_ids)
+        for job_id in ids:
+            if not isinstance(job_id, str) or not job_id:
+                raise ConfigurationError(f"a job id is a non-empty string, not {job_id!r}")
+        return ids
+
     def signal(self, job_id: str, name: str, payload: Any = None) -> None:
         """Send a signal to a job (buffered FIFO until ``cs.wait_signal`` consumes it)."""
         self._engine.signal(job_id, name, payload)

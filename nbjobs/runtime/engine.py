@@ -231,6 +231,22 @@ class Engine:
         self.runtime.wake()
         return len(ids)
 
+    def cancel_jobs(self, job_ids: list[str]) -> list[str]:
+        """Cancel many jobs at once (a chunk per transaction); returns those reached."""
+        ids = self.store.cancel_jobs(job_ids)
+        reached = set(ids)
+        for execution in self.local_executions():
+            if execution.job.id in reached:
+                execution.request_cancel()
+        self.runtime.wake()
+        return ids
+
+    def retry_jobs(self, job_ids: list[str]) -> list[str]:
+        """Queue many failed or cancelled jobs again; returns those queued."""
+        ids = self.store.retry_jobs(job_ids)
+        self.runtime.wake()
+        return ids
+
     def retry(self, job_id: str, from_checkpoint: str | None) -> None:
         self.store.retry_job(job_id, from_checkpoint=from_checkpoint)
         self.runtime.wake()

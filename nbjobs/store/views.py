@@ -211,6 +211,30 @@ class ViewQueries(CountQueries):
             n = conn.execute(select(func.count()).select_from(inner.subquery())).scalar() or 0
         return (min(n, cap), n <= cap)
 
+    def jobs_matching(
+        self, filters: JobFilter, statuses: Sequence[str], *, cap: int = 10_000
+    ) -> tuple[Sequence[Row], bool]:
+        """(rows of ``id`` and ``status``, complete): the jobs a bulk action on the table's
+        filter would reach, among ``statuses`` (and the filter's own statuses, if any),
+        newest first, at most ``cap`` of them; ``complete`` is False when more match.
+
+        What the confirmation counts is what the action then acts on: the dashboard
+        keeps these ids rather than evaluating the filter a second time.
+        """
+        wanted = [s for s in statuses if not filters.status or s in filters.status]
+        if not wanted:
+            return [], True
+        where = [*filters.clauses(), jobs.c.status.in_(wanted)]
+        stmt = (
+            select(jobs.c.id, jobs.c.status)
+            .where(*where)
+            .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+            .limit(cap + 1)
+        )
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
+        return rows[:cap], len(rows) <= cap
+
     def jobs_rows(self, job_ids: Sequence[str]) -> Sequence[Row]:
         """Table rows of the given jobs (to patch the rows a page shows)."""
         ids = list(job_ids)
