@@ -24,7 +24,7 @@ from .runtime.engine import Engine, warn_user
 from .runtime.hooks import check_event, hook_name
 from .runtime.registry import check_call_state_parameter, default_workflow_name
 from .runtime.scheduler import Scheduler
-from .runtime.tracing import Tracing
+from .runtime.tracing import TracerProvider, Tracing
 from .store import Store
 from .validation import check_name, check_number, check_time
 from .workflow import Workflow
@@ -73,7 +73,7 @@ class App:
     ``tracing``: OpenTelemetry spans per submit, attempt and step (see the how-to
     "Trace jobs with OpenTelemetry"): ``None``, the default, traces once a tracer
     provider is configured, ``True`` always (OpenTelemetry must be installed), ``False``
-    never.
+    never; or an OpenTelemetry ``TracerProvider`` to use instead of the global one.
     Database options: ``sqlite_synchronous``, ``sqlite_busy_timeout`` (seconds), and for
     PostgreSQL and MySQL ``pool_size``, ``max_overflow``, ``pool_timeout`` and
     ``pool_recycle``.
@@ -102,7 +102,7 @@ class App:
         artifacts: str | os.PathLike[str] | bool | None = None,
         artifacts_options: Mapping[str, Any] | None = None,
         inline_bytes: int = DEFAULT_INLINE_BYTES,
-        tracing: bool | None = None,
+        tracing: bool | TracerProvider | None = None,
         **database_options: Any,
     ) -> None:
         for name, value in (

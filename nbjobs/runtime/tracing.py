@@ -22,6 +22,8 @@ When is tracing on?  ``App(tracing=...)``:
 * ``True``: on, and OpenTelemetry must be installed (``pip install nbjobs[tracing]``);
   with no provider set, its spans go to OpenTelemetry's no-op provider.
 * ``False``: off, whatever is configured.
+* a ``TracerProvider``: on, with that provider rather than the global one (as
+  OpenTelemetry's instrumentors take ``tracer_provider=``).
 
 With tracing off, every hook in the engine is one ``is None`` test.
 """
@@ -33,7 +35,7 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConfigurationError, _Cancelled, _LeaseLost, _Suspend
 
@@ -61,19 +63,29 @@ COUNT = "nbjobs.count"
 _ERRORS = frozenset({"failed", "retrying"})
 
 
+class TracerProvider(Protocol):
+    """What ``App(tracing=...)`` takes besides a bool: an OpenTelemetry tracer provider
+    (``opentelemetry.sdk.trace.TracerProvider``), used instead of the global one."""
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
 class Tracing:
     """Whether this App traces, and its tracer once it does (see the module docstring)."""
 
-    def __init__(self, enabled: bool | None = None) -> None:
+    def __init__(self, enabled: bool | TracerProvider | None = None) -> None:
+        provider = None
         if enabled is not None and not isinstance(enabled, bool):
-            raise ConfigurationError(
-                f"tracing= takes True, False or None (on when OpenTelemetry is "
-                f"configured), got {enabled!r}"
-            )
+            if not callable(getattr(enabled, "get_tracer", None)):
+                raise ConfigurationError(
+                    "tracing= takes True, False, None (on when OpenTelemetry is "
+                    f"configured) or an OpenTelemetry TracerProvider, got {enabled!r}"
+                )
+            provider, enabled = enabled, True
         self.enabled = enabled
         self._tracer: Tracer | None = None
         if enabled:
-            self._tracer = Tracer()
+            self._tracer = Tracer(provider)
 
     def active(self) -> Tracer | None:
         """The tracer, or None while tracing is off: the one test on the hot paths."""
@@ -109,7 +121,7 @@ def _default_provider(trace: Any) -> bool:
 class Tracer:
     """nbjobs' spans over the OpenTelemetry API (imported here, when tracing turns on)."""
 
-    def __init__(self) -> None:
+    def __init__(self, provider: TracerProvider | None = None) -> None:
         try:
             from opentelemetry import context, propagate, trace
         except ImportError:
@@ -122,7 +134,10 @@ class Tracer:
         self.context = context
         self.propagate = propagate
         self.trace = trace
-        self.tracer = trace.get_tracer(SCOPE, __version__)
+        if provider is None:
+            self.tracer = trace.get_tracer(SCOPE, __version__)
+        else:
+            self.tracer = provider.get_tracer(SCOPE, __version__)
 
     def carrier(self, ctx: Any) -> str | None:
         """``ctx`` as the propagator's fields in JSON (None when it has none)."""
