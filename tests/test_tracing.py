@@ -313,6 +313,38 @@ def test_a_group_submitted_at_once_is_one_submit_span(
     assert len(trace_ids(spans(exporter))) == 1
 
 
+def test_a_schedules_ticks_and_run_now_start_traced_jobs(
+    db_url: str, exporter: InMemorySpanExporter, provider: TracerProvider
+) -> None:
+    from nbjobs.clock import FakeClock
+    from nbjobs.runtime.scheduler import Scheduler
+
+    clock = FakeClock(start=1_704_103_200.0)  # 2024-01-01 10:00 UTC
+    app = make_app(db_url, clock=clock, tracing=provider)
+    try:
+        report = app.workflow(name="report")(lambda cs, n: n)
+        app.schedule("minutely", report, cron="* * * * *", args=(1,))
+        now = app.run_schedule("minutely")
+        clock.advance(61)
+        assert Scheduler(app.runtime).tick() == 1
+        ticked = next(j for j in app.jobs(workflow="report") if j.id != now.id)
+        submits = spans(exporter, "submit report")
+        assert len(submits) == 2
+        assert {attrs(s)["nbjobs.schedule"] for s in submits} == {"minutely"}
+        assert {attrs(s)["nbjobs.job_id"] for s in submits} == {now.id, ticked.id}
+        with app.store.engine.connect() as conn:
+            stored = conn.execute(
+                sa.select(jobs.c.id, jobs.c.trace_context).where(jobs.c.workflow == "report")
+            ).all()
+        by_job = {attrs(s)["nbjobs.job_id"]: s for s in submits}
+        for job_id, context in stored:
+            span_context = by_job[job_id].context
+            assert span_context is not None
+            assert f"{span_context.span_id:016x}" in json.loads(context)["traceparent"]
+    finally:
+        app.close()
+
+
 # -- across processes -------------------------------------------------------------------
 def read_spans(path: Path) -> list[dict]:
     if not path.exists():

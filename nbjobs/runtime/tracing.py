@@ -58,6 +58,7 @@ CACHED = "nbjobs.cached"
 OUTCOME = "nbjobs.outcome"
 WAIT = "nbjobs.wait"
 COUNT = "nbjobs.count"
+SCHEDULE = "nbjobs.schedule"
 
 #: Outcomes that mark a span as an error.
 _ERRORS = frozenset({"failed", "retrying"})
@@ -188,8 +189,16 @@ class Submit:
         self.span = span
         self.carrier = carrier
 
-    def submitted(self, job_id: str) -> None:
-        self.span.set_attribute(JOB_ID, job_id)
+    def submitted(self, *job_ids: str) -> None:
+        """The job (or the jobs, several cron ticks) the submit made."""
+        if len(job_ids) == 1:
+            self.span.set_attribute(JOB_ID, job_ids[0])
+        else:
+            self.span.set_attribute(COUNT, len(job_ids))
+
+    def scheduled(self, schedule: str) -> None:
+        """The submit is a cron schedule's tick (or its run now)."""
+        self.span.set_attribute(SCHEDULE, schedule)
 
 
 class AttemptSpan:
@@ -249,61 +258,68 @@ class AttemptSpan:
             self._carrier = self._tracer.carrier(ctx)
         return self._carrier
 
-    @contextlib.contextmanager
-    def step(self, name: str, *, cached: bool = False) -> Iterator[StepSpan]:
-        """The span of a checkpoint that runs (``cached``: served from a cache of steps
-        instead; the step code may also set ``StepSpan.cached`` once it knows)."""
-        with self._span_of(f"step {name}", {STEP: name}) as handle:
-            handle.cached = cached
-            yield handle
+    def step(self, name: str, *, cached: bool = False) -> StepSpan:
+        """The span of a checkpoint that runs, as a context manager (``cached``: served
+        from a cache of steps instead of run; the step's code may also set
+        ``StepSpan.cached`` once it knows)."""
+        return StepSpan(self._tracer, f"step {name}", {**self._attributes, STEP: name}, cached)
 
-    def wait(self, kind: str, name: str) -> contextlib.AbstractContextManager[StepSpan]:
+    def wait(self, kind: str, name: str) -> StepSpan:
         """The span of a durable wait (``sleep``, ``signal`` or ``fan_out``)."""
-        return self._span_of(f"{kind} {name}", {STEP: name, WAIT: kind})
+        attributes = {**self._attributes, STEP: name, WAIT: kind}
+        return StepSpan(self._tracer, f"{kind} {name}", attributes, None)
 
-    @contextlib.contextmanager
-    def _span_of(self, name: str, extra: dict[str, Any]) -> Iterator[StepSpan]:
-        tracer = self._tracer
-        with tracer.tracer.start_as_current_span(
-            name,
-            attributes={**self._attributes, **extra},
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            handle = StepSpan()
-            try:
-                yield handle
-            except _Suspend:
-                handle.outcome = "suspended"
-                raise
-            except _Cancelled:
-                handle.outcome = "cancelled"
-                raise
-            except _LeaseLost:
-                handle.outcome = "lost"
-                raise
-            except Exception as exc:
-                handle.outcome = "failed"
-                _finish(tracer, span, "failed", exc)
-                raise
-            except BaseException:
-                handle.outcome = "released"
-                raise
-            finally:
-                if handle.cached is not None:
-                    span.set_attribute(CACHED, handle.cached)
-                if handle.outcome != "failed":
-                    span.set_attribute(OUTCOME, handle.outcome)
+
+#: The outcome of a step or wait span that an internal signal ended.
+_SIGNALS = ((_Suspend, "suspended"), (_Cancelled, "cancelled"), (_LeaseLost, "lost"))
 
 
 class StepSpan:
-    """What a step's code may tell its span: whether it was served from a cache."""
+    """The span of a step or a wait, current while it runs (``with``).
 
-    __slots__ = ("cached", "outcome")
+    A class rather than a generator: a step's span is the one piece of tracing paid per
+    step, so it makes one span and one context switch and nothing more.  ``cached``
+    (None for a wait) may be changed until the step ends.
+    """
 
-    def __init__(self) -> None:
-        self.cached: bool | None = None
+    __slots__ = ("_attributes", "_name", "_span", "_token", "_tracer", "cached", "outcome")
+
+    def __init__(
+        self, tracer: Tracer, name: str, attributes: dict[str, Any], cached: bool | None
+    ) -> None:
+        self._tracer = tracer
+        self._name = name
+        self._attributes = attributes
+        self.cached = cached
         self.outcome = "succeeded"
+        self._span: Any = None
+        self._token: Any = None
+
+    def __enter__(self) -> StepSpan:
+        tracer = self._tracer
+        if self.cached is not None:
+            self._attributes[CACHED] = self.cached
+        self._span = tracer.tracer.start_span(self._name, attributes=self._attributes)
+        self._token = tracer.context.attach(tracer.trace.set_span_in_context(self._span))
+        return self
+
+    def __exit__(self, kind: Any, exc: BaseException | None, _tb: Any) -> None:
+        tracer, span = self._tracer, self._span
+        tracer.context.detach(self._token)
+        if exc is not None:
+            self.outcome = "released"  # KeyboardInterrupt, SystemExit
+            for signal, outcome in _SIGNALS:
+                if isinstance(exc, signal):
+                    self.outcome = outcome
+            if isinstance(exc, Exception):
+                self.outcome = "failed"
+        if self.cached is not None and self.cached != self._attributes.get(CACHED):
+            span.set_attribute(CACHED, self.cached)
+        if self.outcome == "failed":
+            _finish(tracer, span, "failed", exc)
+        else:
+            span.set_attribute(OUTCOME, self.outcome)
+        span.end()
 
 
 def _finish(tracer: Tracer, span: Any, outcome: str, error: BaseException | str | None) -> None:
