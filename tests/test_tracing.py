@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import sqlalchemy as sa
@@ -343,6 +344,44 @@ def test_a_schedules_ticks_and_run_now_start_traced_jobs(
             assert f"{span_context.span_id:016x}" in json.loads(context)["traceparent"]
     finally:
         app.close()
+
+
+class BrokenPropagator:
+    """A propagator that fails both ways (a misconfigured custom propagator)."""
+
+    fields: ClassVar[set[str]] = {"traceparent"}
+
+    def inject(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("the propagator broke")
+
+    def extract(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("the propagator broke")
+
+
+def test_a_failing_propagator_never_fails_a_job(
+    traced: nbjobs.App, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tracing is not the job's business: when it fails, the job runs untraced (or with
+    a trace of its own) and the log says why (a warning, the first time)."""
+    from opentelemetry import propagate
+
+    @traced.workflow(name="sturdy")
+    def sturdy(cs: nbjobs.CallState) -> int:
+        return cs.checkpoint("one", lambda: 1)
+
+    before = propagate.get_global_textmap()
+    propagate.set_global_textmap(BrokenPropagator())  # type: ignore[arg-type]
+    try:
+        with traced.running(concurrency=1), caplog.at_level("DEBUG", "nbjobs.runtime.tracing"):
+            assert sturdy.submit().result(timeout=TIMEOUT) == 1
+    finally:
+        propagate.set_global_textmap(before)
+    assert "tracing: could not write a trace context" in caplog.text
+    with traced.store.engine.connect() as conn:
+        assert conn.execute(sa.select(jobs.c.trace_context)).scalar() is None
+    wait_until(lambda: spans(exporter, "run sturdy"), what="the attempt's span")
+    (run,) = spans(exporter, "run sturdy")
+    assert attrs(run)["nbjobs.outcome"] == "succeeded" and run.parent is None
 
 
 # -- across processes -------------------------------------------------------------------

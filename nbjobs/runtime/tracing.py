@@ -143,8 +143,12 @@ class Tracer:
     def carrier(self, ctx: Any) -> str | None:
         """``ctx`` as the propagator's fields in JSON (None when it has none)."""
         fields: dict[str, str] = {}
-        self.propagate.inject(fields, context=ctx)
-        return json.dumps(fields, sort_keys=True) if fields else None
+        try:
+            self.propagate.inject(fields, context=ctx)
+            return json.dumps(fields, sort_keys=True) if fields else None
+        except Exception:
+            _failed("could not write a trace context (the propagator failed)")
+            return None
 
     def extract(self, text: str | None) -> Any:
         """The context stored as ``text`` (the current one if None or unreadable)."""
@@ -157,7 +161,11 @@ class Tracer:
         if not isinstance(fields, dict):
             log.debug("ignoring an unreadable trace context %r", text[:100])
             return None
-        return self.propagate.extract(fields)
+        try:
+            return self.propagate.extract(fields)
+        except Exception:
+            _failed("could not read a job's trace context (the propagator failed)")
+            return None
 
     @contextlib.contextmanager
     def submitting(
@@ -228,20 +236,29 @@ class AttemptSpan:
         attributes: dict[str, Any] = dict(self._attributes, **{QUEUE: job.queue})
         if job.parent_id is not None:
             attributes[PARENT_ID] = job.parent_id
-        self._span = tracer.tracer.start_span(
-            f"run {self._workflow}",
-            context=tracer.extract(job.trace_context),
-            kind=tracer.trace.SpanKind.CONSUMER,
-            attributes=attributes,
-        )
-        self._token = tracer.context.attach(tracer.trace.set_span_in_context(self._span))
+        try:
+            self._span = tracer.tracer.start_span(
+                f"run {self._workflow}",
+                context=tracer.extract(job.trace_context),
+                kind=tracer.trace.SpanKind.CONSUMER,
+                attributes=attributes,
+            )
+            self._token = tracer.context.attach(tracer.trace.set_span_in_context(self._span))
+        except Exception:
+            _failed("could not start an attempt's span; the attempt runs untraced")
+            self._span = None
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        self._tracer.context.detach(self._token)
-        if exc_info[1] is not None:
-            self.outcome("released")  # KeyboardInterrupt, SystemExit: the job is given back
-        self._span.end()
+        if self._span is None:
+            return
+        try:
+            self._tracer.context.detach(self._token)
+            if exc_info[1] is not None:
+                self.outcome("released")  # KeyboardInterrupt, SystemExit: given back
+            self._span.end()
+        except Exception:
+            _failed("could not end an attempt's span")
 
     def outcome(self, outcome: str, error: BaseException | str | None = None) -> None:
         """Set the attempt's outcome (the first one reported counts: a timeout recorded
@@ -299,11 +316,22 @@ class StepSpan:
         tracer = self._tracer
         if self.cached is not None:
             self._attributes[CACHED] = self.cached
-        self._span = tracer.tracer.start_span(self._name, attributes=self._attributes)
-        self._token = tracer.context.attach(tracer.trace.set_span_in_context(self._span))
+        try:
+            self._span = tracer.tracer.start_span(self._name, attributes=self._attributes)
+            self._token = tracer.context.attach(tracer.trace.set_span_in_context(self._span))
+        except Exception:
+            _failed("could not start a step's span; the step runs untraced")
+            self._span = None
         return self
 
     def __exit__(self, kind: Any, exc: BaseException | None, _tb: Any) -> None:
+        if self._span is not None:
+            try:
+                self._end(exc)
+            except Exception:
+                _failed("could not end a step's span")
+
+    def _end(self, exc: BaseException | None) -> None:
         tracer, span = self._tracer, self._span
         tracer.context.detach(self._token)
         if exc is not None:
@@ -320,6 +348,19 @@ class StepSpan:
         else:
             span.set_attribute(OUTCOME, self.outcome)
         span.end()
+
+
+_warned = False
+
+
+def _failed(what: str) -> None:
+    """Log a failure of tracing itself: never the job's failure (the run goes on
+    untraced), said once per process as a warning with its traceback, then at debug
+    level."""
+    global _warned
+    level = logging.DEBUG if _warned else logging.WARNING
+    _warned = True
+    log.log(level, "tracing: %s", what, exc_info=True)
 
 
 def _finish(tracer: Tracer, span: Any, outcome: str, error: BaseException | str | None) -> None:
