@@ -505,6 +505,30 @@ def test_tracing_false_makes_no_spans_even_with_a_provider_set(tmp_path: Path) -
     assert counted == "True 4"  # fan, its two children, and w.run's job
 
 
+def test_a_provider_set_after_the_app_turns_tracing_on(tmp_path: Path) -> None:
+    """``tracing=None`` notices a provider set later (it asks again at most every
+    ``CHECK_SECONDS``, zero here): jobs before it are untraced, jobs after it traced."""
+    code = f"""
+import nbjobs, nbjobs.runtime.tracing
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+nbjobs.runtime.tracing.CHECK_SECONDS = 0.0
+app = nbjobs.App({f"sqlite:///{tmp_path / 'late.db'}"!r})
+double = app.workflow(name="double")(lambda cs, n: cs.checkpoint("x", lambda: 2 * n))
+assert double.run(1) == 2
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+assert double.run(2) == 4
+print(sorted(s.name for s in exporter.get_finished_spans()))
+app.close()
+"""
+    assert run_python(code) == "['run double', 'step x', 'submit double']"
+
+
 def test_tracing_true_without_opentelemetry_says_what_to_install(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x.db'}"
     code = (

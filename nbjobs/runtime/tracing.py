@@ -18,7 +18,7 @@ When is tracing on?  ``App(tracing=...)``:
   libraries instrumented natively.  The test reads ``sys.modules`` and never imports
   OpenTelemetry itself, so an application that does not use it pays nothing: no import,
   and one dictionary look-up per submit and per attempt.  A provider set after the App
-  was made counts from the next submit or attempt on.
+  was made counts within ``CHECK_SECONDS`` (at the next submit or attempt after it).
 * ``True``: on, and OpenTelemetry must be installed (``pip install nbjobs[tracing]``);
   with no provider set, its spans go to OpenTelemetry's no-op provider.
 * ``False``: off, whatever is configured.
@@ -34,6 +34,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -60,6 +61,10 @@ WAIT = "nbjobs.wait"
 COUNT = "nbjobs.count"
 SCHEDULE = "nbjobs.schedule"
 
+#: With ``tracing=None``, how often (seconds) a process that imported OpenTelemetry but
+#: set no tracer provider asks again whether one is set now.
+CHECK_SECONDS = 1.0
+
 #: Outcomes that mark a span as an error.
 _ERRORS = frozenset({"failed", "retrying"})
 
@@ -85,6 +90,7 @@ class Tracing:
             provider, enabled = enabled, True
         self.enabled = enabled
         self._tracer: Tracer | None = None
+        self._next_check = float("-inf")
         if enabled:
             self._tracer = Tracer(provider)
 
@@ -93,7 +99,15 @@ class Tracing:
         if self._tracer is not None or self.enabled is not None:
             return self._tracer
         trace = sys.modules.get("opentelemetry.trace")
-        if trace is None or _default_provider(trace):
+        if trace is None:
+            return None
+        # Imported (by the application, or a library) but maybe with no provider set:
+        # asking OpenTelemetry costs microseconds, so ask at most every CHECK_SECONDS.
+        now = time.monotonic()
+        if now < self._next_check:
+            return None
+        self._next_check = now + CHECK_SECONDS
+        if _default_provider(trace):
             return None
         self._tracer = Tracer()
         return self._tracer
