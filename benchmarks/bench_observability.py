@@ -173,7 +173,8 @@ def disabled_hooks_ns() -> tuple[float, float]:
     base = min(timeit.repeat(empty, number=number, repeat=5))
     per_attempt = min(timeit.repeat(attempt, number=number, repeat=5)) - base
     per_step = min(timeit.repeat(step, number=number, repeat=5)) - base
-    return per_attempt / number * 1e9, per_step / number * 1e9
+    # A difference below the timer's noise can come out negative: it is nothing.
+    return max(0.0, per_attempt / number * 1e9), max(0.0, per_step / number * 1e9)
 
 
 def main() -> None:
