@@ -272,7 +272,7 @@ def test_cancel_is_the_attempts_outcome(traced: nbjobs.App, exporter: InMemorySp
 
 
 def test_a_step_served_from_a_cache_says_so(
-    sqlite_url: str, exporter: InMemorySpanExporter, provider: TracerProvider
+    exporter: InMemorySpanExporter, provider: TracerProvider
 ) -> None:
     """The step cache's side of the contract: ``AttemptSpan.step(name, cached=True)``
     (or setting ``cached`` on what it yields) marks the step's span."""
