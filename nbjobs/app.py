@@ -24,6 +24,7 @@ from .runtime.engine import Engine, warn_user
 from .runtime.hooks import check_event, hook_name
 from .runtime.registry import check_call_state_parameter, default_workflow_name
 from .runtime.scheduler import Scheduler
+from .runtime.tracing import TracerProvider, Tracing
 from .store import Store
 from .validation import check_name, check_number, check_time
 from .workflow import Workflow
@@ -69,6 +70,10 @@ class App:
     default): a bigger one raises :class:`~nbjobs.SerializationError` naming the limit.
     ``retention_seconds`` turns on automatic retention: every worker's monitor purges
     finished job trees older than this, a few batches at a time (see :meth:`purge`).
+    ``tracing``: OpenTelemetry spans per submit, attempt and step (see the how-to
+    "Trace jobs with OpenTelemetry"): ``None``, the default, traces once a tracer
+    provider is configured, ``True`` always (OpenTelemetry must be installed), ``False``
+    never; or an OpenTelemetry ``TracerProvider`` to use instead of the global one.
     Database options: ``sqlite_synchronous``, ``sqlite_busy_timeout`` (seconds), and for
     PostgreSQL and MySQL ``pool_size``, ``max_overflow``, ``pool_timeout`` and
     ``pool_recycle``.
@@ -97,6 +102,7 @@ class App:
         artifacts: str | os.PathLike[str] | bool | None = None,
         artifacts_options: Mapping[str, Any] | None = None,
         inline_bytes: int = DEFAULT_INLINE_BYTES,
+        tracing: bool | TracerProvider | None = None,
         **database_options: Any,
     ) -> None:
         for name, value in (
@@ -115,6 +121,7 @@ class App:
         check_number("max_reclaims", max_reclaims, 0, integer=True, int32=True)
         check_number("retention_seconds", retention_seconds, positive=True, optional=True)
         Codec.check(serializer, max_payload_bytes, inline_bytes)  # before any connection
+        traced = Tracing(tracing)  # before any connection too: a bad value, or no OpenTelemetry
         self.clock = clock or Clock()
         # An explicit "" is a mistake to report, not a request for the default file.
         self.url = url if url is not None else os.environ.get("NBJOBS_URL") or DEFAULT_URL
@@ -144,7 +151,7 @@ class App:
             retention_seconds=None if retention_seconds is None else float(retention_seconds),
         )
         #: What the engine gets instead of the App (see :mod:`nbjobs.runtime.context`).
-        self.runtime = Runtime(self.store, self.codec, self.clock, settings)
+        self.runtime = Runtime(self.store, self.codec, self.clock, settings, tracing=traced)
         self._engine = Engine(self.runtime)
         self.runtime.make_handle = functools.partial(JobHandle, self._engine)
         self._schedules = Scheduler(self.runtime)

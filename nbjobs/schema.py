@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnClause
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 #: Status values rendered inline in SQL, for the partial indexes (see below).
@@ -94,6 +94,10 @@ jobs = Table(
     Column("progress", Double),
     Column("message", String(500)),
     Column("code_fingerprint", String(16)),
+    # The OpenTelemetry context a run continues (``nbjobs.runtime.tracing``): a JSON
+    # object of the propagator's fields (``traceparent``, ``tracestate``), written at
+    # submit, and for a fan-out child from its parent's attempt; NULL without tracing.
+    Column("trace_context", Text),
     Column("created_at", Double, nullable=False),
     Column("started_at", Double),
     Column("finished_at", Double),

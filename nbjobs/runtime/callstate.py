@@ -16,6 +16,7 @@ given owns the lease and writes the steps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -159,6 +160,15 @@ class CallState:
         replayed, value, args_hash = self._begin_step(name, fn, args, kwargs)
         if replayed:
             return value
+        if self._execution.trace is not None:
+            with self._execution.trace.step(name):
+                return self._run_step(name, fn, args, kwargs, args_hash)
+        return self._run_step(name, fn, args, kwargs, args_hash)
+
+    def _run_step(
+        self, name: str, fn: Callable[..., Any], args: tuple, kwargs: dict, args_hash: str | None
+    ) -> Any:
+        """Run a sync checkpoint's function and store its result."""
         started = self._runtime.store.now()
         value = fn(*args, **kwargs)
         if inspect.isawaitable(value):
@@ -193,7 +203,7 @@ class CallState:
         # The n-th wait for a name in a run is its own step (fixed by call order).
         self._signal_waits[name] = count = self._signal_waits.get(name, 0) + 1
         step = f"signal:{name}" if count == 1 else f"signal:{name}#{count}"
-        with self._execution.writing():
+        with self._traced_wait("signal", step), self._execution.writing():
             stored = self._begin_wait(step, "signal wait")
             if stored is not None and stored.done:
                 if _detail(stored).get("timed_out"):
@@ -231,7 +241,7 @@ class CallState:
                 raise ConfigurationError(
                     f"fan_out takes workflow specs (child.spec(...)), got {spec!r}"
                 )
-        with self._execution.writing():
+        with self._traced_wait("fan_out", name), self._execution.writing():
             stored = self._begin_wait(name, "fan-out name")
             if stored is not None and stored.done:
                 return self._outcomes(name, stored.value, _detail(stored))
@@ -252,7 +262,7 @@ class CallState:
 
     # -- durable waits -----------------------------------------------------------------
     def _sleep(self, name: str, wake_at: float) -> None:
-        with self._execution.writing():
+        with self._traced_wait("sleep", name), self._execution.writing():
             stored = self._begin_wait(name, "sleep name")
             if stored is not None:
                 if stored.done:
@@ -268,6 +278,11 @@ class CallState:
                     exists_=stored is not None,
                 )
             )
+
+    def _traced_wait(self, kind: str, name: str) -> contextlib.AbstractContextManager[Any]:
+        """A durable wait's span (nothing without tracing)."""
+        trace = self._execution.trace
+        return contextlib.nullcontext() if trace is None else trace.wait(kind, name)
 
     def _begin_wait(self, name: str, what: str) -> Row | None:
         stored = self._claim_name(name, what)
@@ -300,6 +315,8 @@ class CallState:
         definition = self._runtime.registry.get(spec.workflow)
         fields = self._runtime.job_fields(definition, spec.args, spec.kwargs, spec.options)
         fields.pop("key", None)
+        if self._execution.trace is not None:  # the child continues this attempt's trace
+            fields["trace_context"] = self._execution.trace.carrier()
         return fields
 
     def _outcomes(self, name: str, text: str | None, detail: dict[str, Any]) -> list[Outcome]:
@@ -348,6 +365,14 @@ class AsyncCallState(CallState):
         replayed, value, args_hash = self._begin_step(name, fn, args, kwargs)
         if replayed:
             return value
+        if self._execution.trace is not None:
+            with self._execution.trace.step(name):
+                return await self._run_step_async(name, fn, args, kwargs, args_hash)
+        return await self._run_step_async(name, fn, args, kwargs, args_hash)
+
+    async def _run_step_async(
+        self, name: str, fn: Callable[..., Any], args: tuple, kwargs: dict, args_hash: str | None
+    ) -> Any:
         started = self._runtime.store.now()
         if inspect.iscoroutinefunction(fn):
             value = await fn(*args, **kwargs)

@@ -2,7 +2,7 @@
 
 The worker, the executions, the call states and the scheduler receive a :class:`Runtime`
 rather than the :class:`~nbjobs.App`: the store, the codec, the clock, the workflow
-registry, the settings, the outcome hooks, a job-finished notifier, a wake-up for this
+registry, the settings, the outcome hooks, the tracing, a job-finished notifier, a wake-up for this
 process's worker, and a maker of job handles (for the hooks).
 The App builds one and hands it down; nothing below reaches back up.
 """
@@ -23,6 +23,7 @@ from ..store import Store
 from ..validation import check_time
 from .hooks import Hooks
 from .registry import Definition, Registry
+from .tracing import Tracing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +80,15 @@ class Runtime:
         clock: Clock,
         settings: Settings,
         registry: Registry | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.store = store
         self.codec = codec
         self.clock = clock
         self.settings = settings
         self.registry = registry or Registry()
+        #: OpenTelemetry spans, when on (see :mod:`nbjobs.runtime.tracing`).
+        self.tracing = tracing or Tracing()
         #: The outcome hooks of this process (``app.on``), run by its worker.
         self.hooks = Hooks()
         #: job id -> the handle a hook receives; set by the App (the engine never

@@ -148,7 +148,12 @@ class Engine:
         if self.worker is None:  # a worker's monitor keeps the clock measured
             self.store.sync_clock_if_stale()
         fields = self.runtime.job_fields(definition, args, kwargs, options)
-        job_id, _created = self.store.enqueue_job(**fields)
+        with self.runtime.tracing.submitting(definition.name, fields["queue"]) as traced:
+            if traced is not None:
+                fields["trace_context"] = traced.carrier
+            job_id, _created = self.store.enqueue_job(**fields)
+            if traced is not None:
+                traced.submitted(job_id)
         if self.worker is not None:
             self.worker.submitted(fields["queue"])
         self._warn_if_unrunnable(job_id, definition.name, fields["queue"])
@@ -191,7 +196,13 @@ class Engine:
                 raise ConfigurationError(
                     f"{noun} {index}: {type(exc).__name__}: {exc}; nothing was submitted"
                 ) from exc
-        group_id, ids, inserted = self.store.enqueue_group(rows, label=label)
+        first = rows[0] if rows else {"workflow": "", "queue": ""}
+        tracing = self.runtime.tracing
+        with tracing.submitting(first["workflow"], first["queue"], len(rows)) as traced:
+            if traced is not None:
+                for fields in rows:
+                    fields["trace_context"] = traced.carrier
+            group_id, ids, inserted = self.store.enqueue_group(rows, label=label)
         if inserted:
             firsts: dict[tuple[str, str], str] = {}
             for fields, job_id in zip(rows, ids, strict=True):

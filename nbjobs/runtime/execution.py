@@ -96,6 +96,8 @@ class Execution:
         self.next_job: ClaimedJob | None = None
         #: The success is left to a later shared commit (see ``Worker._record_chained``).
         self.deferred = False
+        #: The attempt's span (``runtime/tracing.py``); None while tracing is off.
+        self.trace = runtime.tracing.attempt(job, workflow.name)
 
     @property
     def token(self) -> str:
@@ -244,6 +246,15 @@ class Execution:
         runtime = self.runtime
         return capture.job_output(runtime.store, runtime.clock, self.job, tee=self.inline)
 
+    def _traced(self) -> contextlib.AbstractContextManager[Any]:
+        """The attempt's span, current while the workflow runs (nothing without tracing)."""
+        return contextlib.nullcontext() if self.trace is None else self.trace
+
+    def _outcome(self, outcome: str, error: BaseException | str | None = None) -> None:
+        """Tell the attempt's span how the attempt ended."""
+        if self.trace is not None:
+            self.trace.outcome(outcome, error)
+
     def _prepare(self) -> tuple[CallState, tuple, dict]:
         args, kwargs = self._decode_input()
         # A first attempt that has made no step has nothing to replay: skip the query.
@@ -283,7 +294,7 @@ class Execution:
     def run_sync(self) -> None:
         """Run the workflow in this thread and record the outcome."""
         try:
-            with self._output():
+            with self._output(), self._traced():
                 try:
                     cs, args, kwargs = self._prepare()
                     value = self.workflow.fn(cs, *args, **kwargs)
@@ -299,7 +310,7 @@ class Execution:
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
         try:
-            with self._output():
+            with self._output(), self._traced():
                 try:
                     cs, args, kwargs = await asyncio.to_thread(self._prepare)
                     if self.lost or self.cancel_requested:
@@ -333,6 +344,7 @@ class Execution:
                     return
                 if self.lost:
                     return
+                self._outcome("succeeded")
                 if self.chain is not None:
                     self.chain(self, text)
                 else:
@@ -358,12 +370,14 @@ class Execution:
     def _record_exception(self, exc: BaseException) -> None:
         capture.flush()
         if isinstance(exc, _Suspend):
+            self._outcome("suspended")
             return  # the suspension was recorded in the transaction that raised it
         try:
             self.flush_steps()
         except _StoreUnavailable as failed:
             exc = failed
         if isinstance(exc, _LeaseLost) or self.lost:
+            self._outcome("lost")
             capture.log_outside(
                 log,
                 logging.WARNING,
@@ -372,6 +386,7 @@ class Execution:
             )
             return
         if isinstance(exc, _Cancelled):
+            self._outcome("cancelled")
             self.note_write(
                 self.runtime.store.finish_job(
                     job_id=self.job.id,
@@ -387,6 +402,7 @@ class Execution:
             return
         if not isinstance(exc, Exception):
             # KeyboardInterrupt, SystemExit: give the job back rather than fail it.
+            self._outcome("released")
             self.runtime.store.release_job(
                 job_id=self.job.id, token=self.token, attempt=self.job.attempt
             )
@@ -398,13 +414,22 @@ class Execution:
         # children's outcomes are recorded (h.retry() re-runs the failed children), and
         # a step name used twice (the same code names it twice again).
         retryable = not isinstance(exc, (SerializationError, FanOutError, DuplicateCheckpoint))
-        self._record_failure(error, text, "failed", retryable=retryable)
+        self._record_failure(error, text, "failed", retryable=retryable, exc=exc)
 
     def _record_failure(
-        self, error: str, text: str | None, outcome: str, *, retryable: bool
+        self,
+        error: str,
+        text: str | None,
+        outcome: str,
+        *,
+        retryable: bool,
+        exc: BaseException | None = None,
     ) -> None:
-        """Retry the job later, or fail it; either way one line in the worker's log."""
-        if retryable and self.job.failures < self.job.max_retries:
+        """Retry the job later, or fail it; either way one line in the worker's log
+        (``exc``, the exception that failed the run, goes on the attempt's span)."""
+        again = retryable and self.job.failures < self.job.max_retries
+        self._outcome("retrying" if again else "failed", error if exc is None else exc)
+        if again:
             delay = self.runtime.settings.backoff_seconds(self.job.failures + 1)
             run_at = self.runtime.store.now() + delay
             self._write_failure(
@@ -496,6 +521,7 @@ class Execution:
         and a reaper takes it back."""
         delay = self.runtime.settings.backoff_seconds(self.job.attempt)
         error = f"{type(failure.cause).__name__}: {_first_line(failure.cause)}"
+        self._outcome("released")
         log.warning(
             "job %s: the database failed during the run (%s); the job runs again in "
             "%.2f s, without counting a retry",
