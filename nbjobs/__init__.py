@@ -23,6 +23,7 @@ from .errors import (
 from .group import JobGroup
 from .handle import JobHandle
 from .jobs import Status
+from .kernel import current
 from .runtime.callstate import CallState
 from .steps import Cache, step
 from .strategies import CollectAll, FailFast, Outcome, Threshold
@@ -58,6 +59,7 @@ __all__ = [
     "UnknownJob",
     "WorkerLost",
     "__version__",
+    "current",
     "register_type",
     "step",
 ]
