@@ -5,6 +5,7 @@ from .artifacts.artifact import Artifact
 from .artifacts.types import File, register_type
 from .errors import (
     ArtifactError,
+    CellError,
     ConfigurationError,
     DatabaseLost,
     DuplicateCheckpoint,
@@ -36,6 +37,7 @@ __all__ = [
     "ArtifactError",
     "Cache",
     "CallState",
+    "CellError",
     "CollectAll",
     "ConfigurationError",
     "DatabaseLost",

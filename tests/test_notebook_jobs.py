@@ -1,0 +1,265 @@
+"""Notebooks as durable, schedulable jobs (``app.notebook``), in real kernels.
+
+Kernel start-up costs a second or two, so each test runs few notebooks: the checks of
+what needs no kernel (parameters refused at submit, the local stand-in of
+``nbjobs.current()``) run none.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+
+import nbjobs
+from nbjobs import ConfigurationError, JobFailed, JobTimeout
+from nbjobs.artifacts.reference import find_references
+from nbjobs.clock import FakeClock
+from tests import backends
+from tests.apps.notebook_app import NOTE, crash_notebook, make_notebook
+from tests.conftest import make_app
+from tests.support import submit_elsewhere, wait_until, worker_process
+
+MULTIPROCESS = backends.selected("sqlite", "postgres")
+
+
+def ledger(path: Path) -> list[tuple[str, int]]:
+    """(event, pid) for every line the notebooks noted, in order."""
+    if not path.exists():
+        return []
+    rows = [line.rsplit(" ", 1) for line in path.read_text().splitlines()]
+    return [(event, int(pid)) for event, pid in rows]
+
+
+def gone(pid: int) -> bool:
+    """The process has ended (a zombie waiting for a reaper counts as ended)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.fixture
+def book(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "ledger.txt"
+    monkeypatch.setenv("NBJOBS_LEDGER", str(path))  # kernels inherit the environment
+    return path
+
+
+def report_notebook(path: Path) -> Path:
+    return make_notebook(
+        path,
+        [
+            ("markdown", "# Daily report"),
+            ("parameters", "day = '2026-01-01'\nscale = 1"),
+            NOTE,
+            "def load(day):\n    note('load')\n    return {'day': day, 'rows': 3 * scale}\n"
+            "data = cs.checkpoint('load', load, day)\nprint('loaded', data['rows'], 'rows for', day)",
+            "data",
+            "result = {'day': day, 'rows': data['rows'], 'job': cs.job_id}",
+        ],
+    )
+
+
+# -- submit-time checks: no kernel ---------------------------------------------------------
+@pytest.mark.no_worker(strict=False)
+def test_unknown_parameters_and_bad_values_are_refused_at_submit(sqlite_app, tmp_path):
+    nb = sqlite_app.notebook(report_notebook(tmp_path / "report.ipynb"))
+    assert nb.name == "report" and nb.parameters == {"day": "'2026-01-01'", "scale": "1"}
+    with pytest.raises(
+        ConfigurationError, match=r"unknown parameter\(s\) dya; its parameters are day, scale"
+    ):
+        nb.submit(dya="2026-12-01")
+    with pytest.raises(ConfigurationError, match="takes its parameters by name"):
+        nb.submit("2026-12-01")
+    with pytest.raises(ConfigurationError, match="no Python literal form"):
+        nb.submit(day=object())
+    with pytest.raises(ConfigurationError, match=r"item 1: .*unknown parameter\(s\) when"):
+        nb.map([{"day": "a"}, {"when": "b"}])
+    with pytest.raises(ConfigurationError, match="item 0: a notebook's map items are dicts"):
+        nb.map(["2026-12-01"])
+    with pytest.raises(ConfigurationError, match=r"schedule 'daily': .*unknown parameter\(s\) dya"):
+        sqlite_app.schedule("daily", nb, cron="0 6 * * *", kwargs={"dya": "x"})
+    assert sqlite_app.jobs() == []  # nothing was submitted
+
+    bare = make_notebook(tmp_path / "bare.ipynb", ["x = 1"])
+    with pytest.raises(ConfigurationError, match="no cell tagged 'parameters', so it takes none"):
+        sqlite_app.notebook(bare).submit(x=2)
+    with pytest.raises(ConfigurationError, match="cannot read the notebook"):
+        sqlite_app.notebook(tmp_path / "missing.ipynb")
+    (tmp_path / "junk.ipynb").write_text("not json")
+    with pytest.raises(ConfigurationError, match="is not a notebook"):
+        sqlite_app.notebook(tmp_path / "junk.ipynb")
+    with pytest.raises(ConfigurationError, match="result must name a variable"):
+        sqlite_app.notebook(bare, name="bare2", result="not a name")
+    other = make_notebook(tmp_path / "other.ipynb", ["y = 1"])
+    with pytest.raises(ConfigurationError, match="workflow name 'report' is taken"):
+        sqlite_app.notebook(other, name="report")
+
+
+def test_current_outside_a_job_runs_steps_directly():
+    cs = nbjobs.current()
+    assert cs.job_id is None and "not in a job" in repr(cs)
+    calls = []
+    assert cs.checkpoint("load", lambda x: calls.append(x) or x * 2, 21) == 42
+    assert cs.checkpoint("load", lambda x: calls.append(x) or x * 2, 21) == 42  # a re-run cell
+    assert calls == [21, 21]
+    cs.progress(0.5)  # goes nowhere
+    with pytest.raises(ConfigurationError, match="pass the function and its arguments"):
+        cs.checkpoint("load", 42)
+    with pytest.raises(ConfigurationError, match="wait_signal needs a job"):
+        cs.wait_signal("approved")
+
+
+# -- runs ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", MULTIPROCESS)
+def test_a_parameterised_notebook_runs_as_a_job(app, tmp_path, book):
+    nb = app.notebook(report_notebook(tmp_path / "report.ipynb"), name="daily-report")
+    with app.running(concurrency=1):
+        h = nb.submit(day="2026-12-01", scale=2)
+        result = h.result(timeout=120)
+    assert result == {"day": "2026-12-01", "rows": 6, "job": h.id}
+    assert h.checkpoints == {"load": {"day": "2026-12-01", "rows": 6}}
+    assert h.progress == 1.0
+    assert [e for e, _ in ledger(book)] == ["load"]
+    # The cells' output is the job's captured output.
+    assert "loaded 6 rows for 2026-12-01" in h.logs()
+    assert "{'day': '2026-12-01', 'rows': 6}" in h.logs()
+
+    executed = h.notebook()
+    assert isinstance(executed, nbformat.NotebookNode)
+    tags = [c.metadata.get("tags", []) for c in executed.cells]
+    assert tags[1] == ["parameters"] and tags[2] == ["injected-parameters"]
+    assert "day = '2026-12-01'" in executed.cells[2].source
+    prints = executed.cells[4].outputs
+    assert prints[0]["text"] == "loaded 6 rows for 2026-12-01\n"
+    shown = executed.cells[5].outputs[0]
+    assert shown["output_type"] == "execute_result"
+    assert shown["data"]["text/plain"] == "{'day': '2026-12-01', 'rows': 6}"
+    assert executed.metadata["language_info"]["name"] == "python"
+    (row,) = app.store.job_notebooks(h.id)
+    # Six code cells: the injected one counts (it ran).
+    assert (row.attempt, row.cells, row.cells_done, row.failed_cell) == (1, 6, 6, None)
+    # The executed notebook is an artifact: a file nbformat reads without nbjobs.
+    ((_, ref),) = find_references(row.value)
+    assert nbformat.read(ref.uri.removeprefix("file://"), as_version=4) == executed
+    assert app.job(h.id).notebook().cells[4].outputs == prints
+
+
+def test_a_failing_cell_names_the_cell_and_a_retry_replays_the_checkpoints(
+    sqlite_app, tmp_path, book
+):
+    path = make_notebook(
+        tmp_path / "broken.ipynb",
+        [
+            ("parameters", "divisor = 0"),
+            NOTE,
+            "prepared = cs.checkpoint('prepare', lambda: note('prepare') or 10)",
+            "# the failing cell\nratio = prepared / divisor",
+            "result = ratio",
+        ],
+    )
+    nb = sqlite_app.notebook(path, retries=1)
+    with sqlite_app.running(concurrency=1):
+        h = nb.submit()
+        with pytest.raises(JobFailed) as failed:
+            h.result(timeout=120)
+    error = str(failed.value)
+    assert "CellError: cell 4 failed: ZeroDivisionError: division by zero" in error
+    assert "ratio = prepared / divisor" in error  # the source excerpt
+    traceback = h.attempts[-1]["traceback"]
+    assert "the kernel's traceback (cell 4)" in traceback and "ZeroDivisionError" in traceback
+    assert "\x1b[" not in traceback  # no terminal colours
+    assert [a["outcome"] for a in h.attempts] == ["failed", "failed"]
+    # The retry re-executed the notebook and replayed the finished checkpoint.
+    assert [e for e, _ in ledger(book)] == ["prepare"]
+    first, second = sqlite_app.store.job_notebooks(h.id)
+    assert (first.attempt, first.failed_cell, first.cells_done) == (1, 4, 3)
+    assert second.attempt == 2
+    executed = h.notebook(attempt=1)
+    assert executed.cells[3].outputs[0]["ename"] == "ZeroDivisionError"
+    assert "ZeroDivisionError" in h.logs()
+    with pytest.raises(nbjobs.ArtifactError, match="kept no executed notebook for attempt 3"):
+        h.notebook(attempt=3)
+
+
+def test_cell_timeout_and_job_timeout_stop_the_kernel(sqlite_app, tmp_path, book):
+    # No nbjobs import in the kernel: the first cell is quick however loaded the machine.
+    note = NOTE.replace("import os, time, nbjobs\ncs = nbjobs.current()\n", "import os, time\n")
+    slow = [note, "note('kernel')\ntime.sleep(60)", "result = 1"]
+    per_cell = sqlite_app.notebook(make_notebook(tmp_path / "a.ipynb", slow), cell_timeout=3)
+    whole = sqlite_app.notebook(make_notebook(tmp_path / "b.ipynb", slow), timeout=2)
+    with sqlite_app.running(concurrency=2):
+        a, b = per_cell.submit(), whole.submit()
+        with pytest.raises(JobFailed, match=r"cell 2 failed: timed out after 3 s") as caught:
+            a.result(timeout=120)
+        assert not isinstance(caught.value, JobTimeout)
+        with pytest.raises(JobTimeout):
+            b.result(timeout=120)
+        kernels = [pid for event, pid in ledger(book) if event == "kernel"]
+        assert len(kernels) == 2
+        for pid in kernels:
+            wait_until(lambda pid=pid: gone(pid), timeout=30, what=f"kernel {pid} to end")
+    # The timed-out attempt still kept the notebook it ran, up to the cell it stopped in.
+    row = sqlite_app.store.job_notebook(b.id)
+    assert (row.cells, row.cells_done) == (3, 1)
+    assert b.notebook().cells[2].execution_count is None  # the cell after it never ran
+
+
+@pytest.mark.parametrize("backend", MULTIPROCESS)
+def test_sigkill_of_the_worker_leaves_no_kernel_and_the_job_recovers(db_url, tmp_path, book):
+    path = crash_notebook(tmp_path / "crash.ipynb")
+    job_id = submit_elsewhere(db_url, "nb-crash", n=4)
+    env = {"NBJOBS_NOTEBOOK": str(path), "NBJOBS_LEDGER": str(book), "NBJOBS_HANG": "1"}
+    app = "tests.apps.notebook_app:app"
+    with worker_process(app, db_url, tmp_path / "w1.log", env=env) as w1:
+        (kernel,) = wait_until(
+            lambda: [pid for event, pid in ledger(book) if event == "kernel"],
+            timeout=120,
+            what="the kernel to reach the hanging cell",
+        )
+        assert psutil.Process(kernel).ppid() == w1.pid  # the worker's own kernel
+        w1.kill()  # SIGKILL: no cleanup, no shutdown of the kernel
+        assert w1.wait(30) == -9
+    wait_until(lambda: gone(kernel), timeout=30, what="the orphaned kernel to end")
+    assert [e for e, _ in ledger(book)] == ["expensive", "kernel"]
+
+    reader = make_app(db_url)
+    try:
+        h = reader.job(job_id)
+        assert h.checkpoints == {"expensive": [0, 1, 2, 3]}
+        env["NBJOBS_HANG"] = "0"
+        with worker_process(app, db_url, tmp_path / "w2.log", env=env):
+            assert h.result(timeout=120) == 6
+        events = ledger(book)
+        # The expensive step ran once in all; the notebook itself ran twice.
+        assert [e for e, _ in events] == ["expensive", "kernel", "kernel"]
+        assert events[1][1] != events[2][1]
+        assert [a["outcome"] for a in h.attempts] == ["lost", "succeeded"]
+        assert h.notebook().cells[-1].source == "result = sum(values)"
+    finally:
+        reader.close()
+
+
+def test_a_scheduled_notebook_fires_under_the_fake_clock(sqlite_url, tmp_path, book):
+    clock = FakeClock(datetime(2026, 12, 1, 5, 59, 50, tzinfo=UTC))
+    app = make_app(sqlite_url, clock=clock)
+    try:
+        nb = app.notebook(report_notebook(tmp_path / "report.ipynb"))
+        app.schedule("morning", nb, cron="0 6 * * *", kwargs={"day": "2026-12-01"})
+        with app.running(concurrency=1):
+            assert app.store.schedule_jobs("morning") == []
+            clock.set(datetime(2026, 12, 1, 6, 0, 1, tzinfo=UTC))
+            (job_id,) = wait_until(
+                lambda: [r.id for r in app.store.schedule_jobs("morning")],
+                what="the tick's job",
+            )
+            h = app.job(job_id)
+            assert h.result(timeout=120)["day"] == "2026-12-01"
+        assert {s["name"]: s for s in app.schedules()}["morning"]["last_status"] == "succeeded"
+        assert h.notebook().cells[2].source.splitlines()[1] == "day = '2026-12-01'"
+    finally:
+        app.close()
