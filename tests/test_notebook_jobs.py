@@ -263,3 +263,57 @@ def test_a_scheduled_notebook_fires_under_the_fake_clock(sqlite_url, tmp_path, b
         assert h.notebook().cells[2].source.splitlines()[1] == "day = '2026-12-01'"
     finally:
         app.close()
+
+
+# -- the dashboard -----------------------------------------------------------------------------
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_executed_notebook_is_rendered_sanitised_in_the_dashboard(sqlite_url, tmp_path, book):
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.support import CHROMIUM_ARGS
+    from tests.test_dashboard_browser import SHOTS, panel_serve, row
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = make_notebook(
+        tmp_path / "shown.ipynb",
+        [
+            ("markdown", "# A shown notebook"),
+            "print('printed by cell two')",
+            "from IPython.display import HTML\n"
+            "HTML(\"<b class='kept'>bold output</b><script>document.title = 'pwned'</script>"
+            '<img src=x onerror=\\"document.title=\'pwned\'\\">")',
+            "result = 42",
+        ],
+    )
+    app = make_app(sqlite_url)
+    try:
+        nb = app.notebook(path)
+        with app.running(concurrency=1):
+            h = nb.submit()
+            assert h.result(timeout=120) == 42
+        with panel_serve(sqlite_url) as address, sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(address)
+            page.locator(".bk-tab", has_text="Jobs").click()
+            expect(row(page, h.id)).to_be_visible(timeout=30_000)
+            row(page, h.id).locator(".tabulator-cell[tabulator-field=id]").click()
+            page.locator(".bk-tab", has_text="Notebook").click()
+            facts = page.locator(".nbj-notebook-facts")
+            expect(facts).to_contain_text("attempt 1 · 3/3 code cells ran", timeout=15_000)
+            frame_element = page.locator("iframe.nbj-notebook")
+            expect(frame_element).to_have_attribute("sandbox", "")
+            frame = page.frame_locator("iframe.nbj-notebook")
+            expect(frame.locator("body")).to_contain_text("printed by cell two", timeout=15_000)
+            expect(frame.locator("h1")).to_contain_text("A shown notebook")  # markdown rendered
+            expect(frame.locator("b", has_text="bold output")).to_have_count(1)  # markup kept
+            # Sanitised: the output's script and event handler are gone, and nothing ran.
+            expect(frame.locator("script")).to_have_count(0)
+            expect(frame.locator("img[onerror]")).to_have_count(0)
+            assert page.title() != "pwned"
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(SHOTS / "job-detail-notebook.png"), full_page=True)
+            browser.close()
+    finally:
+        app.close()

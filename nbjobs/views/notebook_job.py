@@ -3,8 +3,8 @@
 Each attempt of a notebook job keeps its executed ``.ipynb`` as an artifact
 (:mod:`nbjobs.store.notebooks`); this view shows the latest one, rendered to HTML by
 nbconvert.  The notebook's outputs are whatever its code printed or displayed, so the
-HTML is sanitised twice over: nbconvert's ``sanitize_html`` cleans the outputs'
-markup, and the page is shown in an ``<iframe sandbox>`` with no permission at all (no
+HTML is sanitised twice over: nbconvert's ``SanitizeHTML`` cleans the outputs'
+markup (no script is left in the page), and the page is shown in an ``<iframe sandbox>`` with no permission at all (no
 script runs, the frame has an opaque origin and cannot reach the dashboard).  The
 artifact's bytes are read from the store directly: nothing is unpickled.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,14 +33,25 @@ FRAME_HEIGHT = 700
 
 
 def notebook_html(text: str) -> str:
-    """The HTML page of a notebook (its ``.ipynb`` text), outputs sanitised."""
+    """The HTML page of a notebook (its ``.ipynb`` text), with no script left in it.
+
+    nbconvert's ``SanitizeHTML`` cleans the markup of markdown cells and outputs (tags
+    and attributes outside its allow-list, such as ``<script>`` and ``onerror``, are
+    stripped; JavaScript outputs dropped), and the template's own scripts (MathJax,
+    require.js loaders) go too: the frame allows none anyway.
+    """
     import nbformat
     from nbconvert import HTMLExporter
+    from nbconvert.preprocessors.sanitize import SanitizeHTML
 
     notebook = nbformat.reads(text, as_version=4)
-    exporter = HTMLExporter(sanitize_html=True, embed_images=False)
-    body, _resources = exporter.from_notebook_node(notebook)
-    return body
+    notebook, _ = SanitizeHTML(strip=True).preprocess(notebook, {})
+    body, _resources = HTMLExporter(embed_images=False).from_notebook_node(notebook)
+    return _SCRIPT.sub("", body)
+
+
+#: A ``<script>`` element of nbconvert's template (outputs are sanitised already).
+_SCRIPT = re.compile(r"<script\b[^>]*>.*?</script\s*>", re.IGNORECASE | re.DOTALL)
 
 
 def notebook_frame(page: str, height: int = FRAME_HEIGHT) -> str:
