@@ -42,6 +42,18 @@ def gone(pid: int) -> bool:
         return True
 
 
+def kernels_of(process: psutil.Process) -> list[psutil.Process]:
+    """The live ipykernel processes under ``process``."""
+    found = []
+    for child in process.children(recursive=True):
+        try:
+            if "ipykernel" in " ".join(child.cmdline()) and not gone(child.pid):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
 @pytest.fixture
 def book(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "ledger.txt"
@@ -186,27 +198,34 @@ def test_a_failing_cell_names_the_cell_and_a_retry_replays_the_checkpoints(
         h.notebook(attempt=3)
 
 
-def test_cell_timeout_and_job_timeout_stop_the_kernel(sqlite_app, tmp_path, book):
+def test_cell_timeout_job_timeout_and_cancel_stop_the_kernel(sqlite_app, tmp_path, book):
     # No nbjobs import in the kernel: the first cell is quick however loaded the machine.
     note = NOTE.replace("import os, time, nbjobs\ncs = nbjobs.current()\n", "import os, time\n")
     slow = [note, "note('kernel')\ntime.sleep(60)", "result = 1"]
     per_cell = sqlite_app.notebook(make_notebook(tmp_path / "a.ipynb", slow), cell_timeout=3)
     whole = sqlite_app.notebook(make_notebook(tmp_path / "b.ipynb", slow), timeout=2)
-    with sqlite_app.running(concurrency=2):
-        a, b = per_cell.submit(), whole.submit()
+    endless = sqlite_app.notebook(
+        make_notebook(tmp_path / "c.ipynb", [note, "note('endless')\ntime.sleep(600)"])
+    )
+    with sqlite_app.running(concurrency=3):
+        a, b, c = per_cell.submit(), whole.submit(), endless.submit()
         with pytest.raises(JobFailed, match=r"cell 2 failed: timed out after 3 s") as caught:
             a.result(timeout=120)
         assert not isinstance(caught.value, JobTimeout)
         with pytest.raises(JobTimeout):
             b.result(timeout=120)
-        kernels = [pid for event, pid in ledger(book) if event == "kernel"]
-        assert len(kernels) == 2
-        for pid in kernels:
-            wait_until(lambda pid=pid: gone(pid), timeout=30, what=f"kernel {pid} to end")
-    # The timed-out attempt still kept the notebook it ran, up to the cell it stopped in.
+        wait_until(lambda: "endless" in dict(ledger(book)), timeout=120, what="cell 2 of c")
+        c.cancel()  # while its kernel sleeps in a cell
+        with pytest.raises(nbjobs.JobCancelled):
+            c.result(timeout=120)
+        # Every kernel this process started has ended.
+        wait_until(lambda: not kernels_of(psutil.Process()), timeout=30, what="no kernel left")
+    # The timed-out attempt still kept the notebook it ran, up to the cell it stopped in
+    # (the first, or none when the timeout came during the kernel's start on a loaded
+    # machine); the last cell never ran.
     row = sqlite_app.store.job_notebook(b.id)
-    assert (row.cells, row.cells_done) == (3, 1)
-    assert b.notebook().cells[2].execution_count is None  # the cell after it never ran
+    assert row.cells == 3 and row.cells_done <= 1
+    assert b.notebook().cells[2].execution_count is None
 
 
 @pytest.mark.parametrize("backend", MULTIPROCESS)
@@ -263,6 +282,46 @@ def test_a_scheduled_notebook_fires_under_the_fake_clock(sqlite_url, tmp_path, b
         assert h.notebook().cells[2].source.splitlines()[1] == "day = '2026-12-01'"
     finally:
         app.close()
+
+
+def test_a_checkpoint_name_used_twice_fails_the_job_without_retries(sqlite_app, tmp_path, book):
+    path = make_notebook(
+        tmp_path / "twice.ipynb",
+        [NOTE, "a = cs.checkpoint('step', lambda: 1)", "b = cs.checkpoint('step', lambda: 2)"],
+    )
+    nb = sqlite_app.notebook(path, retries=3)
+    with sqlite_app.running(concurrency=1):
+        h = nb.submit()
+        with pytest.raises(
+            JobFailed, match="DuplicateCheckpoint: checkpoint name 'step' is used twice"
+        ):
+            h.result(timeout=120)
+    assert len(h.attempts) == 1  # a programming error: never retried
+    assert h.checkpoints == {"step": 1}
+
+
+def test_purge_deletes_the_executed_notebooks_and_the_sweep_keeps_theirs(app):
+    @app.workflow(name="plain")
+    def plain(cs):
+        return 1
+
+    with app.running(concurrency=1):
+        h = plain.submit()
+        assert h.result(timeout=60) == 1
+    text = app.codec.dumps(b'{"cells": []}')  # as a notebook run keeps its notebook
+    assert app.store.record_notebook(
+        job_id=h.id, attempt=1, value=text, cells=0, cells_done=0, failed_cell=None
+    )
+    assert not app.store.record_notebook(
+        job_id="nope", attempt=1, value=text, cells=0, cells_done=0, failed_cell=None
+    )
+    ((_, ref),) = find_references(text)
+    assert app.sweep_artifacts(grace_seconds=0)["deleted"] == 0  # referenced: kept
+    assert app.codec.artifacts.exists(ref.sha256, ref.suffix)
+    assert app.purge(older_than=0) == 1
+    with pytest.raises(nbjobs.UnknownJob):
+        app.store.job_notebooks(h.id)
+    assert app.sweep_artifacts(grace_seconds=0)["deleted"] == 1  # no longer referenced
 
 
 # -- the dashboard -----------------------------------------------------------------------------
