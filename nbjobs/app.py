@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import inspect
 import logging
 import os
@@ -238,6 +239,11 @@ class App:
         from .runtime.notebook_run import NotebookRunner
         from .runtime.notebook_source import NotebookSource
 
+        for module in ("nbformat", "nbclient"):
+            if importlib.util.find_spec(module) is None:
+                raise ConfigurationError(
+                    f"app.notebook needs {module}: pip install 'nbjobs[notebooks]'"
+                )
         if not isinstance(path, (str, os.PathLike)):
             raise ConfigurationError(f"app.notebook needs the notebook's path, got {path!r}")
         check_number("cell_timeout", cell_timeout, 0.001, optional=True)

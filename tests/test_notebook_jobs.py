@@ -127,8 +127,8 @@ def test_current_outside_a_job_runs_steps_directly():
 
 
 # -- runs ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backend", MULTIPROCESS)
 def test_a_parameterised_notebook_runs_as_a_job(app, tmp_path, book):
+    # Every backend, DuckDB included: the kernel needs no connection of its own.
     nb = app.notebook(report_notebook(tmp_path / "report.ipynb"), name="daily-report")
     with app.running(concurrency=1):
         h = nb.submit(day="2026-12-01", scale=2)
