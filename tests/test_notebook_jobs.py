@@ -164,35 +164,41 @@ def test_a_parameterised_notebook_runs_as_a_job(app, tmp_path, book):
 def test_a_failing_cell_names_the_cell_and_a_retry_replays_the_checkpoints(
     sqlite_app, tmp_path, book
 ):
+    flag = tmp_path / "broken.flag"
+    flag.touch()  # the first attempt fails in cell 4 (and removes the flag)
     path = make_notebook(
         tmp_path / "broken.ipynb",
         [
-            ("parameters", "divisor = 0"),
-            NOTE,
-            "prepared = cs.checkpoint('prepare', lambda: note('prepare') or 10)",
-            "# the failing cell\nratio = prepared / divisor",
-            "result = ratio",
+            ("parameters", f"flag = {str(flag)!r}"),
+            NOTE + "import pandas as pd",
+            "def prepare():\n    note('prepare')\n    return pd.DataFrame({'x': [1, 2, 3]})\n"
+            "frame = cs.checkpoint('prepare', prepare)",
+            "# the failing cell\nif os.path.exists(flag):\n    os.remove(flag)\n    1 / 0",
+            "result = frame.assign(y=frame.x * 2)",
         ],
     )
     nb = sqlite_app.notebook(path, retries=1)
     with sqlite_app.running(concurrency=1):
         h = nb.submit()
-        with pytest.raises(JobFailed) as failed:
-            h.result(timeout=120)
-    error = str(failed.value)
-    assert "CellError: cell 4 failed: ZeroDivisionError: division by zero" in error
-    assert "ratio = prepared / divisor" in error  # the source excerpt
-    traceback = h.attempts[-1]["traceback"]
+        result = h.result(timeout=120)
+    # The retry re-executed the notebook and replayed the finished checkpoint: a
+    # DataFrame, through the artifact store.  The result is a DataFrame too.
+    assert [e for e, _ in ledger(book)] == ["prepare"]
+    assert h.artifact("prepare").type == "pandas.DataFrame"
+    assert result.to_dict("list") == {"x": [1, 2, 3], "y": [2, 4, 6]}
+    failed, succeeded = h.attempts
+    assert (failed["outcome"], succeeded["outcome"]) == ("failed", "succeeded")
+    error = failed["error"]
+    assert error.startswith("CellError: cell 4 failed: ZeroDivisionError: division by zero")
+    assert "if os.path.exists(flag):" in error  # the source excerpt
+    traceback = failed["traceback"]
     assert "the kernel's traceback (cell 4)" in traceback and "ZeroDivisionError" in traceback
     assert "\x1b[" not in traceback  # no terminal colours
-    assert [a["outcome"] for a in h.attempts] == ["failed", "failed"]
-    # The retry re-executed the notebook and replayed the finished checkpoint.
-    assert [e for e, _ in ledger(book)] == ["prepare"]
     first, second = sqlite_app.store.job_notebooks(h.id)
     assert (first.attempt, first.failed_cell, first.cells_done) == (1, 4, 3)
-    assert second.attempt == 2
-    executed = h.notebook(attempt=1)
-    assert executed.cells[3].outputs[0]["ename"] == "ZeroDivisionError"
+    assert (second.attempt, second.failed_cell, second.cells_done) == (2, None, 5)
+    assert h.notebook(attempt=1).cells[3].outputs[0]["ename"] == "ZeroDivisionError"
+    assert h.notebook().cells[3].outputs == []  # attempt 2: the flag was gone
     assert "ZeroDivisionError" in h.logs()
     with pytest.raises(nbjobs.ArtifactError, match="kept no executed notebook for attempt 3"):
         h.notebook(attempt=3)
