@@ -290,19 +290,25 @@ def test_a_scheduled_notebook_fires_under_the_fake_clock(sqlite_url, tmp_path, b
         app.close()
 
 
-def test_a_checkpoint_name_used_twice_fails_the_job_without_retries(sqlite_app, tmp_path, book):
-    path = make_notebook(
-        tmp_path / "twice.ipynb",
-        [NOTE, "a = cs.checkpoint('step', lambda: 1)", "b = cs.checkpoint('step', lambda: 2)"],
+def test_programming_errors_fail_the_job_without_retries(sqlite_app, tmp_path, book):
+    twice = sqlite_app.notebook(
+        make_notebook(
+            tmp_path / "twice.ipynb",
+            [NOTE, "a = cs.checkpoint('step', lambda: 1)", "b = cs.checkpoint('step', lambda: 2)"],
+        ),
+        retries=3,
     )
-    nb = sqlite_app.notebook(path, retries=3)
-    with sqlite_app.running(concurrency=1):
-        h = nb.submit()
-        with pytest.raises(
-            JobFailed, match="DuplicateCheckpoint: checkpoint name 'step' is used twice"
-        ):
+    # Sent without nbjobs in the kernel (plain data), refused by the worker's codec.
+    unstorable = sqlite_app.notebook(
+        make_notebook(tmp_path / "keys.ipynb", ["result = {1: 'one'}"]), retries=3
+    )
+    with sqlite_app.running(concurrency=2):
+        h, k = twice.submit(), unstorable.submit()
+        with pytest.raises(JobFailed, match="DuplicateCheckpoint: checkpoint name 'step' is used"):
             h.result(timeout=120)
-    assert len(h.attempts) == 1  # a programming error: never retried
+        with pytest.raises(JobFailed, match=r"SerializationError: .*key of type int"):
+            k.result(timeout=120)
+    assert len(h.attempts) == 1 and len(k.attempts) == 1  # never retried
     assert h.checkpoints == {"step": 1}
 
 

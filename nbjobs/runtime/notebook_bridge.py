@@ -14,7 +14,8 @@ set-up request that the executed notebook never shows, and the kernel's call sta
 * ``record(name, text, args_hash)``: a new step's text, encoded in the kernel by the
   same codec settings (artifacts, such as DataFrames, are written by the kernel to the
   shared artifact store), is recorded by the run's execution, fenced by its lease;
-* ``progress(value)`` and ``result(text)``.
+* ``progress(value)``, and the result: ``result(text)``, encoded in the kernel, or
+  ``result_value(value)``, a plain JSON-like value sent without importing nbjobs.
 
 So every write still goes through the worker's execution, under its lease, and the
 kernel needs no database connection (DuckDB, a single-process database, works too).
@@ -77,8 +78,11 @@ class Bridge:
         #: The control-flow signal or programming error a kernel request met: the run
         #: raises it rather than the cell's error (a lost lease is not a cell failure).
         self.fatal: BaseException | None = None
-        #: The stored text of the notebook's result, once the kernel sent it.
+        #: The stored text of the notebook's result, once the kernel sent it; or the
+        #: value itself (``has_value``), when it is plain JSON-like data.
         self.result: str | None = None
+        self.value: Any = None
+        self.has_value = False
         self.hello = {
             "job_id": cs.job_id,
             "attempt": cs.attempt,
@@ -154,6 +158,9 @@ class Bridge:
                 return ("ok", None)
             if op == "result":
                 self.result = args[0]
+                return ("ok", None)
+            if op == "result_value":
+                self.value, self.has_value = args[0], True
                 return ("ok", None)
             return ("error", "NbjobsError", f"unknown request {op!r}")
         except (_LeaseLost, _Cancelled, _StoreUnavailable) as exc:

@@ -157,6 +157,8 @@ class NotebookRun:
         self.execution.check()  # a cancel, a timeout or a lost lease stopped the kernel
         if self._error is not None:
             raise self._error
+        if self.bridge.has_value:
+            return self.bridge.value
         if self.bridge.result is None:
             return None
         where = f"job {self.cs.job_id} ({self.execution.workflow.name}), its result"
@@ -243,10 +245,42 @@ class NotebookRun:
         return "\n".join(lines)
 
     def _result_code(self) -> str:
-        name = self.runner.result
-        return (
-            f"if {name!r} in globals():\n"
-            f"    __import__('nbjobs.kernel').kernel._publish_result(globals()[{name!r}])\n"
+        """Send the result variable's value to the bridge.  A plain JSON-like value
+        (str, int, finite float, bool, None, lists and str-keyed dicts of them) goes as
+        it is, with the standard library only: importing nbjobs in the kernel costs half
+        a second, and the worker encodes the value with its codec anyway.  Anything
+        else is encoded in the kernel by :mod:`nbjobs.kernel` (a DataFrame goes to the
+        artifact store from there)."""
+        return "\n".join(
+            [
+                "def _nbjobs_result(name, namespace):",
+                "    import sys",
+                "    if name not in namespace:",
+                "        return",
+                "    value = namespace[name]",
+                "    def plain(v, depth=0):",
+                "        if depth > 100:",
+                "            return False",
+                "        if v is None or type(v) in (str, int, bool):",
+                "            return True",
+                "        if type(v) is float:",
+                "            return v - v == 0",
+                "        if type(v) is list:",
+                "            return all(plain(x, depth + 1) for x in v)",
+                "        if type(v) is dict:",
+                "            return all(type(k) is str and plain(x, depth + 1) for k, x in v.items())",
+                "        return False",
+                "    if 'nbjobs.kernel' in sys.modules or not plain(value):",
+                "        __import__('nbjobs.kernel').kernel._publish_result(value)",
+                "        return",
+                "    from multiprocessing.connection import Client",
+                "    bridge = sys.modules['_nbjobs_bridge']",
+                "    with Client(bridge.address, authkey=bytes.fromhex(bridge.key)) as conn:",
+                "        conn.send(('result_value', value))",
+                "        conn.recv()",
+                f"_nbjobs_result({self.runner.result!r}, globals())",
+                "del _nbjobs_result",
+            ]
         )
 
     async def _silent(self, client: Any, code: str, what: str) -> None:
