@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import inspect
 import logging
 import os
@@ -27,7 +28,7 @@ from .runtime.scheduler import Scheduler
 from .runtime.tracing import TracerProvider, Tracing
 from .store import Store
 from .validation import check_name, check_number, check_time
-from .workflow import Workflow
+from .workflow import NotebookWorkflow, Workflow
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -215,6 +216,63 @@ class App:
         if fn is not None:
             return register(fn)
         return register
+
+    def notebook(
+        self,
+        path: str | os.PathLike[str],
+        name: str | None = None,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        retries: int = 0,
+        timeout: float | None = None,
+        cell_timeout: float | None = None,
+        result: str = "result",
+        kernel: str | None = None,
+    ) -> NotebookWorkflow:
+        """Register the notebook at ``path`` as a workflow; returns it.
+
+        Each run executes the notebook in a fresh kernel (``kernel``, else the one the
+        notebook names, else this Python), cell by cell, with the run's parameters
+        (``nb.submit(day="2026-12-01")``) assigned in a cell injected after the cell
+        tagged ``parameters``; a name that cell does not assign is a
+        :class:`~nbjobs.ConfigurationError` at submit.  The job's result is the value
+        of the notebook's variable ``result`` (None when unset); ``cell_timeout``
+        bounds each cell, ``timeout`` the whole run.  ``name`` defaults to the file's
+        name without ``.ipynb``.  In a cell, ``nbjobs.current()`` is the job's call
+        state, so ``cs.checkpoint(...)`` is a durable step.  See the how-to on
+        notebook jobs.
+        """
+        from .runtime.notebook_run import NotebookRunner
+        from .runtime.notebook_source import NotebookSource
+
+        for module in ("nbformat", "nbclient"):
+            if importlib.util.find_spec(module) is None:
+                raise ConfigurationError(
+                    f"app.notebook needs {module}: pip install 'nbjobs[notebooks]'"
+                )
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigurationError(f"app.notebook needs the notebook's path, got {path!r}")
+        check_number("cell_timeout", cell_timeout, 0.001, optional=True)
+        check_name("result variable", result)
+        if not result.isidentifier():
+            raise ConfigurationError(f"result must name a variable, got {result!r}")
+        if kernel is not None:
+            check_name("kernel", kernel)
+        defaults = Options.build(queue=queue, priority=priority, retries=retries, timeout=timeout)
+        source = NotebookSource(path)
+        if name is None:
+            name = os.path.splitext(os.path.basename(source.path))[0]
+        wf_name = check_name("workflow name", name)
+        runner = NotebookRunner(
+            source, result=result, cell_timeout=cell_timeout, kernel_name=kernel
+        )
+        wf = NotebookWorkflow(self._engine, runner, wf_name, defaults)
+        old = self.runtime.registry.add(wf)
+        if old is None or old.fingerprint != wf.fingerprint:
+            self._warn_changed_code(wf)
+        self._engine.registered(wf)
+        return wf
 
     def _warn_changed_code(self, wf: Workflow) -> None:
         """Warn in the cell when unfinished runs of ``wf`` were submitted with other code."""

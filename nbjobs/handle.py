@@ -149,6 +149,28 @@ class JobHandle:
         there is no such job)."""
         return "".join(r.text for r in self.engine.store.job_logs(self.id))
 
+    def notebook(self, attempt: int | None = None) -> Any:
+        """The executed notebook of a notebook job (``app.notebook``), outputs included,
+        as an ``nbformat.NotebookNode``: of ``attempt``, by default the latest attempt
+        that kept one.  Raises :class:`~nbjobs.ArtifactError` when there is none (not
+        a notebook job, not run yet, or the worker died during the attempt)."""
+        import nbformat
+
+        from .errors import ArtifactError
+
+        row = self.engine.store.job_notebook(self.id, attempt)
+        if row is None:
+            which = "any attempt" if attempt is None else f"attempt {attempt}"
+            raise ArtifactError(
+                f"job {self.id} kept no executed notebook for {which} (not a notebook job, "
+                "not run yet, or its worker died during the attempt)"
+            )
+        value = self.engine.codec.loads(
+            row.value, where=f"job {self.id}, the executed notebook of attempt {row.attempt}"
+        )
+        text = value.decode("utf-8") if isinstance(value, bytes) else value
+        return nbformat.reads(text, as_version=4)
+
     # -- waiting -----------------------------------------------------------------------
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the job and return its result.

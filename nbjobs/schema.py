@@ -364,6 +364,23 @@ group_jobs = Table(
 # A job's groups: purge deletes its memberships with it.
 Index("ix_nbjobs_group_jobs_job", group_jobs.c.job_id)
 
+#: The executed notebook of each attempt of a notebook job (``app.notebook``): the codec's
+#: text of the ``.ipynb`` bytes, an artifact reference.  A new table, no schema version:
+#: ``create_all`` adds it to an existing database and older nbjobs ignore it.  Keyed by
+#: attempt rather than fenced by the lease, so that a timed-out attempt (whose lease the
+#: timeout ended) still keeps the notebook it ran; purge deletes the rows with the job.
+notebooks = Table(
+    "nbjobs_notebooks",
+    metadata,
+    Column("job_id", ID, primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("cells", Integer, nullable=False),
+    Column("cells_done", Integer, nullable=False),
+    Column("failed_cell", Integer),
+    Column("created_at", Double, nullable=False),
+)
+
 _id_lock = threading.Lock()
 _last_id_time = 0
 

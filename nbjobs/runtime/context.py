@@ -110,6 +110,7 @@ class Runtime:
         self, definition: Definition, args: tuple, kwargs: dict, options: Options
     ) -> dict[str, Any]:
         """The row of a new job of ``definition`` (a submit, a run, a fan-out child)."""
+        definition.check_arguments(args, kwargs)
         opts = definition.defaults.merged(options)
         run_at = None
         if opts.run_at is not None:

@@ -173,20 +173,22 @@ class Engine:
         rows = []
         # Specs of one workflow with the same options differ only by their input: the
         # first one's row is the template of the others (a map's items all share one).
-        templates: dict[tuple[str, Options], dict[str, Any]] = {}
+        templates: dict[tuple[str, Options], tuple[Definition, dict[str, Any]]] = {}
         encode = self.runtime.encode_input
         for index, spec in enumerate(specs):
             try:
                 if not isinstance(spec, Spec):
                     raise ConfigurationError(f"not a spec (make one with wf.spec(...)): {spec!r}")
-                template = templates.get((spec.workflow, spec.options))
-                if template is None:
+                known = templates.get((spec.workflow, spec.options))
+                if known is None:
                     definition = self.registry.get(spec.workflow)
                     fields = self.runtime.job_fields(
                         definition, spec.args, spec.kwargs, spec.options
                     )
-                    templates[spec.workflow, spec.options] = fields
+                    templates[spec.workflow, spec.options] = definition, fields
                 else:
+                    definition, template = known
+                    definition.check_arguments(spec.args, spec.kwargs)
                     fields = dict(template)
                     fields["input"] = encode(template["workflow"], spec.args, spec.kwargs)
                 rows.append(fields)

@@ -88,6 +88,10 @@ class Definition:
     def queue(self) -> str:
         return self.defaults.queue or "default"
 
+    def check_arguments(self, args: tuple, kwargs: dict) -> None:
+        """Refuse, at submit, arguments the workflow cannot take (a notebook's unknown
+        parameters); a function's own signature is checked when it runs."""
+
 
 def _definition(func: Callable[..., Any]) -> tuple[Any, Any]:
     """What makes two functions one definition: a re-run cell or a reloaded module

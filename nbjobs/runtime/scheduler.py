@@ -114,6 +114,11 @@ class Scheduler:
         kwargs = kwargs or {}
         if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
             raise ConfigurationError(f"schedule {name!r}: kwargs must be a dict with str keys")
+        if wf is not None:
+            try:
+                wf.check_arguments(tuple(args), kwargs)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"schedule {name!r}: {exc}") from None
         try:
             encoded = self.runtime.codec.dumps({"args": list(args), "kwargs": kwargs})
         except SerializationError as exc:

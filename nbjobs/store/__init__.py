@@ -16,7 +16,8 @@
 * ``counts``, ``views`` and ``history``: the dashboard's and the notebooks' reads;
 * ``metrics``: the reads behind ``/metrics``;
 * ``retention``: purging old history;
-* ``hooks``: the outcomes whose hooks have not run, and the leases on running them.
+* ``hooks``: the outcomes whose hooks have not run, and the leases on running them;
+* ``notebooks``: the executed notebook of each attempt of a notebook job.
 
 The composition is explicit: a class inherits from the classes whose methods it calls
 (``FinishQueries`` from ``JobQueries`` and ``FanoutQueries``; ``FanoutQueries`` from
@@ -32,6 +33,7 @@ from .history import HistoryQueries
 from .hooks import HookQueries
 from .jobs import ClaimedJob
 from .metrics import MetricQueries
+from .notebooks import NotebookQueries
 from .queries import JobReads
 from .retention import RetentionQueries
 from .schedules import ScheduleQueries
@@ -50,6 +52,7 @@ class Store(
     RetentionQueries,
     MetricQueries,
     HookQueries,
+    NotebookQueries,
 ):
     """All reads and writes of the nbjobs tables for one database."""
 

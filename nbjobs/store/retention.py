@@ -7,7 +7,8 @@ never outlives its parent, a parent never loses part of its fan-out, and a job t
 still be retried or resumed is never touched.
 
 Each batch is one transaction that re-reads the trees' rows under a lock before deleting
-them (with their checkpoints, attempts, signals, logs and hook runs), so a ``retry()`` or a
+them (with their checkpoints, attempts, signals, logs, hook runs and executed
+notebooks), so a ``retry()`` or a
 ``cancel()`` racing the purge either happens first (and the tree is skipped) or finds the
 job gone.  Batches are bounded, so a purge of millions of rows never holds a long lock.
 """
@@ -28,6 +29,7 @@ from ..schema import (
     hook_runs,
     jobs,
     logs,
+    notebooks,
     schedules,
     signals,
 )
@@ -52,6 +54,7 @@ class RetentionQueries(CoreStore):
             checkpoints.c.value,
             signals.c.payload,
             schedules.c.input,
+            notebooks.c.value,
         ):
             stmt = select(column).where(column.contains(marker, autoescape=True))
             with self._read() as conn:
@@ -103,7 +106,7 @@ class RetentionQueries(CoreStore):
             if victims:
                 self._unsettle(conn)
             for chunk in _chunks(victims):
-                for table in (checkpoints, attempts, signals, logs, hook_runs):
+                for table in (checkpoints, attempts, signals, logs, hook_runs, notebooks):
                     conn.execute(delete(table).where(table.c.job_id.in_(chunk)))
                 conn.execute(delete(jobs).where(jobs.c.id.in_(chunk)))
             self._drop_memberships(conn, victims)

@@ -24,6 +24,7 @@ from ..jobs import FINISHED, row_code_changed, row_progress
 from ..notebook.display import code_mark
 from .actions import action_button
 from .base import Component
+from .notebook_job import NotebookPane
 from .style import (
     CSS,
     STATUSES,
@@ -272,6 +273,7 @@ class JobDetail(Component):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self.tree = FanOutTree(app=self.app, job_id=self.param.job_id)
+        self.notebook = NotebookPane(app=self.app, job_id=self.param.job_id)
         self._header = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
         self._summary = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
         self._steps = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
@@ -312,6 +314,7 @@ class JobDetail(Component):
             ("Attempts", self._attempts),
             ("Signals", pn.Column(self._signal_form, self._signals, sizing_mode="stretch_width")),
             ("Fan-out", self.tree),
+            ("Notebook", self.notebook),
             sizing_mode="stretch_width",
             dynamic=False,
         )
@@ -449,6 +452,7 @@ class JobDetail(Component):
         if self.job_id and any(c.id == self.job_id or c.parent_id == self.job_id for c in changes):
             self.load()
         self.tree.refresh(changes)
+        self.notebook.refresh(changes)
 
     # -- rendering ---------------------------------------------------------------------
     def _header_html(self, job: Any, children: dict[str, int]) -> str:
