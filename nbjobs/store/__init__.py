@@ -16,6 +16,7 @@
 * ``counts``, ``views`` and ``history``: the dashboard's and the notebooks' reads;
 * ``metrics``: the reads behind ``/metrics``;
 * ``retention``: purging old history;
+* ``tries``: the tries of steps with retries (the failed ones and the one that succeeded);
 * ``hooks``: the outcomes whose hooks have not run, and the leases on running them.
 
 The composition is explicit: a class inherits from the classes whose methods it calls
@@ -35,6 +36,7 @@ from .metrics import MetricQueries
 from .queries import JobReads
 from .retention import RetentionQueries
 from .schedules import ScheduleQueries
+from .tries import TryQueries
 from .views import ViewQueries
 from .workers import WorkerQueries, process_alive
 
@@ -50,6 +52,7 @@ class Store(
     RetentionQueries,
     MetricQueries,
     HookQueries,
+    TryQueries,
 ):
     """All reads and writes of the nbjobs tables for one database."""
 

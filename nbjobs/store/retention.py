@@ -7,9 +7,10 @@ never outlives its parent, a parent never loses part of its fan-out, and a job t
 still be retried or resumed is never touched.
 
 Each batch is one transaction that re-reads the trees' rows under a lock before deleting
-them (with their checkpoints, attempts, signals, logs and hook runs), so a ``retry()`` or a
-``cancel()`` racing the purge either happens first (and the tree is skipped) or finds the
-job gone.  Batches are bounded, so a purge of millions of rows never holds a long lock.
+them (with their checkpoints, attempts, step tries, signals, logs and hook runs), so a
+``retry()`` or a ``cancel()`` racing the purge either happens first (and the tree is
+skipped) or finds the job gone.  Batches are bounded, so a purge of millions of rows
+never holds a long lock.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ..schema import (
     logs,
     schedules,
     signals,
+    step_tries,
 )
 from .core import CoreStore
 
@@ -115,7 +117,7 @@ class RetentionQueries(CoreStore):
             if victims:
                 self._unsettle(conn)
             for chunk in _chunks(victims):
-                for table in (checkpoints, attempts, signals, logs, hook_runs):
+                for table in (checkpoints, attempts, step_tries, signals, logs, hook_runs):
                     conn.execute(delete(table).where(table.c.job_id.in_(chunk)))
                 conn.execute(delete(jobs).where(jobs.c.id.in_(chunk)))
             self._drop_memberships(conn, victims)
