@@ -138,6 +138,24 @@ def test_step_tries_are_in_the_dashboard_detail(app):
     ]
 
 
+def test_the_dashboard_job_detail_shows_step_tries(sqlite_app):
+    from nbjobs.views import JobDetail
+
+    app = sqlite_app
+    fetch, _calls = failing(1)
+    step = nbjobs.step(retries=1, backoff=0)(fetch)
+
+    @app.workflow(name="shown")
+    def shown(cs):
+        return cs.checkpoint("fetch", step, 2)
+
+    shown.run()
+    html = JobDetail(app=app, job_id=app.jobs(workflow="shown")[0].id)._attempts.object
+    assert "Step tries" in html
+    assert "<b>fetch</b></td><td>1</td>" in html and "Flaky: call 1 failed" in html
+    assert "<b>fetch</b></td><td>2</td>" in html
+
+
 def test_purge_deletes_step_tries_with_their_job(app):
     fetch, _calls = failing(1)
     step = nbjobs.step(retries=1, backoff=0)(fetch)
