@@ -380,6 +380,42 @@ def test_step_backoff_waits_between_tries_up_to_the_app_cap(db_url):
             app.close()
 
 
+@pytest.mark.parametrize("where", ["backoff", "timed call"])
+def test_a_cancel_ends_a_step_s_backoff_or_timed_wait_at_once(db_url, where):
+    # Without the stop event, the backoff would last at least 150 s and the timed call
+    # 600 s: the job would still be running when result() gives up after 60 s.
+    app = make_app(db_url, retry_backoff_max_seconds=600)
+    release = threading.Event()
+    started = threading.Event()
+    try:
+        fetch, _calls = failing(10)
+
+        @nbjobs.step(retries=3, backoff=300)
+        def slow_retry():
+            started.set()
+            return fetch(1)
+
+        @nbjobs.step(timeout=600)
+        def hanging():
+            started.set()
+            release.wait(60)
+
+        @app.workflow(name="stoppable")
+        def stoppable(cs, where):
+            return cs.checkpoint("step", slow_retry if where == "backoff" else hanging)
+
+        app.start(concurrency=1)
+        h = stoppable.submit(where)
+        assert started.wait(30)
+        h.cancel()
+        with pytest.raises(nbjobs.JobCancelled):
+            h.result(timeout=60)
+        assert h.status == "cancelled"
+    finally:
+        release.set()
+        app.close()
+
+
 # -- workflows: retry_on / give_up_on, App(retries=) ---------------------------------------
 def test_workflow_give_up_on_fails_the_job_without_its_retries(app):
     runs: list[int] = []
@@ -440,6 +476,34 @@ def test_app_retries_is_the_default_of_workflows_that_give_none(db_url):
             defaulted.options(retries=1).run()
         assert runs == [1, 2]
         assert app.jobs(workflow="defaulted")[-1].info()["max_retries"] == 2
+    finally:
+        app.close()
+
+
+def test_app_retries_reaches_jobs_a_schedule_fires(db_url):
+    from datetime import datetime, timezone
+
+    from nbjobs.clock import FakeClock
+    from nbjobs.runtime.scheduler import Scheduler
+
+    clock = FakeClock(datetime(2024, 1, 1, 9, 59, 30, tzinfo=timezone.utc))
+    app = make_app(db_url, retries=4, clock=clock)
+    try:
+
+        @app.workflow(name="nightly")
+        def nightly(cs):
+            return 1
+
+        @app.workflow(name="nightly-own", retries=1)
+        def nightly_own(cs):
+            return 1
+
+        app.schedule("a", "nightly", cron="* * * * *")
+        app.schedule("b", "nightly-own", cron="* * * * *")
+        clock.advance(60)
+        assert Scheduler(app.runtime).tick() == 2
+        fired = {h.workflow: h.info()["max_retries"] for h in app.jobs()}
+        assert fired == {"nightly": 4, "nightly-own": 1}
     finally:
         app.close()
 
