@@ -7,9 +7,10 @@ job, per attempt and per step, told apart by the ``kind`` column, so that the us
 questions are one ``groupby`` away: the slowest steps (``kind == "step"`` by ``name``),
 failure rates (``kind == "job"`` by ``status``) and retries (``kind == "attempt"`` by
 ``status``; ``kind == "try"`` for the tries of steps with retries, ``name`` the step,
-``seq`` the try's number, ``status`` its outcome).  Its ``artifact_bytes`` column is the size of the artifacts a step's value
-(or, on a job row, the job's input and result) refers to, read from the references in
-the rows (never from the artifacts); NA where there are none.
+``seq`` the try's number, ``status`` its outcome).  Its ``artifact_bytes`` column is the
+size of the artifacts a step's value (or, on a job row, the job's input and result)
+refers to, read from the references in the rows (never from the artifacts); NA where
+there are none.
 
 ``artifacts_frame`` lists every artifact the stored values refer to, one row each,
 found the same way: references are parsed from the rows that contain one, so nothing

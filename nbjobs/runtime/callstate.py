@@ -194,8 +194,8 @@ class CallState:
         run goes on (the step fails with ``StepTimeout``), and the call keeps running in
         its daemon thread until it returns by itself; what it returns or raises then is
         dropped, and what it prints may still reach this attempt's logs (it is buffered
-        with the job's output, which is not flushed for it once the attempt ended).  The wait also
-        ends when the run must stop (cancel, lost lease, the job's own timeout).
+        with the job's output, which is not flushed for it once the attempt ended).  The
+        wait also ends when the run must stop (cancel, lost lease, the job's own timeout).
         """
         outcome: list[tuple[bool, Any]] = []
         finished = threading.Event()
