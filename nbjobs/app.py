@@ -26,6 +26,7 @@ from .runtime.hooks import check_event, hook_name
 from .runtime.registry import check_call_state_parameter, default_workflow_name
 from .runtime.scheduler import Scheduler
 from .runtime.tracing import TracerProvider, Tracing
+from .steps import exception_classes
 from .store import Store
 from .validation import check_name, check_number, check_time
 from .workflow import NotebookWorkflow, Workflow
@@ -65,7 +66,10 @@ class App:
     reclaimed after this; at least three heartbeats), ``max_reclaims`` (a job whose
     worker dies more often than this is failed, not looped), ``poll_seconds`` (the
     idle poll when no wake-up arrives), ``retry_backoff_seconds`` and
-    ``retry_backoff_max_seconds``, ``sqlite_synchronous`` (``"NORMAL"`` or ``"FULL"``),
+    ``retry_backoff_max_seconds`` (the pause before a failed job's next attempt: the
+    first doubled after each failure, capped, jittered to between half and all of it),
+    ``retries`` (the retries of a workflow that gives no ``retries=`` of its own; 0 by
+    default), ``sqlite_synchronous`` (``"NORMAL"`` or ``"FULL"``),
     and ``clock`` (a :class:`~nbjobs.clock.FakeClock` in tests).  ``max_payload_bytes``
     bounds one stored value (an input, checkpoint, result or signal payload; 16 MiB by
     default): a bigger one raises :class:`~nbjobs.SerializationError` naming the limit.
@@ -97,6 +101,7 @@ class App:
         poll_seconds: float = 1.0,
         retry_backoff_seconds: float = 1.0,
         retry_backoff_max_seconds: float = 300.0,
+        retries: int = 0,
         clock: Clock | None = None,
         max_payload_bytes: int = 16 * 1024 * 1024,
         retention_seconds: float | None = None,
@@ -120,6 +125,7 @@ class App:
                 f"heartbeats ({3 * heartbeat_seconds}); otherwise live jobs get reaped"
             )
         check_number("max_reclaims", max_reclaims, 0, integer=True, int32=True)
+        check_number("retries", retries, 0, integer=True, int32=True)
         check_number("retention_seconds", retention_seconds, positive=True, optional=True)
         Codec.check(serializer, max_payload_bytes, inline_bytes)  # before any connection
         traced = Tracing(tracing)  # before any connection too: a bad value, or no OpenTelemetry
@@ -150,6 +156,7 @@ class App:
             retry_backoff_seconds=float(retry_backoff_seconds),
             retry_backoff_max_seconds=float(retry_backoff_max_seconds),
             retention_seconds=None if retention_seconds is None else float(retention_seconds),
+            retries=retries,
         )
         #: What the engine gets instead of the App (see :mod:`nbjobs.runtime.context`).
         self.runtime = Runtime(self.store, self.codec, self.clock, settings, tracing=traced)
@@ -166,6 +173,7 @@ class App:
     retry_backoff_seconds = _setting("retry_backoff_seconds")
     retry_backoff_max_seconds = _setting("retry_backoff_max_seconds")
     retention_seconds = _setting("retention_seconds")
+    retries = _setting("retries")
 
     def __repr__(self) -> str:
         state = "running" if self._engine.working else "stopped"
@@ -180,9 +188,11 @@ class App:
         name: str | None = None,
         queue: str = "default",
         priority: int = 0,
-        retries: int = 0,
+        retries: int | None = None,
         timeout: float | None = None,
         steps: int | None = None,
+        retry_on: Any = Exception,
+        give_up_on: Any = (),
     ) -> Any:
         """Register a workflow; use as ``@app.workflow`` or ``@app.workflow(name=..., ...)``.
 
@@ -192,9 +202,19 @@ class App:
         cell, reloading a module) replaces it for new claims, and runs already going keep
         the function they started with; a different function under a taken name is a
         :class:`~nbjobs.ConfigurationError`.
+
+        ``retries``: how often a failed run is tried again (``None``: the App's
+        ``retries``), after the App's backoff.  ``retry_on`` / ``give_up_on``: exception
+        classes (one or a tuple); a failure that is not a ``retry_on`` or is a
+        ``give_up_on`` fails the job at once, and so do programming errors
+        (``DuplicateCheckpoint``, ``ConfigurationError``) whatever they say.
         """
         defaults = Options.build(
             queue=queue, priority=priority, retries=retries, timeout=timeout, steps=steps
+        )
+        policy = dict(
+            retry_on=exception_classes("retry_on", retry_on),
+            give_up_on=exception_classes("give_up_on", give_up_on),
         )
 
         def register(func: Callable[..., Any]) -> Workflow:
@@ -204,7 +224,7 @@ class App:
                 "workflow name", default_workflow_name(func) if name is None else name
             )
             check_call_state_parameter(wf_name, func)
-            wf = Workflow(self._engine, func, wf_name, defaults)
+            wf = Workflow(self._engine, func, wf_name, defaults, **policy)
             if name is None and wf_name != func.__qualname__:
                 wf.alias = func.__qualname__
             old = self.runtime.registry.add(wf)
@@ -427,7 +447,8 @@ class App:
     ) -> pd.DataFrame:
         """Jobs, attempts and step timings of the newest ``limit`` jobs as one DataFrame.
 
-        One row per job, attempt and step (the ``kind`` column), with ``name``, ``status``,
+        One row per job, attempt, step and step try (the ``kind`` column: ``job``,
+        ``attempt``, ``step``, ``try``), with ``name``, ``status``,
         ``started_at``, ``finished_at``, ``duration_s`` and ``artifact_bytes`` (the size of
         the artifacts a step's value, or a job's input and result, refer to); see
         :mod:`nbjobs.notebook.frames`.
@@ -465,7 +486,8 @@ class App:
         batch_size: int = 500,
         dry_run: bool = False,
     ) -> int:
-        """Delete finished jobs (with their checkpoints, attempts, signals, logs and hook runs).
+        """Delete finished jobs (with their checkpoints, attempts, step tries, signals, logs
+        and hook runs).
 
         ``older_than`` is an age (seconds or a ``timedelta``) or a cutoff ``datetime``:
         jobs that finished before it go.  ``status`` narrows it to some finished statuses

@@ -134,6 +134,15 @@ class JobHandle:
         return self.engine.attempts(self.id)
 
     @property
+    def step_tries(self) -> list[dict[str, Any]]:
+        """The tries of steps with ``@nbjobs.step(retries=...)`` that did not work at
+        once, oldest first: one dict per try with ``attempt``, ``step``, ``try``,
+        ``outcome`` (``failed``, ``timeout``, or ``succeeded`` for the try that then
+        worked), ``error``, ``started_at`` and ``finished_at``.  A step that worked at
+        its first try has none (its checkpoint says it all)."""
+        return self.engine.step_tries(self.id)
+
+    @property
     def progress(self) -> float | None:
         """Finished steps over expected steps (or the step's own report), else None."""
         return self.engine.store.job_progress(self.id)

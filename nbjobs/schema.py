@@ -219,6 +219,24 @@ attempts = Table(
     Column("traceback", Text),
 )
 
+#: The failed tries of steps with ``@nbjobs.step(retries=...)``, and the try that then
+#: succeeded: "step fetch: try 1 failed ConnectionError, try 2 ok".  A step that works at
+#: its first try writes no row here (its checkpoint says it all), so the hot path pays
+#: nothing.  A new table, no schema version: ``create_all`` adds it to an existing
+#: database, and older nbjobs ignore it.  ``outcome``: failed | timeout | succeeded.
+step_tries = Table(
+    "nbjobs_step_tries",
+    metadata,
+    Column("job_id", ID, primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("step", NAME, primary_key=True),
+    Column("try_number", Integer, primary_key=True),
+    Column("outcome", String(16), nullable=False),
+    Column("error", Text),
+    Column("started_at", Double, nullable=False),
+    Column("finished_at", Double, nullable=False),
+)
+
 workers = Table(
     "nbjobs_workers",
     metadata,

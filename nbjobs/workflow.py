@@ -94,9 +94,9 @@ class Workflow(_Submitter, Definition):
     """A registered workflow: ``submit``, ``options(...)``, ``spec`` and ``run``."""
 
     def __init__(
-        self, engine: Engine, fn: Callable[..., Any], name: str, defaults: Options
+        self, engine: Engine, fn: Callable[..., Any], name: str, defaults: Options, **policy: Any
     ) -> None:
-        Definition.__init__(self, fn, name, defaults)
+        Definition.__init__(self, fn, name, defaults, **policy)
         self.engine = engine
         self.workflow = self
         self._options = Options()

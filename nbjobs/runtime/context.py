@@ -37,6 +37,8 @@ class Settings:
     retry_backoff_seconds: float = 1.0
     retry_backoff_max_seconds: float = 300.0
     retention_seconds: float | None = None
+    #: The retries of a workflow that gives none (``App(retries=...)``).
+    retries: int = 0
 
     def backoff_seconds(self, failures: int) -> float:
         """The delay before the retry after ``failures`` failed attempts.
@@ -124,11 +126,15 @@ class Runtime:
             priority=opts.priority or 0,
             run_at=run_at,
             key=opts.key,
-            max_retries=opts.retries or 0,
+            max_retries=self.retries(opts),
             timeout_seconds=opts.timeout,
             steps_expected=opts.steps,
             code_fingerprint=definition.fingerprint,
         )
+
+    def retries(self, options: Options) -> int:
+        """The retries ``options`` allow: their own, else the App's default."""
+        return self.settings.retries if options.retries is None else options.retries
 
     def encode_input(self, workflow: str, args: tuple, kwargs: dict) -> str:
         try:

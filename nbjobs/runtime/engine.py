@@ -285,6 +285,16 @@ class Engine:
         """One readable dict per attempt of the job, oldest first."""
         return [readable(r, _ATTEMPT_TIMES) for r in self.store.job_attempts(job_id)]
 
+    def step_tries(self, job_id: str) -> list[dict[str, Any]]:
+        """The recorded tries of the job's steps (see ``JobHandle.step_tries``)."""
+        out = []
+        for r in self.store.list_step_tries([job_id]):
+            row = readable(r, _ATTEMPT_TIMES)
+            row.pop("job_id", None)
+            row["try"] = row.pop("try_number")
+            out.append(row)
+        return out
+
     def checkpoint_info(self, job_id: str) -> list[dict[str, Any]]:
         """Readable checkpoint previews of the job (see ``JobHandle.checkpoint_info``)."""
         out = []

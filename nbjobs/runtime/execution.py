@@ -20,7 +20,6 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from ..errors import (
     TIMEOUT_ERROR_PREFIX,
     DatabaseLost,
-    DuplicateCheckpoint,
     FanOutError,
     SerializationError,
     _Cancelled,
@@ -29,6 +28,7 @@ from ..errors import (
     _Suspend,
 )
 from ..jobs import Status
+from ..steps import should_retry
 from ..store import ClaimedJob
 from ..store.core import storable_text
 from . import capture
@@ -85,6 +85,9 @@ class Execution:
         self.task: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.done = threading.Event()
+        #: Set when the run must stop (cancel, lost lease, timeout): a step's backoff
+        #: between two tries waits on it, so that it ends at once.
+        self.stopping = threading.Event()
         #: Finished steps the job row does not count yet, and when this run last wrote
         #: that count (see ``record_step``).
         self._uncounted = 0
@@ -106,10 +109,12 @@ class Execution:
     # -- flags the worker's monitor sets ----------------------------------------------
     def request_cancel(self) -> None:
         self.cancel_requested = True
+        self.stopping.set()
         self._cancel_task()
 
     def mark_lost(self) -> None:
         self.lost = True
+        self.stopping.set()
         self._cancel_task()
 
     def expire(self) -> None:
@@ -121,6 +126,7 @@ class Execution:
         error = f"{TIMEOUT_ERROR_PREFIX}timed out after {limit:g} s"
         self._record_failure(error, None, "timeout", retryable=True)
         self.lost = True  # the outcome is written; whatever the run does next is refused
+        self.stopping.set()
         self._cancel_task()
 
     def _cancel_task(self) -> None:
@@ -138,11 +144,13 @@ class Execution:
         """A write was refused because another worker holds the job now: every later
         write of this run is refused too.  Returns the signal to raise."""
         self.lost = True
+        self.stopping.set()
         return _LeaseLost()
 
     def cancelled(self) -> _Cancelled:
         """The store found a cancel request: the run stops.  Returns the signal to raise."""
         self.cancel_requested = True
+        self.stopping.set()
         return _Cancelled()
 
     def writing(self) -> contextlib.AbstractContextManager[None]:
@@ -183,6 +191,25 @@ class Execution:
         if touch:
             self._uncounted = 0
             self._touched_at = now
+
+    def record_try(
+        self, step: str, try_number: int, outcome: str, error: str | None, started: float
+    ) -> None:
+        """Record one try of a step with retries (see ``schema.step_tries``), fenced by
+        the lease like a checkpoint."""
+        with store_failures():
+            accepted = self.runtime.store.record_step_try(
+                job_id=self.job.id,
+                token=self.token,
+                attempt=self.job.attempt,
+                step=step,
+                try_number=try_number,
+                outcome=outcome,
+                error=error,
+                started_at=started,
+            )
+        if not accepted:
+            raise self.lease_lost()
 
     def flush_steps(self) -> None:
         """Add to the job row the steps that short steps left out of its count."""
@@ -412,8 +439,11 @@ class Execution:
         error = storable_text(f"{type(exc).__name__}: {exc}") or type(exc).__name__
         # None would change on a replay: a value that cannot be stored, a fan-out whose
         # children's outcomes are recorded (h.retry() re-runs the failed children), and
-        # a step name used twice (the same code names it twice again).
-        retryable = not isinstance(exc, (SerializationError, FanOutError, DuplicateCheckpoint))
+        # a programming error (a step name used twice, a bad option: NEVER_RETRIED).
+        # Past those, the workflow's retry_on / give_up_on decide.
+        retryable = not isinstance(exc, (SerializationError, FanOutError)) and should_retry(
+            exc, self.workflow.retry_on, self.workflow.give_up_on
+        )
         self._record_failure(error, text, "failed", retryable=retryable, exc=exc)
 
     def _record_failure(

@@ -148,7 +148,7 @@ class Scheduler:
             priority=priority,
             catch_up=catch_up,
             next_fire_at=next_fire,
-            max_retries=wf.defaults.retries if wf is not None else None,
+            max_retries=self.runtime.retries(wf.defaults) if wf is not None else None,
             timeout_seconds=wf.defaults.timeout if wf is not None else None,
             steps_expected=wf.defaults.steps if wf is not None else None,
         )
@@ -299,7 +299,7 @@ class Scheduler:
         if wf is not None:
             if row.max_retries is None:
                 fields.update(
-                    max_retries=wf.defaults.retries or 0,
+                    max_retries=self.runtime.retries(wf.defaults),
                     timeout_seconds=wf.defaults.timeout,
                     steps_expected=wf.defaults.steps,
                 )

@@ -16,6 +16,7 @@
 * ``counts``, ``views`` and ``history``: the dashboard's and the notebooks' reads;
 * ``metrics``: the reads behind ``/metrics``;
 * ``retention``: purging old history;
+* ``tries``: the tries of steps with retries (the failed ones and the one that succeeded);
 * ``hooks``: the outcomes whose hooks have not run, and the leases on running them;
 * ``notebooks``: the executed notebook of each attempt of a notebook job.
 
@@ -37,6 +38,7 @@ from .notebooks import NotebookQueries
 from .queries import JobReads
 from .retention import RetentionQueries
 from .schedules import ScheduleQueries
+from .tries import TryQueries
 from .views import ViewQueries
 from .workers import WorkerQueries, process_alive
 
@@ -53,6 +55,7 @@ class Store(
     MetricQueries,
     HookQueries,
     NotebookQueries,
+    TryQueries,
 ):
     """All reads and writes of the nbjobs tables for one database."""
 

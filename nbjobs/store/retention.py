@@ -7,10 +7,10 @@ never outlives its parent, a parent never loses part of its fan-out, and a job t
 still be retried or resumed is never touched.
 
 Each batch is one transaction that re-reads the trees' rows under a lock before deleting
-them (with their checkpoints, attempts, signals, logs, hook runs and executed
-notebooks), so a ``retry()`` or a
-``cancel()`` racing the purge either happens first (and the tree is skipped) or finds the
-job gone.  Batches are bounded, so a purge of millions of rows never holds a long lock.
+them (with their checkpoints, attempts, step tries, signals, logs, hook runs and executed
+notebooks), so a ``retry()`` or a ``cancel()`` racing the purge either happens first (and
+the tree is skipped) or finds the job gone.  Batches are bounded, so a purge of millions
+of rows never holds a long lock.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from ..schema import (
     notebooks,
     schedules,
     signals,
+    step_tries,
 )
 from .core import CoreStore
 
@@ -106,7 +107,15 @@ class RetentionQueries(CoreStore):
             if victims:
                 self._unsettle(conn)
             for chunk in _chunks(victims):
-                for table in (checkpoints, attempts, signals, logs, hook_runs, notebooks):
+                for table in (
+                    checkpoints,
+                    attempts,
+                    step_tries,
+                    signals,
+                    logs,
+                    hook_runs,
+                    notebooks,
+                ):
                     conn.execute(delete(table).where(table.c.job_id.in_(chunk)))
                 conn.execute(delete(jobs).where(jobs.c.id.in_(chunk)))
             self._drop_memberships(conn, victims)

@@ -18,7 +18,16 @@ from sqlalchemy.engine import Row
 from sqlalchemy.sql.expression import ColumnElement
 
 from ..jobs import ACTIVE, FINISHED, Status
-from ..schema import SUCCEEDED_SQL, attempts, checkpoints, group_jobs, jobs, schedules, signals
+from ..schema import (
+    SUCCEEDED_SQL,
+    attempts,
+    checkpoints,
+    group_jobs,
+    jobs,
+    schedules,
+    signals,
+    step_tries,
+)
 from .core import JOB_SUMMARY
 from .counts import CountQueries
 
@@ -291,7 +300,8 @@ class ViewQueries(CountQueries):
         """Everything the detail view shows, read in one transaction.
 
         ``job`` (the row, progress columns included), ``checkpoints``, ``attempts``,
-        ``signals`` and ``children`` (status -> count).  Stored values and texts come cut
+        ``step_tries`` (the recorded tries of steps with retries), ``signals`` and
+        ``children`` (status -> count).  Stored values and texts come cut
         to ``DETAIL_CHARS`` by the database, with their full length beside them
         (``input_length``...): one click on a job must not pull its 16 MiB values.
         """
@@ -314,6 +324,11 @@ class ViewQueries(CountQueries):
                 .where(attempts.c.job_id == job_id)
                 .order_by(attempts.c.attempt)
             ).all()
+            step_rows = conn.execute(
+                select(*self._cut_columns(step_tries))
+                .where(step_tries.c.job_id == job_id)
+                .order_by(step_tries.c.attempt, step_tries.c.started_at, step_tries.c.try_number)
+            ).all()
             sigs = conn.execute(
                 select(*self._cut_columns(signals))
                 .where(signals.c.job_id == job_id)
@@ -326,7 +341,14 @@ class ViewQueries(CountQueries):
                     .group_by(jobs.c.status)
                 ).all()
             )
-        return dict(job=job, checkpoints=steps, attempts=tries, signals=sigs, children=kids)
+        return dict(
+            job=job,
+            checkpoints=steps,
+            attempts=tries,
+            step_tries=step_rows,
+            signals=sigs,
+            children=kids,
+        )
 
     def checkpoint_previews(self, job_id: str) -> Sequence[Row]:
         """The job's checkpoints in order, each stored value cut to ``DETAIL_CHARS`` with

@@ -431,7 +431,9 @@ class JobDetail(Component):
         self._header.object = self._header_html(job, d["children"])
         self._summary.object = self._summary_html(job, found, store, previews)
         self._steps.object = step_timeline(d["checkpoints"], job, found, store, previews)
-        self._attempts.object = self._attempts_html(d["attempts"])
+        self._attempts.object = self._attempts_html(d["attempts"]) + self._step_tries_html(
+            d.get("step_tries") or []
+        )
         self._signals.object = self._signals_html(d["signals"])
         self._show_actions(job, d["checkpoints"])
 
@@ -574,6 +576,29 @@ class JobDetail(Component):
             "<th>worker</th><th>error</th></tr>"
         )
         return f'<table class="nbj-steps nbj-attempts">{head}{"".join(rows)}</table>'
+
+    def _step_tries_html(self, tries: Sequence[Any]) -> str:
+        """The tries of steps with retries: "fetch, try 1: failed ConnectionError"."""
+        if not tries:
+            return ""
+        rows = []
+        for t in tries:
+            error = (t.error or "").strip().splitlines()
+            shade = colour("succeeded" if t.outcome == "succeeded" else "failed")
+            rows.append(
+                f"<tr><td>{t.attempt}</td><td><b>{_esc(t.step)}</b></td><td>{t.try_number}</td>"
+                f'<td><span class="nbj-dot" style="background:{shade}"></span>{_esc(t.outcome)}</td>'
+                f"<td>{fmt_duration(t.finished_at - t.started_at)}</td>"
+                f"<td>{_esc(error[0][:200] if error else '')}</td></tr>"
+            )
+        head = (
+            "<tr><th>attempt</th><th>step</th><th>try</th><th>outcome</th><th>took</th>"
+            "<th>error</th></tr>"
+        )
+        return (
+            '<div class="nbj-empty">Step tries</div>'
+            f'<table class="nbj-steps">{head}{"".join(rows)}</table>'
+        )
 
     def _signals_html(self, signals: Sequence[Any]) -> str:
         if not signals:
