@@ -420,6 +420,7 @@ class CallState:
     def _settle(self, result: WaitResult) -> WaitResult:
         """Turn the store's answer into control flow: suspend, stop, or go on."""
         if result.state == SUSPENDED:
+            self._execution.settling = True  # the suspension released the lease
             raise _Suspend()
         if result.state == LOST:
             raise self._execution.lease_lost()

@@ -85,6 +85,9 @@ class Execution:
         self.task: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.done = threading.Event()
+        #: True once this run writes its own outcome (or its suspension): from then on a
+        #: heartbeat that finds the lease gone sees the run's own release, not a takeover.
+        self.settling = False
         #: Set when the run must stop (cancel, lost lease, timeout): a step's backoff
         #: between two tries waits on it, so that it ends at once.
         self.stopping = threading.Event()
@@ -357,6 +360,7 @@ class Execution:
 
     # -- recording outcomes ------------------------------------------------------------
     def _record_success(self, value: Any) -> None:
+        self.settling = True
         if self.stored:
             self._warn_unreplayed()
         capture.flush()  # the output is stored before the outcome a waiter reads
@@ -395,6 +399,7 @@ class Execution:
         return claimed
 
     def _record_exception(self, exc: BaseException) -> None:
+        self.settling = True
         capture.flush()
         if isinstance(exc, _Suspend):
             self._outcome("suspended")

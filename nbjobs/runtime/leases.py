@@ -44,7 +44,9 @@ def renew(
         execution = executions.get(job_id)
         if execution is None or (job_id, execution.token) not in lost_leases:
             continue
-        if not execution.done.is_set():
+        # A run that is writing its own outcome released the lease itself: the renewal
+        # raced that commit, and nothing was taken over.
+        if not (execution.done.is_set() or execution.settling):
             log.warning("job %s: lease lost (another worker took it over)", job_id)
             execution.mark_lost()
     for job_id in cancel:
