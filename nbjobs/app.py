@@ -24,6 +24,7 @@ from .runtime.engine import Engine, warn_user
 from .runtime.hooks import check_event, hook_name
 from .runtime.registry import check_call_state_parameter, default_workflow_name
 from .runtime.scheduler import Scheduler
+from .steps import Cache, as_cache
 from .store import Store
 from .validation import check_name, check_number, check_time
 from .workflow import Workflow
@@ -175,6 +176,7 @@ class App:
         retries: int = 0,
         timeout: float | None = None,
         steps: int | None = None,
+        cache: bool | Cache | None = None,
     ) -> Any:
         """Register a workflow; use as ``@app.workflow`` or ``@app.workflow(name=..., ...)``.
 
@@ -183,8 +185,11 @@ class App:
         needs ``name=``.  Registering the same definition again (re-running a notebook
         cell, reloading a module) replaces it for new claims, and runs already going keep
         the function they started with; a different function under a taken name is a
-        :class:`~nbjobs.ConfigurationError`.
+        :class:`~nbjobs.ConfigurationError`.  ``cache=True`` (or ``nbjobs.Cache(ttl=,
+        version=)``): every step may be reused from an earlier job with the same
+        arguments and step code (see ``docs/content/how-to/cache.md``).
         """
+        workflow_cache = as_cache(cache)
         defaults = Options.build(
             queue=queue, priority=priority, retries=retries, timeout=timeout, steps=steps
         )
@@ -197,6 +202,7 @@ class App:
             )
             check_call_state_parameter(wf_name, func)
             wf = Workflow(self._engine, func, wf_name, defaults)
+            wf.cache = workflow_cache
             if name is None and wf_name != func.__qualname__:
                 wf.alias = func.__qualname__
             old = self.runtime.registry.add(wf)
@@ -415,6 +421,17 @@ class App:
             finished_before=cutoff, statuses=statuses, batch_size=batch_size
         )
         return deleted
+
+    def clear_cache(self, workflow: str | None = None, step: str | None = None) -> int:
+        """Forget cached step results (``cache=True``), so that the next run computes
+        them again: all of them, those of ``workflow``, or of its step ``step``.
+        Returns how many entries went.  Jobs that reused an entry keep their values;
+        artifacts nothing refers to any more go at the next ``sweep_artifacts``."""
+        if workflow is not None:
+            check_name("workflow", workflow)
+        if step is not None:
+            check_name("step", step)
+        return self.store.clear_step_cache(workflow, step)
 
     def sweep_artifacts(self, grace_seconds: float = 3600.0) -> dict[str, int]:
         """Delete the artifacts that no stored value refers to any more (after a purge),

@@ -24,8 +24,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ..caching import cache_key, cached_detail, fingerprint_or_version, unwrap_step
 from ..codec import digest
 from ..errors import (
+    ArtifactError,
     ConfigurationError,
     DuplicateCheckpoint,
     FanOutError,
@@ -34,6 +36,7 @@ from ..errors import (
     _Suspend,
 )
 from ..options import Spec
+from ..steps import Cache, step_options
 from ..store.waits import CANCELLED, LOST, SUSPENDED, TIMEOUT, WaitResult
 from ..strategies import FailFast, Outcome, Strategy, strategy_from_detail
 from ..validation import check_name, check_number, check_time
@@ -66,6 +69,8 @@ class CallState:
         self._seq = last_seq
         #: How often this run waited for each signal name (the n-th wait is a step).
         self._signal_waits: dict[str, int] = {}
+        #: Cached steps that missed: step name -> the key their result is saved under.
+        self._cache_keys: dict[str, str] = {}
 
     # -- steps: names and numbers ------------------------------------------------------
     def _claim_name(self, name: str, what: str) -> Row | None:
@@ -101,8 +106,14 @@ class CallState:
                 f"fetch(1)) (got a {type(fn).__name__})"
             )
         stored = self._claim_name(name, "checkpoint name")
-        args_hash = self._args_hash(args, kwargs)
+        args_text = self._args_text(args, kwargs)
+        args_hash = None if args_text is None else digest(args_text)
         if stored is None:
+            cache = self._cache_option(fn)
+            if cache is not None:
+                hit, value = self._from_cache(name, fn, args, kwargs, args_text, cache)
+                if hit:
+                    return True, value, args_hash
             return False, None, args_hash
         if stored.args_hash and args_hash and stored.args_hash != args_hash:
             capture.log_outside(
@@ -125,11 +136,60 @@ class CallState:
         )
         return True, self._runtime.codec.loads(stored.value, where=where), args_hash
 
-    def _args_hash(self, args: tuple, kwargs: dict) -> str | None:
+    def _args_text(self, args: tuple, kwargs: dict) -> str | None:
+        """The arguments as hashed: artifacts by their content digest, never written."""
         try:
-            return digest(self._runtime.codec.dumps([list(args), kwargs], check_keys=False))
+            return self._runtime.codec.dumps([list(args), kwargs], check_keys=False)
         except (SerializationError, RecursionError):
             return None
+
+    # -- the cross-run step cache (see nbjobs.caching) ---------------------------------
+    def _cache_option(self, fn: Any) -> Cache | None:
+        """The step's own ``cache=``, else its workflow's, else None."""
+        options = step_options(unwrap_step(fn, (), {})[0])
+        if options is not None and options.cache is not None:
+            return options.cache
+        return getattr(self._execution.workflow, "cache", None)
+
+    def _from_cache(
+        self, name: str, fn: Any, args: tuple, kwargs: dict, args_text: str | None, cache: Cache
+    ) -> tuple[bool, Any]:
+        """(True, value) when an earlier job's result of this step is reused: its stored
+        text is recorded as this job's checkpoint, marked with where it came from.  On a
+        miss the key is kept, so that ``_record`` saves the result under it."""
+        args_hash = None if args_text is None else digest(args_text)
+        real, args, kwargs = unwrap_step(fn, args, kwargs)
+        if real is not fn:
+            args_text = self._args_text(args, kwargs)
+        if args_text is None:
+            log.debug("checkpoint %r: arguments with no stored form are never cached", name)
+            return False, None
+        workflow = self._execution.workflow.name
+        key = cache_key(workflow, name, args_text, fingerprint_or_version(real, cache.version))
+        runtime = self._runtime
+        now = runtime.store.now()
+        ttl = cache.ttl_seconds()
+        with self._execution.writing():
+            entry = runtime.store.find_cached_step(key, None if ttl is None else now - ttl)
+        if entry is None:
+            self._cache_keys[name] = key
+            return False, None
+        where = self._where(f"checkpoint {name!r}, cached from job {entry.job_id}")
+        try:
+            value = runtime.codec.loads(entry.value, where=where)
+        except ArtifactError as exc:
+            log.warning("%s cannot be loaded (%s); the step runs again", where, exc)
+            self._cache_keys[name] = key
+            return False, None
+        self._execution.record_step(
+            name,
+            self._next_seq(),
+            entry.value,
+            args_hash,
+            now,
+            detail=cached_detail(entry.job_id),
+        )
+        return True, value
 
     def _record(self, name: str, value: Any, args_hash: str | None, started: float) -> Any:
         """Store a finished step under the next number; returns the value as a replay
@@ -141,6 +201,17 @@ class CallState:
                 f"checkpoint {name!r} returned a value nbjobs cannot store: {exc}"
             ) from None
         self._execution.record_step(name, self._next_seq(), text, args_hash, started)
+        key = self._cache_keys.pop(name, None)
+        if key is not None:
+            with self._execution.writing():
+                self._runtime.store.save_cached_step(
+                    key=key,
+                    workflow=self._execution.workflow.name,
+                    step=name,
+                    job_id=self.job_id,
+                    value=text,
+                    created_at=self._runtime.store.now(),
+                )
         return stored
 
     def _where(self, what: str) -> str:
@@ -345,7 +416,7 @@ class AsyncCallState(CallState):
     async def checkpoint(
         self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> Any:
-        replayed, value, args_hash = self._begin_step(name, fn, args, kwargs)
+        replayed, value, args_hash = await self._begin_step_async(name, fn, args, kwargs)
         if replayed:
             return value
         started = self._runtime.store.now()
@@ -357,6 +428,15 @@ class AsyncCallState(CallState):
                 value = await value
         # In a thread: writing an artifact (a DataFrame, say) must not block the loop.
         return await asyncio.to_thread(self._record, name, value, args_hash, started)
+
+    async def _begin_step_async(
+        self, name: str, fn: Any, args: tuple, kwargs: dict
+    ) -> tuple[bool, Any, str | None]:
+        """``_begin_step``, in a thread when a cached step reads the database (the
+        loop runs other jobs meanwhile)."""
+        if callable(fn) and self._cache_option(fn) is not None:
+            return await asyncio.to_thread(self._begin_step, name, fn, args, kwargs)
+        return self._begin_step(name, fn, args, kwargs)
 
     async def sleep(self, name: str, seconds: float) -> None:  # type: ignore[override]
         await asyncio.to_thread(super().sleep, name, seconds)

@@ -150,7 +150,13 @@ class Execution:
 
     # -- what CallState calls ----------------------------------------------------------
     def record_step(
-        self, name: str, seq: int, text: str, args_hash: str | None, started: float
+        self,
+        name: str,
+        seq: int,
+        text: str,
+        args_hash: str | None,
+        started: float,
+        detail: str | None = None,
     ) -> None:
         """Store a finished step, fenced by the lease.
 
@@ -175,6 +181,7 @@ class Execution:
                 attempt=self.job.attempt,
                 started_at=started,
                 count=self._uncounted if touch else None,
+                detail=detail,
             )
         if not accepted:
             raise self.lease_lost()

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..options import Options
+from ..steps import Cache
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,10 @@ def check_call_state_parameter(name: str, func: Callable[..., Any]) -> None:
 
 class Definition:
     """What the engine runs: a workflow function under a name, with default options."""
+
+    #: ``@app.workflow(cache=...)``: every step of the workflow may be reused across
+    #: jobs (see :mod:`nbjobs.caching`); a step's own ``@nbjobs.step(cache=...)`` wins.
+    cache: Cache | None = None
 
     def __init__(self, fn: Callable[..., Any], name: str, defaults: Options) -> None:
         self.fn = fn

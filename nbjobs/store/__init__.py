@@ -16,6 +16,7 @@
 * ``counts``, ``views`` and ``history``: the dashboard's and the notebooks' reads;
 * ``metrics``: the reads behind ``/metrics``;
 * ``retention``: purging old history;
+* ``cache``: entries of the cross-run step cache;
 * ``hooks``: the outcomes whose hooks have not run, and the leases on running them.
 
 The composition is explicit: a class inherits from the classes whose methods it calls
@@ -26,6 +27,7 @@ one exception is the group-commit hook ``Transactions._run_group``, which
 ``FinishQueries`` replaces without ``super()`` (``tests/test_layers.py`` checks it all).
 """
 
+from .cache import CacheQueries
 from .finish import FinishQueries
 from .groups import GroupQueries
 from .history import HistoryQueries
@@ -50,6 +52,7 @@ class Store(
     RetentionQueries,
     MetricQueries,
     HookQueries,
+    CacheQueries,
 ):
     """All reads and writes of the nbjobs tables for one database."""
 
