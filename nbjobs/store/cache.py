@@ -49,8 +49,12 @@ class CacheQueries(CoreStore):
             statement = _FIND
         else:
             statement, params["k_after"] = _FIND_FRESH, fresh_after
-        with self._read() as conn:
-            rows = self._run(conn, statement, params).all()
+        if self.dialect.autocommit_single:
+            # PostgreSQL: one round trip in autocommit mode, not BEGIN, SELECT, COMMIT.
+            rows = self._single_statement(lambda conn: self._run(conn, statement, params).all())
+        else:
+            with self._read() as conn:
+                rows = self._run(conn, statement, params).all()
         return rows[0] if rows else None
 
     def save_cached_step(
