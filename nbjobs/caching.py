@@ -31,9 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import ConfigurationError
-
-#: The key in a checkpoint's ``detail`` naming the job whose stored value a hit reused.
-CACHED_FROM = "cached_from"
+from .schema import CACHED_FROM
 
 #: Default argument values of these types are part of a fingerprint by their ``repr``;
 #: others (objects whose ``repr`` holds an address) by their type.

@@ -368,6 +368,10 @@ Index("ix_nbjobs_group_jobs_job", group_jobs.c.job_id)
 #: rather than columns of the checkpoints table: ``create_all`` adds it to an existing
 #: database without a schema version, purge leaves it alone, and an uncached step costs
 #: it nothing.  A hit reads one row by its primary key.
+#: The key, in the ``detail`` of a checkpoint that reused an entry, naming the job
+#: whose value it reused (``{"cached_from": "<job id>"}``, see :mod:`nbjobs.caching`).
+CACHED_FROM = "cached_from"
+
 step_cache = Table(
     "nbjobs_step_cache",
     metadata,

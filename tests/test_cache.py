@@ -385,3 +385,38 @@ def test_a_callable_object_needs_a_version(app) -> None:
         return cs.checkpoint("count", Counter(), x)
 
     assert versioned.run(1) == versioned.run(1) == 1
+
+
+def test_a_run_of_cached_steps_counts_every_step(db_url) -> None:
+    """Short hits in a row (one statement each where the database allows, the job row
+    left for later): every step is recorded, marked and counted, and an expired entry
+    among them misses."""
+    clock = FakeClock()
+    app = make_app(db_url, clock=clock)
+    try:
+        calls: list[int] = []
+
+        @nbjobs.step(cache=nbjobs.Cache(ttl=60))
+        def part(i: int) -> dict:
+            calls.append(i)
+            return {"part": i}
+
+        @app.workflow(name="parts", steps=5)
+        def parts(cs: nbjobs.CallState, expire: int | None) -> list:
+            if expire is not None:
+                app.clear_cache(workflow="parts", step=f"p{expire}")
+            return [cs.checkpoint(f"p{i}", part, i) for i in range(5)]
+
+        assert parts.run(None) == [{"part": i} for i in range(5)]
+        clock.advance(10)
+        assert parts.run(2) == [{"part": i} for i in range(5)]
+        assert calls == [0, 1, 2, 3, 4, 2]
+        first, second = sorted(app.jobs(workflow="parts"), key=lambda h: h.id)
+        assert _cached_from(second) == {f"p{i}": (None if i == 2 else first.id) for i in range(5)}
+        assert second.info()["steps_done"] == 5
+        assert list(second.checkpoints_frame()["seq"]) == [1, 2, 3, 4, 5]
+        clock.advance(55)  # every entry older than the ttl but p2's (made 10 s later)
+        parts.run(None)
+        assert calls == [0, 1, 2, 3, 4, 2, 0, 1, 3, 4]
+    finally:
+        app.close()

@@ -169,8 +169,20 @@ class CallState:
         runtime = self._runtime
         now = runtime.store.now()
         ttl = cache.ttl_seconds()
+        fresh_after = None if ttl is None else now - ttl
+        tried, row = self._execution.reuse_step(
+            name, self._seq + 1, key, fresh_after, args_hash, now
+        )
+        if tried:
+            if row is None:
+                self._cache_keys[name] = key
+                return False, None
+            self._seq += 1
+            # Recorded already: a value that cannot be loaded fails the step, as a replay.
+            where = self._where(f"checkpoint {name!r}, {row.detail}")
+            return True, runtime.codec.loads(row.value, where=where)
         with self._execution.writing():
-            entry = runtime.store.find_cached_step(key, None if ttl is None else now - ttl)
+            entry = runtime.store.find_cached_step(key, fresh_after)
         if entry is None:
             self._cache_keys[name] = key
             return False, None

@@ -1,7 +1,7 @@
 """The cross-run step cache: find an entry by its key, save one, clear them.
 
 An entry (``nbjobs_step_cache``) is the newest successful result of a cached step under
-its key (see :mod:`nbjobs.caching`).  A hit is one primary-key read here, then the
+its key (see ``nbjobs.caching``).  A hit is one primary-key read here, then the
 usual fenced checkpoint write (``record_checkpoint`` with a ``cached_from`` detail);
 a miss saves its entry after its checkpoint committed.  Entries are not job rows:
 ``purge_jobs`` leaves them (and, through ``texts_containing``, their artifacts) alone;
@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, exists, insert, literal, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
-from ..schema import step_cache
-from .core import CoreStore
+from ..schema import CACHED_FROM, checkpoints, jobs, step_cache
+from .core import _FENCED, CoreStore
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,38 @@ _REPLACE = (
     )
 )
 _INSERT = insert(step_cache)
+
+#: No ``ttl``: every entry is fresh enough.
+_ANY_AGE = -1e300
+
+
+def _hit_statement() -> object:
+    """A hit as one statement (read-fence dialects): the checkpoint row is inserted
+    from the entry, with the ``cached_from`` detail built in SQL, only when the entry
+    is there and fresh and the job's lease holds (read under a share lock, leaving the
+    job row alone, as ``_READ_FENCED_CHECKPOINT``); it returns the value inserted."""
+    detail = literal('{"' + CACHED_FROM + '": "') + step_cache.c.job_id + literal('"}')
+    fresh = (
+        step_cache.c.key == bindparam("k_key"),
+        step_cache.c.created_at >= bindparam("k_after"),
+    )
+    fence = exists(select(jobs.c.id).where(*_FENCED).with_for_update(read=True))
+    values = [
+        step_cache.c.value
+        if c.name == "value"
+        else detail
+        if c.name == "detail"
+        else bindparam(c.name, type_=c.type)
+        for c in checkpoints.c
+    ]
+    return (
+        insert(checkpoints)
+        .from_select([c.name for c in checkpoints.c], select(*values).where(*fresh, fence))
+        .returning(checkpoints.c.value, checkpoints.c.detail)
+    )
+
+
+_HIT = _hit_statement()
 
 
 class CacheQueries(CoreStore):
@@ -55,6 +87,51 @@ class CacheQueries(CoreStore):
         else:
             with self._read() as conn:
                 rows = self._run(conn, statement, params).all()
+        return rows[0] if rows else None
+
+    @property
+    def hits_in_one_statement(self) -> bool:
+        """A hit that leaves the job row alone can be one statement
+        (:meth:`record_cached_checkpoint`): the read-fence dialects, whose INSERT can
+        read the entry and the lease and return the row."""
+        return self.dialect.read_fence
+
+    def record_cached_checkpoint(
+        self,
+        *,
+        key: str,
+        fresh_after: float | None,
+        job_id: str,
+        token: str,
+        name: str,
+        seq: int,
+        args_hash: str | None,
+        code_fingerprint: str | None,
+        attempt: int,
+        started_at: float,
+    ) -> Row | None:
+        """Record the entry under ``key`` (made at or after ``fresh_after``) as this
+        job's checkpoint ``name``, in one statement that leaves the job row alone (the
+        caller counts the step later, see ``record_checkpoint(count=None)``).  Returns
+        the row's ``value`` and ``detail``; None when nothing was written: no fresh entry,
+        or the lease is lost (the step's own write then finds out)."""
+        params = dict(
+            k_key=key,
+            k_after=_ANY_AGE if fresh_after is None else fresh_after,
+            f_id=job_id,
+            f_token=token,
+            job_id=job_id,
+            name=name,
+            seq=seq,
+            kind="step",
+            done=True,
+            args_hash=args_hash,
+            code_fingerprint=code_fingerprint,
+            attempt=attempt,
+            started_at=started_at,
+            finished_at=self.now(),
+        )
+        rows = self._single_statement(lambda conn: self._run(conn, _HIT, params).all())
         return rows[0] if rows else None
 
     def save_cached_step(
