@@ -420,3 +420,31 @@ def test_a_run_of_cached_steps_counts_every_step(db_url) -> None:
         assert calls == [0, 1, 2, 3, 4, 2, 0, 1, 3, 4]
     finally:
         app.close()
+
+
+def test_retry_from_a_checkpoint_recomputes_the_job_s_own_cached_steps(app) -> None:
+    ns = _cell(PIPELINE_CELL, _cell(STEP_CELL, _notebook(app)))
+    # Two cached steps in a row: the second one takes the one-statement hit path.
+    _cell(
+        """
+        @nbjobs.step(cache=True)
+        def triple(x):
+            calls.append(("triple", x))
+            return x * 3
+
+        @app.workflow(name="nb2")
+        def nb2(cs, x):
+            return cs.checkpoint("double", double, x) + cs.checkpoint("triple", triple, x)
+        """,
+        ns,
+    )
+    assert ns["nb2"].run(2) == 10
+    h = app.jobs(workflow="nb2")[0]
+    with app.running(concurrency=1):
+        h.retry(from_checkpoint="double")
+        assert h.result(timeout=TIMEOUT) == 10
+    # Its own entries are not reused: the steps from "double" on ran again.
+    assert ns["calls"] == [("double", 2), ("triple", 2)] * 2
+    assert _cached_from(h) == {"double": None, "triple": None}
+    assert ns["nb2"].run(2) == 10  # another job reuses them
+    assert len(ns["calls"]) == 4

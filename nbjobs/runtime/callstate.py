@@ -183,7 +183,8 @@ class CallState:
             return True, runtime.codec.loads(row.value, where=where)
         with self._execution.writing():
             entry = runtime.store.find_cached_step(key, fresh_after)
-        if entry is None:
+        # A job never reuses its own entry: h.retry(from_checkpoint=...) recomputes.
+        if entry is None or entry.job_id == self.job_id:
             self._cache_keys[name] = key
             return False, None
         where = self._where(f"checkpoint {name!r}, cached from job {entry.job_id}")

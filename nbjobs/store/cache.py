@@ -50,6 +50,8 @@ def _hit_statement() -> object:
     fresh = (
         step_cache.c.key == bindparam("k_key"),
         step_cache.c.created_at >= bindparam("k_after"),
+        # A job never reuses its own entry: h.retry(from_checkpoint=...) recomputes.
+        step_cache.c.job_id != bindparam("f_id"),
     )
     fence = exists(select(jobs.c.id).where(*_FENCED).with_for_update(read=True))
     values = [
