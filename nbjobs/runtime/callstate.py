@@ -24,7 +24,13 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ..caching import cache_key, cached_detail, fingerprint_or_version, unwrap_step
+from ..caching import (
+    cache_key,
+    cached_detail,
+    cached_from,
+    fingerprint_or_version,
+    unwrap_step,
+)
 from ..codec import digest
 from ..errors import (
     ArtifactError,
@@ -179,7 +185,7 @@ class CallState:
                 return False, None
             self._seq += 1
             # Recorded already: a value that cannot be loaded fails the step, as a replay.
-            where = self._where(f"checkpoint {name!r}, {row.detail}")
+            where = self._where(f"checkpoint {name!r}, cached from job {cached_from(row.detail)}")
             return True, runtime.codec.loads(row.value, where=where)
         with self._execution.writing():
             entry = runtime.store.find_cached_step(key, fresh_after)
