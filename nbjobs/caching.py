@@ -38,6 +38,18 @@ from .schema import CACHED_FROM
 _PLAIN = (str, int, float, bool, type(None), bytes)
 
 
+#: Callables of C code: fingerprinted by their qualified name.
+_BUILTINS = (
+    types.BuiltinFunctionType,
+    types.MethodDescriptorType,
+    types.WrapperDescriptorType,
+    types.MethodWrapperType,
+    types.ClassMethodDescriptorType,
+)
+#: Those of them that may be bound to an object (``{}.get``, ``"a".upper``).
+_BOUND_BUILTINS = (types.BuiltinMethodType, types.MethodWrapperType)
+
+
 def cached_from(detail: str | None) -> str | None:
     """The job a cached checkpoint's value came from (its ``detail`` column), or None."""
     if not detail or CACHED_FROM not in detail:
@@ -66,12 +78,24 @@ def cache_key(workflow: str, step: str, args_text: str, fingerprint: str) -> str
 
 def unwrap_step(fn: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
     """The function a step really runs, with the arguments it gets: a
-    ``functools.partial``'s bound arguments are arguments (they go into the digest)."""
-    while isinstance(fn, functools.partial):
-        args = (*fn.args, *args)
-        kwargs = {**fn.keywords, **kwargs}
-        fn = fn.func
-    return fn, args, kwargs
+    ``functools.partial``'s bound arguments, and a bound method's object, are arguments
+    (they go into the digest; an object with no stored form makes the step uncached)."""
+    while True:
+        if isinstance(fn, functools.partial):
+            args = (*fn.args, *args)
+            kwargs = {**fn.keywords, **kwargs}
+            fn = fn.func
+        elif isinstance(fn, types.MethodType):
+            args = (fn.__self__, *args)
+            fn = fn.__func__
+        elif isinstance(fn, _BOUND_BUILTINS) and not isinstance(
+            getattr(fn, "__self__", None), (types.ModuleType, type(None))
+        ):
+            # ``rates.get``: the dict is an argument; ``math.sqrt`` is bound to a module.
+            args = (fn.__self__, *args)
+            fn = getattr(type(fn.__self__), fn.__name__, fn)
+        else:
+            return fn, args, kwargs
 
 
 def step_fingerprint(fn: Any) -> str:
@@ -90,7 +114,7 @@ def _feed_function(h: Any, fn: Any, seen: set[int]) -> None:
         h.update(f"method of {type(fn.__self__).__qualname__}\0".encode())
         fn = fn.__func__
     if not isinstance(fn, types.FunctionType):
-        if isinstance(fn, (types.BuiltinFunctionType, type)):
+        if isinstance(fn, (*_BUILTINS, type)):
             h.update(f"{getattr(fn, '__module__', '')}.{fn.__qualname__}\0".encode())
             return
         raise ConfigurationError(

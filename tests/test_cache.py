@@ -448,3 +448,31 @@ def test_retry_from_a_checkpoint_recomputes_the_job_s_own_cached_steps(app) -> N
     assert _cached_from(h) == {"double": None, "triple": None}
     assert ns["nb2"].run(2) == 10  # another job reuses them
     assert len(ns["calls"]) == 4
+
+
+def test_a_bound_method_s_object_is_an_argument(app) -> None:
+    calls: list[str] = []
+
+    class Prices:
+        def __init__(self, rate: float) -> None:
+            self.rate = rate
+
+        def convert(self, amount: float) -> float:
+            calls.append("convert")
+            return amount * self.rate
+
+    @app.workflow(name="bound", cache=True)
+    def bound(cs: nbjobs.CallState, amount: float) -> float:
+        return cs.checkpoint("convert", Prices(2.0).convert, amount)
+
+    # A Prices object has no stored form: the step runs every time, never reused with a
+    # state the digest cannot see.
+    assert bound.run(3.0) == bound.run(3.0) == 6.0
+    assert calls == ["convert", "convert"]
+
+    @app.workflow(name="bound_dict", cache=True)
+    def bound_dict(cs: nbjobs.CallState, key: str, rates: dict) -> float:
+        return cs.checkpoint("get", rates.get, key)  # a builtin bound to a dict: digested
+
+    assert bound_dict.run("a", {"a": 1.5}) == 1.5
+    assert bound_dict.run("a", {"a": 2.5}) == 2.5  # another dict, another key
