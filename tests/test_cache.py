@@ -476,3 +476,22 @@ def test_a_bound_method_s_object_is_an_argument(app) -> None:
 
     assert bound_dict.run("a", {"a": 1.5}) == 1.5
     assert bound_dict.run("a", {"a": 2.5}) == 2.5  # another dict, another key
+
+
+def test_the_benchmark_runs_and_its_cached_jobs_hit() -> None:
+    """``benchmarks/bench_cache.py`` at a tiny size: it checks that its cached job hit
+    (every checkpoint marked) and prints one row per SQLite mode."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "benchmarks/bench_cache.py", "--steps", "5", "--jobs", "1",
+         "--no-postgres"],
+        cwd=root, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[:2] for line in lines[2:]] == [["SQLite", "NORMAL"], ["SQLite", "FULL"]]
+    assert "skipped" not in result.stderr
