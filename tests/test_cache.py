@@ -495,3 +495,20 @@ def test_the_benchmark_runs_and_its_cached_jobs_hit() -> None:
     lines = result.stdout.splitlines()
     assert [line.split()[:2] for line in lines[2:]] == [["SQLite", "NORMAL"], ["SQLite", "FULL"]]
     assert "skipped" not in result.stderr
+
+
+def test_a_database_made_before_the_cache_gets_its_table_without_a_new_version(db_url) -> None:
+    first = make_app(db_url)
+    version = first.store.schema_version
+    with first.store.engine.begin() as conn:  # as an nbjobs without the cache left it
+        conn.exec_driver_sql("DROP TABLE nbjobs_step_cache")
+    first.close()
+    again = make_app(db_url)
+    try:
+        assert again.store.schema_version == version
+        ns = _cell(PIPELINE_CELL, _cell(STEP_CELL, _notebook(again)))
+        ns["nb"].run(1)
+        ns["nb"].run(1)
+        assert [c for c in ns["calls"] if c[0] == "double"] == [("double", 1)]
+    finally:
+        again.close()
