@@ -512,3 +512,25 @@ def test_a_database_made_before_the_cache_gets_its_table_without_a_new_version(d
         assert [c for c in ns["calls"] if c[0] == "double"] == [("double", 1)]
     finally:
         again.close()
+
+
+def test_a_failed_step_makes_no_entry(app) -> None:
+    attempts: list[bool] = []
+    fail = {"now": True}
+
+    @nbjobs.step(cache=True)
+    def flaky(x: int) -> int:
+        attempts.append(fail["now"])
+        if fail["now"]:
+            raise RuntimeError("not yet")
+        return x
+
+    @app.workflow(name="flaky")
+    def flow(cs: nbjobs.CallState, x: int) -> int:
+        return cs.checkpoint("flaky", flaky, x)
+
+    with pytest.raises(nbjobs.JobFailed, match="not yet"):
+        flow.run(1)
+    fail["now"] = False
+    assert flow.run(1) == flow.run(1) == 1
+    assert attempts == [True, False]
