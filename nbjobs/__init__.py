@@ -5,6 +5,7 @@ from .artifacts.artifact import Artifact
 from .artifacts.types import File, register_type
 from .errors import (
     ArtifactError,
+    CellError,
     ConfigurationError,
     DatabaseLost,
     DuplicateCheckpoint,
@@ -23,6 +24,7 @@ from .errors import (
 from .group import JobGroup
 from .handle import JobHandle
 from .jobs import Status
+from .kernel import current
 from .runtime.callstate import CallState
 from .steps import Cache, step
 from .strategies import CollectAll, FailFast, Outcome, Threshold
@@ -35,6 +37,7 @@ __all__ = [
     "ArtifactError",
     "Cache",
     "CallState",
+    "CellError",
     "CollectAll",
     "ConfigurationError",
     "DatabaseLost",
@@ -58,6 +61,7 @@ __all__ = [
     "UnknownJob",
     "WorkerLost",
     "__version__",
+    "current",
     "register_type",
     "step",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import inspect
 import logging
 import os
@@ -24,10 +25,11 @@ from .runtime.engine import Engine, warn_user
 from .runtime.hooks import check_event, hook_name
 from .runtime.registry import check_call_state_parameter, default_workflow_name
 from .runtime.scheduler import Scheduler
-from .steps import Cache, as_cache
+from .runtime.tracing import TracerProvider, Tracing
+from .steps import Cache, as_cache, exception_classes
 from .store import Store
 from .validation import check_name, check_number, check_time
-from .workflow import Workflow
+from .workflow import NotebookWorkflow, Workflow
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -64,12 +66,19 @@ class App:
     reclaimed after this; at least three heartbeats), ``max_reclaims`` (a job whose
     worker dies more often than this is failed, not looped), ``poll_seconds`` (the
     idle poll when no wake-up arrives), ``retry_backoff_seconds`` and
-    ``retry_backoff_max_seconds``, ``sqlite_synchronous`` (``"NORMAL"`` or ``"FULL"``),
+    ``retry_backoff_max_seconds`` (the pause before a failed job's next attempt: the
+    first doubled after each failure, capped, jittered to between half and all of it),
+    ``retries`` (the retries of a workflow that gives no ``retries=`` of its own; 0 by
+    default), ``sqlite_synchronous`` (``"NORMAL"`` or ``"FULL"``),
     and ``clock`` (a :class:`~nbjobs.clock.FakeClock` in tests).  ``max_payload_bytes``
     bounds one stored value (an input, checkpoint, result or signal payload; 16 MiB by
     default): a bigger one raises :class:`~nbjobs.SerializationError` naming the limit.
     ``retention_seconds`` turns on automatic retention: every worker's monitor purges
     finished job trees older than this, a few batches at a time (see :meth:`purge`).
+    ``tracing``: OpenTelemetry spans per submit, attempt and step (see the how-to
+    "Trace jobs with OpenTelemetry"): ``None``, the default, traces once a tracer
+    provider is configured, ``True`` always (OpenTelemetry must be installed), ``False``
+    never; or an OpenTelemetry ``TracerProvider`` to use instead of the global one.
     Database options: ``sqlite_synchronous``, ``sqlite_busy_timeout`` (seconds), and for
     PostgreSQL and MySQL ``pool_size``, ``max_overflow``, ``pool_timeout`` and
     ``pool_recycle``.
@@ -92,12 +101,14 @@ class App:
         poll_seconds: float = 1.0,
         retry_backoff_seconds: float = 1.0,
         retry_backoff_max_seconds: float = 300.0,
+        retries: int = 0,
         clock: Clock | None = None,
         max_payload_bytes: int = 16 * 1024 * 1024,
         retention_seconds: float | None = None,
         artifacts: str | os.PathLike[str] | bool | None = None,
         artifacts_options: Mapping[str, Any] | None = None,
         inline_bytes: int = DEFAULT_INLINE_BYTES,
+        tracing: bool | TracerProvider | None = None,
         **database_options: Any,
     ) -> None:
         for name, value in (
@@ -114,8 +125,10 @@ class App:
                 f"heartbeats ({3 * heartbeat_seconds}); otherwise live jobs get reaped"
             )
         check_number("max_reclaims", max_reclaims, 0, integer=True, int32=True)
+        check_number("retries", retries, 0, integer=True, int32=True)
         check_number("retention_seconds", retention_seconds, positive=True, optional=True)
         Codec.check(serializer, max_payload_bytes, inline_bytes)  # before any connection
+        traced = Tracing(tracing)  # before any connection too: a bad value, or no OpenTelemetry
         self.clock = clock or Clock()
         # An explicit "" is a mistake to report, not a request for the default file.
         self.url = url if url is not None else os.environ.get("NBJOBS_URL") or DEFAULT_URL
@@ -143,9 +156,10 @@ class App:
             retry_backoff_seconds=float(retry_backoff_seconds),
             retry_backoff_max_seconds=float(retry_backoff_max_seconds),
             retention_seconds=None if retention_seconds is None else float(retention_seconds),
+            retries=retries,
         )
         #: What the engine gets instead of the App (see :mod:`nbjobs.runtime.context`).
-        self.runtime = Runtime(self.store, self.codec, self.clock, settings)
+        self.runtime = Runtime(self.store, self.codec, self.clock, settings, tracing=traced)
         self._engine = Engine(self.runtime)
         self.runtime.make_handle = functools.partial(JobHandle, self._engine)
         self._schedules = Scheduler(self.runtime)
@@ -159,6 +173,7 @@ class App:
     retry_backoff_seconds = _setting("retry_backoff_seconds")
     retry_backoff_max_seconds = _setting("retry_backoff_max_seconds")
     retention_seconds = _setting("retention_seconds")
+    retries = _setting("retries")
 
     def __repr__(self) -> str:
         state = "running" if self._engine.working else "stopped"
@@ -173,9 +188,11 @@ class App:
         name: str | None = None,
         queue: str = "default",
         priority: int = 0,
-        retries: int = 0,
+        retries: int | None = None,
         timeout: float | None = None,
         steps: int | None = None,
+        retry_on: Any = Exception,
+        give_up_on: Any = (),
         cache: bool | Cache | None = None,
     ) -> Any:
         """Register a workflow; use as ``@app.workflow`` or ``@app.workflow(name=..., ...)``.
@@ -185,13 +202,25 @@ class App:
         needs ``name=``.  Registering the same definition again (re-running a notebook
         cell, reloading a module) replaces it for new claims, and runs already going keep
         the function they started with; a different function under a taken name is a
-        :class:`~nbjobs.ConfigurationError`.  ``cache=True`` (or ``nbjobs.Cache(ttl=,
-        version=)``): every step may be reused from an earlier job with the same
-        arguments and step code (see ``docs/content/how-to/cache.md``).
+        :class:`~nbjobs.ConfigurationError`.
+
+        ``retries``: how often a failed run is tried again (``None``: the App's
+        ``retries``), after the App's backoff.  ``retry_on`` / ``give_up_on``: exception
+        classes (one or a tuple); a failure that is not a ``retry_on`` or is a
+        ``give_up_on`` fails the job at once, and so do programming errors
+        (``DuplicateCheckpoint``, ``ConfigurationError``) whatever they say.
+
+        ``cache=True`` (or ``nbjobs.Cache(ttl=, version=)``): every step may be reused
+        from an earlier job with the same arguments and step code (see
+        ``docs/content/how-to/cache.md``).
         """
         workflow_cache = as_cache(cache)
         defaults = Options.build(
             queue=queue, priority=priority, retries=retries, timeout=timeout, steps=steps
+        )
+        policy = dict(
+            retry_on=exception_classes("retry_on", retry_on),
+            give_up_on=exception_classes("give_up_on", give_up_on),
         )
 
         def register(func: Callable[..., Any]) -> Workflow:
@@ -201,7 +230,7 @@ class App:
                 "workflow name", default_workflow_name(func) if name is None else name
             )
             check_call_state_parameter(wf_name, func)
-            wf = Workflow(self._engine, func, wf_name, defaults)
+            wf = Workflow(self._engine, func, wf_name, defaults, **policy)
             wf.cache = workflow_cache
             if name is None and wf_name != func.__qualname__:
                 wf.alias = func.__qualname__
@@ -214,6 +243,63 @@ class App:
         if fn is not None:
             return register(fn)
         return register
+
+    def notebook(
+        self,
+        path: str | os.PathLike[str],
+        name: str | None = None,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        retries: int = 0,
+        timeout: float | None = None,
+        cell_timeout: float | None = None,
+        result: str = "result",
+        kernel: str | None = None,
+    ) -> NotebookWorkflow:
+        """Register the notebook at ``path`` as a workflow; returns it.
+
+        Each run executes the notebook in a fresh kernel (``kernel``, else the one the
+        notebook names, else this Python), cell by cell, with the run's parameters
+        (``nb.submit(day="2026-12-01")``) assigned in a cell injected after the cell
+        tagged ``parameters``; a name that cell does not assign is a
+        :class:`~nbjobs.ConfigurationError` at submit.  The job's result is the value
+        of the notebook's variable ``result`` (None when unset); ``cell_timeout``
+        bounds each cell, ``timeout`` the whole run.  ``name`` defaults to the file's
+        name without ``.ipynb``.  In a cell, ``nbjobs.current()`` is the job's call
+        state, so ``cs.checkpoint(...)`` is a durable step.  See the how-to on
+        notebook jobs.
+        """
+        from .runtime.notebook_run import NotebookRunner
+        from .runtime.notebook_source import NotebookSource
+
+        for module in ("nbformat", "nbclient"):
+            if importlib.util.find_spec(module) is None:
+                raise ConfigurationError(
+                    f"app.notebook needs {module}: pip install 'nbjobs[notebooks]'"
+                )
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigurationError(f"app.notebook needs the notebook's path, got {path!r}")
+        check_number("cell_timeout", cell_timeout, 0.001, optional=True)
+        check_name("result variable", result)
+        if not result.isidentifier():
+            raise ConfigurationError(f"result must name a variable, got {result!r}")
+        if kernel is not None:
+            check_name("kernel", kernel)
+        defaults = Options.build(queue=queue, priority=priority, retries=retries, timeout=timeout)
+        source = NotebookSource(path)
+        if name is None:
+            name = os.path.splitext(os.path.basename(source.path))[0]
+        wf_name = check_name("workflow name", name)
+        runner = NotebookRunner(
+            source, result=result, cell_timeout=cell_timeout, kernel_name=kernel
+        )
+        wf = NotebookWorkflow(self._engine, runner, wf_name, defaults)
+        old = self.runtime.registry.add(wf)
+        if old is None or old.fingerprint != wf.fingerprint:
+            self._warn_changed_code(wf)
+        self._engine.registered(wf)
+        return wf
 
     def _warn_changed_code(self, wf: Workflow) -> None:
         """Warn in the cell when unfinished runs of ``wf`` were submitted with other code."""
@@ -368,7 +454,8 @@ class App:
     ) -> pd.DataFrame:
         """Jobs, attempts and step timings of the newest ``limit`` jobs as one DataFrame.
 
-        One row per job, attempt and step (the ``kind`` column), with ``name``, ``status``,
+        One row per job, attempt, step and step try (the ``kind`` column: ``job``,
+        ``attempt``, ``step``, ``try``), with ``name``, ``status``,
         ``started_at``, ``finished_at``, ``duration_s`` and ``artifact_bytes`` (the size of
         the artifacts a step's value, or a job's input and result, refer to); see
         :mod:`nbjobs.notebook.frames`.
@@ -404,8 +491,10 @@ class App:
         status: str | list[str] | None = None,
         *,
         batch_size: int = 500,
+        dry_run: bool = False,
     ) -> int:
-        """Delete finished jobs (with their checkpoints, attempts, signals, logs and hook runs).
+        """Delete finished jobs (with their checkpoints, attempts, step tries, signals, logs
+        and hook runs).
 
         ``older_than`` is an age (seconds or a ``timedelta``) or a cutoff ``datetime``:
         jobs that finished before it go.  ``status`` narrows it to some finished statuses
@@ -413,10 +502,13 @@ class App:
         and no job of it is unfinished, so a child is never orphaned.  A deleted job
         leaves the groups it was in (``wf.map``, ``submit_many``), and a group left with
         no job is deleted too.  Deletes in transactions of ``batch_size`` trees; returns
-        the number of jobs deleted.
+        the number of jobs deleted.  ``dry_run=True`` deletes nothing and returns how
+        many jobs would go now.
         """
         cutoff, statuses = _purge_cutoff(self.clock.now(), older_than, status)
         check_number("batch_size", batch_size, 1, integer=True)
+        if dry_run:
+            return self.store.count_purgeable(finished_before=cutoff, statuses=statuses)
         deleted, _ = self.store.purge_jobs(
             finished_before=cutoff, statuses=statuses, batch_size=batch_size
         )
@@ -445,6 +537,28 @@ class App:
     def cancel(self, job_id: str) -> str:
         """Cancel a job; returns its status after the request."""
         return self._engine.cancel(job_id)
+
+    def cancel_jobs(self, job_ids: Sequence[str]) -> list[str]:
+        """Cancel many jobs in a few transactions (500 jobs each), not one per job:
+        those still unfinished, with their fan-out subtrees.  Unknown or finished ids
+        are skipped.  Returns the ids the request reached (the dashboard's bulk cancel)."""
+        return self._engine.cancel_jobs(self._job_ids(job_ids))
+
+    def retry_jobs(self, job_ids: Sequence[str]) -> list[str]:
+        """Queue many failed or cancelled jobs again, keeping their checkpoints, in a few
+        transactions (500 jobs each); jobs in another status are skipped.  Returns the
+        ids queued again (the dashboard's bulk retry)."""
+        return self._engine.retry_jobs(self._job_ids(job_ids))
+
+    @staticmethod
+    def _job_ids(job_ids: Sequence[str]) -> list[str]:
+        if isinstance(job_ids, str):
+            raise ConfigurationError("give a list of job ids, not one id as a string")
+        ids = list(job_ids)
+        for job_id in ids:
+            if not isinstance(job_id, str) or not job_id:
+                raise ConfigurationError(f"a job id is a non-empty string, not {job_id!r}")
+        return ids
 
     def signal(self, job_id: str, name: str, payload: Any = None) -> None:
         """Send a signal to a job (buffered FIFO until ``cs.wait_signal`` consumes it)."""

@@ -47,6 +47,7 @@ from nbjobs.views.access import (
     refusal_page,
     remote_allowed,
 )
+from nbjobs.views.actions import operators_from_env
 from nbjobs.views.metrics import metrics_route
 
 __all__ = ["ROUTES", "Dashboard", "serve"]
@@ -120,6 +121,7 @@ def serve(
     websocket_origin: str | Sequence[str] | None = None,
     allow_remote: bool = False,
     token: str | None = None,
+    operators: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> Any:
     """Serve the dashboard of the database at ``url`` (what ``nbjobs dashboard`` runs).
@@ -138,6 +140,10 @@ def serve(
     With ``token`` and no ``basic_auth``, nothing is served without the token: the URL
     printed (and opened by ``show``) carries it, as Jupyter's does (:class:`~nbjobs.views.access.TokenAuth`).
 
+    ``operators`` (else ``NBJOBS_DASHBOARD_OPERATORS``, comma separated) names the
+    logged-in users who may act; the others may only look (see
+    :mod:`nbjobs.views.actions`).
+
     ``/metrics`` serves Prometheus metrics of the database to the same clients (a
     scraper passes ``Authorization: Basic`` for ``basic_auth``, or the token as
     ``?token=`` or ``Authorization: Bearer``).
@@ -151,6 +157,7 @@ def serve(
     if basic_auth and not cookie_secret:
         cookie_secret = secrets.token_hex(32)
     require_auth = bool(basic_auth)
+    operators = list(operators) if operators else operators_from_env()
     allow_remote = allow_remote or remote_allowed()
     if not (require_auth or allow_remote or is_loopback(address) or address == "localhost"):
         log.warning(
@@ -163,7 +170,7 @@ def serve(
         reason = refusal(require_auth=require_auth, allow_remote=allow_remote)
         if reason is not None:
             return refusal_page(reason)
-        return Dashboard(app=app, require_auth=require_auth).template()
+        return Dashboard(app=app, require_auth=require_auth, operators=operators).template()
 
     origins = [f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"]
     if isinstance(websocket_origin, str):
@@ -204,4 +211,6 @@ if __name__.startswith("bokeh_app") or __name__ == "__main__":
     if reason is not None:
         refusal_page(reason).servable(title="nbjobs")
     else:
-        Dashboard(app=_shared_app(_url(sys.argv[1:]))).template().servable(title="nbjobs")
+        Dashboard(
+            app=_shared_app(_url(sys.argv[1:])), operators=operators_from_env()
+        ).template().servable(title="nbjobs")

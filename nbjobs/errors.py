@@ -94,6 +94,12 @@ class WorkerLost(JobFailed):
     was failed rather than looped (``h.result()`` raises it)."""
 
 
+class CellError(NbjobsError):
+    """A cell of a notebook job failed or timed out (``app.notebook``): the message names
+    the cell (its number and the start of its source) and the kernel's error; the
+    kernel's traceback is attached as a note, so it is in the attempt's traceback."""
+
+
 class _ControlFlow(BaseException):
     """Base of the runtime's internal signals; never seen by users."""
 

@@ -145,6 +145,15 @@ class JobHandle:
         return self.engine.attempts(self.id)
 
     @property
+    def step_tries(self) -> list[dict[str, Any]]:
+        """The tries of steps with ``@nbjobs.step(retries=...)`` that did not work at
+        once, oldest first: one dict per try with ``attempt``, ``step``, ``try``,
+        ``outcome`` (``failed``, ``timeout``, or ``succeeded`` for the try that then
+        worked), ``error``, ``started_at`` and ``finished_at``.  A step that worked at
+        its first try has none (its checkpoint says it all)."""
+        return self.engine.step_tries(self.id)
+
+    @property
     def progress(self) -> float | None:
         """Finished steps over expected steps (or the step's own report), else None."""
         return self.engine.store.job_progress(self.id)
@@ -159,6 +168,28 @@ class JobHandle:
         """What the job printed or logged while running on a worker (``UnknownJob`` when
         there is no such job)."""
         return "".join(r.text for r in self.engine.store.job_logs(self.id))
+
+    def notebook(self, attempt: int | None = None) -> Any:
+        """The executed notebook of a notebook job (``app.notebook``), outputs included,
+        as an ``nbformat.NotebookNode``: of ``attempt``, by default the latest attempt
+        that kept one.  Raises :class:`~nbjobs.ArtifactError` when there is none (not
+        a notebook job, not run yet, or the worker died during the attempt)."""
+        import nbformat
+
+        from .errors import ArtifactError
+
+        row = self.engine.store.job_notebook(self.id, attempt)
+        if row is None:
+            which = "any attempt" if attempt is None else f"attempt {attempt}"
+            raise ArtifactError(
+                f"job {self.id} kept no executed notebook for {which} (not a notebook job, "
+                "not run yet, or its worker died during the attempt)"
+            )
+        value = self.engine.codec.loads(
+            row.value, where=f"job {self.id}, the executed notebook of attempt {row.attempt}"
+        )
+        text = value.decode("utf-8") if isinstance(value, bytes) else value
+        return nbformat.reads(text, as_version=4)
 
     # -- waiting -----------------------------------------------------------------------
     def result(self, timeout: float | None = None) -> Any:

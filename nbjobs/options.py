@@ -33,6 +33,12 @@ class Options:
     @classmethod
     def build(cls, **options: Any) -> Options:
         names = {f.name for f in dataclasses.fields(cls)}
+        code = sorted({"retry_on", "give_up_on"} & set(options))
+        if code:
+            raise ConfigurationError(
+                f"{' and '.join(code)} cannot be set per submission: exception classes are "
+                "code, not stored with a job; give them to @app.workflow(...)"
+            )
         unknown = sorted(set(options) - names)
         if unknown:
             raise ConfigurationError(

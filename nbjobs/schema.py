@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnClause
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 #: Status values rendered inline in SQL, for the partial indexes (see below).
@@ -94,6 +94,10 @@ jobs = Table(
     Column("progress", Double),
     Column("message", String(500)),
     Column("code_fingerprint", String(16)),
+    # The OpenTelemetry context a run continues (``nbjobs.runtime.tracing``): a JSON
+    # object of the propagator's fields (``traceparent``, ``tracestate``), written at
+    # submit, and for a fan-out child from its parent's attempt; NULL without tracing.
+    Column("trace_context", Text),
     Column("created_at", Double, nullable=False),
     Column("started_at", Double),
     Column("finished_at", Double),
@@ -213,6 +217,24 @@ attempts = Table(
     Column("finished_at", Double),
     Column("error", Text),
     Column("traceback", Text),
+)
+
+#: The failed tries of steps with ``@nbjobs.step(retries=...)``, and the try that then
+#: succeeded: "step fetch: try 1 failed ConnectionError, try 2 ok".  A step that works at
+#: its first try writes no row here (its checkpoint says it all), so the hot path pays
+#: nothing.  A new table, no schema version: ``create_all`` adds it to an existing
+#: database, and older nbjobs ignore it.  ``outcome``: failed | timeout | succeeded.
+step_tries = Table(
+    "nbjobs_step_tries",
+    metadata,
+    Column("job_id", ID, primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("step", NAME, primary_key=True),
+    Column("try_number", Integer, primary_key=True),
+    Column("outcome", String(16), nullable=False),
+    Column("error", Text),
+    Column("started_at", Double, nullable=False),
+    Column("finished_at", Double, nullable=False),
 )
 
 workers = Table(
@@ -360,6 +382,10 @@ group_jobs = Table(
 # A job's groups: purge deletes its memberships with it.
 Index("ix_nbjobs_group_jobs_job", group_jobs.c.job_id)
 
+#: The key, in the ``detail`` of a checkpoint that reused an entry, naming the job
+#: whose value it reused (``{"cached_from": "<job id>"}``, see :mod:`nbjobs.caching`).
+CACHED_FROM = "cached_from"
+
 #: The cross-run step cache (``cache=True`` steps, see :mod:`nbjobs.caching`): one entry
 #: per key (workflow, step, argument digest, code fingerprint or version), the newest
 #: success under it.  ``value`` is the stored text of the step's result, the same text
@@ -368,10 +394,6 @@ Index("ix_nbjobs_group_jobs_job", group_jobs.c.job_id)
 #: rather than columns of the checkpoints table: ``create_all`` adds it to an existing
 #: database without a schema version, purge leaves it alone, and an uncached step costs
 #: it nothing.  A hit reads one row by its primary key.
-#: The key, in the ``detail`` of a checkpoint that reused an entry, naming the job
-#: whose value it reused (``{"cached_from": "<job id>"}``, see :mod:`nbjobs.caching`).
-CACHED_FROM = "cached_from"
-
 step_cache = Table(
     "nbjobs_step_cache",
     metadata,
@@ -385,6 +407,22 @@ step_cache = Table(
 )
 # app.clear_cache(workflow=..., step=...).
 Index("ix_nbjobs_step_cache_workflow", step_cache.c.workflow, step_cache.c.step)
+#: The executed notebook of each attempt of a notebook job (``app.notebook``): the codec's
+#: text of the ``.ipynb`` bytes, an artifact reference.  A new table, no schema version:
+#: ``create_all`` adds it to an existing database and older nbjobs ignore it.  Keyed by
+#: attempt rather than fenced by the lease, so that a timed-out attempt (whose lease the
+#: timeout ended) still keeps the notebook it ran; purge deletes the rows with the job.
+notebooks = Table(
+    "nbjobs_notebooks",
+    metadata,
+    Column("job_id", ID, primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("cells", Integer, nullable=False),
+    Column("cells_done", Integer, nullable=False),
+    Column("failed_cell", Integer),
+    Column("created_at", Double, nullable=False),
+)
 
 _id_lock = threading.Lock()
 _last_id_time = 0

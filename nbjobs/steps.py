@@ -5,21 +5,35 @@ function itself, so it still runs directly outside a job); ``cs.checkpoint`` rea
 with :func:`step_options` when the function is used as a step.  Keeping the options on
 the function, not in a registry, means a notebook cell that redefines the function
 redefines its options too.
+
+The retry rule (:func:`should_retry`) is shared with workflows
+(``@app.workflow(retry_on=, give_up_on=)``): an exception is retried when it is an
+instance of ``retry_on``, is not an instance of ``give_up_on``, and is not a programming
+error nbjobs itself raises (:data:`NEVER_RETRIED`), which the same code would raise again.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, DuplicateCheckpoint
+from .validation import check_number
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _ATTRIBUTE = "__nbjobs_step__"
+
+#: Errors that say the code is wrong, not that the moment was bad: a step name used twice
+#: in one run, a bad option or a misused ``cs`` call.  The same code raises them again on
+#: every try, so neither a step nor a workflow retries them, whatever ``retry_on`` says.
+NEVER_RETRIED: tuple[type[BaseException], ...] = (DuplicateCheckpoint, ConfigurationError)
+
+ExceptionClasses = type[BaseException] | tuple[type[BaseException], ...]
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,36 @@ class StepOptions:
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     give_up_on: tuple[type[BaseException], ...] = ()
 
+    def backoff_seconds(self, failed_tries: int, cap: float) -> float:
+        """The pause before the next try after ``failed_tries`` failed ones: ``backoff``
+        doubled each try, at most ``cap``, jittered to between half and all of it (so
+        that steps that failed together do not all try again at the same moment)."""
+        return jittered(self.backoff, failed_tries, cap)
+
+    def should_retry(self, exc: BaseException) -> bool:
+        """Whether a try that raised ``exc`` may be followed by another (tries left
+        aside)."""
+        return should_retry(exc, self.retry_on, self.give_up_on)
+
+
+def jittered(base: float, failures: int, cap: float) -> float:
+    """``base * 2 ** (failures - 1)``, at most ``cap``, times a factor in [0.5, 1]."""
+    if base <= 0:
+        return 0.0
+    delay = min(cap, base * 2 ** min(max(0, failures - 1), 64))
+    return delay * (0.5 + random.random() / 2)
+
+
+def should_retry(
+    exc: BaseException,
+    retry_on: tuple[type[BaseException], ...],
+    give_up_on: tuple[type[BaseException], ...],
+) -> bool:
+    """``exc`` matches ``retry_on``, not ``give_up_on``, and is no programming error."""
+    if isinstance(exc, NEVER_RETRIED + give_up_on):
+        return False
+    return isinstance(exc, retry_on)
+
 
 def step(
     fn: F | None = None,
@@ -75,17 +119,34 @@ def step(
     backoff: float = 1.0,
     timeout: float | None = None,
     cache: bool | Cache | None = None,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
-    give_up_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+    retry_on: ExceptionClasses = Exception,
+    give_up_on: ExceptionClasses = (),
 ) -> Any:
-    """Give a step function its options; use as ``@nbjobs.step`` or ``@nbjobs.step(...)``."""
+    """Give a step function its options; use as ``@nbjobs.step`` or ``@nbjobs.step(...)``.
+
+    ``retries``: further tries of the step inside the same attempt of the job (an int
+    >= 0); ``backoff``: seconds before the first of them, doubled each try and jittered
+    (see :meth:`StepOptions.backoff_seconds`; 0 for none); ``timeout``: seconds one try
+    may run before it fails with :class:`~nbjobs.StepTimeout` (a positive number, or
+    None); ``retry_on`` / ``give_up_on``: the exception classes that are tried again /
+    that fail the step at once.  Options are checked here: a bad one raises
+    :class:`~nbjobs.ConfigurationError` at decoration, not in a worker.
+    """
+    if fn is not None and not callable(fn):
+        raise ConfigurationError(
+            f"@nbjobs.step needs a function, got {fn!r} (options are keywords: "
+            "@nbjobs.step(retries=3))"
+        )
+    check_number("step retries", retries, 0, integer=True, int32=True)
+    check_number("step backoff", backoff, 0)
+    check_number("step timeout", timeout, positive=True, optional=True)
     options = StepOptions(
         retries=retries,
-        backoff=backoff,
-        timeout=timeout,
+        backoff=float(backoff),
+        timeout=None if timeout is None else float(timeout),
         cache=as_cache(cache),
-        retry_on=_classes("retry_on", retry_on),
-        give_up_on=_classes("give_up_on", give_up_on),
+        retry_on=exception_classes("retry_on", retry_on),
+        give_up_on=exception_classes("give_up_on", give_up_on),
     )
 
     def mark(func: F) -> F:
@@ -114,11 +175,14 @@ def as_cache(cache: bool | Cache | None) -> Cache | None:
     raise ConfigurationError(f"cache= takes True, False or nbjobs.Cache(...), got {cache!r}")
 
 
-def _classes(
-    what: str, value: type[BaseException] | tuple[type[BaseException], ...]
-) -> tuple[type[BaseException], ...]:
-    classes = value if isinstance(value, tuple) else (value,)
+def exception_classes(what: str, value: Any) -> tuple[type[BaseException], ...]:
+    """An exception class, or a tuple or list of them, as a tuple; else
+    ConfigurationError naming ``what``.  Only ``Exception`` subclasses: a run is never
+    retried on ``KeyboardInterrupt`` or ``SystemExit``, which stop it instead."""
+    classes = tuple(value) if isinstance(value, (tuple, list)) else (value,)
     for cls in classes:
-        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
-            raise ConfigurationError(f"{what}= takes exception classes, got {cls!r}")
+        if not (isinstance(cls, type) and issubclass(cls, Exception)):
+            raise ConfigurationError(
+                f"{what}= takes exception classes (subclasses of Exception), got {cls!r}"
+            )
     return classes

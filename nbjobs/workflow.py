@@ -9,7 +9,7 @@ the engine of the App that registered it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
@@ -20,6 +20,7 @@ from .runtime.registry import Definition
 
 if TYPE_CHECKING:
     from .runtime.engine import Engine
+    from .runtime.notebook_run import NotebookRunner
 
 
 class _Submitter:
@@ -79,7 +80,11 @@ class _Submitter:
                     raise ConfigurationError(
                         f"item {index}: {exc}; nothing was submitted"
                     ) from None
-            specs.append(Spec(name, (item,), {}, one))
+            try:
+                args, kwargs = self.workflow.call_of(item)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"item {index}: {exc}; nothing was submitted") from None
+            specs.append(Spec(name, args, kwargs, one))
         engine = self.workflow.engine
         group_id = engine.submit_group(specs, name if label is None else label, noun="item")
         return JobGroup(engine, group_id)
@@ -89,14 +94,18 @@ class Workflow(_Submitter, Definition):
     """A registered workflow: ``submit``, ``options(...)``, ``spec`` and ``run``."""
 
     def __init__(
-        self, engine: Engine, fn: Callable[..., Any], name: str, defaults: Options
+        self, engine: Engine, fn: Callable[..., Any], name: str, defaults: Options, **policy: Any
     ) -> None:
-        Definition.__init__(self, fn, name, defaults)
+        Definition.__init__(self, fn, name, defaults, **policy)
         self.engine = engine
         self.workflow = self
         self._options = Options()
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
+
+    def call_of(self, item: Any) -> tuple[tuple, dict]:
+        """The arguments of the job ``map`` makes of ``item``: the item itself."""
+        return (item,), {}
 
     def options(self, **options: Any) -> BoundWorkflow:
         """This workflow with options for one submission (priority, queue, delay, key...).
@@ -126,3 +135,38 @@ class BoundWorkflow(_Submitter):
 
     def options(self, **options: Any) -> BoundWorkflow:
         return BoundWorkflow(self.workflow, self._options.merged(Options.build(**options)))
+
+
+class NotebookWorkflow(Workflow):
+    """A notebook registered as a workflow (``app.notebook``): ``submit(**parameters)``,
+    ``map([{...}, ...])``, ``options(...)``, ``run(**parameters)`` and schedules, as for
+    any workflow.  Its code fingerprint is the notebook's (cells and kernel)."""
+
+    def __init__(
+        self, engine: Engine, runner: NotebookRunner, name: str, defaults: Options
+    ) -> None:
+        super().__init__(engine, runner, name, defaults)
+        self.runner = runner
+        self.path = runner.source.path
+        self.fingerprint = runner.source.load().fingerprint
+
+    @property
+    def parameters(self) -> dict[str, str]:
+        """Parameter name -> the source of its default, from the cell tagged ``parameters``."""
+        return dict(self.runner.source.load().parameters)
+
+    def check_arguments(self, args: tuple, kwargs: dict) -> None:
+        parsed = self.runner.source.load()
+        self.runner.source.check_parameters(args, kwargs, parsed)
+        self.fingerprint = parsed.fingerprint  # the notebook as it is now
+
+    def call_of(self, item: Any) -> tuple[tuple, dict]:
+        """A notebook's ``map`` item is a dict of its parameters."""
+        if not isinstance(item, Mapping):
+            raise ConfigurationError(
+                f"a notebook's map items are dicts of parameters ({{'day': ...}}), got {item!r}"
+            )
+        return (), dict(item)
+
+    def __repr__(self) -> str:
+        return f"<nbjobs notebook workflow {self.name!r} ({self.path})>"

@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 import nbjobs
-from nbjobs.schema import attempts, jobs, meta
+from nbjobs.schema import SCHEMA_VERSION, attempts, jobs, meta
 from tests import backends
 from tests.conftest import make_app
 from tests.support import ROOT, wait_until
@@ -146,6 +146,10 @@ def test_a_version_1_database_is_migrated_forward_with_its_jobs(db_url: str):
         sa.Index("ix_nbjobs_jobs_delayed", old.c.status, old.c.queue, old.c.run_at).create(conn)
         sa.Index("ix_nbjobs_jobs_tree", old.c.root_id).drop(conn)
         sa.Index("ix_nbjobs_jobs_root", old.c.root_id).create(conn)
+        # DuckDB cannot drop a column that indexed columns follow: there the migration
+        # meets the column present (as after a version row set back by hand).
+        if conn.dialect.name != "duckdb":
+            conn.exec_driver_sql("ALTER TABLE nbjobs_jobs DROP COLUMN trace_context")
         conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value="1"))
     engine.dispose()
     app = make_app(db_url)
@@ -155,9 +159,11 @@ def test_a_version_1_database_is_migrated_forward_with_its_jobs(db_url: str):
             version = conn.execute(
                 sa.select(meta.c.value).where(meta.c.key == "schema_version")
             ).scalar()
+            # version 4's column, added back
+            conn.execute(sa.select(jobs.c.trace_context).limit(1)).all()
         assert "ix_nbjobs_jobs_due" in names and "ix_nbjobs_jobs_delayed" not in names
         assert "ix_nbjobs_jobs_tree" in names and "ix_nbjobs_jobs_root" not in names
-        assert version == "3"
+        assert version == str(SCHEMA_VERSION)
         assert app.job(kept.id).status == "queued"  # (the handle of the closed app is not)
         assert app.store.next_due_at(["default"]) == app.store.get_job(kept.id).run_at
     finally:

@@ -362,7 +362,13 @@ def test_bulk_cancel_and_purge(app, db_url):
     assert {h.status for h in waiting} == {"cancelled"} and kept.status == "queued"
     # Cancelled jobs finished just now: a day's age keeps them, no age purges them.
     assert _json(cli("jobs", "purge", "--older-than", "1d", "--json", url=db_url)) == {"deleted": 0}
-    purged = cli("jobs", "purge", "--older-than", "0s", "--status", "cancelled", url=db_url)
+    # A purge is a bulk action: without a terminal to ask on, it needs --yes.
+    refused = cli("jobs", "purge", "--older-than", "0s", "--status", "cancelled", url=db_url)
+    assert refused.returncode == 2 and "purge 5 job(s)? No terminal" in refused.stderr
+    assert {h.status for h in waiting} == {"cancelled"}
+    purged = cli(
+        "jobs", "purge", "--older-than", "0s", "--status", "cancelled", "--yes", url=db_url
+    )
     assert purged.stdout.strip() == "purged 5 job(s)"
     assert [j["id"] for j in _json(cli("jobs", "list", "--json", url=db_url))] == [kept.id]
 

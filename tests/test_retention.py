@@ -59,6 +59,9 @@ def test_purge_deletes_old_finished_jobs_with_all_their_rows(app: nbjobs.App) ->
     unfinished = chatty.submit(5)  # waits for a signal that never comes
 
     wait_until(lambda: unfinished.status == "waiting", TIMEOUT, what="a waiting job")
+    # A dry run counts what would go and deletes nothing.
+    assert app.purge(older_than=cutoff, dry_run=True) == 3
+    assert rows_of(app, old_ids) == before
     assert app.purge(older_than=cutoff) == 3
     assert rows_of(app, old_ids) == dict.fromkeys(before, 0)
     assert recent.status == "succeeded" and recent.checkpoints["one"] == 4

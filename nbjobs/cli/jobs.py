@@ -408,15 +408,20 @@ def retry(
     type=click.Choice([Status.SUCCEEDED.value, Status.FAILED.value, Status.CANCELLED.value]),
     help="only finished jobs in this status (repeatable; default all three)",
 )
+@yes_option
 @url_option
 @json_option
 @log_level_option
-def purge(older_than: str, status: tuple[str, ...], url: str | None, as_json: bool) -> None:
+def purge(
+    older_than: str, status: tuple[str, ...], yes: bool, url: str | None, as_json: bool
+) -> None:
     """Delete finished jobs with their checkpoints, attempts, signals, logs and hook runs (a
-    fan-out tree goes as a whole, once no job of it is unfinished)."""
+    fan-out tree goes as a whole, once no job of it is unfinished), confirmed first."""
     age = parse_age(older_than, "--older-than")
+    statuses = list(status) or None
     with open_app(url) as app:
-        deleted = app.purge(older_than=age, status=list(status) or None)
+        confirm(app.purge(older_than=age, status=statuses, dry_run=True), "purge", yes)
+        deleted = app.purge(older_than=age, status=statuses)
     if as_json:
         emit_json({"deleted": deleted})
     else:

@@ -278,6 +278,14 @@ def _dashboard_login(
     help=f"without a login, serve without the access token in the printed URL "
     f"(a token of your own: {TOKEN_ENV})",
 )
+@click.option(
+    "--operator",
+    "operators",
+    multiple=True,
+    metavar="USER",
+    help="a logged-in user who may act (repeatable; others may only look; also "
+    "NBJOBS_DASHBOARD_OPERATORS=alice,bob); default: every logged-in user",
+)
 @log_level_option
 def dashboard(
     url: str | None,
@@ -291,6 +299,7 @@ def dashboard(
     allow_websocket_origin: tuple[str, ...],
     allow_remote: bool,
     no_token: bool,
+    operators: tuple[str, ...],
 ) -> None:
     """Serve the live dashboard."""
     from ..dashboard import serve
@@ -309,6 +318,7 @@ def dashboard(
         websocket_origin=list(allow_websocket_origin) or None,
         allow_remote=allow_remote,
         token=token,
+        operators=list(operators) or None,
     )
 
 

@@ -12,7 +12,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, exists, make_url, select, update
+from sqlalchemy import (
+    Engine,
+    create_engine,
+    event,
+    exists,
+    inspect,
+    make_url,
+    select,
+    update,
+)
 from sqlalchemy.engine import URL, Connection, Row
 from sqlalchemy.engine.interfaces import DBAPIModule
 from sqlalchemy.exc import DBAPIError, DisconnectionError, NoSuchModuleError, StatementError
@@ -38,6 +47,7 @@ CLAIMED_COLUMNS = (
     jobs.c.lease_token,
     jobs.c.root_id,
     jobs.c.parent_id,
+    jobs.c.trace_context,
     jobs.c.priority,
     jobs.c.run_at,
     jobs.c.reclaims,
@@ -317,6 +327,19 @@ class Dialect:
         """Create ``index`` unless it exists (a migration).  The database decides, not
         reflection: duckdb-engine cannot reflect indexes (``checkfirst`` is blind there)."""
         conn.execute(CreateIndex(index, if_not_exists=True))
+
+    def add_column(self, conn: Connection, column: Any) -> None:
+        """Add ``column`` (of a table in :mod:`nbjobs.schema`) unless it exists (a
+        migration).  Reflection decides: SQLite and MySQL 8 have no ``ADD COLUMN IF NOT
+        EXISTS``, and a database whose version row was set back already has it."""
+        table = column.table.name
+        if column.name in {c["name"] for c in inspect(conn).get_columns(table)}:
+            return
+        kind = column.type.compile(dialect=conn.dialect)
+        preparer = conn.dialect.identifier_preparer
+        conn.exec_driver_sql(
+            f"ALTER TABLE {preparer.quote(table)} ADD COLUMN {preparer.quote(column.name)} {kind}"
+        )
 
     def after_create(self, conn: Connection) -> None:
         """Run under the migration lock once the tables exist (e.g. PostgreSQL triggers)."""

@@ -87,6 +87,14 @@ class DuckDBDialect(Dialect):
                 ) from exc
         return True
 
+    def add_column(self, conn: Connection, column: Any) -> None:
+        # duckdb-engine cannot reflect columns (it asks for PostgreSQL's catalog);
+        # DuckDB has ADD COLUMN IF NOT EXISTS.
+        kind = column.type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(
+            f"ALTER TABLE {column.table.name} ADD COLUMN IF NOT EXISTS {column.name} {kind}"
+        )
+
     def is_transient(self, exc: BaseException) -> bool:
         if isinstance(exc, DBAPIError) and "conflict" in str(exc.orig).lower():
             return True

@@ -6,9 +6,11 @@ reads; pandas is imported lazily.
 job, per attempt and per step, told apart by the ``kind`` column, so that the usual
 questions are one ``groupby`` away: the slowest steps (``kind == "step"`` by ``name``),
 failure rates (``kind == "job"`` by ``status``) and retries (``kind == "attempt"`` by
-``status``).  Its ``artifact_bytes`` column is the size of the artifacts a step's value
-(or, on a job row, the job's input and result) refers to, read from the references in
-the rows (never from the artifacts); NA where there are none.
+``status``; ``kind == "try"`` for the tries of steps with retries, ``name`` the step,
+``seq`` the try's number, ``status`` its outcome).  Its ``artifact_bytes`` column is the
+size of the artifacts a step's value (or, on a job row, the job's input and result)
+refers to, read from the references in the rows (never from the artifacts); NA where
+there are none.
 
 ``artifacts_frame`` lists every artifact the stored values refer to, one row each,
 found the same way: references are parsed from the rows that contain one, so nothing
@@ -34,12 +36,12 @@ JOB_COLUMNS = [
 
 #: The columns of ``app.history_frame()``.
 COLUMNS = [
-    "kind",  # job | attempt | step
+    "kind",  # job | attempt | step | try
     "job_id",
     "workflow",
     "queue",
     "name",  # the step's name (steps only)
-    "seq",  # the step's position in the run (steps only)
+    "seq",  # the step's position in the run (steps), or the try's number (tries)
     "attempt",  # the attempt (attempts), or the attempt that made the step (steps)
     "status",  # job status, attempt outcome, or "done" / "pending" for steps
     "worker_id",
@@ -168,9 +170,26 @@ def history_frame(
                 cached_from=cached_from(s.detail),
             )
         )
+    for t in store.list_step_tries(list(by_id)):
+        j = by_id[t.job_id]
+        records.append(
+            dict(
+                kind="try",
+                job_id=t.job_id,
+                workflow=j.workflow,
+                queue=j.queue,
+                name=t.step,
+                seq=t.try_number,
+                attempt=t.attempt,
+                status=t.outcome,
+                error=t.error,
+                started_at=t.started_at,
+                finished_at=t.finished_at,
+            )
+        )
     sizes = _artifact_bytes(store.artifact_values(list(by_id)))
     for record in records:
-        if record["kind"] != "attempt":
+        if record["kind"] in ("job", "step"):
             key = (record["job_id"], record.get("name") if record["kind"] == "step" else None)
             record["artifact_bytes"] = sizes.get(key)
     frame = pd.DataFrame.from_records(records, columns=COLUMNS)

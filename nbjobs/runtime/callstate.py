@@ -16,10 +16,14 @@ given owns the lease and writes the steps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import inspect
 import json
 import logging
 import math
+import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -39,10 +43,11 @@ from ..errors import (
     FanOutError,
     SerializationError,
     SignalTimeout,
+    StepTimeout,
     _Suspend,
 )
 from ..options import Spec
-from ..steps import Cache, step_options
+from ..steps import Cache, StepOptions, step_options
 from ..store.waits import CANCELLED, LOST, SUSPENDED, TIMEOUT, WaitResult
 from ..strategies import FailFast, Outcome, Strategy, strategy_from_detail
 from ..validation import check_name, check_number, check_time
@@ -54,6 +59,10 @@ if TYPE_CHECKING:
     from .execution import Execution
 
 log = logging.getLogger(__name__)
+
+#: How often a sync step's timed wait looks whether the run must stop (cancel, lost
+#: lease, job timeout) before its own timeout.
+_STOP_POLL_SECONDS = 0.25
 
 
 class CallState:
@@ -237,6 +246,114 @@ class CallState:
         """Names a stored value of this job in an ArtifactError."""
         return f"job {self.job_id} ({self._execution.workflow.name}), {what}"
 
+    # -- running a step: its tries, timeouts and backoff (see nbjobs.steps) -----------
+    def _run_step(self, name: str, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """Call ``fn`` as step ``name`` under its ``@nbjobs.step`` options: up to
+        ``1 + retries`` tries in this attempt, each within ``timeout``, with a jittered
+        backoff between them; a plain function is simply called."""
+        options = step_options(fn)
+        if options is None or (options.retries == 0 and options.timeout is None):
+            return fn(*args, **kwargs)
+        failed = 0
+        while True:
+            started = self._runtime.store.now()
+            try:
+                if options.timeout is None:
+                    value = fn(*args, **kwargs)
+                else:
+                    value = self._call_in_thread(name, fn, args, kwargs, options.timeout)
+            except Exception as exc:
+                failed += 1
+                delay = self._failed_try(name, options, failed, exc, started)
+                if delay is None:
+                    raise
+                execution = self._execution
+                self._runtime.clock.wait(execution.stopping, delay)
+                execution.check()
+                continue
+            if failed:
+                self._execution.record_try(name, failed + 1, "succeeded", None, started)
+            return value
+
+    def _call_in_thread(
+        self, name: str, fn: Callable[..., Any], args: tuple, kwargs: dict, timeout: float
+    ) -> Any:
+        """Call a sync step in a thread of its own and wait at most ``timeout`` s.
+
+        Python cannot stop a thread, so a call over its timeout is *abandoned*: this
+        run goes on (the step fails with ``StepTimeout``), and the call keeps running in
+        its daemon thread until it returns by itself; what it returns or raises then is
+        dropped, and what it prints may still reach this attempt's logs (it is buffered
+        with the job's output, which is not flushed for it once the attempt ended).  The
+        wait also ends when the run must stop (cancel, lost lease, the job's own timeout).
+        """
+        outcome: list[tuple[bool, Any]] = []
+        finished = threading.Event()
+
+        def call() -> None:
+            try:
+                outcome.append((True, fn(*args, **kwargs)))
+            except BaseException as exc:  # handed to the waiting run, which raises it
+                outcome.append((False, exc))
+            finally:
+                finished.set()
+
+        context = contextvars.copy_context()  # the step's output goes to the job's logs
+        thread = threading.Thread(
+            target=context.run, args=(call,), name=f"nbjobs-step-{name}"[:60], daemon=True
+        )
+        deadline = time.monotonic() + timeout  # a fake clock must not stretch it
+        thread.start()
+        while not finished.wait(min(_STOP_POLL_SECONDS, max(0.0, deadline - time.monotonic()))):
+            self._execution.check()
+            if time.monotonic() >= deadline:
+                capture.log_outside(
+                    log,
+                    logging.WARNING,
+                    "job %s: step %r ran past its timeout of %g s; its call is abandoned "
+                    "and keeps running in thread %s until it returns",
+                    self.job_id,
+                    name,
+                    timeout,
+                    thread.name,
+                    in_job=True,
+                )
+                raise StepTimeout(
+                    f"step {name!r} ran past its timeout of {timeout:g} s (the call was "
+                    "abandoned: it goes on in its thread until it returns, its result "
+                    "dropped)"
+                )
+        ok, value = outcome[0]
+        if ok:
+            return value
+        raise value
+
+    def _failed_try(
+        self, name: str, options: StepOptions, failed: int, exc: Exception, started: float
+    ) -> float | None:
+        """Record try number ``failed`` of step ``name``, which raised ``exc``; returns
+        the pause before the next try, or None when the step fails now."""
+        error = f"{type(exc).__name__}: {exc}"
+        outcome = "timeout" if isinstance(exc, StepTimeout) else "failed"
+        self._execution.record_try(name, failed, outcome, error, started)
+        total = options.retries + 1
+        if failed >= total or not options.should_retry(exc):
+            return None
+        delay = options.backoff_seconds(failed, self._runtime.settings.retry_backoff_max_seconds)
+        capture.log_outside(
+            log,
+            logging.WARNING,
+            "job %s: step %r try %d of %d failed: %s; trying again in %.2f s",
+            self.job_id,
+            name,
+            failed,
+            total,
+            error.splitlines()[0][:300] if error else "",
+            delay,
+            in_job=True,
+        )
+        return delay
+
     # -- public ------------------------------------------------------------------------
     def checkpoint(self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` once per job and persist its result.
@@ -249,8 +366,17 @@ class CallState:
         replayed, value, args_hash = self._begin_step(name, fn, args, kwargs)
         if replayed:
             return value
+        if self._execution.trace is not None:
+            with self._execution.trace.step(name):
+                return self._run_and_record(name, fn, args, kwargs, args_hash)
+        return self._run_and_record(name, fn, args, kwargs, args_hash)
+
+    def _run_and_record(
+        self, name: str, fn: Callable[..., Any], args: tuple, kwargs: dict, args_hash: str | None
+    ) -> Any:
+        """Run a sync checkpoint's function (with its step options) and store its result."""
         started = self._runtime.store.now()
-        value = fn(*args, **kwargs)
+        value = self._run_step(name, fn, args, kwargs)
         if inspect.isawaitable(value):
             if inspect.iscoroutine(value):
                 value.close()  # never awaited: close it rather than leak a warning
@@ -283,7 +409,7 @@ class CallState:
         # The n-th wait for a name in a run is its own step (fixed by call order).
         self._signal_waits[name] = count = self._signal_waits.get(name, 0) + 1
         step = f"signal:{name}" if count == 1 else f"signal:{name}#{count}"
-        with self._execution.writing():
+        with self._traced_wait("signal", step), self._execution.writing():
             stored = self._begin_wait(step, "signal wait")
             if stored is not None and stored.done:
                 if _detail(stored).get("timed_out"):
@@ -321,7 +447,7 @@ class CallState:
                 raise ConfigurationError(
                     f"fan_out takes workflow specs (child.spec(...)), got {spec!r}"
                 )
-        with self._execution.writing():
+        with self._traced_wait("fan_out", name), self._execution.writing():
             stored = self._begin_wait(name, "fan-out name")
             if stored is not None and stored.done:
                 return self._outcomes(name, stored.value, _detail(stored))
@@ -342,7 +468,7 @@ class CallState:
 
     # -- durable waits -----------------------------------------------------------------
     def _sleep(self, name: str, wake_at: float) -> None:
-        with self._execution.writing():
+        with self._traced_wait("sleep", name), self._execution.writing():
             stored = self._begin_wait(name, "sleep name")
             if stored is not None:
                 if stored.done:
@@ -358,6 +484,11 @@ class CallState:
                     exists_=stored is not None,
                 )
             )
+
+    def _traced_wait(self, kind: str, name: str) -> contextlib.AbstractContextManager[Any]:
+        """A durable wait's span (nothing without tracing)."""
+        trace = self._execution.trace
+        return contextlib.nullcontext() if trace is None else trace.wait(kind, name)
 
     def _begin_wait(self, name: str, what: str) -> Row | None:
         stored = self._claim_name(name, what)
@@ -390,6 +521,8 @@ class CallState:
         definition = self._runtime.registry.get(spec.workflow)
         fields = self._runtime.job_fields(definition, spec.args, spec.kwargs, spec.options)
         fields.pop("key", None)
+        if self._execution.trace is not None:  # the child continues this attempt's trace
+            fields["trace_context"] = self._execution.trace.carrier()
         return fields
 
     def _outcomes(self, name: str, text: str | None, detail: dict[str, Any]) -> list[Outcome]:
@@ -438,13 +571,16 @@ class AsyncCallState(CallState):
         replayed, value, args_hash = await self._begin_step_async(name, fn, args, kwargs)
         if replayed:
             return value
+        if self._execution.trace is not None:
+            with self._execution.trace.step(name):
+                return await self._run_and_record_async(name, fn, args, kwargs, args_hash)
+        return await self._run_and_record_async(name, fn, args, kwargs, args_hash)
+
+    async def _run_and_record_async(
+        self, name: str, fn: Callable[..., Any], args: tuple, kwargs: dict, args_hash: str | None
+    ) -> Any:
         started = self._runtime.store.now()
-        if inspect.iscoroutinefunction(fn):
-            value = await fn(*args, **kwargs)
-        else:
-            value = await asyncio.to_thread(fn, *args, **kwargs)
-            if inspect.isawaitable(value):
-                value = await value
+        value = await self._run_step(name, fn, args, kwargs)
         # In a thread: writing an artifact (a DataFrame, say) must not block the loop.
         return await asyncio.to_thread(self._record, name, value, args_hash, started)
 
@@ -457,6 +593,36 @@ class AsyncCallState(CallState):
             return await asyncio.to_thread(self._begin_step, name, fn, args, kwargs)
         return self._begin_step(name, fn, args, kwargs)
 
+    async def _run_step(self, name: str, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """The async twin of :meth:`CallState._run_step`: a try over its timeout is
+        cancelled (a sync step's thread is abandoned, as in a sync workflow)."""
+        options = step_options(fn)
+        if options is None or (options.retries == 0 and options.timeout is None):
+            return await _call(fn, args, kwargs)
+        failed = 0
+        while True:
+            started = self._runtime.store.now()
+            try:
+                if options.timeout is None:
+                    value = await _call(fn, args, kwargs)
+                else:
+                    value = await _call_within(name, fn, args, kwargs, options.timeout)
+            except Exception as exc:
+                failed += 1
+                delay = await asyncio.to_thread(
+                    self._failed_try, name, options, failed, exc, started
+                )
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)  # a cancel of the run cancels the pause too
+                self._execution.check()
+                continue
+            if failed:
+                await asyncio.to_thread(
+                    self._execution.record_try, name, failed + 1, "succeeded", None, started
+                )
+            return value
+
     async def sleep(self, name: str, seconds: float) -> None:  # type: ignore[override]
         await asyncio.to_thread(super().sleep, name, seconds)
 
@@ -468,3 +634,35 @@ class AsyncCallState(CallState):
 
     async def fan_out(self, name: str, specs: list[Spec], strategy: Any = None) -> list:  # type: ignore[override]
         return await asyncio.to_thread(super().fan_out, name, specs, strategy)
+
+
+async def _call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    """Call a step from an async workflow: a coroutine function on the loop, a sync
+    function in a thread (so that it does not block the loop)."""
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args, **kwargs)
+    value = await asyncio.to_thread(fn, *args, **kwargs)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
+
+
+async def _call_within(
+    name: str, fn: Callable[..., Any], args: tuple, kwargs: dict, timeout: float
+) -> Any:
+    """``_call`` within ``timeout`` s, else ``StepTimeout``; the try is cancelled (a
+    coroutine gets ``CancelledError``; a sync function's thread is abandoned).  Written
+    with ``asyncio.wait`` rather than ``wait_for`` so that a ``TimeoutError`` the step
+    raises itself is not taken for its timeout (``asyncio.timeout`` needs Python 3.11)."""
+    task = asyncio.ensure_future(_call(fn, args, kwargs))
+    try:
+        done, _pending = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if task in done:
+        return task.result()
+    task.cancel()
+    # Whatever the abandoned try raises later is dropped, not reported as never retrieved.
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    raise StepTimeout(f"step {name!r} ran past its timeout of {timeout:g} s (it was cancelled)")

@@ -275,6 +275,12 @@ def log_outside(
         output.add("log", f"{logging.getLevelName(level)} {logger.name}: {msg % args}\n")
 
 
+def current_output() -> JobOutput | None:
+    """The output buffer of the job running in this context, if any (a notebook run
+    adds its cells' outputs to it)."""
+    return _current.get()
+
+
 def flush() -> None:
     """Store the current job's output now, truncation note included: the outcome is
     recorded next, and whoever waits for it must find every line already stored."""

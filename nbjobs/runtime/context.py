@@ -2,7 +2,7 @@
 
 The worker, the executions, the call states and the scheduler receive a :class:`Runtime`
 rather than the :class:`~nbjobs.App`: the store, the codec, the clock, the workflow
-registry, the settings, the outcome hooks, a job-finished notifier, a wake-up for this
+registry, the settings, the outcome hooks, the tracing, a job-finished notifier, a wake-up for this
 process's worker, and a maker of job handles (for the hooks).
 The App builds one and hands it down; nothing below reaches back up.
 """
@@ -23,6 +23,7 @@ from ..store import Store
 from ..validation import check_time
 from .hooks import Hooks
 from .registry import Definition, Registry
+from .tracing import Tracing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,8 @@ class Settings:
     retry_backoff_seconds: float = 1.0
     retry_backoff_max_seconds: float = 300.0
     retention_seconds: float | None = None
+    #: The retries of a workflow that gives none (``App(retries=...)``).
+    retries: int = 0
 
     def backoff_seconds(self, failures: int) -> float:
         """The delay before the retry after ``failures`` failed attempts.
@@ -79,12 +82,15 @@ class Runtime:
         clock: Clock,
         settings: Settings,
         registry: Registry | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.store = store
         self.codec = codec
         self.clock = clock
         self.settings = settings
         self.registry = registry or Registry()
+        #: OpenTelemetry spans, when on (see :mod:`nbjobs.runtime.tracing`).
+        self.tracing = tracing or Tracing()
         #: The outcome hooks of this process (``app.on``), run by its worker.
         self.hooks = Hooks()
         #: job id -> the handle a hook receives; set by the App (the engine never
@@ -106,6 +112,7 @@ class Runtime:
         self, definition: Definition, args: tuple, kwargs: dict, options: Options
     ) -> dict[str, Any]:
         """The row of a new job of ``definition`` (a submit, a run, a fan-out child)."""
+        definition.check_arguments(args, kwargs)
         opts = definition.defaults.merged(options)
         run_at = None
         if opts.run_at is not None:
@@ -119,11 +126,15 @@ class Runtime:
             priority=opts.priority or 0,
             run_at=run_at,
             key=opts.key,
-            max_retries=opts.retries or 0,
+            max_retries=self.retries(opts),
             timeout_seconds=opts.timeout,
             steps_expected=opts.steps,
             code_fingerprint=definition.fingerprint,
         )
+
+    def retries(self, options: Options) -> int:
+        """The retries ``options`` allow: their own, else the App's default."""
+        return self.settings.retries if options.retries is None else options.retries
 
     def encode_input(self, workflow: str, args: tuple, kwargs: dict) -> str:
         try:

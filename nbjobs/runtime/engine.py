@@ -148,7 +148,12 @@ class Engine:
         if self.worker is None:  # a worker's monitor keeps the clock measured
             self.store.sync_clock_if_stale()
         fields = self.runtime.job_fields(definition, args, kwargs, options)
-        job_id, _created = self.store.enqueue_job(**fields)
+        with self.runtime.tracing.submitting(definition.name, fields["queue"]) as traced:
+            if traced is not None:
+                fields["trace_context"] = traced.carrier
+            job_id, _created = self.store.enqueue_job(**fields)
+            if traced is not None:
+                traced.submitted(job_id)
         if self.worker is not None:
             self.worker.submitted(fields["queue"])
         self._warn_if_unrunnable(job_id, definition.name, fields["queue"])
@@ -168,20 +173,22 @@ class Engine:
         rows = []
         # Specs of one workflow with the same options differ only by their input: the
         # first one's row is the template of the others (a map's items all share one).
-        templates: dict[tuple[str, Options], dict[str, Any]] = {}
+        templates: dict[tuple[str, Options], tuple[Definition, dict[str, Any]]] = {}
         encode = self.runtime.encode_input
         for index, spec in enumerate(specs):
             try:
                 if not isinstance(spec, Spec):
                     raise ConfigurationError(f"not a spec (make one with wf.spec(...)): {spec!r}")
-                template = templates.get((spec.workflow, spec.options))
-                if template is None:
+                known = templates.get((spec.workflow, spec.options))
+                if known is None:
                     definition = self.registry.get(spec.workflow)
                     fields = self.runtime.job_fields(
                         definition, spec.args, spec.kwargs, spec.options
                     )
-                    templates[spec.workflow, spec.options] = fields
+                    templates[spec.workflow, spec.options] = definition, fields
                 else:
+                    definition, template = known
+                    definition.check_arguments(spec.args, spec.kwargs)
                     fields = dict(template)
                     fields["input"] = encode(template["workflow"], spec.args, spec.kwargs)
                 rows.append(fields)
@@ -191,7 +198,13 @@ class Engine:
                 raise ConfigurationError(
                     f"{noun} {index}: {type(exc).__name__}: {exc}; nothing was submitted"
                 ) from exc
-        group_id, ids, inserted = self.store.enqueue_group(rows, label=label)
+        first = rows[0] if rows else {"workflow": "", "queue": ""}
+        tracing = self.runtime.tracing
+        with tracing.submitting(first["workflow"], first["queue"], len(rows)) as traced:
+            if traced is not None:
+                for fields in rows:
+                    fields["trace_context"] = traced.carrier
+            group_id, ids, inserted = self.store.enqueue_group(rows, label=label)
         if inserted:
             firsts: dict[tuple[str, str], str] = {}
             for fields, job_id in zip(rows, ids, strict=True):
@@ -231,6 +244,22 @@ class Engine:
         self.runtime.wake()
         return len(ids)
 
+    def cancel_jobs(self, job_ids: list[str]) -> list[str]:
+        """Cancel many jobs at once (a chunk per transaction); returns those reached."""
+        ids = self.store.cancel_jobs(job_ids)
+        reached = set(ids)
+        for execution in self.local_executions():
+            if execution.job.id in reached:
+                execution.request_cancel()
+        self.runtime.wake()
+        return ids
+
+    def retry_jobs(self, job_ids: list[str]) -> list[str]:
+        """Queue many failed or cancelled jobs again; returns those queued."""
+        ids = self.store.retry_jobs(job_ids)
+        self.runtime.wake()
+        return ids
+
     def retry(self, job_id: str, from_checkpoint: str | None) -> None:
         self.store.retry_job(job_id, from_checkpoint=from_checkpoint)
         self.runtime.wake()
@@ -255,6 +284,16 @@ class Engine:
     def attempts(self, job_id: str) -> list[dict[str, Any]]:
         """One readable dict per attempt of the job, oldest first."""
         return [readable(r, _ATTEMPT_TIMES) for r in self.store.job_attempts(job_id)]
+
+    def step_tries(self, job_id: str) -> list[dict[str, Any]]:
+        """The recorded tries of the job's steps (see ``JobHandle.step_tries``)."""
+        out = []
+        for r in self.store.list_step_tries([job_id]):
+            row = readable(r, _ATTEMPT_TIMES)
+            row.pop("job_id", None)
+            row["try"] = row.pop("try_number")
+            out.append(row)
+        return out
 
     def checkpoint_info(self, job_id: str) -> list[dict[str, Any]]:
         """Readable checkpoint previews of the job (see ``JobHandle.checkpoint_info``)."""

@@ -20,7 +20,6 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from ..errors import (
     TIMEOUT_ERROR_PREFIX,
     DatabaseLost,
-    DuplicateCheckpoint,
     FanOutError,
     SerializationError,
     _Cancelled,
@@ -29,6 +28,7 @@ from ..errors import (
     _Suspend,
 )
 from ..jobs import Status
+from ..steps import should_retry
 from ..store import ClaimedJob
 from ..store.core import storable_text
 from . import capture
@@ -85,6 +85,9 @@ class Execution:
         self.task: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.done = threading.Event()
+        #: Set when the run must stop (cancel, lost lease, timeout): a step's backoff
+        #: between two tries waits on it, so that it ends at once.
+        self.stopping = threading.Event()
         #: Finished steps the job row does not count yet, and when this run last wrote
         #: that count (see ``record_step``).
         self._uncounted = 0
@@ -96,6 +99,8 @@ class Execution:
         self.next_job: ClaimedJob | None = None
         #: The success is left to a later shared commit (see ``Worker._record_chained``).
         self.deferred = False
+        #: The attempt's span (``runtime/tracing.py``); None while tracing is off.
+        self.trace = runtime.tracing.attempt(job, workflow.name)
 
     @property
     def token(self) -> str:
@@ -104,10 +109,12 @@ class Execution:
     # -- flags the worker's monitor sets ----------------------------------------------
     def request_cancel(self) -> None:
         self.cancel_requested = True
+        self.stopping.set()
         self._cancel_task()
 
     def mark_lost(self) -> None:
         self.lost = True
+        self.stopping.set()
         self._cancel_task()
 
     def expire(self) -> None:
@@ -119,6 +126,7 @@ class Execution:
         error = f"{TIMEOUT_ERROR_PREFIX}timed out after {limit:g} s"
         self._record_failure(error, None, "timeout", retryable=True)
         self.lost = True  # the outcome is written; whatever the run does next is refused
+        self.stopping.set()
         self._cancel_task()
 
     def _cancel_task(self) -> None:
@@ -136,11 +144,13 @@ class Execution:
         """A write was refused because another worker holds the job now: every later
         write of this run is refused too.  Returns the signal to raise."""
         self.lost = True
+        self.stopping.set()
         return _LeaseLost()
 
     def cancelled(self) -> _Cancelled:
         """The store found a cancel request: the run stops.  Returns the signal to raise."""
         self.cancel_requested = True
+        self.stopping.set()
         return _Cancelled()
 
     def writing(self) -> contextlib.AbstractContextManager[None]:
@@ -222,6 +232,25 @@ class Execution:
             self._uncounted += 1
         return True, row
 
+    def record_try(
+        self, step: str, try_number: int, outcome: str, error: str | None, started: float
+    ) -> None:
+        """Record one try of a step with retries (see ``schema.step_tries``), fenced by
+        the lease like a checkpoint."""
+        with store_failures():
+            accepted = self.runtime.store.record_step_try(
+                job_id=self.job.id,
+                token=self.token,
+                attempt=self.job.attempt,
+                step=step,
+                try_number=try_number,
+                outcome=outcome,
+                error=error,
+                started_at=started,
+            )
+        if not accepted:
+            raise self.lease_lost()
+
     def flush_steps(self) -> None:
         """Add to the job row the steps that short steps left out of its count."""
         if self._uncounted and not self.lost:
@@ -284,6 +313,15 @@ class Execution:
         runtime = self.runtime
         return capture.job_output(runtime.store, runtime.clock, self.job, tee=self.inline)
 
+    def _traced(self) -> contextlib.AbstractContextManager[Any]:
+        """The attempt's span, current while the workflow runs (nothing without tracing)."""
+        return contextlib.nullcontext() if self.trace is None else self.trace
+
+    def _outcome(self, outcome: str, error: BaseException | str | None = None) -> None:
+        """Tell the attempt's span how the attempt ended."""
+        if self.trace is not None:
+            self.trace.outcome(outcome, error)
+
     def _prepare(self) -> tuple[CallState, tuple, dict]:
         args, kwargs = self._decode_input()
         # A first attempt that has made no step has nothing to replay: skip the query.
@@ -323,7 +361,7 @@ class Execution:
     def run_sync(self) -> None:
         """Run the workflow in this thread and record the outcome."""
         try:
-            with self._output():
+            with self._output(), self._traced():
                 try:
                     cs, args, kwargs = self._prepare()
                     value = self.workflow.fn(cs, *args, **kwargs)
@@ -339,7 +377,7 @@ class Execution:
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
         try:
-            with self._output():
+            with self._output(), self._traced():
                 try:
                     cs, args, kwargs = await asyncio.to_thread(self._prepare)
                     if self.lost or self.cancel_requested:
@@ -373,6 +411,7 @@ class Execution:
                     return
                 if self.lost:
                     return
+                self._outcome("succeeded")
                 if self.chain is not None:
                     self.chain(self, text)
                 else:
@@ -398,12 +437,14 @@ class Execution:
     def _record_exception(self, exc: BaseException) -> None:
         capture.flush()
         if isinstance(exc, _Suspend):
+            self._outcome("suspended")
             return  # the suspension was recorded in the transaction that raised it
         try:
             self.flush_steps()
         except _StoreUnavailable as failed:
             exc = failed
         if isinstance(exc, _LeaseLost) or self.lost:
+            self._outcome("lost")
             capture.log_outside(
                 log,
                 logging.WARNING,
@@ -412,6 +453,7 @@ class Execution:
             )
             return
         if isinstance(exc, _Cancelled):
+            self._outcome("cancelled")
             self.note_write(
                 self.runtime.store.finish_job(
                     job_id=self.job.id,
@@ -427,6 +469,7 @@ class Execution:
             return
         if not isinstance(exc, Exception):
             # KeyboardInterrupt, SystemExit: give the job back rather than fail it.
+            self._outcome("released")
             self.runtime.store.release_job(
                 job_id=self.job.id, token=self.token, attempt=self.job.attempt
             )
@@ -436,15 +479,27 @@ class Execution:
         error = storable_text(f"{type(exc).__name__}: {exc}") or type(exc).__name__
         # None would change on a replay: a value that cannot be stored, a fan-out whose
         # children's outcomes are recorded (h.retry() re-runs the failed children), and
-        # a step name used twice (the same code names it twice again).
-        retryable = not isinstance(exc, (SerializationError, FanOutError, DuplicateCheckpoint))
-        self._record_failure(error, text, "failed", retryable=retryable)
+        # a programming error (a step name used twice, a bad option: NEVER_RETRIED).
+        # Past those, the workflow's retry_on / give_up_on decide.
+        retryable = not isinstance(exc, (SerializationError, FanOutError)) and should_retry(
+            exc, self.workflow.retry_on, self.workflow.give_up_on
+        )
+        self._record_failure(error, text, "failed", retryable=retryable, exc=exc)
 
     def _record_failure(
-        self, error: str, text: str | None, outcome: str, *, retryable: bool
+        self,
+        error: str,
+        text: str | None,
+        outcome: str,
+        *,
+        retryable: bool,
+        exc: BaseException | None = None,
     ) -> None:
-        """Retry the job later, or fail it; either way one line in the worker's log."""
-        if retryable and self.job.failures < self.job.max_retries:
+        """Retry the job later, or fail it; either way one line in the worker's log
+        (``exc``, the exception that failed the run, goes on the attempt's span)."""
+        again = retryable and self.job.failures < self.job.max_retries
+        self._outcome("retrying" if again else "failed", error if exc is None else exc)
+        if again:
             delay = self.runtime.settings.backoff_seconds(self.job.failures + 1)
             run_at = self.runtime.store.now() + delay
             self._write_failure(
@@ -536,6 +591,7 @@ class Execution:
         and a reaper takes it back."""
         delay = self.runtime.settings.backoff_seconds(self.job.attempt)
         error = f"{type(failure.cause).__name__}: {_first_line(failure.cause)}"
+        self._outcome("released")
         log.warning(
             "job %s: the database failed during the run (%s); the job runs again in "
             "%.2f s, without counting a retry",

@@ -45,11 +45,13 @@ class InlineRunner:
         retries included; returns its id once it is no longer this thread's to run."""
         runtime, store = self.runtime, self.runtime.store
         lease = runtime.settings.stale_after_seconds
-        claim, job_id = store.enqueue_running(
-            worker_id=self.id,
-            lease_seconds=lease,
-            **runtime.job_fields(definition, args, kwargs, options),
-        )
+        fields = runtime.job_fields(definition, args, kwargs, options)
+        with runtime.tracing.submitting(definition.name, fields["queue"]) as traced:
+            if traced is not None:
+                fields["trace_context"] = traced.carrier
+            claim, job_id = store.enqueue_running(worker_id=self.id, lease_seconds=lease, **fields)
+            if traced is not None:
+                traced.submitted(job_id)
         while True:
             if claim is not None:
                 self._run_here(Execution(runtime, claim, definition, inline=True))

@@ -73,14 +73,29 @@ def check_call_state_parameter(name: str, func: Callable[..., Any]) -> None:
 
 
 class Definition:
-    """What the engine runs: a workflow function under a name, with default options."""
+    """What the engine runs: a workflow function under a name, with default options.
+
+    ``retry_on`` / ``give_up_on``: the exception classes a failed attempt is retried on
+    (its job's ``retries`` allowing) and those that fail the job at once.  They are code,
+    not stored with the job: the definition of the process running the attempt decides.
+    """
 
     #: ``@app.workflow(cache=...)``: every step of the workflow may be reused across
     #: jobs (see :mod:`nbjobs.caching`); a step's own ``@nbjobs.step(cache=...)`` wins.
     cache: Cache | None = None
 
-    def __init__(self, fn: Callable[..., Any], name: str, defaults: Options) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        name: str,
+        defaults: Options,
+        *,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        give_up_on: tuple[type[BaseException], ...] = (),
+    ) -> None:
         self.fn = fn
+        self.retry_on = retry_on
+        self.give_up_on = give_up_on
         self.name = name
         #: The bare qualname a module-qualified default name also answers to (jobs of a
         #: script's ``__main__`` and of older nbjobs), when no other workflow claims it.
@@ -92,6 +107,10 @@ class Definition:
     @property
     def queue(self) -> str:
         return self.defaults.queue or "default"
+
+    def check_arguments(self, args: tuple, kwargs: dict) -> None:
+        """Refuse, at submit, arguments the workflow cannot take (a notebook's unknown
+        parameters); a function's own signature is checked when it runs."""
 
 
 def _definition(func: Callable[..., Any]) -> tuple[Any, Any]:

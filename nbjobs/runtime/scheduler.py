@@ -18,6 +18,7 @@ Missed ticks (no worker was running) follow the schedule's ``catch_up`` policy:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from typing import TYPE_CHECKING, Any
@@ -113,6 +114,11 @@ class Scheduler:
         kwargs = kwargs or {}
         if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
             raise ConfigurationError(f"schedule {name!r}: kwargs must be a dict with str keys")
+        if wf is not None:
+            try:
+                wf.check_arguments(tuple(args), kwargs)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"schedule {name!r}: {exc}") from None
         try:
             encoded = self.runtime.codec.dumps({"args": list(args), "kwargs": kwargs})
         except SerializationError as exc:
@@ -142,7 +148,7 @@ class Scheduler:
             priority=priority,
             catch_up=catch_up,
             next_fire_at=next_fire,
-            max_retries=wf.defaults.retries if wf is not None else None,
+            max_retries=self.runtime.retries(wf.defaults) if wf is not None else None,
             timeout_seconds=wf.defaults.timeout if wf is not None else None,
             steps_expected=wf.defaults.steps if wf is not None else None,
         )
@@ -207,7 +213,14 @@ class Scheduler:
         """Fire the schedule ``name`` once, now (paused or not); its cron ticks go on as
         before.  Returns the new job's id."""
         row = self._row(name)
-        job_id = self.runtime.store.fire_schedule_now(name=row.name, job=self._job_fields(row))
+        fields = self._job_fields(row)
+        with self.runtime.tracing.submitting(row.workflow, row.queue) as traced:
+            if traced is not None:
+                fields["trace_context"] = traced.carrier
+                traced.scheduled(row.name)
+            job_id = self.runtime.store.fire_schedule_now(name=row.name, job=fields)
+            if traced is not None and job_id is not None:
+                traced.submitted(job_id)
         if job_id is None:  # removed meanwhile
             raise ConfigurationError(f"no schedule named {name!r}")
         self.runtime.wake()
@@ -251,13 +264,23 @@ class Scheduler:
             next_fire = spec.next_after(max(latest, now))
             if ticks and latest != expected:
                 log.info("schedule %r: ran late; firing only its latest tick", row.name)
-        ids = self.runtime.store.fire_schedule(
-            name=row.name,
-            expected_next=expected,
-            ticks=ticks,
-            next_fire_at=next_fire,
-            job=self._job_fields(row),
-        )
+        fields = self._job_fields(row)
+        tracing = self.runtime.tracing
+        # Ticks fired in one pass share one submit span (none when no tick fires).
+        traced_submit = tracing.submitting(row.workflow, row.queue) if ticks else None
+        with traced_submit or contextlib.nullcontext() as traced:
+            if traced is not None:
+                fields["trace_context"] = traced.carrier
+                traced.scheduled(row.name)
+            ids = self.runtime.store.fire_schedule(
+                name=row.name,
+                expected_next=expected,
+                ticks=ticks,
+                next_fire_at=next_fire,
+                job=fields,
+            )
+            if traced is not None and ids:
+                traced.submitted(*ids)
         return len(ids or ())
 
     def _job_fields(self, row: Row) -> dict[str, Any]:
@@ -276,7 +299,7 @@ class Scheduler:
         if wf is not None:
             if row.max_retries is None:
                 fields.update(
-                    max_retries=wf.defaults.retries or 0,
+                    max_retries=self.runtime.retries(wf.defaults),
                     timeout_seconds=wf.defaults.timeout,
                     steps_expected=wf.defaults.steps,
                 )

@@ -17,7 +17,9 @@
 * ``metrics``: the reads behind ``/metrics``;
 * ``retention``: purging old history;
 * ``cache``: entries of the cross-run step cache;
-* ``hooks``: the outcomes whose hooks have not run, and the leases on running them.
+* ``tries``: the tries of steps with retries (the failed ones and the one that succeeded);
+* ``hooks``: the outcomes whose hooks have not run, and the leases on running them;
+* ``notebooks``: the executed notebook of each attempt of a notebook job.
 
 The composition is explicit: a class inherits from the classes whose methods it calls
 (``FinishQueries`` from ``JobQueries`` and ``FanoutQueries``; ``FanoutQueries`` from
@@ -34,9 +36,11 @@ from .history import HistoryQueries
 from .hooks import HookQueries
 from .jobs import ClaimedJob
 from .metrics import MetricQueries
+from .notebooks import NotebookQueries
 from .queries import JobReads
 from .retention import RetentionQueries
 from .schedules import ScheduleQueries
+from .tries import TryQueries
 from .views import ViewQueries
 from .workers import WorkerQueries, process_alive
 
@@ -53,6 +57,8 @@ class Store(
     MetricQueries,
     HookQueries,
     CacheQueries,
+    NotebookQueries,
+    TryQueries,
 ):
     """All reads and writes of the nbjobs tables for one database."""
 

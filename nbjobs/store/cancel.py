@@ -8,9 +8,12 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Connection
 
 from ..errors import ConfigurationError, UnknownJob
-from ..jobs import FINISHED, TERMINAL, Status
+from ..jobs import ACTIVE, FINISHED, TERMINAL, Status
 from ..schema import checkpoints, jobs
-from .fanout import FanoutQueries
+from .fanout import FanoutQueries, _chunks
+
+#: What a bulk retry takes when not told otherwise: the jobs ``retry()`` takes.
+RETRYABLE: tuple[str, ...] = (Status.FAILED.value, Status.CANCELLED.value)
 
 
 class CancelQueries(FanoutQueries):
@@ -66,6 +69,58 @@ class CancelQueries(FanoutQueries):
 
         self._retry_conflicts(work)
         return status.value
+
+    def cancel_jobs(self, job_ids: Sequence[str]) -> list[str]:
+        """Cancel many jobs (and their fan-out subtrees) in a few transactions, not one
+        per job: those of ``job_ids`` still unfinished when each chunk's transaction
+        reads them.  Unknown and finished ids are skipped, not errors (a bulk action
+        acts on what a filter matched a moment ago).  Returns the ids the request reached.
+        """
+        reached: list[str] = []
+        for chunk in _chunks(list(dict.fromkeys(job_ids))):
+
+            def work(conn: Connection, chunk: list[str] = chunk) -> list[str]:
+                ids = list(
+                    conn.execute(
+                        select(jobs.c.id).where(jobs.c.id.in_(chunk), jobs.c.status.in_(ACTIVE))
+                    ).scalars()
+                )
+                if ids:
+                    self._cancel_tree(conn, ids)
+                return ids
+
+            reached += self._retry_conflicts(work)
+        return reached
+
+    def retry_jobs(self, job_ids: Sequence[str], statuses: Sequence[str] = RETRYABLE) -> list[str]:
+        """Queue many finished jobs again, keeping their checkpoints, a chunk of them per
+        transaction: those of ``job_ids`` whose status is still among ``statuses``
+        (failed, cancelled) when the chunk's transaction locks them; the others are
+        skipped.  Returns the ids queued again."""
+        wanted = [s for s in statuses if s not in RETRYABLE]
+        if wanted:
+            raise ConfigurationError(
+                f"a bulk retry takes failed or cancelled jobs, not {', '.join(wanted)}"
+            )
+        queued: list[str] = []
+        for chunk in _chunks(list(dict.fromkeys(job_ids))):
+
+            def work(conn: Connection, chunk: list[str] = chunk) -> list[str]:
+                ids = list(
+                    conn.execute(
+                        self.dialect.lock(
+                            select(jobs.c.id)
+                            .where(jobs.c.id.in_(chunk), jobs.c.status.in_(list(statuses)))
+                            .order_by(jobs.c.id)
+                        )
+                    ).scalars()
+                )
+                for job_id in ids:
+                    self._retry_job(conn, job_id, None)
+                return ids
+
+            queued += self._retry_conflicts(work)
+        return queued
 
     def cancels_requested(self, job_ids: Sequence[str]) -> set[str]:
         """Those of ``job_ids`` (running jobs) whose cancellation was requested."""

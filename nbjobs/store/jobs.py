@@ -40,6 +40,8 @@ class ClaimedJob:
     root_id: str | None
     parent_id: str | None
     reclaims: int
+    #: The OpenTelemetry context the run continues (JSON), or None.
+    trace_context: str | None = None
 
 
 def _claimed(row: Row) -> ClaimedJob:
@@ -57,6 +59,7 @@ def _claimed(row: Row) -> ClaimedJob:
         root_id=row.root_id,
         parent_id=row.parent_id,
         reclaims=row.reclaims,
+        trace_context=row.trace_context,
     )
 
 
@@ -131,6 +134,7 @@ class JobQueries(CoreStore):
         fanout_index: int | None = None,
         schedule: str | None = None,
         tick_at: float | None = None,
+        trace_context: str | None = None,
     ) -> tuple[str, bool]:
         """Insert a queued job; returns (id, created).  A known ``key`` returns its job."""
         now = self.now()
@@ -154,6 +158,7 @@ class JobQueries(CoreStore):
             fanout_index=fanout_index,
             schedule=schedule,
             tick_at=tick_at,
+            trace_context=trace_context,
             **fresh_job_counters(now),
         )
         try:

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 
 from .. import dialects
 from ..errors import ConfigurationError
-from ..schema import DUE_INDEX, SCHEMA_VERSION, TREE_INDEX, meta, metadata, new_token
+from ..schema import DUE_INDEX, SCHEMA_VERSION, TREE_INDEX, jobs, meta, metadata, new_token
 
 
 def _migrate_to_2(conn: Connection, dialect: dialects.Dialect) -> None:
@@ -33,6 +33,13 @@ def _migrate_to_3(conn: Connection, dialect: dialects.Dialect) -> None:
     dialect.create_index(conn, TREE_INDEX)
 
 
+def _migrate_to_4(conn: Connection, dialect: dialects.Dialect) -> None:
+    """Version 4 adds ``nbjobs_jobs.trace_context`` (nullable): the OpenTelemetry
+    context a job's runs continue (see :mod:`nbjobs.runtime.tracing`).  Rows of
+    earlier versions keep NULL there: their runs start traces of their own."""
+    dialect.add_column(conn, jobs.c.trace_context)
+
+
 #: A meta row changed whenever finished jobs stop being finished (a retry) or are deleted.
 EPOCH_KEY = "finished_epoch"
 
@@ -41,6 +48,7 @@ EPOCH_KEY = "finished_epoch"
 MIGRATIONS: dict[int, Callable[[Connection, dialects.Dialect], None]] = {
     2: _migrate_to_2,
     3: _migrate_to_3,
+    4: _migrate_to_4,
 }
 
 

@@ -7,16 +7,17 @@ never outlives its parent, a parent never loses part of its fan-out, and a job t
 still be retried or resumed is never touched.
 
 Each batch is one transaction that re-reads the trees' rows under a lock before deleting
-them (with their checkpoints, attempts, signals, logs and hook runs), so a ``retry()`` or a
-``cancel()`` racing the purge either happens first (and the tree is skipped) or finds the
-job gone.  Batches are bounded, so a purge of millions of rows never holds a long lock.
+them (with their checkpoints, attempts, step tries, signals, logs, hook runs and executed
+notebooks), so a ``retry()`` or a ``cancel()`` racing the purge either happens first (and
+the tree is skipped) or finds the job gone.  Batches are bounded, so a purge of millions
+of rows never holds a long lock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import and_, delete, exists, or_, select
+from sqlalchemy import Select, and_, delete, exists, func, or_, select
 from sqlalchemy.engine import Connection
 
 from ..jobs import FINISHED
@@ -28,9 +29,11 @@ from ..schema import (
     hook_runs,
     jobs,
     logs,
+    notebooks,
     schedules,
     signals,
     step_cache,
+    step_tries,
 )
 from .core import CoreStore
 
@@ -54,6 +57,7 @@ class RetentionQueries(CoreStore):
             signals.c.payload,
             schedules.c.input,
             step_cache.c.value,
+            notebooks.c.value,
         ):
             stmt = select(column).where(column.contains(marker, autoescape=True))
             with self._read() as conn:
@@ -83,32 +87,20 @@ class RetentionQueries(CoreStore):
                 return deleted, False
         return deleted, True
 
+    def count_purgeable(self, *, finished_before: float, statuses: Sequence[str] = FINISHED) -> int:
+        """How many jobs ``purge_jobs`` would delete now: the jobs of every tree whose
+        root qualifies (the operator's confirmation names this count)."""
+        roots = _purgeable_roots(finished_before, list(statuses)).subquery()
+        stmt = select(func.count()).select_from(jobs).where(jobs.c.root_id.in_(select(roots.c.id)))
+        with self._read() as conn:
+            return conn.execute(stmt).scalar() or 0
+
     def _purge_batch(self, cutoff: float, statuses: list[str], limit: int) -> tuple[int, bool]:
         """One transaction: up to ``limit`` old finished roots and their trees.
 
         Returns (jobs deleted, whether the batch was full, i.e. more may remain).
         """
-        tree = jobs.alias("tree")
-        # The root itself is finished (its status is among ``statuses``); its children
-        # are read through the children-only tree index.
-        unfinished = exists().where(
-            tree.c.root_id == jobs.c.id,
-            tree.c.parent_id.is_not(None),
-            tree.c.status.not_in(FINISHED),
-        )
-        candidates = (
-            select(jobs.c.id)
-            .where(
-                jobs.c.parent_id.is_(None),
-                jobs.c.status.in_(statuses),
-                # created_at <= finished_at, so this bound lets the (status, created_at)
-                # index find the candidates; finished_at decides.
-                jobs.c.created_at < cutoff,
-                jobs.c.finished_at < cutoff,
-                ~unfinished,
-            )
-            .limit(limit)
-        )
+        candidates = _purgeable_roots(cutoff, statuses).limit(limit)
         with self._write() as conn:
             roots = conn.execute(candidates).scalars().all()
             if not roots:
@@ -117,7 +109,15 @@ class RetentionQueries(CoreStore):
             if victims:
                 self._unsettle(conn)
             for chunk in _chunks(victims):
-                for table in (checkpoints, attempts, signals, logs, hook_runs):
+                for table in (
+                    checkpoints,
+                    attempts,
+                    step_tries,
+                    signals,
+                    logs,
+                    hook_runs,
+                    notebooks,
+                ):
                     conn.execute(delete(table).where(table.c.job_id.in_(chunk)))
                 conn.execute(delete(jobs).where(jobs.c.id.in_(chunk)))
             self._drop_memberships(conn, victims)
@@ -170,6 +170,28 @@ class RetentionQueries(CoreStore):
             if tree and all(status in FINISHED for _, status in tree):
                 victims += [job_id for job_id, _ in tree]
         return victims
+
+
+def _purgeable_roots(cutoff: float, statuses: list[str]) -> Select:
+    """The ids of the finished roots, of ``statuses``, finished before ``cutoff``, none of
+    whose tree is unfinished."""
+    tree = jobs.alias("tree")
+    # The root itself is finished (its status is among ``statuses``); its children are
+    # read through the children-only tree index.
+    unfinished = exists().where(
+        tree.c.root_id == jobs.c.id,
+        tree.c.parent_id.is_not(None),
+        tree.c.status.not_in(FINISHED),
+    )
+    return select(jobs.c.id).where(
+        jobs.c.parent_id.is_(None),
+        jobs.c.status.in_(statuses),
+        # created_at <= finished_at, so this bound lets the (status, created_at) index
+        # find the candidates; finished_at decides.
+        jobs.c.created_at < cutoff,
+        jobs.c.finished_at < cutoff,
+        ~unfinished,
+    )
 
 
 def _chunks(ids: Sequence[str]) -> list[list[str]]:

@@ -18,7 +18,16 @@ from sqlalchemy.engine import Row
 from sqlalchemy.sql.expression import ColumnElement
 
 from ..jobs import ACTIVE, FINISHED, Status
-from ..schema import SUCCEEDED_SQL, attempts, checkpoints, group_jobs, jobs, schedules, signals
+from ..schema import (
+    SUCCEEDED_SQL,
+    attempts,
+    checkpoints,
+    group_jobs,
+    jobs,
+    schedules,
+    signals,
+    step_tries,
+)
 from .core import JOB_SUMMARY
 from .counts import CountQueries
 
@@ -211,6 +220,30 @@ class ViewQueries(CountQueries):
             n = conn.execute(select(func.count()).select_from(inner.subquery())).scalar() or 0
         return (min(n, cap), n <= cap)
 
+    def jobs_matching(
+        self, filters: JobFilter, statuses: Sequence[str], *, cap: int = 10_000
+    ) -> tuple[Sequence[Row], bool]:
+        """(rows of ``id`` and ``status``, complete): the jobs a bulk action on the table's
+        filter would reach, among ``statuses`` (and the filter's own statuses, if any),
+        newest first, at most ``cap`` of them; ``complete`` is False when more match.
+
+        What the confirmation counts is what the action then acts on: the dashboard
+        keeps these ids rather than evaluating the filter a second time.
+        """
+        wanted = [s for s in statuses if not filters.status or s in filters.status]
+        if not wanted:
+            return [], True
+        where = [*filters.clauses(), jobs.c.status.in_(wanted)]
+        stmt = (
+            select(jobs.c.id, jobs.c.status)
+            .where(*where)
+            .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+            .limit(cap + 1)
+        )
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
+        return rows[:cap], len(rows) <= cap
+
     def jobs_rows(self, job_ids: Sequence[str]) -> Sequence[Row]:
         """Table rows of the given jobs (to patch the rows a page shows)."""
         ids = list(job_ids)
@@ -267,7 +300,8 @@ class ViewQueries(CountQueries):
         """Everything the detail view shows, read in one transaction.
 
         ``job`` (the row, progress columns included), ``checkpoints``, ``attempts``,
-        ``signals`` and ``children`` (status -> count).  Stored values and texts come cut
+        ``step_tries`` (the recorded tries of steps with retries), ``signals`` and
+        ``children`` (status -> count).  Stored values and texts come cut
         to ``DETAIL_CHARS`` by the database, with their full length beside them
         (``input_length``...): one click on a job must not pull its 16 MiB values.
         """
@@ -290,6 +324,11 @@ class ViewQueries(CountQueries):
                 .where(attempts.c.job_id == job_id)
                 .order_by(attempts.c.attempt)
             ).all()
+            step_rows = conn.execute(
+                select(*self._cut_columns(step_tries))
+                .where(step_tries.c.job_id == job_id)
+                .order_by(step_tries.c.attempt, step_tries.c.started_at, step_tries.c.try_number)
+            ).all()
             sigs = conn.execute(
                 select(*self._cut_columns(signals))
                 .where(signals.c.job_id == job_id)
@@ -302,7 +341,14 @@ class ViewQueries(CountQueries):
                     .group_by(jobs.c.status)
                 ).all()
             )
-        return dict(job=job, checkpoints=steps, attempts=tries, signals=sigs, children=kids)
+        return dict(
+            job=job,
+            checkpoints=steps,
+            attempts=tries,
+            step_tries=step_rows,
+            signals=sigs,
+            children=kids,
+        )
 
     def checkpoint_previews(self, job_id: str) -> Sequence[Row]:
         """The job's checkpoints in order, each stored value cut to ``DETAIL_CHARS`` with

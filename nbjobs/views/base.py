@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -11,7 +10,7 @@ from typing import Any
 import panel as pn
 import param
 
-from .access import auth_configured, session_user
+from . import actions
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +54,20 @@ class Component(pn.viewable.Viewer):
 
     read_only = param.Boolean(default=False, doc="Hide the retry/cancel/pause actions.")
 
+    operators = param.List(
+        default=None, allow_None=True, item_type=str,
+        doc="The users who may act (others may only look); None: every logged-in user.",
+    )  # fmt: skip
+
+    def shared(self) -> dict[str, Any]:
+        """What a view passes the views it builds: the app and who may act."""
+        return dict(
+            app=self.app,
+            require_auth=self.require_auth,
+            read_only=self.read_only,
+            operators=self.operators,
+        )
+
     @property
     def store(self) -> Any:
         return self.app.store
@@ -77,39 +90,59 @@ class Component(pn.viewable.Viewer):
     def refresh(self, changes: Sequence[Any]) -> None:
         """Bring the view up to date, given the jobs changed since the last refresh."""
 
+    def show_frame(
+        self,
+        table: pn.widgets.Tabulator,
+        frame: Any,
+        empty: pn.viewable.Viewable,
+        actions: Sequence[pn.widgets.Button],
+    ) -> None:
+        """Put ``frame`` in a small selectable ``table`` (groups, schedules), keeping the
+        selection; show ``empty`` instead of an empty table, and the ``actions`` on its
+        selected row to a session that may act."""
+        empty.visible = frame.empty
+        table.visible = not frame.empty
+        allowed = not frame.empty and self.action_allowed()
+        for button in actions:
+            button.visible = allowed
+        current = table.value
+        if current is None or not frame.equals(current):
+            selection = table.selection
+            table.value = frame
+            table.selection = [i for i in selection if i < len(frame)]
+
+    def selected_row(self, table: pn.widgets.Tabulator, rows: Sequence[Any], what: str) -> Any:
+        """The row picked in ``table`` (of ``rows``), or None after asking to pick one."""
+        if not table.selection:
+            self.notify(f"select a {what} first", "warning")
+            return None
+        return rows[table.selection[0]]
+
+    def refusal(self) -> str | None:
+        """Why this session may not act, or None (see :mod:`nbjobs.views.actions`)."""
+        return actions.refusal(
+            read_only=self.read_only, require_auth=self.require_auth, operators=self.operators
+        )
+
     def action_allowed(self) -> bool:
-        """Actions need a logged-in user when the dashboard is served with auth."""
-        if self.read_only:
-            return False
-        if not auth_configured(self.require_auth):
-            return True
-        user = session_user()
-        return bool(user) and user != "guest"
+        """May this session act: not read-only, logged in under a login, an operator
+        when operators are named.  Decides what buttons show; :meth:`act` checks again."""
+        return self.refusal() is None
 
     def notify(self, message: str, kind: str = "info") -> None:
-        """A toast in a served page; the log elsewhere (notebooks, tests).
+        """A toast in a served page (escaped); the log elsewhere."""
+        actions.notify(message, kind)
 
-        ``message`` is plain text, often with names anyone who can write to the database
-        chose (a schedule, a job id, an exception's text), and the toast library sets it
-        as ``innerHTML``: so it is escaped here, once, for every caller.
-        """
-        log.info("%s", message)
-        notifications = getattr(pn.state, "notifications", None)
-        if notifications is not None:
-            try:
-                getattr(notifications, kind)(html.escape(message), duration=4000)
-            except Exception:
-                log.debug("notification failed", exc_info=True)
-
-    def act(self, what: str, fn: Callable[[], Any]) -> bool:
-        """Run a user action if allowed; report the outcome either way."""
-        if not self.action_allowed():
-            self.notify(f"{what}: not allowed (log in first)", "error")
-            return False
-        try:
-            fn()
-        except Exception as exc:
-            self.notify(f"{what} failed: {exc}", "error")
-            return False
-        self.notify(what, "success")
-        return True
+    def act(
+        self, what: str, fn: Callable[[], Any], report: Callable[[Any], str] | None = None
+    ) -> bool:
+        """Run a user action if allowed, logged with the user's name; report the outcome
+        either way (:func:`nbjobs.views.actions.perform`)."""
+        return actions.perform(
+            what,
+            fn,
+            report=report,
+            read_only=self.read_only,
+            require_auth=self.require_auth,
+            operators=self.operators,
+        )

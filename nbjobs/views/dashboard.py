@@ -48,7 +48,7 @@ class Dashboard(Component):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        shared = dict(app=self.app, require_auth=self.require_auth, read_only=self.read_only)
+        shared = self.shared()
         self.overview = Overview(**shared)
         # References, not copies: the table's totals follow the counters, the detail the
         # table's selection.

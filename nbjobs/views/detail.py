@@ -10,6 +10,7 @@ preview (dtypes and first rows) read from the artifact store; previews are bound
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +23,9 @@ from ..caching import cached_from
 from ..errors import UnknownJob
 from ..jobs import FINISHED, row_code_changed, row_progress
 from ..notebook.display import code_mark
+from .actions import action_button
 from .base import Component
+from .notebook_job import NotebookPane
 from .style import (
     CSS,
     STATUSES,
@@ -39,6 +42,12 @@ from .style import (
 
 def _esc(value: Any) -> str:
     return html.escape("" if value is None else str(value))
+
+
+def _typed(typed: str | None, value: str | None) -> str:
+    """What a text input holds: its keystrokes (``value_input``) reach the server before
+    the blur that sets ``value``, so a click on "Send" right after typing sees them."""
+    return typed if typed is not None else (value or "")
 
 
 #: Artifacts of one job the detail previews (each preview reads a file's first rows).
@@ -76,6 +85,25 @@ def artifacts_cell(refs: Sequence[tuple[str, Reference]], store: Any, previews: 
         else:
             parts.append(f'<div class="nbj-artifact">{label}</div>')
     return "".join(parts)
+
+
+def attempt_traceback(attempt: Any, *, opened: bool = False) -> str:
+    """An attempt's error and traceback as a collapsible block; a traceback longer than
+    the detail reads (``DETAIL_CHARS``) says how long it is and where to read it whole."""
+    text = attempt.traceback or attempt.error or ""
+    total = (attempt.traceback_length if attempt.traceback else attempt.error_length) or len(text)
+    cut = ""
+    if total > len(text):
+        cut = (
+            f'<div class="nbj-muted">… {total - len(text):,} more characters: '
+            f"<code>nbjobs jobs show {_esc(attempt.job_id)}</code> prints it whole</div>"
+        )
+    what = "Traceback" if attempt.traceback else "Error"
+    return (
+        f'<details class="nbj-traceback" data-attempt="{attempt.attempt}"'
+        f"{' open' if opened else ''}><summary>{what} of attempt {attempt.attempt}</summary>"
+        f'<pre class="nbj-pre nbj-error">{_esc(text)}</pre>{cut}</details>'
+    )
 
 
 def _kv(rows: Sequence[tuple[str, Any]]) -> str:
@@ -253,26 +281,48 @@ class JobDetail(Component):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self.tree = FanOutTree(app=self.app, job_id=self.param.job_id)
+        self.notebook = NotebookPane(app=self.app, job_id=self.param.job_id)
         self._header = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
         self._summary = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
         self._steps = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
         self._attempts = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
         self._signals = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=[CSS])
-        self.retry_button = pn.widgets.Button(
-            label="Retry", color="primary", width=90, css_classes=["nbj-retry"]
+        self.retry_button = action_button(
+            "Retry", "nbj-retry", self.retry, outline=False, width=90, align="end"
         )
-        self.cancel_button = pn.widgets.Button(
-            label="Cancel", color="danger", variant="outline", width=90,
-            css_classes=["nbj-cancel"],
+        self.cancel_button = action_button(
+            "Cancel", "nbj-cancel", self.cancel, color="danger", width=90, align="end"
+        )
+        self.step_select = pn.widgets.Select(
+            label="Retry from step", options=[], width=190, css_classes=["nbj-retry-step"]
+        )
+        self.retry_from_button = action_button(
+            "Retry from this step", "nbj-retry-from", self._on_retry_from, width=160, align="end"
+        )
+        self.signal_name = pn.widgets.TextInput(
+            label="Signal name", placeholder="e.g. approval", width=170,
+            css_classes=["nbj-signal-name"],
         )  # fmt: skip
-        self.retry_button.on_click(self._on_retry)
-        self.cancel_button.on_click(self._on_cancel)
+        self.signal_payload = pn.widgets.TextAreaInput(
+            label="Payload (JSON; empty for none)", placeholder='{"approved": true}',
+            width=290, height=64, css_classes=["nbj-signal-payload"],
+        )  # fmt: skip
+        self.signal_button = action_button("Send signal", "nbj-signal-send", self._on_send_signal)
+        self.signal_message = pn.pane.HTML(
+            "", stylesheets=[CSS], css_classes=["nbj-signal-message"], sizing_mode="stretch_width"
+        )
+        self._signal_form = pn.Column(
+            pn.Row(self.signal_name, self.signal_payload),
+            pn.Row(self.signal_button, self.signal_message, sizing_mode="stretch_width"),
+            sizing_mode="stretch_width",
+        )
         self.tabs = pn.Tabs(
             ("Summary", self._summary),
             ("Steps", self._steps),
             ("Attempts", self._attempts),
-            ("Signals", self._signals),
+            ("Signals", pn.Column(self._signal_form, self._signals, sizing_mode="stretch_width")),
             ("Fan-out", self.tree),
+            ("Notebook", self.notebook),
             sizing_mode="stretch_width",
             dynamic=False,
         )
@@ -282,22 +332,83 @@ class JobDetail(Component):
 
     # -- actions -----------------------------------------------------------------------
     def retry(self) -> bool:
+        """Queue the failed or cancelled job again, keeping its checkpoints."""
         job_id = self.job_id
         done = self.act(f"retrying job {job_id}", lambda: self.app.job(job_id).retry())
         self.load()
         return done
 
+    def retry_from(self, step: str) -> bool:
+        """Re-run the finished job from ``step`` on: the checkpoints before it replay,
+        that step and the later ones run again (``retry(from_checkpoint=step)``)."""
+        job_id = self.job_id
+        done = self.act(
+            f"retrying job {job_id} from step {step!r}",
+            lambda: self.app.job(job_id).retry(from_checkpoint=step),
+        )
+        self.load()
+        return done
+
     def cancel(self) -> bool:
+        """Cancel the job: at once when queued or waiting, at its next step when running."""
         job_id = self.job_id
         done = self.act(f"cancelling job {job_id}", lambda: self.app.cancel(job_id))
         self.load()
         return done
 
-    def _on_retry(self, _event: Any) -> None:
-        self.retry()
+    def send_signal(self, name: str, payload_text: str) -> bool:
+        """Send the signal ``name`` with the JSON ``payload_text`` (empty: no payload).
 
-    def _on_cancel(self, _event: Any) -> None:
-        self.cancel()
+        Bad input (no name, text that is not JSON) is said under the form and nothing
+        is sent; so is a payload the job's codec cannot store.
+        """
+        name = name.strip()
+        if not name:
+            return self._signal_said("Give the signal's name: nothing was sent.", ok=False)
+        text = payload_text.strip()
+        try:
+            payload = json.loads(text) if text else None
+        except ValueError as exc:
+            return self._signal_said(
+                f"The payload is not valid JSON ({exc}): nothing was sent.", ok=False
+            )
+        job_id = self.job_id
+        failure: list[str] = []
+
+        def send() -> None:
+            try:
+                self.app.signal(job_id, name, payload)
+            except Exception as exc:
+                failure.append(str(exc))
+                raise
+
+        done = self.act(f"sending signal {name!r} to job {job_id}", send)
+        if done:
+            self._signal_said(f"Sent signal {name!r} to job {job_id}.", ok=True)
+        else:
+            self._signal_said(
+                f"Nothing was sent: {failure[0] if failure else self.refusal()}", ok=False
+            )
+        self.load()
+        return done
+
+    def _signal_said(self, text: str, *, ok: bool) -> bool:
+        kind = "nbj-said-ok" if ok else "nbj-said-error"
+        self.signal_message.object = f'<div class="{kind}">{_esc(text)}</div>'
+        return ok
+
+    def _on_retry_from(self) -> None:
+        step = self.step_select.value
+        if not step and self.action_allowed():
+            self.notify("pick the step to retry from first", "warning")
+        else:  # refused and logged when this session may not act
+            self.retry_from(step or "")
+
+    def _on_send_signal(self) -> None:
+        self.send_signal(
+            _typed(self.signal_name.value_input, self.signal_name.value),
+            _typed(self.signal_payload.value_input, self.signal_payload.value),
+        )
 
     # -- loading -----------------------------------------------------------------------
     @param.depends("job_id", watch=True)
@@ -321,23 +432,37 @@ class JobDetail(Component):
             self._header.object = f'<div class="nbj-empty">{gone}</div>'
             for pane in (self._summary, self._steps, self._attempts, self._signals):
                 pane.object = ""
-            self.retry_button.visible = self.cancel_button.visible = False
+            self._show_actions(None, [])
             return
         job = d["job"]
         found, store, previews = d.get("artifacts") or {}, self.app.codec.artifacts, [MAX_PREVIEWS]
         self._header.object = self._header_html(job, d["children"])
         self._summary.object = self._summary_html(job, found, store, previews)
         self._steps.object = step_timeline(d["checkpoints"], job, found, store, previews)
-        self._attempts.object = self._attempts_html(d["attempts"])
+        self._attempts.object = self._attempts_html(d["attempts"]) + self._step_tries_html(
+            d.get("step_tries") or []
+        )
         self._signals.object = self._signals_html(d["signals"])
-        allowed = not self.read_only
-        self.retry_button.visible = allowed and job.status in ("failed", "cancelled")
-        self.cancel_button.visible = allowed and job.status not in FINISHED
+        self._show_actions(job, d["checkpoints"])
+
+    def _show_actions(self, job: Any, steps: Sequence[Any]) -> None:
+        """Show the actions that apply to the job's status, to a session that may act."""
+        allowed = job is not None and self.action_allowed()
+        status = job.status if job is not None else None
+        self.retry_button.visible = allowed and status in ("failed", "cancelled")
+        self.cancel_button.visible = allowed and status not in FINISHED
+        options = {f"{s.seq}. {s.name}": s.name for s in steps}
+        if self.step_select.options != options:
+            self.step_select.options = options
+        replay = allowed and status in FINISHED and bool(options)
+        self.step_select.visible = self.retry_from_button.visible = replay
+        self._signal_form.visible = allowed and status not in FINISHED
 
     def refresh(self, changes: Sequence[Any]) -> None:
         if self.job_id and any(c.id == self.job_id or c.parent_id == self.job_id for c in changes):
             self.load()
         self.tree.refresh(changes)
+        self.notebook.refresh(changes)
 
     # -- rendering ---------------------------------------------------------------------
     def _header_html(self, job: Any, children: dict[str, int]) -> str:
@@ -430,26 +555,58 @@ class JobDetail(Component):
         return "".join(parts)
 
     def _attempts_html(self, attempts: Sequence[Any]) -> str:
+        """One row per attempt, and under each failed one its error and whole traceback,
+        collapsed (the newest open): a retried job's first failure often explains the
+        second."""
         if not attempts:
             return '<div class="nbj-empty">Not started yet.</div>'
         outcome_colour = {"running": "running", "succeeded": "succeeded", "suspended": "waiting",
                           "released": "queued"}  # fmt: skip
         rows = []
+        last = attempts[-1].attempt
         for a in attempts:
             took = fmt_duration(a.finished_at - a.started_at) if a.finished_at else ""
             error = (a.error or "").strip().splitlines()
             shade = colour(outcome_colour.get(a.outcome, "failed"))
             rows.append(
-                f"<tr><td>{a.attempt}</td>"
+                f'<tr data-attempt="{a.attempt}"><td>{a.attempt}</td>'
                 f'<td><span class="nbj-dot" style="background:{shade}"></span>{_esc(a.outcome)}</td>'
                 f"<td>{fmt_time(a.started_at)}</td><td>{took}</td>"
                 f"<td>{_esc(a.worker_id)}</td><td>{_esc(error[-1][:200] if error else '')}</td></tr>"
             )
+            if a.traceback or a.error:
+                rows.append(
+                    f'<tr class="nbj-tb-row"><td></td><td colspan="5">'
+                    f"{attempt_traceback(a, opened=a.attempt == last)}</td></tr>"
+                )
         head = (
             "<tr><th>#</th><th>outcome</th><th>started (UTC)</th><th>took</th>"
             "<th>worker</th><th>error</th></tr>"
         )
-        return f'<table class="nbj-steps">{head}{"".join(rows)}</table>'
+        return f'<table class="nbj-steps nbj-attempts">{head}{"".join(rows)}</table>'
+
+    def _step_tries_html(self, tries: Sequence[Any]) -> str:
+        """The tries of steps with retries: "fetch, try 1: failed ConnectionError"."""
+        if not tries:
+            return ""
+        rows = []
+        for t in tries:
+            error = (t.error or "").strip().splitlines()
+            shade = colour("succeeded" if t.outcome == "succeeded" else "failed")
+            rows.append(
+                f"<tr><td>{t.attempt}</td><td><b>{_esc(t.step)}</b></td><td>{t.try_number}</td>"
+                f'<td><span class="nbj-dot" style="background:{shade}"></span>{_esc(t.outcome)}</td>'
+                f"<td>{fmt_duration(t.finished_at - t.started_at)}</td>"
+                f"<td>{_esc(error[0][:200] if error else '')}</td></tr>"
+            )
+        head = (
+            "<tr><th>attempt</th><th>step</th><th>try</th><th>outcome</th><th>took</th>"
+            "<th>error</th></tr>"
+        )
+        return (
+            '<div class="nbj-empty">Step tries</div>'
+            f'<table class="nbj-steps">{head}{"".join(rows)}</table>'
+        )
 
     def _signals_html(self, signals: Sequence[Any]) -> str:
         if not signals:
@@ -464,5 +621,8 @@ class JobDetail(Component):
         return f'<table class="nbj-steps">{head}{rows}</table>'
 
     def __panel__(self) -> pn.viewable.Viewable:
-        actions = pn.Row(self.retry_button, self.cancel_button, margin=(0, 0, 4, 0))
+        actions = pn.Row(
+            self.retry_button, self.cancel_button, self.step_select, self.retry_from_button,
+            margin=(0, 0, 4, 0),
+        )  # fmt: skip
         return pn.Column(self._header, actions, self.tabs, sizing_mode="stretch_width")

@@ -12,6 +12,7 @@ import panel as pn
 import param
 
 from ..jobs import FINISHED
+from .actions import action_button
 from .base import Component, Throttle
 from .style import CSS, fmt_time, progress_bar
 
@@ -70,13 +71,13 @@ class Groups(Component):
             theme="simple",
             css_classes=["nbj-groups-table"],
         )
-        button = dict(width=120, color="primary", variant="outline")
-        self.show_button = pn.widgets.Button(label="Show jobs", **button)
-        self.cancel_button = pn.widgets.Button(label="Cancel group", **button)
-        self.retry_button = pn.widgets.Button(label="Retry failed", **button)
-        self.show_button.on_click(self._on_show)
-        self.cancel_button.on_click(self._on_cancel)
-        self.retry_button.on_click(self._on_retry)
+        self.show_button = action_button("Show jobs", "nbj-group-show", self.show_jobs, width=120)
+        self.cancel_button = action_button(
+            "Cancel group", "nbj-group-cancel", self.cancel, width=120
+        )
+        self.retry_button = action_button(
+            "Retry failed", "nbj-group-retry", self.retry_failed, width=120
+        )
         self._empty = pn.pane.HTML(
             '<div class="nbj-empty">No groups. Submit one with <code>wf.map(items)</code> '
             "or <code>app.submit_many(specs)</code>.</div>",
@@ -93,34 +94,16 @@ class Groups(Component):
     def load(self) -> None:
         self.rows, counts = self._throttle.run(self._read)
         frame = group_rows(self.rows, counts)
-        self._empty.visible = frame.empty
-        self.table.visible = not frame.empty
-        self.cancel_button.visible = self.retry_button.visible = not (frame.empty or self.read_only)
+        self.show_frame(self.table, frame, self._empty, [self.cancel_button, self.retry_button])
         self.show_button.visible = not frame.empty
-        current = self.table.value
-        if current is None or not frame.equals(current):
-            selection = self.table.selection
-            self.table.value = frame
-            self.table.selection = [i for i in selection if i < len(frame)]
 
     def refresh(self, changes: Sequence[Any]) -> None:
         if changes and self._throttle.due():
             self.load()
 
     def _selected(self) -> str | None:
-        if not self.table.selection:
-            self.notify("select a group first", "warning")
-            return None
-        return str(self.rows[self.table.selection[0]].id)
-
-    def _on_show(self, _event: Any) -> None:
-        self.show_jobs()
-
-    def _on_cancel(self, _event: Any) -> None:
-        self.cancel()
-
-    def _on_retry(self, _event: Any) -> None:
-        self.retry_failed()
+        row = self.selected_row(self.table, self.rows, "group")
+        return None if row is None else str(row.id)
 
     def show_jobs(self) -> None:
         """List the selected group's jobs in the jobs table."""

@@ -17,10 +17,12 @@ import pandas as pd
 import panel as pn
 import param
 
-from ..jobs import row_code_changed, row_progress
+from ..jobs import ACTIVE, Status, row_code_changed, row_progress
 from ..notebook.display import code_mark, no_worker_mark, progress_label
+from ..store.cancel import RETRYABLE
 from ..store.views import SORTS, JobFilter
 from ..store.workers import runner_problem
+from .actions import Confirmation, action_button
 from .base import Component, Throttle
 from .style import CSS, STATUSES, fmt_duration, fmt_time, pill, progress_bar
 
@@ -36,6 +38,34 @@ SORT_LABELS = {
     "priority": "Priority",
     "workflow": "Workflow",
 }
+
+
+#: The bulk actions on the jobs matching the table's filter: (verb, statuses it acts on).
+BULK: dict[str, tuple[str, tuple[str, ...]]] = {
+    "retry": ("retry", RETRYABLE),
+    "cancel": ("cancel", ACTIVE),
+}
+
+#: How a bulk action's outcome reads ("cancelled 3 of 3 jobs").
+DONE = {"retry": "retried", "cancel": "cancelled"}
+
+#: Jobs one bulk action reaches at most (the newest of those matching).
+BULK_CAP = 10_000
+
+
+def describe_filter(filters: JobFilter) -> str:
+    """The filter in words, for the log line of a bulk action."""
+    parts = [f"{name}={value!r}" for name, value in vars(filters).items() if value]
+    return ", ".join(parts) or "no filter"
+
+
+def bulk_question(verb: str, rows: Sequence[Any], complete: bool) -> str:
+    """ "Retry 37 failed jobs?": the count and statuses of what a bulk action reaches."""
+    present = [s.value for s in Status if any(r.status == s.value for r in rows)]
+    what = " or ".join(present)
+    n = len(rows)
+    more = "" if complete else f" (the newest {n:,}: more match, run it again for the rest)"
+    return f"{verb.capitalize()} {n:,} {what} job{'s' * (n != 1)}{more}?"
 
 
 #: How often the table reads which workflows and queues live workers serve.
@@ -189,6 +219,14 @@ class JobsTable(Component):
             label="", width=260, color="primary", variant="outline", visible=False
         )
         self._group_w.on_click(lambda _e: setattr(self, "group_id", ""))
+        self.bulk_retry_button = action_button(
+            "Retry all matching…", "nbj-bulk-retry", lambda: self.ask_bulk("retry"), width=170
+        )
+        self.bulk_cancel_button = action_button(
+            "Cancel all matching…", "nbj-bulk-cancel", lambda: self.ask_bulk("cancel"),
+            color="danger", width=170,
+        )  # fmt: skip
+        self.confirmation = Confirmation("nbj-bulk-confirm")
         self._group_changed()
 
     # -- queries -----------------------------------------------------------------------
@@ -281,6 +319,8 @@ class JobsTable(Component):
         "descending", "page_size", watch=True,
     )  # fmt: skip
     def _filters_changed(self) -> None:
+        # A question about what the old filter matched no longer describes the table.
+        self.confirmation.dismiss()
         if self.page != 1:
             self.page = 1  # triggers _page_changed
         else:
@@ -328,6 +368,49 @@ class JobsTable(Component):
             self.total_exact and self.page >= self._last_page()
         )
 
+    # -- bulk actions ----------------------------------------------------------------
+    def ask_bulk(self, action: str) -> str:
+        """Ask to retry or cancel (``action``) every job the filter matches that the
+        action applies to; returns the question ("" when there is nothing to ask).
+
+        The ids are read now and kept: "yes" acts on exactly the jobs counted (those of
+        them still in a status the action takes), not on what matches by then.
+        """
+        verb, statuses = BULK[action]
+        reason = self.refusal()
+        if reason is not None:  # also for a click on a hidden button, sent by a script
+            self.act(f"bulk {verb}", lambda: None)
+            return ""
+        filters = self.filters()
+        rows, complete = self.store.jobs_matching(filters, statuses, cap=BULK_CAP)
+        if not rows:
+            self.notify(
+                f"nothing to {verb}: no {' or '.join(statuses)} job matches the filter", "warning"
+            )
+            self.confirmation.dismiss()
+            return ""
+        ids = [r.id for r in rows]
+        question = bulk_question(verb, rows, complete)
+        self.confirmation.ask(
+            question, f"Yes, {verb} {len(ids):,}", lambda: self.bulk(action, ids, filters)
+        )
+        return question
+
+    def bulk(self, action: str, ids: Sequence[str], filters: JobFilter | None = None) -> bool:
+        """Retry or cancel (``action``) the jobs ``ids`` in bulk (a few transactions, not
+        one per job), authorised and logged with the filter that chose them."""
+        verb, _statuses = BULK[action]
+        fn = self.app.retry_jobs if action == "retry" else self.app.cancel_jobs
+        where = describe_filter(filters or self.filters())
+
+        done = self.act(
+            f"bulk {verb} of {len(ids):,} jobs matching {where}",
+            lambda: fn(list(ids)),
+            report=lambda reached: f"{DONE[action]} {len(reached):,} of {len(ids):,} jobs",
+        )
+        self.load()
+        return done
+
     @param.depends("group_id", watch=True)
     def _group_changed(self) -> None:
         """The group filter shows as a button that clears it."""
@@ -335,11 +418,22 @@ class JobsTable(Component):
         self._group_w.visible = bool(self.group_id)
 
     def controls(self) -> pn.viewable.Viewable:
-        """The filter and sort widgets (a row above the table)."""
-        return pn.FlexBox(
+        """The filter and sort widgets (a row above the table), the bulk actions on what
+        the filter matches, and their confirmation."""
+        allowed = self.action_allowed()
+        filters = pn.FlexBox(
             self._status_w, self._workflow_w, self._queue_w, self._search_w, self._sort_w,
             self._order_w, self._group_w, flex_wrap="wrap", sizing_mode="stretch_width",
         )  # fmt: skip
+        bulk = pn.Row(
+            self.bulk_retry_button,
+            self.bulk_cancel_button,
+            self.confirmation,
+            visible=allowed,
+            sizing_mode="stretch_width",
+        )
+        self.bulk_retry_button.visible = self.bulk_cancel_button.visible = allowed
+        return pn.Column(filters, bulk, sizing_mode="stretch_width")
 
     def body(self) -> pn.viewable.Viewable:
         """The table and its pager."""

@@ -334,7 +334,7 @@ class Overview(Component):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        shared = dict(app=self.app, require_auth=self.require_auth, read_only=self.read_only)
+        shared = self.shared()
         self.counters = Counters(**shared)
         self.throughput = Throughput(**shared)
         self.queues = QueueDepths(**shared)

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 import panel as pn
 
+from .actions import action_button
 from .base import Component, Throttle
 from .style import CSS, colour, fmt_relative, fmt_time, pill
 
@@ -32,14 +33,12 @@ class Schedules(Component):
             theme="simple",
             css_classes=["nbj-schedules-table"],
         )
-        self.pause_button = pn.widgets.Button(
-            label="Pause", width=90, color="primary", variant="outline"
+        self.pause_button = action_button(
+            "Pause", "nbj-pause", lambda: self.set_paused(True), width=90
         )
-        self.resume_button = pn.widgets.Button(
-            label="Resume", width=90, color="primary", variant="outline"
+        self.resume_button = action_button(
+            "Resume", "nbj-resume", lambda: self.set_paused(False), width=90
         )
-        self.pause_button.on_click(self._on_pause)
-        self.resume_button.on_click(self._on_resume)
         self._empty = pn.pane.HTML(
             '<div class="nbj-empty">No schedules. Create one with '
             '<code>app.schedule("name", workflow, cron="0 3 * * *")</code>.</div>',
@@ -72,30 +71,17 @@ class Schedules(Component):
             ],
             columns=COLUMNS,
         )
-        self._empty.visible = frame.empty
-        self.table.visible = not frame.empty
-        self.pause_button.visible = self.resume_button.visible = not (frame.empty or self.read_only)
-        current = self.table.value
-        if current is None or not frame.equals(current):
-            selection = self.table.selection
-            self.table.value = frame
-            self.table.selection = [i for i in selection if i < len(frame)]
+        self.show_frame(self.table, frame, self._empty, [self.pause_button, self.resume_button])
 
     def refresh(self, changes: Sequence[Any]) -> None:
         if self._throttle.due():
             self.load()
 
-    def _on_pause(self, _event: Any) -> None:
-        self.set_paused(True)
-
-    def _on_resume(self, _event: Any) -> None:
-        self.set_paused(False)
-
     def set_paused(self, paused: bool) -> bool:
-        if not self.table.selection:
-            self.notify("select a schedule first", "warning")
+        row = self.selected_row(self.table, self.rows, "schedule")
+        if row is None:
             return False
-        name = self.rows[self.table.selection[0]].name
+        name = row.name
         fn = self.app.pause_schedule if paused else self.app.resume_schedule
         done = self.act(f"{'pausing' if paused else 'resuming'} schedule {name}", lambda: fn(name))
         self.load()

@@ -82,6 +82,11 @@ pre.nbj-error { background: #fef2f2; border-color: #fecaca; color: #7f1d1d; }
 .nbj-notice { background: #fffbeb; border: 1px solid #fcd34d; border-radius: 6px;
   padding: 6px 10px; margin: 6px 0; font-size: 13px; color: #78350f; }
 .nbj-notice ul { margin: 4px 0 0 0; padding-left: 18px; }
+.nbj-traceback summary { cursor: pointer; font-size: 12px; color: #7f1d1d; padding: 2px 0; }
+.nbj-traceback pre.nbj-pre { max-height: 360px; margin-bottom: 4px; }
+.nbj-attempts tr.nbj-tb-row td { border-bottom: 1px solid var(--nbj-border); padding-top: 0; }
+.nbj-said-ok { color: #166534; font-size: 13px; }
+.nbj-said-error { color: #991b1b; font-size: 13px; font-weight: 600; }
 .nbj-url { font-family: ui-monospace, monospace; font-size: 12px; color: var(--nbj-muted); }
 """
 
