@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 from ..caching import (
     cache_key,
     cached_detail,
-    cached_from,
     fingerprint_or_version,
     unwrap_step,
 )
@@ -126,7 +125,7 @@ class CallState:
         if stored is None:
             cache = self._cache_option(fn)
             if cache is not None:
-                hit, value = self._from_cache(name, fn, args, kwargs, args_text, cache)
+                hit, value = self._from_cache(name, fn, args, kwargs, args_text, args_hash, cache)
                 if hit:
                     return True, value, args_hash
             return False, None, args_hash
@@ -167,12 +166,18 @@ class CallState:
         return getattr(self._execution.workflow, "cache", None)
 
     def _from_cache(
-        self, name: str, fn: Any, args: tuple, kwargs: dict, args_text: str | None, cache: Cache
+        self,
+        name: str,
+        fn: Any,
+        args: tuple,
+        kwargs: dict,
+        args_text: str | None,
+        args_hash: str | None,
+        cache: Cache,
     ) -> tuple[bool, Any]:
         """(True, value) when an earlier job's result of this step is reused: its stored
         text is recorded as this job's checkpoint, marked with where it came from.  On a
         miss the key is kept, so that ``_record`` saves the result under it."""
-        args_hash = None if args_text is None else digest(args_text)
         real, args, kwargs = unwrap_step(fn, args, kwargs)
         if real is not fn:
             args_text = self._args_text(args, kwargs)
@@ -194,7 +199,7 @@ class CallState:
                 return False, None
             self._seq += 1
             # Recorded already: a value that cannot be loaded fails the step, as a replay.
-            where = self._where(f"checkpoint {name!r}, cached from job {cached_from(row.detail)}")
+            where = self._where(f"checkpoint {name!r}, reused ({row.detail})")
             return True, runtime.codec.loads(row.value, where=where)
         with self._execution.writing():
             entry = runtime.store.find_cached_step(key, fresh_after)
