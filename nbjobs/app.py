@@ -26,7 +26,7 @@ from .runtime.hooks import check_event, hook_name
 from .runtime.registry import check_call_state_parameter, default_workflow_name
 from .runtime.scheduler import Scheduler
 from .runtime.tracing import TracerProvider, Tracing
-from .steps import exception_classes
+from .steps import Cache, as_cache, exception_classes
 from .store import Store
 from .validation import check_name, check_number, check_time
 from .workflow import NotebookWorkflow, Workflow
@@ -193,6 +193,7 @@ class App:
         steps: int | None = None,
         retry_on: Any = Exception,
         give_up_on: Any = (),
+        cache: bool | Cache | None = None,
     ) -> Any:
         """Register a workflow; use as ``@app.workflow`` or ``@app.workflow(name=..., ...)``.
 
@@ -208,7 +209,12 @@ class App:
         classes (one or a tuple); a failure that is not a ``retry_on`` or is a
         ``give_up_on`` fails the job at once, and so do programming errors
         (``DuplicateCheckpoint``, ``ConfigurationError``) whatever they say.
+
+        ``cache=True`` (or ``nbjobs.Cache(ttl=, version=)``): every step may be reused
+        from an earlier job with the same arguments and step code (see
+        ``docs/content/how-to/cache.md``).
         """
+        workflow_cache = as_cache(cache)
         defaults = Options.build(
             queue=queue, priority=priority, retries=retries, timeout=timeout, steps=steps
         )
@@ -225,6 +231,7 @@ class App:
             )
             check_call_state_parameter(wf_name, func)
             wf = Workflow(self._engine, func, wf_name, defaults, **policy)
+            wf.cache = workflow_cache
             if name is None and wf_name != func.__qualname__:
                 wf.alias = func.__qualname__
             old = self.runtime.registry.add(wf)
@@ -506,6 +513,17 @@ class App:
             finished_before=cutoff, statuses=statuses, batch_size=batch_size
         )
         return deleted
+
+    def clear_cache(self, workflow: str | None = None, step: str | None = None) -> int:
+        """Forget cached step results (``cache=True``), so that the next run computes
+        them again: all of them, those of ``workflow``, or of its step ``step``.
+        Returns how many entries went.  Jobs that reused an entry keep their values;
+        artifacts nothing refers to any more go at the next ``sweep_artifacts``."""
+        if workflow is not None:
+            check_name("workflow", workflow)
+        if step is not None:
+            check_name("step", step)
+        return self.store.clear_step_cache(workflow, step)
 
     def sweep_artifacts(self, grace_seconds: float = 3600.0) -> dict[str, int]:
         """Delete the artifacts that no stored value refers to any more (after a purge),

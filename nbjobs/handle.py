@@ -6,6 +6,8 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from .artifacts.artifact import Artifact
     from .runtime.engine import Engine
 
@@ -73,6 +75,15 @@ class JobHandle:
         ``kind``, ``done``, ``attempt``, ``started_at``, ``finished_at`` (datetimes),
         ``value`` (the stored form, cut to a preview) and ``value_length``."""
         return self.engine.checkpoint_info(self.id)
+
+    def checkpoints_frame(self) -> pd.DataFrame:
+        """The job's checkpoints as a DataFrame, one row each in step order: ``seq``,
+        ``name``, ``kind``, ``status``, ``attempt``, ``started_at``, ``finished_at``,
+        ``duration_s`` and ``cached_from`` (the job a cached step's value was reused
+        from, else None); no value is loaded."""
+        from .notebook.frames import checkpoints_frame
+
+        return checkpoints_frame(self.engine.store.history_steps([self.id]))
 
     def artifacts(self) -> list[Artifact]:
         """Every artifact the job's stored values refer to, without loading any: its

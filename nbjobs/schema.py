@@ -382,6 +382,31 @@ group_jobs = Table(
 # A job's groups: purge deletes its memberships with it.
 Index("ix_nbjobs_group_jobs_job", group_jobs.c.job_id)
 
+#: The key, in the ``detail`` of a checkpoint that reused an entry, naming the job
+#: whose value it reused (``{"cached_from": "<job id>"}``, see :mod:`nbjobs.caching`).
+CACHED_FROM = "cached_from"
+
+#: The cross-run step cache (``cache=True`` steps, see :mod:`nbjobs.caching`): one entry
+#: per key (workflow, step, argument digest, code fingerprint or version), the newest
+#: success under it.  ``value`` is the stored text of the step's result, the same text
+#: (artifacts by reference, never copied) that every hit writes into its own checkpoint;
+#: an entry keeps its artifacts alive after the job that made it is purged.  A new table
+#: rather than columns of the checkpoints table: ``create_all`` adds it to an existing
+#: database without a schema version, purge leaves it alone, and an uncached step costs
+#: it nothing.  A hit reads one row by its primary key.
+step_cache = Table(
+    "nbjobs_step_cache",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("workflow", NAME, nullable=False),
+    Column("step", NAME, nullable=False),
+    # The job whose checkpoint made the entry ("cached from job X").
+    Column("job_id", ID, nullable=False),
+    Column("value", Text),
+    Column("created_at", Double, nullable=False),
+)
+# app.clear_cache(workflow=..., step=...).
+Index("ix_nbjobs_step_cache_workflow", step_cache.c.workflow, step_cache.c.step)
 #: The executed notebook of each attempt of a notebook job (``app.notebook``): the codec's
 #: text of the ``.ipynb`` bytes, an artifact reference.  A new table, no schema version:
 #: ``create_all`` adds it to an existing database and older nbjobs ignore it.  Keyed by

@@ -14,6 +14,7 @@ error nbjobs itself raises (:data:`NEVER_RETRIED`), which the same code would ra
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,22 @@ class Cache:
 
     ttl: float | timedelta | None = None
     version: str | None = None
+
+    def __post_init__(self) -> None:
+        ttl = self.ttl
+        if ttl is not None and (
+            isinstance(ttl, bool)
+            or not isinstance(ttl, (int, float, timedelta))
+            or not (self.ttl_seconds() or 0) > 0
+            or not math.isfinite(self.ttl_seconds() or 0)
+        ):
+            raise ConfigurationError(
+                f"Cache(ttl=...) takes positive seconds or a timedelta, or None, got {ttl!r}"
+            )
+        if self.version is not None and (not isinstance(self.version, str) or not self.version):
+            raise ConfigurationError(
+                f"Cache(version=...) takes a non-empty string, got {self.version!r}"
+            )
 
     def ttl_seconds(self) -> float | None:
         if isinstance(self.ttl, timedelta):

@@ -161,8 +161,9 @@ def test_job_handle_shows_status_progress_and_escaped_facts(sqlite_app):
         wait_until(lambda: h.status == "failed")
     with counted_selects(app) as selects:
         page = h._repr_html_()
-    # The job's row, then its input/result and checkpoints that hold artifact references.
-    assert len(selects) == 3, selects
+    # The job's row, its steps (without values: which were reused from the step cache),
+    # then its input/result and checkpoints that hold artifact references.
+    assert len(selects) == 4, selects
     assert pill_of("failed") in page and f"job {h.id}" in page
     assert "nbj-artifacts" not in page  # no artifacts, no section
     assert 'data-pct="50"' in page and "1/2" in page

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol, SupportsIndex, overload, runtime_checkable
 
+from ..caching import cached_from
 from ..jobs import FINISHED, STATUS_COLOURS, row_code_changed, row_progress
 
 if TYPE_CHECKING:
@@ -210,8 +211,9 @@ def _muted(text: str) -> str:
 # -- one job ----------------------------------------------------------------------------
 def job_html(handle: Job) -> str:
     """A job as a header (id, status, progress) over a small table of facts and its
-    artifacts (with previews of the first :data:`MAX_PREVIEWS`); three queries: the
-    row, then the stored values that hold artifact references."""
+    artifacts (with previews of the first :data:`MAX_PREVIEWS`); four queries: the
+    row, its steps (which were reused from a cache), then the stored values that hold
+    artifact references."""
     engine = handle.engine
     rows = engine.store.jobs_rows([handle.id])
     if not rows:
@@ -229,6 +231,7 @@ def job_html(handle: Job) -> str:
         ("started", _utc(r.started_at)),
         ("finished", _utc(r.finished_at)),
         ("took", took),
+        ("cached", _cached_steps(engine.store.history_steps([r.id]))),
         ("waiting for", _esc(r.waiting_for)),
         ("message", _esc(r.message)),
     ]
@@ -252,6 +255,20 @@ def job_html(handle: Job) -> str:
         f'</div><table style="{FONT};border-collapse:collapse;margin-top:4px">{cells}</table>'
         f"{error}{artifacts_html(engine.store.artifact_values([r.id]), engine.codec.artifacts)}"
         "</div>"
+    )
+
+
+def _cached_steps(steps: Iterable[Any]) -> str:
+    """Which steps reused an earlier job's value (``cache=True``): "load, clean (cached
+    from job X)", grouped by source; empty when none did."""
+    by_source: dict[str, list[str]] = {}
+    for s in steps:
+        source = cached_from(s.detail)
+        if source:
+            by_source.setdefault(source, []).append(s.name)
+    return "; ".join(
+        f'{_esc(", ".join(names))} <span style="{MUTED}">(cached from job {_esc(source)})</span>'
+        for source, names in by_source.items()
     )
 
 

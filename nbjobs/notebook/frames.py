@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..caching import cached_from
+
 if TYPE_CHECKING:
     import pandas
 
@@ -48,6 +50,20 @@ COLUMNS = [
     "finished_at",
     "duration_s",
     "artifact_bytes",  # bytes of the artifacts the value refers to (steps, jobs)
+    "cached_from",  # the job whose stored value a cached step reused (steps only)
+]
+
+#: The columns of ``h.checkpoints_frame()``.
+CHECKPOINT_COLUMNS = [
+    "seq",
+    "name",
+    "kind",  # step | sleep | signal | fanout
+    "status",  # done | pending
+    "attempt",
+    "started_at",
+    "finished_at",
+    "duration_s",
+    "cached_from",  # the job whose stored value a cached step reused, else None
 ]
 
 #: The columns of ``app.artifacts_frame()``.
@@ -151,6 +167,7 @@ def history_frame(
                 status="done" if s.done else "pending",
                 started_at=s.started_at,
                 finished_at=s.finished_at,
+                cached_from=cached_from(s.detail),
             )
         )
     for t in store.list_step_tries(list(by_id)):
@@ -181,6 +198,36 @@ def history_frame(
     for column in ("started_at", "finished_at"):
         frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
     frame["duration_s"] = (frame["finished_at"] - frame["started_at"]).dt.total_seconds()
+    return frame
+
+
+def checkpoints_frame(steps: Iterable[Any]) -> pandas.DataFrame:
+    """One row per checkpoint of a job (``store.history_steps([id])``), in step order;
+    ``cached_from`` names the job a cached step's value came from."""
+    import pandas as pd
+
+    records = [
+        (
+            s.seq,
+            s.name,
+            s.kind,
+            "done" if s.done else "pending",
+            s.attempt,
+            s.started_at,
+            s.finished_at,
+            None,
+            cached_from(s.detail),
+        )
+        for s in steps
+    ]
+    frame = pd.DataFrame.from_records(records, columns=CHECKPOINT_COLUMNS)
+    for column in ("seq", "attempt"):
+        frame[column] = frame[column].astype("Int64")
+    for column in ("started_at", "finished_at"):
+        frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
+    frame["duration_s"] = (frame["finished_at"] - frame["started_at"]).dt.total_seconds()
+    # None, not NaN, where a step was not reused (the ids are strings).
+    frame["cached_from"] = pd.Series([r[-1] for r in records], dtype=object)
     return frame
 
 

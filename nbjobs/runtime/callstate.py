@@ -28,8 +28,15 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ..caching import (
+    cache_key,
+    cached_detail,
+    fingerprint_or_version,
+    unwrap_step,
+)
 from ..codec import digest
 from ..errors import (
+    ArtifactError,
     ConfigurationError,
     DuplicateCheckpoint,
     FanOutError,
@@ -39,7 +46,7 @@ from ..errors import (
     _Suspend,
 )
 from ..options import Spec
-from ..steps import StepOptions, step_options
+from ..steps import Cache, StepOptions, step_options
 from ..store.waits import CANCELLED, LOST, SUSPENDED, TIMEOUT, WaitResult
 from ..strategies import FailFast, Outcome, Strategy, strategy_from_detail
 from ..validation import check_name, check_number, check_time
@@ -76,6 +83,8 @@ class CallState:
         self._seq = last_seq
         #: How often this run waited for each signal name (the n-th wait is a step).
         self._signal_waits: dict[str, int] = {}
+        #: Cached steps that missed: step name -> the key their result is saved under.
+        self._cache_keys: dict[str, str] = {}
 
     # -- steps: names and numbers ------------------------------------------------------
     def _claim_name(self, name: str, what: str) -> Row | None:
@@ -111,8 +120,14 @@ class CallState:
                 f"fetch(1)) (got a {type(fn).__name__})"
             )
         stored = self._claim_name(name, "checkpoint name")
-        args_hash = self._args_hash(args, kwargs)
+        args_text = self._args_text(args, kwargs)
+        args_hash = None if args_text is None else digest(args_text)
         if stored is None:
+            cache = self._cache_option(fn)
+            if cache is not None:
+                hit, value = self._from_cache(name, fn, args, kwargs, args_text, args_hash, cache)
+                if hit:
+                    return True, value, args_hash
             return False, None, args_hash
         if stored.args_hash and args_hash and stored.args_hash != args_hash:
             capture.log_outside(
@@ -135,11 +150,79 @@ class CallState:
         )
         return True, self._runtime.codec.loads(stored.value, where=where), args_hash
 
-    def _args_hash(self, args: tuple, kwargs: dict) -> str | None:
+    def _args_text(self, args: tuple, kwargs: dict) -> str | None:
+        """The arguments as hashed: artifacts by their content digest, never written."""
         try:
-            return digest(self._runtime.codec.dumps([list(args), kwargs], check_keys=False))
+            return self._runtime.codec.dumps([list(args), kwargs], check_keys=False)
         except (SerializationError, RecursionError):
             return None
+
+    # -- the cross-run step cache (see nbjobs.caching) ---------------------------------
+    def _cache_option(self, fn: Any) -> Cache | None:
+        """The step's own ``cache=``, else its workflow's, else None."""
+        options = step_options(unwrap_step(fn, (), {})[0])
+        if options is not None and options.cache is not None:
+            return options.cache
+        return getattr(self._execution.workflow, "cache", None)
+
+    def _from_cache(
+        self,
+        name: str,
+        fn: Any,
+        args: tuple,
+        kwargs: dict,
+        args_text: str | None,
+        args_hash: str | None,
+        cache: Cache,
+    ) -> tuple[bool, Any]:
+        """(True, value) when an earlier job's result of this step is reused: its stored
+        text is recorded as this job's checkpoint, marked with where it came from.  On a
+        miss the key is kept, so that ``_record`` saves the result under it."""
+        real, args, kwargs = unwrap_step(fn, args, kwargs)
+        if real is not fn:
+            args_text = self._args_text(args, kwargs)
+        if args_text is None:
+            log.debug("checkpoint %r: arguments with no stored form are never cached", name)
+            return False, None
+        workflow = self._execution.workflow.name
+        key = cache_key(workflow, name, args_text, fingerprint_or_version(real, cache.version))
+        runtime = self._runtime
+        now = runtime.store.now()
+        ttl = cache.ttl_seconds()
+        fresh_after = None if ttl is None else now - ttl
+        tried, row = self._execution.reuse_step(
+            name, self._seq + 1, key, fresh_after, args_hash, now
+        )
+        if tried:
+            if row is None:
+                self._cache_keys[name] = key
+                return False, None
+            self._seq += 1
+            # Recorded already: a value that cannot be loaded fails the step, as a replay.
+            where = self._where(f"checkpoint {name!r}, reused ({row.detail})")
+            return True, runtime.codec.loads(row.value, where=where)
+        with self._execution.writing():
+            entry = runtime.store.find_cached_step(key, fresh_after)
+        # A job never reuses its own entry: h.retry(from_checkpoint=...) recomputes.
+        if entry is None or entry.job_id == self.job_id:
+            self._cache_keys[name] = key
+            return False, None
+        where = self._where(f"checkpoint {name!r}, cached from job {entry.job_id}")
+        try:
+            value = runtime.codec.loads(entry.value, where=where)
+        except ArtifactError as exc:
+            log.warning("%s cannot be loaded (%s); the step runs again", where, exc)
+            self._cache_keys[name] = key
+            return False, None
+        self._execution.record_step(
+            name,
+            self._next_seq(),
+            entry.value,
+            args_hash,
+            now,
+            detail=cached_detail(entry.job_id),
+        )
+        return True, value
 
     def _record(self, name: str, value: Any, args_hash: str | None, started: float) -> Any:
         """Store a finished step under the next number; returns the value as a replay
@@ -151,6 +234,17 @@ class CallState:
                 f"checkpoint {name!r} returned a value nbjobs cannot store: {exc}"
             ) from None
         self._execution.record_step(name, self._next_seq(), text, args_hash, started)
+        key = self._cache_keys.pop(name, None)
+        if key is not None:
+            with self._execution.writing():
+                self._runtime.store.save_cached_step(
+                    key=key,
+                    workflow=self._execution.workflow.name,
+                    step=name,
+                    job_id=self.job_id,
+                    value=text,
+                    created_at=self._runtime.store.now(),
+                )
         return stored
 
     def _where(self, what: str) -> str:
@@ -480,7 +574,7 @@ class AsyncCallState(CallState):
     async def checkpoint(
         self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> Any:
-        replayed, value, args_hash = self._begin_step(name, fn, args, kwargs)
+        replayed, value, args_hash = await self._begin_step_async(name, fn, args, kwargs)
         if replayed:
             return value
         if self._execution.trace is not None:
@@ -495,6 +589,15 @@ class AsyncCallState(CallState):
         value = await self._run_step(name, fn, args, kwargs)
         # In a thread: writing an artifact (a DataFrame, say) must not block the loop.
         return await asyncio.to_thread(self._record, name, value, args_hash, started)
+
+    async def _begin_step_async(
+        self, name: str, fn: Any, args: tuple, kwargs: dict
+    ) -> tuple[bool, Any, str | None]:
+        """``_begin_step``, in a thread when a cached step reads the database (the
+        loop runs other jobs meanwhile)."""
+        if callable(fn) and self._cache_option(fn) is not None:
+            return await asyncio.to_thread(self._begin_step, name, fn, args, kwargs)
+        return self._begin_step(name, fn, args, kwargs)
 
     async def _run_step(self, name: str, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """The async twin of :meth:`CallState._run_step`: a try over its timeout is

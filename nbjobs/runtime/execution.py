@@ -163,7 +163,13 @@ class Execution:
 
     # -- what CallState calls ----------------------------------------------------------
     def record_step(
-        self, name: str, seq: int, text: str, args_hash: str | None, started: float
+        self,
+        name: str,
+        seq: int,
+        text: str,
+        args_hash: str | None,
+        started: float,
+        detail: str | None = None,
     ) -> None:
         """Store a finished step, fenced by the lease.
 
@@ -188,12 +194,46 @@ class Execution:
                 attempt=self.job.attempt,
                 started_at=started,
                 count=self._uncounted if touch else None,
+                detail=detail,
             )
         if not accepted:
             raise self.lease_lost()
         if touch:
             self._uncounted = 0
             self._touched_at = now
+
+    def reuse_step(
+        self,
+        name: str,
+        seq: int,
+        key: str,
+        fresh_after: float | None,
+        args_hash: str | None,
+        started: float,
+    ) -> tuple[bool, Any]:
+        """A cache hit in one statement, where the store can and the job row needs no
+        touch now (see ``record_step``): (tried, row).  ``tried`` False: the caller
+        reads the entry and records the step itself.  ``row`` (``value``, ``detail``)
+        None: no fresh entry (or the lease is lost, which the step's own write tells)."""
+        store = self.runtime.store
+        if not store.hits_in_one_statement or store.now() - self._touched_at >= TOUCH_SECONDS:
+            return False, None
+        with store_failures():
+            row = store.record_cached_checkpoint(
+                key=key,
+                fresh_after=fresh_after,
+                job_id=self.job.id,
+                token=self.token,
+                name=name,
+                seq=seq,
+                args_hash=args_hash,
+                code_fingerprint=self.workflow.fingerprint,
+                attempt=self.job.attempt,
+                started_at=started,
+            )
+        if row is not None:
+            self._uncounted += 1
+        return True, row
 
     def record_try(
         self, step: str, try_number: int, outcome: str, error: str | None, started: float

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..options import Options
+from ..steps import Cache
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,10 @@ class Definition:
     (its job's ``retries`` allowing) and those that fail the job at once.  They are code,
     not stored with the job: the definition of the process running the attempt decides.
     """
+
+    #: ``@app.workflow(cache=...)``: every step of the workflow may be reused across
+    #: jobs (see :mod:`nbjobs.caching`); a step's own ``@nbjobs.step(cache=...)`` wins.
+    cache: Cache | None = None
 
     def __init__(
         self,

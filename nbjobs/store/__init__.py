@@ -16,6 +16,7 @@
 * ``counts``, ``views`` and ``history``: the dashboard's and the notebooks' reads;
 * ``metrics``: the reads behind ``/metrics``;
 * ``retention``: purging old history;
+* ``cache``: entries of the cross-run step cache;
 * ``tries``: the tries of steps with retries (the failed ones and the one that succeeded);
 * ``hooks``: the outcomes whose hooks have not run, and the leases on running them;
 * ``notebooks``: the executed notebook of each attempt of a notebook job.
@@ -28,6 +29,7 @@ one exception is the group-commit hook ``Transactions._run_group``, which
 ``FinishQueries`` replaces without ``super()`` (``tests/test_layers.py`` checks it all).
 """
 
+from .cache import CacheQueries
 from .finish import FinishQueries
 from .groups import GroupQueries
 from .history import HistoryQueries
@@ -54,6 +56,7 @@ class Store(
     RetentionQueries,
     MetricQueries,
     HookQueries,
+    CacheQueries,
     NotebookQueries,
     TryQueries,
 ):

@@ -110,7 +110,8 @@ class HistoryQueries(CoreStore):
         )
 
     def history_steps(self, job_ids: Sequence[str]) -> list[Row]:
-        """Every checkpoint of these jobs (without values), in job and step order."""
+        """Every checkpoint of these jobs (without values; ``detail`` holds a cache hit's
+        ``cached_from``), in job and step order."""
         return self._by_job_ids(
             select(
                 checkpoints.c.job_id,
@@ -121,6 +122,7 @@ class HistoryQueries(CoreStore):
                 checkpoints.c.attempt,
                 checkpoints.c.started_at,
                 checkpoints.c.finished_at,
+                checkpoints.c.detail,
             ),
             checkpoints.c.job_id,
             job_ids,

@@ -284,6 +284,7 @@ class JobQueries(CoreStore):
         started_at: float,
         count: int | None = 1,
         kind: str = "step",
+        detail: str | None = None,
     ) -> bool:
         """Persist a finished step; False (nothing written) when the lease was lost.
 
@@ -291,7 +292,8 @@ class JobQueries(CoreStore):
         before).  With None, where ``defers_touches``, the job row is left as it is and
         the step costs one row instead of two; the caller adds the step later with
         :meth:`count_steps` (the change feed and progress bars lag until then).
-        Elsewhere None counts the step now.
+        Elsewhere None counts the step now.  ``detail``: a cache hit's ``cached_from``
+        mark (see :mod:`nbjobs.caching`).
         """
         now = self.now()
         fence = dict(f_id=job_id, f_token=token, f_now=now, f_steps=1 if count is None else count)
@@ -302,7 +304,7 @@ class JobQueries(CoreStore):
             kind=kind,
             done=True,
             value=value,
-            detail=None,
+            detail=detail,
             args_hash=args_hash,
             code_fingerprint=code_fingerprint,
             attempt=attempt,

@@ -32,6 +32,7 @@ from ..schema import (
     notebooks,
     schedules,
     signals,
+    step_cache,
     step_tries,
 )
 from .core import CoreStore
@@ -46,7 +47,7 @@ class RetentionQueries(CoreStore):
 
     def texts_containing(self, marker: str) -> list[str]:
         """Every stored value (input, result, checkpoint, signal payload, schedule
-        input) whose text contains ``marker``: the artifact sweep's mark phase reads
+        input, step cache entry) whose text contains ``marker``: the artifact sweep's mark phase reads
         the references they hold.  Rows without artifacts are skipped by the filter."""
         found: list[str] = []
         for column in (
@@ -55,6 +56,7 @@ class RetentionQueries(CoreStore):
             checkpoints.c.value,
             signals.c.payload,
             schedules.c.input,
+            step_cache.c.value,
             notebooks.c.value,
         ):
             stmt = select(column).where(column.contains(marker, autoescape=True))

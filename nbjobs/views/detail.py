@@ -19,6 +19,7 @@ import param
 
 from ..artifacts.artifact import facts, preview_html
 from ..artifacts.reference import Reference, find_references
+from ..caching import cached_from
 from ..errors import UnknownJob
 from ..jobs import FINISHED, row_code_changed, row_progress
 from ..notebook.display import code_mark
@@ -153,10 +154,17 @@ def step_timeline(
             if refs
             else f'<code style="font-size:11px">{_esc(stored_value(s.value, 120, s.value_length))}</code>'
         )
+        source = cached_from(getattr(s, "detail", None))
+        cached = (
+            f' · <span class="nbj-cached" title="reused from an earlier job (cache=True)">'
+            f"cached from job {_esc(source)}</span>"
+            if source
+            else ""
+        )
         rows.append(
             f'<tr data-step="{_esc(s.name)}"><td>{s.seq}</td><td><b>{_esc(s.name)}</b>'
             f'<div class="nbj-muted">{_esc(s.kind)}'
-            f"{' · attempt ' + str(s.attempt) if s.attempt else ''}</div></td>"
+            f"{' · attempt ' + str(s.attempt) if s.attempt else ''}{cached}</div></td>"
             f"<td>{duration}</td><td style='width:45%'>{bar}</td>"
             f"<td>{value}</td></tr>"
         )

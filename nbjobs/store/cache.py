@@ -1,0 +1,165 @@
+"""The cross-run step cache: find an entry by its key, save one, clear them.
+
+An entry (``nbjobs_step_cache``) is the newest successful result of a cached step under
+its key (see ``nbjobs.caching``).  A hit is one primary-key read here, then the
+usual fenced checkpoint write (``record_checkpoint`` with a ``cached_from`` detail);
+a miss saves its entry after its checkpoint committed.  Entries are not job rows:
+``purge_jobs`` leaves them (and, through ``texts_containing``, their artifacts) alone;
+only ``clear_step_cache`` deletes them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import bindparam, delete, exists, insert, literal, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+
+from ..schema import CACHED_FROM, checkpoints, jobs, step_cache
+from .core import _FENCED, CoreStore
+
+log = logging.getLogger(__name__)
+
+_FIND = select(step_cache.c.job_id, step_cache.c.value, step_cache.c.created_at).where(
+    step_cache.c.key == bindparam("k_key")
+)
+_FIND_FRESH = _FIND.where(step_cache.c.created_at >= bindparam("k_after"))
+_REPLACE = (
+    update(step_cache)
+    .where(step_cache.c.key == bindparam("k_key"))
+    .values(
+        job_id=bindparam("k_job"),
+        value=bindparam("k_value"),
+        created_at=bindparam("k_created"),
+    )
+)
+_INSERT = insert(step_cache)
+
+#: No ``ttl``: every entry is fresh enough.
+_ANY_AGE = -1e300
+
+
+def _hit_statement() -> object:
+    """A hit as one statement (read-fence dialects): the checkpoint row is inserted
+    from the entry, with the ``cached_from`` detail built in SQL, only when the entry
+    is there and fresh and the job's lease holds (read under a share lock, leaving the
+    job row alone, as ``_READ_FENCED_CHECKPOINT``); it returns the value inserted."""
+    detail = literal('{"' + CACHED_FROM + '": "') + step_cache.c.job_id + literal('"}')
+    fresh = (
+        step_cache.c.key == bindparam("k_key"),
+        step_cache.c.created_at >= bindparam("k_after"),
+        # A job never reuses its own entry: h.retry(from_checkpoint=...) recomputes.
+        step_cache.c.job_id != bindparam("f_id"),
+    )
+    fence = exists(select(jobs.c.id).where(*_FENCED).with_for_update(read=True))
+    values = [
+        step_cache.c.value
+        if c.name == "value"
+        else detail
+        if c.name == "detail"
+        else bindparam(c.name, type_=c.type)
+        for c in checkpoints.c
+    ]
+    return (
+        insert(checkpoints)
+        .from_select([c.name for c in checkpoints.c], select(*values).where(*fresh, fence))
+        .returning(checkpoints.c.value, checkpoints.c.detail)
+    )
+
+
+_HIT = _hit_statement()
+
+
+class CacheQueries(CoreStore):
+    """Entries of the step cache, by key."""
+
+    def find_cached_step(self, key: str, fresh_after: float | None) -> Row | None:
+        """The entry under ``key`` made at or after ``fresh_after`` (any age for
+        None): ``job_id``, ``value``, ``created_at``; None on a miss."""
+        params: dict[str, Any] = {"k_key": key}
+        if fresh_after is None:
+            statement = _FIND
+        else:
+            statement, params["k_after"] = _FIND_FRESH, fresh_after
+        if self.dialect.autocommit_single:
+            # PostgreSQL: one round trip in autocommit mode, not BEGIN, SELECT, COMMIT.
+            rows = self._single_statement(lambda conn: self._run(conn, statement, params).all())
+        else:
+            with self._read() as conn:
+                rows = self._run(conn, statement, params).all()
+        return rows[0] if rows else None
+
+    @property
+    def hits_in_one_statement(self) -> bool:
+        """A hit that leaves the job row alone can be one statement
+        (:meth:`record_cached_checkpoint`): the read-fence dialects, whose INSERT can
+        read the entry and the lease and return the row."""
+        return self.dialect.read_fence
+
+    def record_cached_checkpoint(
+        self,
+        *,
+        key: str,
+        fresh_after: float | None,
+        job_id: str,
+        token: str,
+        name: str,
+        seq: int,
+        args_hash: str | None,
+        code_fingerprint: str | None,
+        attempt: int,
+        started_at: float,
+    ) -> Row | None:
+        """Record the entry under ``key`` (made at or after ``fresh_after``) as this
+        job's checkpoint ``name``, in one statement that leaves the job row alone (the
+        caller counts the step later, see ``record_checkpoint(count=None)``).  Returns
+        the row's ``value`` and ``detail``; None when nothing was written: no fresh entry,
+        or the lease is lost (the step's own write then finds out)."""
+        params = dict(
+            k_key=key,
+            k_after=_ANY_AGE if fresh_after is None else fresh_after,
+            f_id=job_id,
+            f_token=token,
+            job_id=job_id,
+            name=name,
+            seq=seq,
+            kind="step",
+            done=True,
+            args_hash=args_hash,
+            code_fingerprint=code_fingerprint,
+            attempt=attempt,
+            started_at=started_at,
+            finished_at=self.now(),
+        )
+        rows = self._single_statement(lambda conn: self._run(conn, _HIT, params).all())
+        return rows[0] if rows else None
+
+    def save_cached_step(
+        self, *, key: str, workflow: str, step: str, job_id: str, value: str, created_at: float
+    ) -> None:
+        """Make the entry under ``key`` this result (replacing an older one).  Two
+        workers saving one key at once: one insert loses, and either entry is right."""
+        replace = dict(k_key=key, k_job=job_id, k_value=value, k_created=created_at)
+        row = dict(
+            key=key, workflow=workflow, step=step, job_id=job_id, value=value, created_at=created_at
+        )
+        try:
+            with self._write() as conn:
+                if self._run(conn, _REPLACE, replace).rowcount == 0:
+                    self._run(conn, _INSERT, row)
+        except IntegrityError:
+            log.debug("step cache entry %s saved by another worker first", key)
+
+    def clear_step_cache(self, workflow: str | None = None, step: str | None = None) -> int:
+        """Delete the entries of ``workflow`` (all workflows for None), of its step
+        ``step`` only if given; returns how many.  The checkpoints that reused them keep
+        their values; artifacts no row refers to any more go at the next sweep."""
+        statement = delete(step_cache)
+        if workflow is not None:
+            statement = statement.where(step_cache.c.workflow == workflow)
+        if step is not None:
+            statement = statement.where(step_cache.c.step == step)
+        with self._write() as conn:
+            return int(conn.execute(statement).rowcount or 0)
