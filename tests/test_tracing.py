@@ -271,30 +271,27 @@ def test_cancel_is_the_attempts_outcome(traced: nbjobs.App, exporter: InMemorySp
     assert attrs(run)["nbjobs.outcome"] == "cancelled"
 
 
-def test_a_step_served_from_a_cache_says_so(
-    exporter: InMemorySpanExporter, provider: TracerProvider
+def test_a_step_served_from_the_cache_has_a_span_that_says_so(
+    traced: nbjobs.App, exporter: InMemorySpanExporter
 ) -> None:
-    """The step cache's side of the contract: ``AttemptSpan.step(name, cached=True)``
-    (or setting ``cached`` on what it yields) marks the step's span."""
-    from nbjobs.runtime.tracing import Tracing
-    from nbjobs.store import ClaimedJob
+    @nbjobs.step(cache=True)
+    def load(day: str) -> str:
+        return f"loaded {day}"
 
-    job = ClaimedJob(
-        id="j1", workflow="w", queue="default", input=None, attempt=1, max_retries=0,
-        failures=0, timeout_seconds=None, steps_done=0, lease_token="t", root_id="j1",
-        parent_id=None, reclaims=0,
-    )  # fmt: skip
-    attempt = Tracing(provider).attempt(job, "w")
-    assert attempt is not None
-    with attempt:
-        with attempt.step("from-cache", cached=True):
-            pass
-        with attempt.step("found-later") as step:
-            step.cached = True
-        with attempt.step("computed"):
-            pass
-    cached = {s.name: attrs(s)["nbjobs.cached"] for s in spans(exporter) if s.name != "run w"}
-    assert cached == {"step from-cache": True, "step found-later": True, "step computed": False}
+    @traced.workflow(name="report")
+    def report(cs: nbjobs.CallState, day: str) -> str:
+        return cs.checkpoint("load", load, day) + cs.checkpoint("tail", str.upper, day)
+
+    assert report.run("mon") == report.run("mon") == "loaded monMON"
+    runs = sorted(spans(exporter, "run report"), key=lambda span: span.start_time or 0)
+    first, second = (attrs(span)["nbjobs.job_id"] for span in runs)
+    by_job: dict[str, dict[str, bool]] = {}
+    for span in spans(exporter):
+        found = attrs(span)
+        if span.name.startswith("step "):
+            by_job.setdefault(found["nbjobs.job_id"], {})[span.name] = found["nbjobs.cached"]
+    assert by_job[first] == {"step load": False, "step tail": False}
+    assert by_job[second] == {"step load": True, "step tail": False}
 
 
 def test_a_group_submitted_at_once_is_one_submit_span(

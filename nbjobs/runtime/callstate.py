@@ -127,6 +127,10 @@ class CallState:
             if cache is not None:
                 hit, value = self._from_cache(name, fn, args, kwargs, args_text, args_hash, cache)
                 if hit:
+                    if self._execution.trace is not None:
+                        # A step served from the cache is traced too, marked as such.
+                        with self._execution.trace.step(name, cached=True):
+                            pass
                     return True, value, args_hash
             return False, None, args_hash
         if stored.args_hash and args_hash and stored.args_hash != args_hash:
