@@ -9,12 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Column, Index, MetaData, String, Table, insert, select, update
+from sqlalchemy import Column, Index, MetaData, String, Table, insert, inspect, select, update
 from sqlalchemy.engine import Connection
 
 from .. import dialects
 from ..errors import ConfigurationError
-from ..schema import DUE_INDEX, SCHEMA_VERSION, TREE_INDEX, meta, metadata, new_token
+from ..schema import (
+    DUE_INDEX,
+    EXPIRES_INDEX,
+    SCHEMA_VERSION,
+    TREE_INDEX,
+    jobs,
+    meta,
+    metadata,
+    new_token,
+)
 
 
 def _migrate_to_2(conn: Connection, dialect: dialects.Dialect) -> None:
@@ -33,6 +42,19 @@ def _migrate_to_3(conn: Connection, dialect: dialects.Dialect) -> None:
     dialect.create_index(conn, TREE_INDEX)
 
 
+def _migrate_to_4(conn: Connection, dialect: dialects.Dialect) -> None:
+    """Version 4 (flow control) adds the jobs' ``partition_key`` and ``expires_at``
+    columns, both NULL for the jobs already there, and ``ix_nbjobs_jobs_expires``.
+    The limit tables are new tables, which ``create_all`` made already."""
+    have = {c["name"] for c in inspect(conn).get_columns(jobs.name)}
+    for column in (jobs.c.partition_key, jobs.c.expires_at):
+        if column.name not in have:
+            kind = column.type.compile(dialect=conn.dialect)
+            name = conn.dialect.identifier_preparer.quote(column.name)
+            conn.exec_driver_sql(f"ALTER TABLE {jobs.name} ADD COLUMN {name} {kind}")
+    dialect.create_index(conn, EXPIRES_INDEX)
+
+
 #: A meta row changed whenever finished jobs stop being finished (a retry) or are deleted.
 EPOCH_KEY = "finished_epoch"
 
@@ -41,6 +63,7 @@ EPOCH_KEY = "finished_epoch"
 MIGRATIONS: dict[int, Callable[[Connection, dialects.Dialect], None]] = {
     2: _migrate_to_2,
     3: _migrate_to_3,
+    4: _migrate_to_4,
 }
 
 
