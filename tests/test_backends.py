@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 import nbjobs
-from nbjobs.schema import attempts, jobs, meta
+from nbjobs.schema import SCHEMA_VERSION, attempts, jobs, meta
 from tests import backends
 from tests.conftest import make_app
 from tests.support import ROOT, wait_until
@@ -157,7 +157,7 @@ def test_a_version_1_database_is_migrated_forward_with_its_jobs(db_url: str):
             ).scalar()
         assert "ix_nbjobs_jobs_due" in names and "ix_nbjobs_jobs_delayed" not in names
         assert "ix_nbjobs_jobs_tree" in names and "ix_nbjobs_jobs_root" not in names
-        assert version == "3"
+        assert version == str(SCHEMA_VERSION)
         assert app.job(kept.id).status == "queued"  # (the handle of the closed app is not)
         assert app.store.next_due_at(["default"]) == app.store.get_job(kept.id).run_at
     finally:

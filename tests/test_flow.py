@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 import nbjobs
-from nbjobs.schema import jobs
+from nbjobs.schema import jobs, meta
 from tests.conftest import make_app
 from tests.support import wait_until
 
@@ -300,3 +300,41 @@ def test_bad_expiry_and_partition_are_refused(sqlite_app: nbjobs.App, bad: dict)
 
     with pytest.raises(nbjobs.ConfigurationError, match=next(iter(bad))):
         w.options(**bad)
+
+
+@pytest.mark.no_worker
+def test_a_version_3_database_gains_the_flow_columns(db_url: str) -> None:
+    app = make_app(db_url)
+
+    @app.workflow(name="later")
+    def later(cs: nbjobs.CallState) -> str:
+        return "done"
+
+    kept = later.options(delay=3600).submit()
+    app.close()
+    # Put the database back the way version 3 left it: no flow columns, version "3".
+    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        # A table of its own: an Index on ``jobs`` would join nbjobs' metadata.
+        old = sa.Table("nbjobs_jobs", sa.MetaData(), sa.Column("expires_at", sa.Double))
+        sa.Index("ix_nbjobs_jobs_expires", old.c.expires_at).drop(conn)
+        # DuckDB cannot drop a column that an index follows: there the columns stay,
+        # and the migration must take them as they are.
+        if conn.dialect.name != "duckdb":
+            for column in ("partition_key", "expires_at"):
+                conn.exec_driver_sql(f"ALTER TABLE nbjobs_jobs DROP COLUMN {column}")
+        conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value="3"))
+    engine.dispose()
+    app = make_app(db_url)
+    try:
+        with app.store.engine.connect() as conn:
+            version = conn.execute(
+                sa.select(meta.c.value).where(meta.c.key == "schema_version")
+            ).scalar()
+            columns = set(conn.exec_driver_sql("SELECT * FROM nbjobs_jobs WHERE 1 = 0").keys())
+        assert version == "4"
+        assert {"partition_key", "expires_at"} <= columns
+        job = app.store.get_job(kept.id, full=True)
+        assert job.status == "queued" and job.partition_key is None and job.expires_at is None
+    finally:
+        app.close()

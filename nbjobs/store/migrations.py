@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Column, Index, MetaData, String, Table, insert, inspect, select, update
+from sqlalchemy import Column, Index, MetaData, String, Table, insert, select, update
 from sqlalchemy.engine import Connection
 
 from .. import dialects
@@ -46,7 +46,8 @@ def _migrate_to_4(conn: Connection, dialect: dialects.Dialect) -> None:
     """Version 4 (flow control) adds the jobs' ``partition_key`` and ``expires_at``
     columns, both NULL for the jobs already there, and ``ix_nbjobs_jobs_expires``.
     The limit tables are new tables, which ``create_all`` made already."""
-    have = {c["name"] for c in inspect(conn).get_columns(jobs.name)}
+    # The columns as the database sees them, without reflection (DuckDB has none).
+    have = set(conn.exec_driver_sql(f"SELECT * FROM {jobs.name} WHERE 1 = 0").keys())
     for column in (jobs.c.partition_key, jobs.c.expires_at):
         if column.name not in have:
             kind = column.type.compile(dialect=conn.dialect)
