@@ -63,6 +63,9 @@ LIMITS_TTL_SECONDS = 1.0
 #: A limited claim looks at this many candidates per job it may claim (some may be
 #: left out: a partition with one free slot and several queued jobs).
 CANDIDATES_PER_JOB = 4
+#: Starts are deleted from a rate's log this long after they left its window (see
+#: ``LimitQueries._room``): far more than two processes' clocks may differ.
+FORGET_MARGIN_SECONDS = 10.0
 #: Candidates a limited claim reads at most.
 MAX_CANDIDATES = 256
 
@@ -299,7 +302,11 @@ class LimitQueries(CoreStore):
         if limit.rate_count is not None and limit.rate_seconds is not None:
             key = (limit_starts.c.kind == limit.kind, limit_starts.c.name == limit.name)
             since = now - limit.rate_seconds
-            conn.execute(delete(limit_starts).where(*key, limit_starts.c.at <= since))
+            # Forget starts well out of the window only: a claimer whose clock is a
+            # little behind this one's (each process estimates the server's clock) still
+            # counts a start this one sees leave the window.
+            forget = since - FORGET_MARGIN_SECONDS
+            conn.execute(delete(limit_starts).where(*key, limit_starts.c.at <= forget))
             starts = list(
                 conn.execute(
                     select(limit_starts.c.at)
