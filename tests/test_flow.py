@@ -16,7 +16,7 @@ import sqlalchemy as sa
 import nbjobs
 from nbjobs.schema import jobs, meta
 from tests.conftest import make_app
-from tests.support import wait_until
+from tests.support import cli, wait_until
 
 
 class Ledger:
@@ -338,3 +338,69 @@ def test_a_version_3_database_gains_the_flow_columns(db_url: str) -> None:
         assert job.status == "queued" and job.partition_key is None and job.expires_at is None
     finally:
         app.close()
+
+
+def test_queues_show_limits_running_and_held(app: nbjobs.App) -> None:
+    """``app.queues()`` and ``/metrics`` show a queue's limits and the ready jobs they
+    hold back."""
+    from nbjobs.metrics import JobsCollector
+
+    release = threading.Event()
+
+    @app.workflow(queue="api")
+    def hold(cs: nbjobs.CallState, n: int) -> int:
+        release.wait(30)
+        return n
+
+    app.set_queue("api", concurrency=1, rate="100/minute")
+    app.start(concurrency=4)
+    handles = [hold.submit(n) for n in range(3)]
+    wait_until(lambda: handles[0].status == "running")
+
+    def api() -> dict:
+        return next(q for q in app.queues() if q["queue"] == "api")
+
+    wait_until(lambda: api()["held"] == 2)
+    row = api()
+    assert (row["concurrency"], row["rate"], row["running"]) == (1, "100/minute", 1)
+    samples = {
+        tuple(s.labels.values()): s.value
+        for family in JobsCollector(app).collect()
+        if family.name == "nbjobs_jobs_held_back"
+        for s in family.samples
+    }
+    assert samples[("api", "limit")] == 2 and samples[("api", "paused")] == 0
+    release.set()
+    assert [h.result(timeout=60) for h in handles] == [0, 1, 2]
+    assert api()["held"] == 0
+
+
+def test_cli_sets_and_lists_queue_limits(sqlite_app: nbjobs.App, sqlite_url: str) -> None:
+    release = threading.Event()
+
+    @sqlite_app.workflow(queue="api")
+    def hold(cs: nbjobs.CallState, n: int) -> int:
+        release.wait(30)
+        return n
+
+    done = cli(
+        "queues", "limit", "api", "--concurrency", "1", "--rate", "100/minute", url=sqlite_url
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "queue api: concurrency 1, 100/minute"
+    sqlite_app.start(concurrency=4)
+    handles = [hold.submit(n) for n in range(3)]
+    wait_until(lambda: handles[0].status == "running")
+    wait_until(lambda: next(q for q in sqlite_app.queues() if q["queue"] == "api")["held"] == 2)
+    listing = cli("queues", "list", url=sqlite_url).stdout.splitlines()
+    assert listing[0].split()[-2:] == ["limits", "held"]
+    [line] = [ln for ln in listing if ln.startswith("api")]
+    assert "concurrency 1, 100/minute" in line and line.split()[-1] == "2"
+    bad = cli("queues", "limit", "api", "--rate", "fast", url=sqlite_url)
+    assert bad.returncode != 0 and "rate" in bad.stderr
+    assert cli("queues", "limit", "api", url=sqlite_url).returncode != 0  # nothing to set
+    cleared = cli("queues", "limit", "api", "--clear", url=sqlite_url)
+    assert cleared.stdout.strip() == "queue api: no limits"
+    release.set()
+    assert [h.result(timeout=60) for h in handles] == [0, 1, 2]
+    assert sqlite_app.queue_limits() == {}

@@ -171,8 +171,12 @@ class LimitQueries(CoreStore):
     def list_limits(self) -> list[Limit]:
         """Every stored limit, queues first, by name."""
         with self._read() as conn:
-            rows = conn.execute(select(limits).order_by(limits.c.kind.desc(), limits.c.name))
-            return [_limit(r) for r in rows]
+            return self.list_limits_in(conn)
+
+    def list_limits_in(self, conn: Connection) -> list[Limit]:
+        """``list_limits`` in ``conn``'s transaction."""
+        rows = conn.execute(select(limits).order_by(limits.c.kind.desc(), limits.c.name))
+        return [_limit(r) for r in rows]
 
     def current_limits(self) -> dict[tuple[str, str], Limit]:
         """The limits as read at most ``LIMITS_TTL_SECONDS`` ago (the claim's choice of
@@ -394,6 +398,66 @@ class LimitQueries(CoreStore):
             conn.execute(insert(limit_starts), [dict(s, id=new_id(), at=now) for s in starts])
 
     # -- why a job waits -------------------------------------------------------------------
+    def held_counts(self, conn: Connection, now: float) -> dict[str, int]:
+        """Per queue, its ready queued jobs that a limit holds back now: those of a full
+        queue, of a full workflow, or of a full partition (the dashboard's and
+        ``/metrics``' "held"); in ``conn``'s transaction."""
+        found = {(lim.kind, lim.name): lim for lim in self.list_limits_in(conn)}
+        if not found:
+            return {}
+        queue_names = [n for k, n in found if k == "queue"]
+        wf_names = [n for k, n in found if k == "workflow"]
+        running = select(jobs.c.queue, jobs.c.workflow, jobs.c.partition_key, func.count())
+        running = running.where(
+            jobs.c.status == Status.RUNNING.value, jobs.c.lease_expires_at > now
+        ).group_by(jobs.c.queue, jobs.c.workflow, jobs.c.partition_key)
+        per_queue: Counter[str] = Counter()
+        per_wf: Counter[str] = Counter()
+        per_part: Counter[tuple[str, str]] = Counter()
+        for q, wf, part, count in conn.execute(running):
+            per_queue[q] += count
+            per_wf[wf] += count
+            if part is not None:
+                per_part[(wf, part)] += count
+
+        def full(lim: Limit, used: int) -> bool:
+            if lim.concurrency is not None and used >= lim.concurrency:
+                return True
+            if lim.rate_count is None or lim.rate_seconds is None:
+                return False
+            starts = conn.execute(
+                select(func.count()).where(
+                    limit_starts.c.kind == lim.kind,
+                    limit_starts.c.name == lim.name,
+                    limit_starts.c.at > now - lim.rate_seconds,
+                )
+            ).scalar_one()
+            return bool(starts >= lim.rate_count)
+
+        full_queues = {n for n in queue_names if full(found[("queue", n)], per_queue[n])}
+        full_wfs = {n for n in wf_names if full(found[("workflow", n)], per_wf[n])}
+        ready = (
+            select(jobs.c.queue, jobs.c.workflow, jobs.c.partition_key, func.count())
+            .where(
+                jobs.c.status == QUEUED_SQL,
+                jobs.c.run_at <= now,
+                or_(jobs.c.queue.in_(queue_names), jobs.c.workflow.in_(wf_names)),
+            )
+            .group_by(jobs.c.queue, jobs.c.workflow, jobs.c.partition_key)
+        )
+        held: Counter[str] = Counter()
+        for q, wf, part, count in conn.execute(ready):
+            lim = found.get(("workflow", wf))
+            part_full = (
+                lim is not None
+                and lim.partition_concurrency is not None
+                and part is not None
+                and per_part[(wf, part)] >= lim.partition_concurrency
+            )
+            if q in full_queues or wf in full_wfs or part_full:
+                held[q] += count
+        return dict(held)
+
     def job_hold(self, job_id: str) -> str | None:
         """Why queued job ``job_id`` is not running now, in words (its queue is paused,
         a limit holds it back, it is not due yet), or None: it is not queued, or
