@@ -404,3 +404,44 @@ def test_cli_sets_and_lists_queue_limits(sqlite_app: nbjobs.App, sqlite_url: str
     release.set()
     assert [h.result(timeout=60) for h in handles] == [0, 1, 2]
     assert sqlite_app.queue_limits() == {}
+
+
+def test_dashboard_queues_table_sets_limits_and_pauses(
+    sqlite_app: nbjobs.App, caplog: pytest.LogCaptureFixture
+) -> None:
+    from nbjobs.views.overview import QueueDepths
+
+    app = sqlite_app
+    app.set_queue("api", concurrency=2)
+    view = QueueDepths(app=app)
+    view.load()
+    frame = view._table.value.set_index("queue")
+    assert frame.loc["api", "limits"] == "concurrency 2" and frame.loc["api", "held"] == 0
+    assert not view.set_limits()  # nothing selected
+    view._table.selection = [list(view._table.value["queue"]).index("api")]
+    assert (view.concurrency.value, view.rate.value) == (2, "")  # the selection's limits
+    view.concurrency.value, view.rate.value = 5, "30/minute"
+    with caplog.at_level("INFO", logger="nbjobs.views.overview"):
+        assert view.set_limits()
+        assert view.set_paused(True)
+    assert app.queue_limits() == {"api": {"concurrency": 5, "rate": "30/minute"}}
+    assert "queue api set to concurrency 5, 30/minute by a local user" in caplog.text
+    assert "queue api paused by a local user" in caplog.text
+    row = view._table.value.set_index("queue").loc["api"]
+    assert (row["limits"], row["paused"]) == ("concurrency 5, 30/minute", "paused")
+    view.rate.value = "lots"
+    assert not view.set_limits()  # refused, nothing changed
+    assert app.queue_limits()["api"]["rate"] == "30/minute"
+    assert view.set_paused(False)
+    view.concurrency.value, view.rate.value = None, ""
+    assert view.set_limits()
+    assert app.queue_limits() == {}
+    # A read-only dashboard, or one served with a login nobody gave, refuses.
+    for refused in (
+        QueueDepths(app=app, read_only=True),
+        QueueDepths(app=app, require_auth=True),
+    ):
+        refused.load()
+        refused._table.selection = [0]
+        assert not refused.set_paused(True)
+    assert not any(q["paused"] for q in app.queues())

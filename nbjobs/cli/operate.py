@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..jobs import limits_text
 from .common import (
     OperationFailed,
     emit_json,
@@ -56,12 +57,6 @@ def list_queues(url: str | None, as_json: bool) -> None:
             for q in rows
         ],
     )
-
-
-def limits_text(concurrency: int | None, rate: str | None) -> str:
-    """A queue's limits in a table cell: ``"concurrency 4, 100/minute"``, or ``""``."""
-    parts = [f"concurrency {concurrency}"] if concurrency is not None else []
-    return ", ".join(parts + ([rate] if rate else []))
 
 
 def _queue_action(name: str, url: str | None, as_json: bool, paused: bool) -> None:
