@@ -206,9 +206,11 @@ class CountQueries(LimitQueries):
             for r in conn.execute(busy):
                 depth.setdefault(r.queue, {})[r.status] = int(r.n)
             paused = {r.name: bool(r.paused) for r in conn.execute(select(queues))}
-            served = conn.execute(
-                select(workers.c.queues).where(workers.c.stopped_at.is_(None))
-            ).scalars()
+            served = (
+                conn.execute(select(workers.c.queues).where(workers.c.stopped_at.is_(None)))
+                .scalars()
+                .all()
+            )  # read now: DuckDB drops a pending result at the next statement
             held = self.held_counts(conn, now)
             queue_limits = {
                 lim.name: lim for lim in self.list_limits_in(conn) if lim.kind == "queue"
