@@ -115,7 +115,7 @@ def occupancy(url: str, n: int, sleep: float, logs: Path) -> tuple[float, int]:
         try:
             wait_for(lambda: len(bench.workers()) >= 4, timeout=120)
             bench.resume_queue("capped")
-            spans = [tuple(h.result(timeout=600)) for h in group.jobs()]
+            spans = [tuple(h.result(timeout=600)) for h in group.jobs]
         finally:
             stop_workers(procs)
     finally:

@@ -510,21 +510,18 @@ class Worker:
                 self._behind.set()
                 return
         ahead = 0
-        request = self._chain_request(1)
-        if (
-            short
-            and request is not None
-            and self.store.is_limited(request["queue"], request["workflows"])
-        ):
-            # A limited job claimed ahead would hold a slot of the limit while it waits.
-            short = False
         if short:
             with self._lock:  # at most PREFETCH per slot ahead, in all
                 room = PREFETCH * self.concurrency - len(self._ready) - self._reserved
                 ahead = max(0, min(PREFETCH, room))
                 self._reserved += ahead
         try:
-            claimed = execution.commit_success(text, claim=self._chain_request(1 + ahead))
+            claim = self._chain_request(1 + ahead)
+            if claim is not None:
+                # Under a limit, jobs are claimed ahead only where the limit has room
+                # to spare (see ``LimitQueries._claim_limited``).
+                claim["ahead"] = ahead
+            claimed = execution.commit_success(text, claim=claim)
         finally:
             with self._lock:
                 self._reserved -= ahead

@@ -166,8 +166,11 @@ class FinishQueries(JobQueries, FanoutQueries):
                 wanting.setdefault(key, []).append(request)
         for (worker_id, queue, workflows), requests in wanting.items():
             limits = [r.item.claim.get("limit", 1) for r in requests]
+            ahead = sum(r.item.claim.get("ahead", 0) for r in requests)
             lease = requests[0].item.claim["lease_seconds"]
-            claimed = self._claim_queue(conn, queue, workflows, sum(limits), worker_id, lease)
+            claimed = self._claim_queue(
+                conn, queue, workflows, sum(limits), worker_id, lease, ahead=ahead
+            )
             for request, limit in zip(requests, limits, strict=True):  # claimed may be fewer
                 request.result = (True, claimed[:limit])
                 claimed = claimed[limit:]
@@ -273,6 +276,7 @@ class FinishQueries(JobQueries, FanoutQueries):
             claim.get("limit", 1),
             claim["worker_id"],
             claim["lease_seconds"],
+            ahead=claim.get("ahead", 0),
         )
 
     def retry_job_later(

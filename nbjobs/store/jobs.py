@@ -237,14 +237,17 @@ class JobQueries(LimitQueries):
         limit: int,
         worker_id: str,
         lease_seconds: float,
+        ahead: int = 0,
     ) -> list[ClaimedJob]:
         """Claim up to ``limit`` jobs of ``queue`` in ``conn``'s write transaction: the
         plain claim, or the limited one where a limit of the queue or of one of
-        ``workflows`` exists (see :mod:`.limits`)."""
+        ``workflows`` exists (see :mod:`.limits`).  ``ahead`` of them are wanted ahead
+        (for a worker's queue, not a free slot)."""
         limit = min(limit, self.dialect.claim_batch)
         if self.is_limited(queue, workflows):
             params = self._claim_params(worker_id, lease_seconds, {})
-            return _in_claim_order(self._claim_limited(conn, queue, workflows, limit, params))
+            rows = self._claim_limited(conn, queue, workflows, limit, params, ahead=ahead)
+            return _in_claim_order(rows)
         plan = self._claim_plan(queue, workflows, limit)
         return self._claim(conn, plan, worker_id, lease_seconds)
 

@@ -63,6 +63,8 @@ LIMITS_TTL_SECONDS = 1.0
 #: A limited claim looks at this many candidates per job it may claim (some may be
 #: left out: a partition with one free slot and several queued jobs).
 CANDIDATES_PER_JOB = 4
+#: A limited claim holds jobs ahead only from room it has this many times over.
+AHEAD_HEADROOM = 4
 #: Starts are deleted from a rate's log this long after they left its window (see
 #: ``LimitQueries._room``): far more than two processes' clocks may differ.
 FORGET_MARGIN_SECONDS = 10.0
@@ -206,11 +208,21 @@ class LimitQueries(CoreStore):
         limit: int,
         values: dict[str, Any],
         only: str | None = None,
+        ahead: int = 0,
     ) -> list[Row]:
         """Claim up to ``limit`` jobs of ``queue`` within every limit, in ``conn``'s
         write transaction; ``values`` fill the claim's bind parameters (``c_now``...);
-        ``only``: claim that job or none.  Returns the claimed rows."""
+        ``only``: claim that job or none; ``ahead``: how many of the ``limit`` jobs
+        the worker would hold ahead, not start at once.  Returns the claimed rows.
+
+        A job held ahead counts as running, so jobs are claimed ahead only from a
+        limit's spare room (``AHEAD_HEADROOM`` times what is claimed ahead): a limit
+        that binds is never taken up by jobs waiting in one worker, and one that does
+        not bind keeps the batched claims of short jobs.
+        """
         now = values["c_now"]
+        if self.dialect.skip_locked and not self._may_have_room(conn, queue, workflows, now):
+            return []  # full: no lock taken, nothing to commit
         keys = [("queue", queue)] + [("workflow", w) for w in sorted(set(workflows))]
         locked = select(limits).where(tuple_(limits.c.kind, limits.c.name).in_(keys))
         locked = self.dialect.lock(locked.order_by(limits.c.kind, limits.c.name))
@@ -219,10 +231,11 @@ class LimitQueries(CoreStore):
         wf_limits = {k[1]: v for k, v in found.items() if k[0] == "workflow"}
 
         running = self._running_counts(conn, queue, list(wf_limits), now)
-        room = limit
+        free = MAX_CANDIDATES  # what the queue's limits leave
         hold = Hold()
         if queue_limit is not None:
-            room = min(room, self._room(conn, queue_limit, running["queue"], now, hold))
+            free = self._room(conn, queue_limit, running["queue"], now, hold)
+        room = min(limit, free)
         wf_room: dict[str, int] = {}
         for name, wl in wf_limits.items():
             wf_room[name] = self._room(conn, wl, running["workflow"].get(name, 0), now, hold)
@@ -233,6 +246,11 @@ class LimitQueries(CoreStore):
         eligible = [w for w in workflows if wf_room.get(w, 1) > 0]
         if room <= 0 or not eligible:
             return []
+        if ahead:
+            now_wanted = max(0, limit - ahead)
+            spare = min([free, *(wf_room[w] for w in eligible if w in wf_room)]) - now_wanted
+            extra = min(ahead, max(0, spare // AHEAD_HEADROOM))
+            room = max(1, min(room, now_wanted + extra))
 
         partitions: dict[str, Counter[str]] = running["partitions"]
         full = [
@@ -267,6 +285,37 @@ class LimitQueries(CoreStore):
         rows = self._mark_claimed(conn, chosen, values)
         self._log_starts(conn, queue_limit, wf_limits, rows, now)
         return rows
+
+    def _may_have_room(
+        self, conn: Connection, queue: str, workflows: Sequence[str], now: float
+    ) -> bool:
+        """Whether the limits (as cached) may leave room, from an unlocked count: a
+        claim that would find its limit full skips the lock (and, on PostgreSQL, the
+        commit of a row lock).  Finishing jobs only free slots, so "full" may turn
+        stale, never wrong the other way: the next claim looks again."""
+        cached = self.current_limits()
+        queue_limit = cached.get(("queue", queue))
+        wf_limits = {w: cached[("workflow", w)] for w in workflows if ("workflow", w) in cached}
+        concurrency_only = [
+            lim
+            for lim in [queue_limit, *wf_limits.values()]
+            if lim is not None and lim.concurrency is not None
+        ]
+        if not concurrency_only:
+            return True
+        running = self._running_counts(conn, queue, list(wf_limits), now)
+        if (
+            queue_limit is not None
+            and queue_limit.concurrency is not None
+            and running["queue"] >= queue_limit.concurrency
+        ):
+            return False
+        if not wf_limits:
+            return True
+        return any(
+            lim.concurrency is None or running["workflow"].get(name, 0) < lim.concurrency
+            for name, lim in wf_limits.items()
+        ) or len(wf_limits) < len(set(workflows))
 
     def _running_counts(
         self, conn: Connection, queue: str, workflows: list[str], now: float

@@ -18,8 +18,8 @@ from tests.apps.flow_schema import flow_ledger
 
 app = nbjobs.App(
     os.environ["NBJOBS_URL"],
-    heartbeat_seconds=0.2,
-    stale_after_seconds=1.0,
+    heartbeat_seconds=0.3,
+    stale_after_seconds=2.0,
     poll_seconds=0.05,
 )
 
