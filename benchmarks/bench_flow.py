@@ -11,8 +11,8 @@
    limited drain keeps at least 85% of the unlimited one's jobs/s.
 2. A binding limit: a ``concurrency=4`` queue drained by 4 processes of jobs that sleep
    ``--sleep`` seconds; each job returns when its body started and ended, and the table
-   shows the share of the time (first start to last end) with 4 bodies running, and
-   the most ever running at once (never above 4).
+   shows the mean number of bodies running over 4 (first start to last end), the share
+   of the time with all 4 running, and the most ever running at once (never above 4).
 
 Numbers on a shared machine are noisy: compare the columns of one run.
 """
@@ -100,9 +100,9 @@ def drain(url: str, n: int, limited: bool, logs: Path) -> float:
         bench.close()
 
 
-def occupancy(url: str, n: int, sleep: float, logs: Path) -> tuple[float, int]:
-    """(share of the time with 4 running, most running at once) of a ``concurrency=4``
-    queue drained by 4 processes."""
+def occupancy(url: str, n: int, sleep: float, logs: Path) -> tuple[float, float, int]:
+    """(mean running / 4, share of the time with 4 running, most running at once) of a
+    ``concurrency=4`` queue drained by 4 processes."""
     bench = nbjobs.App(url)
     register(bench)
     try:
@@ -130,7 +130,9 @@ def occupancy(url: str, n: int, sleep: float, logs: Path) -> tuple[float, int]:
         running += step
         peak = max(peak, running)
         last = moment
-    return at_four / (events[-1][0] - events[0][0]), peak
+    wall = events[-1][0] - events[0][0]
+    busy = sum(e - s for s, e in spans)
+    return busy / wall / 4, at_four / wall, peak
 
 
 def main() -> None:
@@ -144,7 +146,8 @@ def main() -> None:
 
     print(f"drain of {args.jobs} no-op jobs by 4 worker processes (-c 4), jobs/s")
     print(
-        f"{'backend':<10} {'no limit':>10} {'limit':>10} {'ratio':>7}  {'4 running':>9} {'peak':>5}"
+        f"{'backend':<10} {'no limit':>10} {'limit':>10} {'ratio':>7}  "
+        f"{'mean/4':>7} {'4 running':>9} {'peak':>5}"
     )
     for backend in args.backends.split(","):
         with (
@@ -154,10 +157,10 @@ def main() -> None:
             logs = Path(tmp)
             plain = drain(url, args.jobs, False, logs)
             limited = drain(url, args.jobs, True, logs)
-            share, peak = occupancy(url, args.occupancy_jobs, args.sleep, logs)
+            mean, share, peak = occupancy(url, args.occupancy_jobs, args.sleep, logs)
         print(
             f"{backend:<10} {plain:>10.0f} {limited:>10.0f} {limited / plain:>7.0%}  "
-            f"{share:>9.1%} {peak:>5}"
+            f"{mean:>7.1%} {share:>9.1%} {peak:>5}"
         )
 
 
