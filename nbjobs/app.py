@@ -23,12 +23,12 @@ from .options import Options, Spec
 from .runtime.context import Runtime, Settings
 from .runtime.engine import Engine, warn_user
 from .runtime.hooks import check_event, hook_name
-from .runtime.registry import check_call_state_parameter, default_workflow_name
+from .runtime.registry import FlowLimits, check_call_state_parameter, default_workflow_name
 from .runtime.scheduler import Scheduler
 from .runtime.tracing import TracerProvider, Tracing
 from .steps import Cache, as_cache, exception_classes
 from .store import Store
-from .validation import check_name, check_number, check_time
+from .validation import check_name, check_number, check_rate, check_time
 from .workflow import NotebookWorkflow, Workflow
 
 if TYPE_CHECKING:
@@ -194,6 +194,9 @@ class App:
         retry_on: Any = Exception,
         give_up_on: Any = (),
         cache: bool | Cache | None = None,
+        concurrency: int | None = None,
+        rate: str | None = None,
+        partition_concurrency: int | None = None,
     ) -> Any:
         """Register a workflow; use as ``@app.workflow`` or ``@app.workflow(name=..., ...)``.
 
@@ -213,6 +216,11 @@ class App:
         ``cache=True`` (or ``nbjobs.Cache(ttl=, version=)``): every step may be reused
         from an earlier job with the same arguments and step code (see
         ``docs/content/how-to/cache.md``).
+        Flow control, across every worker on the database: ``concurrency`` caps how many
+        of its jobs run at once, ``rate`` ("N/s", "N/minute", "N/hour") how many start
+        in any window of that length, ``partition_concurrency`` how many run at once
+        per ``options(partition=...)`` value.  The workers that serve the workflow store
+        these limits (the last one to start decides); see the how-to on flow control.
         """
         workflow_cache = as_cache(cache)
         defaults = Options.build(
@@ -221,6 +229,20 @@ class App:
         policy = dict(
             retry_on=exception_classes("retry_on", retry_on),
             give_up_on=exception_classes("give_up_on", give_up_on),
+        )
+        flow = FlowLimits(
+            concurrency=check_number(
+                "concurrency", concurrency, 1, integer=True, int32=True, optional=True
+            ),
+            rate=check_rate("rate", rate),
+            partition_concurrency=check_number(
+                "partition_concurrency",
+                partition_concurrency,
+                1,
+                integer=True,
+                int32=True,
+                optional=True,
+            ),
         )
 
         def register(func: Callable[..., Any]) -> Workflow:
@@ -232,6 +254,7 @@ class App:
             check_call_state_parameter(wf_name, func)
             wf = Workflow(self._engine, func, wf_name, defaults, **policy)
             wf.cache = workflow_cache
+            wf.flow = flow
             if name is None and wf_name != func.__qualname__:
                 wf.alias = func.__qualname__
             old = self.runtime.registry.add(wf)
@@ -344,6 +367,33 @@ class App:
         if fn is not None:
             return register(fn)
         return register
+
+    def set_queue(
+        self, name: str, *, concurrency: int | None = None, rate: str | None = None
+    ) -> None:
+        """Set a queue's fleet-wide limits, stored in the database: ``concurrency`` caps
+        how many of its jobs run at once on all workers together, ``rate`` ("N/s",
+        "N/minute", "N/hour") how many start in any window of that length.  None
+        removes a limit; the claims that begin after this call apply the new limits
+        (jobs running already finish).  Held-back jobs stay ``queued``.
+        """
+        check_name("queue", name)
+        concurrency = check_number(
+            "concurrency", concurrency, 1, integer=True, int32=True, optional=True
+        )
+        self.store.set_limit("queue", name, concurrency=concurrency, rate=check_rate("rate", rate))
+        worker = self._engine.worker
+        if worker is not None:
+            worker.queues_changed()
+
+    def queue_limits(self) -> dict[str, dict[str, Any]]:
+        """The limits stored for each limited queue: ``{name: {"concurrency": ...,
+        "rate": ...}}``."""
+        return {
+            lim.name: {"concurrency": lim.concurrency, "rate": lim.rate}
+            for lim in self.store.list_limits()
+            if lim.kind == "queue"
+        }
 
     def workflow_names(self) -> list[str]:
         return self.runtime.registry.names()

@@ -35,6 +35,21 @@ class JobHandle:
         """``queued | running | waiting | succeeded | failed | cancelled``."""
         return self.engine.store.job_status(self.id)
 
+    @property
+    def status_detail(self) -> str:
+        """The status, with why where there is a why: which limit holds a queued job
+        back (``"queued: held by the concurrency limit of queue 'api' (2 of 2
+        running)"``), a paused queue, or a cancellation's reason (``"cancelled:
+        expired"``)."""
+        store = self.engine.store
+        row = store.get_job(self.id)
+        if row.status == "queued":
+            why = store.job_hold(self.id)
+            return f"queued: {why}" if why else "queued"
+        if row.status == "cancelled" and row.error:
+            return f"cancelled: {row.error}"
+        return str(row.status)
+
     def info(self) -> dict[str, Any]:
         """The job's row (without input and result) as a dict, times as datetimes."""
         return self.engine.job_info(self.id)

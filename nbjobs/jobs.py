@@ -110,3 +110,10 @@ __all__ = [
     "row_code_changed",
     "row_progress",
 ]
+
+
+def limits_text(concurrency: int | None, rate: str | None) -> str:
+    """A queue's flow-control limits in a table cell (the CLI's, the dashboard's):
+    ``"concurrency 4, 100/minute"``, or ``""`` for none."""
+    parts = [f"concurrency {concurrency}"] if concurrency is not None else []
+    return ", ".join(parts + ([rate] if rate else []))

@@ -126,7 +126,8 @@ class JobsCollector(Collector):
         )
         held = GaugeMetricFamily(
             "nbjobs_jobs_held_back",
-            "Queued jobs no worker may claim, per queue and reason (paused: the queue is paused).",
+            "Queued jobs no worker may claim, per queue and reason (paused: the queue is "
+            "paused; limit: ready jobs a concurrency, rate or partition limit holds back).",
             labels=["queue", "reason"],
         )
         paused = GaugeMetricFamily(
@@ -135,6 +136,7 @@ class JobsCollector(Collector):
         for d in depths:
             ready.add_metric([d["queue"]], d["ready"])
             held.add_metric([d["queue"], "paused"], d["queued"] if d["paused"] else 0)
+            held.add_metric([d["queue"], "limit"], 0 if d["paused"] else d["held"])
             paused.add_metric([d["queue"]], 1 if d["paused"] else 0)
         yield from (ready, held, paused)
 

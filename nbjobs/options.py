@@ -29,6 +29,11 @@ class Options:
     retries: int | None = None
     timeout: float | None = None
     steps: int | None = None
+    #: Flow control: the partition a ``partition_concurrency`` limit counts the job in,
+    #: and the seconds (or the aware datetime) after which a job not started yet is
+    #: cancelled as ``expired``.
+    partition: str | None = None
+    expires: float | datetime | None = None
 
     @classmethod
     def build(cls, **options: Any) -> Options:
@@ -67,6 +72,12 @@ class Options:
             raise ConfigurationError("give delay or run_at, not both")
         if self.run_at is not None:
             check_time("run_at", self.run_at)
+        if self.partition is not None:
+            check_name("partition", self.partition)
+        if isinstance(self.expires, datetime):
+            check_time("expires", self.expires)
+        else:
+            check_number("expires", self.expires, positive=True, optional=True)
 
     def merged(self, other: Options) -> Options:
         """These options overridden by the non-None values of ``other``."""

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnClause
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 #: Status values rendered inline in SQL, for the partial indexes (see below).
@@ -98,6 +98,10 @@ jobs = Table(
     # object of the propagator's fields (``traceparent``, ``tracestate``), written at
     # submit, and for a fan-out child from its parent's attempt; NULL without tracing.
     Column("trace_context", Text),
+    # Flow control (version 5): the partition a ``partition_concurrency`` limit counts
+    # the job in, and when a job not started by then is cancelled as ``expired``.
+    Column("partition_key", String(200)),
+    Column("expires_at", Double),
     Column("created_at", Double, nullable=False),
     Column("started_at", Double),
     Column("finished_at", Double),
@@ -145,6 +149,16 @@ DUE_INDEX = Index(
     postgresql_where=and_(jobs.c.status == QUEUED_SQL, jobs.c.run_at > jobs.c.updated_at),
 )
 Index("ix_nbjobs_jobs_status_created", jobs.c.status, jobs.c.created_at)
+# Queued jobs with an expiry, for the sweep that cancels the expired ones.  Partial
+# where the database allows, so a job without ``expires=`` costs it nothing; elsewhere
+# an index of a column fixed at insert (a job's status changes never move its entry).
+_EXPIRING = and_(jobs.c.status == QUEUED_SQL, jobs.c.expires_at.is_not(None))
+EXPIRES_INDEX = Index(
+    "ix_nbjobs_jobs_expires",
+    jobs.c.expires_at,
+    sqlite_where=_EXPIRING,
+    postgresql_where=_EXPIRING,
+)
 # Incremental dashboard refreshes and the throughput plot.
 Index("ix_nbjobs_jobs_updated", jobs.c.updated_at)
 # Columns fixed at insert: the newest-first listings and the fan-out tree.
@@ -270,6 +284,37 @@ queues = Table(
     Column("paused", Boolean, nullable=False, default=False),
     Column("updated_at", Double, nullable=False),
 )
+
+#: Fleet-wide flow control: one row per limited queue (``kind`` "queue", from
+#: ``app.set_queue``) or workflow (``kind`` "workflow", written by the workers that
+#: register it).  A limited claim locks its rows (``FOR UPDATE`` where the database has
+#: row locks), so claims under one limit take turns and never both see a free slot.  A
+#: new table: ``create_all`` adds it, and a claim of a queue without a row pays one
+#: index lookup.
+limits = Table(
+    "nbjobs_limits",
+    metadata,
+    Column("kind", String(16), primary_key=True),
+    Column("name", NAME, primary_key=True),
+    Column("concurrency", Integer),
+    Column("rate_count", Integer),
+    Column("rate_seconds", Double),
+    Column("partition_concurrency", Integer),
+    Column("updated_at", Double, nullable=False),
+)
+
+#: The starts of the last rate window of each rated limit (a sliding log): a limited
+#: claim counts the rows younger than the window, takes what is left of the rate, adds
+#: one row per start and deletes the rows that left the window.
+limit_starts = Table(
+    "nbjobs_limit_starts",
+    metadata,
+    Column("kind", String(16), primary_key=True),
+    Column("name", NAME, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("at", Double, nullable=False),
+)
+Index("ix_nbjobs_limit_starts_at", limit_starts.c.kind, limit_starts.c.name, limit_starts.c.at)
 
 signals = Table(
     "nbjobs_signals",

@@ -100,3 +100,40 @@ def _utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+#: The units a rate may be given in, as seconds.
+_RATE_UNITS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+}
+
+
+def check_rate(what: str, rate: object) -> tuple[int, float] | None:
+    """A rate such as ``"100/minute"`` as (starts, window seconds); None stays None.
+
+    The count is a positive integer and the unit one of s (second), minute (m, min) or
+    hour (h); anything else is refused where it is given, never guessed.
+    """
+    if rate is None:
+        return None
+    text = rate.strip().lower() if isinstance(rate, str) else None
+    count, _, unit = (text or "").partition("/")
+    unit = unit.strip()
+    if unit.endswith("s") and unit[:-1] in _RATE_UNITS:
+        unit = unit[:-1]
+    seconds = _RATE_UNITS.get(unit)
+    if text is None or seconds is None or not count.strip().isdigit() or int(count) <= 0:
+        raise ConfigurationError(
+            f'{what} must be a string "N/s", "N/minute" or "N/hour" with N a positive '
+            f"integer, got {rate!r}"
+        )
+    number = int(count)
+    check_number(what, number, 1, integer=True, int32=True)
+    return number, seconds

@@ -284,7 +284,7 @@ def test_queues_schedules_and_workers(app, db_url):
     assert held.result(timeout=60) == "report us"
     listing = cli("queues", "list", url=db_url)
     assert listing.stdout.splitlines()[0].split() == [
-        "queue", "queued", "ready", "running", "waiting", "paused",
+        "queue", "queued", "ready", "running", "waiting", "paused", "limits", "held",
     ]  # fmt: skip
 
     # Schedules: list, pause, resume, and run one now (a job of its own, its cron unchanged).

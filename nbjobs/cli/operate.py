@@ -1,8 +1,4 @@
-"""``nbjobs queues``, ``schedules``, ``signal`` and ``workers``.
-
-``nbjobs queues limit`` waits for flow control (queue and workflow limits), which does not
-exist yet.
-"""
+"""``nbjobs queues``, ``schedules``, ``signal`` and ``workers``."""
 
 from __future__ import annotations
 
@@ -11,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..jobs import limits_text
 from .common import (
     OperationFailed,
     emit_json,
@@ -37,14 +34,15 @@ def queues(url: str | None) -> None:
 @json_option
 @log_level_option
 def list_queues(url: str | None, as_json: bool) -> None:
-    """Every known queue: queued jobs (and those ready now), running, waiting, paused."""
+    """Every known queue: queued jobs (and those ready now), running, waiting, paused,
+    its limits, and its ready jobs that the limits hold back."""
     with open_app(url) as app:
         rows = app.queues()
     if as_json:
         emit_json(rows)
         return
     emit_table(
-        ["queue", "queued", "ready", "running", "waiting", "paused"],
+        ["queue", "queued", "ready", "running", "waiting", "paused", "limits", "held"],
         [
             [
                 q["queue"],
@@ -53,6 +51,8 @@ def list_queues(url: str | None, as_json: bool) -> None:
                 q["running"],
                 q["waiting"],
                 "paused" if q["paused"] else "",
+                limits_text(q["concurrency"], q["rate"]),
+                q["held"],
             ]
             for q in rows
         ],
@@ -84,6 +84,41 @@ def pause_queue(name: str, url: str | None, as_json: bool) -> None:
 def resume_queue(name: str, url: str | None, as_json: bool) -> None:
     """Let workers claim from a paused queue again."""
     _queue_action(name, url, as_json, False)
+
+
+@queues.command("limit")
+@click.argument("name", metavar="QUEUE")
+@click.option(
+    "--concurrency", type=int, default=None, help="jobs of the queue running at once, fleet-wide"
+)
+@click.option("--rate", default=None, help='starts per window: "N/s", "N/minute" or "N/hour"')
+@click.option("--clear", is_flag=True, help="remove the queue's limits")
+@url_option
+@json_option
+@log_level_option
+def limit_queue(
+    name: str,
+    concurrency: int | None,
+    rate: str | None,
+    clear: bool,
+    url: str | None,
+    as_json: bool,
+) -> None:
+    """Set a queue's fleet-wide limits (stored in the database; workers apply them at
+    their next claim).  Give --concurrency and/or --rate, or --clear to remove them;
+    a limit left out is removed."""
+    if clear and (concurrency is not None or rate is not None):
+        raise click.UsageError("give --clear alone, or --concurrency/--rate")
+    if not clear and concurrency is None and rate is None:
+        raise click.UsageError("give --concurrency and/or --rate, or --clear")
+    with open_app(url) as app:
+        app.set_queue(name, concurrency=concurrency, rate=rate)
+    shown = limits_text(concurrency, rate) or "no limits"
+    _said(
+        as_json,
+        {"queue": name, "concurrency": concurrency, "rate": rate},
+        f"queue {name}: {shown}",
+    )
 
 
 # -- schedules -------------------------------------------------------------------------

@@ -14,11 +14,13 @@ from typing import Any
 
 from sqlalchemy import (
     Engine,
+    and_,
     create_engine,
     event,
     exists,
     inspect,
     make_url,
+    or_,
     select,
     update,
 )
@@ -29,7 +31,7 @@ from sqlalchemy.schema import CreateIndex, DropIndex
 from sqlalchemy.sql import ColumnElement, Select
 
 from ..errors import ConfigurationError
-from ..schema import QUEUED_SQL, jobs, queues
+from ..schema import QUEUED_SQL, jobs, limits, queues
 
 log = logging.getLogger(__name__)
 
@@ -404,9 +406,19 @@ class Dialect:
         bind parameter each claim fills in).
 
         A paused queue yields nothing: the pause is read inside the claim itself, so it
-        holds for every worker on every machine from the moment it commits.
+        holds for every worker on every machine from the moment it commits.  So does a
+        queue with a limit, or one of whose ``workflows`` has one: those are claimed by
+        the limited claim (:mod:`nbjobs.store.limits`), and a worker that has not seen
+        the limit yet claims nothing rather than too much.  An expired job is never
+        claimed (the monitor cancels it).
         """
         paused = exists().where(queues.c.name == queue, queues.c.paused)
+        limited = exists().where(
+            or_(
+                and_(limits.c.kind == "queue", limits.c.name == queue),
+                and_(limits.c.kind == "workflow", limits.c.name.in_(workflows)),
+            )
+        )
         return (
             select(jobs.c.id)
             .where(
@@ -414,7 +426,9 @@ class Dialect:
                 jobs.c.queue == queue,
                 self.ready_time() <= now,
                 jobs.c.workflow.in_(workflows),
+                or_(jobs.c.expires_at.is_(None), jobs.c.expires_at > now),
                 ~paused,
+                ~limited,
             )
             .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
             .limit(limit)

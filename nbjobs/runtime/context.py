@@ -13,6 +13,7 @@ import dataclasses
 import random
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from ..clock import Clock
@@ -119,6 +120,11 @@ class Runtime:
             run_at = check_time("run_at", opts.run_at)
         elif opts.delay:
             run_at = self.clock.now() + opts.delay
+        expires_at = None
+        if isinstance(opts.expires, datetime):
+            expires_at = check_time("expires", opts.expires)
+        elif opts.expires is not None:
+            expires_at = self.clock.now() + opts.expires
         return dict(
             workflow=definition.name,
             input=self.encode_input(definition.name, args, kwargs),
@@ -130,6 +136,8 @@ class Runtime:
             timeout_seconds=opts.timeout,
             steps_expected=opts.steps,
             code_fingerprint=definition.fingerprint,
+            partition_key=opts.partition,
+            expires_at=expires_at,
         )
 
     def retries(self, options: Options) -> int:

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: How often ``wf.run`` looks again at a job a limit holds back.
+HELD_POLL_SECONDS = 0.05
+
+
 class InlineRunner:
     """Runs jobs in the threads that ask for them (``wf.run``), with one heartbeat."""
 
@@ -61,6 +65,8 @@ class InlineRunner:
             # A retry with backoff, or the queued job an idempotency key named: run it
             # here when it is due, unless a worker takes it first.
             due = max(0.0, (row.run_at or 0) - runtime.clock.now())
+            if store.is_limited(row.queue, (row.workflow,)):
+                due = max(due, HELD_POLL_SECONDS)  # a limit may hold it back: look again soon
             runtime.clock.wait(threading.Event(), due)
             claim = store.claim_job(job_id, worker_id=self.id, lease_seconds=lease)
 

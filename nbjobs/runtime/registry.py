@@ -10,6 +10,7 @@ from a script's ``__main__``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import logging
@@ -72,6 +73,16 @@ def check_call_state_parameter(name: str, func: Callable[..., Any]) -> None:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class FlowLimits:
+    """A workflow's fleet-wide limits (``@app.workflow(concurrency=, rate=,
+    partition_concurrency=)``), written to the database by the workers that serve it."""
+
+    concurrency: int | None = None
+    rate: tuple[int, float] | None = None
+    partition_concurrency: int | None = None
+
+
 class Definition:
     """What the engine runs: a workflow function under a name, with default options.
 
@@ -83,6 +94,8 @@ class Definition:
     #: ``@app.workflow(cache=...)``: every step of the workflow may be reused across
     #: jobs (see :mod:`nbjobs.caching`); a step's own ``@nbjobs.step(cache=...)`` wins.
     cache: Cache | None = None
+    #: Fleet-wide limits (none by default).
+    flow: FlowLimits = FlowLimits()
 
     def __init__(
         self,

@@ -50,6 +50,7 @@ from ..store import ClaimedJob
 from .execution import Execution
 from .hooks import HookRunner
 from .leases import expire_overdue, renew
+from .registry import FlowLimits
 from .scheduler import Retention, Scheduler
 from .threads import DaemonPool, LoopThread, forget_at_exit, stop_at_exit
 
@@ -126,6 +127,7 @@ class Worker:
             except BaseException:
                 store.stop_worker(self.id)
                 raise
+        self._store_flow_limits(self.runtime.registry.definitions())
         self.runtime.on_wake(self.wake)
         try:
             store.reclaim_dead_local_workers(max_reclaims=self.settings.max_reclaims)
@@ -157,12 +159,43 @@ class Worker:
             self.queues = [*self.queues, queue]
             log.info("worker %s now also serves queue %s", self.id, queue)
         try:
+            self._store_flow_limits([workflow])
+        except Exception:
+            log.exception("could not store the limits of workflow %r", workflow.name)
+        try:
             claimed = self.runtime.registry.claim_names
             names = [n for n in (workflow.name, workflow.alias) if n in claimed]
             self.store.add_worker_workflows(worker_id=self.id, workflows=names, queues_=self.queues)
         except Exception:
             log.warning("could not record workflow %r in the worker registry", workflow.name)
         self._wake.set()
+
+    def _store_flow_limits(self, definitions: list[Definition]) -> None:
+        """Write the workflows' limits to the database where they differ from what it
+        holds (a workflow without limits removes a stored one): the last worker to
+        start with a workflow decides its limits for the whole fleet."""
+        stored = self.store.current_limits()
+        for definition in definitions:
+            flow = definition.flow
+            old = stored.get(("workflow", definition.name))
+            rate = None
+            if old is not None and old.rate_count is not None and old.rate_seconds is not None:
+                rate = (old.rate_count, old.rate_seconds)
+            if old is None and flow == FlowLimits():
+                continue
+            if old is not None and (old.concurrency, rate, old.partition_concurrency) == (
+                flow.concurrency,
+                flow.rate,
+                flow.partition_concurrency,
+            ):
+                continue
+            self.store.set_limit(
+                "workflow",
+                definition.name,
+                concurrency=flow.concurrency,
+                rate=flow.rate,
+                partition_concurrency=flow.partition_concurrency,
+            )
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop claiming; let running jobs finish for ``timeout`` s, then release them.
@@ -392,6 +425,10 @@ class Worker:
     def _idle_wait(self) -> float:
         poll = self.settings.poll_seconds
         due = self.store.next_due_at(self.queues)
+        # A rate that held a claim back frees a start at a known moment.
+        free_at, self.store.rate_free_at = self.store.rate_free_at, None
+        if free_at is not None:
+            due = free_at if due is None else min(due, free_at)
         if due is None:
             return poll
         return min(poll, max(0.0, due - self.runtime.clock.now()) + 0.001)
@@ -479,7 +516,12 @@ class Worker:
                 ahead = max(0, min(PREFETCH, room))
                 self._reserved += ahead
         try:
-            claimed = execution.commit_success(text, claim=self._chain_request(1 + ahead))
+            claim = self._chain_request(1 + ahead)
+            if claim is not None:
+                # Under a limit, jobs are claimed ahead only where the limit has room
+                # to spare (see ``LimitQueries._claim_limited``).
+                claim["ahead"] = ahead
+            claimed = execution.commit_success(text, claim=claim)
         finally:
             with self._lock:
                 self._reserved -= ahead
@@ -567,6 +609,7 @@ class Worker:
                     last_reap = now
                     if self.store.reap_expired(max_reclaims=settings.max_reclaims):
                         self._wake.set()
+                    self.store.expire_jobs()
                     if self.store.heal_fanouts():  # heals a missed fan-in or sibling cancel
                         self._wake.set()
                 if self.scheduler.tick(self.queues):

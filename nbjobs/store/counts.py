@@ -18,7 +18,8 @@ from sqlalchemy.types import Integer
 
 from ..jobs import ACTIVE, FINISHED, Status
 from ..schema import QUEUED_SQL, SUCCEEDED_SQL, jobs, meta, queues, workers
-from .core import EPOCH_KEY, CoreStore
+from .core import EPOCH_KEY
+from .limits import LimitQueries
 
 #: How far behind "now" the settled counts of finished jobs stay: longer than any
 #: transaction stamping ``updated_at`` takes to commit, and than the clock offsets left
@@ -45,7 +46,7 @@ def _floor_sqlite(element: _Floor, compiler: Any, **kw: Any) -> str:
     return f"CAST({compiler.process(element.clauses, **kw)} AS INTEGER)"
 
 
-class CountQueries(CoreStore):
+class CountQueries(LimitQueries):
     """Jobs counted per status, queue and time bucket, for the dashboard's overview."""
 
     #: (epoch, watermark, finished counts at or below it): see ``job_counts``.
@@ -174,7 +175,9 @@ class CountQueries(CoreStore):
             return conn.execute(stmt).all()
 
     def queue_depths(self) -> list[dict[str, Any]]:
-        """Per queue: queued, ready now, running and waiting jobs, and whether it is paused.
+        """Per queue: queued, ready now, running and waiting jobs, whether it is paused,
+        its limits (``concurrency``, ``rate``: None without) and its ready jobs that
+        limits hold back now (``held``, see :meth:`LimitQueries.held_counts`).
 
         Queues with no active jobs appear when they are paused or a live worker serves
         them, so an idle queue is shown rather than vanishing.
@@ -203,10 +206,16 @@ class CountQueries(CoreStore):
             for r in conn.execute(busy):
                 depth.setdefault(r.queue, {})[r.status] = int(r.n)
             paused = {r.name: bool(r.paused) for r in conn.execute(select(queues))}
-            served = conn.execute(
-                select(workers.c.queues).where(workers.c.stopped_at.is_(None))
-            ).scalars()
-            names = set(depth) | set(paused)
+            served = (
+                conn.execute(select(workers.c.queues).where(workers.c.stopped_at.is_(None)))
+                .scalars()
+                .all()
+            )  # read now: DuckDB drops a pending result at the next statement
+            held = self.held_counts(conn, now)
+            queue_limits = {
+                lim.name: lim for lim in self.list_limits_in(conn) if lim.kind == "queue"
+            }
+            names = set(depth) | set(paused) | set(queue_limits)
             for text in served:
                 names.update(q for q in text.split(",") if q)
         out = []
@@ -220,6 +229,9 @@ class CountQueries(CoreStore):
                     running=counts.get(Status.RUNNING.value, 0),
                     waiting=counts.get(Status.WAITING.value, 0),
                     paused=paused.get(name, False),
+                    concurrency=getattr(queue_limits.get(name), "concurrency", None),
+                    rate=getattr(queue_limits.get(name), "rate", None),
+                    held=held.get(name, 0),
                 )
             )
         return out

@@ -166,9 +166,11 @@ class FinishQueries(JobQueries, FanoutQueries):
                 wanting.setdefault(key, []).append(request)
         for (worker_id, queue, workflows), requests in wanting.items():
             limits = [r.item.claim.get("limit", 1) for r in requests]
-            plan = self._claim_plan(queue, workflows, min(sum(limits), self.dialect.claim_batch))
+            ahead = sum(r.item.claim.get("ahead", 0) for r in requests)
             lease = requests[0].item.claim["lease_seconds"]
-            claimed = self._claim(conn, plan, worker_id, lease)
+            claimed = self._claim_queue(
+                conn, queue, workflows, sum(limits), worker_id, lease, ahead=ahead
+            )
             for request, limit in zip(requests, limits, strict=True):  # claimed may be fewer
                 request.result = (True, claimed[:limit])
                 claimed = claimed[limit:]
@@ -267,9 +269,15 @@ class FinishQueries(JobQueries, FanoutQueries):
         self._after_terminal(conn, job_id, parent_id)
         if claim is None:
             return True, []
-        limit = min(claim.get("limit", 1), self.dialect.claim_batch)
-        plan = self._claim_plan(claim["queue"], tuple(claim["workflows"]), limit)
-        return True, self._claim(conn, plan, claim["worker_id"], claim["lease_seconds"])
+        return True, self._claim_queue(
+            conn,
+            claim["queue"],
+            tuple(claim["workflows"]),
+            claim.get("limit", 1),
+            claim["worker_id"],
+            claim["lease_seconds"],
+            ahead=claim.get("ahead", 0),
+        )
 
     def retry_job_later(
         self,

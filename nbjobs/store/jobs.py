@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, insert, select, update
+from sqlalchemy import bindparam, exists, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Executable
@@ -20,7 +20,8 @@ from sqlalchemy.sql import Executable
 from ..dialects.base import Prepared
 from ..jobs import Status
 from ..schema import checkpoints, jobs, new_id, new_token
-from .core import _FENCED, CoreStore, storable_text
+from .core import _FENCED, storable_text
+from .limits import CLAIM_VALUES, LimitQueries
 
 
 @dataclass
@@ -63,18 +64,17 @@ def _claimed(row: Row) -> ClaimedJob:
     )
 
 
+def _in_claim_order(rows: Sequence[Row]) -> list[ClaimedJob]:
+    """Claimed rows as jobs, best first (``RETURNING`` promises no order)."""
+    if not rows:
+        return []
+    rows = sorted(rows, key=lambda r: (-r.priority, r.run_at or 0.0, r.id))
+    return [_claimed(r) for r in rows]
+
+
 # Hot-path statements, built once with bind parameters (building a statement costs more
 # than running it on SQLite).
-_CLAIM_VALUES: dict[str, Any] = dict(
-    status=Status.RUNNING.value,
-    lease_token=bindparam("c_token", None),
-    lease_expires_at=bindparam("c_expires", None),
-    worker_id=bindparam("c_worker", None),
-    started_at=func.coalesce(jobs.c.started_at, bindparam("c_now", None)),
-    claimed_at=bindparam("c_now", None),
-    waiting_for=None,
-    updated_at=bindparam("c_now", None),
-)
+_CLAIM_VALUES = CLAIM_VALUES
 _INSERT_JOB = insert(jobs)
 _INSERT_CHECKPOINT = insert(checkpoints)
 #: The job row's side of steps: its count of steps and ``updated_at``, which the
@@ -107,7 +107,7 @@ def fresh_job_counters(now: float) -> dict[str, Any]:
     )
 
 
-class JobQueries(CoreStore):
+class JobQueries(LimitQueries):
     """The life of a job: enqueue, claim, checkpoint, finish, cancel and retry."""
 
     @functools.cached_property
@@ -135,6 +135,8 @@ class JobQueries(CoreStore):
         schedule: str | None = None,
         tick_at: float | None = None,
         trace_context: str | None = None,
+        partition_key: str | None = None,
+        expires_at: float | None = None,
     ) -> tuple[str, bool]:
         """Insert a queued job; returns (id, created).  A known ``key`` returns its job."""
         now = self.now()
@@ -159,6 +161,8 @@ class JobQueries(CoreStore):
             schedule=schedule,
             tick_at=tick_at,
             trace_context=trace_context,
+            partition_key=partition_key,
+            expires_at=expires_at,
             **fresh_job_counters(now),
         )
         try:
@@ -214,23 +218,43 @@ class JobQueries(CoreStore):
         lease_seconds: float,
         **params: Any,
     ) -> list[ClaimedJob]:
-        """Run a claim plan and record an attempt row per claimed job, in ``conn``'s txn."""
+        """Run a claim plan in ``conn``'s transaction; returns the claimed jobs."""
+        rows = self.dialect.claim(conn, plan, self._claim_params(worker_id, lease_seconds, params))
+        return _in_claim_order(rows)
+
+    def _claim_params(
+        self, worker_id: str, lease_seconds: float, params: dict[str, Any]
+    ) -> dict[str, Any]:
         now = self.now()
-        rows = self.dialect.claim(
-            conn,
-            plan,
-            dict(
-                params,
-                c_now=now,
-                c_token=new_token(),
-                c_expires=now + lease_seconds,
-                c_worker=worker_id,
-            ),
+        return dict(
+            params,
+            c_now=now,
+            c_token=new_token(),
+            c_expires=now + lease_seconds,
+            c_worker=worker_id,
         )
-        if not rows:
-            return []
-        rows = sorted(rows, key=lambda r: (-r.priority, r.run_at or 0.0, r.id))
-        return [_claimed(r) for r in rows]
+
+    def _claim_queue(
+        self,
+        conn: Connection,
+        queue: str,
+        workflows: tuple[str, ...],
+        limit: int,
+        worker_id: str,
+        lease_seconds: float,
+        ahead: int = 0,
+    ) -> list[ClaimedJob]:
+        """Claim up to ``limit`` jobs of ``queue`` in ``conn``'s write transaction: the
+        plain claim, or the limited one where a limit of the queue or of one of
+        ``workflows`` exists (see :mod:`.limits`).  ``ahead`` of them are wanted ahead
+        (for a worker's queue, not a free slot)."""
+        limit = min(limit, self.dialect.claim_batch)
+        if self.is_limited(queue, workflows):
+            params = self._claim_params(worker_id, lease_seconds, {})
+            rows = self._claim_limited(conn, queue, workflows, limit, params, ahead=ahead)
+            return _in_claim_order(rows)
+        plan = self._claim_plan(queue, workflows, limit)
+        return self._claim(conn, plan, worker_id, lease_seconds)
 
     def claim_jobs(
         self,
@@ -244,18 +268,30 @@ class JobQueries(CoreStore):
         """Claim up to ``limit`` ready jobs of ``queue`` whose workflow this worker knows."""
         if limit <= 0 or not workflows:
             return []
-        limit = min(limit, self.dialect.claim_batch)
-        plan = self._claim_plan(queue, tuple(workflows), limit)
-        if self.dialect.autocommit_single:  # the claim is one statement there
+        names = tuple(workflows)
+        if self.dialect.autocommit_single and not self.is_limited(queue, names):
+            # The plain claim is one statement there.
+            plan = self._claim_plan(queue, names, min(limit, self.dialect.claim_batch))
             return self._single_statement(
                 lambda conn: self._claim(conn, plan, worker_id, lease_seconds)
             )
         with self._write(hot=True) as conn:
-            return self._claim(conn, plan, worker_id, lease_seconds)
+            return self._claim_queue(conn, queue, names, limit, worker_id, lease_seconds)
 
     def claim_job(self, job_id: str, *, worker_id: str, lease_seconds: float) -> ClaimedJob | None:
-        """Claim one given job if it is queued (``wf.run`` and its inline retries)."""
+        """Claim one given job if it is queued (``wf.run`` and its inline retries),
+        within the limits of its queue and workflow (None: held back, or not queued)."""
         with self._write() as conn:
+            if self.current_limits():
+                row = conn.execute(
+                    select(jobs.c.queue, jobs.c.workflow).where(jobs.c.id == job_id)
+                ).first()
+                if row is not None and self.is_limited(row.queue, (row.workflow,)):
+                    params = self._claim_params(worker_id, lease_seconds, {})
+                    rows = self._claim_limited(
+                        conn, row.queue, (row.workflow,), 1, params, only=job_id
+                    )
+                    return _claimed(rows[0]) if rows else None
             claimed = self._claim(
                 conn, self._claim_plan(None, (), 1), worker_id, lease_seconds, c_job=job_id
             )

@@ -14,7 +14,16 @@ from sqlalchemy.engine import Connection
 
 from .. import dialects
 from ..errors import ConfigurationError
-from ..schema import DUE_INDEX, SCHEMA_VERSION, TREE_INDEX, jobs, meta, metadata, new_token
+from ..schema import (
+    DUE_INDEX,
+    EXPIRES_INDEX,
+    SCHEMA_VERSION,
+    TREE_INDEX,
+    jobs,
+    meta,
+    metadata,
+    new_token,
+)
 
 
 def _migrate_to_2(conn: Connection, dialect: dialects.Dialect) -> None:
@@ -40,6 +49,15 @@ def _migrate_to_4(conn: Connection, dialect: dialects.Dialect) -> None:
     dialect.add_column(conn, jobs.c.trace_context)
 
 
+def _migrate_to_5(conn: Connection, dialect: dialects.Dialect) -> None:
+    """Version 5 (flow control) adds the jobs' ``partition_key`` and ``expires_at``
+    columns, both NULL for the jobs already there, and ``ix_nbjobs_jobs_expires``.
+    The limit tables are new tables, which ``create_all`` made already."""
+    for column in (jobs.c.partition_key, jobs.c.expires_at):
+        dialect.add_column(conn, column)
+    dialect.create_index(conn, EXPIRES_INDEX)
+
+
 #: A meta row changed whenever finished jobs stop being finished (a retry) or are deleted.
 EPOCH_KEY = "finished_epoch"
 
@@ -49,6 +67,7 @@ MIGRATIONS: dict[int, Callable[[Connection, dialects.Dialect], None]] = {
     2: _migrate_to_2,
     3: _migrate_to_3,
     4: _migrate_to_4,
+    5: _migrate_to_5,
 }
 
 

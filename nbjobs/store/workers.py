@@ -19,6 +19,10 @@ from .fanout import FanoutQueries
 
 log = logging.getLogger(__name__)
 
+#: The reason (``error``) of a job cancelled because it had not started by its
+#: ``expires`` time.
+EXPIRED = "expired"
+
 # What the reaper needs of a job whose worker was lost.
 _LOST_COLUMNS = (
     jobs.c.id,
@@ -338,6 +342,38 @@ class WorkerQueries(FanoutQueries):
                 )
             ).all()
             return self._requeue_lost(conn, rows, "heartbeat stopped", max_reclaims)
+
+    def expire_jobs(self, limit: int = 500) -> int:
+        """Cancel, with the reason ``expired``, the queued jobs whose ``expires_at``
+        passed before they started; returns how many.  Idempotent: every worker's
+        monitor calls it, and the claim never takes an expired job meanwhile."""
+        now = self.now()
+        with self._write() as conn:
+            rows = conn.execute(
+                self.dialect.lock(
+                    select(jobs.c.id, jobs.c.parent_id)
+                    .where(jobs.c.expires_at <= now, jobs.c.status == QUEUED_SQL)
+                    .limit(limit),
+                    skip_locked=True,
+                )
+            ).all()
+            if not rows:
+                return 0
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id.in_([r.id for r in rows]), jobs.c.status == QUEUED_SQL)
+                .values(
+                    status=Status.CANCELLED.value,
+                    cancel_requested=True,
+                    finished_at=now,
+                    updated_at=now,
+                    error=EXPIRED,
+                )
+            )
+            for row in rows:
+                self._after_terminal(conn, row.id, row.parent_id)
+        log.info("cancelled %d queued job(s) that expired before they started", len(rows))
+        return len(rows)
 
     def reclaim_dead_local_workers(self, *, max_reclaims: int) -> int:
         """Requeue jobs of workers on this host whose process is gone, without waiting.

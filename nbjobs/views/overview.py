@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -10,9 +11,12 @@ import pandas as pd
 import panel as pn
 import param
 
-from ..jobs import FINISHED
+from ..jobs import FINISHED, limits_text
+from .access import session_user
 from .base import Component, Throttle
 from .style import CSS, STATUSES, colour, fmt_relative
+
+log = logging.getLogger(__name__)
 
 #: Minutes of history the throughput plot shows.
 WINDOW_MINUTES = 60
@@ -221,38 +225,140 @@ class Throughput(Component):
         return self._pane
 
 
+QUEUE_COLUMNS = [
+    "queue", "queued", "ready", "running", "waiting", "paused", "limits", "held",
+]  # fmt: skip
+
+
 class QueueDepths(Component):
-    """Per queue: queued (and ready now), running, waiting, paused."""
+    """Per queue: queued (and ready now), running, waiting, paused, its fleet-wide
+    limits and the ready jobs they hold back; an operator sets the selected queue's
+    limits and pauses or resumes it."""
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
+        self.rows: list[dict[str, Any]] = []
         self._table = pn.widgets.Tabulator(
-            pd.DataFrame(columns=["queue", "queued", "ready", "running", "waiting", "paused"]),
+            pd.DataFrame(columns=QUEUE_COLUMNS),
             show_index=False,
             disabled=True,
-            selectable=False,
+            selectable=1,
             sortable=False,
             sizing_mode="stretch_width",
             layout="fit_columns",
             height=180,
             theme="simple",
-            titles={"ready": "ready now"},
+            titles={"ready": "ready now", "held": "held by limits"},
+            css_classes=["nbj-queues-table"],
         )
+        self.concurrency = pn.widgets.IntInput(
+            label="concurrency", value=None, start=1, width=110, placeholder="no limit"
+        )
+        self.rate = pn.widgets.TextInput(label="rate", width=130, placeholder="e.g. 100/minute")
+        self.limit_button = pn.widgets.Button(
+            label="Set limits", width=100, color="primary", variant="outline"
+        )
+        self.pause_button = pn.widgets.Button(
+            label="Pause", width=80, color="primary", variant="outline"
+        )
+        self.resume_button = pn.widgets.Button(
+            label="Resume", width=80, color="primary", variant="outline"
+        )
+        self.limit_button.on_click(self._on_limit)
+        self.pause_button.on_click(self._on_pause)
+        self.resume_button.on_click(self._on_resume)
+        self._table.param.watch(self._selected, "selection")
         self._empty = pn.pane.HTML(
             '<div class="nbj-empty">No job is queued, running or waiting.</div>',
             stylesheets=[CSS],
             sizing_mode="stretch_width",
             visible=False,
         )
+        self._actions = pn.Row(
+            self.concurrency,
+            self.rate,
+            self.limit_button,
+            self.pause_button,
+            self.resume_button,
+            visible=not self.read_only,
+            align="end",
+        )
         self._throttle = Throttle(minimum_seconds=1.0)
 
     def load(self) -> None:
-        rows = self._throttle.run(self.store.queue_depths)
+        self.rows = self._throttle.run(self.store.queue_depths)
         frame = pd.DataFrame(
-            rows, columns=["queue", "queued", "ready", "running", "waiting", "paused"]
-        )
-        frame["paused"] = frame["paused"].map({True: "paused", False: ""})
+            [
+                [
+                    q["queue"], q["queued"], q["ready"], q["running"], q["waiting"],
+                    "paused" if q["paused"] else "",
+                    limits_text(q["concurrency"], q["rate"]),
+                    q["held"],
+                ]
+                for q in self.rows
+            ],
+            columns=QUEUE_COLUMNS,
+        )  # fmt: skip
+        selection = self._table.selection
         show_rows(self._table, frame, self._empty)
+        self._table.selection = [i for i in selection if i < len(frame)]
+        self._actions.visible = not (frame.empty or self.read_only)
+
+    def _on_limit(self, _event: Any) -> None:
+        self.set_limits()
+
+    def _on_pause(self, _event: Any) -> None:
+        self.set_paused(True)
+
+    def _on_resume(self, _event: Any) -> None:
+        self.set_paused(False)
+
+    def selected(self) -> dict[str, Any] | None:
+        """The selected queue's row, or None."""
+        chosen = self._table.selection
+        return self.rows[chosen[0]] if chosen and chosen[0] < len(self.rows) else None
+
+    def _selected(self, _event: Any) -> None:
+        """A queue was selected: show its limits in the inputs, to edit."""
+        row = self.selected()
+        if row is not None:
+            self.concurrency.value = row["concurrency"]
+            self.rate.value = row["rate"] or ""
+
+    def set_limits(self) -> bool:
+        """Store the inputs as the selected queue's limits (empty: no limit)."""
+        row = self.selected()
+        if row is None:
+            self.notify("select a queue first", "warning")
+            return False
+        name = row["queue"]
+        concurrency, rate = self.concurrency.value, (self.rate.value or "").strip() or None
+        shown = limits_text(concurrency, rate) or "no limits"
+        done = self.act(
+            f"setting queue {name} to {shown}",
+            lambda: self.app.set_queue(name, concurrency=concurrency, rate=rate),
+        )
+        if done:
+            log.info("queue %s set to %s by %s", name, shown, session_user() or "a local user")
+        self._throttle.pending = True
+        self.load()
+        return done
+
+    def set_paused(self, paused: bool) -> bool:
+        """Pause or resume the selected queue."""
+        row = self.selected()
+        if row is None:
+            self.notify("select a queue first", "warning")
+            return False
+        name = row["queue"]
+        fn = self.app.pause_queue if paused else self.app.resume_queue
+        word = "pausing" if paused else "resuming"
+        done = self.act(f"{word} queue {name}", lambda: fn(name))
+        if done:
+            log.info("queue %s %s by %s", name, "paused" if paused else "resumed",
+                     session_user() or "a local user")  # fmt: skip
+        self.load()
+        return done
 
     def refresh(self, changes: Sequence[Any]) -> None:
         if changes:
@@ -265,6 +371,7 @@ class QueueDepths(Component):
             pn.pane.HTML('<div class="nbj-section">Queues</div>', stylesheets=[CSS]),
             self._table,
             self._empty,
+            self._actions,
             sizing_mode="stretch_width",
         )
 

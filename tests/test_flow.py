@@ -1,0 +1,447 @@
+"""Flow control on every backend, in one process: concurrency, rate and partition limits,
+expiry, the hold a queued job reports, no starvation, priorities, bad input.
+
+The fleet-wide tests (three worker processes) are in ``test_flow_fleet.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+import nbjobs
+from nbjobs.schema import SCHEMA_VERSION, jobs, meta
+from tests.conftest import make_app
+from tests.support import cli, wait_until
+
+
+class Ledger:
+    """Start and end times of job bodies, recorded by the jobs themselves."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.spans: list[tuple[float, float, str | None]] = []
+        self.running: dict[str | None, int] = {}
+        self.peak: dict[str | None, int] = {}
+        self.order: list[object] = []
+
+    def run(self, group: str | None, seconds: float, tag: object = None) -> None:
+        with self.lock:
+            self.running[group] = self.running.get(group, 0) + 1
+            self.peak[group] = max(self.peak.get(group, 0), self.running[group])
+            self.order.append(tag)
+            start = time.monotonic()
+        time.sleep(seconds)
+        with self.lock:
+            self.running[group] -= 1
+            self.spans.append((start, time.monotonic(), group))
+
+
+def peak_overlap(spans: list[tuple[float, float, str | None]]) -> int:
+    """The most spans open at one moment (an end before a start at the same time)."""
+    events = sorted([(s, 1) for s, _, _ in spans] + [(e, -1) for _, e, _ in spans])
+    now = peak = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+def test_queue_concurrency_limit_holds_and_is_reached(app: nbjobs.App) -> None:
+    ledger = Ledger()
+    app.set_queue("api", concurrency=2)
+
+    @app.workflow(queue="api")
+    def call_api(cs: nbjobs.CallState, n: int) -> int:
+        ledger.run("api", 0.05)
+        return n
+
+    app.start(concurrency=8)
+    handles = [call_api.submit(n) for n in range(12)]
+    assert [h.result(timeout=60) for h in handles] == list(range(12))
+    assert ledger.peak["api"] == 2
+    assert peak_overlap(ledger.spans) == 2
+    assert app.queue_limits() == {"api": {"concurrency": 2, "rate": None}}
+
+
+def test_workflow_limit_and_no_starvation(app: nbjobs.App) -> None:
+    """A full limit holds back its own jobs only: the other queue's jobs and the other
+    workflow of the same queue run meanwhile, and the held job says what holds it."""
+    release = threading.Event()
+    ledger = Ledger()
+
+    @app.workflow(name="heavy", concurrency=1)
+    def heavy(cs: nbjobs.CallState, n: int) -> int:
+        ledger.run("heavy", 0.0)
+        release.wait(30)
+        return n
+
+    @app.workflow(name="light")
+    def light(cs: nbjobs.CallState, n: int) -> int:
+        return n
+
+    app.set_queue("slow", concurrency=1)
+
+    @app.workflow(name="slow_job", queue="slow")
+    def slow_job(cs: nbjobs.CallState) -> None:
+        release.wait(30)
+
+    app.start(concurrency=6)
+    first, second = heavy.submit(1), heavy.submit(2)
+    slow_first, slow_second = slow_job.submit(), slow_job.submit()
+    wait_until(lambda: first.status == "running" and slow_first.status == "running")
+    lights = [light.submit(n) for n in range(10)]
+    assert [h.result(timeout=60) for h in lights] == list(range(10))
+    assert second.status == "queued" and slow_second.status == "queued"
+    assert second.status_detail == (
+        "queued: held by the concurrency limit of workflow 'heavy' (1 of 1 running)"
+    )
+    assert slow_second.status_detail == (
+        "queued: held by the concurrency limit of queue 'slow' (1 of 1 running)"
+    )
+    release.set()
+    assert second.result(timeout=60) == 2
+    slow_second.result(timeout=60)
+    assert ledger.peak["heavy"] == 1
+
+
+def test_priorities_order_jobs_inside_a_limit(app: nbjobs.App) -> None:
+    ledger = Ledger()
+    app.set_queue("one", concurrency=1)
+
+    @app.workflow(queue="one")
+    def ranked(cs: nbjobs.CallState, n: int) -> int:
+        ledger.run("one", 0.0, tag=n)
+        return n
+
+    app.start(concurrency=4)
+    app.pause_queue("one")
+    handles = [ranked.options(priority=p).submit(p) for p in (1, 5, 3, 9, 0, 7)]
+    app.resume_queue("one")
+    for h in handles:
+        h.result(timeout=60)
+    assert ledger.order == [9, 7, 5, 3, 1, 0]
+
+
+def test_partitions_never_overlap_inside_one(app: nbjobs.App) -> None:
+    ledger = Ledger()
+
+    @app.workflow(queue="parts", partition_concurrency=1)
+    def sync_customer(cs: nbjobs.CallState, customer: str, n: int) -> int:
+        ledger.run(customer, 0.05)
+        return n
+
+    app.start(concurrency=8)
+    app.pause_queue("parts")
+    handles = [
+        sync_customer.options(partition=f"c{c}").submit(f"c{c}", n)
+        for n in range(4)
+        for c in range(5)
+    ]
+    app.resume_queue("parts")
+    for h in handles:
+        h.result(timeout=60)
+    for c in range(5):
+        assert ledger.peak[f"c{c}"] == 1
+    assert peak_overlap(ledger.spans) >= 3
+
+
+def test_a_waiting_job_holds_no_slot(app: nbjobs.App) -> None:
+    app.set_queue("one", concurrency=1)
+
+    @app.workflow(queue="one")
+    def waits(cs: nbjobs.CallState) -> str:
+        return cs.wait_signal("go", timeout=60)
+
+    @app.workflow(queue="one")
+    def quick(cs: nbjobs.CallState) -> str:
+        return "done"
+
+    app.start(concurrency=2)
+    waiting = waits.submit()
+    wait_until(lambda: waiting.status == "waiting")
+    assert quick.submit().result(timeout=60) == "done"
+    waiting.signal("go", "went")
+    assert waiting.result(timeout=60) == "went"
+
+
+def test_limits_change_while_workers_run(app: nbjobs.App) -> None:
+    release = threading.Event()
+    app.set_queue("q", concurrency=1)
+
+    @app.workflow(queue="q")
+    def hold(cs: nbjobs.CallState, n: int) -> int:
+        release.wait(30)
+        return n
+
+    app.start(concurrency=6)
+    handles = [hold.submit(n) for n in range(5)]
+
+    def running() -> int:
+        return sum(h.status == "running" for h in handles)
+
+    wait_until(lambda: running() == 1)
+    app.set_queue("q", concurrency=3)
+    wait_until(lambda: running() == 3)
+    app.set_queue("q", concurrency=None)  # no limit at all
+    wait_until(lambda: running() == 5)
+    assert app.queue_limits() == {}
+    release.set()
+    assert [h.result(timeout=60) for h in handles] == list(range(5))
+
+
+def test_rate_limit_window(app: nbjobs.App) -> None:
+    """``rate="10/s"`` drained for about 2.5 s by two workers (two Apps): no window of
+    one second holds more than 10 starts, as the database recorded them."""
+    app.set_queue("rated", rate="10/s")
+    other = make_app(str(app.store.url))
+    try:
+        for each in (app, other):
+
+            @each.workflow(name="tick", queue="rated")
+            def tick(cs: nbjobs.CallState, n: int) -> int:
+                return n
+
+        app.start(concurrency=4)
+        other.start(concurrency=4)
+        app.pause_queue("rated")
+        handles = [app.get_workflow("tick").submit(n) for n in range(25)]
+        app.resume_queue("rated")
+        for h in handles:
+            h.result(timeout=60)
+    finally:
+        other.close()
+    with app.store.engine.connect() as conn:
+        starts = sorted(conn.execute(sa.select(jobs.c.started_at)).scalars())
+    assert len(starts) == 25
+    worst = max(sum(1 for t in starts if s <= t < s + 1.0 - 1e-6) for s in starts)
+    assert worst <= 10
+    # Three windows' worth: the third window cannot open before two seconds.
+    assert starts[-1] - starts[0] >= 2.0 - 1e-6
+
+
+def test_expired_jobs_end_cancelled_with_the_reason(app: nbjobs.App) -> None:
+    @app.workflow(queue="late")
+    def late(cs: nbjobs.CallState, n: int) -> int:
+        return n
+
+    app.start(concurrency=2)
+    app.pause_queue("late")
+    gone = late.options(expires=0.2).submit(1)
+    gone_at = late.options(expires=datetime.now(timezone.utc) + timedelta(seconds=0.2)).submit(2)
+    kept = late.options(expires=600).submit(3)
+    wait_until(lambda: gone.status == "cancelled" and gone_at.status == "cancelled")
+    for h in (gone, gone_at):
+        assert h.error == "expired"
+        assert h.status_detail == "cancelled: expired"
+    app.resume_queue("late")
+    assert kept.result(timeout=60) == 3
+    assert kept.status_detail == "succeeded"
+
+
+@pytest.mark.parametrize(
+    "rate", ["20", "20/day", "0/s", "-1/s", "x/s", "1.5/s", "/s", "20/", 20, "20 per s"]
+)
+def test_bad_rates_are_refused(sqlite_app: nbjobs.App, rate: object) -> None:
+    with pytest.raises(nbjobs.ConfigurationError, match="rate"):
+        sqlite_app.set_queue("api", rate=rate)  # type: ignore[arg-type]
+    with pytest.raises(nbjobs.ConfigurationError, match="rate"):
+        sqlite_app.workflow(name="w", rate=rate)(lambda cs: None)  # type: ignore[arg-type]
+    assert sqlite_app.queue_limits() == {}
+
+
+@pytest.mark.parametrize("rate", ["20/s", "20/second", "100/minute", "100/min", "5/hour", "5/h"])
+def test_good_rates_are_stored(sqlite_app: nbjobs.App, rate: str) -> None:
+    sqlite_app.set_queue("api", rate=rate)
+    count, unit = rate.split("/")
+    shown = {"s": "s", "second": "s", "minute": "minute", "min": "minute"}.get(unit, "hour")
+    assert sqlite_app.queue_limits() == {"api": {"concurrency": None, "rate": f"{count}/{shown}"}}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(concurrency=0),
+        dict(concurrency=-2),
+        dict(concurrency=1.5),
+        dict(concurrency="2"),
+        dict(partition_concurrency=0),
+    ],
+)
+def test_bad_limits_are_refused(sqlite_app: nbjobs.App, bad: dict) -> None:
+    name = next(iter(bad))
+    with pytest.raises(nbjobs.ConfigurationError, match=name):
+        sqlite_app.workflow(name="w", **bad)(lambda cs: None)
+    if name == "concurrency":
+        with pytest.raises(nbjobs.ConfigurationError, match=name):
+            sqlite_app.set_queue("api", **bad)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(expires=0),
+        dict(expires=-5),
+        dict(expires=float("nan")),
+        dict(expires="soon"),
+        dict(expires=datetime(2030, 1, 1)),  # naive
+        dict(partition=""),
+        dict(partition=7),
+    ],
+)
+def test_bad_expiry_and_partition_are_refused(sqlite_app: nbjobs.App, bad: dict) -> None:
+    @sqlite_app.workflow(name="w")
+    def w(cs: nbjobs.CallState) -> None:
+        pass
+
+    with pytest.raises(nbjobs.ConfigurationError, match=next(iter(bad))):
+        w.options(**bad)
+
+
+@pytest.mark.no_worker
+def test_a_version_4_database_gains_the_flow_columns(db_url: str) -> None:
+    app = make_app(db_url)
+
+    @app.workflow(name="later")
+    def later(cs: nbjobs.CallState) -> str:
+        return "done"
+
+    kept = later.options(delay=3600).submit()
+    app.close()
+    # Put the database back the way version 4 left it: no flow columns, version "4".
+    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        # A table of its own: an Index on ``jobs`` would join nbjobs' metadata.
+        old = sa.Table("nbjobs_jobs", sa.MetaData(), sa.Column("expires_at", sa.Double))
+        sa.Index("ix_nbjobs_jobs_expires", old.c.expires_at).drop(conn)
+        # DuckDB cannot drop a column that an index follows: there the columns stay,
+        # and the migration must take them as they are.
+        if conn.dialect.name != "duckdb":
+            for column in ("partition_key", "expires_at"):
+                conn.exec_driver_sql(f"ALTER TABLE nbjobs_jobs DROP COLUMN {column}")
+        conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value="4"))
+    engine.dispose()
+    app = make_app(db_url)
+    try:
+        with app.store.engine.connect() as conn:
+            version = conn.execute(
+                sa.select(meta.c.value).where(meta.c.key == "schema_version")
+            ).scalar()
+            columns = set(conn.exec_driver_sql("SELECT * FROM nbjobs_jobs WHERE 1 = 0").keys())
+        assert version == str(SCHEMA_VERSION) == "5"
+        assert {"partition_key", "expires_at"} <= columns
+        job = app.store.get_job(kept.id, full=True)
+        assert job.status == "queued" and job.partition_key is None and job.expires_at is None
+    finally:
+        app.close()
+
+
+def test_queues_show_limits_running_and_held(app: nbjobs.App) -> None:
+    """``app.queues()`` and ``/metrics`` show a queue's limits and the ready jobs they
+    hold back."""
+    from nbjobs.metrics import JobsCollector
+
+    release = threading.Event()
+
+    @app.workflow(queue="api")
+    def hold(cs: nbjobs.CallState, n: int) -> int:
+        release.wait(30)
+        return n
+
+    app.set_queue("api", concurrency=1, rate="100/minute")
+    app.start(concurrency=4)
+    handles = [hold.submit(n) for n in range(3)]
+    wait_until(lambda: handles[0].status == "running")
+
+    def api() -> dict:
+        return next(q for q in app.queues() if q["queue"] == "api")
+
+    wait_until(lambda: api()["held"] == 2)
+    row = api()
+    assert (row["concurrency"], row["rate"], row["running"]) == (1, "100/minute", 1)
+    samples = {
+        tuple(s.labels.values()): s.value
+        for family in JobsCollector(app).collect()
+        if family.name == "nbjobs_jobs_held_back"
+        for s in family.samples
+    }
+    assert samples[("api", "limit")] == 2 and samples[("api", "paused")] == 0
+    release.set()
+    assert [h.result(timeout=60) for h in handles] == [0, 1, 2]
+    assert api()["held"] == 0
+
+
+def test_cli_sets_and_lists_queue_limits(sqlite_app: nbjobs.App, sqlite_url: str) -> None:
+    release = threading.Event()
+
+    @sqlite_app.workflow(queue="api")
+    def hold(cs: nbjobs.CallState, n: int) -> int:
+        release.wait(30)
+        return n
+
+    done = cli(
+        "queues", "limit", "api", "--concurrency", "1", "--rate", "100/minute", url=sqlite_url
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "queue api: concurrency 1, 100/minute"
+    sqlite_app.start(concurrency=4)
+    handles = [hold.submit(n) for n in range(3)]
+    wait_until(lambda: handles[0].status == "running")
+    wait_until(lambda: next(q for q in sqlite_app.queues() if q["queue"] == "api")["held"] == 2)
+    listing = cli("queues", "list", url=sqlite_url).stdout.splitlines()
+    assert listing[0].split()[-2:] == ["limits", "held"]
+    [line] = [ln for ln in listing if ln.startswith("api")]
+    assert "concurrency 1, 100/minute" in line and line.split()[-1] == "2"
+    bad = cli("queues", "limit", "api", "--rate", "fast", url=sqlite_url)
+    assert bad.returncode != 0 and "rate" in bad.stderr
+    assert cli("queues", "limit", "api", url=sqlite_url).returncode != 0  # nothing to set
+    cleared = cli("queues", "limit", "api", "--clear", url=sqlite_url)
+    assert cleared.stdout.strip() == "queue api: no limits"
+    release.set()
+    assert [h.result(timeout=60) for h in handles] == [0, 1, 2]
+    assert sqlite_app.queue_limits() == {}
+
+
+def test_dashboard_queues_table_sets_limits_and_pauses(
+    sqlite_app: nbjobs.App, caplog: pytest.LogCaptureFixture
+) -> None:
+    from nbjobs.views.overview import QueueDepths
+
+    app = sqlite_app
+    app.set_queue("api", concurrency=2)
+    view = QueueDepths(app=app)
+    view.load()
+    frame = view._table.value.set_index("queue")
+    assert frame.loc["api", "limits"] == "concurrency 2" and frame.loc["api", "held"] == 0
+    assert not view.set_limits()  # nothing selected
+    view._table.selection = [list(view._table.value["queue"]).index("api")]
+    assert (view.concurrency.value, view.rate.value) == (2, "")  # the selection's limits
+    view.concurrency.value, view.rate.value = 5, "30/minute"
+    with caplog.at_level("INFO", logger="nbjobs.views.overview"):
+        assert view.set_limits()
+        assert view.set_paused(True)
+    assert app.queue_limits() == {"api": {"concurrency": 5, "rate": "30/minute"}}
+    assert "queue api set to concurrency 5, 30/minute by a local user" in caplog.text
+    assert "queue api paused by a local user" in caplog.text
+    row = view._table.value.set_index("queue").loc["api"]
+    assert (row["limits"], row["paused"]) == ("concurrency 5, 30/minute", "paused")
+    view.rate.value = "lots"
+    assert not view.set_limits()  # refused, nothing changed
+    assert app.queue_limits()["api"]["rate"] == "30/minute"
+    assert view.set_paused(False)
+    view.concurrency.value, view.rate.value = None, ""
+    assert view.set_limits()
+    assert app.queue_limits() == {}
+    # A read-only dashboard, or one served with a login nobody gave, refuses.
+    for refused in (
+        QueueDepths(app=app, read_only=True),
+        QueueDepths(app=app, require_auth=True),
+    ):
+        refused.load()
+        refused._table.selection = [0]
+        assert not refused.set_paused(True)
+    assert not any(q["paused"] for q in app.queues())
