@@ -61,6 +61,7 @@ def test_notebook_runs(notebook: Path, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a fresh virtual environment, then every notebook
 def test_binder_environment_runs_every_notebook(tmp_path):
     """A fresh virtual environment made from binder/ (requirements, then postBuild)."""
     venv = tmp_path / "binder-venv"

@@ -45,8 +45,10 @@ def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
 
 @pytest.fixture
 def traced(db_url: str, provider: TracerProvider) -> Iterator[nbjobs.App]:
-    """An App on each backend that traces with ``provider``."""
-    application = make_app(db_url, tracing=provider)
+    """An App on each backend that traces with ``provider``.  Its leases are long: the
+    tests count spans exactly, and a heartbeat late by a second on a loaded machine would
+    otherwise reclaim a job (one more attempt span, outcome ``lost``)."""
+    application = make_app(db_url, tracing=provider, stale_after_seconds=15.0)
     yield application
     application.close()
 
