@@ -445,3 +445,46 @@ def test_dashboard_queues_table_sets_limits_and_pauses(
         refused._table.selection = [0]
         assert not refused.set_paused(True)
     assert not any(q["paused"] for q in app.queues())
+
+
+@pytest.mark.no_worker
+def test_batched_claims_stop_exactly_at_a_roomy_limit(app: nbjobs.App, db_url: str) -> None:
+    """Claims of a batch each under a queue's concurrency limit with room for many
+    batches (the capped claim; on SQLite and PostgreSQL it then counts inside its claim
+    statement) stop exactly at the limit, and a limit that another process lowers, or
+    turns into a rate, holds from the next claim, though this store read the limits
+    before the change."""
+    app.set_queue("wide", concurrency=1000)
+
+    @app.workflow(name="wide", queue="wide")
+    def wide(cs: nbjobs.CallState, n: int) -> int:
+        return n
+
+    app.submit_many([wide.spec(n) for n in range(1300)])
+    names = app.runtime.registry.claim_names
+
+    def claim() -> list:
+        return app.store.claim_jobs(
+            worker_id="claimer", queue="wide", workflows=names, limit=64, lease_seconds=600
+        )
+
+    def running() -> int:
+        return app.store.count_jobs(status="running")
+
+    claimed = [job for _ in range(3) for job in claim()]
+    assert len(claimed) == running() == 192
+    operator = make_app(db_url)
+    try:
+        operator.set_queue("wide", concurrency=200)
+        claimed += claim()
+        assert len(claimed) == running() == 200 and claim() == []
+        operator.set_queue("wide", concurrency=1000, rate="1/hour")
+        claimed += claim()
+        assert len(claimed) == running() == 201 and claim() == []
+        operator.set_queue("wide", concurrency=1000)
+        app.store._limits_cache = None  # as after LIMITS_TTL_SECONDS
+        while got := claim():
+            claimed += got
+        assert running() == 1000 == len({job.id for job in claimed})
+    finally:
+        operator.close()
