@@ -495,7 +495,11 @@ class LimitQueries(CoreStore):
         seen = roomy.get(queue)
         inline = seen is not None and time.monotonic() - seen < LIMITS_TTL_SECONDS
         if inline and not self.dialect.skip_locked:
-            return self._run_inline(conn, plan, queue, workflows, limit, values)
+            rows = self._run_inline(conn, plan, queue, workflows, limit, values)
+            if rows:
+                return rows
+            # Nothing: the queue ran dry, or its limit changed; the counted claim
+            # below tells (and hands a changed limit to the full limited claim).
         found = [_limit(r) for r in plan.lock.execute(conn, {}).all()]
         if len(found) != 1 or found[0].kind != "queue" or not _concurrency_only(found[0]):
             ample.discard(queue)
