@@ -489,3 +489,37 @@ def test_batched_claims_stop_exactly_at_a_roomy_limit(app: nbjobs.App, db_url: s
         assert running() == 1000 == len({job.id for job in claimed})
     finally:
         operator.close()
+
+
+@pytest.mark.no_worker
+def test_a_limit_far_from_binding_shares_its_lock_and_stays_exact(
+    app: nbjobs.App, db_url: str
+) -> None:
+    """A limit with room for every claim the server can have in flight at once is
+    locked shared on PostgreSQL; lowered close to the running jobs, the next claims
+    lock it for themselves and stop exactly at it (on every backend)."""
+    app.set_queue("vast", concurrency=100_000)
+
+    @app.workflow(name="vast", queue="vast")
+    def vast(cs: nbjobs.CallState, n: int) -> int:
+        return n
+
+    app.submit_many([vast.spec(n) for n in range(300)])
+    names = app.runtime.registry.claim_names
+
+    def claim() -> list:
+        return app.store.claim_jobs(
+            worker_id="claimer", queue="vast", workflows=names, limit=64, lease_seconds=600
+        )
+
+    claimed = [job for _ in range(2) for job in claim()]
+    assert len(claimed) == app.store.count_jobs(status="running") == 128
+    operator = make_app(db_url)
+    try:
+        operator.set_queue("vast", concurrency=138)
+        for _ in range(3):
+            claimed += claim()
+        assert len(claimed) == app.store.count_jobs(status="running") == 138
+        assert len({job.id for job in claimed}) == 138
+    finally:
+        operator.close()

@@ -139,6 +139,8 @@ class _CappedPlan:
 
     lock: Any
     count: Any
+    #: The limit rows read with a shared lock (see ``LimitQueries._claim_capped``).
+    share: Any = None
     claims: dict[int, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -161,6 +163,12 @@ class LimitQueries(CoreStore):
     #: Queues whose last capped claim found their limit at most half used: the
     #: unlocked pre-check of a full limit is skipped for them.
     _ample: set[str] | None = None
+    #: Queues whose last capped claim found room for every claim that can be in flight
+    #: at once (see ``_claim_capped``): their claims lock the limit row shared.
+    _shared: set[str] | None = None
+    #: Jobs that the claims in flight at one moment may hold at most, unseen by each
+    #: other's counts (None: not known here; 0: not read yet).
+    _in_flight_bound: int | None = 0
     #: Queues whose last counted capped claim found room for many batches, and when
     #: (monotonic): for ``LIMITS_TTL_SECONDS`` their capped claims count in the claim
     #: statement, where ``Dialect.claim_cap`` allows.
@@ -358,9 +366,16 @@ class LimitQueries(CoreStore):
             )
             if len(plans) > 256:
                 plans.clear()
+            share = (
+                select(limits)
+                .where(tuple_(limits.c.kind, limits.c.name).in_(keys))
+                .order_by(limits.c.kind, limits.c.name)
+                .with_for_update(read=True)
+            )
             plan = plans[(queue, workflows)] = _CappedPlan(
                 lock=Prepared(lock, self.engine.dialect),
                 count=Prepared(count, self.engine.dialect),
+                share=Prepared(share, self.engine.dialect) if self.dialect.skip_locked else None,
             )
         return plan
 
@@ -444,6 +459,17 @@ class LimitQueries(CoreStore):
             plan.claims[-limit] = claim
         return claim
 
+    def _claims_bound(self, conn: Connection) -> int | None:
+        """How many jobs the claims in flight at one moment hold at most: one claim per
+        connection the server allows, ``Dialect.claim_batch`` jobs each (None where the
+        dialect cannot tell)."""
+        if self._in_flight_bound == 0:
+            connections = self.dialect.max_transactions(conn)
+            self._in_flight_bound = (
+                None if connections is None else connections * self.dialect.claim_batch
+            )
+        return self._in_flight_bound
+
     def _run_inline(
         self,
         conn: Connection,
@@ -477,6 +503,17 @@ class LimitQueries(CoreStore):
         locked (a claim under the same limit waits here until the one before it
         commits, so the count below sees its claims), the queue's running jobs are
         counted, and the plain claim takes at most the room left.
+
+        Where the database tells how many transactions it runs at once
+        (``Dialect.max_transactions``: PostgreSQL's ``max_connections``), a limit with
+        room for every claim that can be in flight at once, ``claim_batch`` jobs each,
+        is locked shared: claims under it no longer wait for each other's commits.
+        Still never more running than the limit: take the claim whose count ran last;
+        what committed before that count, it saw (at most ``limit - bound``), and what
+        committed after it came from claims that had counted before it, so were in
+        flight at that moment: at most ``bound`` jobs.  A claim that finds less room
+        than that claims nothing and the next locks the row for itself; a claim under
+        that exclusive lock waits for every shared one to commit, so counts them all.
         """
         now = values["c_now"]
         ample = self._ample
@@ -494,23 +531,38 @@ class LimitQueries(CoreStore):
             roomy = self._roomy = {}
         seen = roomy.get(queue)
         inline = seen is not None and time.monotonic() - seen < LIMITS_TTL_SECONDS
+        shared_set = self._shared
+        if shared_set is None:
+            shared_set = self._shared = set()
+        shared = queue in shared_set and plan.share is not None
         if inline and not self.dialect.skip_locked:
             rows = self._run_inline(conn, plan, queue, workflows, limit, values)
             if rows:
                 return rows
             # Nothing: the queue ran dry, or its limit changed; the counted claim
             # below tells (and hands a changed limit to the full limited claim).
-        found = [_limit(r) for r in plan.lock.execute(conn, {}).all()]
+        found = [_limit(r) for r in (plan.share if shared else plan.lock).execute(conn, {}).all()]
         if len(found) != 1 or found[0].kind != "queue" or not _concurrency_only(found[0]):
             ample.discard(queue)
+            shared_set.discard(queue)
             roomy.pop(queue, None)
             self._limits_cache = None  # changed since cached: read them again
             return None
-        if inline:  # locked: the claim statement's own count sees every claim before it
+        if inline and not shared:  # locked: the claim's own count sees every claim before it
             return self._run_inline(conn, plan, queue, workflows, limit, values)
         concurrency = found[0].concurrency or 0
         running = plan.count.execute(conn, {"c_now": now}).all()[0][0]
         free = concurrency - running
+        bound = self._claims_bound(conn)
+        if shared and (bound is None or running + bound > concurrency):
+            # Too little room left to share the lock: this claim takes nothing, the
+            # next one locks the limit row for itself.
+            shared_set.discard(queue)
+            return []
+        if bound is not None and running + 2 * bound <= concurrency:
+            shared_set.add(queue)
+        else:
+            shared_set.discard(queue)
         if 2 * running <= concurrency:
             ample.add(queue)
         else:
