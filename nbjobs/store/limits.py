@@ -31,7 +31,13 @@ the same guarantee: the same locked read of the limit rows, one count of the que
 running jobs, and the plain claim statement with ``LIMIT`` the room left, all three
 compiled once per queue (building statements costs more than SQLite takes to run
 them).  Where the database has row locks, the unlocked pre-check of a full limit is
-skipped while the last look found the limit at most half used.
+skipped while the last look found the limit at most half used.  While the limit has
+room for many batches, SQLite and PostgreSQL count inside the claim statement
+(``Dialect.claim_cap``); while it has room for every claim the server can have in
+flight, PostgreSQL locks the limit row shared, so claims under it stop taking turns
+(the argument that this never lets more run than the limit is at
+:meth:`LimitQueries._claim_capped`).  No counter is kept: the running jobs are counted
+from the jobs themselves, so nothing can drift when a worker is killed.
 """
 
 from __future__ import annotations
