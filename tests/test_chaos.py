@@ -16,9 +16,9 @@ from pathlib import Path
 from sqlalchemy import insert
 
 import nbjobs
-from benchmarks.chaos.invariants import check_fanouts, check_steps, load
-from benchmarks.chaos.ledger import duplicates
-from nbjobs.schema import jobs
+from benchmarks.chaos.invariants import check_fanouts, check_limit, check_rate, check_steps, load
+from benchmarks.chaos.ledger import CAPPED_LIMIT, RATED_COUNT, RATED_QUEUE, bodies, duplicates
+from nbjobs.schema import attempts, jobs
 from tests import backends
 from tests.support import ROOT
 
@@ -33,6 +33,8 @@ INVARIANTS = (
     "each timer fired once",
     "idempotency keys deduplicated",
     "no worker slot leaked",
+    "no limit ever exceeded",
+    "no rate window ever exceeded",
 )
 
 
@@ -62,7 +64,8 @@ def test_chaos_runs_keep_every_invariant(tmp_path) -> None:
                 assert line.rstrip().endswith("OK"), line
             assert "SIGKILLs 0" not in output
 
-    # The checker is not blind: forge a re-run of a committed step and an orphan child.
+    # The checker is not blind: forge a re-run of a committed step, an orphan child, one
+    # body too many under the concurrency limit and one start too many in a rate window.
     app = nbjobs.App(sqlite_url)
     try:
         snap = load(app)
@@ -90,5 +93,37 @@ def test_chaos_runs_keep_every_invariant(tmp_path) -> None:
         exact, _ = check_steps(forged)
         assert exact.violations == 1 and "ran again in attempt" in exact.examples[0]
         assert not check_fanouts(forged).ok
+
+        assert check_limit(app).ok and check_rate(app).ok
+        assert check_limit(app).checked > 10 and check_rate(app).checked > 10
+        with app.store._write() as conn:
+            conn.execute(
+                insert(bodies),
+                [
+                    dict(job_id=f"forged-body-{i}", attempt=1, queue="chaos-capped", pid=1,
+                         started=10.0 + i * 0.01, ended=11.0)
+                    for i in range(CAPPED_LIMIT + 1)
+                ],
+            )  # fmt: skip
+            conn.execute(
+                insert(jobs).values(
+                    id="forged-rated", workflow="chaos.rated", queue=RATED_QUEUE,
+                    status="succeeded", priority=0, attempts=RATED_COUNT + 1, failures=0,
+                    max_retries=0, reclaims=0, cancel_requested=False, steps_done=0,
+                    created_at=0.0, updated_at=0.0,
+                )
+            )  # fmt: skip
+            conn.execute(
+                insert(attempts),
+                [
+                    dict(job_id="forged-rated", attempt=n, outcome="lost",
+                         started_at=20.0 + n * 0.01, finished_at=21.0)
+                    for n in range(RATED_COUNT + 1)
+                ],
+            )  # fmt: skip
+        too_many = check_limit(app)
+        assert too_many.violations == 1 and "3 bodies of 'chaos-capped'" in too_many.examples[0]
+        too_fast = check_rate(app)
+        assert too_fast.violations == 1 and "6 starts of 'chaos-rated'" in too_fast.examples[0]
     finally:
         app.close()

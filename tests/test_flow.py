@@ -445,3 +445,81 @@ def test_dashboard_queues_table_sets_limits_and_pauses(
         refused._table.selection = [0]
         assert not refused.set_paused(True)
     assert not any(q["paused"] for q in app.queues())
+
+
+@pytest.mark.no_worker
+def test_batched_claims_stop_exactly_at_a_roomy_limit(app: nbjobs.App, db_url: str) -> None:
+    """Claims of a batch each under a queue's concurrency limit with room for many
+    batches (the capped claim; on SQLite and PostgreSQL it then counts inside its claim
+    statement) stop exactly at the limit, and a limit that another process lowers, or
+    turns into a rate, holds from the next claim, though this store read the limits
+    before the change (a raised limit may take ``LIMITS_TTL_SECONDS`` to be seen, so
+    this one is raised with the cache cleared)."""
+    app.set_queue("wide", concurrency=1000)
+
+    @app.workflow(name="wide", queue="wide")
+    def wide(cs: nbjobs.CallState, n: int) -> int:
+        return n
+
+    app.submit_many([wide.spec(n) for n in range(1300)])
+    names = app.runtime.registry.claim_names
+
+    def claim() -> list:
+        return app.store.claim_jobs(
+            worker_id="claimer", queue="wide", workflows=names, limit=64, lease_seconds=600
+        )
+
+    def running() -> int:
+        return app.store.count_jobs(status="running")
+
+    claimed = [job for _ in range(3) for job in claim()]
+    assert len(claimed) == running() == 192
+    operator = make_app(db_url)
+    try:
+        operator.set_queue("wide", concurrency=1000, rate="1/hour")
+        claimed += claim()
+        assert len(claimed) == running() == 193 and claim() == []
+        operator.set_queue("wide", concurrency=200)
+        claimed += claim()
+        assert len(claimed) == running() == 200 and claim() == []
+        operator.set_queue("wide", concurrency=1000)
+        app.store._limits_cache = None  # as after LIMITS_TTL_SECONDS
+        while got := claim():
+            claimed += got
+        assert running() == 1000 == len({job.id for job in claimed})
+    finally:
+        operator.close()
+
+
+@pytest.mark.no_worker
+def test_a_limit_far_from_binding_shares_its_lock_and_stays_exact(
+    app: nbjobs.App, db_url: str
+) -> None:
+    """A limit with room for every claim the server can have in flight at once is
+    locked shared on PostgreSQL; lowered close to the running jobs, the next claims
+    lock it for themselves and stop exactly at it (on every backend)."""
+    app.set_queue("vast", concurrency=100_000)
+
+    @app.workflow(name="vast", queue="vast")
+    def vast(cs: nbjobs.CallState, n: int) -> int:
+        return n
+
+    app.submit_many([vast.spec(n) for n in range(300)])
+    names = app.runtime.registry.claim_names
+
+    def claim() -> list:
+        return app.store.claim_jobs(
+            worker_id="claimer", queue="vast", workflows=names, limit=64, lease_seconds=600
+        )
+
+    claimed = [job for _ in range(2) for job in claim()]
+    assert len(claimed) == app.store.count_jobs(status="running") == 128
+    operator = make_app(db_url)
+    try:
+        operator.set_queue("vast", concurrency=138)
+        for _ in range(3):
+            claimed += claim()
+        assert len(claimed) == app.store.count_jobs(status="running") == 138
+        assert len({job.id for job in claimed}) == 138
+    finally:
+        operator.close()

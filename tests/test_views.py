@@ -493,3 +493,32 @@ def test_job_detail_shows_artifacts_with_bounded_escaped_previews(sqlite_app):
     assert steps.count("<details") == MAX_PREVIEWS - 1
     last = steps.split(f'<tr data-step="array-{MAX_PREVIEWS}">')[1]
     assert "numpy.ndarray · 2 x 2" in last and "<details" not in last
+
+
+def test_job_detail_says_why_a_queued_job_is_held(app):
+    """A queued job's detail says what holds it back, as ``status_detail`` does: a full
+    concurrency limit, a paused queue; and nothing once it runs (on every backend)."""
+    release = threading.Event()
+    app.set_queue("narrow", concurrency=1)
+
+    @app.workflow(name="narrow", queue="narrow")
+    def narrow(cs, n):
+        release.wait(30)
+        return n
+
+    with app.running(concurrency=2, queues=["narrow"]):
+        first, second = narrow.submit(1), narrow.submit(2)
+        wait_until(lambda: first.status == "running")
+        detail = JobDetail(app=app, job_id=second.id)
+        held = "held by the concurrency limit of queue &#x27;narrow&#x27; (1 of 1 running)"
+        assert f"<th>held</th><td>{held}</td>" in detail._header.object
+        assert second.status_detail.endswith(held.replace("&#x27;", "'"))
+        assert "<th>held</th>" not in JobDetail(app=app, job_id=first.id)._header.object
+        app.pause_queue("narrow")
+        detail.load()
+        assert "<th>held</th><td>queue &#x27;narrow&#x27; is paused</td>" in detail._header.object
+        app.resume_queue("narrow")
+        release.set()
+        assert second.result(timeout=60) == 2
+    detail.load()
+    assert "<th>held</th>" not in detail._header.object

@@ -11,7 +11,7 @@ import asyncio
 import os
 
 import nbjobs
-from benchmarks.chaos.ledger import effect, flaky
+from benchmarks.chaos.ledger import CAPPED_QUEUE, RATED_QUEUE, body, effect, flaky
 
 app = nbjobs.App(
     os.environ["NBJOBS_URL"],
@@ -87,3 +87,17 @@ def fanout(cs: nbjobs.CallState, plan: dict) -> dict:
 def tick(cs: nbjobs.CallState) -> str:
     cs.checkpoint("fx-tick", effect, cs.job_id, "fx-tick", cs.attempt)
     return "ticked"
+
+
+@app.workflow(name="chaos.capped", queue=CAPPED_QUEUE)
+def capped(cs: nbjobs.CallState, plan: dict) -> str:
+    """A body under the queue's concurrency limit, in the bodies ledger."""
+    body(cs.job_id, cs.attempt, CAPPED_QUEUE, plan["work"])
+    return "capped"
+
+
+@app.workflow(name="chaos.rated", queue=RATED_QUEUE)
+def rated(cs: nbjobs.CallState, plan: dict) -> str:
+    """A body under the queue's rate limit, in the bodies ledger."""
+    body(cs.job_id, cs.attempt, RATED_QUEUE, plan["work"])
+    return "rated"

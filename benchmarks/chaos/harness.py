@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.chaos import ledger
 from nbjobs.runtime.worker import PREFETCH
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +66,7 @@ class Record:
     keys: dict[str, list[str]] = field(default_factory=dict)
     kills: int = 0
     killed_pids: list[int] = field(default_factory=list)
+    kill_times: dict[int, float] = field(default_factory=dict)  # pid -> time.time()
     slot_samples: int = 0
     slot_overflows: list[str] = field(default_factory=list)
     schedule_created: float = 0.0
@@ -104,7 +106,9 @@ class Fleet:
         victim = self.procs[i]
         if victim.poll() is None:
             victim.send_signal(signal.SIGKILL)
+            record.kill_times[victim.pid] = at = time.time()
             record.kills += 1
+            ledger.record_kill(victim.pid, at)
             record.killed_pids.append(victim.pid)
         victim.wait(30)
         self.procs[i] = self._spawn()
@@ -178,6 +182,10 @@ class Workload:
         while t < until:
             self._push(t, "submit", None)
             t += self.rng.expovariate(self.config.rate)
+        t = start + 2.0
+        while t < until:  # bursts that fill the flow-controlled queues
+            self._push(t, "flow", None)
+            t += self.rng.uniform(2.0, 4.0)
         t = start + 3.0
         while t < start + self.config.duration:
             self._push(t, "kill", None)
@@ -213,6 +221,18 @@ class Workload:
             return
         handle = wf.submit(plan)
         self._track(Submitted(handle.id, wf.name, plan), now)
+
+    def submit_flow(self) -> None:
+        """A burst of jobs for each flow-controlled queue, more than its limit lets run
+        at once.  Never cancelled: a cancelled body runs on to its end after its slot
+        is free, which the limits do not promise to count."""
+        from benchmarks.chaos import app as chaos
+
+        for wf, count, work in ((chaos.capped, 4, 0.3), (chaos.rated, 8, 0.02)):
+            for _ in range(count):
+                plan = {"work": work * self.rng.uniform(0.5, 1.5)}
+                handle = wf.submit(plan)
+                self.record.submitted.append(Submitted(handle.id, wf.name, plan))
 
     def _submit_keyed(self, wf: Any, plan: dict) -> None:
         """One idempotency key submitted by three threads at once: one job must result."""
@@ -268,7 +288,6 @@ def unfinished(app: Any) -> int:
 def run(config: Config, log: Any = print) -> tuple[Record, Any]:
     """Run the workload under kills; returns (record, reader app) once it has drained."""
     import nbjobs
-    from benchmarks.chaos import ledger
 
     os.environ["NBJOBS_URL"] = config.url
     ledger.create(config.url)
@@ -282,6 +301,8 @@ def run(config: Config, log: Any = print) -> tuple[Record, Any]:
     fleet = Fleet(config)
     workload = Workload(config, app, rng, record)
     app.schedule(SCHEDULE, chaos.tick, cron=CRON, catch_up="all")
+    app.set_queue(ledger.CAPPED_QUEUE, concurrency=ledger.CAPPED_LIMIT)
+    app.set_queue(ledger.RATED_QUEUE, rate=f"{ledger.RATED_COUNT}/s")
     record.schedule_created = app.store.now()
     fleet.start()
     record.started = time.time()
@@ -296,6 +317,8 @@ def run(config: Config, log: Any = print) -> tuple[Record, Any]:
                 try:
                     if kind == "submit":
                         workload.submit(now)
+                    elif kind == "flow":
+                        workload.submit_flow()
                     elif kind == "kill":
                         fleet.kill_one(rng, record)
                     elif kind == "signal":

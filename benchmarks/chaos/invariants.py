@@ -14,7 +14,17 @@ from typing import Any
 from sqlalchemy import select
 
 from benchmarks.chaos.harness import CRON, SCHEDULE, Config, Record
-from benchmarks.chaos.ledger import duplicates, ledger
+from benchmarks.chaos.ledger import (
+    CAPPED_LIMIT,
+    CAPPED_QUEUE,
+    RATED_COUNT,
+    RATED_QUEUE,
+    RATED_SECONDS,
+    bodies,
+    duplicates,
+    kills,
+    ledger,
+)
 from nbjobs.jobs import TERMINAL
 from nbjobs.schema import attempts, checkpoints, jobs, signals, workers
 
@@ -264,6 +274,61 @@ def check_slots(snap: Snapshot, record: Record) -> Check:
     return c
 
 
+def check_limit(app: Any) -> Check:
+    """No more bodies of the capped queue at once than its limit, from the bodies
+    ledger: a body killed with its worker ends at the kill (its slot stays taken until
+    its lease expires, so the limit still holds it then)."""
+    c = Check("no limit ever exceeded")
+    with app.store._read() as conn:
+        rows = conn.execute(select(bodies).where(bodies.c.queue == CAPPED_QUEUE)).all()
+        killed = dict(conn.execute(select(kills.c.pid, kills.c.at)).all())
+    events: list[tuple[float, int, str]] = []
+    for r in rows:
+        end = r.ended
+        if end is None:
+            end = killed.get(r.pid)
+        if end is None:
+            c.fail(f"{r.job_id} attempt {r.attempt}: its body never ended, its worker not killed")
+            continue
+        events += [(r.started, 1, r.job_id), (end, -1, r.job_id)]
+    c.checked = len(rows)
+    running = peak = 0
+    for at, step, _job in sorted(events):  # an end before a start at the same moment
+        running += step
+        peak = max(peak, running)
+        if running > CAPPED_LIMIT:
+            c.fail(f"{running} bodies of {CAPPED_QUEUE!r} at {at:.3f} (limit {CAPPED_LIMIT})")
+    c.note = f"at most {peak} of {CAPPED_LIMIT} at once"
+    return c
+
+
+def check_rate(app: Any) -> Check:
+    """No more starts of the rated queue in any window of the rate's length than the
+    rate allows: the attempts' start times (each claim's time on the database clock,
+    the one the limit counts with), killed attempts included."""
+    c = Check("no rate window ever exceeded")
+    with app.store._read() as conn:
+        starts = sorted(
+            conn.execute(
+                select(attempts.c.started_at)
+                .join(jobs, jobs.c.id == attempts.c.job_id)
+                .where(jobs.c.queue == RATED_QUEUE)
+            ).scalars()
+        )
+    c.checked = len(starts)
+    busiest = 0
+    for i, at in enumerate(starts):
+        # The window (at - RATED_SECONDS, at] ends at this start: the starts in it.
+        j = i
+        while j > 0 and starts[j - 1] > at - RATED_SECONDS:
+            j -= 1
+        busiest = max(busiest, i - j + 1)
+        if i - j + 1 > RATED_COUNT:
+            c.fail(f"{i - j + 1} starts of {RATED_QUEUE!r} in {RATED_SECONDS:g} s to {at:.3f}")
+    c.note = f"at most {busiest} of {RATED_COUNT} starts in a window"
+    return c
+
+
 def check_all(app: Any, record: Record, config: Config) -> list[Check]:
     snap = load(app)
     exact, rerun = check_steps(snap)
@@ -277,6 +342,8 @@ def check_all(app: Any, record: Record, config: Config) -> list[Check]:
         check_timers(snap),
         check_keys(snap, record),
         check_slots(snap, record),
+        check_limit(app),
+        check_rate(app),
     ]
     errors = Check("harness errors (submits, signals, cancels)", checked=1)
     for e in record.errors:

@@ -41,6 +41,32 @@ duplicates = sa.Table(
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("at", sa.Double, nullable=False),
 )
+#: The flow-controlled queues (``app.set_queue`` by the harness before the workers start):
+#: at most ``CAPPED_LIMIT`` bodies of ``CAPPED_QUEUE`` at once, and at most
+#: ``RATED_COUNT`` starts of ``RATED_QUEUE`` in any ``RATED_SECONDS``.
+CAPPED_QUEUE, CAPPED_LIMIT = "chaos-capped", 2
+RATED_QUEUE, RATED_COUNT, RATED_SECONDS = "chaos-rated", 5, 1.0
+
+# The bodies of the flow-controlled jobs (``chaos.capped``, ``chaos.rated``): one row per
+# attempt, its start written when the body begins and its end when it returns.  A body
+# killed with its worker has no end: the checker ends it at the kill.
+bodies = sa.Table(
+    "chaos_bodies",
+    side,
+    sa.Column("job_id", sa.String(40), primary_key=True),
+    sa.Column("attempt", sa.Integer, primary_key=True),
+    sa.Column("queue", sa.String(100), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started", sa.Double, nullable=False),
+    sa.Column("ended", sa.Double),
+)
+# When the harness SIGKILLed each worker process (its clock, the workers' clock).
+kills = sa.Table(
+    "chaos_kills",
+    side,
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("at", sa.Double, nullable=False),
+)
 # A flaky step fails the first time it runs for a job (the row says it did), then passes.
 flaky_marks = sa.Table(
     "chaos_flaky",
@@ -121,3 +147,33 @@ def flaky(job_id: str) -> str:
     if _retrying(mark):
         raise RuntimeError(f"flaky step of {job_id} fails once on purpose")
     return "recovered"
+
+
+def body(job_id: str, attempt: int, queue: str, seconds: float) -> None:
+    """A flow-controlled job's body: its start and end in ``chaos_bodies`` (written
+    before and after it works), so the checker sees how many ran at once."""
+    row = dict(job_id=job_id, attempt=attempt, queue=queue, pid=os.getpid(), started=time.time())
+
+    def start() -> None:
+        with engine().begin() as conn:
+            conn.execute(bodies.insert().values(**row))
+
+    _retrying(start)
+    time.sleep(seconds)
+    key = (bodies.c.job_id == job_id, bodies.c.attempt == attempt)
+
+    def end() -> None:
+        with engine().begin() as conn:
+            conn.execute(bodies.update().where(*key).values(ended=time.time()))
+
+    _retrying(end)
+
+
+def record_kill(pid: int, at: float) -> None:
+    """The harness SIGKILLed worker ``pid`` at ``at``: its unfinished bodies end there."""
+
+    def write() -> None:
+        with engine().begin() as conn:
+            conn.execute(kills.insert().values(pid=pid, at=at))
+
+    _retrying(write)

@@ -182,6 +182,12 @@ class PostgresDialect(RowLockingDialect):
 
     autocommit_single = True
 
+    def max_transactions(self, conn: Connection) -> int | None:
+        return int(conn.exec_driver_sql("SHOW max_connections").scalar_one())
+
+    def claim_cap(self, limit: int, left: Any) -> Any:
+        return func.least(limit, func.greatest(0, left))
+
     def fenced_insert(self, fence: Any, table: Any, key: Any) -> Any:
         # A data-modifying CTE: the INSERT reads the UPDATE's RETURNING, so nothing is
         # inserted when the fence matched no row.

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any, cast
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, func
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import OperationalError
 
@@ -37,6 +37,9 @@ class SQLiteDialect(Dialect):
     keep_connections = True
     read_fence = True
     group_commit = True
+
+    def claim_cap(self, limit: int, left: Any) -> Any:
+        return func.min(limit, func.max(0, left))
 
     def __init__(self, url: URL, **options: Any) -> None:
         super().__init__(url, **options)

@@ -418,6 +418,10 @@ class JobDetail(Component):
             try:
                 detail = self.store.job_detail(self.job_id)
                 detail["artifacts"] = job_artifacts(self.store.artifact_values([self.job_id]))
+                # Why a queued job is not running yet (a limit, a paused queue, not due):
+                # the question an operator opens a queued job to answer.
+                if detail["job"].status == "queued":
+                    detail["hold"] = self.store.job_hold(self.job_id)
             except UnknownJob:
                 pass
         with param.edit_constant(self):
@@ -436,7 +440,7 @@ class JobDetail(Component):
             return
         job = d["job"]
         found, store, previews = d.get("artifacts") or {}, self.app.codec.artifacts, [MAX_PREVIEWS]
-        self._header.object = self._header_html(job, d["children"])
+        self._header.object = self._header_html(job, d["children"], d.get("hold"))
         self._summary.object = self._summary_html(job, found, store, previews)
         self._steps.object = step_timeline(d["checkpoints"], job, found, store, previews)
         self._attempts.object = self._attempts_html(d["attempts"]) + self._step_tries_html(
@@ -465,7 +469,7 @@ class JobDetail(Component):
         self.notebook.refresh(changes)
 
     # -- rendering ---------------------------------------------------------------------
-    def _header_html(self, job: Any, children: dict[str, int]) -> str:
+    def _header_html(self, job: Any, children: dict[str, int], hold: str | None = None) -> str:
         fraction = row_progress(job)
         if job.children_total:
             label = f"{job.children_done}/{job.children_total} children"
@@ -491,6 +495,7 @@ class JobDetail(Component):
                 ("started", fmt_time(job.started_at)),
                 ("finished", fmt_time(job.finished_at)),
                 ("took", took),
+                ("held", _esc(hold)),
                 ("waiting for", _esc(job.waiting_for)),
                 ("worker", _esc(job.worker_id)),
                 ("message", _esc(job.message)),
