@@ -55,8 +55,9 @@ class Strategy:
         )
 
     def could_decide_pending(self, any_not_ok: bool) -> bool | None:
-        """``could_decide`` while some children are still queued or waiting, from
-        whether any child failed or was cancelled; ``None`` when only counts can tell.
+        """``could_decide`` while some children are still queued or waiting (and so
+        ``decided`` while some have not ended), from whether any child failed or was
+        cancelled; ``None`` when only counts can tell.
 
         A child's fan-in check asks this first: it costs two index probes where
         counting the siblings costs a scan of all of them, and every child of a

@@ -382,6 +382,10 @@ def test_the_pending_shortcut_agrees_with_the_counts(
                     verdict = strategy_.could_decide_pending(not_ok > 0)
                     assert verdict is not None
                     assert verdict == strategy_.could_decide(total, succeeded, not_ok, running)
+                    # The decision under the parent's lock asks the same with some child
+                    # not ended (queued or running alike).
+                    assert verdict == strategy_.decided(total, succeeded + running, not_ok)
+                    assert verdict == strategy_.decided(total, succeeded, not_ok)
                     checked += 1
     assert checked > 100
 

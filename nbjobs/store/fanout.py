@@ -205,7 +205,24 @@ class FanoutQueries(WaitQueries):
             .where(jobs.c.id == bindparam("parent"), checkpoints.c.name == bindparam("name"))
         )
         siblings = (jobs.c.parent_id == bindparam("parent"), jobs.c.fanout == bindparam("name"))
+
+        def any_child(*statuses: Status) -> Any:
+            # As any_sibling, for the decision itself (by parent and fan-out name).
+            return or_(
+                *(
+                    select(literal_column("1"))
+                    .select_from(jobs)
+                    .where(*siblings, jobs.c.status == literal_column(f"'{status.value}'"))
+                    .exists()
+                    for status in statuses
+                )
+            )
+
         return SimpleNamespace(
+            unfinished=select(
+                any_child(Status.QUEUED, Status.WAITING, Status.RUNNING).label("unfinished"),
+                any_child(Status.FAILED, Status.CANCELLED).label("not_ok"),
+            ),
             by_child=by_child,
             by_parent=self.dialect.lock(by_parent),
             counts=select(jobs.c.status, func.count()).where(*siblings).group_by(jobs.c.status),
@@ -241,9 +258,21 @@ class FanoutQueries(WaitQueries):
             return None
         sql = self._fanin_sql
         key = {"parent": parent.id, "name": parent.name}
-        strategy, total, succeeded, not_ok, _running = self._counts(conn, parent)
-        if not strategy.decided(total, succeeded, not_ok):
+        probe = conn.execute(sql.unfinished, key).one()
+        # With a child not ended, FailFast and CollectAll tell from the probes alone
+        # whether the fan-in is decided (a child queued or running is alike to them);
+        # only the others, or a fan-in whose children all ended, count.
+        verdict = (
+            strategy_from_detail(json.loads(parent.detail)).could_decide_pending(bool(probe.not_ok))
+            if probe.unfinished
+            else None
+        )
+        if verdict is False:
             return None
+        if verdict is None:
+            strategy, total, succeeded, not_ok, _running = self._counts(conn, parent)
+            if not strategy.decided(total, succeeded, not_ok):
+                return None
         outcomes = []
         unfinished = []
         for c in conn.execute(sql.children, key):
@@ -308,12 +337,12 @@ class FanoutQueries(WaitQueries):
                 if verdict:
                     self._decide_fanin(conn, parent.id, parent.name)
                 return
-        # Unlocked, a sibling finishing at this moment still looks running: lock the
-        # parent (and count again) only if those could complete the decision.  The
-        # last of two siblings to take the lock then sees the other's commit.
-        strategy, total, succeeded, not_ok, running = self._counts(conn, parent)
-        if strategy.could_decide(total, succeeded, not_ok, running):
-            self._decide_fanin(conn, parent.id, parent.name)
+        # No sibling queued or waiting: the running ones, ending either way, complete
+        # the decision under every strategy (each decides once all children ended), so
+        # lock the parent and decide.  Unlocked, a sibling finishing at this moment
+        # still looks running; the last of two siblings to take the lock sees the
+        # other's commit.
+        self._decide_fanin(conn, parent.id, parent.name)
 
     def heal_fanouts(self, limit: int = 100) -> int:
         """The recovery sweep every worker's monitor runs; returns the parents resumed.
