@@ -139,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             rounds: dict[str, list[dict[str, float]]] = {label: [] for label, _ in variants}
             for _ in range(args.repeat):
                 for label, source in variants:  # interleaved: the load hits both alike
-                    rounds[label].append(spawn_round(backend, n, args.concurrency, source))
+                    result = spawn_round(backend, n, args.concurrency, source)
+                    rounds[label].append(result)
+                    print(f"{backend} {label} {n}: {result['total']:.2f} s", file=sys.stderr)
             for label, _ in variants:
                 runs = sorted(rounds[label], key=lambda r: r["total"])
                 middle = runs[len(runs) // 2]
