@@ -54,6 +54,18 @@ class Strategy:
             total, succeeded, not_ok + running
         )
 
+    def could_decide_pending(self, any_not_ok: bool) -> bool | None:
+        """``could_decide`` while some children are still queued or waiting (and so
+        ``decided`` while some have not ended), from whether any child failed or was
+        cancelled; ``None`` when only counts can tell.
+
+        A child's fan-in check asks this first: it costs two index probes where
+        counting the siblings costs a scan of all of them, and every child of a
+        10,000-child fan-out checks once (counting each time is O(n^2) in all).
+        This default does not know and says so.
+        """
+        return None
+
     def failed(self, outcomes: Sequence[Outcome]) -> bool:
         """True when the decided fan-out raises :class:`~nbjobs.FanOutError`."""
         return False
@@ -83,6 +95,10 @@ class FailFast(Strategy):
         # A failure decides alone, and the failing child's own check counts itself.
         return not_ok > 0 or succeeded + running >= total
 
+    def could_decide_pending(self, any_not_ok: bool) -> bool | None:
+        # With a child still queued, succeeded + running < total: only a failure decides.
+        return any_not_ok
+
     def failed(self, outcomes: Sequence[Outcome]) -> bool:
         return any(not o.ok for o in outcomes)
 
@@ -91,6 +107,10 @@ class CollectAll(Strategy):
     """Wait for every child whatever happens; never raises for child failures."""
 
     kind = "collect_all"
+
+    def could_decide_pending(self, any_not_ok: bool) -> bool | None:
+        # Decided only once every child ended, and a queued one has not.
+        return False
 
 
 class Threshold(Strategy):

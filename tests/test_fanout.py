@@ -365,3 +365,77 @@ def test_a_user_key_cannot_take_a_childs_key(app: nbjobs.App) -> None:
     for key in (f"nbjobs:{h.id}/kids/1", "nbjobs:"):
         with pytest.raises(nbjobs.ConfigurationError, match="reserved"):
             _child.options(key=key).submit(5, [])
+
+
+@pytest.mark.parametrize("strategy_", [nbjobs.FailFast(), nbjobs.CollectAll()])
+def test_the_pending_shortcut_agrees_with_the_counts(
+    strategy_: nbjobs.strategies.Strategy,
+) -> None:
+    """A child's fan-in check answers from "a sibling is still queued" and "a sibling
+    failed" alone where the strategy can: that answer must be ``could_decide``'s for
+    every split of the children with at least one still queued."""
+    checked = 0
+    for total in range(1, 8):
+        for succeeded in range(total):
+            for not_ok in range(total - succeeded):
+                for running in range(total - succeeded - not_ok):  # >= 1 left queued
+                    verdict = strategy_.could_decide_pending(not_ok > 0)
+                    assert verdict is not None
+                    assert verdict == strategy_.could_decide(total, succeeded, not_ok, running)
+                    # The decision under the parent's lock asks the same with some child
+                    # not ended (queued or running alike).
+                    assert verdict == strategy_.decided(total, succeeded + running, not_ok)
+                    assert verdict == strategy_.decided(total, succeeded, not_ok)
+                    checked += 1
+    assert checked > 100
+
+
+def test_threshold_counts_its_children_while_some_are_queued() -> None:
+    """Threshold(n) needs the counts (how many succeeded), so it gives no shortcut."""
+    assert nbjobs.Threshold(3).could_decide_pending(True) is None
+    assert nbjobs.Threshold(3).could_decide_pending(False) is None
+
+
+@pytest.mark.parametrize(
+    ("how", "succeeded"),
+    [("fail_fast", None), ("collect_all", 29), ("threshold:20", 20)],
+)
+def test_the_fan_in_agrees_with_the_children_it_was_decided_from(
+    app: nbjobs.App, how: str, succeeded: int | None
+) -> None:
+    """Thirty children, one of which fails, most of them still queued when their
+    siblings end: each strategy decides exactly when its counts say so (not earlier:
+    CollectAll waits for all 29 successes; not later: Threshold(20) cancels the rest at
+    the 20th), and every outcome is the status the child's own row has.  (The order
+    children run in is the claim's, not the input's: claimed ahead in batches.)"""
+
+    @app.workflow
+    def kid(cs: nbjobs.CallState, x: int) -> int:
+        if x == 3:
+            raise ValueError("bad 3")
+        return x
+
+    @app.workflow
+    def boss(cs: nbjobs.CallState, how: str) -> list:
+        specs = [kid.spec(x) for x in range(30)]
+        try:
+            outcomes = cs.fan_out("kids", specs, strategy=strategy(how))
+        except nbjobs.FanOutError as exc:
+            outcomes = exc.outcomes
+        return [[o.status, o.job_id] for o in outcomes]
+
+    app.start(concurrency=1)
+    outcomes = boss.submit(how).result(timeout=TIMEOUT)
+    statuses = [status for status, _ in outcomes]
+    assert set(statuses) <= {"succeeded", "failed", "cancelled"}
+    assert statuses.count("failed") <= 1 and statuses[3] in ("failed", "cancelled")
+    if succeeded is None:  # FailFast: decided by the failure, the unfinished cancelled
+        assert statuses[3] == "failed"
+        assert statuses.count("succeeded") + statuses.count("cancelled") == 29
+    else:
+        assert statuses.count("succeeded") == succeeded
+    for status, job_id in outcomes:
+        # A child claimed ahead when the fan-in was decided is asked to stop: its row
+        # ends a moment later, as the outcome already says.
+        wait_until(lambda j=job_id: app.job(j).status in ("succeeded", "failed", "cancelled"))
+        assert app.job(job_id).status == status

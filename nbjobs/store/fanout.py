@@ -14,17 +14,28 @@ from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, insert, select, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection, Row
 
 from ..jobs import FINISHED, Status
-from ..schema import RESERVED_KEY_PREFIX, checkpoints, jobs, new_id
+from ..schema import RESERVED_KEY_PREFIX, checkpoints, jobs, new_ids
 from ..strategies import Strategy, strategy_from_detail
 from .core import UNKNOWN
 from .jobs import fresh_job_counters
 from .waits import DONE, SUSPENDED, WaitQueries, WaitResult
 
 _CHUNK = 500
+_INSERT_JOBS = insert(jobs)
 
 
 def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
@@ -103,39 +114,51 @@ class FanoutQueries(WaitQueries):
             )
         }
         rows = []
+        counters = fresh_job_counters(now)
+        queued = Status.QUEUED.value
+        fresh_ids = iter(new_ids(len(children)))
         for index, fields in enumerate(children):
             old = existing.get(index)
             if old is not None:
                 if old.status in FINISHED:
                     self._reset_job(conn, old.id, now, fresh=True, input=fields["input"])
                 continue
-            child_id = new_id()
             run_at = fields.get("run_at")
             rows.append(
-                dict(
-                    fields,
-                    id=child_id,
-                    status=Status.QUEUED.value,
-                    run_at=now if run_at is None else run_at,
+                {
+                    **fields,
+                    **counters,
+                    "id": next(fresh_ids),
+                    "status": queued,
+                    "run_at": now if run_at is None else run_at,
                     # In nbjobs' own key namespace (children of an older version have
                     # the bare form; children are found by parent and fan-out, never by key).
-                    key=f"{RESERVED_KEY_PREFIX}{parent_id}/{name}/{index}",
-                    parent_id=parent_id,
-                    root_id=root_id,
-                    fanout=name,
-                    fanout_index=index,
-                    **fresh_job_counters(now),
-                )
+                    "key": f"{RESERVED_KEY_PREFIX}{parent_id}/{name}/{index}",
+                    "parent_id": parent_id,
+                    "root_id": root_id,
+                    "fanout": name,
+                    "fanout_index": index,
+                }
             )
-        for i in range(0, len(rows), _CHUNK):
-            conn.execute(insert(jobs), rows[i : i + _CHUNK])
+        # As ``app.submit_many``: the dialect's bulk path (PostgreSQL's COPY), else the
+        # prepared INSERT by executemany, a chunk at a time; all in this one transaction.
+        if rows and not self.dialect.copy_rows(conn, jobs, rows):
+            for i in range(0, len(rows), _CHUNK):
+                self._run(conn, _INSERT_JOBS, rows[i : i + _CHUNK])
 
     @functools.cached_property
     def _fanin_sql(self) -> SimpleNamespace:
         """The fan-in's statements, built once: a check runs in every child's terminal
-        transaction, so it is two cached statements and takes no lock while the fan-in
-        cannot be decided yet (the parent's row lock would serialize all the children)."""
+        transaction, so it is one cached statement and takes no lock while the fan-in
+        cannot be decided yet (the parent's row lock would serialize all the children).
+
+        That statement also tells whether any sibling is still queued or waiting, and
+        whether any failed or was cancelled: two probes of ``ix_nbjobs_jobs_parent``
+        (parent, fan-out, status), O(log n) each, where counting the siblings scans all
+        of them (every child of a fan-out checks once: O(n^2) in all).
+        """
         child = jobs.alias("fanin_child")
+        sibling = jobs.alias("fanin_sibling")
         columns = (
             jobs.c.id,
             jobs.c.status,
@@ -144,9 +167,31 @@ class FanoutQueries(WaitQueries):
             checkpoints.c.done,
             checkpoints.c.detail,
         )
+
+        def any_sibling(name: str, *statuses: Status) -> Any:
+            # One probe per status, each an equality on all three index columns (an IN
+            # list left PostgreSQL filtering every sibling's entry); inline literals,
+            # as a partial index needs, and no re-compiling of an expanding IN.
+            probes = [
+                select(literal_column("1"))  # the index alone answers
+                .select_from(sibling)
+                .where(
+                    sibling.c.parent_id == child.c.parent_id,
+                    sibling.c.fanout == child.c.fanout,
+                    sibling.c.status == literal_column(f"'{status.value}'"),
+                )
+                .exists()
+                for status in statuses
+            ]
+            return or_(*probes).label(name)
+
         fanout_cp = and_(checkpoints.c.job_id == jobs.c.id, checkpoints.c.kind == "fanout")
         by_child = (
-            select(*columns)
+            select(
+                *columns,
+                any_sibling("pending", Status.QUEUED, Status.WAITING),
+                any_sibling("not_ok", Status.FAILED, Status.CANCELLED),
+            )
             .select_from(
                 child.join(jobs, jobs.c.id == child.c.parent_id).join(
                     checkpoints, and_(fanout_cp, checkpoints.c.name == child.c.fanout)
@@ -160,7 +205,24 @@ class FanoutQueries(WaitQueries):
             .where(jobs.c.id == bindparam("parent"), checkpoints.c.name == bindparam("name"))
         )
         siblings = (jobs.c.parent_id == bindparam("parent"), jobs.c.fanout == bindparam("name"))
+
+        def any_child(*statuses: Status) -> Any:
+            # As any_sibling, for the decision itself (by parent and fan-out name).
+            return or_(
+                *(
+                    select(literal_column("1"))
+                    .select_from(jobs)
+                    .where(*siblings, jobs.c.status == literal_column(f"'{status.value}'"))
+                    .exists()
+                    for status in statuses
+                )
+            )
+
         return SimpleNamespace(
+            unfinished=select(
+                any_child(Status.QUEUED, Status.WAITING, Status.RUNNING).label("unfinished"),
+                any_child(Status.FAILED, Status.CANCELLED).label("not_ok"),
+            ),
             by_child=by_child,
             by_parent=self.dialect.lock(by_parent),
             counts=select(jobs.c.status, func.count()).where(*siblings).group_by(jobs.c.status),
@@ -196,9 +258,21 @@ class FanoutQueries(WaitQueries):
             return None
         sql = self._fanin_sql
         key = {"parent": parent.id, "name": parent.name}
-        strategy, total, succeeded, not_ok, _running = self._counts(conn, parent)
-        if not strategy.decided(total, succeeded, not_ok):
+        probe = conn.execute(sql.unfinished, key).one()
+        # With a child not ended, FailFast and CollectAll tell from the probes alone
+        # whether the fan-in is decided (a child queued or running is alike to them);
+        # only the others, or a fan-in whose children all ended, count.
+        verdict = (
+            strategy_from_detail(json.loads(parent.detail)).could_decide_pending(bool(probe.not_ok))
+            if probe.unfinished
+            else None
+        )
+        if verdict is False:
             return None
+        if verdict is None:
+            strategy, total, succeeded, not_ok, _running = self._counts(conn, parent)
+            if not strategy.decided(total, succeeded, not_ok):
+                return None
         outcomes = []
         unfinished = []
         for c in conn.execute(sql.children, key):
@@ -254,12 +328,21 @@ class FanoutQueries(WaitQueries):
         parent = conn.execute(self._fanin_sql.by_child, {"child": job_id}).first()
         if parent is None or parent.done or parent.status in FINISHED:
             return
-        # Unlocked, a sibling finishing at this moment still looks running: lock the
-        # parent (and count again) only if those could complete the decision.  The
-        # last of two siblings to take the lock then sees the other's commit.
-        strategy, total, succeeded, not_ok, running = self._counts(conn, parent)
-        if strategy.could_decide(total, succeeded, not_ok, running):
-            self._decide_fanin(conn, parent.id, parent.name)
+        if parent.pending:
+            # A sibling is still queued or waiting: most strategies can tell from that
+            # and from whether any child failed that the fan-in cannot be decided yet.
+            strategy = strategy_from_detail(json.loads(parent.detail))
+            verdict = strategy.could_decide_pending(bool(parent.not_ok))
+            if verdict is not None:
+                if verdict:
+                    self._decide_fanin(conn, parent.id, parent.name)
+                return
+        # No sibling queued or waiting: the running ones, ending either way, complete
+        # the decision under every strategy (each decides once all children ended), so
+        # lock the parent and decide.  Unlocked, a sibling finishing at this moment
+        # still looks running; the last of two siblings to take the lock sees the
+        # other's commit.
+        self._decide_fanin(conn, parent.id, parent.name)
 
     def heal_fanouts(self, limit: int = 100) -> int:
         """The recovery sweep every worker's monitor runs; returns the parents resumed.
