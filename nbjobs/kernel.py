@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError, DuplicateCheckpoint, NbjobsError, SerializationError
-from .validation import check_name, check_time
+from .validation import check_name, check_step_function, check_time
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -62,13 +62,7 @@ def current() -> KernelCallState | LocalCallState:
 
 
 def _check_step(name: str, fn: Any) -> None:
-    if not callable(fn):
-        check_name("checkpoint name", name)
-        raise ConfigurationError(
-            f"checkpoint {name!r}: pass the function and its arguments, not its result: "
-            f"cs.checkpoint({name!r}, fetch, 1) rather than cs.checkpoint({name!r}, "
-            f"fetch(1)) (got a {type(fn).__name__})"
-        )
+    check_step_function(name, fn)
     check_name("checkpoint name", name)
 
 

@@ -137,3 +137,15 @@ def check_rate(what: str, rate: object) -> tuple[int, float] | None:
     number = int(count)
     check_number(what, number, 1, integer=True, int32=True)
     return number, seconds
+
+
+def check_step_function(name: str, fn: object) -> None:
+    """``cs.checkpoint(name, fn, ...)`` takes the step's function, not its result (the
+    mistake ``cs.checkpoint("x", fetch(1))`` would run the step outside the checkpoint)."""
+    if not callable(fn):
+        check_name("checkpoint name", name)
+        raise ConfigurationError(
+            f"checkpoint {name!r}: pass the function and its arguments, not its result: "
+            f"cs.checkpoint({name!r}, fetch, 1) rather than cs.checkpoint({name!r}, "
+            f"fetch(1)) (got a {type(fn).__name__})"
+        )

@@ -49,7 +49,7 @@ from ..options import Spec
 from ..steps import Cache, StepOptions, step_options
 from ..store.waits import CANCELLED, LOST, SUSPENDED, TIMEOUT, WaitResult
 from ..strategies import FailFast, Outcome, Strategy, strategy_from_detail
-from ..validation import check_name, check_number, check_time
+from ..validation import check_name, check_number, check_step_function, check_time
 from . import capture
 
 if TYPE_CHECKING:
@@ -112,13 +112,7 @@ class CallState:
         self, name: str, fn: Any, args: tuple, kwargs: dict
     ) -> tuple[bool, Any, str | None]:
         """(replayed, value, args_hash): the stored value on replay."""
-        if not callable(fn):
-            check_name("checkpoint name", name)
-            raise ConfigurationError(
-                f"checkpoint {name!r}: pass the function and its arguments, not its result: "
-                f"cs.checkpoint({name!r}, fetch, 1) rather than cs.checkpoint({name!r}, "
-                f"fetch(1)) (got a {type(fn).__name__})"
-            )
+        check_step_function(name, fn)
         stored = self._claim_name(name, "checkpoint name")
         args_text = self._args_text(args, kwargs)
         args_hash = None if args_text is None else digest(args_text)
@@ -133,6 +127,15 @@ class CallState:
                             pass
                     return True, value, args_hash
             return False, None, args_hash
+        self._warn_replay(name, stored, args_hash)
+        where = self._where(
+            f"checkpoint {name!r} (h.retry(from_checkpoint={name!r}) computes it again)"
+        )
+        return True, self._runtime.codec.loads(stored.value, where=where), args_hash
+
+    def _warn_replay(self, name: str, stored: Row, args_hash: str | None) -> None:
+        """Warn when a replayed step was called with other arguments, or its workflow's
+        code changed, since the step was stored (its stored value is used anyway)."""
         if stored.args_hash and args_hash and stored.args_hash != args_hash:
             capture.log_outside(
                 log,
@@ -144,15 +147,9 @@ class CallState:
                 name,
                 in_job=True,
             )
-        if (
-            stored.code_fingerprint
-            and stored.code_fingerprint != self._execution.workflow.fingerprint
-        ):
+        fingerprint = self._execution.workflow.fingerprint
+        if stored.code_fingerprint and stored.code_fingerprint != fingerprint:
             self._execution.warn_changed_code(name)
-        where = self._where(
-            f"checkpoint {name!r} (h.retry(from_checkpoint={name!r}) computes it again)"
-        )
-        return True, self._runtime.codec.loads(stored.value, where=where), args_hash
 
     def _args_text(self, args: tuple, kwargs: dict) -> str | None:
         """The arguments as hashed: artifacts by their content digest, never written."""

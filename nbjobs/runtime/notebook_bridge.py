@@ -38,7 +38,6 @@ from ..errors import (
     _LeaseLost,
     _StoreUnavailable,
 )
-from . import capture
 
 if TYPE_CHECKING:
     from .callstate import CallState
@@ -189,20 +188,7 @@ class Bridge:
         if stored is None:
             self._started[name] = self.execution.runtime.store.now()
             return False, None
-        if stored.args_hash and args_hash and stored.args_hash != args_hash:
-            capture.log_outside(
-                log,
-                logging.WARNING,
-                "job %s (%s) replays checkpoint %r with different arguments than its first "
-                "run; the stored result is returned",
-                cs.job_id,
-                self.execution.workflow.name,
-                name,
-                in_job=True,
-            )
-        fingerprint = self.execution.workflow.fingerprint
-        if stored.code_fingerprint and stored.code_fingerprint != fingerprint:
-            self.execution.warn_changed_code(name)
+        cs._warn_replay(name, stored, args_hash)
         return True, stored.value
 
     def _record(self, name: str, text: str, args_hash: str | None) -> None:
