@@ -66,9 +66,13 @@ def wake_lock_name(database: str | None, queue: str) -> str:
 class MySQLDialect(RowLockingDialect):
     name = "mysql"
     claim_batch = 64
+    # Finishing jobs of this process share a transaction (one batched UPDATE of the jobs
+    # and one INSERT of their attempt rows): a commit, and its log flush, per group.
+    group_commit = True
 
     def __init__(self, url: Any, **options: Any) -> None:
         super().__init__(url, **options)
+        self.group_lock = threading.Lock()
         #: Why submits no longer wake idle workers (a KILL was refused), or None.
         self.ring_refused: str | None = None
         #: The connection ids of this process's own wake-up threads: a submit here
