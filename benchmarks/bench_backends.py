@@ -14,8 +14,9 @@ the server when it is down; the database is dropped afterwards).  Columns:
   minus the same workflow with no steps, per step;
 - dispatch latency p50/p99: an idle worker in another process, one job at a time; the
   job returns its start time, minus the submit time (same host, same clock).
-  PostgreSQL wakes the worker by LISTEN/NOTIFY; MariaDB has no push, so its worker polls
-  every ``--poll`` seconds.
+  PostgreSQL wakes the worker by LISTEN/NOTIFY; MariaDB by its idle worker's wake lock
+  and ``KILL CONNECTION`` (see ``nbjobs.dialects.mysql``), with the poll of ``--poll``
+  seconds as the fallback.
 
 Every measure runs ``--repeat`` times (3 by default); a cell is the median with the
 range, and the latency percentiles are of all rounds' samples together.
@@ -230,7 +231,7 @@ def main() -> None:
         results[backend] = {name: cell(values) for name, values in rounds.items()}
         results[backend]["dispatch latency p50 ms, all rounds"] = f"{pct(samples, 0.5):.1f}"
         results[backend]["dispatch latency p99 ms, all rounds"] = f"{pct(samples, 0.99):.1f}"
-    titles = {"postgres": "PostgreSQL", "mysql": f"MariaDB (poll {args.poll:g} s)"}
+    titles = {"postgres": "PostgreSQL", "mysql": f"MariaDB (fallback poll {args.poll:g} s)"}
     rows = list(next(iter(results.values())))
     width = max(len(r) for r in rows) + 2
     header = "".join(f"{titles[b]:>28}" for b in names)

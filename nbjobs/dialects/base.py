@@ -352,11 +352,24 @@ class Dialect:
         ``executemany`` (PostgreSQL's ``COPY``); False: it has none, nothing was done."""
         return False
 
-    def listen(self, callback: Callable[[str], None]) -> Callable[[], None] | None:
+    def listen(
+        self,
+        callback: Callable[[str], None],
+        idle: threading.Event | None = None,
+        queues: Callable[[], Sequence[str]] | None = None,
+    ) -> Callable[[], None] | None:
         """Call ``callback(queue)`` when another process makes a job ready, if the
-        database can push that (PostgreSQL LISTEN/NOTIFY); returns a stop function, or
-        None where workers rely on polling alone."""
+        database can push that (PostgreSQL LISTEN/NOTIFY, MariaDB's sentinel, which uses
+        the worker's ``idle`` event and ``queues``); returns a stop function, or None
+        where workers rely on polling alone."""
         return None
+
+    #: Transactions that make jobs ready call :meth:`ring` after their commit.
+    rings = False
+
+    def ring(self, conn: Connection, queues: Sequence[str]) -> None:
+        """Wake idle workers of ``queues`` after ``conn`` committed jobs ready there, where
+        the database needs the writer to do it (MariaDB; PostgreSQL's trigger notifies)."""
 
     def server_time(self, conn: Connection) -> float | None:
         """The database clock in epoch seconds, or None where it is this host's clock."""

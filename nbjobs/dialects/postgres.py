@@ -248,7 +248,12 @@ class PostgresDialect(RowLockingDialect):
         )
 
     # -- wake-ups ----------------------------------------------------------------------
-    def listen(self, callback: Callable[[str], None]) -> Callable[[], None]:
+    def listen(
+        self,
+        callback: Callable[[str], None],
+        idle: threading.Event | None = None,
+        queues: Callable[[], Sequence[str]] | None = None,
+    ) -> Callable[[], None]:
         """Call ``callback(queue)`` on each ready-job notification; returns a stop function.
 
         The listener runs in a daemon thread on its own autocommit connection and

@@ -10,8 +10,9 @@ Threads:
 * the dispatcher claims jobs while slots are free, and otherwise waits on a wake-up event
   (set by finished jobs, retries, signals) or until the next delayed job is due; an
   in-process submit claims for a free slot in the submitting thread, and where the
-  database pushes wake-ups (PostgreSQL) the listening thread claims for the free slots
-  itself: each one thread wake-up sooner than waking the dispatcher;
+  database pushes wake-ups (PostgreSQL's LISTEN, MariaDB's sentinel: see
+  ``Worker._idle``) the listening thread claims for the free slots itself: each one
+  thread wake-up sooner than waking the dispatcher;
 * the monitor heartbeats the leases it holds, passes cancel requests and timeouts to the
   running executions, wakes due timers, runs the reaper and, every minute, measures
   the clock's offset to the database server again.  The reaper is part of every
@@ -99,6 +100,10 @@ class Worker:
         self._lock = threading.Lock()
         self._claiming = threading.Lock()
         self._wake = threading.Event()
+        #: Set while the worker has free slots and its last claim left some empty (no
+        #: ready work): where the database wakes idle workers by name (MariaDB), the
+        #: wake-up thread stands ready only then, so busy workers cost submits nothing.
+        self._idle = threading.Event()
         self._stopping = threading.Event()
         self._stopped = False
         self._pool = DaemonPool(concurrency, "nbjobs-job")
@@ -133,7 +138,9 @@ class Worker:
             store.reclaim_dead_local_workers(max_reclaims=self.settings.max_reclaims)
         except Exception:
             log.exception("could not reclaim jobs of dead local workers")
-        self._unlisten = store.listen_ready(self._on_ready)
+        self._unlisten = store.listen_ready(
+            self._on_ready, idle=self._idle, queues=lambda: self.queues
+        )
         stop_at_exit(self)
         self.hooks.start()  # before the first claim: its outcome gets the hooks
         for target, name in (
@@ -316,6 +323,10 @@ class Worker:
         if not queue:
             self.queues_changed()
         elif queue in self.queues:
+            if queue in self._paused:
+                # Paused when last read: this may be its resume (MariaDB's wake-up
+                # cannot tell a resume from a submit), so read the pauses again.
+                self._paused_checked = float("-inf")
             self._claim_here(wait=True, why="a wake-up")
 
     # -- dispatching -------------------------------------------------------------------
@@ -402,6 +413,10 @@ class Worker:
             return 0, 0
         free = self._free_slots()
         claimed = self._claim(free) if free > 0 else []
+        if len(claimed) < free:
+            self._idle.set()
+        else:
+            self._idle.clear()
         for job in claimed:
             self._dispatch(job)
         return free, len(claimed)

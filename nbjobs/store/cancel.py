@@ -142,11 +142,12 @@ class CancelQueries(FanoutQueries):
     def _retry_job(self, conn: Connection, job_id: str, from_checkpoint: str | None) -> None:
         now = self.now()
         row = conn.execute(
-            self.dialect.lock(select(jobs.c.status).where(jobs.c.id == job_id))
+            self.dialect.lock(select(jobs.c.status, jobs.c.queue).where(jobs.c.id == job_id))
         ).first()
         if row is None:
             raise UnknownJob(f"no job with id {job_id!r}")
         status = Status(row.status)
+        self._made_ready(conn, row.queue)
         if from_checkpoint is None and status not in (Status.FAILED, Status.CANCELLED):
             raise ConfigurationError(
                 f"job {job_id} is {status.value}; retry() takes a failed or cancelled job "

@@ -109,6 +109,8 @@ class GroupQueries(CancelQueries):
             if same is not None:
                 return same, ids, 0
         self._insert_rows(conn, _INSERT_JOBS, new)
+        for queue in dict.fromkeys(row.get("queue", "default") for row in new):
+            self._made_ready(conn, queue)
         group_id = new_id()
         conn.execute(insert(groups).values(id=group_id, label=label, size=len(ids), created_at=now))
         members = [

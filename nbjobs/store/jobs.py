@@ -166,7 +166,12 @@ class JobQueries(LimitQueries):
             **fresh_job_counters(now),
         )
         try:
-            self._write_one(_INSERT_JOB, values)
+
+            def insert(conn: Connection) -> None:
+                self._run(conn, _INSERT_JOB, values)
+                self._made_ready(conn, queue)
+
+            self._single_statement(insert)
             return job_id, True
         except IntegrityError:
             if key is None:

@@ -210,8 +210,28 @@ class Transactions:
             try:
                 with conn.begin():
                     yield conn
+                ready = conn.info.pop("nbjobs_ready", None)
+                if ready:
+                    self._ring(conn, ready)
             finally:
+                conn.info.pop("nbjobs_ready", None)
                 self._after_transaction(conn)
+
+    def _made_ready(self, conn: Connection, queue: str) -> None:
+        """Note that ``conn``'s transaction makes jobs of ``queue`` ready: once it has
+        committed, idle workers of other processes are woken where the database needs the
+        writer to do it (``Dialect.rings``: MariaDB)."""
+        if self.dialect.rings:
+            conn.info.setdefault("nbjobs_ready", set()).add(queue)
+
+    def _ring(self, conn: Connection, ready: set[str]) -> None:
+        """Wake idle workers of the ``ready`` queues (after the commit): a failure costs
+        them a poll interval, never the committed transaction."""
+        try:
+            self.dialect.ring(conn, sorted(ready))
+        except Exception as exc:
+            log.debug("could not wake idle workers of %s: %s", ", ".join(sorted(ready)), exc)
+            conn.invalidate(exc)  # its state is unknown: never pool it again
 
     def _request_cancel(self, conn: Connection) -> None:
         """Note that ``conn``'s transaction asks running jobs to stop: once it ends,

@@ -169,7 +169,9 @@ class WaitQueries(CoreStore):
         def work(conn: Connection) -> Any:
             row = conn.execute(
                 self.dialect.lock(
-                    select(jobs.c.status, jobs.c.waiting_for).where(jobs.c.id == job_id)
+                    select(jobs.c.status, jobs.c.waiting_for, jobs.c.queue).where(
+                        jobs.c.id == job_id
+                    )
                 )
             ).first()
             if row is None:
@@ -187,6 +189,7 @@ class WaitQueries(CoreStore):
                         status=Status.QUEUED.value, run_at=now, waiting_for=None, updated_at=now
                     )
                 )
+                self._made_ready(conn, row.queue)
 
         return self._retry_conflicts(work)
 

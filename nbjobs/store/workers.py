@@ -454,6 +454,8 @@ class WorkerQueries(FanoutQueries):
             )
             if not done.rowcount:
                 conn.execute(insert(queues).values(name=name, paused=paused, updated_at=now))
+            if not paused:
+                self._made_ready(conn, name)
 
     def list_workers(self, *, alive_within: float | None = None) -> Sequence[Row]:
         stmt = select(workers).order_by(workers.c.started_at)
