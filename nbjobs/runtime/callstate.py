@@ -85,6 +85,10 @@ class CallState:
         self._signal_waits: dict[str, int] = {}
         #: Cached steps that missed: step name -> the key their result is saved under.
         self._cache_keys: dict[str, str] = {}
+        #: Step fingerprints computed in this run, by function (kept alive with its
+        #: fingerprint, so an id is never reused): a loop of cached steps hashes its
+        #: function's code once, not at every step.
+        self._fingerprints: dict[int, tuple[Any, str]] = {}
 
     # -- steps: names and numbers ------------------------------------------------------
     def _claim_name(self, name: str, what: str) -> Row | None:
@@ -166,6 +170,14 @@ class CallState:
             return options.cache
         return getattr(self._execution.workflow, "cache", None)
 
+    def _fingerprint(self, fn: Any, cache: Cache) -> str:
+        if cache.version is not None:
+            return fingerprint_or_version(fn, cache.version)
+        known = self._fingerprints.get(id(fn))
+        if known is None or known[0] is not fn:
+            known = self._fingerprints[id(fn)] = (fn, fingerprint_or_version(fn, None))
+        return known[1]
+
     def _from_cache(
         self,
         name: str,
@@ -186,7 +198,7 @@ class CallState:
             log.debug("checkpoint %r: arguments with no stored form are never cached", name)
             return False, None
         workflow = self._execution.workflow.name
-        key = cache_key(workflow, name, args_text, fingerprint_or_version(real, cache.version))
+        key = cache_key(workflow, name, args_text, self._fingerprint(real, cache))
         runtime = self._runtime
         now = runtime.store.now()
         ttl = cache.ttl_seconds()
