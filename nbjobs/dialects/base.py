@@ -414,13 +414,13 @@ class Dialect:
     def max_transactions(self, conn: Connection) -> int | None:
         """How many transactions the server runs at once at most (its connection
         limit), or None where unknown: bounds the claims in flight at one moment (see
-        ``LimitQueries._claim_capped``)."""
+        ``LimitedClaims._claim_capped``)."""
         return None
 
     def claim_cap(self, limit: int, left: Any) -> Any:
         """``min(limit, max(0, left))`` as a claim's ``LIMIT``, ``left`` a scalar subquery
         (a queue's concurrency minus its running jobs, counted by the claim itself: see
-        ``LimitQueries._inline_claim``); None where ``LIMIT`` takes no expression."""
+        ``LimitedClaims._inline_claim``); None where ``LIMIT`` takes no expression."""
         return None
 
     # -- the claim ---------------------------------------------------------------------

@@ -534,7 +534,7 @@ class Worker:
             claim = self._chain_request(1 + ahead)
             if claim is not None:
                 # Under a limit, jobs are claimed ahead only where the limit has room
-                # to spare (see ``LimitQueries._claim_limited``).
+                # to spare (see ``LimitedClaims._claim_limited``).
                 claim["ahead"] = ahead
             claimed = execution.commit_success(text, claim=claim)
         finally:

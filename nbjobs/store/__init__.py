@@ -6,6 +6,8 @@
 * ``migrations``: the schema's creation and upgrades;
 * ``core``: ``CoreStore``, the engine, the clock and the statements all parts share;
 * ``jobs``: submit, claim, checkpoints and progress (the hot path);
+* ``limits``: flow-control limits, stored and counted; ``limited_claim``: the claim
+  under them; ``holds``: what holds queued jobs back;
 * ``finish``: the ends of an attempt (success, failure, retry later, release);
 * ``cancel``: the user's cancel and retry;
 * ``groups``: groups of jobs submitted at once (sweeps), read and acted on as one;
@@ -22,7 +24,8 @@
 * ``notebooks``: the executed notebook of each attempt of a notebook job.
 
 The composition is explicit: a class inherits from the classes whose methods it calls
-(``FinishQueries`` from ``JobQueries`` and ``FanoutQueries``; ``FanoutQueries`` from
+(``JobQueries`` from ``LimitedClaims``, ``CountQueries`` from ``HoldQueries``, both
+from ``LimitQueries``; ``FinishQueries`` from ``JobQueries`` and ``FanoutQueries``; ``FanoutQueries`` from
 ``WaitQueries``; ``GroupQueries`` from ``CancelQueries``; ``ViewQueries`` and ``MetricQueries`` from ``CountQueries``; all of them from ``CoreStore``),
 and no method is defined twice, so the order of the bases below changes nothing.  The
 one exception is the group-commit hook ``Transactions._run_group``, which

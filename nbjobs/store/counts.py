@@ -19,7 +19,7 @@ from sqlalchemy.types import Integer
 from ..jobs import ACTIVE, FINISHED, Status
 from ..schema import QUEUED_SQL, SUCCEEDED_SQL, jobs, meta, queues, workers
 from .core import EPOCH_KEY
-from .limits import LimitQueries
+from .holds import HoldQueries
 
 #: How far behind "now" the settled counts of finished jobs stay: longer than any
 #: transaction stamping ``updated_at`` takes to commit, and than the clock offsets left
@@ -46,7 +46,7 @@ def _floor_sqlite(element: _Floor, compiler: Any, **kw: Any) -> str:
     return f"CAST({compiler.process(element.clauses, **kw)} AS INTEGER)"
 
 
-class CountQueries(LimitQueries):
+class CountQueries(HoldQueries):
     """Jobs counted per status, queue and time bucket, for the dashboard's overview."""
 
     #: (epoch, watermark, finished counts at or below it): see ``job_counts``.
@@ -177,7 +177,7 @@ class CountQueries(LimitQueries):
     def queue_depths(self) -> list[dict[str, Any]]:
         """Per queue: queued, ready now, running and waiting jobs, whether it is paused,
         its limits (``concurrency``, ``rate``: None without) and its ready jobs that
-        limits hold back now (``held``, see :meth:`LimitQueries.held_counts`).
+        limits hold back now (``held``, see :meth:`HoldQueries.held_counts`).
 
         Queues with no active jobs appear when they are paused or a live worker serves
         them, so an idle queue is shown rather than vanishing.

@@ -21,7 +21,8 @@ from ..dialects.base import Prepared
 from ..jobs import Status
 from ..schema import checkpoints, jobs, new_id, new_token
 from .core import _FENCED, storable_text
-from .limits import CLAIM_VALUES, LimitQueries
+from .limited_claim import LimitedClaims
+from .limits import CLAIM_VALUES
 
 
 @dataclass
@@ -107,7 +108,7 @@ def fresh_job_counters(now: float) -> dict[str, Any]:
     )
 
 
-class JobQueries(LimitQueries):
+class JobQueries(LimitedClaims):
     """The life of a job: enqueue, claim, checkpoint, finish, cancel and retry."""
 
     @functools.cached_property
