@@ -201,8 +201,14 @@ class JobQueries(LimitedClaims):
         plan = self._claim_plans.get(key)
         if plan is None:
             if queue is None:
-                candidates = select(jobs.c.id).where(
-                    jobs.c.id == bindparam("c_job", None), jobs.c.status == Status.QUEUED.value
+                # One known row: wait for its lock rather than skip it.  Skipping would
+                # report "not queued" whenever a reaper or a claim scan held the row for
+                # a moment; waiting gives the answer once they commit.
+                candidates = self.dialect.lock(
+                    select(jobs.c.id).where(
+                        jobs.c.id == bindparam("c_job", None),
+                        jobs.c.status == Status.QUEUED.value,
+                    )
                 )
             else:
                 candidates = self.dialect.claim_candidates(
