@@ -158,6 +158,9 @@ class Codec:
         """``value``'s stored text and the value a replay of it returns, without reading
         back what was just written: artifacts come back as the objects given (equal to
         what a load returns), spilled text is parsed from memory."""
+        if type(value) in _SCALARS:
+            # A scalar comes back as itself (JSON and pickle alike): no parse.
+            return self.dumps(value), value
         memo: dict[str, Any] = {}
         self._local.memo = memo
         try:

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from .registry import Definition
 
 log = logging.getLogger(__name__)
+#: Guards the lazy ``Execution.stopping`` events (a monitor thread may set one as
+#: the run makes it).
+_STOPPING_LOCK = threading.Lock()
 
 #: A step this soon after the last write of its job's row leaves the row alone (where the
 #: database allows it; see ``Execution.record_step``): progress bars and the dashboard's
@@ -88,9 +91,9 @@ class Execution:
         #: True once this run writes its own outcome (or its suspension): from then on a
         #: heartbeat that finds the lease gone sees the run's own release, not a takeover.
         self.settling = False
-        #: Set when the run must stop (cancel, lost lease, timeout): a step's backoff
-        #: between two tries waits on it, so that it ends at once.
-        self.stopping = threading.Event()
+        #: See ``stopping``: made on first use, since most runs never wait on it.
+        self._stopping: threading.Event | None = None
+        self._stop_requested = False
         #: Finished steps the job row does not count yet, and when this run last wrote
         #: that count (see ``record_step``).
         self._uncounted = 0
@@ -109,15 +112,33 @@ class Execution:
     def token(self) -> str:
         return self.job.lease_token
 
+    @property
+    def stopping(self) -> threading.Event:
+        """Set when the run must stop (cancel, lost lease, timeout): a step's backoff
+        between two tries waits on it, so that it ends at once."""
+        with _STOPPING_LOCK:
+            if self._stopping is None:
+                self._stopping = threading.Event()
+                if self._stop_requested:
+                    self._stopping.set()
+            return self._stopping
+
+    def _stop(self) -> None:
+        with _STOPPING_LOCK:
+            self._stop_requested = True
+            event = self._stopping
+        if event is not None:
+            event.set()
+
     # -- flags the worker's monitor sets ----------------------------------------------
     def request_cancel(self) -> None:
         self.cancel_requested = True
-        self.stopping.set()
+        self._stop()
         self._cancel_task()
 
     def mark_lost(self) -> None:
         self.lost = True
-        self.stopping.set()
+        self._stop()
         self._cancel_task()
 
     def expire(self) -> None:
@@ -129,7 +150,7 @@ class Execution:
         error = f"{TIMEOUT_ERROR_PREFIX}timed out after {limit:g} s"
         self._record_failure(error, None, "timeout", retryable=True)
         self.lost = True  # the outcome is written; whatever the run does next is refused
-        self.stopping.set()
+        self._stop()
         self._cancel_task()
 
     def _cancel_task(self) -> None:
@@ -147,13 +168,13 @@ class Execution:
         """A write was refused because another worker holds the job now: every later
         write of this run is refused too.  Returns the signal to raise."""
         self.lost = True
-        self.stopping.set()
+        self._stop()
         return _LeaseLost()
 
     def cancelled(self) -> _Cancelled:
         """The store found a cancel request: the run stops.  Returns the signal to raise."""
         self.cancel_requested = True
-        self.stopping.set()
+        self._stop()
         return _Cancelled()
 
     def writing(self) -> contextlib.AbstractContextManager[None]:
