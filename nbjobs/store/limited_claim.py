@@ -102,7 +102,8 @@ class LimitedClaims(LimitQueries):
                 return rows
         if self.dialect.skip_locked and not self._may_have_room(conn, queue, workflows, now):
             return []  # full: no lock taken, nothing to commit
-        keys = [("queue", queue)] + [("workflow", w) for w in sorted(set(workflows))]
+        names = sorted({self._limit_name(w) for w in workflows})
+        keys = [("queue", queue)] + [("workflow", w) for w in names]
         locked = select(limits).where(tuple_(limits.c.kind, limits.c.name).in_(keys))
         locked = self.dialect.lock(locked.order_by(limits.c.kind, limits.c.name))
         found = {(r.kind, r.name): limit_from_row(r) for r in conn.execute(locked)}
@@ -122,22 +123,24 @@ class LimitedClaims(LimitQueries):
             self.rate_free_at = (
                 hold.until if self.rate_free_at is None else min(self.rate_free_at, hold.until)
             )
-        eligible = [w for w in workflows if wf_room.get(w, 1) > 0]
+        eligible = [w for w in workflows if wf_room.get(self._limit_name(w), 1) > 0]
         if room <= 0 or not eligible:
             return []
         if ahead:
             now_wanted = max(0, limit - ahead)
-            spare = min([free, *(wf_room[w] for w in eligible if w in wf_room)]) - now_wanted
+            rooms = [wf_room[n] for n in map(self._limit_name, eligible) if n in wf_room]
+            spare = min([free, *rooms]) - now_wanted
             extra = min(ahead, max(0, spare // AHEAD_HEADROOM))
             room = max(1, min(room, now_wanted + extra))
 
         partitions: dict[str, Counter[str]] = running["partitions"]
         full = [
-            (name, part)
+            (stored, part)
             for name, wl in wf_limits.items()
             if wl.partition_concurrency is not None
             for part, count in partitions.get(name, Counter()).items()
             if count >= wl.partition_concurrency
+            for stored in self._stored_names([name])
         ]
         candidates = self._limited_candidates(queue, eligible, full, room, now, only)
         chosen: list[str] = []
@@ -146,18 +149,19 @@ class LimitedClaims(LimitQueries):
         for row in conn.execute(candidates):
             if len(chosen) >= room:
                 break
-            wf = wf_limits.get(row.workflow)
+            name = self._limit_name(row.workflow)
+            wf = wf_limits.get(name)
             if wf is not None:
-                if taken[row.workflow] >= wf_room[row.workflow]:
+                if taken[name] >= wf_room[name]:
                     continue
                 pc = wf.partition_concurrency
                 if pc is not None and row.partition_key is not None:
-                    part = (row.workflow, row.partition_key)
-                    used = partitions.get(row.workflow, Counter())[row.partition_key]
+                    part = (name, row.partition_key)
+                    used = partitions.get(name, Counter())[row.partition_key]
                     if used + parts_taken[part] >= pc:
                         continue
                     parts_taken[part] += 1
-                taken[row.workflow] += 1
+                taken[name] += 1
             chosen.append(row.id)
         if not chosen:
             return []
@@ -171,7 +175,7 @@ class LimitedClaims(LimitQueries):
         cached = self.current_limits()
         if not _concurrency_only(cached.get(("queue", queue))):
             return False
-        return not any(("workflow", w) in cached for w in workflows)
+        return not any(("workflow", self._limit_name(w)) in cached for w in workflows)
 
     def _capped_plan(self, queue: str, workflows: tuple[str, ...]) -> _CappedPlan:
         plans = self._capped_plans
@@ -228,7 +232,8 @@ class LimitedClaims(LimitQueries):
         now: Any = bindparam("c_now", None)
         paused = select(queues.c.name).where(queues.c.name == queue, queues.c.paused)
         wf_limited = select(limits.c.name).where(
-            limits.c.kind == "workflow", limits.c.name.in_(workflows)
+            limits.c.kind == "workflow",
+            limits.c.name.in_(sorted({*workflows, *map(self._limit_name, workflows)})),
         )
         return (
             select(jobs.c.id)
