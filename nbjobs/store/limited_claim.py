@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_, select, tuple_
+from sqlalchemy import bindparam, case, func, or_, select, tuple_
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql import Executable
 
@@ -43,7 +43,7 @@ class _CappedPlan:
     count: Any
     #: The limit rows read with a shared lock (see ``LimitedClaims._claim_capped``).
     share: Any = None
-    claims: dict[int, Any] = dataclasses.field(default_factory=dict)
+    claims: dict[int | tuple[int, int], Any] = dataclasses.field(default_factory=dict)
 
 
 def _concurrency_only(limit: Limit | None) -> bool:
@@ -250,15 +250,26 @@ class LimitedClaims(LimitQueries):
         )
 
     def _inline_claim(
-        self, plan: _CappedPlan, queue: str, workflows: tuple[str, ...], limit: int
+        self,
+        plan: _CappedPlan,
+        queue: str,
+        workflows: tuple[str, ...],
+        limit: int,
+        margin: int | None = None,
     ) -> Any:
         """The capped claim as one statement, where ``Dialect.claim_cap`` allows: its
         ``LIMIT`` is what the queue's concurrency limit leaves, counted by the statement
         itself, and none when the limit row has gone or holds more than a concurrency.
         One writer at a time (SQLite), or the limit row locked just before (PostgreSQL,
         whose next statement reads every claim committed before the lock was granted),
-        makes the count and the claim one atomic step."""
-        claim = plan.claims.get(-limit)
+        makes the count and the claim one atomic step.
+
+        ``margin``: the claim under a shared lock (see ``_claim_capped``) takes
+        ``limit`` jobs where the limit leaves at least ``margin``, else none: the
+        statement makes the check the counted claim makes in Python, saving its
+        count's round trip."""
+        key: int | tuple[int, int] = -limit if margin is None else (limit, margin)
+        claim = plan.claims.get(key)
         if claim is None:
             now: Any = bindparam("c_now", None)
             running = (
@@ -281,13 +292,16 @@ class LimitedClaims(LimitQueries):
                 )
                 .scalar_subquery()
             )
-            cap = self.dialect.claim_cap(limit, func.coalesce(left, 0))
+            room: Any = func.coalesce(left, 0)
+            if margin is not None:
+                room = case((room >= margin, limit), else_=0)
+            cap = self.dialect.claim_cap(limit, room)
             claim = self.dialect.claim_statement(
                 self._capped_candidates(queue, workflows).limit(cap), CLAIM_VALUES
             )
             if isinstance(claim, Executable):
                 claim = Prepared(claim, self.engine.dialect)
-            plan.claims[-limit] = claim
+            plan.claims[key] = claim
         return claim
 
     def _claims_bound(self, conn: Connection) -> int | None:
@@ -372,21 +386,36 @@ class LimitedClaims(LimitQueries):
                 return rows
             # Nothing: the queue ran dry, or its limit changed; the counted claim
             # below tells (and hands a changed limit to the full limited claim).
-        found = [
-            limit_from_row(r) for r in (plan.share if shared else plan.lock).execute(conn, {}).all()
-        ]
+        bound = self._in_flight_bound
+        locked: Sequence[Any]
+        claimed: Sequence[Any] = ()
+        together = False
+        if shared and plan.share is not None and bound and self.dialect.claim_cap(1, 1) is not None:
+            # The shared lock, then the claim making the count and the check below
+            # itself (its snapshot is taken after the lock is granted), sent together.
+            together = True
+            claim = self._inline_claim(plan, queue, workflows, limit, margin=bound)
+            locked, claimed = self.dialect.run_together(conn, [(plan.share, {}), (claim, values)])
+        else:
+            locked = (plan.share if shared else plan.lock).execute(conn, {}).all()
+        found = [limit_from_row(r) for r in locked]
         if len(found) != 1 or found[0].kind != "queue" or not _concurrency_only(found[0]):
+            # (A claim sent with the lock took nothing: it reads the limit row too.)
             ample.discard(queue)
             shared_set.discard(queue)
             roomy.pop(queue, None)
             self._limits_cache = None  # changed since cached: read them again
             return None
+        if together:
+            if not claimed:  # too little room left to share the lock, or nothing queued:
+                shared_set.discard(queue)  # the next claim counts
+            return list(claimed)
         if inline and not shared:  # locked: the claim's own count sees every claim before it
             return self._run_inline(conn, plan, queue, workflows, limit, values)
+        bound = self._claims_bound(conn)
         concurrency = found[0].concurrency or 0
         running = plan.count.execute(conn, {"c_now": now}).all()[0][0]
         free = concurrency - running
-        bound = self._claims_bound(conn)
         if shared and (bound is None or running + bound > concurrency):
             # Too little room left to share the lock: this claim takes nothing, the
             # next one locks the limit row for itself.
