@@ -540,14 +540,14 @@ def aliased(cs: nbjobs.CallState, n: int) -> int:
     return n
 
 
-def test_a_workflow_limit_holds_jobs_submitted_under_its_alias(
-    app: nbjobs.App, db_url: str
-) -> None:
+def test_a_workflow_limit_holds_jobs_submitted_under_its_alias(db_url: str) -> None:
     """A script submits under the bare qualname (its ``__main__`` knows no module);
     the worker's workflow, registered as ``module.qualname`` with ``concurrency=2``,
     runs those jobs and the ones stored under its name, never more than 2 at once, and
     a held job of either name says which limit holds it, to the worker's App and to
-    the script's."""
+    the script's.  Leases last 30 s: on a loaded machine a 1 s lease lapses while the
+    jobs wait at the gate, and a lapsed lease frees its slot by design."""
+    app = make_app(db_url, heartbeat_seconds=1.0, stale_after_seconds=30.0)
     _ALIASED_GATE.clear()
     _ALIASED_LEDGER.__init__()  # type: ignore[misc]
     worker_wf = app.workflow(concurrency=2)(aliased)
@@ -580,6 +580,7 @@ def test_a_workflow_limit_holds_jobs_submitted_under_its_alias(
         assert sorted(results) == list(range(9))
     finally:
         script.close()
+        app.close()
     assert peak_overlap(_ALIASED_LEDGER.spans) <= 2
     assert _ALIASED_LEDGER.peak["aliased"] <= 2
     assert len(_ALIASED_LEDGER.spans) == 9

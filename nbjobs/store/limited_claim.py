@@ -359,6 +359,10 @@ class LimitedClaims(LimitQueries):
         flight at that moment: at most ``bound`` jobs.  A claim that finds less room
         than that claims nothing and the next locks the row for itself; a claim under
         that exclusive lock waits for every shared one to commit, so counts them all.
+        Under the shared lock the claim statement itself counts and checks that room
+        (``_inline_claim(margin=)``), and goes out with the lock in one round trip
+        (``Dialect.run_together``): it still starts, so takes its snapshot, only once
+        the lock is granted.
         """
         now = values["c_now"]
         ample = self._ample

@@ -34,7 +34,8 @@ them).  Where the database has row locks, the unlocked pre-check of a full limit
 skipped while the last look found the limit at most half used.  While the limit has
 room for many batches, SQLite and PostgreSQL count inside the claim statement
 (``Dialect.claim_cap``); while it has room for every claim the server can have in
-flight, PostgreSQL locks the limit row shared, so claims under it stop taking turns
+flight, PostgreSQL locks the limit row shared, so claims under it stop taking turns,
+and sends the lock with a claim statement that counts for itself in one round trip
 (the argument that this never lets more run than the limit is at
 :meth:`.limited_claim.LimitedClaims._claim_capped`).  No counter is kept: the running jobs are counted
 from the jobs themselves, so nothing can drift when a worker is killed.
