@@ -523,3 +523,64 @@ def test_a_limit_far_from_binding_shares_its_lock_and_stays_exact(
         assert len({job.id for job in claimed}) == 138
     finally:
         operator.close()
+
+
+#: The gate and the ledger of ``aliased`` (a module-level workflow needs module state).
+_ALIASED_GATE = threading.Event()
+_ALIASED_LEDGER = Ledger()
+
+
+def aliased(cs: nbjobs.CallState, n: int) -> int:
+    """A workflow of an importable module: registered as ``module.aliased``, it also
+    runs the jobs a script submitted under its bare qualname, ``aliased``."""
+    with _ALIASED_LEDGER.lock:
+        _ALIASED_LEDGER.running["started"] = _ALIASED_LEDGER.running.get("started", 0) + 1
+    _ALIASED_GATE.wait(30)
+    _ALIASED_LEDGER.run("aliased", 0.02)
+    return n
+
+
+def test_a_workflow_limit_holds_jobs_submitted_under_its_alias(db_url: str) -> None:
+    """A script submits under the bare qualname (its ``__main__`` knows no module);
+    the worker's workflow, registered as ``module.qualname`` with ``concurrency=2``,
+    runs those jobs and the ones stored under its name, never more than 2 at once, and
+    a held job of either name says which limit holds it, to the worker's App and to
+    the script's.  Leases last 30 s: on a loaded machine a 1 s lease lapses while the
+    jobs wait at the gate, and a lapsed lease frees its slot by design."""
+    app = make_app(db_url, heartbeat_seconds=1.0, stale_after_seconds=30.0)
+    _ALIASED_GATE.clear()
+    _ALIASED_LEDGER.__init__()  # type: ignore[misc]
+    worker_wf = app.workflow(concurrency=2)(aliased)
+    name = f"{aliased.__module__}.aliased"
+    assert worker_wf.name == name and app.runtime.registry.aliases == {"aliased": name}
+    script = make_app(db_url)
+    try:
+
+        @script.workflow(name="aliased")
+        def as_script(cs: nbjobs.CallState, n: int) -> int:
+            return n
+
+        app.start(concurrency=8)
+        by_alias = [as_script.submit(n) for n in range(6)]
+        by_name = [worker_wf.submit(n) for n in range(6, 9)]
+        assert {h.workflow for h in by_alias} == {"aliased"}
+        wait_until(lambda: _ALIASED_LEDGER.running.get("started", 0) >= 2)
+        assert _ALIASED_LEDGER.running["started"] == 2
+        held = "queued: held by the concurrency limit of workflow "
+        held += f"{name!r} (2 of 2 running)"
+        assert script.job(by_alias[-1].id).status_detail == held
+        assert app.job(by_alias[-1].id).status_detail == held
+        assert app.job(by_name[-1].id).status_detail == held
+        for reader in (app, script):
+            assert next(q for q in reader.queues() if q["queue"] == "default")["held"] == 7
+        time.sleep(0.3)  # time for a claim that would break the limit to start
+        assert _ALIASED_LEDGER.running["started"] == 2
+        _ALIASED_GATE.set()
+        results = [h.result(timeout=60) for h in by_alias + by_name]
+        assert sorted(results) == list(range(9))
+    finally:
+        script.close()
+        app.close()
+    assert peak_overlap(_ALIASED_LEDGER.spans) <= 2
+    assert _ALIASED_LEDGER.peak["aliased"] <= 2
+    assert len(_ALIASED_LEDGER.spans) == 9

@@ -138,6 +138,58 @@ def test_limits_hold_across_three_worker_processes(fleet_url: str, tmp_path: Pat
         engine.dispose()
 
 
+def test_a_workflow_limit_holds_jobs_stored_under_its_alias(fleet_url: str, tmp_path: Path) -> None:
+    """A script's jobs of ``aliased_flow`` (its ``__main__`` names the workflow by its
+    bare qualname) and jobs of the workers' ``tests.apps.flow_app.aliased_flow``
+    (``concurrency=2``) run under that one limit across three processes."""
+    engine = sa.create_engine(fleet_url, poolclass=sa.pool.NullPool)
+    side.create_all(engine)
+    app = make_app(fleet_url)
+    try:
+
+        @app.workflow(name="aliased_flow", queue="aliasq")
+        def as_script(cs: nbjobs.CallState, n: int) -> int:
+            raise AssertionError("the test process runs no jobs")
+
+        named = app.workflow(as_script, name="tests.apps.flow_app.aliased_flow", queue="aliasq")
+        with _fleet(fleet_url, tmp_path, 3, "-q", "aliasq"):
+            wait_until(lambda: len(app.workers()) == 3, timeout=60, what="3 live workers")
+            app.pause_queue("aliasq")
+            handles = [as_script.submit(n) for n in range(12)]
+            handles += [named.submit(n) for n in range(12, 16)]
+            app.resume_queue("aliasq")
+            held = wait_until(
+                lambda: next(
+                    (d for h in handles if (d := h.status_detail).startswith("queued: held")),
+                    None,
+                ),
+                timeout=60,
+                what="a job held by the limit",
+            )
+            assert held.startswith(
+                "queued: held by the concurrency limit of workflow "
+                "'tests.apps.flow_app.aliased_flow' ("
+            )
+            wait_until(
+                lambda: all(h.status == "succeeded" for h in handles),
+                timeout=120,
+                interval=0.2,
+                what="every job succeeded",
+            )
+        spans = _spans(engine, "aliased")
+        with engine.connect() as conn:
+            ran = conn.execute(
+                sa.select(flow_ledger.c.job_id).where(flow_ledger.c.kind == "aliased")
+            ).scalars()
+            assert set(ran) == {h.id for h in handles}
+        # (Which process runs them is free: one that finishes a job claims the next in
+        # the same transaction, so one process may keep both slots.)
+        assert _peak([(s, e) for s, e, _, _ in spans]) == 2
+    finally:
+        app.close()
+        engine.dispose()
+
+
 def test_a_killed_workers_slot_comes_back(fleet_url: str, tmp_path: Path) -> None:
     engine = sa.create_engine(fleet_url, poolclass=sa.pool.NullPool)
     side.create_all(engine)

@@ -94,7 +94,7 @@ class Prepared:
         self._single = self.names is not None and len(self.names) == 1
         self._row_type: Any = None
 
-    def _bind(self, params: dict[str, Any]) -> Any:
+    def bind(self, params: dict[str, Any]) -> Any:
         merged = {**self.defaults, **params}
         if self._pick is None:
             return merged if self.names is None else ()
@@ -103,7 +103,7 @@ class Prepared:
 
     def execute(self, conn: Connection, params: dict[str, Any] | list[dict[str, Any]]) -> Any:
         many = isinstance(params, list)
-        bound = [self._bind(p) for p in params] if isinstance(params, list) else self._bind(params)
+        bound = [self.bind(p) for p in params] if isinstance(params, list) else self.bind(params)
         cursor = conn.connection.cursor()
         try:
             try:
@@ -113,17 +113,31 @@ class Prepared:
                     cursor.execute(self.sql, bound)
                 rows = cursor.fetchall() if cursor.description else []
             except conn.dialect.loaded_dbapi.Error as exc:
-                raise self._wrap(conn, cursor, bound, exc) from exc
-            if rows:
-                if self._row_type is None:
-                    names = [d[0] for d in cursor.description]
-                    self._row_type = collections.namedtuple("Row", names)  # type: ignore[misc]
-                rows = [self._row_type(*r) for r in rows]
-            return _Result(cursor.rowcount, rows)
+                raise self.wrap(conn, cursor, bound, exc) from exc
+            return self._result(cursor, rows)
         finally:
             cursor.close()
 
-    def _wrap(
+    def _result(self, cursor: Any, rows: Sequence[Any]) -> _Result:
+        if rows:
+            if self._row_type is None:
+                names = [d[0] for d in cursor.description]
+                self._row_type = collections.namedtuple("Row", names)  # type: ignore[misc]
+            rows = [self._row_type(*r) for r in rows]
+        return _Result(cursor.rowcount, rows)
+
+    def fetch_sent(self, conn: Connection, cursor: Any, bound: Any) -> _Result:
+        """The result of this statement sent on ``cursor`` (see ``Dialect.run_together``)."""
+        try:
+            try:
+                rows = cursor.fetchall() if cursor.description else []
+            except conn.dialect.loaded_dbapi.Error as exc:
+                raise self.wrap(conn, cursor, bound, exc) from exc
+            return self._result(cursor, rows)
+        finally:
+            cursor.close()
+
+    def wrap(
         self, conn: Connection, cursor: Any, bound: Any, exc: DBAPIModule.Error
     ) -> StatementError:
         """What SQLAlchemy would raise (IntegrityError, OperationalError...); on a
@@ -416,6 +430,14 @@ class Dialect:
         limit), or None where unknown: bounds the claims in flight at one moment (see
         ``LimitedClaims._claim_capped``)."""
         return None
+
+    def run_together(
+        self, conn: Connection, calls: Sequence[tuple[Prepared, dict[str, Any]]]
+    ) -> list[Sequence[Any]]:
+        """Run the statements in ``conn``'s transaction, in order; returns each one's
+        rows.  Where the driver pipelines (PostgreSQL) they go out together: one round
+        trip for all (and the ``BEGIN`` before them), not one each."""
+        return [prepared.execute(conn, params).all() for prepared, params in calls]
 
     def claim_cap(self, limit: int, left: Any) -> Any:
         """``min(limit, max(0, left))`` as a claim's ``LIMIT``, ``left`` a scalar subquery

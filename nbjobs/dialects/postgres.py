@@ -43,7 +43,7 @@ from sqlalchemy.sql.expression import Grouping
 
 from ..jobs import Status
 from ..schema import attempts, jobs
-from .base import CLAIMED_COLUMNS, RowLockingDialect, safe_url
+from .base import CLAIMED_COLUMNS, Prepared, RowLockingDialect, safe_url
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,32 @@ class PostgresDialect(RowLockingDialect):
 
     def claim_cap(self, limit: int, left: Any) -> Any:
         return func.least(limit, func.greatest(0, left))
+
+    def run_together(
+        self, conn: Connection, calls: Sequence[tuple[Prepared, dict[str, Any]]]
+    ) -> list[Sequence[Any]]:
+        # psycopg's pipeline mode: the statements (and the BEGIN psycopg sends before
+        # the first of a transaction) are flushed together when the block ends; an error
+        # in one aborts the transaction and the rest, as it would unpipelined.
+        driver: Any = conn.connection.driver_connection
+        sent: list[tuple[Prepared, Any, Any]] = []
+        try:
+            try:
+                with driver.pipeline():
+                    for prepared, params in calls:
+                        cursor = conn.connection.cursor()
+                        bound = prepared.bind(params)
+                        sent.append((prepared, cursor, bound))
+                        cursor.execute(prepared.sql, bound)
+            except conn.dialect.loaded_dbapi.Error as exc:
+                prepared, cursor, bound = sent[-1]
+                raise prepared.wrap(conn, cursor, bound, exc) from exc
+            return [
+                prepared.fetch_sent(conn, cursor, bound).all() for prepared, cursor, bound in sent
+            ]
+        finally:
+            for _, cursor, _ in sent:
+                cursor.close()
 
     def fenced_insert(self, fence: Any, table: Any, key: Any) -> Any:
         # A data-modifying CTE: the INSERT reads the UPDATE's RETURNING, so nothing is

@@ -130,7 +130,9 @@ class Engine:
         self.inline.close()
 
     def registered(self, definition: Definition) -> None:
-        """A workflow was registered: the running worker serves it from now on."""
+        """A workflow was registered: the running worker serves it from now on, and
+        the store's limits hold jobs stored under its alias (see ``Registry.aliases``)."""
+        self.store.workflow_aliases = self.runtime.registry.aliases
         if self.working:
             assert self.worker is not None
             self.worker.registered(definition)

@@ -147,6 +147,9 @@ class Registry:
         #: The workflow names a worker claims: the registered names, and the bare
         #: qualname of a module-qualified one when no other workflow has it.
         self.claim_names: tuple[str, ...] = ()
+        #: The bare qualnames among ``claim_names`` -> the registered name each stands
+        #: for: a limit on a workflow holds its jobs stored under the alias too.
+        self.aliases: dict[str, str] = {}
 
     def add(self, definition: Definition) -> Definition | None:
         """Register ``definition``; returns the one it replaces (the same function
@@ -161,6 +164,11 @@ class Registry:
                 )
             self._by_name[name] = definition
             self.claim_names = self._claimed()
+            self.aliases = {
+                d.alias: d.name
+                for d in self._by_name.values()
+                if d.alias is not None and d.alias in self.claim_names[len(self._by_name) :]
+            }
         if old is not None and old.fingerprint != definition.fingerprint:
             log.info("workflow %r redefined; new claims use the new code", name)
         return old

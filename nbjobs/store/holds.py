@@ -4,6 +4,7 @@ the dashboard and ``/metrics``, and per job for ``h.status_detail``."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 
 from sqlalchemy import func, or_, select, tuple_
 from sqlalchemy.engine import Connection
@@ -15,6 +16,20 @@ from .limits import Limit, LimitQueries, limit_from_row
 
 class HoldQueries(LimitQueries):
     """The jobs limits hold back, and the reasons."""
+
+    def _hold_aliases(self, wf_names: Iterable[str]) -> dict[str, str]:
+        """The workflow names that stand for a limited workflow: this process's
+        ``workflow_aliases`` and, for a process that does not register the workflow
+        (the submitting script's ``__main__`` reading a hold), each qualname the
+        limited ``module.qualname`` may have, where only one limited workflow has it:
+        what a worker's registry resolves (see ``Registry.get``)."""
+        limited = set(wf_names)
+        owners: dict[str, list[str]] = {}
+        for name in limited:
+            for tail in _qualnames([name]) - limited:
+                owners.setdefault(tail, []).append(name)
+        found = {tail: names[0] for tail, names in owners.items() if len(names) == 1}
+        return {**found, **self.workflow_aliases}
 
     # -- why a job waits -------------------------------------------------------------------
     def held_counts(self, conn: Connection, now: float) -> dict[str, int]:
@@ -33,7 +48,22 @@ class HoldQueries(LimitQueries):
         per_queue: Counter[str] = Counter()
         per_wf: Counter[str] = Counter()
         per_part: Counter[tuple[str, str]] = Counter()
-        for q, wf, part, count in conn.execute(running):
+        # The limited workflows' jobs, with those stored under a qualname alias.
+        aliases = self._hold_aliases(wf_names)
+        stored_as = self._stored_names(wf_names, aliases)
+        ready = (
+            select(jobs.c.queue, jobs.c.workflow, jobs.c.partition_key, func.count())
+            .where(
+                jobs.c.status == QUEUED_SQL,
+                jobs.c.run_at <= now,
+                or_(jobs.c.queue.in_(queue_names), jobs.c.workflow.in_(stored_as)),
+            )
+            .group_by(jobs.c.queue, jobs.c.workflow, jobs.c.partition_key)
+        )
+        running_rows = conn.execute(running).all()
+        ready_rows = conn.execute(ready).all()
+        for q, stored, part, count in running_rows:
+            wf = self._limit_name(stored, aliases)
             per_queue[q] += count
             per_wf[wf] += count
             if part is not None:
@@ -55,17 +85,9 @@ class HoldQueries(LimitQueries):
 
         full_queues = {n for n in queue_names if full(found[("queue", n)], per_queue[n])}
         full_wfs = {n for n in wf_names if full(found[("workflow", n)], per_wf[n])}
-        ready = (
-            select(jobs.c.queue, jobs.c.workflow, jobs.c.partition_key, func.count())
-            .where(
-                jobs.c.status == QUEUED_SQL,
-                jobs.c.run_at <= now,
-                or_(jobs.c.queue.in_(queue_names), jobs.c.workflow.in_(wf_names)),
-            )
-            .group_by(jobs.c.queue, jobs.c.workflow, jobs.c.partition_key)
-        )
         held: Counter[str] = Counter()
-        for q, wf, part, count in conn.execute(ready):
+        for q, stored, part, count in ready_rows:
+            wf = self._limit_name(stored, aliases)
             lim = found.get(("workflow", wf))
             part_full = (
                 lim is not None
@@ -107,6 +129,11 @@ class HoldQueries(LimitQueries):
         ``partition``) now, in words; None when none does."""
         now = self.now()
         with self._read() as conn:
+            wf_names = conn.execute(
+                select(limits.c.name).where(limits.c.kind == "workflow")
+            ).scalars()
+            aliases = self._hold_aliases(wf_names)
+            workflow = self._limit_name(workflow, aliases)
             keys = [("queue", queue), ("workflow", workflow)]
             rows = conn.execute(
                 select(limits).where(tuple_(limits.c.kind, limits.c.name).in_(keys))
@@ -115,7 +142,7 @@ class HoldQueries(LimitQueries):
                 return None
             found = {r.kind: limit_from_row(r) for r in rows}
             wl = found.get("workflow")
-            running = self._running_counts(conn, queue, [workflow] if wl else [], now)
+            running = self._running_counts(conn, queue, [workflow] if wl else [], now, aliases)
             for kind in ("queue", "workflow"):
                 lim = found.get(kind)
                 if lim is None:
@@ -145,3 +172,13 @@ class HoldQueries(LimitQueries):
                         f"(partition {partition!r}: {used} of {wl.partition_concurrency} running)"
                     )
         return None
+
+
+def _qualnames(names: Iterable[str]) -> set[str]:
+    """Every dotted tail of ``names`` (``a.b.f``: ``b.f`` and ``f``): the bare qualnames
+    their jobs may be stored under (see ``HoldQueries._hold_aliases``)."""
+    tails: set[str] = set()
+    for name in names:
+        parts = name.split(".")
+        tails.update(".".join(parts[i:]) for i in range(1, len(parts)))
+    return tails

@@ -298,7 +298,8 @@ class JobQueries(LimitedClaims):
                 row = conn.execute(
                     select(jobs.c.queue, jobs.c.workflow).where(jobs.c.id == job_id)
                 ).first()
-                if row is not None and self.is_limited(row.queue, (row.workflow,)):
+                names = (row.workflow, self._limit_name(row.workflow)) if row else ()
+                if row is not None and self.is_limited(row.queue, names):
                     params = self._claim_params(worker_id, lease_seconds, {})
                     rows = self._claim_limited(
                         conn, row.queue, (row.workflow,), 1, params, only=job_id

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_, select, tuple_
+from sqlalchemy import bindparam, case, func, or_, select, tuple_
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql import Executable
 
@@ -43,7 +43,7 @@ class _CappedPlan:
     count: Any
     #: The limit rows read with a shared lock (see ``LimitedClaims._claim_capped``).
     share: Any = None
-    claims: dict[int, Any] = dataclasses.field(default_factory=dict)
+    claims: dict[int | tuple[int, int], Any] = dataclasses.field(default_factory=dict)
 
 
 def _concurrency_only(limit: Limit | None) -> bool:
@@ -102,7 +102,8 @@ class LimitedClaims(LimitQueries):
                 return rows
         if self.dialect.skip_locked and not self._may_have_room(conn, queue, workflows, now):
             return []  # full: no lock taken, nothing to commit
-        keys = [("queue", queue)] + [("workflow", w) for w in sorted(set(workflows))]
+        names = sorted({self._limit_name(w) for w in workflows})
+        keys = [("queue", queue)] + [("workflow", w) for w in names]
         locked = select(limits).where(tuple_(limits.c.kind, limits.c.name).in_(keys))
         locked = self.dialect.lock(locked.order_by(limits.c.kind, limits.c.name))
         found = {(r.kind, r.name): limit_from_row(r) for r in conn.execute(locked)}
@@ -122,22 +123,24 @@ class LimitedClaims(LimitQueries):
             self.rate_free_at = (
                 hold.until if self.rate_free_at is None else min(self.rate_free_at, hold.until)
             )
-        eligible = [w for w in workflows if wf_room.get(w, 1) > 0]
+        eligible = [w for w in workflows if wf_room.get(self._limit_name(w), 1) > 0]
         if room <= 0 or not eligible:
             return []
         if ahead:
             now_wanted = max(0, limit - ahead)
-            spare = min([free, *(wf_room[w] for w in eligible if w in wf_room)]) - now_wanted
+            rooms = [wf_room[n] for n in map(self._limit_name, eligible) if n in wf_room]
+            spare = min([free, *rooms]) - now_wanted
             extra = min(ahead, max(0, spare // AHEAD_HEADROOM))
             room = max(1, min(room, now_wanted + extra))
 
         partitions: dict[str, Counter[str]] = running["partitions"]
         full = [
-            (name, part)
+            (stored, part)
             for name, wl in wf_limits.items()
             if wl.partition_concurrency is not None
             for part, count in partitions.get(name, Counter()).items()
             if count >= wl.partition_concurrency
+            for stored in self._stored_names([name])
         ]
         candidates = self._limited_candidates(queue, eligible, full, room, now, only)
         chosen: list[str] = []
@@ -146,18 +149,19 @@ class LimitedClaims(LimitQueries):
         for row in conn.execute(candidates):
             if len(chosen) >= room:
                 break
-            wf = wf_limits.get(row.workflow)
+            name = self._limit_name(row.workflow)
+            wf = wf_limits.get(name)
             if wf is not None:
-                if taken[row.workflow] >= wf_room[row.workflow]:
+                if taken[name] >= wf_room[name]:
                     continue
                 pc = wf.partition_concurrency
                 if pc is not None and row.partition_key is not None:
-                    part = (row.workflow, row.partition_key)
-                    used = partitions.get(row.workflow, Counter())[row.partition_key]
+                    part = (name, row.partition_key)
+                    used = partitions.get(name, Counter())[row.partition_key]
                     if used + parts_taken[part] >= pc:
                         continue
                     parts_taken[part] += 1
-                taken[row.workflow] += 1
+                taken[name] += 1
             chosen.append(row.id)
         if not chosen:
             return []
@@ -171,7 +175,7 @@ class LimitedClaims(LimitQueries):
         cached = self.current_limits()
         if not _concurrency_only(cached.get(("queue", queue))):
             return False
-        return not any(("workflow", w) in cached for w in workflows)
+        return not any(("workflow", self._limit_name(w)) in cached for w in workflows)
 
     def _capped_plan(self, queue: str, workflows: tuple[str, ...]) -> _CappedPlan:
         plans = self._capped_plans
@@ -228,7 +232,8 @@ class LimitedClaims(LimitQueries):
         now: Any = bindparam("c_now", None)
         paused = select(queues.c.name).where(queues.c.name == queue, queues.c.paused)
         wf_limited = select(limits.c.name).where(
-            limits.c.kind == "workflow", limits.c.name.in_(workflows)
+            limits.c.kind == "workflow",
+            limits.c.name.in_(sorted({*workflows, *map(self._limit_name, workflows)})),
         )
         return (
             select(jobs.c.id)
@@ -245,15 +250,26 @@ class LimitedClaims(LimitQueries):
         )
 
     def _inline_claim(
-        self, plan: _CappedPlan, queue: str, workflows: tuple[str, ...], limit: int
+        self,
+        plan: _CappedPlan,
+        queue: str,
+        workflows: tuple[str, ...],
+        limit: int,
+        margin: int | None = None,
     ) -> Any:
         """The capped claim as one statement, where ``Dialect.claim_cap`` allows: its
         ``LIMIT`` is what the queue's concurrency limit leaves, counted by the statement
         itself, and none when the limit row has gone or holds more than a concurrency.
         One writer at a time (SQLite), or the limit row locked just before (PostgreSQL,
         whose next statement reads every claim committed before the lock was granted),
-        makes the count and the claim one atomic step."""
-        claim = plan.claims.get(-limit)
+        makes the count and the claim one atomic step.
+
+        ``margin``: the claim under a shared lock (see ``_claim_capped``) takes
+        ``limit`` jobs where the limit leaves at least ``margin``, else none: the
+        statement makes the check the counted claim makes in Python, saving its
+        count's round trip."""
+        key: int | tuple[int, int] = -limit if margin is None else (limit, margin)
+        claim = plan.claims.get(key)
         if claim is None:
             now: Any = bindparam("c_now", None)
             running = (
@@ -276,13 +292,16 @@ class LimitedClaims(LimitQueries):
                 )
                 .scalar_subquery()
             )
-            cap = self.dialect.claim_cap(limit, func.coalesce(left, 0))
+            room: Any = func.coalesce(left, 0)
+            if margin is not None:
+                room = case((room >= margin, limit), else_=0)
+            cap = self.dialect.claim_cap(limit, room)
             claim = self.dialect.claim_statement(
                 self._capped_candidates(queue, workflows).limit(cap), CLAIM_VALUES
             )
             if isinstance(claim, Executable):
                 claim = Prepared(claim, self.engine.dialect)
-            plan.claims[-limit] = claim
+            plan.claims[key] = claim
         return claim
 
     def _claims_bound(self, conn: Connection) -> int | None:
@@ -340,6 +359,10 @@ class LimitedClaims(LimitQueries):
         flight at that moment: at most ``bound`` jobs.  A claim that finds less room
         than that claims nothing and the next locks the row for itself; a claim under
         that exclusive lock waits for every shared one to commit, so counts them all.
+        Under the shared lock the claim statement itself counts and checks that room
+        (``_inline_claim(margin=)``), and goes out with the lock in one round trip
+        (``Dialect.run_together``): it still starts, so takes its snapshot, only once
+        the lock is granted.
         """
         now = values["c_now"]
         ample = self._ample
@@ -367,21 +390,36 @@ class LimitedClaims(LimitQueries):
                 return rows
             # Nothing: the queue ran dry, or its limit changed; the counted claim
             # below tells (and hands a changed limit to the full limited claim).
-        found = [
-            limit_from_row(r) for r in (plan.share if shared else plan.lock).execute(conn, {}).all()
-        ]
+        bound = self._in_flight_bound
+        locked: Sequence[Any]
+        claimed: Sequence[Any] = ()
+        together = False
+        if shared and plan.share is not None and bound and self.dialect.claim_cap(1, 1) is not None:
+            # The shared lock, then the claim making the count and the check below
+            # itself (its snapshot is taken after the lock is granted), sent together.
+            together = True
+            claim = self._inline_claim(plan, queue, workflows, limit, margin=bound)
+            locked, claimed = self.dialect.run_together(conn, [(plan.share, {}), (claim, values)])
+        else:
+            locked = (plan.share if shared else plan.lock).execute(conn, {}).all()
+        found = [limit_from_row(r) for r in locked]
         if len(found) != 1 or found[0].kind != "queue" or not _concurrency_only(found[0]):
+            # (A claim sent with the lock took nothing: it reads the limit row too.)
             ample.discard(queue)
             shared_set.discard(queue)
             roomy.pop(queue, None)
             self._limits_cache = None  # changed since cached: read them again
             return None
+        if together:
+            if not claimed:  # too little room left to share the lock, or nothing queued:
+                shared_set.discard(queue)  # the next claim counts
+            return list(claimed)
         if inline and not shared:  # locked: the claim's own count sees every claim before it
             return self._run_inline(conn, plan, queue, workflows, limit, values)
+        bound = self._claims_bound(conn)
         concurrency = found[0].concurrency or 0
         running = plan.count.execute(conn, {"c_now": now}).all()[0][0]
         free = concurrency - running
-        bound = self._claims_bound(conn)
         if shared and (bound is None or running + bound > concurrency):
             # Too little room left to share the lock: this claim takes nothing, the
             # next one locks the limit row for itself.

@@ -34,7 +34,8 @@ them).  Where the database has row locks, the unlocked pre-check of a full limit
 skipped while the last look found the limit at most half used.  While the limit has
 room for many batches, SQLite and PostgreSQL count inside the claim statement
 (``Dialect.claim_cap``); while it has room for every claim the server can have in
-flight, PostgreSQL locks the limit row shared, so claims under it stop taking turns
+flight, PostgreSQL locks the limit row shared, so claims under it stop taking turns,
+and sends the lock with a claim statement that counts for itself in one round trip
 (the argument that this never lets more run than the limit is at
 :meth:`.limited_claim.LimitedClaims._claim_capped`).  No counter is kept: the running jobs are counted
 from the jobs themselves, so nothing can drift when a worker is killed.
@@ -46,7 +47,8 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, tuple_, update
@@ -143,6 +145,25 @@ class LimitQueries(CoreStore):
     _limits_read = float("-inf")
     #: The earliest moment a rate that held back a claim frees a start (see ``Hold``).
     rate_free_at: float | None = None
+    #: This process's workflow aliases: a bare qualname its workers claim -> the
+    #: registered name it stands for (set by the runtime from its registry).  Jobs
+    #: stored under an alias (submitted from a script's ``__main__``, or by an older
+    #: nbjobs) count against, and are held by, the limits of the workflow: the
+    #: submitter cannot know the module a worker imports the function from, and rows
+    #: already stored keep their name, so the claim maps the name rather than submit.
+    workflow_aliases: Mapping[str, str] = MappingProxyType({})
+
+    def _limit_name(self, workflow: str, aliases: Mapping[str, str] | None = None) -> str:
+        """The workflow whose limits hold jobs stored under ``workflow``."""
+        return (self.workflow_aliases if aliases is None else aliases).get(workflow, workflow)
+
+    def _stored_names(
+        self, names: Iterable[str], aliases: Mapping[str, str] | None = None
+    ) -> list[str]:
+        """``names`` and their aliases: what the jobs of those workflows are stored under."""
+        wanted = set(names)
+        found = self.workflow_aliases if aliases is None else aliases
+        return sorted(wanted | {a for a, n in found.items() if n in wanted})
 
     # -- stored limits -------------------------------------------------------------------
     def set_limit(
@@ -225,7 +246,8 @@ class LimitQueries(CoreStore):
         stale, never wrong the other way: the next claim looks again."""
         cached = self.current_limits()
         queue_limit = cached.get(("queue", queue))
-        wf_limits = {w: cached[("workflow", w)] for w in workflows if ("workflow", w) in cached}
+        names = {self._limit_name(w) for w in workflows}
+        wf_limits = {w: cached[("workflow", w)] for w in names if ("workflow", w) in cached}
         concurrency_only = [
             lim
             for lim in [queue_limit, *wf_limits.values()]
@@ -245,16 +267,23 @@ class LimitQueries(CoreStore):
         return any(
             lim.concurrency is None or running["workflow"].get(name, 0) < lim.concurrency
             for name, lim in wf_limits.items()
-        ) or len(wf_limits) < len(set(workflows))
+        ) or len(wf_limits) < len(names)
 
     def _running_counts(
-        self, conn: Connection, queue: str, workflows: list[str], now: float
+        self,
+        conn: Connection,
+        queue: str,
+        workflows: list[str],
+        now: float,
+        aliases: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """The running jobs (lease not expired) of ``queue``, of each of ``workflows``
+        (with those stored under their ``aliases``, by default ``workflow_aliases``)
         and of each of their partitions, in one statement."""
         scope = jobs.c.queue == queue
         if workflows:
-            scope = or_(scope, jobs.c.workflow.in_(workflows))
+            stored = self._stored_names(workflows, aliases)
+            scope = or_(scope, jobs.c.workflow.in_(stored))
         stmt = (
             select(jobs.c.queue, jobs.c.workflow, jobs.c.partition_key, func.count())
             .where(
@@ -267,9 +296,10 @@ class LimitQueries(CoreStore):
         in_queue = 0
         per_workflow: Counter[str] = Counter()
         per_partition: dict[str, Counter[str]] = {}
-        for q, wf, part, count in conn.execute(stmt):
+        for q, stored_as, part, count in conn.execute(stmt):
             if q == queue:
                 in_queue += count
+            wf = self._limit_name(stored_as, aliases)
             if wf in workflows:
                 per_workflow[wf] += count
                 if part is not None:
@@ -370,7 +400,7 @@ class LimitQueries(CoreStore):
         if queue_limit is not None and queue_limit.rate_count is not None:
             starts += [dict(kind="queue", name=queue_limit.name) for _ in rows]
         for row in rows:
-            wl = wf_limits.get(row.workflow)
+            wl = wf_limits.get(self._limit_name(row.workflow))
             if wl is not None and wl.rate_count is not None:
                 starts.append(dict(kind="workflow", name=wl.name))
         if starts:

@@ -70,3 +70,11 @@ def hang(cs: nbjobs.CallState, n: int) -> int:
 @app.workflow(name="flow.tick", queue="rated")
 def tick(cs: nbjobs.CallState, n: int) -> int:
     return n
+
+
+@app.workflow(queue="aliasq", concurrency=2)
+def aliased_flow(cs: nbjobs.CallState, n: int) -> int:
+    """Named ``tests.apps.flow_app.aliased_flow``; a script's jobs stored under the bare
+    qualname ``aliased_flow`` are its jobs too, under the same limit."""
+    _record(cs, "aliased", None, 0.1)
+    return n
