@@ -186,19 +186,19 @@ class FanoutQueries(WaitQueries):
             return or_(*probes).label(name)
 
         fanout_cp = and_(checkpoints.c.job_id == jobs.c.id, checkpoints.c.kind == "fanout")
-        by_child = (
-            select(
-                *columns,
-                any_sibling("pending", Status.QUEUED, Status.WAITING),
-                any_sibling("not_ok", Status.FAILED, Status.CANCELLED),
+        by_child = select(
+            *columns,
+            any_sibling("pending", Status.QUEUED, Status.WAITING),
+            any_sibling("not_ok", Status.FAILED, Status.CANCELLED),
+        ).select_from(
+            child.join(jobs, jobs.c.id == child.c.parent_id).join(
+                checkpoints, and_(fanout_cp, checkpoints.c.name == child.c.fanout)
             )
-            .select_from(
-                child.join(jobs, jobs.c.id == child.c.parent_id).join(
-                    checkpoints, and_(fanout_cp, checkpoints.c.name == child.c.fanout)
-                )
-            )
-            .where(child.c.id == bindparam("child"))
         )
+        # The same for a group of children recorded together (a group commit): a row
+        # per child, so the caller checks each (parent, fan-out) once.
+        by_children = by_child.where(child.c.id.in_(bindparam("children", expanding=True)))
+        by_child = by_child.where(child.c.id == bindparam("child"))
         by_parent = (
             select(*columns)
             .select_from(jobs.join(checkpoints, fanout_cp))
@@ -218,12 +218,31 @@ class FanoutQueries(WaitQueries):
                 )
             )
 
+        counted = (
+            select(child.c.id, checkpoints.c.detail)
+            .select_from(
+                child.join(
+                    checkpoints,
+                    and_(
+                        checkpoints.c.job_id == child.c.parent_id,
+                        checkpoints.c.name == child.c.fanout,
+                        checkpoints.c.kind == "fanout",
+                    ),
+                )
+            )
+            .where(
+                child.c.id.in_(bindparam("children", expanding=True)),
+                checkpoints.c.done.is_(False),
+            )
+        )
         return SimpleNamespace(
+            counted=counted,
             unfinished=select(
                 any_child(Status.QUEUED, Status.WAITING, Status.RUNNING).label("unfinished"),
                 any_child(Status.FAILED, Status.CANCELLED).label("not_ok"),
             ),
             by_child=by_child,
+            by_children=by_children,
             by_parent=self.dialect.lock(by_parent),
             counts=select(jobs.c.status, func.count()).where(*siblings).group_by(jobs.c.status),
             children=select(jobs.c.id, jobs.c.status, jobs.c.result, jobs.c.error)
@@ -326,7 +345,64 @@ class FanoutQueries(WaitQueries):
         if parent_id is None:
             return  # a top-level job: nothing to decide, no query
         parent = conn.execute(self._fanin_sql.by_child, {"child": job_id}).first()
-        if parent is None or parent.done or parent.status in FINISHED:
+        if parent is not None:
+            self._check_fanin(conn, parent)
+
+    def _after_terminals(self, conn: Connection, child_ids: Sequence[str]) -> None:
+        """Several fan-out children became terminal in one transaction (their successes
+        shared a group commit): each of their fan-ins is checked once, not once a child.
+
+        Checked after all of them are written, a fan-in sees the whole group ended, as
+        the last of them checking alone would; the children may belong to several
+        parents or fan-outs (one query a chunk, a row a child).
+        """
+        seen: set[tuple[str, str]] = set()
+        for chunk in _chunks(child_ids):
+            for parent in conn.execute(self._fanin_sql.by_children, {"children": chunk}).all():
+                if (parent.id, parent.name) not in seen:
+                    seen.add((parent.id, parent.name))
+                    self._check_fanin(conn, parent)
+
+    def fanout_counts_successes(self, parent_id: str, name: str) -> bool:
+        """Whether the fan-in ``name`` of ``parent_id`` counts successes (``Threshold``),
+        so that it is decided at the n-th and no child runs after that one.
+
+        A worker asks once a fan-out: the successes of its children are then committed
+        as they end, never left to a later shared commit while the slot runs a sibling
+        (that sibling would run after the decision it should have prevented).  An
+        unknown fan-out counts (the safe answer).
+        """
+        with self._read() as conn:
+            detail = conn.execute(
+                select(checkpoints.c.detail).where(
+                    checkpoints.c.job_id == parent_id,
+                    checkpoints.c.name == name,
+                    checkpoints.c.kind == "fanout",
+                )
+            ).scalar()
+        if detail is None:
+            return True
+        return strategy_from_detail(json.loads(detail)).could_decide_pending(False) is None
+
+    def _counted_children(self, conn: Connection, child_ids: Sequence[str]) -> set[str]:
+        """The children among ``child_ids`` whose undecided fan-in counts successes
+        (``Threshold(n)``: ``could_decide_pending`` cannot tell).  Their successes are
+        recorded one by one, each followed by its check, so that the fan-in is decided
+        at the n-th, as alone; recorded together, a group would overshoot it.  Under
+        FailFast and CollectAll successes decide only once all children ended: those
+        are recorded together and checked once."""
+        counted: set[str] = set()
+        for chunk in _chunks(child_ids):
+            for row in conn.execute(self._fanin_sql.counted, {"children": chunk}):
+                strategy = strategy_from_detail(json.loads(row.detail))
+                if strategy.could_decide_pending(False) is None:
+                    counted.add(row.id)
+        return counted
+
+    def _check_fanin(self, conn: Connection, parent: Row) -> None:
+        """Decide the fan-in of a (parent, fan-out checkpoint) row read with its
+        children's probes (``by_child``), now that one of its children ended."""
+        if parent.done or parent.status in FINISHED:
             return
         if parent.pending:
             # A sibling is still queued or waiting: most strategies can tell from that
