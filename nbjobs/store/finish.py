@@ -159,17 +159,24 @@ class FinishQueries(JobQueries, FanoutQueries):
         hook; it calls :func:`~.transactions.run_pieces` itself, never ``super()``).
         """
         successes = [r for r in batch if r.item is not None]
-        children = [r.item.job_id for r in successes if r.item.parent_id is not None]
-        if len(successes) >= 2 and children:
-            one_by_one = self._counted_children(conn, children)
-            successes = [r for r in successes if r.item.job_id not in one_by_one]
+        parents = {r.item.parent_id for r in successes if r.item.parent_id is not None}
+        fanouts: dict[str, list[tuple[str, bool]]] = {}
+        if len(successes) >= 2 and parents:  # undecided fan-outs: (name, counts)
+            fanouts = self._undecided_fanouts(conn, list(parents))
+            counted = {p for p, found in fanouts.items() if any(c for _, c in found)}
+            successes = [r for r in successes if r.item.parent_id not in counted]
         if len(successes) < 2:  # alone, the two plain statements cost less
             run_pieces(conn, batch)
             return
         accepted = self._record_successes(conn, [r.item for r in successes])
-        children = [r.item.job_id for r in successes if r.item.parent_id is not None]
-        if children:  # before the claims, which may take a parent resumed here
-            self._after_terminals(conn, [c for c in children if c in accepted])
+        ended = {
+            (r.item.parent_id, name)
+            for r in successes
+            if r.item.job_id in accepted
+            for name, _ in fanouts.get(r.item.parent_id or "", ())
+        }
+        if ended:  # before the claims, which may take a parent resumed here
+            self._after_terminals(conn, ended)
         wanting: dict[tuple, list] = {}
         for request in successes:
             item = request.item
