@@ -406,8 +406,7 @@ def test_the_fan_in_agrees_with_the_children_it_was_decided_from(
     """Thirty children, one of which fails, most of them still queued when their
     siblings end: each strategy decides exactly when its counts say so (not earlier:
     CollectAll waits for all 29 successes; not later: Threshold(20) cancels the rest at
-    the 20th), and every outcome is the status the child's own row has.  (The order
-    children run in is the claim's, not the input's: claimed ahead in batches.)"""
+    the 20th), and every outcome is the status the child's own row has."""
 
     @app.workflow
     def kid(cs: nbjobs.CallState, x: int) -> int:
@@ -439,3 +438,68 @@ def test_the_fan_in_agrees_with_the_children_it_was_decided_from(
         # ends a moment later, as the outcome already says.
         wait_until(lambda j=job_id: app.job(j).status in ("succeeded", "failed", "cancelled"))
         assert app.job(job_id).status == status
+
+
+def test_children_claimed_ahead_start_in_input_order(app: nbjobs.App) -> None:
+    """Short children are claimed ahead in batches (up to 16 per slot); on one slot they
+    still start in input order: the jobs a finish claims queue behind those claimed
+    ahead before it, never before them."""
+    started: list[int] = []
+
+    @app.workflow
+    def kid(cs: nbjobs.CallState, x: int) -> int:
+        started.append(x)
+        return x
+
+    @app.workflow
+    def boss(cs: nbjobs.CallState, n: int, how: str) -> int:
+        outcomes = cs.fan_out("kids", [kid.spec(x) for x in range(n)], strategy=strategy(how))
+        return sum(o.value for o in outcomes if o.ok)
+
+    app.start(concurrency=1)
+    for how in ("collect_all", "threshold:60"):  # successes shared, and committed one by one
+        started.clear()
+        assert boss.submit(60, how).result(timeout=TIMEOUT) == sum(range(60))
+        assert started == list(range(60))
+
+
+@pytest.mark.no_worker(strict=False)
+@pytest.mark.parametrize(("how", "succeeded"), [("collect_all", 6), ("threshold:2", 2)])
+def test_children_recorded_in_one_group_commit(app: nbjobs.App, how: str, succeeded: int) -> None:
+    """Successes of children left to one shared commit (the worker's write-behind) are
+    recorded together and their fan-in decided in that commit; a fan-in that counts
+    successes is still decided at the n-th (those are recorded one by one in it)."""
+
+    @app.workflow(name="held_kid", queue="held")  # no worker serves it: claimed here
+    def kid(cs: nbjobs.CallState, x: int) -> int:
+        return x
+
+    @app.workflow
+    def boss(cs: nbjobs.CallState, how: str) -> list:
+        outcomes = cs.fan_out("kids", [kid.spec(x) for x in range(6)], strategy=strategy(how))
+        return [o.status for o in outcomes]
+
+    app.start(concurrency=1, queues=["default"])
+    h = boss.submit(how)
+    wait_until(lambda: h.status == "waiting", TIMEOUT, what="the fan-out")
+    store = app.store
+    claimed = store.claim_jobs(
+        worker_id="test", queue="held", workflows=["held_kid"], limit=6, lease_seconds=60
+    )
+    assert len(claimed) == 6 and {j.parent_id for j in claimed} == {h.id}
+    assert {j.fanout for j in claimed} == {"kids"}
+    done: dict[str, object] = {}
+    for job in claimed:
+        store.finish_later(
+            job_id=job.id,
+            token=job.lease_token,
+            attempt=job.attempt,
+            result="1",
+            done=lambda outcome, job_id=job.id: done.__setitem__(job_id, outcome),
+            parent_id=job.parent_id,
+        )
+    store.flush()
+    assert list(done.values()) == [True] * 6
+    statuses = h.result(timeout=TIMEOUT)
+    assert statuses.count("succeeded") == succeeded
+    assert statuses.count("cancelled") == 6 - succeeded

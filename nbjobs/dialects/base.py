@@ -49,6 +49,7 @@ CLAIMED_COLUMNS = (
     jobs.c.lease_token,
     jobs.c.root_id,
     jobs.c.parent_id,
+    jobs.c.fanout,
     jobs.c.trace_context,
     jobs.c.priority,
     jobs.c.run_at,

@@ -96,6 +96,8 @@ class Worker:
         self._ready: collections.deque[ClaimedJob] = collections.deque()
         self._reserved = 0  # places in _ready that claims under way may fill
         self._cancels_seen = 0  # the store's cancel_requests when _ready was last checked
+        #: (parent, fan-out) -> whether its fan-in counts successes (see ``_may_defer``).
+        self._counting: dict[tuple[str, str], bool] = {}
         self._behind = threading.Event()  # successes wait for the write-behind thread
         self._lock = threading.Lock()
         self._claiming = threading.Lock()
@@ -501,14 +503,18 @@ class Worker:
     def _record_chained(self, execution: Execution, text: str) -> None:
         """Record a slot's success and set the job the slot runs next.
 
-        A short top-level job followed by a job claimed ahead leaves its success to a
-        later shared commit (the next claim, or the write-behind thread within
-        ``WRITE_BEHIND_SECONDS``); otherwise the success is committed now, with the claim
-        of the next job (and, after a short job, of jobs to hold ahead).
+        A short job followed by a job claimed ahead leaves its success to a later
+        shared commit (the next claim, or the write-behind thread within
+        ``WRITE_BEHIND_SECONDS``); a fan-out child's fan-in is checked in that commit,
+        once for all the children it records.  Otherwise the success is committed now,
+        with the claim of the next job (and, after a short job, of jobs to hold ahead).
+
+        Jobs run in claim order: the ones claimed now queue behind those claimed ahead
+        before (a fan-out's children start in input order on one slot).
         """
         job, store = execution.job, self.store
         short = store.now() - execution.started < SHORT_JOB_SECONDS
-        if short and job.parent_id is None and not self._stopping.is_set():
+        if short and not self._stopping.is_set() and self._may_defer(job):
             nxt = self._take_ready()
             if nxt is not None:
                 execution.deferred = True
@@ -521,6 +527,7 @@ class Worker:
                     attempt=job.attempt,
                     result=text,
                     done=lambda outcome, x=execution: self._written_behind(x, outcome),
+                    parent_id=job.parent_id,
                 )
                 self._behind.set()
                 return
@@ -541,11 +548,26 @@ class Worker:
             with self._lock:
                 self._reserved -= ahead
         if claimed:
-            execution.next_job = claimed[0]
-        if len(claimed) > 1:
             with self._lock:
-                self._ready.extend(claimed[1:])
+                self._ready.extend(claimed)
+            execution.next_job = self._take_ready()
+        if len(claimed) > 1:
             self._wake.set()  # idle slots take the rest
+
+    def _may_defer(self, job: ClaimedJob) -> bool:
+        """Whether a short job's success may wait for a later shared commit: not a child
+        of a fan-out that counts successes (``Threshold(n)``), whose siblings must not
+        run after the n-th success has decided it.  Asked of the store once a fan-out."""
+        if job.parent_id is None or job.fanout is None:
+            return job.parent_id is None
+        key = (job.parent_id, job.fanout)
+        counts = self._counting.get(key)
+        if counts is None:
+            counts = self.store.fanout_counts_successes(job.parent_id, job.fanout)
+            if len(self._counting) > 1024:
+                self._counting.clear()
+            self._counting[key] = counts
+        return not counts
 
     def _written_behind(self, execution: Execution, outcome: bool | BaseException) -> None:
         with self._lock:
@@ -562,6 +584,8 @@ class Worker:
         execution.note_write(outcome)
         if outcome:
             self.runtime.finished.notify()
+            if execution.job.parent_id is not None:
+                self._wake.set()  # the commit may have resumed its parent: claim it
 
     def _write_behind_loop(self) -> None:
         while not self._stopping.is_set():

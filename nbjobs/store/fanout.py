@@ -168,7 +168,7 @@ class FanoutQueries(WaitQueries):
             checkpoints.c.detail,
         )
 
-        def any_sibling(name: str, *statuses: Status) -> Any:
+        def any_sibling(name: str, *statuses: Status, of: Any = child.c) -> Any:
             # One probe per status, each an equality on all three index columns (an IN
             # list left PostgreSQL filtering every sibling's entry); inline literals,
             # as a partial index needs, and no re-compiling of an expanding IN.
@@ -176,8 +176,8 @@ class FanoutQueries(WaitQueries):
                 select(literal_column("1"))  # the index alone answers
                 .select_from(sibling)
                 .where(
-                    sibling.c.parent_id == child.c.parent_id,
-                    sibling.c.fanout == child.c.fanout,
+                    sibling.c.parent_id == of.parent_id,
+                    sibling.c.fanout == of.fanout,
                     sibling.c.status == literal_column(f"'{status.value}'"),
                 )
                 .exists()
@@ -186,19 +186,16 @@ class FanoutQueries(WaitQueries):
             return or_(*probes).label(name)
 
         fanout_cp = and_(checkpoints.c.job_id == jobs.c.id, checkpoints.c.kind == "fanout")
-        by_child = (
-            select(
-                *columns,
-                any_sibling("pending", Status.QUEUED, Status.WAITING),
-                any_sibling("not_ok", Status.FAILED, Status.CANCELLED),
+        by_child = select(
+            *columns,
+            any_sibling("pending", Status.QUEUED, Status.WAITING),
+            any_sibling("not_ok", Status.FAILED, Status.CANCELLED),
+        ).select_from(
+            child.join(jobs, jobs.c.id == child.c.parent_id).join(
+                checkpoints, and_(fanout_cp, checkpoints.c.name == child.c.fanout)
             )
-            .select_from(
-                child.join(jobs, jobs.c.id == child.c.parent_id).join(
-                    checkpoints, and_(fanout_cp, checkpoints.c.name == child.c.fanout)
-                )
-            )
-            .where(child.c.id == bindparam("child"))
         )
+        by_child = by_child.where(child.c.id == bindparam("child"))
         by_parent = (
             select(*columns)
             .select_from(jobs.join(checkpoints, fanout_cp))
@@ -218,7 +215,28 @@ class FanoutQueries(WaitQueries):
                 )
             )
 
+        # A group of children recorded together (a group commit) is checked once per
+        # fan-out: the undecided fan-outs of their parents first (by primary key: a
+        # join through the children let PostgreSQL scan all siblings), then each
+        # one's probes by parent and name.
+        undecided = select(checkpoints.c.job_id, checkpoints.c.name, checkpoints.c.detail).where(
+            checkpoints.c.job_id.in_(bindparam("parents", expanding=True)),
+            checkpoints.c.kind == "fanout",
+            checkpoints.c.done.is_(False),
+        )
+        named = SimpleNamespace(parent_id=bindparam("parent"), fanout=bindparam("name"))
+        by_fanout = (
+            select(
+                *columns,
+                any_sibling("pending", Status.QUEUED, Status.WAITING, of=named),
+                any_sibling("not_ok", Status.FAILED, Status.CANCELLED, of=named),
+            )
+            .select_from(jobs.join(checkpoints, fanout_cp))
+            .where(jobs.c.id == bindparam("parent"), checkpoints.c.name == bindparam("name"))
+        )
         return SimpleNamespace(
+            undecided=undecided,
+            by_fanout=by_fanout,
             unfinished=select(
                 any_child(Status.QUEUED, Status.WAITING, Status.RUNNING).label("unfinished"),
                 any_child(Status.FAILED, Status.CANCELLED).label("not_ok"),
@@ -326,7 +344,58 @@ class FanoutQueries(WaitQueries):
         if parent_id is None:
             return  # a top-level job: nothing to decide, no query
         parent = conn.execute(self._fanin_sql.by_child, {"child": job_id}).first()
-        if parent is None or parent.done or parent.status in FINISHED:
+        if parent is not None:
+            self._check_fanin(conn, parent)
+
+    def _after_terminals(self, conn: Connection, fanouts: set[tuple[str, str]]) -> None:
+        """Several fan-out children became terminal in one transaction (their successes
+        shared a group commit): each of their (parent, fan-out) is checked once, not
+        once a child.  Checked after all of them are written, a fan-in sees the whole
+        group ended, as the last of them checking alone would."""
+        for parent_id, name in sorted(fanouts):  # one order: parents locked alike
+            key = {"parent": parent_id, "name": name}
+            parent = conn.execute(self._fanin_sql.by_fanout, key).first()
+            if parent is not None:
+                self._check_fanin(conn, parent)
+
+    def fanout_counts_successes(self, parent_id: str, name: str) -> bool:
+        """Whether the fan-in ``name`` of ``parent_id`` counts successes (``Threshold``;
+        an unknown one counts).  A worker asks once a fan-out: such children's successes
+        are committed as they end, never left to a later shared commit while the slot
+        runs a sibling that the n-th success should have cancelled."""
+        with self._read() as conn:
+            detail = conn.execute(
+                select(checkpoints.c.detail).where(
+                    checkpoints.c.job_id == parent_id,
+                    checkpoints.c.name == name,
+                    checkpoints.c.kind == "fanout",
+                )
+            ).scalar()
+        if detail is None:
+            return True
+        return strategy_from_detail(json.loads(detail)).could_decide_pending(False) is None
+
+    def _undecided_fanouts(
+        self, conn: Connection, parent_ids: Sequence[str]
+    ) -> dict[str, list[tuple[str, bool]]]:
+        """The undecided fan-outs of ``parent_ids``: (name, whether its fan-in counts
+        successes, as ``Threshold(n)``) by parent (a parent waits for one at a time).
+
+        A group records the children of one that counts one by one, each with its
+        check, so that the n-th decides, as alone (together they would overshoot it);
+        FailFast and CollectAll decide on successes only once all children ended."""
+        found: dict[str, list[tuple[str, bool]]] = {}
+        for chunk in _chunks(sorted(parent_ids)):
+            for row in conn.execute(self._fanin_sql.undecided, {"parents": chunk}):
+                strategy = strategy_from_detail(json.loads(row.detail))
+                counts = strategy.could_decide_pending(False) is None
+                found.setdefault(row.job_id, []).append((row.name, counts))
+        return found
+
+    def _check_fanin(self, conn: Connection, parent: Row) -> None:
+        """Decide the fan-in of a (parent, fan-out checkpoint) row read with its
+        children's probes (``by_child``), now that one of its children ended."""
+        if parent.done or parent.status in FINISHED:
             return
         if parent.pending:
             # A sibling is still queued or waiting: most strategies can tell from that

@@ -31,6 +31,8 @@ class _Success:
     attempt: int
     result: str | None
     claim: dict[str, Any] | None
+    #: A fan-out child's parent: the group checks its fan-in once for all its children.
+    parent_id: str | None = None
 
 
 _FINISH = (
@@ -104,14 +106,17 @@ class FinishQueries(JobQueries, FanoutQueries):
         one commit instead of two.  Returns (accepted, the jobs claimed); nothing is
         written or claimed when the lease was lost.
         """
-        simple = status == Status.SUCCEEDED and parent_id is None and outcome is None
+        # A plain success (a fan-out child's too, its parent known) may join a group's.
+        parent = parent_id if isinstance(parent_id, str) else None
+        simple = status == Status.SUCCEEDED and outcome is None
+        simple = simple and (parent_id is None or parent is not None)
         error, traceback = storable_text(error), storable_text(traceback)
         return self._grouped(
             lambda conn: self._finish_and_claim(
                 conn, job_id, token, attempt, status, result, error, traceback, outcome,
                 claim, parent_id,
             ),
-            _Success(job_id, token, attempt, result, claim) if simple else None,
+            _Success(job_id, token, attempt, result, claim, parent) if simple else None,
             (job_id, attempt, outcome or status.value),
         )  # fmt: skip
 
@@ -123,8 +128,10 @@ class FinishQueries(JobQueries, FanoutQueries):
         attempt: int,
         result: str | None,
         done: Any,
+        parent_id: str | None = None,
     ) -> None:
-        """Record a top-level job's success with the next group commit, without waiting.
+        """Record a job's success with the next group commit, without waiting (a fan-out
+        child's ``parent_id`` given: its fan-in is checked in that commit).
 
         A worker running short jobs back to back uses this so that many successes share
         one commit.  ``done(accepted)`` is called once the success is committed (False:
@@ -134,12 +141,12 @@ class FinishQueries(JobQueries, FanoutQueries):
         def work(conn: Connection) -> tuple[bool, list[ClaimedJob]]:
             return self._finish_and_claim(
                 conn, job_id, token, attempt, Status.SUCCEEDED, result, None, None, None,
-                None, None,
+                None, parent_id,
             )  # fmt: skip
 
         self._grouped_later(
             work,
-            _Success(job_id, token, attempt, result, None),
+            _Success(job_id, token, attempt, result, None, parent_id),
             lambda piece: done(piece.error if piece.error is not None else piece.result[0]),
             (job_id, attempt, Status.SUCCEEDED.value),
         )
@@ -152,10 +159,24 @@ class FinishQueries(JobQueries, FanoutQueries):
         hook; it calls :func:`~.transactions.run_pieces` itself, never ``super()``).
         """
         successes = [r for r in batch if r.item is not None]
+        parents = {r.item.parent_id for r in successes if r.item.parent_id is not None}
+        fanouts: dict[str, list[tuple[str, bool]]] = {}
+        if len(successes) >= 2 and parents:  # undecided fan-outs: (name, counts)
+            fanouts = self._undecided_fanouts(conn, list(parents))
+            counted = {p for p, found in fanouts.items() if any(c for _, c in found)}
+            successes = [r for r in successes if r.item.parent_id not in counted]
         if len(successes) < 2:  # alone, the two plain statements cost less
             run_pieces(conn, batch)
             return
         accepted = self._record_successes(conn, [r.item for r in successes])
+        ended = {
+            (r.item.parent_id, name)
+            for r in successes
+            if r.item.job_id in accepted
+            for name, _ in fanouts.get(r.item.parent_id or "", ())
+        }
+        if ended:  # before the claims, which may take a parent resumed here
+            self._after_terminals(conn, ended)
         wanting: dict[tuple, list] = {}
         for request in successes:
             item = request.item
@@ -174,7 +195,8 @@ class FinishQueries(JobQueries, FanoutQueries):
             for request, limit in zip(requests, limits, strict=True):  # claimed may be fewer
                 request.result = (True, claimed[:limit])
                 claimed = claimed[limit:]
-        run_pieces(conn, [r for r in batch if r.item is None])
+        together = {id(r) for r in successes}
+        run_pieces(conn, [r for r in batch if id(r) not in together])
 
     def _record_successes(self, conn: Connection, items: list[_Success]) -> set[str]:
         """Mark several jobs succeeded, fenced by their lease tokens, and write their

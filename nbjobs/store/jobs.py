@@ -44,6 +44,8 @@ class ClaimedJob:
     reclaims: int
     #: The OpenTelemetry context the run continues (JSON), or None.
     trace_context: str | None = None
+    #: The fan-out a child belongs to (with ``parent_id``), or None.
+    fanout: str | None = None
 
 
 def _claimed(row: Row) -> ClaimedJob:
@@ -60,6 +62,7 @@ def _claimed(row: Row) -> ClaimedJob:
         lease_token=row.lease_token,
         root_id=row.root_id,
         parent_id=row.parent_id,
+        fanout=row.fanout,
         reclaims=row.reclaims,
         trace_context=row.trace_context,
     )
