@@ -19,7 +19,7 @@ from ..schema import jobs
 from .core import _FENCED, _FINISH_ATTEMPT, UNKNOWN, storable_text
 from .fanout import FanoutQueries
 from .jobs import ClaimedJob, JobQueries
-from .transactions import run_pieces
+from .transactions import _GroupedWork, run_pieces
 
 
 @dataclass
@@ -48,6 +48,12 @@ _FINISH = (
         failures=jobs.c.failures + bindparam("f_failed"),
     )
 )
+
+
+def _job_of(piece: _GroupedWork) -> str:
+    """The job a finish of a group commit writes (every finish names it in its proof)."""
+    assert piece.proof is not None
+    return piece.proof[0]
 
 
 class FinishQueries(JobQueries, FanoutQueries):
@@ -151,8 +157,16 @@ class FinishQueries(JobQueries, FanoutQueries):
         Replaces the group-commit hook ``Transactions._run_group`` (the store's one
         hook; it calls :func:`~.transactions.run_pieces` itself, never ``super()``).
         """
+        # Each piece locks its job's row: in id order, as a heartbeat renewing leases of
+        # the same jobs locks them (``_lock_jobs``), or the two deadlock.
+        batch.sort(key=_job_of)
         successes = [r for r in batch if r.item is not None]
-        if len(successes) < 2:  # alone, the two plain statements cost less
+        together = len(successes) >= 2  # alone, the two plain statements cost less
+        if len(batch) > 1 and not (together and self._finish_many and len(successes) == len(batch)):
+            # PostgreSQL's one statement for successes locks its rows in id order
+            # itself; any other batch takes its locks first.
+            self._lock_jobs(conn, [_job_of(r) for r in batch])
+        if not together:
             run_pieces(conn, batch)
             return
         accepted = self._record_successes(conn, [r.item for r in successes])
