@@ -162,7 +162,9 @@ class FinishQueries(JobQueries, FanoutQueries):
         batch.sort(key=_job_of)
         successes = [r for r in batch if r.item is not None]
         together = len(successes) >= 2  # alone, the two plain statements cost less
-        if len(batch) > 1 and not (together and self._finish_many and len(successes) == len(batch)):
+        if len(batch) > 1 and not (
+            together and self._finish_many is not None and len(successes) == len(batch)
+        ):
             # PostgreSQL's one statement for successes locks its rows in id order
             # itself; any other batch takes its locks first.
             self._lock_jobs(conn, [_job_of(r) for r in batch])
