@@ -19,7 +19,7 @@ from ..schema import jobs
 from .core import _FENCED, _FINISH_ATTEMPT, UNKNOWN, storable_text
 from .fanout import FanoutQueries
 from .jobs import ClaimedJob, JobQueries
-from .transactions import run_pieces
+from .transactions import _GroupedWork, run_pieces
 
 
 @dataclass
@@ -50,6 +50,12 @@ _FINISH = (
         failures=jobs.c.failures + bindparam("f_failed"),
     )
 )
+
+
+def _job_of(piece: _GroupedWork) -> str:
+    """The job a finish of a group commit writes (every finish names it in its proof)."""
+    assert piece.proof is not None
+    return piece.proof[0]
 
 
 class FinishQueries(JobQueries, FanoutQueries):
@@ -158,6 +164,9 @@ class FinishQueries(JobQueries, FanoutQueries):
         Replaces the group-commit hook ``Transactions._run_group`` (the store's one
         hook; it calls :func:`~.transactions.run_pieces` itself, never ``super()``).
         """
+        # Each piece locks its job's row: in id order, as a heartbeat renewing leases of
+        # the same jobs locks them (``_lock_jobs``), or the two deadlock.
+        batch.sort(key=_job_of)
         successes = [r for r in batch if r.item is not None]
         parents = {r.item.parent_id for r in successes if r.item.parent_id is not None}
         fanouts: dict[str, list[tuple[str, bool]]] = {}
@@ -165,7 +174,14 @@ class FinishQueries(JobQueries, FanoutQueries):
             fanouts = self._undecided_fanouts(conn, list(parents))
             counted = {p for p, found in fanouts.items() if any(c for _, c in found)}
             successes = [r for r in successes if r.item.parent_id not in counted]
-        if len(successes) < 2:  # alone, the two plain statements cost less
+        grouped = len(successes) >= 2  # alone, the two plain statements cost less
+        if len(batch) > 1 and not (
+            grouped and self._finish_many is not None and len(successes) == len(batch)
+        ):
+            # PostgreSQL's one statement for successes locks its rows in id order
+            # itself; any other batch takes its locks first.
+            self._lock_jobs(conn, [_job_of(r) for r in batch])
+        if not grouped:
             run_pieces(conn, batch)
             return
         accepted = self._record_successes(conn, [r.item for r in successes])

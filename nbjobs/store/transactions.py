@@ -419,6 +419,7 @@ class Transactions:
             elif not committed:
                 # The group rolled back whole: run each piece alone (a deadlock or
                 # conflict is retried there), so one failing piece fails alone.
+                log.info("a group commit rolled back (%s); running its pieces alone", exc)
                 for request in batch:
                     request.error = None
                     try:

@@ -248,13 +248,12 @@ class WorkerQueries(FanoutQueries):
             )
             if not held:
                 return set(), set()
+            mine = (jobs.c.worker_id == worker_id, jobs.c.status == Status.RUNNING.value)
+            # In id order, as a group commit finishing some of them takes them.
+            self._lock_jobs(conn, held, *mine)
             conn.execute(
                 update(jobs)
-                .where(
-                    jobs.c.id.in_(list(held)),
-                    jobs.c.worker_id == worker_id,
-                    jobs.c.status == Status.RUNNING.value,
-                )
+                .where(jobs.c.id.in_(list(held)), *mine)
                 .values(lease_expires_at=now + lease_seconds)
             )
             rows = conn.execute(
