@@ -503,3 +503,70 @@ def test_children_recorded_in_one_group_commit(app: nbjobs.App, how: str, succee
     statuses = h.result(timeout=TIMEOUT)
     assert statuses.count("succeeded") == succeeded
     assert statuses.count("cancelled") == 6 - succeeded
+
+
+@pytest.mark.no_worker(strict=False)
+@pytest.mark.parametrize("together", [False, True], ids=["alone", "group-commit"])
+def test_a_child_that_ends_after_its_fan_in_was_decided_ends_cancelled(
+    app: nbjobs.App, together: bool
+) -> None:
+    """Threshold(2) decided by the first two children counts the two still running as
+    cancelled; when those end afterwards (they were asked to stop too late), their rows
+    say cancelled as well, so a row never contradicts the outcome its parent got."""
+
+    @app.workflow(name="late_kid", queue="held")  # no worker serves it: claimed here
+    def kid(cs: nbjobs.CallState, x: int) -> int:
+        return x
+
+    @app.workflow
+    def boss(cs: nbjobs.CallState) -> list:
+        specs = [kid.spec(x) for x in range(4)]
+        outcomes = cs.fan_out("kids", specs, strategy=nbjobs.Threshold(2))
+        return [[o.status, o.job_id] for o in outcomes]
+
+    app.start(concurrency=1, queues=["default"])
+    h = boss.submit()
+    wait_until(lambda: h.status == "waiting", TIMEOUT, what="the fan-out")
+    store = app.store
+    claimed = store.claim_jobs(
+        worker_id="test", queue="held", workflows=["late_kid"], limit=4, lease_seconds=60
+    )
+    assert len(claimed) == 4
+    first, late = claimed[:2], claimed[2:]
+    for job in first:  # the second success decides the fan-in
+        assert store.finish_job(
+            job_id=job.id,
+            token=job.lease_token,
+            attempt=job.attempt,
+            status=nbjobs.Status.SUCCEEDED,
+            result="1",
+        )
+    outcomes = dict((job_id, status) for status, job_id in h.result(timeout=TIMEOUT))
+    assert [outcomes[j.id] for j in late] == ["cancelled", "cancelled"]
+    if together:
+        done: dict[str, object] = {}
+        for job in late:
+            store.finish_later(
+                job_id=job.id,
+                token=job.lease_token,
+                attempt=job.attempt,
+                result="1",
+                done=lambda outcome, job_id=job.id: done.__setitem__(job_id, outcome),
+                parent_id=job.parent_id,
+            )
+        store.flush()
+        assert len(done) == 2
+    else:
+        for job in late:
+            store.finish_job(
+                job_id=job.id,
+                token=job.lease_token,
+                attempt=job.attempt,
+                status=nbjobs.Status.SUCCEEDED,
+                result="1",
+            )
+    for job in claimed:
+        assert app.job(job.id).status == outcomes[job.id]
+    assert [app.job(j.id).error for j in late] == [
+        "cancelled: the fan-out was decided without it"
+    ] * 2

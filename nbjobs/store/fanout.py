@@ -14,17 +14,7 @@ from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import (
-    and_,
-    bindparam,
-    exists,
-    func,
-    insert,
-    literal_column,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import and_, bindparam, exists, func, insert, literal_column, or_, select, update
 from sqlalchemy.engine import Connection, Row
 
 from ..jobs import FINISHED, Status
@@ -36,6 +26,21 @@ from .waits import DONE, SUSPENDED, WaitQueries, WaitResult
 
 _CHUNK = 500
 _INSERT_JOBS = insert(jobs)
+
+
+_DECIDED_WITHOUT = "cancelled: the fan-out was decided without it"
+_ENDED_ON_ITS_OWN = (Status.SUCCEEDED.value, Status.FAILED.value)
+
+
+def _decided() -> Any:
+    """A child's fan-in was decided while its attempt ran (a child retried by hand
+    after the decision is left alone)."""
+    return exists().where(
+        checkpoints.c.job_id == jobs.c.parent_id,
+        checkpoints.c.name == jobs.c.fanout,
+        checkpoints.c.done.is_(True),
+        jobs.c.claimed_at <= checkpoints.c.finished_at,
+    )
 
 
 def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
@@ -255,6 +260,13 @@ class FanoutQueries(WaitQueries):
         row = conn.execute(self._fanin_sql.by_parent, {"parent": parent_id, "name": name}).first()
         return None if row is None else self._decide(conn, row)
 
+    def _decided_before(self, conn: Connection, parent_id: str, name: str) -> bool:
+        """``_decide_fanin``; True when another transaction had decided it already."""
+        row = conn.execute(self._fanin_sql.by_parent, {"parent": parent_id, "name": name}).first()
+        if row is not None and not row.done:
+            self._decide(conn, row)
+        return row is not None and row.done
+
     def _counts(self, conn: Connection, parent: Row) -> tuple[Strategy, int, int, int, int]:
         """(strategy, children, succeeded, not ok, running) of a fan-out."""
         key = {"parent": parent.id, "name": parent.name}
@@ -305,7 +317,7 @@ class FanoutQueries(WaitQueries):
                     {
                         "status": Status.CANCELLED.value,
                         "result": None,
-                        "error": "cancelled: the fan-out was decided without it",
+                        "error": _DECIDED_WITHOUT,
                         "job_id": c.id,
                     }
                 )
@@ -344,19 +356,32 @@ class FanoutQueries(WaitQueries):
         if parent_id is None:
             return  # a top-level job: nothing to decide, no query
         parent = conn.execute(self._fanin_sql.by_child, {"child": job_id}).first()
-        if parent is not None:
-            self._check_fanin(conn, parent)
+        if parent is not None and self._check_fanin(conn, parent):
+            self._overtaken(conn, [job_id])
 
-    def _after_terminals(self, conn: Connection, fanouts: set[tuple[str, str]]) -> None:
-        """Several fan-out children became terminal in one transaction (their successes
-        shared a group commit): each of their (parent, fan-out) is checked once, not
-        once a child.  Checked after all of them are written, a fan-in sees the whole
-        group ended, as the last of them checking alone would."""
+    def _after_terminals(self, conn: Connection, fanouts: dict[tuple[str, str], list[str]]) -> None:
+        """Several fan-out children (ids by their (parent, fan-out)) became terminal in
+        one transaction (their successes shared a group commit): each (parent, fan-out)
+        is checked once, not once a child.  Checked after all of them are written, a
+        fan-in sees the whole group ended, as the last of them checking alone would."""
+        late: list[str] = []
         for parent_id, name in sorted(fanouts):  # one order: parents locked alike
             key = {"parent": parent_id, "name": name}
             parent = conn.execute(self._fanin_sql.by_fanout, key).first()
-            if parent is not None:
-                self._check_fanin(conn, parent)
+            if parent is not None and self._check_fanin(conn, parent):
+                late += fanouts[parent_id, name]
+        if late:
+            self._overtaken(conn, late)
+
+    def _overtaken(self, conn: Connection, ids: list[str]) -> None:
+        """Children that ended in this transaction although their fan-in was decided
+        before it (another transaction counted them unfinished: "cancelled" in the
+        parent's outcomes, whatever they did since) end cancelled, as it says."""
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id.in_(ids), jobs.c.status.in_(_ENDED_ON_ITS_OWN), _decided())
+            .values(status=Status.CANCELLED.value, result=None, error=_DECIDED_WITHOUT)
+        )
 
     def fanout_counts_successes(self, parent_id: str, name: str) -> bool:
         """Whether the fan-in ``name`` of ``parent_id`` counts successes (``Threshold``;
@@ -392,26 +417,29 @@ class FanoutQueries(WaitQueries):
                 found.setdefault(row.job_id, []).append((row.name, counts))
         return found
 
-    def _check_fanin(self, conn: Connection, parent: Row) -> None:
+    def _check_fanin(self, conn: Connection, parent: Row) -> bool:
         """Decide the fan-in of a (parent, fan-out checkpoint) row read with its
-        children's probes (``by_child``), now that one of its children ended."""
-        if parent.done or parent.status in FINISHED:
-            return
+        children's probes (``by_child``), now that one of its children ended.
+
+        True when another transaction had decided it already (the child ended too late
+        to count; see ``_overtaken``)."""
+        if parent.done:
+            return True
+        if parent.status in FINISHED:
+            return False
         if parent.pending:
             # A sibling is still queued or waiting: most strategies can tell from that
             # and from whether any child failed that the fan-in cannot be decided yet.
             strategy = strategy_from_detail(json.loads(parent.detail))
             verdict = strategy.could_decide_pending(bool(parent.not_ok))
             if verdict is not None:
-                if verdict:
-                    self._decide_fanin(conn, parent.id, parent.name)
-                return
+                return bool(verdict) and self._decided_before(conn, parent.id, parent.name)
         # No sibling queued or waiting: the running ones, ending either way, complete
         # the decision under every strategy (each decides once all children ended), so
         # lock the parent and decide.  Unlocked, a sibling finishing at this moment
         # still looks running; the last of two siblings to take the lock sees the
         # other's commit.
-        self._decide_fanin(conn, parent.id, parent.name)
+        return self._decided_before(conn, parent.id, parent.name)
 
     def heal_fanouts(self, limit: int = 100) -> int:
         """The recovery sweep every worker's monitor runs; returns the parents resumed.
@@ -434,13 +462,7 @@ class FanoutQueries(WaitQueries):
             )
             .limit(limit)
         )
-        # Decided while this attempt ran (a child retried by hand later is left alone).
-        decided = exists().where(
-            checkpoints.c.job_id == jobs.c.parent_id,
-            checkpoints.c.name == jobs.c.fanout,
-            checkpoints.c.done.is_(True),
-            jobs.c.claimed_at <= checkpoints.c.finished_at,
-        )
+        decided = _decided()
         cancelled = exists().where(
             parent.c.id == jobs.c.parent_id, parent.c.status == Status.CANCELLED.value
         )

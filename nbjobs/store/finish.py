@@ -185,14 +185,20 @@ class FinishQueries(JobQueries, FanoutQueries):
             run_pieces(conn, batch)
             return
         accepted = self._record_successes(conn, [r.item for r in successes])
-        ended = {
-            (r.item.parent_id, name)
-            for r in successes
-            if r.item.job_id in accepted
-            for name, _ in fanouts.get(r.item.parent_id or "", ())
-        }
+        ended: dict[tuple[str, str], list[str]] = {}
+        late = []  # children of a fan-out decided before this transaction
+        for r in successes:
+            item = r.item
+            if item.parent_id is None or item.job_id not in accepted:
+                continue
+            if item.parent_id not in fanouts:
+                late.append(item.job_id)
+            for name, _ in fanouts.get(item.parent_id, ()):
+                ended.setdefault((item.parent_id, name), []).append(item.job_id)
         if ended:  # before the claims, which may take a parent resumed here
             self._after_terminals(conn, ended)
+        if late:
+            self._overtaken(conn, late)
         wanting: dict[tuple, list] = {}
         for request in successes:
             item = request.item
