@@ -68,11 +68,28 @@ def cached_detail(job_id: str) -> str:
 
 def cache_key(workflow: str, step: str, args_text: str, fingerprint: str) -> str:
     """The key of a step's cache entry (64 hex digits)."""
-    h = hashlib.sha256(b"nbjobs step cache 1\0")
-    for part in (workflow, step, fingerprint, args_text):
-        data = part.encode("utf-8", "surrogatepass")
-        h.update(len(data).to_bytes(8, "big"))
-        h.update(data)
+    return step_key(workflow, step, key_part(fingerprint), args_text)
+
+
+def key_part(text: str) -> bytes:
+    """``text`` as one part of a key: its length, then its UTF-8 bytes (so that no
+    two lists of parts hash the same bytes)."""
+    data = text.encode("utf-8", "surrogatepass")
+    return len(data).to_bytes(8, "big") + data
+
+
+@functools.lru_cache(maxsize=1024)
+def _workflow_hash(workflow: str) -> Any:
+    """SHA-256 fed with a key's first part, made once per workflow and only ever
+    copied: a hit hashes its own parts, not the seed and the name again."""
+    return hashlib.sha256(b"nbjobs step cache 1\0" + key_part(workflow))
+
+
+def step_key(workflow: str, step: str, fingerprint_part: bytes, args_text: str) -> str:
+    """:func:`cache_key` with the fingerprint already a :func:`key_part` (a run keeps it
+    per step function): the same bytes in the same order, so the same key."""
+    h = _workflow_hash(workflow).copy()
+    h.update(key_part(step) + fingerprint_part + key_part(args_text))
     return h.hexdigest()
 
 

@@ -24,14 +24,16 @@ import logging
 import math
 import threading
 import time
+import types
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..caching import (
-    cache_key,
     cached_detail,
     fingerprint_or_version,
+    key_part,
+    step_key,
     unwrap_step,
 )
 from ..codec import digest
@@ -85,10 +87,11 @@ class CallState:
         self._signal_waits: dict[str, int] = {}
         #: Cached steps that missed: step name -> the key their result is saved under.
         self._cache_keys: dict[str, str] = {}
-        #: Step fingerprints computed in this run, by function (kept alive with its
-        #: fingerprint, so an id is never reused): a loop of cached steps hashes its
-        #: function's code once, not at every step.
-        self._fingerprints: dict[int, tuple[Any, str]] = {}
+        #: What a cached step function's keys share in this run, by function: the
+        #: function and its ``Cache`` (kept alive, so an id is never reused), its
+        #: fingerprint as a key part and its ttl in seconds.  A loop of cached steps
+        #: hashes its function's code once, not at every step.
+        self._cached_functions: dict[int, tuple[Any, Cache, bytes, float | None]] = {}
 
     # -- steps: names and numbers ------------------------------------------------------
     def _claim_name(self, name: str, what: str) -> Row | None:
@@ -170,13 +173,14 @@ class CallState:
             return options.cache
         return getattr(self._execution.workflow, "cache", None)
 
-    def _fingerprint(self, fn: Any, cache: Cache) -> str:
-        if cache.version is not None:
-            return fingerprint_or_version(fn, cache.version)
-        known = self._fingerprints.get(id(fn))
-        if known is None or known[0] is not fn:
-            known = self._fingerprints[id(fn)] = (fn, fingerprint_or_version(fn, None))
-        return known[1]
+    def _key_constants(self, fn: Any, cache: Cache) -> tuple[bytes, float | None]:
+        """The step function's fingerprint (or ``version``) as a key part, and the
+        cache's ttl in seconds: computed once per run and function."""
+        known = self._cached_functions.get(id(fn))
+        if known is None or known[0] is not fn or known[1] is not cache:
+            fingerprint = key_part(fingerprint_or_version(fn, cache.version))
+            known = self._cached_functions[id(fn)] = (fn, cache, fingerprint, cache.ttl_seconds())
+        return known[2], known[3]
 
     def _from_cache(
         self,
@@ -191,17 +195,18 @@ class CallState:
         """(True, value) when an earlier job's result of this step is reused: its stored
         text is recorded as this job's checkpoint, marked with where it came from.  On a
         miss the key is kept, so that ``_record`` saves the result under it."""
-        real, args, kwargs = unwrap_step(fn, args, kwargs)
-        if real is not fn:
-            args_text = self._args_text(args, kwargs)
+        real = fn
+        if not isinstance(fn, types.FunctionType):  # a plain function is its own step
+            real, args, kwargs = unwrap_step(fn, args, kwargs)
+            if real is not fn:
+                args_text = self._args_text(args, kwargs)
         if args_text is None:
             log.debug("checkpoint %r: arguments with no stored form are never cached", name)
             return False, None
-        workflow = self._execution.workflow.name
-        key = cache_key(workflow, name, args_text, self._fingerprint(real, cache))
+        fingerprint, ttl = self._key_constants(real, cache)
+        key = step_key(self._execution.workflow.name, name, fingerprint, args_text)
         runtime = self._runtime
         now = runtime.store.now()
-        ttl = cache.ttl_seconds()
         fresh_after = None if ttl is None else now - ttl
         tried, row = self._execution.reuse_step(
             name, self._seq + 1, key, fresh_after, args_hash, now
@@ -212,8 +217,12 @@ class CallState:
                 return False, None
             self._seq += 1
             # Recorded already: a value that cannot be loaded fails the step, as a replay.
-            where = self._where(f"checkpoint {name!r}, reused ({row.detail})")
-            return True, runtime.codec.loads(row.value, where=where)
+            # (``where`` is only built for that error: a hit is as cheap as it can be.)
+            try:
+                return True, runtime.codec.loads(row.value)
+            except ArtifactError as exc:
+                where = self._where(f"checkpoint {name!r}, reused ({row.detail})")
+                raise ArtifactError(f"{where}: {exc}") from exc
         with self._execution.writing():
             entry = runtime.store.find_cached_step(key, fresh_after)
         # A job never reuses its own entry: h.retry(from_checkpoint=...) recomputes.

@@ -237,7 +237,8 @@ class Execution:
         reads the entry and records the step itself.  ``row`` (``value``, ``detail``)
         None: no fresh entry (or the lease is lost, which the step's own write tells)."""
         store = self.runtime.store
-        if not store.hits_in_one_statement or store.now() - self._touched_at >= TOUCH_SECONDS:
+        # ``started`` is now: a hit reads the clock once.
+        if not store.hits_in_one_statement or started - self._touched_at >= TOUCH_SECONDS:
             return False, None
         with store_failures():
             row = store.record_cached_checkpoint(
