@@ -125,7 +125,7 @@ class CacheQueries(CoreStore):
         code_fingerprint: str | None,
         attempt: int,
         started_at: float,
-    ) -> Row | None:
+    ) -> Row | _Hit | None:
         """Record the entry under ``key`` (made at or after ``fresh_after``) as this
         job's checkpoint ``name``, in one transaction that leaves the job row alone (the
         caller counts the step later, see ``record_checkpoint(count=None)``).  Returns
