@@ -488,18 +488,7 @@ def test_children_recorded_in_one_group_commit(app: nbjobs.App, how: str, succee
     )
     assert len(claimed) == 6 and {j.parent_id for j in claimed} == {h.id}
     assert {j.fanout for j in claimed} == {"kids"}
-    done: dict[str, object] = {}
-    for job in claimed:
-        store.finish_later(
-            job_id=job.id,
-            token=job.lease_token,
-            attempt=job.attempt,
-            result="1",
-            done=lambda outcome, job_id=job.id: done.__setitem__(job_id, outcome),
-            parent_id=job.parent_id,
-        )
-    store.flush()
-    assert list(done.values()) == [True] * 6
+    assert list(_finish_together(store, claimed).values()) == [True] * 6
     statuses = h.result(timeout=TIMEOUT)
     assert statuses.count("succeeded") == succeeded
     assert statuses.count("cancelled") == 6 - succeeded
@@ -544,18 +533,7 @@ def test_a_child_that_ends_after_its_fan_in_was_decided_ends_cancelled(
     outcomes = dict((job_id, status) for status, job_id in h.result(timeout=TIMEOUT))
     assert [outcomes[j.id] for j in late] == ["cancelled", "cancelled"]
     if together:
-        done: dict[str, object] = {}
-        for job in late:
-            store.finish_later(
-                job_id=job.id,
-                token=job.lease_token,
-                attempt=job.attempt,
-                result="1",
-                done=lambda outcome, job_id=job.id: done.__setitem__(job_id, outcome),
-                parent_id=job.parent_id,
-            )
-        store.flush()
-        assert len(done) == 2
+        assert len(_finish_together(store, late)) == 2
     else:
         for job in late:
             store.finish_job(
@@ -570,3 +548,20 @@ def test_a_child_that_ends_after_its_fan_in_was_decided_ends_cancelled(
     assert [app.job(j.id).error for j in late] == [
         "cancelled: the fan-out was decided without it"
     ] * 2
+
+
+def _finish_together(store, claimed: list) -> dict[str, object]:
+    """Leave the successes of ``claimed`` to one shared commit (as a worker's write-behind
+    does), run it, and return each job's outcome by id."""
+    done: dict[str, object] = {}
+    for job in claimed:
+        store.finish_later(
+            job_id=job.id,
+            token=job.lease_token,
+            attempt=job.attempt,
+            result="1",
+            done=lambda outcome, job_id=job.id: done.__setitem__(job_id, outcome),
+            parent_id=job.parent_id,
+        )
+    store.flush()
+    return done

@@ -107,17 +107,16 @@ class Prepared:
         bound = [self.bind(p) for p in params] if isinstance(params, list) else self.bind(params)
         cursor = conn.connection.cursor()
         try:
+            if many:
+                cursor.executemany(self.sql, bound)
+            else:
+                cursor.execute(self.sql, bound)
+        except conn.dialect.loaded_dbapi.Error as exc:
             try:
-                if many:
-                    cursor.executemany(self.sql, bound)
-                else:
-                    cursor.execute(self.sql, bound)
-                rows = cursor.fetchall() if cursor.description else []
-            except conn.dialect.loaded_dbapi.Error as exc:
                 raise self.wrap(conn, cursor, bound, exc) from exc
-            return self._result(cursor, rows)
-        finally:
-            cursor.close()
+            finally:
+                cursor.close()
+        return self.fetch_sent(conn, cursor, bound)
 
     def _result(self, cursor: Any, rows: Sequence[Any]) -> _Result:
         if rows:
@@ -128,7 +127,8 @@ class Prepared:
         return _Result(cursor.rowcount, rows)
 
     def fetch_sent(self, conn: Connection, cursor: Any, bound: Any) -> _Result:
-        """The result of this statement sent on ``cursor`` (see ``Dialect.run_together``)."""
+        """The result of this statement sent on ``cursor`` (by ``execute``, or by
+        ``Dialect.run_together``); closes the cursor."""
         try:
             try:
                 rows = cursor.fetchall() if cursor.description else []
