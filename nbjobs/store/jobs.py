@@ -15,14 +15,11 @@ from typing import Any
 from sqlalchemy import bindparam, exists, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.sql import Executable
 
-from ..dialects.base import Prepared
 from ..jobs import Status
 from ..schema import checkpoints, jobs, new_id, new_token
 from .core import _FENCED, storable_text
 from .limited_claim import LimitedClaims
-from .limits import CLAIM_VALUES
 
 
 @dataclass
@@ -78,7 +75,6 @@ def _in_claim_order(rows: Sequence[Row]) -> list[ClaimedJob]:
 
 # Hot-path statements, built once with bind parameters (building a statement costs more
 # than running it on SQLite).
-_CLAIM_VALUES = CLAIM_VALUES
 _INSERT_JOB = insert(jobs)
 _INSERT_CHECKPOINT = insert(checkpoints)
 #: The job row's side of steps: its count of steps and ``updated_at``, which the
@@ -217,9 +213,7 @@ class JobQueries(LimitedClaims):
                 candidates = self.dialect.claim_candidates(
                     queue, list(workflows), bindparam("c_now", None), limit
                 )
-            plan = self.dialect.claim_statement(candidates, _CLAIM_VALUES)
-            if isinstance(plan, Executable):
-                plan = Prepared(plan, self.engine.dialect)
+            plan = self._claim_of(candidates)
             if len(self._claim_plans) > 256:
                 self._claim_plans.clear()
             self._claim_plans[key] = plan

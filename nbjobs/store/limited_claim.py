@@ -217,13 +217,15 @@ class LimitedClaims(LimitQueries):
         own limit was just read, locked, and counted."""
         claim = plan.claims.get(room)
         if claim is None:
-            claim = self.dialect.claim_statement(
-                self._capped_candidates(queue, workflows).limit(room), CLAIM_VALUES
-            )
-            if isinstance(claim, Executable):
-                claim = Prepared(claim, self.engine.dialect)
+            claim = self._claim_of(self._capped_candidates(queue, workflows).limit(room))
             plan.claims[room] = claim
         return claim
+
+    def _claim_of(self, candidates: Any) -> Any:
+        """The claim statement marking ``candidates`` running, compiled once where it
+        is one statement (see ``Dialect.claim_statement``)."""
+        claim = self.dialect.claim_statement(candidates, CLAIM_VALUES)
+        return Prepared(claim, self.engine.dialect) if isinstance(claim, Executable) else claim
 
     def _capped_candidates(self, queue: str, workflows: tuple[str, ...]) -> Any:
         """The plain claim's candidates (see ``Dialect.claim_candidates``), their guard
@@ -296,11 +298,7 @@ class LimitedClaims(LimitQueries):
             if margin is not None:
                 room = case((room >= margin, limit), else_=0)
             cap = self.dialect.claim_cap(limit, room)
-            claim = self.dialect.claim_statement(
-                self._capped_candidates(queue, workflows).limit(cap), CLAIM_VALUES
-            )
-            if isinstance(claim, Executable):
-                claim = Prepared(claim, self.engine.dialect)
+            claim = self._claim_of(self._capped_candidates(queue, workflows).limit(cap))
             plan.claims[key] = claim
         return claim
 
