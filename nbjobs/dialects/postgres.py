@@ -249,7 +249,15 @@ class PostgresDialect(RowLockingDialect):
         )
         finished = (
             update(jobs)
-            .where(jobs.c.id == locked.c.id, jobs.c.lease_token == each("b_tokens", String))
+            .where(
+                # ``id = ANY(ids)`` again, beside the join: without it the planner reads
+                # the whole table and hashes it against the locked rows (4x slower at
+                # 5,000 rows).  Every row updated was locked first, in id order, by the
+                # CTE, whatever the join's plan.
+                jobs.c.id == func.any(ids),
+                jobs.c.id == locked.c.id,
+                jobs.c.lease_token == each("b_tokens", String),
+            )
             .values(
                 status=Status.SUCCEEDED.value,
                 result=each("b_results", Text),
