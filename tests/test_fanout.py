@@ -11,6 +11,7 @@ import threading
 import pytest
 
 import nbjobs
+from tests.conftest import make_app
 from tests.support import wait_until
 
 TIMEOUT = 60
@@ -565,3 +566,75 @@ def _finish_together(store, claimed: list) -> dict[str, object]:
         )
     store.flush()
     return done
+
+
+@pytest.mark.no_worker(strict=False)
+def test_fail_fast_agrees_with_a_sibling_ending_in_a_concurrent_transaction(
+    app: nbjobs.App, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child's success checks its FailFast fan-in without the parent's lock while a
+    sibling is still queued.  A failing sibling deciding the fan-in between that check
+    and the success's commit must not count the succeeding child "cancelled" while its
+    row says succeeded: the check holds the fan-in under a shared lock until it commits,
+    so the decision waits for it and then sees the success.  (The two ends are
+    recorded through two stores, as two workers would: one store commits one at a time.)"""
+
+    @app.workflow(name="racing_kid", queue="held")  # no worker serves it: claimed here
+    def kid(cs: nbjobs.CallState, x: int) -> int:
+        return x
+
+    @app.workflow
+    def boss(cs: nbjobs.CallState) -> list:
+        specs = [kid.spec(x) for x in range(3)]
+        try:
+            outcomes = cs.fan_out("kids", specs, strategy=nbjobs.FailFast())
+        except nbjobs.FanOutError as exc:
+            outcomes = exc.outcomes
+        return [[o.status, o.job_id] for o in outcomes]
+
+    app.start(concurrency=1, queues=["default"])
+    h = boss.submit()
+    wait_until(lambda: h.status == "waiting", TIMEOUT, what="the fan-out")
+    store = app.store
+    failing, succeeding = store.claim_jobs(  # the third stays queued
+        worker_id="test", queue="held", workflows=["racing_kid"], limit=2, lease_seconds=60
+    )
+    checked, go = threading.Event(), threading.Event()
+    real_check = store._check_fanin
+
+    def check_then_pause(conn, parent):  # the success's check, then a pause before commit
+        decided = real_check(conn, parent)
+        if threading.current_thread().name == "success":
+            checked.set()
+            go.wait(5)
+        return decided
+
+    monkeypatch.setattr(store, "_check_fanin", check_then_pause)
+
+    other = make_app(db_url).store
+
+    def finish(job, status: nbjobs.Status) -> None:
+        (store if status == nbjobs.Status.SUCCEEDED else other).finish_job(
+            job_id=job.id,
+            token=job.lease_token,
+            attempt=job.attempt,
+            status=status,
+            result="1" if status == nbjobs.Status.SUCCEEDED else None,
+            error=None if status == nbjobs.Status.SUCCEEDED else "ValueError: bad",
+        )
+
+    success = threading.Thread(target=finish, args=(succeeding, nbjobs.Status.SUCCEEDED))
+    success.name = "success"
+    failure = threading.Thread(target=finish, args=(failing, nbjobs.Status.FAILED))
+    success.start()
+    assert checked.wait(TIMEOUT)
+    failure.start()
+    failure.join(1.0)  # the decision, if it does not wait for the success's commit
+    go.set()
+    success.join(TIMEOUT)
+    failure.join(TIMEOUT)
+    outcomes = {job_id: status for status, job_id in h.result(timeout=TIMEOUT)}
+    assert outcomes[failing.id] == "failed"
+    for job_id, status in outcomes.items():
+        wait_until(lambda j=job_id: app.job(j).status in ("succeeded", "failed", "cancelled"))
+        assert app.job(job_id).status == status, job_id

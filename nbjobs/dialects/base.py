@@ -395,11 +395,12 @@ class Dialect:
         return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
     # -- locking -----------------------------------------------------------------------
-    def lock(self, stmt: Select, skip_locked: bool = False) -> Select:
+    def lock(self, stmt: Select, skip_locked: bool = False, shared: bool = False) -> Select:
         """``stmt`` with a row lock where the database has them (PostgreSQL, MySQL).
 
         ``skip_locked``: leave out rows another transaction holds instead of waiting (the
         reaper: waiting there deadlocks with workers finishing those very jobs).
+        ``shared``: a lock that others may share, but that excludes a writer's.
         """
         return stmt
 
@@ -517,8 +518,8 @@ class RowLockingDialect(Dialect):
     def configure(self, engine: Engine) -> None:
         ping_unless_recent(engine, self.idle_ping_seconds, self.on_hot_path)
 
-    def lock(self, stmt: Select, skip_locked: bool = False) -> Select:
-        return stmt.with_for_update(skip_locked=skip_locked)
+    def lock(self, stmt: Select, skip_locked: bool = False, shared: bool = False) -> Select:
+        return stmt.with_for_update(skip_locked=skip_locked, read=shared)
 
     def claim_candidates(
         self, queue: str, workflows: Sequence[str], now: ColumnElement[Any], limit: int
