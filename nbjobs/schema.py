@@ -26,9 +26,10 @@ from sqlalchemy import (
     and_,
     literal_column,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.sql.elements import ColumnClause
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 #: Status values rendered inline in SQL, for the partial indexes (see below).
@@ -39,6 +40,9 @@ SUCCEEDED_SQL: ColumnClause[str] = literal_column("'succeeded'")
 metadata = MetaData()
 
 ID = String(40)
+#: Stored values, errors and tracebacks: TEXT, except on MySQL and MariaDB, whose TEXT
+#: holds 64 KiB, less than ``max_payload_bytes`` lets a row keep (version 6 widened it).
+LONG_TEXT = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 NAME = String(200)
 #: Idempotency keys starting with this are nbjobs' own (a fan-out's children); a user's
 #: key may not, so that it can never take a child's key first.
@@ -62,10 +66,10 @@ jobs = Table(
     # "not before" for queued jobs, "wake at" for waiting ones; NULL never wakes by time.
     Column("run_at", Double),
     Column("key", String(255)),
-    Column("input", Text),
-    Column("result", Text),
-    Column("error", Text),
-    Column("traceback", Text),
+    Column("input", LONG_TEXT),
+    Column("result", LONG_TEXT),
+    Column("error", LONG_TEXT),
+    Column("traceback", LONG_TEXT),
     # Claims so far (each is an attempt row); failures count against max_retries.
     Column("attempts", Integer, nullable=False, default=0),
     Column("failures", Integer, nullable=False, default=0),
@@ -97,7 +101,7 @@ jobs = Table(
     # The OpenTelemetry context a run continues (``nbjobs.runtime.tracing``): a JSON
     # object of the propagator's fields (``traceparent``, ``tracestate``), written at
     # submit, and for a fan-out child from its parent's attempt; NULL without tracing.
-    Column("trace_context", Text),
+    Column("trace_context", LONG_TEXT),
     # Flow control (version 5): the partition a ``partition_concurrency`` limit counts
     # the job in, and when a job not started by then is cancelled as ``expired``.
     Column("partition_key", String(200)),
@@ -207,8 +211,8 @@ checkpoints = Table(
     # step | fanout | sleep | signal
     Column("kind", String(16), nullable=False, default="step"),
     Column("done", Boolean, nullable=False, default=True),
-    Column("value", Text),
-    Column("detail", Text),
+    Column("value", LONG_TEXT),
+    Column("detail", LONG_TEXT),
     Column("args_hash", String(16)),
     Column("code_fingerprint", String(16)),
     Column("attempt", Integer),
@@ -229,8 +233,8 @@ attempts = Table(
     Column("outcome", String(16), nullable=False),
     Column("started_at", Double, nullable=False),
     Column("finished_at", Double),
-    Column("error", Text),
-    Column("traceback", Text),
+    Column("error", LONG_TEXT),
+    Column("traceback", LONG_TEXT),
 )
 
 #: The failed tries of steps with ``@nbjobs.step(retries=...)``, and the try that then
@@ -246,7 +250,7 @@ step_tries = Table(
     Column("step", NAME, primary_key=True),
     Column("try_number", Integer, primary_key=True),
     Column("outcome", String(16), nullable=False),
-    Column("error", Text),
+    Column("error", LONG_TEXT),
     Column("started_at", Double, nullable=False),
     Column("finished_at", Double, nullable=False),
 )
@@ -258,7 +262,7 @@ workers = Table(
     Column("host", String(255), nullable=False),
     Column("pid", Integer, nullable=False),
     Column("pid_start", String(40)),
-    Column("queues", Text, nullable=False),
+    Column("queues", LONG_TEXT, nullable=False),
     Column("concurrency", Integer, nullable=False),
     Column("jobs_held", Integer, nullable=False, default=0),
     Column("started_at", Double, nullable=False),
@@ -322,7 +326,7 @@ signals = Table(
     Column("id", ID, primary_key=True),
     Column("job_id", ID, nullable=False),
     Column("name", NAME, nullable=False),
-    Column("payload", Text),
+    Column("payload", LONG_TEXT),
     Column("sent_at", Double, nullable=False),
     Column("consumed_at", Double),
     Column("consumed_by", NAME),
@@ -336,7 +340,7 @@ schedules = Table(
     Column("workflow", NAME, nullable=False),
     Column("cron", String(200), nullable=False),
     Column("timezone", String(64), nullable=False),
-    Column("input", Text),
+    Column("input", LONG_TEXT),
     Column("queue", String(100), nullable=False),
     Column("priority", Integer, nullable=False, default=0),
     Column("catch_up", String(16), nullable=False),
@@ -362,7 +366,7 @@ logs = Table(
     Column("attempt", Integer),
     Column("at", Double, nullable=False),
     Column("stream", String(16), nullable=False),
-    Column("text", Text, nullable=False),
+    Column("text", LONG_TEXT, nullable=False),
 )
 Index("ix_nbjobs_logs_job", logs.c.job_id, logs.c.id)
 
@@ -447,7 +451,7 @@ step_cache = Table(
     Column("step", NAME, nullable=False),
     # The job whose checkpoint made the entry ("cached from job X").
     Column("job_id", ID, nullable=False),
-    Column("value", Text),
+    Column("value", LONG_TEXT),
     Column("created_at", Double, nullable=False),
 )
 # app.clear_cache(workflow=..., step=...).
@@ -462,7 +466,7 @@ notebooks = Table(
     metadata,
     Column("job_id", ID, primary_key=True),
     Column("attempt", Integer, primary_key=True),
-    Column("value", Text, nullable=False),
+    Column("value", LONG_TEXT, nullable=False),
     Column("cells", Integer, nullable=False),
     Column("cells_done", Integer, nullable=False),
     Column("failed_cell", Integer),

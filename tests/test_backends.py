@@ -775,3 +775,64 @@ def test_an_app_without_a_worker_measures_its_clock_offset_again(backend: str, m
             assert abs(h.info()["created_at"].timestamp() - server) < 5.0
         finally:
             app.close()
+
+
+def test_values_and_errors_above_64_kib_are_stored_on_every_backend(app: nbjobs.App):
+    """Inputs, checkpoints, results and error texts between 64 KiB (MySQL's TEXT) and
+    the artifact threshold stay in the row on every database."""
+    big = "x" * 100_000
+
+    @app.workflow(name="big-values")
+    def big_values(cs: nbjobs.CallState, text: str) -> str:
+        return cs.checkpoint("double", lambda: text * 2) + "!"
+
+    @app.workflow(name="big-error")
+    def big_error(cs: nbjobs.CallState) -> None:
+        raise ValueError("y" * 100_000)
+
+    app.start(concurrency=2)
+    h = big_values.submit(big)
+    assert h.result(timeout=60) == big * 2 + "!"
+    assert h.input["args"] == [big]
+    failing = big_error.submit()
+    with pytest.raises(nbjobs.JobFailed):
+        failing.result(timeout=60)
+    assert "y" * 100_000 in failing.info()["error"]
+
+
+@pytest.mark.no_worker
+@pytest.mark.parametrize("backend", backends.selected("mysql"))
+def test_a_version_5_mysql_database_gets_long_text_columns(db_url: str):
+    """Version 6 widens MySQL's TEXT columns (64 KiB) to LONGTEXT, keeping their rows."""
+    app = make_app(db_url)
+
+    @app.workflow(name="kept")
+    def kept(cs: nbjobs.CallState, text: str) -> str:
+        return text
+
+    h = kept.options(delay=3600).submit("small")
+    app.close()
+    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:  # back to version 5: TEXT columns
+        conn.exec_driver_sql("ALTER TABLE nbjobs_jobs MODIFY input TEXT NULL")
+        conn.exec_driver_sql("ALTER TABLE nbjobs_logs MODIFY text TEXT NOT NULL")
+        conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value="5"))
+    app = make_app(db_url)
+    try:
+        with app.store.engine.connect() as conn:
+            kinds = {
+                (table, c["name"]): type(c["type"]).__name__
+                for table in ("nbjobs_jobs", "nbjobs_logs")
+                for c in sa.inspect(conn).get_columns(table)
+            }
+            nullable = {
+                c["name"]: c["nullable"] for c in sa.inspect(conn).get_columns("nbjobs_logs")
+            }
+        assert kinds["nbjobs_jobs", "input"] == kinds["nbjobs_logs", "text"] == "LONGTEXT"
+        assert nullable["text"] is False
+        assert app.job(h.id).input["args"] == ["small"]
+        big = app.workflow(name="kept-big")(lambda cs, text: text).submit("z" * 100_000)
+        assert app.job(big.id).input["args"] == ["z" * 100_000]
+    finally:
+        app.close()
+        engine.dispose()

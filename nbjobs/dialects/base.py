@@ -345,6 +345,10 @@ class Dialect:
         reflection: duckdb-engine cannot reflect indexes (``checkfirst`` is blind there)."""
         conn.execute(CreateIndex(index, if_not_exists=True))
 
+    def widen_text(self, conn: Connection, columns: Sequence[Any]) -> None:
+        """Give the text ``columns`` (of tables in :mod:`nbjobs.schema`) the type the
+        schema now declares (a migration).  Only MySQL's changed (``LONG_TEXT``)."""
+
     def add_column(self, conn: Connection, column: Any) -> None:
         """Add ``column`` (of a table in :mod:`nbjobs.schema`) unless it exists (a
         migration).  Reflection decides: SQLite and MySQL 8 have no ``ADD COLUMN IF NOT

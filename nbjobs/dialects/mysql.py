@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import BindParameter, bindparam, func, inspect, select, update
+from sqlalchemy.dialects.mysql import LONGTEXT
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.schema import CreateIndex, DropIndex
 from sqlalchemy.sql import Select
@@ -105,6 +106,20 @@ class MySQLDialect(RowLockingDialect):
         # MySQL 8 has no CREATE INDEX IF NOT EXISTS (MariaDB has): look first.
         if index.name not in {i["name"] for i in inspect(conn).get_indexes(index.table.name)}:
             conn.execute(CreateIndex(index))
+
+    def widen_text(self, conn: Connection, columns: Sequence[Any]) -> None:
+        # TEXT holds 64 KiB: values between that and max_payload_bytes failed to store.
+        # One ALTER per table (each rebuilds it), of the columns not LONGTEXT already.
+        preparer = conn.dialect.identifier_preparer
+        for table in sorted({c.table.name for c in columns}):
+            found = {c["name"]: c["type"] for c in inspect(conn).get_columns(table)}
+            changes = [
+                f"MODIFY {preparer.quote(c.name)} LONGTEXT {'NULL' if c.nullable else 'NOT NULL'}"
+                for c in columns
+                if c.table.name == table and not isinstance(found.get(c.name), LONGTEXT)
+            ]
+            if changes:
+                conn.exec_driver_sql(f"ALTER TABLE {preparer.quote(table)} {', '.join(changes)}")
 
     @contextlib.contextmanager
     def migration_lock(self, conn: Connection) -> Iterator[None]:

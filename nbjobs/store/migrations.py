@@ -17,6 +17,7 @@ from ..errors import ConfigurationError
 from ..schema import (
     DUE_INDEX,
     EXPIRES_INDEX,
+    LONG_TEXT,
     SCHEMA_VERSION,
     TREE_INDEX,
     jobs,
@@ -58,6 +59,15 @@ def _migrate_to_5(conn: Connection, dialect: dialects.Dialect) -> None:
     dialect.create_index(conn, EXPIRES_INDEX)
 
 
+def _migrate_to_6(conn: Connection, dialect: dialects.Dialect) -> None:
+    """Version 6 stores values, errors and tracebacks as LONGTEXT on MySQL and MariaDB,
+    whose TEXT held 64 KiB: a value between that and ``max_payload_bytes`` (a 100 KB
+    checkpoint) failed to store there.  Nothing changes on the other databases."""
+    dialect.widen_text(
+        conn, [c for t in metadata.sorted_tables for c in t.c if c.type is LONG_TEXT]
+    )
+
+
 #: A meta row changed whenever finished jobs stop being finished (a retry) or are deleted.
 EPOCH_KEY = "finished_epoch"
 
@@ -68,6 +78,7 @@ MIGRATIONS: dict[int, Callable[[Connection, dialects.Dialect], None]] = {
     3: _migrate_to_3,
     4: _migrate_to_4,
     5: _migrate_to_5,
+    6: _migrate_to_6,
 }
 
 
