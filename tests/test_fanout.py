@@ -611,7 +611,8 @@ def test_fail_fast_agrees_with_a_sibling_ending_in_a_concurrent_transaction(
 
     monkeypatch.setattr(store, "_check_fanin", check_then_pause)
 
-    other = make_app(db_url).store
+    other_app = make_app(db_url)  # closed below: its pool's connections with it
+    other = other_app.store
 
     def finish(job, status: nbjobs.Status) -> None:
         (store if status == nbjobs.Status.SUCCEEDED else other).finish_job(
@@ -626,13 +627,17 @@ def test_fail_fast_agrees_with_a_sibling_ending_in_a_concurrent_transaction(
     success = threading.Thread(target=finish, args=(succeeding, nbjobs.Status.SUCCEEDED))
     success.name = "success"
     failure = threading.Thread(target=finish, args=(failing, nbjobs.Status.FAILED))
-    success.start()
-    assert checked.wait(TIMEOUT)
-    failure.start()
-    failure.join(1.0)  # the decision, if it does not wait for the success's commit
-    go.set()
-    success.join(TIMEOUT)
-    failure.join(TIMEOUT)
+    try:
+        success.start()
+        assert checked.wait(TIMEOUT)
+        failure.start()
+        failure.join(1.0)  # the decision, if it does not wait for the success's commit
+        go.set()
+        success.join(TIMEOUT)
+        failure.join(TIMEOUT)
+    finally:
+        go.set()
+        other_app.close()
     outcomes = {job_id: status for status, job_id in h.result(timeout=TIMEOUT)}
     assert outcomes[failing.id] == "failed"
     for job_id, status in outcomes.items():

@@ -332,7 +332,7 @@ def test_a_version_4_database_gains_the_flow_columns(db_url: str) -> None:
                 sa.select(meta.c.value).where(meta.c.key == "schema_version")
             ).scalar()
             columns = set(conn.exec_driver_sql("SELECT * FROM nbjobs_jobs WHERE 1 = 0").keys())
-        assert version == str(SCHEMA_VERSION) == "5"
+        assert version == str(SCHEMA_VERSION) == "6"
         assert {"partition_key", "expires_at"} <= columns
         job = app.store.get_job(kept.id, full=True)
         assert job.status == "queued" and job.partition_key is None and job.expires_at is None
