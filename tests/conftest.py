@@ -122,3 +122,11 @@ def s3_endpoint(tmp_path_factory) -> Iterator[str]:
             aws_secret_access_key="testing",
         ).create_bucket(Bucket="nbjobs")
         yield endpoint
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` first (a fresh virtual environment, Chromium, fleets of
+    worker processes, a five-million-row frame): under pytest-xdist each starts at once
+    beside the quick ones, instead of one being the last test running while the other
+    processes sit idle.  The sort is stable: the rest keep their order."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -129,6 +129,7 @@ def test_a_pandas_artifact_is_plain_parquet_readable_by_others(store):
     pd.testing.assert_frame_equal(pd.read_parquet(ref.uri), df)
 
 
+@pytest.mark.slow
 def test_a_five_million_row_frame_round_trips(store):
     n = 5_000_000
     rng = np.random.default_rng(1)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import insert
 
 import nbjobs
@@ -47,6 +48,7 @@ def start(url: str, seed: int, log: Path) -> subprocess.Popen:
         )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_chaos_runs_keep_every_invariant(tmp_path) -> None:
     sqlite_url = f"sqlite:///{tmp_path / 'chaos.db'}"
     with contextlib.ExitStack() as stack:
