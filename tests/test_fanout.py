@@ -7,6 +7,7 @@ holds no slot), which makes "fails early" and "fails late" deterministic.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 
@@ -504,15 +505,7 @@ def test_a_child_that_ends_after_its_fan_in_was_decided_ends_cancelled(
     cancelled; when those end afterwards (they were asked to stop too late), their rows
     say cancelled as well, so a row never contradicts the outcome its parent got."""
 
-    @app.workflow(name="late_kid", queue="held")  # no worker serves it: claimed here
-    def kid(cs: nbjobs.CallState, x: int) -> int:
-        return x
-
-    @app.workflow
-    def boss(cs: nbjobs.CallState) -> list:
-        specs = [kid.spec(x) for x in range(4)]
-        outcomes = cs.fan_out("kids", specs, strategy=nbjobs.Threshold(2))
-        return [[o.status, o.job_id] for o in outcomes]
+    boss = _held_fanout(app, "late_kid", 4, nbjobs.Threshold(2))
 
     app.start(concurrency=1, queues=["default"])
     h = boss.submit()
@@ -551,6 +544,25 @@ def test_a_child_that_ends_after_its_fan_in_was_decided_ends_cancelled(
     ] * 2
 
 
+def _held_fanout(app: nbjobs.App, kid_name: str, count: int, strategy_: Any) -> Any:
+    """A parent fanning out to ``count`` children of a queue no worker serves (the test
+    claims and ends them itself); it returns each child's [status, job id]."""
+
+    @app.workflow(name=kid_name, queue="held")
+    def kid(cs: nbjobs.CallState, x: int) -> int:
+        return x
+
+    @app.workflow
+    def boss(cs: nbjobs.CallState) -> list:
+        try:
+            outcomes = cs.fan_out("kids", [kid.spec(x) for x in range(count)], strategy=strategy_)
+        except nbjobs.FanOutError as exc:
+            outcomes = exc.outcomes
+        return [[o.status, o.job_id] for o in outcomes]
+
+    return boss
+
+
 def _finish_together(store, claimed: list) -> dict[str, object]:
     """Leave the successes of ``claimed`` to one shared commit (as a worker's write-behind
     does), run it, and return each job's outcome by id."""
@@ -579,18 +591,7 @@ def test_fail_fast_agrees_with_a_sibling_ending_in_a_concurrent_transaction(
     so the decision waits for it and then sees the success.  (The two ends are
     recorded through two stores, as two workers would: one store commits one at a time.)"""
 
-    @app.workflow(name="racing_kid", queue="held")  # no worker serves it: claimed here
-    def kid(cs: nbjobs.CallState, x: int) -> int:
-        return x
-
-    @app.workflow
-    def boss(cs: nbjobs.CallState) -> list:
-        specs = [kid.spec(x) for x in range(3)]
-        try:
-            outcomes = cs.fan_out("kids", specs, strategy=nbjobs.FailFast())
-        except nbjobs.FanOutError as exc:
-            outcomes = exc.outcomes
-        return [[o.status, o.job_id] for o in outcomes]
+    boss = _held_fanout(app, "racing_kid", 3, nbjobs.FailFast())
 
     app.start(concurrency=1, queues=["default"])
     h = boss.submit()
