@@ -532,7 +532,8 @@ def test_a_finish_claims_the_freed_slot_of_a_small_limit_exactly(
     """A finishing job's transaction claims the next jobs of a small limit (on SQLite
     and PostgreSQL the claim counts its own room, sent with the lock): it takes the
     slot it freed, holds jobs ahead only from room the limit has four times over, and
-    stops exactly at a limit another process lowered or turned into a rate."""
+    stops exactly at a limit another process lowered or turned into a rate; a finish
+    whose lease was lost claims nothing."""
     from nbjobs.jobs import Status
 
     app.set_queue("small", concurrency=10)
@@ -549,11 +550,11 @@ def test_a_finish_claims_the_freed_slot_of_a_small_limit_exactly(
     )
     assert len(held) == 3
 
-    def finish(limit: int, ahead: int = 0) -> list:
+    def finish(limit: int, ahead: int = 0, token: str | None = None) -> list:
         job = held.pop(0)
         accepted, claimed = store.finish_and_claim(
             job_id=job.id,
-            token=job.lease_token,
+            token=token or job.lease_token,
             attempt=job.attempt,
             status=Status.SUCCEEDED,
             result="0",
@@ -563,7 +564,10 @@ def test_a_finish_claims_the_freed_slot_of_a_small_limit_exactly(
             ),
             parent_id=None,
         )  # fmt: skip
-        assert accepted
+        if token is not None:  # a lease lost: nothing written, nothing claimed
+            assert (accepted, claimed) == (False, [])
+            held.insert(0, job)
+        assert accepted or token is not None
         held.extend(claimed)
         return claimed
 
@@ -574,6 +578,8 @@ def test_a_finish_claims_the_freed_slot_of_a_small_limit_exactly(
     assert len(finish(5, ahead=4)) == 2 and running() == 4
     # 3 running, 7 free: the same.
     assert len(finish(5, ahead=4)) == 2 and running() == 5
+    assert len(finish(1)) == 1 and running() == 5
+    assert finish(1, token="lost") == [] and running() == 5
     assert len(finish(1)) == 1 and running() == 5
     operator = make_app(db_url)
     try:

@@ -56,6 +56,22 @@ def _concurrency_only(limit: Limit | None) -> bool:
     )
 
 
+def _finished() -> Any:
+    """Whether job ``g_job`` succeeded at ``g_now`` (bind parameters): in the finish's
+    transaction, whether its fenced write was accepted."""
+    job = jobs.alias("nbjobs_finished_job")
+    return (
+        select(job.c.id)
+        .where(
+            job.c.id == bindparam("g_job", None),
+            job.c.status == Status.SUCCEEDED.value,
+            job.c.lease_token.is_(None),
+            job.c.finished_at == bindparam("g_now", None),
+        )
+        .exists()
+    )
+
+
 def _room_ahead(free: Any, limit: int, ahead: int) -> Any:
     """The counted claim's room for ``limit`` jobs, ``ahead`` of them held ahead (see
     ``LimitedClaims._claim_capped``), in SQL from ``free``, the limit's free slots
@@ -288,6 +304,7 @@ class LimitedClaims(LimitQueries):
         limit: int,
         margin: int | None = None,
         ahead: int = 0,
+        guarded: bool = False,
     ) -> Any:
         """The capped claim as one statement, where ``Dialect.claim_cap`` allows: its
         ``LIMIT`` is what the queue's concurrency limit leaves, counted by the statement
@@ -301,12 +318,15 @@ class LimitedClaims(LimitQueries):
         statement makes the check the counted claim makes in Python, saving its
         count's round trip.  ``ahead``: how many of the ``limit`` jobs would be held
         ahead: the statement takes them only from the room the limit has
-        ``AHEAD_HEADROOM`` times over, as the counted claim does."""
+        ``AHEAD_HEADROOM`` times over, as the counted claim does.  ``guarded``: it
+        claims nothing unless job ``g_job`` succeeded at ``g_now`` (bind parameters):
+        the claim of a finish sent before the finish's outcome is known (see
+        ``FinishQueries._finish_with_small_claim``)."""
         key: int | tuple[int, ...] = -limit
         if margin is not None:
             key = (limit, margin)
-        elif ahead:
-            key = (limit, 0, ahead)
+        elif ahead or guarded:
+            key = (limit, 0, ahead, int(guarded))
         claim = plan.claims.get(key)
         if claim is None:
             now: Any = bindparam("c_now", None)
@@ -327,6 +347,7 @@ class LimitedClaims(LimitQueries):
                     limits.c.concurrency.is_not(None),
                     limits.c.rate_count.is_(None),
                     limits.c.partition_concurrency.is_(None),
+                    *([_finished()] if guarded else []),
                 )
                 .scalar_subquery()
             )
@@ -339,6 +360,32 @@ class LimitedClaims(LimitQueries):
             claim = self._claim_of(self._capped_candidates(queue, workflows).limit(cap))
             plan.claims[key] = claim
         return claim
+
+    def _small_claim(
+        self, queue: str, workflows: tuple[str, ...], limit: int, ahead: int
+    ) -> tuple[Any, Any] | None:
+        """The statements of a capped claim of a small limit (see ``_claim_capped``)
+        for a finish to send with its own, guarded by its success (``_inline_claim``):
+        the lock and the claim; None when the claim takes another path."""
+        if not (self._capped_eligible(queue, workflows) and self._small_limit(queue)):
+            return None
+        if queue in (self._shared or ()) or queue in (self._roomy or {}):
+            return None
+        if self._ample is not None:
+            self._ample.discard(queue)  # not counted here (see ``_claim_capped``)
+        plan = self._capped_plan(queue, workflows)
+        claim = self._inline_claim(plan, queue, workflows, limit, ahead=ahead, guarded=True)
+        return plan.lock, claim
+
+    def _small_claimed(self, locked: Sequence[Any]) -> bool:
+        """Whether the limit rows a small claim locked (``_small_claim``) are still a
+        queue's concurrency limit alone; else the claim took nothing, and the limits
+        are read again."""
+        found = [limit_from_row(r) for r in locked]
+        if len(found) == 1 and found[0].kind == "queue" and _concurrency_only(found[0]):
+            return True
+        self._limits_cache = None
+        return False
 
     @functools.cached_property
     def _claim_caps(self) -> bool:
