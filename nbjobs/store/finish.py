@@ -357,8 +357,8 @@ class FinishQueries(JobQueries, FanoutQueries):
                 (claim_statement, values),
             ],
         )
-        if not finished:
-            return False, []  # the lease was lost: nothing written, nothing claimed
+        if not finished:  # the lease was lost: nothing written, and nothing claimed
+            return False, _in_claim_order(claimed)  # (the claim is guarded: empty)
         if not self._small_claimed(locked):  # the limit changed: the claim took nothing
             values = {k: v for k, v in values.items() if not k.startswith("g_")}
             claimed = self._claim_limited(
