@@ -525,6 +525,74 @@ def test_a_limit_far_from_binding_shares_its_lock_and_stays_exact(
         operator.close()
 
 
+@pytest.mark.no_worker
+def test_a_finish_claims_the_freed_slot_of_a_small_limit_exactly(
+    app: nbjobs.App, db_url: str
+) -> None:
+    """A finishing job's transaction claims the next jobs of a small limit (on SQLite
+    and PostgreSQL the claim counts its own room, sent with the lock): it takes the
+    slot it freed, holds jobs ahead only from room the limit has four times over, and
+    stops exactly at a limit another process lowered or turned into a rate; a finish
+    whose lease was lost claims nothing."""
+    from nbjobs.jobs import Status
+
+    app.set_queue("small", concurrency=10)
+
+    @app.workflow(name="small", queue="small")
+    def small(cs: nbjobs.CallState, n: int) -> int:
+        return n
+
+    app.submit_many([small.spec(n) for n in range(40)])
+    names = app.runtime.registry.claim_names
+    store = app.store
+    held = store.claim_jobs(
+        worker_id="w", queue="small", workflows=names, limit=3, lease_seconds=600
+    )
+    assert len(held) == 3
+
+    def finish(limit: int, ahead: int = 0, token: str | None = None) -> list:
+        job = held.pop(0)
+        accepted, claimed = store.finish_and_claim(
+            job_id=job.id,
+            token=token or job.lease_token,
+            attempt=job.attempt,
+            status=Status.SUCCEEDED,
+            result="0",
+            claim=dict(
+                worker_id="w", queue="small", workflows=names, lease_seconds=600,
+                limit=limit, ahead=ahead,
+            ),
+            parent_id=None,
+        )  # fmt: skip
+        if token is not None:  # a lease lost: nothing written, nothing claimed
+            assert (accepted, claimed) == (False, [])
+            held.insert(0, job)
+        assert accepted or token is not None
+        held.extend(claimed)
+        return claimed
+
+    def running() -> int:
+        return store.count_jobs(status="running")
+
+    # 2 running, 8 free: 1 now and (8 - 1) // 4 = 1 of the 4 asked ahead.
+    assert len(finish(5, ahead=4)) == 2 and running() == 4
+    # 3 running, 7 free: the same.
+    assert len(finish(5, ahead=4)) == 2 and running() == 5
+    assert len(finish(1)) == 1 and running() == 5
+    assert finish(1, token="lost") == [] and running() == 5
+    assert len(finish(1)) == 1 and running() == 5
+    operator = make_app(db_url)
+    try:
+        operator.set_queue("small", concurrency=4)
+        assert finish(1) == [] and running() == 4  # lowered: the freed slot is not its
+        assert len(finish(3)) == 1 and running() == 4
+        operator.set_queue("small", concurrency=4, rate="1/hour")
+        assert len(finish(2)) == 1 and running() == 4  # the rate's one start
+        assert finish(1) == [] and running() == 3
+    finally:
+        operator.close()
+
+
 #: The gate and the ledger of ``aliased`` (a module-level workflow needs module state).
 _ALIASED_GATE = threading.Event()
 _ALIASED_LEDGER = Ledger()

@@ -442,7 +442,8 @@ class Dialect:
     ) -> list[Sequence[Any]]:
         """Run the statements in ``conn``'s transaction, in order; returns each one's
         rows.  Where the driver pipelines (PostgreSQL) they go out together: one round
-        trip for all (and the ``BEGIN`` before them), not one each."""
+        trip for all, not one each (a ``BEGIN`` before them still costs one of its
+        own)."""
         return [prepared.execute(conn, params).all() for prepared, params in calls]
 
     def claim_cap(self, limit: int, left: Any) -> Any:

@@ -191,9 +191,11 @@ class PostgresDialect(RowLockingDialect):
     def run_together(
         self, conn: Connection, calls: Sequence[tuple[Prepared, dict[str, Any]]]
     ) -> list[Sequence[Any]]:
-        # psycopg's pipeline mode: the statements (and the BEGIN psycopg sends before
-        # the first of a transaction) are flushed together when the block ends; an error
-        # in one aborts the transaction and the rest, as it would unpipelined.
+        # psycopg's pipeline mode: the statements are flushed together when the block
+        # ends; an error in one aborts the transaction and the rest, as it would
+        # unpipelined.  The BEGIN psycopg sends before the first statement of a
+        # transaction is not among them: psycopg (3.3) syncs after it and waits for
+        # its answer, one round trip of its own (seen with strace).
         driver: Any = conn.connection.driver_connection
         sent: list[tuple[Prepared, Any, Any]] = []
         try:

@@ -18,7 +18,7 @@ from ..jobs import Status
 from ..schema import jobs
 from .core import _FENCED, _FINISH_ATTEMPT, UNKNOWN, storable_text
 from .fanout import FanoutQueries
-from .jobs import ClaimedJob, JobQueries
+from .jobs import ClaimedJob, JobQueries, _in_claim_order
 from .transactions import _GroupedWork, run_pieces
 
 
@@ -50,6 +50,17 @@ _FINISH = (
         failures=jobs.c.failures + bindparam("f_failed"),
     )
 )
+
+
+def _many(items: list[_Success], now: float) -> dict[str, Any]:
+    """The bind parameters of ``Dialect.finish_many_statement`` for ``items``."""
+    return dict(
+        b_ids=[i.job_id for i in items],
+        b_tokens=[i.token for i in items],
+        b_results=[i.result for i in items],
+        b_attempts=[i.attempt for i in items],
+        b_now=now,
+    )
 
 
 def _job_of(piece: _GroupedWork) -> str:
@@ -212,7 +223,7 @@ class FinishQueries(JobQueries, FanoutQueries):
             ahead = sum(r.item.claim.get("ahead", 0) for r in requests)
             lease = requests[0].item.claim["lease_seconds"]
             claimed = self._claim_queue(
-                conn, queue, workflows, sum(limits), worker_id, lease, ahead=ahead
+                conn, queue, workflows, sum(limits), worker_id, lease, ahead=ahead, freed=True
             )
             for request, limit in zip(requests, limits, strict=True):  # claimed may be fewer
                 request.result = (True, claimed[:limit])
@@ -226,13 +237,7 @@ class FinishQueries(JobQueries, FanoutQueries):
         (PostgreSQL), else one batched statement for the jobs and one for the attempts."""
         now = self.now()
         if self._finish_many is not None:
-            batch = dict(
-                b_ids=[i.job_id for i in items],
-                b_tokens=[i.token for i in items],
-                b_results=[i.result for i in items],
-                b_attempts=[i.attempt for i in items],
-                b_now=now,
-            )
+            batch = _many(items, now)
             return {row.job_id for row in self._run(conn, self._finish_many, batch).all()}
         finished = self._run(
             conn,
@@ -292,24 +297,21 @@ class FinishQueries(JobQueries, FanoutQueries):
         claim: dict[str, Any] | None,
         parent_id: str | object | None,
     ) -> tuple[bool, list[ClaimedJob]]:
-        now = self.now()
-        fenced = self._run(
-            conn,
-            _FINISH,
-            dict(
-                f_id=job_id,
-                f_token=token,
-                f_now=now,
-                f_status=status.value,
-                f_result=result,
-                f_error=error,
-                f_traceback=traceback,
-                f_failed=1 if status == Status.FAILED else 0,
-            ),
-        )
-        if fenced.rowcount != 1:
+        plain = status == Status.SUCCEEDED and outcome is None and parent_id is None
+        if plain and error is None and traceback is None and self._finish_many is not None:
+            # A plain success, where one statement writes it and its attempt row: a
+            # slot's hot path (the claim of its next job follows), one round trip.
+            success = _Success(job_id, token, attempt, result, None)
+            if claim is not None:
+                done = self._finish_with_small_claim(conn, success, claim)
+                if done is not None:
+                    return done
+            if not self._record_successes(conn, [success]):
+                return False, []
+        elif not self._finish_one(
+            conn, job_id, token, attempt, status, result, error, traceback, outcome
+        ):
             return False, []
-        self._finish_attempt(conn, job_id, attempt, outcome or status.value, error, traceback)
         self._after_terminal(conn, job_id, parent_id)
         if claim is None:
             return True, []
@@ -321,7 +323,81 @@ class FinishQueries(JobQueries, FanoutQueries):
             claim["worker_id"],
             claim["lease_seconds"],
             ahead=claim.get("ahead", 0),
+            freed=True,
         )
+
+    def _finish_with_small_claim(
+        self, conn: Connection, success: _Success, claim: dict[str, Any]
+    ) -> tuple[bool, list[ClaimedJob]] | None:
+        """A plain success and the claim of the next jobs of a small limit (see
+        ``LimitedClaims._claim_capped``) sent together, where the database pipelines
+        (PostgreSQL): the success, the limit's lock and the claim counting its own
+        room, in one round trip.  The claim is guarded by the success (it takes
+        nothing unless the fenced write was accepted), so a lost lease claims nothing,
+        as when the claim follows the finish.  None where the claim takes another path.
+        """
+        queue, workflows = claim["queue"], tuple(claim["workflows"])
+        if not self.is_limited(queue, workflows):
+            return None
+        limit = min(claim.get("limit", 1), self.dialect.claim_batch)
+        ahead = claim.get("ahead", 0)
+        statements = self._small_claim(queue, workflows, limit, ahead)
+        if statements is None:
+            return None
+        lock, claim_statement = statements
+        now = self.now()
+        values = self._claim_params(
+            claim["worker_id"], claim["lease_seconds"], dict(g_job=success.job_id, g_now=now)
+        )
+        finished, locked, claimed = self.dialect.run_together(
+            conn,
+            [
+                (self._prepare(self._finish_many), _many([success], now)),
+                (lock, {}),
+                (claim_statement, values),
+            ],
+        )
+        if not finished:  # the lease was lost: nothing written, and nothing claimed
+            return False, _in_claim_order(claimed)  # (the claim is guarded: empty)
+        if not self._small_claimed(locked):  # the limit changed: the claim took nothing
+            values = {k: v for k, v in values.items() if not k.startswith("g_")}
+            claimed = self._claim_limited(
+                conn, queue, workflows, limit, values, ahead=ahead, freed=True
+            )
+        return True, _in_claim_order(claimed)
+
+    def _finish_one(
+        self,
+        conn: Connection,
+        job_id: str,
+        token: str,
+        attempt: int,
+        status: Status,
+        result: str | None,
+        error: str | None,
+        traceback: str | None,
+        outcome: str | None,
+    ) -> bool:
+        """Record one job's terminal status and its attempt row, fenced by its lease
+        token; False when the lease was lost (nothing written)."""
+        fenced = self._run(
+            conn,
+            _FINISH,
+            dict(
+                f_id=job_id,
+                f_token=token,
+                f_now=self.now(),
+                f_status=status.value,
+                f_result=result,
+                f_error=error,
+                f_traceback=traceback,
+                f_failed=1 if status == Status.FAILED else 0,
+            ),
+        )
+        if fenced.rowcount != 1:
+            return False
+        self._finish_attempt(conn, job_id, attempt, outcome or status.value, error, traceback)
+        return True
 
     def retry_job_later(
         self,

@@ -252,15 +252,19 @@ class JobQueries(LimitedClaims):
         worker_id: str,
         lease_seconds: float,
         ahead: int = 0,
+        freed: bool = False,
     ) -> list[ClaimedJob]:
         """Claim up to ``limit`` jobs of ``queue`` in ``conn``'s write transaction: the
         plain claim, or the limited one where a limit of the queue or of one of
         ``workflows`` exists (see :mod:`.limits`).  ``ahead`` of them are wanted ahead
-        (for a worker's queue, not a free slot)."""
+        (for a worker's queue, not a free slot); ``freed``: the transaction has just
+        ended running jobs (see ``LimitedClaims._claim_limited``)."""
         limit = min(limit, self.dialect.claim_batch)
         if self.is_limited(queue, workflows):
             params = self._claim_params(worker_id, lease_seconds, {})
-            rows = self._claim_limited(conn, queue, workflows, limit, params, ahead=ahead)
+            rows = self._claim_limited(
+                conn, queue, workflows, limit, params, ahead=ahead, freed=freed
+            )
             return _in_claim_order(rows)
         plan = self._claim_plan(queue, workflows, limit)
         return self._claim(conn, plan, worker_id, lease_seconds)

@@ -5,6 +5,7 @@ its concurrency."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections import Counter
@@ -43,7 +44,7 @@ class _CappedPlan:
     count: Any
     #: The limit rows read with a shared lock (see ``LimitedClaims._claim_capped``).
     share: Any = None
-    claims: dict[int | tuple[int, int], Any] = dataclasses.field(default_factory=dict)
+    claims: dict[int | tuple[int, ...], Any] = dataclasses.field(default_factory=dict)
 
 
 def _concurrency_only(limit: Limit | None) -> bool:
@@ -53,6 +54,42 @@ def _concurrency_only(limit: Limit | None) -> bool:
         and limit.rate_count is None
         and limit.partition_concurrency is None
     )
+
+
+def _finished() -> Any:
+    """Whether job ``g_job`` succeeded at ``g_now`` (bind parameters): in the finish's
+    transaction, whether its fenced write was accepted."""
+    job = jobs.alias("nbjobs_finished_job")
+    return (
+        select(job.c.id)
+        .where(
+            job.c.id == bindparam("g_job", None),
+            job.c.status == Status.SUCCEEDED.value,
+            job.c.lease_token.is_(None),
+            job.c.finished_at == bindparam("g_now", None),
+        )
+        .exists()
+    )
+
+
+def _room_ahead(free: Any, limit: int, ahead: int) -> Any:
+    """The counted claim's room for ``limit`` jobs, ``ahead`` of them held ahead (see
+    ``LimitedClaims._claim_capped``), in SQL from ``free``, the limit's free slots
+    counted by the statement: none when the limit is full, else at least one, and the
+    jobs held ahead only from the room the limit has ``AHEAD_HEADROOM`` times over.
+    ``free`` is named once (a scalar subquery is counted once per mention)."""
+    now_wanted = max(0, limit - ahead)
+    left = select(free.label("free")).subquery("nbjobs_room")
+    quarter = (left.c.free - now_wanted) // AHEAD_HEADROOM
+    extra = case((quarter <= 0, 0), (quarter >= ahead, ahead), else_=quarter)
+    want = now_wanted + extra
+    room = case(
+        (left.c.free <= 0, 0),
+        (want < 1, 1),
+        (want < left.c.free, want),
+        else_=left.c.free,
+    )
+    return select(room).scalar_subquery()
 
 
 class LimitedClaims(LimitQueries):
@@ -84,11 +121,15 @@ class LimitedClaims(LimitQueries):
         values: dict[str, Any],
         only: str | None = None,
         ahead: int = 0,
+        freed: bool = False,
     ) -> list[Row]:
         """Claim up to ``limit`` jobs of ``queue`` within every limit, in ``conn``'s
         write transaction; ``values`` fill the claim's bind parameters (``c_now``...);
         ``only``: claim that job or none; ``ahead``: how many of the ``limit`` jobs
-        the worker would hold ahead, not start at once.  Returns the claimed rows.
+        the worker would hold ahead, not start at once; ``freed``: the transaction
+        has just ended running jobs (a finish claiming the next), so the unlocked
+        pre-check of a full limit is skipped: the slots it freed are its own until
+        it commits, unseen by other claims.  Returns the claimed rows.
 
         A job held ahead counts as running, so jobs are claimed ahead only from a
         limit's spare room (``AHEAD_HEADROOM`` times what is claimed ahead): a limit
@@ -97,10 +138,14 @@ class LimitedClaims(LimitQueries):
         """
         now = values["c_now"]
         if only is None and self._capped_eligible(queue, workflows):
-            rows = self._claim_capped(conn, queue, tuple(workflows), limit, values, ahead)
+            rows = self._claim_capped(conn, queue, tuple(workflows), limit, values, ahead, freed)
             if rows is not None:
                 return rows
-        if self.dialect.skip_locked and not self._may_have_room(conn, queue, workflows, now):
+        if (
+            self.dialect.skip_locked
+            and not freed
+            and not self._may_have_room(conn, queue, workflows, now)
+        ):
             return []  # full: no lock taken, nothing to commit
         names = sorted({self._limit_name(w) for w in workflows})
         keys = [("queue", queue)] + [("workflow", w) for w in names]
@@ -258,6 +303,8 @@ class LimitedClaims(LimitQueries):
         workflows: tuple[str, ...],
         limit: int,
         margin: int | None = None,
+        ahead: int = 0,
+        guarded: bool = False,
     ) -> Any:
         """The capped claim as one statement, where ``Dialect.claim_cap`` allows: its
         ``LIMIT`` is what the queue's concurrency limit leaves, counted by the statement
@@ -269,8 +316,17 @@ class LimitedClaims(LimitQueries):
         ``margin``: the claim under a shared lock (see ``_claim_capped``) takes
         ``limit`` jobs where the limit leaves at least ``margin``, else none: the
         statement makes the check the counted claim makes in Python, saving its
-        count's round trip."""
-        key: int | tuple[int, int] = -limit if margin is None else (limit, margin)
+        count's round trip.  ``ahead``: how many of the ``limit`` jobs would be held
+        ahead: the statement takes them only from the room the limit has
+        ``AHEAD_HEADROOM`` times over, as the counted claim does.  ``guarded``: it
+        claims nothing unless job ``g_job`` succeeded at ``g_now`` (bind parameters):
+        the claim of a finish sent before the finish's outcome is known (see
+        ``FinishQueries._finish_with_small_claim``)."""
+        key: int | tuple[int, ...] = -limit
+        if margin is not None:
+            key = (limit, margin)
+        elif ahead or guarded:
+            key = (limit, 0, ahead, int(guarded))
         claim = plan.claims.get(key)
         if claim is None:
             now: Any = bindparam("c_now", None)
@@ -291,16 +347,64 @@ class LimitedClaims(LimitQueries):
                     limits.c.concurrency.is_not(None),
                     limits.c.rate_count.is_(None),
                     limits.c.partition_concurrency.is_(None),
+                    *([_finished()] if guarded else []),
                 )
                 .scalar_subquery()
             )
             room: Any = func.coalesce(left, 0)
             if margin is not None:
                 room = case((room >= margin, limit), else_=0)
+            elif ahead:
+                room = _room_ahead(room, limit, ahead)
             cap = self.dialect.claim_cap(limit, room)
             claim = self._claim_of(self._capped_candidates(queue, workflows).limit(cap))
             plan.claims[key] = claim
         return claim
+
+    def _small_claim(
+        self, queue: str, workflows: tuple[str, ...], limit: int, ahead: int
+    ) -> tuple[Any, Any] | None:
+        """The statements of a capped claim of a small limit (see ``_claim_capped``)
+        for a finish to send with its own, guarded by its success (``_inline_claim``):
+        the lock and the claim; None when the claim takes another path."""
+        if not (self._capped_eligible(queue, workflows) and self._small_limit(queue)):
+            return None
+        if queue in (self._shared or ()) or queue in (self._roomy or {}):
+            return None
+        if self._ample is not None:
+            self._ample.discard(queue)  # not counted here (see ``_claim_capped``)
+        plan = self._capped_plan(queue, workflows)
+        claim = self._inline_claim(plan, queue, workflows, limit, ahead=ahead, guarded=True)
+        return plan.lock, claim
+
+    def _small_claimed(self, locked: Sequence[Any]) -> bool:
+        """Whether the limit rows a small claim locked (``_small_claim``) are still a
+        queue's concurrency limit alone; else the claim took nothing, and the limits
+        are read again."""
+        found = [limit_from_row(r) for r in locked]
+        if len(found) == 1 and found[0].kind == "queue" and _concurrency_only(found[0]):
+            return True
+        self._limits_cache = None
+        return False
+
+    @functools.cached_property
+    def _claim_caps(self) -> bool:
+        """Whether a claim statement may count its own room (``Dialect.claim_cap``);
+        asked once: building the expression costs more than a short statement."""
+        return self.dialect.claim_cap(1, 1) is not None
+
+    def _small_limit(self, queue: str) -> bool:
+        """Whether ``queue``'s concurrency limit (as cached) is too small ever to take
+        the counted claim's roomier paths, where ``Dialect.claim_cap`` allows: room for
+        ``INLINE_BATCHES`` batches, or for every claim in flight (at least one batch
+        per connection, twice over) to share the lock.  Its claims count in the claim
+        statement, sent with the lock (see ``_claim_capped``)."""
+        cached = self.current_limits().get(("queue", queue))
+        if cached is None or cached.concurrency is None:
+            return False
+        # Sharing needs room for twice the claims in flight, at least one batch each.
+        small = cached.concurrency < 2 * self.dialect.claim_batch
+        return small and self._claim_caps
 
     def _claims_bound(self, conn: Connection) -> int | None:
         """How many jobs the claims in flight at one moment hold at most: one claim per
@@ -338,6 +442,7 @@ class LimitedClaims(LimitQueries):
         limit: int,
         values: dict[str, Any],
         ahead: int,
+        freed: bool = False,
     ) -> list[Row] | None:
         """The limited claim of a queue with a concurrency limit alone, or None when the
         locked read finds other limits (the full limited claim then runs).
@@ -361,6 +466,15 @@ class LimitedClaims(LimitQueries):
         (``_inline_claim(margin=)``), and goes out with the lock in one round trip
         (``Dialect.run_together``): it still starts, so takes its snapshot, only once
         the lock is granted.
+
+        A small limit (``_small_limit``: one that can never have room for many batches
+        nor for every claim in flight) is claimed the same way under its exclusive
+        lock: the lock and a claim statement that counts its own room (jobs held ahead
+        included, see ``_room_ahead``) go out together, one round trip for three.  The
+        claim starts once the lock is granted, so counts every claim committed before,
+        and the ones after wait for this one's commit.  That is the hot path of a limit
+        that binds: a finishing job's transaction frees its slot and claims the next
+        job for it (``freed``: without the unlocked pre-check, as the slot is its own).
         """
         now = values["c_now"]
         ample = self._ample
@@ -369,6 +483,7 @@ class LimitedClaims(LimitQueries):
         if (
             self.dialect.skip_locked
             and queue not in ample
+            and not freed
             and not self._may_have_room(conn, queue, workflows, now)
         ):
             return []  # full: no lock taken, nothing to commit
@@ -391,13 +506,19 @@ class LimitedClaims(LimitQueries):
         bound = self._in_flight_bound
         locked: Sequence[Any]
         claimed: Sequence[Any] = ()
-        together = False
-        if shared and plan.share is not None and bound and self.dialect.claim_cap(1, 1) is not None:
+        together = small = False
+        if shared and plan.share is not None and bound and self._claim_caps:
             # The shared lock, then the claim making the count and the check below
             # itself (its snapshot is taken after the lock is granted), sent together.
             together = True
             claim = self._inline_claim(plan, queue, workflows, limit, margin=bound)
             locked, claimed = self.dialect.run_together(conn, [(plan.share, {}), (claim, values)])
+        elif not shared and not inline and self._small_limit(queue):
+            # The exclusive lock, then the claim counting its own room, sent together.
+            together = small = True
+            ample.discard(queue)  # not counted here: the next claim not freeing looks first
+            claim = self._inline_claim(plan, queue, workflows, limit, ahead=ahead)
+            locked, claimed = self.dialect.run_together(conn, [(plan.lock, {}), (claim, values)])
         else:
             locked = (plan.share if shared else plan.lock).execute(conn, {}).all()
         found = [limit_from_row(r) for r in locked]
@@ -409,8 +530,8 @@ class LimitedClaims(LimitQueries):
             self._limits_cache = None  # changed since cached: read them again
             return None
         if together:
-            if not claimed:  # too little room left to share the lock, or nothing queued:
-                shared_set.discard(queue)  # the next claim counts
+            if not claimed and not small:  # too little room left to share the lock, or
+                shared_set.discard(queue)  # nothing queued: the next claim counts
             return list(claimed)
         if inline and not shared:  # locked: the claim's own count sees every claim before it
             return self._run_inline(conn, plan, queue, workflows, limit, values)
@@ -431,10 +552,7 @@ class LimitedClaims(LimitQueries):
             ample.add(queue)
         else:
             ample.discard(queue)
-        if (
-            self.dialect.claim_cap(1, 1) is not None
-            and free >= INLINE_BATCHES * self.dialect.claim_batch
-        ):
+        if self._claim_caps and free >= INLINE_BATCHES * self.dialect.claim_batch:
             roomy[queue] = time.monotonic()
         room = min(limit, free)
         if room <= 0:

@@ -37,8 +37,13 @@ room for many batches, SQLite and PostgreSQL count inside the claim statement
 flight, PostgreSQL locks the limit row shared, so claims under it stop taking turns,
 and sends the lock with a claim statement that counts for itself in one round trip
 (the argument that this never lets more run than the limit is at
-:meth:`.limited_claim.LimitedClaims._claim_capped`).  No counter is kept: the running jobs are counted
-from the jobs themselves, so nothing can drift when a worker is killed.
+:meth:`.limited_claim.LimitedClaims._claim_capped`).  A small limit, one that can never
+have that much room, is claimed under its exclusive lock the same way: the lock and the
+self-counting claim sent together; a job finishing under it skips the pre-check (the
+slot it freed is its own), and on PostgreSQL sends its success with them
+(:meth:`.finish.FinishQueries._finish_with_small_claim`).  No counter is kept: the
+running jobs are counted from the jobs themselves, so nothing can drift when a worker
+is killed.
 """
 
 from __future__ import annotations

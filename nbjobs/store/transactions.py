@@ -468,9 +468,13 @@ class Transactions:
                 except Exception:
                     log.exception("a write-behind callback failed")
 
-    def _run(self, conn: Connection, statement: Any, params: Any) -> Any:
-        """Execute one of the module's hot-path statements, compiled once per store."""
+    def _prepare(self, statement: Any) -> Prepared:
+        """One of the module's hot-path statements, compiled once per store."""
         prepared = self._prepared.get(id(statement))
         if prepared is None:
             prepared = self._prepared[id(statement)] = Prepared(statement, self.engine.dialect)
-        return prepared.execute(conn, params)
+        return prepared
+
+    def _run(self, conn: Connection, statement: Any, params: Any) -> Any:
+        """Execute one of the module's hot-path statements, compiled once per store."""
+        return self._prepare(statement).execute(conn, params)
