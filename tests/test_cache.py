@@ -407,7 +407,8 @@ def test_a_hit_of_a_known_entry_is_fenced_by_the_lease(app) -> None:
         key=key, workflow="fenced_hit", step="s", job_id="maker", value="[1]",
         created_at=store.now(),
     )  # fmt: skip
-    assert store._step_memo.get(key) is not None  # the hits below need no read
+    known = store._step_memo.get(key)  # the hits below need no read
+    assert known is not None and (known.rowid is not None) == store.dialect.rowids
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", NO_WORKER, UserWarning)
         job_id = fenced_hit.submit().id

@@ -18,7 +18,7 @@ import logging
 import threading
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, delete, exists, insert, literal, select, update
+from sqlalchemy import bindparam, delete, exists, insert, literal, literal_column, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
@@ -75,35 +75,48 @@ def _hit_statement() -> object:
     )
 
 
-def _known_hit_statement() -> object:
+#: An entry's ``rowid``, where the dialect has them (see ``Dialect.rowids``).
+_entry_rowid: Any = literal_column(f"{step_cache.name}.rowid")
+
+
+def _known_hit_statement(by_rowid: bool) -> object:
     """A hit of an entry the memo knows, as one statement and no read back: the
     checkpoint row is inserted from the entry only while it is still the version the
     memo knows (its key, ``created_at`` and job: not cleared, not replaced) and the
-    job's lease holds.  The value comes from the entry row, the detail is bound."""
+    job's lease holds.  The value comes from the entry row, the detail is bound.
+    ``by_rowid``: the entry is found by the rowid the memo knows too (SQLite), the key
+    still compared (a rowid another entry took since is no hit)."""
     fence = exists(select(jobs.c.id).where(*_FENCED).with_for_update(read=True))
     values = [
         step_cache.c.value if c.name == "value" else bindparam(c.name, type_=c.type)
         for c in checkpoints.c
     ]
+    where = [
+        step_cache.c.key == bindparam("k_key"),
+        step_cache.c.created_at == bindparam("k_created"),
+        step_cache.c.job_id == bindparam("k_source"),
+        fence,
+    ]
+    if by_rowid:
+        where.insert(0, _entry_rowid == bindparam("k_rowid"))
     return insert(checkpoints).from_select(
-        [c.name for c in checkpoints.c],
-        select(*values).where(
-            step_cache.c.key == bindparam("k_key"),
-            step_cache.c.created_at == bindparam("k_created"),
-            step_cache.c.job_id == bindparam("k_source"),
-            fence,
-        ),
+        [c.name for c in checkpoints.c], select(*values).where(*where)
     )
 
 
 _HIT = _hit_statement()
-_KNOWN_HIT = _known_hit_statement()
-#: A hit's read of its entry where the hit is two statements (SQLite).
+_KNOWN_HIT = _known_hit_statement(by_rowid=False)
+_KNOWN_HIT_BY_ROWID = _known_hit_statement(by_rowid=True)
+#: A hit's read of its entry where the hit is two statements (SQLite), and the same
+#: with the entry's rowid (``Dialect.rowids``).
 _FIND_FOR_HIT = select(step_cache.c.job_id, step_cache.c.value, step_cache.c.created_at).where(
     step_cache.c.key == bindparam("k_key"),
     step_cache.c.created_at >= bindparam("k_after"),
     step_cache.c.job_id != bindparam("f_id"),
 )
+_FIND_FOR_HIT_ROWID = _FIND_FOR_HIT.add_columns(_entry_rowid.label("rowid"))
+#: The rowid of the entry just saved (where the dialect has them).
+_SAVED_ROWID = select(_entry_rowid).where(step_cache.c.key == bindparam("k_key"))
 
 
 class _Hit(NamedTuple):
@@ -114,6 +127,7 @@ class _Hit(NamedTuple):
     detail: str
     job_id: str
     created_at: float
+    rowid: int | None = None
 
 
 #: The most entries, and characters of their values, a store's memo keeps; a value
@@ -259,7 +273,11 @@ class CacheQueries(CoreStore):
             params["k_created"] = known.created_at
             params["k_source"] = known.job_id
             params["detail"] = known.detail
-            if self._write_one(_KNOWN_HIT, params) == 1:
+            if known.rowid is None:
+                statement = _KNOWN_HIT
+            else:
+                statement, params["k_rowid"] = _KNOWN_HIT_BY_ROWID, known.rowid
+            if self._write_one(statement, params) == 1:
                 return known
             memo.drop(key, known)
         if self.dialect.autocommit_single:
@@ -272,7 +290,8 @@ class CacheQueries(CoreStore):
         return self._retry_conflicts(lambda conn: self._hit_in_two(conn, params), hot=True)
 
     def _hit_in_two(self, conn: Any, params: dict[str, Any]) -> _Hit | None:
-        found = self._run(conn, _FIND_FOR_HIT, params).all()
+        rowids = self.dialect.rowids
+        found = self._run(conn, _FIND_FOR_HIT_ROWID if rowids else _FIND_FOR_HIT, params).all()
         if not found:
             return None
         entry = found[0]
@@ -280,7 +299,8 @@ class CacheQueries(CoreStore):
         params["detail"] = _detail(entry.job_id)
         if self._run(conn, _READ_FENCED_CHECKPOINT, params).rowcount != 1:
             return None
-        hit = _Hit(entry.value, params["detail"], entry.job_id, entry.created_at)
+        rowid = entry.rowid if rowids else None
+        hit = _Hit(entry.value, params["detail"], entry.job_id, entry.created_at, rowid)
         self._step_memo.put(params["k_key"], hit)
         return hit
 
@@ -295,15 +315,18 @@ class CacheQueries(CoreStore):
         )
         memo = self._step_memo
         memo.drop(key)
+        rowid = None
         try:
             with self._write() as conn:
                 if self._run(conn, _REPLACE, replace).rowcount == 0:
                     self._run(conn, _INSERT, row)
+                if self.dialect.rowids:
+                    rowid = self._run(conn, _SAVED_ROWID, {"k_key": key}).all()[0][0]
         except IntegrityError:
             log.debug("step cache entry %s saved by another worker first", key)
             return
         if self.hits_in_one_statement:
-            memo.put(key, _Hit(value, _detail(job_id), job_id, created_at))
+            memo.put(key, _Hit(value, _detail(job_id), job_id, created_at, rowid))
 
     def clear_step_cache(self, workflow: str | None = None, step: str | None = None) -> int:
         """Delete the entries of ``workflow`` (all workflows for None), of its step
