@@ -4,9 +4,9 @@ Each job runs ``STEPS`` checkpoints inline (``wf.run``) in one of two workflows:
 
 * ``uncached``: ``cs.checkpoint(name, noop)`` for a no-op function: the run, its
   encoding and the fenced checkpoint write;
-* ``cached``: the same steps under ``cache=True``, after one job made the entries: each
-  step is one primary-key read of its entry and the same fenced checkpoint write, with a
-  ``cached_from`` mark.
+* ``cached``: the same steps under ``cache=True``, after one job of this process made
+  the entries (so the process knows them): each step is one fenced checkpoint write that
+  copies the entry's value, with a ``cached_from`` mark, and no read.
 
 The per-step figure is (time of a job) / ``STEPS``, so the job's own submit, claim and
 finish are spread over the steps; both workflows pay the same.  Backends: SQLite with

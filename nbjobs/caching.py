@@ -85,12 +85,27 @@ def _workflow_hash(workflow: str) -> Any:
     return hashlib.sha256(b"nbjobs step cache 1\0" + key_part(workflow))
 
 
+#: Arguments longer than this are hashed at each call, not kept in ``_known_key``.
+_KNOWN_ARGS_CHARS = 1024
+
+
 def step_key(workflow: str, step: str, fingerprint_part: bytes, args_text: str) -> str:
     """:func:`cache_key` with the fingerprint already a :func:`key_part` (a run keeps it
-    per step function): the same bytes in the same order, so the same key."""
+    per step function): the same bytes in the same order, so the same key.  The keys
+    of short arguments are remembered: a step hit again and again (each job of a
+    pipeline run anew) looks its key up instead of hashing it."""
+    if len(args_text) <= _KNOWN_ARGS_CHARS:
+        return _known_key(workflow, step, fingerprint_part, args_text)
+    return _hashed_key(workflow, step, fingerprint_part, args_text)
+
+
+def _hashed_key(workflow: str, step: str, fingerprint_part: bytes, args_text: str) -> str:
     h = _workflow_hash(workflow).copy()
     h.update(key_part(step) + fingerprint_part + key_part(args_text))
     return h.hexdigest()
+
+
+_known_key = functools.lru_cache(maxsize=4096)(_hashed_key)
 
 
 def unwrap_step(fn: Any, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:

@@ -55,6 +55,10 @@ SERIALIZERS = ("json", "pickle")
 
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
+#: ``Codec.loads_again`` keeps at most this many scalars, of texts this long at most.
+_SCALAR_TEXTS = 4096
+_SCALAR_TEXT_CHARS = 256
+_UNKNOWN: Any = object()
 _STR = frozenset({str})
 _MARKER = "__nbjobs_artifact__"
 _QUOTED_MARKER = f'"{_MARKER}"'
@@ -133,6 +137,8 @@ class Codec:
         self.artifacts = artifacts
         self.inline_bytes = inline_bytes
         self._local = threading.local()  # the memo of dumps_as_stored, per thread
+        #: Short texts of scalars ``loads_again`` loaded: text -> the scalar.
+        self._scalars: dict[str, Any] = {}
         # What json.dumps builds on every call with these options, built once.
         self._json = json.JSONEncoder(
             default=_refuse if artifacts is None else self._out_of_row, separators=(",", ":")
@@ -313,6 +319,22 @@ class Codec:
             return self._loads(text, memo)
         except ArtifactError as exc:
             raise ArtifactError(f"{where}: {exc}") from exc
+
+    def loads_again(self, text: str | None) -> Any:
+        """``loads`` for a text loaded again and again (a cache hit's): a scalar comes
+        back as itself, so a short text of one is parsed once, then looked up."""
+        if text is None:
+            return None
+        value = self._scalars.get(text, _UNKNOWN)
+        if value is _UNKNOWN:
+            value = self._loads(text, None)
+            if (
+                type(value) in _SCALARS
+                and len(text) <= _SCALAR_TEXT_CHARS
+                and len(self._scalars) < _SCALAR_TEXTS
+            ):
+                self._scalars[text] = value
+        return value
 
     def _loads(self, text: str | None, memo: dict | None) -> Any:
         if text is None:

@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 
 import nbjobs
-from nbjobs.caching import step_fingerprint
+from nbjobs.caching import cached_from, step_fingerprint
 from nbjobs.clock import FakeClock
 from nbjobs.notebook.display import job_html
+from nbjobs.store import cache as store_cache
 from nbjobs.views.detail import step_timeline
 from tests import backends
 from tests.apps.cache_steps import define
@@ -337,6 +338,144 @@ def test_hits_across_processes(shared_backend, tmp_path, monkeypatch) -> None:
     squares = [line.split() for line in ledger.read_text().splitlines() if "square" in line]
     assert [(step, x) for step, x, _pid in squares] == [("square", "4"), ("square", "3")]
     assert squares[0][2] == str(os.getpid()) != squares[1][2]  # one made by each process
+
+
+@pytest.mark.parametrize("shared_backend", SHARED_BACKENDS)
+def test_an_entry_known_here_is_not_served_once_cleared_or_replaced_elsewhere(
+    shared_backend, tmp_path
+) -> None:
+    """A store remembers the entries it made or read, and hits them without reading
+    them again; another App on the same database (another process, another memo)
+    clears one, then makes a new one: this store's next hits miss, then serve the new
+    value, never the one it remembered."""
+    computed = iter(range(1, 100))
+
+    @nbjobs.step(cache=nbjobs.Cache(version="1"))
+    def fresh(x: int) -> list:
+        return [x, next(computed)]
+
+    def define_on(app: nbjobs.App) -> Any:
+        @app.workflow(name="known")
+        def known(cs: nbjobs.CallState, x: int) -> list:
+            return cs.checkpoint("fresh", fresh, x)
+
+        return known
+
+    def newest(app: nbjobs.App) -> nbjobs.JobHandle:
+        return max(app.jobs(workflow="known"), key=lambda h: h.id)
+
+    with backends.fresh_database(shared_backend, tmp_path) as url:
+        here, there = make_app(url), make_app(url)
+        try:
+            known_here, known_there = define_on(here), define_on(there)
+            assert known_here.run(1) == [1, 1]  # made here: this store knows it
+            maker = newest(here)
+            if here.store.hits_in_one_statement:
+                assert len(here.store._step_memo._entries) == 1
+            assert known_here.run(1) == [1, 1]  # a hit of the known entry
+            assert _cached_from(newest(here)) == {"fresh": maker.id}
+            assert there.clear_cache(workflow="known") == 1
+            assert known_here.run(1) == [1, 2]  # cleared there: computed again here
+            remade = newest(here)
+            assert _cached_from(remade) == {"fresh": None}
+            assert known_there.run(1) == [1, 2]  # read there, and known there now
+            assert there.clear_cache() == 1
+            assert known_there.run(1) == [1, 3]  # replaced there
+            replaced = newest(there)
+            assert known_here.run(1) == [1, 3]  # here knew [1, 2]: the new entry serves
+            assert _cached_from(newest(here)) == {"fresh": replaced.id}
+            assert known_here.run(1) == [1, 3]  # and is known here from now on
+            assert next(computed) == 4
+        finally:
+            here.close()
+            there.close()
+
+
+def test_a_hit_of_a_known_entry_is_fenced_by_the_lease(app) -> None:
+    """The hit of an entry the store remembers writes its checkpoint from the entry
+    row, only while the job's lease holds (and, lost, tells nothing was written)."""
+    store = app.store
+    if not store.hits_in_one_statement:
+        pytest.skip("a hit here is a read and the step's own fenced write")
+
+    @app.workflow(name="fenced_hit")
+    def fenced_hit(cs: nbjobs.CallState) -> int:
+        return 1
+
+    key = "f" * 64
+    store.save_cached_step(
+        key=key, workflow="fenced_hit", step="s", job_id="maker", value="[1]",
+        created_at=store.now(),
+    )  # fmt: skip
+    known = store._step_memo.get(key)  # the hits below need no read
+    assert known is not None and (known.rowid is not None) == store.dialect.rowids
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", NO_WORKER, UserWarning)
+        job_id = fenced_hit.submit().id
+    (claimed,) = store.claim_jobs(
+        worker_id="w", queue="default", workflows=["fenced_hit"], limit=1, lease_seconds=60
+    )
+    hit = dict(
+        key=key, fresh_after=None, job_id=job_id, name="s", seq=1, args_hash=None,
+        code_fingerprint=None, attempt=1, started_at=store.now(),
+    )  # fmt: skip
+    row = store.record_cached_checkpoint(token=claimed.lease_token, **hit)
+    assert row is not None and row.value == "[1]"
+    assert cached_from(row.detail) == "maker"
+    (stored,) = store.load_checkpoints(job_id).values()
+    assert stored.value == "[1]" and cached_from(stored.detail) == "maker"
+    assert store._step_memo.get(key) is not None
+    lost = dict(hit, name="u", seq=2)
+    assert store.record_cached_checkpoint(token="taken-over", **lost) is None
+    assert list(store.load_checkpoints(job_id)) == ["s"]
+    # A job never reuses its own entry, known or not.
+    store.save_cached_step(
+        key=key, workflow="fenced_hit", step="s", job_id=job_id, value="[2]",
+        created_at=store.now(),
+    )  # fmt: skip
+    again = dict(hit, name="t", seq=3)
+    assert store.record_cached_checkpoint(token=claimed.lease_token, **again) is None
+
+
+def test_the_memo_of_entries_is_bounded(monkeypatch) -> None:
+    """At most ``MEMO_ENTRIES`` entries and ``MEMO_CHARS`` characters of values, the
+    oldest forgotten first; a value over ``MEMO_CHARS // 64`` is not kept at all."""
+    monkeypatch.setattr(store_cache, "MEMO_ENTRIES", 3)
+    monkeypatch.setattr(store_cache, "MEMO_CHARS", 64 * 2)
+    memo = store_cache._Memo()
+
+    def entry(value: str) -> Any:
+        return store_cache._Hit(value, "{}", "job", 1.0)
+
+    for i in range(5):
+        memo.put(f"k{i}", entry("x"))
+    assert [k for k in (f"k{i}" for i in range(5)) if memo.get(k)] == ["k2", "k3", "k4"]
+    memo.put("k4", entry("xxx"))  # over 2 characters: forgotten, not kept
+    assert memo.get("k4") is None
+    monkeypatch.setattr(store_cache, "MEMO_ENTRIES", 1000)
+    for i in range(70):  # 2 characters each: 128 characters hold 64 of them
+        memo.put(f"c{i}", entry("xx"))
+    kept = [i for i in range(70) if memo.get(f"c{i}")]
+    assert kept == list(range(70 - 64, 70)) and memo.get("k3") is None
+    known = memo.get("c69")
+    memo.drop("c69", entry("xx"))  # only the version it knows is dropped
+    assert memo.get("c69") is known
+    memo.drop("c69", known)
+    assert memo.get("c69") is None
+    memo.clear()
+    assert memo.get("c68") is None
+
+
+def test_a_value_loaded_again_is_a_new_object_unless_a_scalar() -> None:
+    codec = nbjobs.codec.Codec()
+    first, second = codec.loads_again('{"a": [1]}'), codec.loads_again('{"a": [1]}')
+    assert first == second == {"a": [1]} and first is not second
+    first["a"].append(2)
+    assert codec.loads_again('{"a": [1]}') == {"a": [1]}
+    assert [codec.loads_again(t) for t in ("3", "3.5", '"s"', "true", "null", None)] == [
+        3, 3.5, "s", True, None, None
+    ]  # fmt: skip
+    assert codec.loads_again("3") == 3 and codec.loads_again("true") is True
 
 
 @pytest.mark.parametrize(

@@ -260,6 +260,9 @@ class Dialect:
     #: (SQLite runs one write transaction at a time; PostgreSQL's ``FOR SHARE`` waits
     #: for a concurrent update of the row and reads the lease again).
     read_fence = False
+    #: Rows have a ``rowid`` a statement can find them by (SQLite): one b-tree search
+    #: instead of a search of the primary key's index and then one of the table.
+    rowids = False
     #: A commit is on disk when it returns (a power loss cannot undo it), so the
     #: artifacts a commit refers to are flushed to disk before it too.
     durable_commits = True

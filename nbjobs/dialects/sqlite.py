@@ -36,6 +36,7 @@ class SQLiteDialect(Dialect):
     claim_batch = 64
     keep_connections = True
     read_fence = True
+    rowids = True
     group_commit = True
 
     def claim_cap(self, limit: int, left: Any) -> Any:

@@ -219,7 +219,7 @@ class CallState:
             # Recorded already: a value that cannot be loaded fails the step, as a replay.
             # (``where`` is only built for that error: a hit is as cheap as it can be.)
             try:
-                return True, runtime.codec.loads(row.value)
+                return True, runtime.codec.loads_again(row.value)
             except ArtifactError as exc:
                 where = self._where(f"checkpoint {name!r}, reused ({row.detail})")
                 raise ArtifactError(f"{where}: {exc}") from exc

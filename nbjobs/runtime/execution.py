@@ -240,19 +240,22 @@ class Execution:
         # ``started`` is now: a hit reads the clock once.
         if not store.hits_in_one_statement or started - self._touched_at >= TOUCH_SECONDS:
             return False, None
-        with store_failures():
+        job = self.job
+        try:  # store_failures(), written out: a hit is as cheap as it can be
             row = store.record_cached_checkpoint(
                 key=key,
                 fresh_after=fresh_after,
-                job_id=self.job.id,
-                token=self.token,
+                job_id=job.id,
+                token=job.lease_token,
                 name=name,
                 seq=seq,
                 args_hash=args_hash,
                 code_fingerprint=self.workflow.fingerprint,
-                attempt=self.job.attempt,
+                attempt=job.attempt,
                 started_at=started,
             )
+        except STORE_ERRORS as exc:
+            raise _StoreUnavailable(exc) from exc
         if row is not None:
             self._uncounted += 1
         return True, row

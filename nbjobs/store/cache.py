@@ -2,20 +2,23 @@
 
 An entry (``nbjobs_step_cache``) is the newest successful result of a cached step under
 its key (see ``nbjobs.caching``).  A hit is one primary-key read and the fenced
-checkpoint write with a ``cached_from`` detail: one statement on PostgreSQL, one
-transaction of two on SQLite (:meth:`CacheQueries.record_cached_checkpoint`);
-a miss saves its entry after its checkpoint committed.  Entries are not job rows:
+checkpoint write with a ``cached_from`` detail (:meth:`CacheQueries.record_cached_checkpoint`):
+one statement on PostgreSQL, one transaction of two on SQLite, and one statement on both
+for an entry this store has seen (made or read) before, whose text it remembers (see
+:class:`_Memo`); a miss saves its entry after its checkpoint committed.  Entries are not job rows:
 ``purge_jobs`` leaves them (and, through ``texts_containing``, their artifacts) alone;
 only ``clear_step_cache`` deletes them.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import threading
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, delete, exists, insert, literal, select, update
+from sqlalchemy import bindparam, delete, exists, insert, literal, literal_column, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
@@ -72,22 +75,123 @@ def _hit_statement() -> object:
     )
 
 
+#: An entry's ``rowid``, where the dialect has them (see ``Dialect.rowids``).
+_entry_rowid: Any = literal_column(f"{step_cache.name}.rowid")
+
+
+def _known_hit_statement(by_rowid: bool) -> object:
+    """A hit of an entry the memo knows, as one statement and no read back: the
+    checkpoint row is inserted from the entry only while it is still the version the
+    memo knows (its key, ``created_at`` and job: not cleared, not replaced) and the
+    job's lease holds.  The value comes from the entry row, the detail is bound.
+    ``by_rowid``: the entry is found by the rowid the memo knows too (SQLite), the key
+    still compared (a rowid another entry took since is no hit)."""
+    fence = exists(select(jobs.c.id).where(*_FENCED).with_for_update(read=True))
+    values = [
+        step_cache.c.value if c.name == "value" else bindparam(c.name, type_=c.type)
+        for c in checkpoints.c
+    ]
+    where = [
+        step_cache.c.key == bindparam("k_key"),
+        step_cache.c.created_at == bindparam("k_created"),
+        step_cache.c.job_id == bindparam("k_source"),
+        fence,
+    ]
+    if by_rowid:
+        where.insert(0, _entry_rowid == bindparam("k_rowid"))
+    return insert(checkpoints).from_select(
+        [c.name for c in checkpoints.c], select(*values).where(*where)
+    )
+
+
 _HIT = _hit_statement()
-#: A hit's read of its entry where the hit is two statements (SQLite).
-_FIND_FOR_HIT = select(step_cache.c.job_id, step_cache.c.value).where(
+_KNOWN_HIT = _known_hit_statement(by_rowid=False)
+_KNOWN_HIT_BY_ROWID = _known_hit_statement(by_rowid=True)
+#: A hit's read of its entry where the hit is two statements (SQLite), and the same
+#: with the entry's rowid (``Dialect.rowids``).
+_FIND_FOR_HIT = select(step_cache.c.job_id, step_cache.c.value, step_cache.c.created_at).where(
     step_cache.c.key == bindparam("k_key"),
     step_cache.c.created_at >= bindparam("k_after"),
     step_cache.c.job_id != bindparam("f_id"),
 )
+_FIND_FOR_HIT_ROWID = _FIND_FOR_HIT.add_columns(_entry_rowid.label("rowid"))
+#: The rowid of the entry just saved (where the dialect has them).
+_SAVED_ROWID = select(_entry_rowid).where(step_cache.c.key == bindparam("k_key"))
 
 
 class _Hit(NamedTuple):
+    """A hit's checkpoint (``value``, ``detail``), and the version of the entry it came
+    from (``job_id``, ``created_at``): what the memo keeps."""
+
     value: str | None
     detail: str
+    job_id: str
+    created_at: float
+    rowid: int | None = None
+
+
+#: The most entries, and characters of their values, a store's memo keeps; a value
+#: longer than ``MEMO_CHARS // 64`` is not kept (its hits read the entry).
+MEMO_ENTRIES = 4096
+MEMO_CHARS = 8 * 1024 * 1024
+
+
+class _Memo:
+    """This process's knowledge of entries: key -> the entry's version and its text.
+
+    A version (key, ``created_at``, job) never changes its value: a replaced entry gets
+    a new ``created_at``.  So a hit of a known entry needs no read: its checkpoint is
+    written from the entry row, fenced on the row still being that version, and the
+    value returned is the known text.  Another process that clears or replaces the
+    entry makes that write insert nothing, and the hit falls back to reading the entry.
+    Bounded: the oldest entries go first.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Hit] = {}
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> _Hit | None:
+        return self._entries.get(key)
+
+    def put(self, key: str, hit: _Hit) -> None:
+        size = len(hit.value or "")
+        if size > MEMO_CHARS // 64:
+            self.drop(key)
+            return
+        with self._lock:
+            entries = self._entries
+            old = entries.pop(key, None)
+            if old is not None:
+                self._chars -= len(old.value or "")
+            entries[key] = hit
+            self._chars += size
+            while len(entries) > MEMO_ENTRIES or self._chars > MEMO_CHARS:
+                oldest = entries.pop(next(iter(entries)))
+                self._chars -= len(oldest.value or "")
+
+    def drop(self, key: str, hit: _Hit | None = None) -> None:
+        """Forget ``key`` (only if it is still ``hit``, when given)."""
+        with self._lock:
+            old = self._entries.get(key)
+            if old is not None and (hit is None or old is hit):
+                del self._entries[key]
+                self._chars -= len(old.value or "")
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._chars = 0
 
 
 class CacheQueries(CoreStore):
     """Entries of the step cache, by key."""
+
+    @functools.cached_property
+    def _step_memo(self) -> _Memo:
+        """The entries this store made or read (see :class:`_Memo`)."""
+        return _Memo()
 
     def find_cached_step(self, key: str, fresh_after: float | None) -> Row | None:
         """The entry under ``key`` made at or after ``fresh_after`` (any age for
@@ -103,7 +207,15 @@ class CacheQueries(CoreStore):
         else:
             with self._read() as conn:
                 rows = self._run(conn, statement, params).all()
-        return rows[0] if rows else None
+        if not rows:
+            return None
+        found = rows[0]
+        if self.hits_in_one_statement:
+            self._step_memo.put(
+                key,
+                _Hit(found.value, _detail(found.job_id), found.job_id, found.created_at),
+            )
+        return found
 
     @property
     def hits_in_one_statement(self) -> bool:
@@ -130,7 +242,11 @@ class CacheQueries(CoreStore):
         job's checkpoint ``name``, in one transaction that leaves the job row alone (the
         caller counts the step later, see ``record_checkpoint(count=None)``).  Returns
         the row's ``value`` and ``detail``; None when nothing was written: no fresh entry,
-        or the lease is lost (the step's own write then finds out)."""
+        or the lease is lost (the step's own write then finds out).
+
+        An entry the memo knows is written in one statement with nothing read back;
+        when that writes nothing (the entry was cleared or replaced by another process,
+        or the lease is lost) the memo forgets it and the hit reads the entry as usual."""
         params = dict(
             k_key=key,
             k_after=_ANY_AGE if fresh_after is None else fresh_after,
@@ -147,6 +263,23 @@ class CacheQueries(CoreStore):
             started_at=started_at,
             finished_at=started_at,  # a hit takes no time: one clock read
         )
+        memo = self._step_memo
+        known = memo.get(key)
+        if (
+            known is not None
+            and known.job_id != job_id  # a job never reuses its own entry
+            and (fresh_after is None or known.created_at >= fresh_after)
+        ):
+            params["k_created"] = known.created_at
+            params["k_source"] = known.job_id
+            params["detail"] = known.detail
+            if known.rowid is None:
+                statement = _KNOWN_HIT
+            else:
+                statement, params["k_rowid"] = _KNOWN_HIT_BY_ROWID, known.rowid
+            if self._write_one(statement, params) == 1:
+                return known
+            memo.drop(key, known)
         if self.dialect.autocommit_single:
             # PostgreSQL: one round trip, the INSERT's RETURNING is cheap.
             rows = self._single_statement(lambda conn: self._run(conn, _HIT, params).all())
@@ -157,14 +290,19 @@ class CacheQueries(CoreStore):
         return self._retry_conflicts(lambda conn: self._hit_in_two(conn, params), hot=True)
 
     def _hit_in_two(self, conn: Any, params: dict[str, Any]) -> _Hit | None:
-        found = self._run(conn, _FIND_FOR_HIT, params).all()
+        rowids = self.dialect.rowids
+        found = self._run(conn, _FIND_FOR_HIT_ROWID if rowids else _FIND_FOR_HIT, params).all()
         if not found:
             return None
-        params["value"] = found[0].value
-        params["detail"] = json.dumps({CACHED_FROM: found[0].job_id})
+        entry = found[0]
+        params["value"] = entry.value
+        params["detail"] = _detail(entry.job_id)
         if self._run(conn, _READ_FENCED_CHECKPOINT, params).rowcount != 1:
             return None
-        return _Hit(params["value"], params["detail"])
+        rowid = entry.rowid if rowids else None
+        hit = _Hit(entry.value, params["detail"], entry.job_id, entry.created_at, rowid)
+        self._step_memo.put(params["k_key"], hit)
+        return hit
 
     def save_cached_step(
         self, *, key: str, workflow: str, step: str, job_id: str, value: str, created_at: float
@@ -175,12 +313,20 @@ class CacheQueries(CoreStore):
         row = dict(
             key=key, workflow=workflow, step=step, job_id=job_id, value=value, created_at=created_at
         )
+        memo = self._step_memo
+        memo.drop(key)
+        rowid = None
         try:
             with self._write() as conn:
                 if self._run(conn, _REPLACE, replace).rowcount == 0:
                     self._run(conn, _INSERT, row)
+                if self.dialect.rowids:
+                    rowid = self._run(conn, _SAVED_ROWID, {"k_key": key}).all()[0][0]
         except IntegrityError:
             log.debug("step cache entry %s saved by another worker first", key)
+            return
+        if self.hits_in_one_statement:
+            memo.put(key, _Hit(value, _detail(job_id), job_id, created_at, rowid))
 
     def clear_step_cache(self, workflow: str | None = None, step: str | None = None) -> int:
         """Delete the entries of ``workflow`` (all workflows for None), of its step
@@ -191,5 +337,16 @@ class CacheQueries(CoreStore):
             statement = statement.where(step_cache.c.workflow == workflow)
         if step is not None:
             statement = statement.where(step_cache.c.step == step)
-        with self._write() as conn:
-            return int(conn.execute(statement).rowcount or 0)
+        try:
+            with self._write() as conn:
+                return int(conn.execute(statement).rowcount or 0)
+        finally:
+            # All of it: the memo does not know entries' workflows (and another
+            # process's clear is caught by the fence of each hit anyway).
+            self._step_memo.clear()
+
+
+def _detail(job_id: str) -> str:
+    """The ``detail`` of a checkpoint reused from ``job_id``'s entry (as
+    ``nbjobs.caching.cached_detail`` and the one-statement hit write it)."""
+    return json.dumps({CACHED_FROM: job_id})
