@@ -258,20 +258,6 @@ class CoreStore(Transactions):
         if time.monotonic() - self._clock_synced >= CLOCK_SYNC_SECONDS:
             self.sync_clock()
 
-    def _lock_jobs(self, conn: Connection, ids: Iterable[str], *where: Any) -> None:
-        """Lock the rows of jobs ``ids`` (those matching ``where``) in id order, where the
-        database has row locks, before a transaction writes several of them.
-
-        Two transactions that lock the same rows in different orders deadlock: a
-        heartbeat renewing a worker's leases against a group commit finishing some of
-        those jobs.  Every write that locks several job rows takes them in id order
-        first, so that one waits for the other instead.
-        """
-        if not self.dialect.skip_locked:
-            return  # no row locks (SQLite and DuckDB run one writer at a time)
-        chosen = select(jobs.c.id).where(jobs.c.id.in_(sorted(set(ids))), *where)
-        conn.execute(self.dialect.lock(chosen.order_by(jobs.c.id))).all()
-
     def _fence(self, conn: Connection, job_id: str, token: str, **values: Any) -> bool:
         """Touch the job only while ``token`` still holds its lease; True when it does."""
         result = conn.execute(

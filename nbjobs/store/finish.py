@@ -175,8 +175,8 @@ class FinishQueries(JobQueries, FanoutQueries):
         Replaces the group-commit hook ``Transactions._run_group`` (the store's one
         hook; it calls :func:`~.transactions.run_pieces` itself, never ``super()``).
         """
-        # Each piece locks its job's row: in id order, as a heartbeat renewing leases of
-        # the same jobs locks them (``_lock_jobs``), or the two deadlock.
+        # Each piece locks its job's row, in id order.  (A heartbeat renewing leases of
+        # the same jobs skips the rows a group holds, so the two never deadlock.)
         batch.sort(key=_job_of)
         successes = [r for r in batch if r.item is not None]
         parents = {r.item.parent_id for r in successes if r.item.parent_id is not None}
@@ -186,12 +186,6 @@ class FinishQueries(JobQueries, FanoutQueries):
             counted = {p for p, found in fanouts.items() if any(c for _, c in found)}
             successes = [r for r in successes if r.item.parent_id not in counted]
         grouped = len(successes) >= 2  # alone, the two plain statements cost less
-        if len(batch) > 1 and not (
-            grouped and self._finish_many is not None and len(successes) == len(batch)
-        ):
-            # PostgreSQL's one statement for successes locks its rows in id order
-            # itself; any other batch takes its locks first.
-            self._lock_jobs(conn, [_job_of(r) for r in batch])
         if not grouped:
             run_pieces(conn, batch)
             return

@@ -249,13 +249,19 @@ class WorkerQueries(FanoutQueries):
             if not held:
                 return set(), set()
             mine = (jobs.c.worker_id == worker_id, jobs.c.status == Status.RUNNING.value)
-            # In id order, as a group commit finishing some of them takes them.
-            self._lock_jobs(conn, held, *mine)
-            conn.execute(
-                update(jobs)
-                .where(jobs.c.id.in_(list(held)), *mine)
-                .values(lease_expires_at=now + lease_seconds)
-            )
+            renew: list[str] = list(held)
+            if self.dialect.skip_locked:
+                # Rows another transaction holds are left for the next beat: most often
+                # a group commit finishing them right now, which may in turn wait for a
+                # row this beat locked (the two would deadlock).  A beat never waits.
+                chosen = select(jobs.c.id).where(jobs.c.id.in_(renew), *mine)
+                renew = list(conn.execute(self.dialect.lock(chosen, skip_locked=True)).scalars())
+            if renew:
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id.in_(renew), *mine)
+                    .values(lease_expires_at=now + lease_seconds)
+                )
             rows = conn.execute(
                 select(jobs.c.id, jobs.c.lease_token, jobs.c.cancel_requested, jobs.c.status).where(
                     jobs.c.id.in_(list(held))
