@@ -25,12 +25,16 @@ import argparse
 import logging
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.backends
 
 import nbjobs
 
