@@ -112,54 +112,61 @@ def test_purge_arguments_are_checked(sqlite_app, older_than, status, match) -> N
         sqlite_app.purge(older_than=older_than, status=status)
 
 
-def test_a_tree_goes_only_whole_and_only_once_every_job_of_it_finished(app: nbjobs.App) -> None:
-    gate = threading.Event()
-    started = threading.Event()
+def test_a_tree_goes_only_whole_and_only_once_every_job_of_it_finished(db_url: str) -> None:
+    # The slow kid must stay running until the gate opens: a heartbeat that a loaded
+    # machine delays past the tests' 1 s staleness would let the reaper take it back,
+    # and, its cancel requested, end it early (seen in CI).
+    app = make_app(db_url, stale_after_seconds=30.0)
+    try:
+        gate = threading.Event()
+        started = threading.Event()
 
-    @app.workflow(name="leaf")
-    def leaf(cs: nbjobs.CallState, i: int) -> int:
-        return cs.checkpoint("leaf-step", lambda: i)
+        @app.workflow(name="leaf")
+        def leaf(cs: nbjobs.CallState, i: int) -> int:
+            return cs.checkpoint("leaf-step", lambda: i)
 
-    @app.workflow(name="kid")
-    def kid(cs: nbjobs.CallState, i: int) -> int:
-        if i == 0:
-            raise ValueError("the first kid fails")
-        if i == 1:  # keeps running after FailFast cancels it, until the gate opens
-            started.set()
-            cs.checkpoint("slow", gate.wait, 60)
-        outcomes = cs.fan_out("leaves", [leaf.spec(i * 10 + j) for j in range(2)])
-        return sum(o.value for o in outcomes)
+        @app.workflow(name="kid")
+        def kid(cs: nbjobs.CallState, i: int) -> int:
+            if i == 0:
+                raise ValueError("the first kid fails")
+            if i == 1:  # keeps running after FailFast cancels it, until the gate opens
+                started.set()
+                cs.checkpoint("slow", gate.wait, 60)
+            outcomes = cs.fan_out("leaves", [leaf.spec(i * 10 + j) for j in range(2)])
+            return sum(o.value for o in outcomes)
 
-    @app.workflow(name="top")
-    def top(cs: nbjobs.CallState) -> int:
-        cs.fan_out("kids", [kid.spec(i) for i in range(3)], strategy=nbjobs.FailFast())
-        return 0
+        @app.workflow(name="top")
+        def top(cs: nbjobs.CallState) -> int:
+            cs.fan_out("kids", [kid.spec(i) for i in range(3)], strategy=nbjobs.FailFast())
+            return 0
 
-    app.start(concurrency=4)
-    h = top.submit()
-    assert started.wait(TIMEOUT)
-    wait_until(lambda: h.status == "failed", TIMEOUT, what="the root to fail fast")
-    kids = h.children
-    assert kids[1].status == "running"  # cancel requested, still in its step
-    everyone = [r.id for r in app.store.list_jobs(limit=1000)]
+        app.start(concurrency=4)
+        h = top.submit()
+        assert started.wait(TIMEOUT)
+        wait_until(lambda: h.status == "failed", TIMEOUT, what="the root to fail fast")
+        kids = h.children
+        assert kids[1].status == "running"  # cancel requested, still in its step
+        everyone = [r.id for r in app.store.list_jobs(limit=1000)]
 
-    # The root is finished and old enough, but a job of its tree is not: nothing goes.
-    assert app.purge(older_than=0) == 0
-    assert rows_of(app, everyone)["nbjobs_jobs"] == len(everyone)
+        # The root is finished and old enough, but a job of its tree is not: nothing goes.
+        assert app.purge(older_than=0) == 0
+        assert rows_of(app, everyone)["nbjobs_jobs"] == len(everyone)
 
-    gate.set()
-    wait_until(lambda: kids[1].status == "cancelled", TIMEOUT, what="the slow kid to stop")
-    wait_until(
-        lambda: all(
-            r.status in ("succeeded", "failed", "cancelled") for r in app.store.list_jobs()
-        ),
-        TIMEOUT,
-        what="every job of the tree to finish",
-    )
-    everyone = [r.id for r in app.store.list_jobs(limit=1000)]
-    assert app.purge(older_than=0) == len(everyone)
-    assert app.store.count_jobs() == 0
-    assert rows_of(app, everyone) == dict.fromkeys(rows_of(app, []), 0)
+        gate.set()
+        wait_until(lambda: kids[1].status == "cancelled", TIMEOUT, what="the slow kid to stop")
+        wait_until(
+            lambda: all(
+                r.status in ("succeeded", "failed", "cancelled") for r in app.store.list_jobs()
+            ),
+            TIMEOUT,
+            what="every job of the tree to finish",
+        )
+        everyone = [r.id for r in app.store.list_jobs(limit=1000)]
+        assert app.purge(older_than=0) == len(everyone)
+        assert app.store.count_jobs() == 0
+        assert rows_of(app, everyone) == dict.fromkeys(rows_of(app, []), 0)
+    finally:
+        app.close()
 
 
 def test_finished_children_of_a_waiting_parent_are_kept(app: nbjobs.App) -> None:
