@@ -61,11 +61,6 @@ def cached_from(detail: str | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def cached_detail(job_id: str) -> str:
-    """The ``detail`` of a checkpoint whose value was reused from ``job_id``."""
-    return json.dumps({CACHED_FROM: job_id})
-
-
 def cache_key(workflow: str, step: str, args_text: str, fingerprint: str) -> str:
     """The key of a step's cache entry (64 hex digits)."""
     return step_key(workflow, step, key_part(fingerprint), args_text)

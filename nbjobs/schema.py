@@ -8,6 +8,7 @@ datetimes at the public API.  Values (inputs, results, checkpoints) are text wri
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 import time
@@ -434,6 +435,12 @@ Index("ix_nbjobs_group_jobs_job", group_jobs.c.job_id)
 #: The key, in the ``detail`` of a checkpoint that reused an entry, naming the job
 #: whose value it reused (``{"cached_from": "<job id>"}``, see :mod:`nbjobs.caching`).
 CACHED_FROM = "cached_from"
+
+
+def cached_detail(job_id: str) -> str:
+    """The ``detail`` of a checkpoint whose value was reused from ``job_id``'s entry."""
+    return json.dumps({CACHED_FROM: job_id})
+
 
 #: The cross-run step cache (``cache=True`` steps, see :mod:`nbjobs.caching`): one entry
 #: per key (workflow, step, argument digest, code fingerprint or version), the newest

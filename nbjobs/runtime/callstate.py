@@ -30,7 +30,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..caching import (
-    cached_detail,
     fingerprint_or_version,
     key_part,
     step_key,
@@ -48,6 +47,7 @@ from ..errors import (
     _Suspend,
 )
 from ..options import Spec
+from ..schema import cached_detail
 from ..steps import Cache, StepOptions, step_options
 from ..store.waits import CANCELLED, LOST, SUSPENDED, TIMEOUT, WaitResult
 from ..strategies import FailFast, Outcome, Strategy, strategy_from_detail

@@ -13,7 +13,6 @@ only ``clear_step_cache`` deletes them.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
 from typing import Any, NamedTuple
@@ -22,7 +21,7 @@ from sqlalchemy import bindparam, delete, exists, insert, literal, literal_colum
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
-from ..schema import CACHED_FROM, checkpoints, jobs, step_cache
+from ..schema import CACHED_FROM, cached_detail, checkpoints, jobs, step_cache
 from .core import _FENCED, CoreStore
 from .jobs import _READ_FENCED_CHECKPOINT
 
@@ -213,7 +212,7 @@ class CacheQueries(CoreStore):
         if self.hits_in_one_statement:
             self._step_memo.put(
                 key,
-                _Hit(found.value, _detail(found.job_id), found.job_id, found.created_at),
+                _Hit(found.value, cached_detail(found.job_id), found.job_id, found.created_at),
             )
         return found
 
@@ -296,7 +295,7 @@ class CacheQueries(CoreStore):
             return None
         entry = found[0]
         params["value"] = entry.value
-        params["detail"] = _detail(entry.job_id)
+        params["detail"] = cached_detail(entry.job_id)
         if self._run(conn, _READ_FENCED_CHECKPOINT, params).rowcount != 1:
             return None
         rowid = entry.rowid if rowids else None
@@ -326,7 +325,7 @@ class CacheQueries(CoreStore):
             log.debug("step cache entry %s saved by another worker first", key)
             return
         if self.hits_in_one_statement:
-            memo.put(key, _Hit(value, _detail(job_id), job_id, created_at, rowid))
+            memo.put(key, _Hit(value, cached_detail(job_id), job_id, created_at, rowid))
 
     def clear_step_cache(self, workflow: str | None = None, step: str | None = None) -> int:
         """Delete the entries of ``workflow`` (all workflows for None), of its step
@@ -344,9 +343,3 @@ class CacheQueries(CoreStore):
             # All of it: the memo does not know entries' workflows (and another
             # process's clear is caught by the fence of each hit anyway).
             self._step_memo.clear()
-
-
-def _detail(job_id: str) -> str:
-    """The ``detail`` of a checkpoint reused from ``job_id``'s entry (as
-    ``nbjobs.caching.cached_detail`` and the one-statement hit write it)."""
-    return json.dumps({CACHED_FROM: job_id})
