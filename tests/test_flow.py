@@ -613,8 +613,8 @@ def test_a_workflow_limit_holds_jobs_submitted_under_its_alias(db_url: str) -> N
     the worker's workflow, registered as ``module.qualname`` with ``concurrency=2``,
     runs those jobs and the ones stored under its name, never more than 2 at once, and
     a held job of either name says which limit holds it, to the worker's App and to
-    the script's.  Leases last 30 s: on a loaded machine a 1 s lease lapses while the
-    jobs wait at the gate, and a lapsed lease frees its slot by design."""
+    the script's.  Leases last 30 s: on a loaded machine a 1 s lease may lapse while
+    the jobs wait at the gate, and the reaper would then run them again."""
     app = make_app(db_url, heartbeat_seconds=1.0, stale_after_seconds=30.0)
     _ALIASED_GATE.clear()
     _ALIASED_LEDGER.__init__()  # type: ignore[misc]
@@ -652,3 +652,46 @@ def test_a_workflow_limit_holds_jobs_submitted_under_its_alias(db_url: str) -> N
     assert peak_overlap(_ALIASED_LEDGER.spans) <= 2
     assert _ALIASED_LEDGER.peak["aliased"] <= 2
     assert len(_ALIASED_LEDGER.spans) == 9
+
+
+@pytest.mark.no_worker
+@pytest.mark.parametrize("kind", ["queue", "workflow", "partition"])
+def test_a_late_heartbeat_frees_no_slot_until_the_job_is_reaped(app: nbjobs.App, kind: str) -> None:
+    """A running job whose lease lapsed (its heartbeat is late: a loaded machine, a
+    stalled thread) still holds its slot: a limit frees it only when the reaper takes
+    the job back.  Counting lapsed leases as free let a second job of a full limit start
+    while the first still ran (two CI failures)."""
+
+    @app.workflow(name="late", queue="late")
+    def late(cs: nbjobs.CallState, n: int) -> int:
+        return n
+
+    if kind == "queue":
+        app.set_queue("late", concurrency=1)
+    else:  # as a worker registering the workflow stores its limits
+        one = dict(concurrency=1) if kind == "workflow" else dict(partition_concurrency=1)
+        app.store.set_limit("workflow", "late", **one)
+
+    submitted = [late.options(partition="p").submit(n) for n in range(3)]
+    names = app.runtime.registry.claim_names
+    store = app.store
+
+    def claim() -> list:
+        return store.claim_jobs(
+            worker_id="w", queue="late", workflows=names, limit=4, lease_seconds=600
+        )
+
+    first = claim()
+    assert len(first) == 1
+    with store.engine.begin() as conn:  # the heartbeat is late: the lease lapses
+        conn.execute(
+            sa.update(jobs)
+            .where(jobs.c.id == first[0].id)
+            .values(lease_expires_at=store.now() - 5.0)
+        )
+    assert claim() == []
+    waiting = next(h for h in submitted if h.id != first[0].id)
+    detail = app.job(waiting.id).status_detail
+    assert detail is not None and detail.startswith("queued: held by the ")
+    assert store.reap_expired(max_reclaims=5) == 1  # the reaper takes the job back
+    assert len(claim()) == 1 and store.count_jobs(status="running") == 1

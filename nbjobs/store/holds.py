@@ -42,9 +42,9 @@ class HoldQueries(LimitQueries):
         queue_names = [n for k, n in found if k == "queue"]
         wf_names = [n for k, n in found if k == "workflow"]
         running = select(jobs.c.queue, jobs.c.workflow, jobs.c.partition_key, func.count())
-        running = running.where(
-            jobs.c.status == Status.RUNNING.value, jobs.c.lease_expires_at > now
-        ).group_by(jobs.c.queue, jobs.c.workflow, jobs.c.partition_key)
+        running = running.where(jobs.c.status == Status.RUNNING.value).group_by(
+            jobs.c.queue, jobs.c.workflow, jobs.c.partition_key
+        )
         per_queue: Counter[str] = Counter()
         per_wf: Counter[str] = Counter()
         per_part: Counter[tuple[str, str]] = Counter()
@@ -142,7 +142,7 @@ class HoldQueries(LimitQueries):
                 return None
             found = {r.kind: limit_from_row(r) for r in rows}
             wl = found.get("workflow")
-            running = self._running_counts(conn, queue, [workflow] if wl else [], now, aliases)
+            running = self._running_counts(conn, queue, [workflow] if wl else [], aliases)
             for kind in ("queue", "workflow"):
                 lim = found.get(kind)
                 if lim is None:

@@ -155,7 +155,7 @@ class LimitedClaims(LimitQueries):
         queue_limit = found.get(("queue", queue))
         wf_limits = {k[1]: v for k, v in found.items() if k[0] == "workflow"}
 
-        running = self._running_counts(conn, queue, list(wf_limits), now)
+        running = self._running_counts(conn, queue, list(wf_limits))
         free = MAX_CANDIDATES  # what the queue's limits leave
         hold = Hold()
         if queue_limit is not None:
@@ -237,7 +237,6 @@ class LimitedClaims(LimitQueries):
             count = select(func.count()).where(
                 jobs.c.status == Status.RUNNING.value,
                 jobs.c.queue == queue,
-                jobs.c.lease_expires_at > bindparam("c_now", None),
             )
             if len(plans) > 256:
                 plans.clear()
@@ -329,13 +328,11 @@ class LimitedClaims(LimitQueries):
             key = (limit, 0, ahead, int(guarded))
         claim = plan.claims.get(key)
         if claim is None:
-            now: Any = bindparam("c_now", None)
             running = (
                 select(func.count())
                 .where(
                     jobs.c.status == Status.RUNNING.value,
                     jobs.c.queue == queue,
-                    jobs.c.lease_expires_at > now,
                 )
                 .scalar_subquery()
             )
@@ -537,7 +534,7 @@ class LimitedClaims(LimitQueries):
             return self._run_inline(conn, plan, queue, workflows, limit, values)
         bound = self._claims_bound(conn)
         concurrency = found[0].concurrency or 0
-        running = plan.count.execute(conn, {"c_now": now}).all()[0][0]
+        running = plan.count.execute(conn, {}).all()[0][0]
         free = concurrency - running
         if shared and (bound is None or running + bound > concurrency):
             # Too little room left to share the lock: this claim takes nothing, the

@@ -15,7 +15,8 @@ transaction:
    has row locks; SQLite's write transaction and DuckDB's process-wide write lock
    already let one claim run at a time), so two claims under one limit take turns;
 2. it counts the running jobs of the queue, of the limited workflows and of their
-   partitions (a job whose lease expired counts no more: its worker is lost), and the
+   partitions (a job whose lease lapsed still counts, as it may still run: its slot is
+   freed when a reaper takes the job back, see ``WorkerQueries.reap_expired``), and the
    starts of each rate's sliding window (``nbjobs_limit_starts``);
 3. it claims what is left, best jobs first, leaving out full workflows and partitions
    in the query itself so that a full partition cannot hide the others' jobs;
@@ -260,7 +261,7 @@ class LimitQueries(CoreStore):
         ]
         if not concurrency_only:
             return True
-        running = self._running_counts(conn, queue, list(wf_limits), now)
+        running = self._running_counts(conn, queue, list(wf_limits))
         if (
             queue_limit is not None
             and queue_limit.concurrency is not None
@@ -279,10 +280,9 @@ class LimitQueries(CoreStore):
         conn: Connection,
         queue: str,
         workflows: list[str],
-        now: float,
         aliases: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """The running jobs (lease not expired) of ``queue``, of each of ``workflows``
+        """The running jobs of ``queue``, of each of ``workflows``
         (with those stored under their ``aliases``, by default ``workflow_aliases``)
         and of each of their partitions, in one statement."""
         scope = jobs.c.queue == queue
@@ -293,7 +293,6 @@ class LimitQueries(CoreStore):
             select(jobs.c.queue, jobs.c.workflow, jobs.c.partition_key, func.count())
             .where(
                 jobs.c.status == Status.RUNNING.value,
-                jobs.c.lease_expires_at > now,
                 scope,
             )
             .group_by(jobs.c.queue, jobs.c.workflow, jobs.c.partition_key)
