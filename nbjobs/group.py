@@ -134,7 +134,10 @@ class JobGroup:
             total = sum(counts.values())
             if done == total:
                 return self
-            wait = max(pause, COST_FACTOR * spent)
+            # A job finishing in this process ends the pause early, but not the budget:
+            # a worker here finishes jobs far faster than a big group can be counted.
+            budget = COST_FACTOR * spent
+            wait = max(pause, budget)
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -146,7 +149,9 @@ class JobGroup:
                         f"{timeout} s ({unfinished})"
                     )
                 wait = min(wait, remaining)
-            finished.wait(generation, wait)
+                budget = min(budget, remaining)
+            time.sleep(budget)
+            finished.wait(generation, wait - budget)
             pause = min(pause * 1.5, WAIT_POLL_MAX_SECONDS)
 
     # -- actions -----------------------------------------------------------------------
