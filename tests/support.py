@@ -184,3 +184,46 @@ def submit_elsewhere(db_url: str, workflow: str, *args: Any, **kwargs: Any) -> s
             return stand_in.submit(*args, **kwargs).id
     finally:
         submitter.close()
+
+
+def killed_worker_jobs(
+    engine: Any, victim_id: str, orphans: set[str], every: set[str] | None = None
+) -> set[str]:
+    """The jobs a SIGKILLed worker held, checked against their attempt rows: each ended
+    once, every lost attempt was the victim's, and each job it held was lost and run
+    again, or ended by the victim's last commit.
+
+    ``orphans`` are the jobs read as running under the victim just after the kill; the
+    read races two things: another worker on this host reclaims the dead process's jobs
+    at once (a reclaimed job is lost but no orphan), and a commit the victim sent before
+    it died may still end on the server after the read (PostgreSQL and MariaDB commit
+    what they received from a client that died meanwhile).  ``every``: the jobs that
+    must have ended.  Returns every job the victim held: the orphans and the jobs whose
+    attempt was lost."""
+    import sqlalchemy as sa
+
+    from nbjobs.schema import attempts
+
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(attempts.c.job_id, attempts.c.outcome, attempts.c.worker_id)
+        ).all()
+    ended: dict[str, list[tuple[str, str]]] = {}
+    for r in rows:
+        ended.setdefault(r.job_id, []).append((r.outcome, r.worker_id))
+    if every is not None:
+        assert set(ended) == every
+    lost = set()
+    for job_id, seen in ended.items():
+        outcomes = sorted(outcome for outcome, _ in seen)
+        assert outcomes.count("succeeded") == 1, (job_id, seen)
+        assert all(w == victim_id for o, w in seen if o == "lost"), (job_id, seen)
+        if "lost" in outcomes:
+            lost.add(job_id)
+            assert outcomes == ["lost", "succeeded"], (job_id, seen)
+        elif job_id in orphans:
+            assert seen == [("succeeded", victim_id)], (job_id, seen)
+        else:
+            assert outcomes == ["succeeded"], (job_id, seen)
+    assert lost, "no attempt of the killed worker was lost"
+    return orphans | lost

@@ -19,11 +19,11 @@ import sqlalchemy as sa
 
 import nbjobs
 from nbjobs.group import COST_FACTOR
-from nbjobs.schema import attempts, group_jobs, groups, jobs, workers
+from nbjobs.schema import group_jobs, groups, jobs, workers
 from nbjobs.store import groups as store_groups
 from tests import backends
 from tests.conftest import make_app
-from tests.support import wait_until, worker_process
+from tests.support import killed_worker_jobs, wait_until, worker_process
 
 #: Items that fail until ``FLAKY`` is emptied (a retry then succeeds).
 FLAKY: set[int] = set()
@@ -371,33 +371,7 @@ def test_a_map_of_ten_thousand_survives_a_killed_worker(backend, tmp_path: Path,
             assert counts["succeeded"] == ITEMS, counts
             frame = group.results_frame()
             assert frame["result"].tolist() == [2 * x for x in range(ITEMS)]
-            with engine.connect() as conn:
-                # Each job finished exactly once: one succeeded attempt; the orphans' killed
-                # attempts are "lost", and no other job was attempted twice.
-                rows = conn.execute(
-                    sa.select(attempts.c.job_id, attempts.c.outcome, attempts.c.worker_id)
-                ).all()
-            outcomes = collections.defaultdict(list)
-            for r in rows:
-                outcomes[r.job_id].append((r.outcome, r.worker_id))
-            assert set(outcomes) == set(frame["job_id"])
-            # Every lost attempt is one the victim held; a job the victim held is lost
-            # and run again, or its last commit, sent before the kill, ended on the
-            # server after the orphans were read (PostgreSQL commits what it received
-            # from a client that died meanwhile).  A held job that another worker
-            # reclaimed before the orphans were read is no orphan, but its attempt is lost.
-            lost = set()
-            for job_id, ended in outcomes.items():
-                seen = [outcome for outcome, _ in ended]
-                assert seen.count("succeeded") == 1, (job_id, ended)
-                assert all(w == victim_id for o, w in ended if o == "lost"), (job_id, ended)
-                if "lost" in seen:
-                    lost.add(job_id)
-                    assert sorted(seen) == ["lost", "succeeded"], (job_id, ended)
-                elif job_id in orphans:
-                    assert ended == [("succeeded", victim_id)], (job_id, ended)
-            assert lost, "no attempt of the killed worker was lost"
-            orphans |= lost
+            orphans = killed_worker_jobs(engine, victim_id, orphans, set(frame["job_id"]))
             # The side effect ran for every job; twice only where a killed attempt may
             # have run it without recording its checkpoint.
             ran = collections.Counter(line.split()[1] for line in ledger.read_text().splitlines())
