@@ -10,17 +10,33 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 import sqlalchemy as sa
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import StatusCode
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import StatusCode, TraceState
 
 import nbjobs
+from nbjobs.errors import _Suspend
+from nbjobs.runtime import tracing as nbjobs_tracing
+from nbjobs.runtime.tracing import Tracing
+from nbjobs.runtime.tracing_sdk import PRIVATE, LeanTracer
 from nbjobs.schema import jobs
+from nbjobs.store.jobs import ClaimedJob
 from tests import backends
 from tests.conftest import make_app
 from tests.support import ROOT, wait_until, worker_process
@@ -549,3 +565,259 @@ def test_tracing_true_without_opentelemetry_says_what_to_install(tmp_path: Path)
 def test_a_bad_tracing_option_is_refused(sqlite_url: str, bad: object) -> None:
     with pytest.raises(nbjobs.ConfigurationError, match="tracing= takes True, False, None"):
         nbjobs.App(sqlite_url, tracing=bad)  # type: ignore[arg-type]
+
+
+# -- the lean path over the SDK ---------------------------------------------------------
+class CountingIds(IdGenerator):
+    """Ids from a counter: two providers given one each make the same ids in turn."""
+
+    def __init__(self) -> None:
+        self.next = 0x1234
+
+    def generate_span_id(self) -> int:
+        self.next += 1
+        return self.next
+
+    def generate_trace_id(self) -> int:
+        self.next += 1
+        return (0xABCD << 96) | self.next
+
+    def is_trace_id_random(self) -> bool:
+        return True
+
+
+class TaggingSampler(Sampler):
+    """A sampler that adds an attribute and a trace state entry, and drops every third
+    span it is asked about."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def should_sample(
+        self,
+        parent_context,
+        trace_id,
+        name,
+        kind=None,
+        attributes=None,
+        links=None,
+        trace_state=None,
+    ) -> SamplingResult:  # type: ignore[no-untyped-def]
+        self.asked += 1
+        if self.asked % 3 == 0:
+            return SamplingResult(Decision.DROP)
+        return SamplingResult(
+            Decision.RECORD_AND_SAMPLE,
+            {**(attributes or {}), "sampler.tag": self.asked},
+            TraceState([("nbjobs", str(self.asked))]),
+        )
+
+    def get_description(self) -> str:
+        return "TaggingSampler"
+
+
+class StartingProcessor(SpanProcessor):
+    """A processor that needs the span at its start (sets an attribute there), as some
+    do: the SDK's own span must be made for it."""
+
+    def __init__(self) -> None:
+        self.started: list[object] = []
+
+    def on_start(self, span, parent_context=None) -> None:  # type: ignore[no-untyped-def]
+        self.started.append(span)
+        span.set_attribute("started.by", "processor")
+
+
+def claimed(carrier: str | None, attempt: int = 1) -> ClaimedJob:
+    return ClaimedJob(
+        id="job-1", workflow="w", queue="q", input=None, attempt=attempt, max_retries=1,
+        failures=0, timeout_seconds=None, steps_done=0, lease_token="t", root_id=None,
+        parent_id="parent-1", reclaims=0, trace_context=carrier,
+    )  # fmt: skip
+
+
+def every_kind_of_span(tracing: Tracing, user_tracer: object) -> None:
+    """What the engine does with a traced job, through the same objects: a submit, an
+    attempt with steps (one with a user span, attributes set by user code on the current
+    span, one cached, one failing), a wait that suspends, a fan-out carrier, an outcome
+    with an error; then a second attempt from the stored context."""
+    with tracing.submitting("w", "q") as submit:
+        assert submit is not None
+        submit.submitted("job-1")
+    for attempt_number in (1, 2):
+        attempt = tracing.attempt(claimed(submit.carrier, attempt_number), "w")
+        assert attempt is not None
+        with attempt:
+            with attempt.step("a"):
+                with user_tracer.start_as_current_span("user span") as mine:  # type: ignore[attr-defined]
+                    mine.set_attribute("user.n", 1)
+                current = otel_trace.get_current_span()
+                current.set_attribute("user.list", [1, 2])  # cleaned into a tuple
+                current.set_attribute("user.text", "x" * 40)
+                current.add_event("user event", {"k": "v"})
+            with attempt.step("b", cached=True) as step:
+                step.cached = False
+            with pytest.raises(ValueError), attempt.step("c"):
+                raise ValueError("step c broke")
+            with pytest.raises(_Suspend), attempt.wait("sleep", "nap"):
+                raise _Suspend()
+            assert attempt.carrier() is not None
+            if attempt_number == 1:
+                attempt.outcome("retrying", ValueError("the attempt broke"))
+            else:
+                attempt.outcome("succeeded")
+
+
+def comparable(span: ReadableSpan) -> tuple:
+    """All of a finished span but its times (and its events' times)."""
+    assert span.start_time is not None and span.end_time is not None
+    assert span.start_time <= span.end_time
+    context = span.get_span_context()
+    assert context is not None
+    return (
+        span.name,
+        (context.trace_id, context.span_id, context.trace_flags, context.is_remote),
+        tuple(context.trace_state.items()),
+        span.parent,
+        span.kind,
+        attrs(span),
+        (span.status.status_code, span.status.description),
+        [(e.name, dict(e.attributes or {})) for e in span.events],
+        [(link.context, dict(link.attributes or {})) for link in span.links],
+        dict(span.resource.attributes),
+        span.instrumentation_scope,
+        span.dropped_attributes,
+        span.dropped_events,
+    )
+
+
+def sdk_and_lean_spans(**provider_options: Any) -> tuple[list, list]:
+    """The spans of :func:`every_kind_of_span` made by the SDK and by the lean path, each
+    with a provider of ``provider_options`` and its own counting id generator."""
+    made = []
+    for lean in (False, True):
+        exporter = InMemorySpanExporter()
+        options = {
+            key: value() if callable(value) and key == "sampler" else value
+            for key, value in provider_options.items()
+        }
+        tracer_provider = TracerProvider(
+            id_generator=CountingIds(), resource=Resource.create({"service.name": "t"}), **options
+        )
+        tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+        before = nbjobs_tracing.LEAN
+        nbjobs_tracing.LEAN = lean
+        try:
+            tracing = Tracing(tracer_provider)
+        finally:
+            nbjobs_tracing.LEAN = before
+        tracer = tracing.active()
+        assert tracer is not None
+        assert isinstance(getattr(tracer.start_span, "__self__", None), LeanTracer) is lean
+        every_kind_of_span(tracing, tracer_provider.get_tracer("the-user"))
+        made.append([comparable(s) for s in exporter.get_finished_spans()])
+        tracer_provider.shutdown()
+    return made[0], made[1]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"sampler": lambda: ALWAYS_OFF},
+        {"sampler": lambda: ParentBased(ALWAYS_OFF)},
+        {"sampler": lambda: TraceIdRatioBased(0.5)},
+        {"sampler": TaggingSampler},
+        {"span_limits": SpanLimits(max_span_attributes=7, max_span_attribute_length=8)},
+    ],
+    ids=["default", "always-off", "parent-based-off", "ratio", "tagging", "limits"],
+)
+def test_the_lean_path_makes_the_spans_the_sdk_makes(options: dict) -> None:
+    """Field by field, times aside: the sampler's decisions, attributes and trace state,
+    ids, parents, kinds, attributes (user code's too, cleaned and limited), statuses,
+    exception events, resource and scope.  A later SDK that changes what its spans hold
+    fails here (then the lean path needs the same change, or to step aside)."""
+    sdk, lean = sdk_and_lean_spans(**options)
+    assert lean == sdk
+    if "sampler" not in options:
+        assert len(sdk) == 13  # submit, and per attempt: run, user span, a, b, c, nap
+        names = [s[0] for s in sdk]
+        assert names.count("run w") == 2 and names.count("step c") == 2
+
+
+def test_a_processor_that_needs_the_span_at_its_start_gets_the_sdks_span(
+    exporter: InMemorySpanExporter, provider: TracerProvider
+) -> None:
+    """Added after tracing turned on, it still sees every span start: from then on the
+    SDK makes nbjobs' spans, and they carry what the processor set."""
+    tracing = Tracing(provider)
+    user = provider.get_tracer("the-user")
+    every_kind_of_span(tracing, user)
+    lean_made = exporter.get_finished_spans()
+    assert lean_made and "started.by" not in attrs(lean_made[0])
+    exporter.clear()
+    starting = StartingProcessor()
+    provider.add_span_processor(starting)
+    every_kind_of_span(tracing, user)
+    made = exporter.get_finished_spans()
+    assert len(made) == len(lean_made) == len(starting.started)
+    assert all(attrs(s)["started.by"] == "processor" for s in made)
+    assert all(type(s).__name__ == "_Span" for s in starting.started)
+
+
+class WrappingProvider:
+    """A tracer provider that is not the SDK's (a vendor's wrapper, say): its tracer
+    hands the SDK tracer's spans on."""
+
+    def __init__(self, inner: TracerProvider) -> None:
+        self.inner = inner
+
+    def get_tracer(self, *args: object, **kwargs: object) -> otel_trace.Tracer:
+        return WrappingTracer(self.inner.get_tracer(*args, **kwargs))  # type: ignore[arg-type]
+
+
+class WrappingTracer(otel_trace.Tracer):
+    def __init__(self, inner: otel_trace.Tracer) -> None:
+        self.inner = inner
+
+    def start_span(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return self.inner.start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return self.inner.start_as_current_span(*args, **kwargs)
+
+
+def test_a_provider_other_than_the_sdks_still_traces_jobs(
+    sqlite_url: str, exporter: InMemorySpanExporter, provider: TracerProvider
+) -> None:
+    app = make_app(sqlite_url, tracing=WrappingProvider(provider))
+    try:
+        tracer = app.runtime.tracing.active()
+        assert tracer is not None and not isinstance(
+            getattr(tracer.start_span, "__self__", None), LeanTracer
+        )
+        etl = app.workflow(name="etl")(lambda cs, n: cs.checkpoint("load", lambda: n + 1))
+        assert etl.run(1) == 2
+    finally:
+        app.close()
+    (run,) = spans(exporter, "run etl")
+    (step,) = spans(exporter, "step load")
+    assert type(run).__name__ == "ReadableSpan"  # the SDK's own copy of its span
+    assert step.parent is not None and run.context is not None
+    assert step.parent.span_id == run.context.span_id
+    assert attrs(run)["nbjobs.outcome"] == "succeeded"
+
+
+def test_an_sdk_without_what_the_lean_path_reads_makes_the_spans_itself(
+    exporter: InMemorySpanExporter, provider: TracerProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK internals the lean path reads (``tracing_sdk.PRIVATE``) are checked once:
+    one missing (a later SDK renamed it), the SDK makes every span, and the log says so."""
+    sdk_tracer = provider.get_tracer(nbjobs_tracing.SCOPE, nbjobs.__version__)
+    del sdk_tracer._span_limits  # type: ignore[attr-defined]
+    with caplog.at_level("INFO", "nbjobs.runtime.tracing_sdk"):
+        tracing = Tracing(provider)
+    tracer = tracing.active()
+    assert tracer is not None and tracer.start_span == sdk_tracer.start_span
+    assert "lacks Tracer._span_limits" in caplog.text
+    assert PRIVATE  # what the docs list

@@ -1,0 +1,370 @@
+"""A lean path for nbjobs' own spans over the OpenTelemetry SDK's ``TracerProvider``.
+
+The SDK's ``Tracer.start_span`` and ``Span.end`` cost about 30 µs per recorded span
+(locks, ``BoundedAttributes`` that clean each value, ``on_start``/``_on_ending`` calls
+to every span processor, a ``ReadableSpan`` copy): as much as a no-op job's claim and
+commit on SQLite.  nbjobs' spans need little of that: a few attributes it knows are
+clean, no links, an event only when a run fails.  So when the provider is the SDK's,
+:class:`LeanTracer` makes them itself, doing what ``Tracer.start_span`` does and no
+more:
+
+* the parent's context, the provider's sampler (its decision, attributes and trace
+  state), its id generator and its tracer configurator (a disabled tracer's spans are
+  non-recording) are asked as the SDK asks them; a span the sampler drops is a
+  ``NonRecordingSpan`` with the new span's context, as from the SDK;
+* a recording span is a :class:`LeanSpan`, an ``opentelemetry.trace.Span`` that keeps
+  its name, times, attributes, events and status in plain fields (user code that sets
+  an attribute on the current span, or records an exception, still can; values other
+  than a plain ``str``/``bool``/``int``/``float`` go through the SDK's
+  ``BoundedAttributes`` and its span limits);
+* at the end, a ``ReadableSpan`` (resource, instrumentation scope, parent, kind, status,
+  attributes, events) goes to the provider's span processors' ``on_end``, as the SDK's
+  ``Span.end`` hands it, and the SDK's own span metrics are counted.
+
+Only when it is safe: the tracer must be exactly the SDK's ``Tracer``, its span processor
+a ``SynchronousMultiSpanProcessor`` (the SDK's default), and every processor in it one
+that does nothing at ``on_start`` and ``_on_ending`` (``BatchSpanProcessor``,
+``SimpleSpanProcessor``, or any that does not override them), since those two receive
+the SDK's mutable span.  Otherwise, and for every span whenever a processor that needs
+them is added, the SDK makes the span as usual.  The SDK internals it reads are in
+:data:`PRIVATE`; if one is missing (a later SDK), the lean path is never used and the
+SDK makes every span (logged once at INFO).  ``tests/test_tracing.py`` compares the two
+paths' spans field by field, so an SDK that changes what a span holds fails there.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Mapping
+from time import time_ns
+from typing import Any
+
+from opentelemetry import trace as trace_api
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk import trace as sdk_trace
+from opentelemetry.sdk.trace import (
+    Event,
+    ReadableSpan,
+    SpanProcessor,
+    SynchronousMultiSpanProcessor,
+)
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace.status import Status, StatusCode
+
+log = logging.getLogger(__name__)
+
+#: What the lean path reads of the SDK that is not its public API: on the SDK's
+#: ``Tracer``, the instrumentation scope, span limits, span metrics and whether a
+#: tracer configurator disabled it; on its ``SynchronousMultiSpanProcessor``, the
+#: processors (to check that they only need ``on_end``).
+PRIVATE = (
+    "Tracer._instrumentation_scope",
+    "Tracer._span_limits",
+    "Tracer._tracer_metrics",
+    "Tracer._is_enabled",
+    "SynchronousMultiSpanProcessor._span_processors",
+)
+
+#: Values set as they are while the span limits allow it: what nbjobs' attributes are.
+_PLAIN = frozenset({str, bool, int, float})
+#: How many attributes a span keeps in a plain dict before it turns into the SDK's
+#: ``BoundedAttributes`` (and its limit of attributes).
+_PLAIN_MAX = 32
+
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_DEFAULT = TraceFlags(TraceFlags.DEFAULT)
+_RANDOM = getattr(TraceFlags, "RANDOM_TRACE_ID", None)  # SDKs from 1.39 set it
+_FLAGS = {
+    (False, False): _DEFAULT,
+    (True, False): _SAMPLED,
+    (False, True): TraceFlags(TraceFlags.DEFAULT | (_RANDOM or 0)),
+    (True, True): TraceFlags(TraceFlags.SAMPLED | (_RANDOM or 0)),
+}
+
+#: ``on_start`` and ``_on_ending`` that do nothing: a processor with these sees only
+#: the finished span.
+_NOTHING = frozenset(
+    getattr(cls, method, None)
+    for cls in (SpanProcessor, BatchSpanProcessor, SimpleSpanProcessor)
+    for method in ("on_start", "_on_ending")
+)
+
+
+def lean_tracer(tracer: Any) -> LeanTracer | None:
+    """A lean tracer over ``tracer``, or None when it is not the SDK's (or the SDK's
+    internals the lean path reads are not there)."""
+    if type(tracer) is not sdk_trace.Tracer:
+        return None
+    missing = [
+        name
+        for name in PRIVATE
+        if not hasattr(
+            tracer if name.startswith("Tracer.") else tracer.span_processor,
+            name.split(".", 1)[1],
+        )
+    ]
+    if missing or not hasattr(tracer, "id_generator") or not hasattr(tracer, "sampler"):
+        log.info(
+            "tracing: this OpenTelemetry SDK lacks %s; nbjobs' spans are made by the SDK "
+            "(correct, slower)",
+            ", ".join(missing) or "Tracer.id_generator",
+        )
+        return None
+    return LeanTracer(tracer)
+
+
+def _end_only(processor: Any) -> bool:
+    kind = type(processor)
+    return (
+        getattr(kind, "on_start", None) in _NOTHING
+        and getattr(kind, "_on_ending", None) in _NOTHING
+    )
+
+
+class LeanTracer:
+    """``start_span`` as the SDK's tracer's, lean when its processors allow."""
+
+    __slots__ = ("_lean", "_processors", "sdk")
+
+    def __init__(self, sdk: Any) -> None:
+        self.sdk = sdk
+        self._processors: Any = None  # the processors last checked, and the verdict
+        self._lean = False
+
+    def lean(self) -> bool:
+        """Whether the lean path may be taken now (processors can be added any time)."""
+        processor = self.sdk.span_processor
+        processors = getattr(processor, "_span_processors", None)
+        if processors is not self._processors:
+            self._lean = (
+                type(processor) is SynchronousMultiSpanProcessor
+                and isinstance(processors, tuple)
+                and all(_end_only(p) for p in processors)
+            )
+            self._processors = processors
+        return self._lean
+
+    def start_span(
+        self,
+        name: str,
+        context: Any = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: dict[str, Any] | None = None,
+    ) -> Any:
+        """What ``opentelemetry.sdk.trace.Tracer.start_span`` returns (not started as
+        current), without links, start time or exception options."""
+        sdk = self.sdk
+        if not self.lean():
+            return sdk.start_span(name, context=context, kind=kind, attributes=attributes)
+        parent: SpanContext | None = trace_api.get_current_span(context).get_span_context()
+        if not sdk._is_enabled():
+            return NonRecordingSpan(parent)  # type: ignore[arg-type]
+        ids = sdk.id_generator
+        if parent is None or not parent.is_valid:
+            parent = None
+            trace_id = ids.generate_trace_id()
+            random = _RANDOM is not None and ids.is_trace_id_random()
+        else:
+            trace_id = parent.trace_id
+            random = _RANDOM is not None and bool(parent.trace_flags & _RANDOM)
+        result = sdk.sampler.should_sample(context, trace_id, name, kind, attributes, ())
+        decision = result.decision
+        span_context = SpanContext(
+            trace_id,
+            ids.generate_span_id(),
+            is_remote=False,
+            trace_flags=_FLAGS[decision.is_sampled(), random],
+            trace_state=result.trace_state,
+        )
+        ended = sdk._tracer_metrics.start_span(parent, decision)
+        if not decision.is_recording():
+            return NonRecordingSpan(span_context)
+        return LeanSpan(self, name, span_context, parent, kind, result.attributes, ended)
+
+
+class LeanSpan(trace_api.Span):
+    """A recording span of :class:`LeanTracer`: the fields of a ``ReadableSpan``,
+    handed to the span processors at :meth:`end`."""
+
+    def __init__(
+        self,
+        tracer: LeanTracer,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: Mapping[str, Any] | None,
+        ended: Any,
+    ) -> None:
+        self._tracer = tracer
+        self._name = name
+        self._context = context
+        self._parent = parent
+        self._kind = kind
+        self._ended = ended
+        limits = tracer.sdk._span_limits
+        self._limits = limits
+        most = limits.max_span_attributes
+        self._plain = True  # a dict, until a value or the limits need BoundedAttributes
+        self._attributes: Any = dict(attributes) if attributes else {}
+        if (
+            limits.max_span_attribute_length is not None
+            or (most is not None and most < _PLAIN_MAX)
+            or not _PLAIN.issuperset(map(type, self._attributes.values()))
+        ):
+            self._bound()
+        self._events: Any = ()
+        self._links: Any = ()
+        self._status = Status(StatusCode.UNSET)
+        self._end_time: int | None = None
+        self._start_time = time_ns()
+
+    def _bound(self) -> BoundedAttributes:
+        """The attributes as the SDK keeps them (values cleaned, limits applied)."""
+        if self._plain:
+            self._plain = False
+            limits = self._limits
+            self._attributes = BoundedAttributes(
+                limits.max_span_attributes,
+                self._attributes,
+                immutable=False,
+                max_value_len=limits.max_span_attribute_length,
+            )
+        return self._attributes
+
+    def _ended_warning(self, what: str) -> bool:
+        if self._end_time is None:
+            return False
+        log.warning("Tried calling %s on an ended span.", what)
+        return True
+
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        return self._end_time is None
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        if self._ended_warning("set_attribute"):
+            return
+        attributes = self._attributes
+        if (
+            self._plain
+            and type(value) in _PLAIN
+            and type(key) is str
+            and key
+            and (key in attributes or len(attributes) < _PLAIN_MAX)
+        ):
+            attributes[key] = value
+        else:
+            self._bound()[key] = value
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        for key, value in attributes.items():
+            self.set_attribute(key, value)
+
+    def add_event(self, name: str, attributes: Any = None, timestamp: int | None = None) -> None:
+        if self._ended_warning("add_event"):
+            return
+        limits = self._limits
+        if not self._events:
+            self._events = BoundedList(limits.max_events)
+        bounded = BoundedAttributes(
+            limits.max_event_attributes,
+            attributes,
+            max_value_len=limits.max_attribute_length,
+            immutable=True,
+        )
+        self._events.append(Event(name=name, attributes=bounded, timestamp=timestamp))
+
+    def add_link(self, context: SpanContext, attributes: Any = None) -> None:
+        if self._ended_warning("add_link"):
+            return
+        if not (context and (context.is_valid or attributes or context.trace_state)):
+            return
+        limits = self._limits
+        if not self._links:
+            self._links = BoundedList(limits.max_links)
+        bounded = BoundedAttributes(
+            limits.max_link_attributes,
+            attributes,
+            max_value_len=limits.max_attribute_length,
+            immutable=True,
+        )
+        self._links.append(Link(context, bounded))
+
+    def update_name(self, name: str) -> None:
+        if not self._ended_warning("update_name"):
+            self._name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        if self._ended_warning("set_status"):
+            return
+        if self._status.status_code is StatusCode.OK:
+            return  # the SDK's rule: an OK status is final
+        if isinstance(status, Status):
+            if status.status_code is not StatusCode.UNSET:
+                self._status = status
+        elif status is not StatusCode.UNSET:
+            self._status = Status(status, description)
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Any = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        kind = type(exception)
+        module, qualname = kind.__module__, kind.__qualname__
+        found: dict[str, Any] = {
+            "exception.type": f"{module}.{qualname}"
+            if module and module != "builtins"
+            else qualname,
+            "exception.message": str(exception),
+            "exception.stacktrace": "".join(traceback.format_exception(exception)),
+            "exception.escaped": str(escaped),
+        }
+        if attributes:
+            found.update(attributes)
+        self.add_event("exception", found, timestamp)
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None and self.is_recording():
+            self.record_exception(exc, escaped=True)
+            self.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        super().__exit__(kind, exc, tb)
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._end_time is not None:
+            log.warning("Calling end() on an ended span.")
+            return
+        self._end_time = end_time = time_ns() if end_time is None else end_time
+        attributes = self._attributes
+        if not self._plain:
+            attributes._immutable = True  # as the SDK's Span.end makes them
+        self._ended()
+        sdk = self._tracer.sdk
+        sdk.span_processor.on_end(
+            ReadableSpan(
+                name=self._name,
+                context=self._context,
+                parent=self._parent,
+                resource=sdk.resource,
+                attributes=attributes,
+                events=self._events,
+                links=self._links,
+                kind=self._kind,
+                status=self._status,
+                start_time=self._start_time,
+                end_time=end_time,
+                instrumentation_info=sdk.instrumentation_info,
+                instrumentation_scope=sdk._instrumentation_scope,
+            )
+        )
+
+    def __repr__(self) -> str:
+        return f'LeanSpan(name="{self._name}", context={self._context})'
