@@ -821,3 +821,42 @@ def test_an_sdk_without_what_the_lean_path_reads_makes_the_spans_itself(
     assert tracer is not None and tracer.start_span == sdk_tracer.start_span
     assert "lacks Tracer._span_limits" in caplog.text
     assert PRIVATE  # what the docs list
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03",
+        "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-more",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-more",
+        " 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01 ",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1",
+        "garbage",
+    ],
+)
+def test_a_stored_context_reads_as_the_w3c_propagator_reads_it(
+    provider: TracerProvider, traceparent: str
+) -> None:
+    """The default propagator is read without it for a lone traceparent: the same
+    context, valid or not."""
+
+    from opentelemetry import baggage, propagate
+
+    def seen(ctx: Any) -> tuple:
+        span_context = otel_trace.get_current_span(ctx).get_span_context()
+        return set(ctx), span_context, type(span_context.trace_flags), baggage.get_all(ctx)
+
+    tracer = Tracing(provider).active()
+    assert tracer is not None
+    ours = tracer.extract(json.dumps({"traceparent": traceparent}))
+    assert tracer._plain_w3c()  # the default propagator: the short way was open
+    assert seen(ours) == seen(propagate.extract({"traceparent": traceparent}))
+    # with baggage (or another propagator), the propagator reads it
+    with_baggage = {"traceparent": traceparent, "baggage": "k=v"}
+    assert seen(tracer.extract(json.dumps(with_baggage))) == seen(propagate.extract(with_baggage))
