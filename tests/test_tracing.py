@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
+    ALWAYS_ON,
     Decision,
     ParentBased,
     Sampler,
@@ -727,10 +728,23 @@ def sdk_and_lean_spans(**provider_options: Any) -> tuple[list, list]:
         {"sampler": lambda: ALWAYS_OFF},
         {"sampler": lambda: ParentBased(ALWAYS_OFF)},
         {"sampler": lambda: TraceIdRatioBased(0.5)},
+        {"sampler": lambda: ParentBased(TraceIdRatioBased(0.5))},
+        {"sampler": lambda: ParentBased(ALWAYS_ON, local_parent_sampled=TaggingSampler())},
         {"sampler": TaggingSampler},
+        {"sampler": lambda: ParentBased(TaggingSampler())},
         {"span_limits": SpanLimits(max_span_attributes=7, max_span_attribute_length=8)},
     ],
-    ids=["default", "always-off", "parent-based-off", "ratio", "tagging", "limits"],
+    ids=[
+        "default",
+        "always-off",
+        "parent-based-off",
+        "ratio",
+        "parent-based-ratio",
+        "parent-based-tagging",
+        "tagging",
+        "parent-based-on-tagging",
+        "limits",
+    ],
 )
 def test_the_lean_path_makes_the_spans_the_sdk_makes(options: dict) -> None:
     """Field by field, times aside: the sampler's decisions, attributes and trace state,

@@ -50,6 +50,7 @@ from opentelemetry.sdk.trace import (
     SynchronousMultiSpanProcessor,
 )
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Decision, ParentBased
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status, StatusCode
@@ -67,12 +68,26 @@ PRIVATE = (
     "Tracer._is_enabled",
     "SynchronousMultiSpanProcessor._span_processors",
 )
+#: Read with a default (without them, the sampler is asked, as for any other): which
+#: sampler ``ParentBased`` asks for a parent, ``_local_parent_sampled`` and the like.
 
 #: Values set as they are while the span limits allow it: what nbjobs' attributes are.
 _PLAIN = frozenset({str, bool, int, float})
 #: How many attributes a span keeps in a plain dict before it turns into the SDK's
 #: ``BoundedAttributes`` (and its limit of attributes).
 _PLAIN_MAX = 32
+
+_UNSET = Status(StatusCode.UNSET)  # immutable: shared, as the SDK's ReadableSpan does
+_SAMPLE = Decision.RECORD_AND_SAMPLE
+_DROP = Decision.DROP
+#: ``ParentBased``'s sampler for a parent (remote?, sampled?): private attributes, read
+#: with a default (a later SDK without them has every span asked to its sampler).
+_DELEGATES = {
+    (True, True): "_remote_parent_sampled",
+    (True, False): "_remote_parent_not_sampled",
+    (False, True): "_local_parent_sampled",
+    (False, False): "_local_parent_not_sampled",
+}
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _DEFAULT = TraceFlags(TraceFlags.DEFAULT)
@@ -155,7 +170,8 @@ class LeanTracer:
         attributes: dict[str, Any] | None = None,
     ) -> Any:
         """What ``opentelemetry.sdk.trace.Tracer.start_span`` returns (not started as
-        current), without links, start time or exception options."""
+        current), without links, start time or exception options.  A recording span
+        keeps ``attributes`` (the caller's own dict, not used by it afterwards)."""
         sdk = self.sdk
         if not self.lean():
             return sdk.start_span(name, context=context, kind=kind, attributes=attributes)
@@ -170,19 +186,32 @@ class LeanTracer:
         else:
             trace_id = parent.trace_id
             random = _RANDOM is not None and bool(parent.trace_flags & _RANDOM)
-        result = sdk.sampler.should_sample(context, trace_id, name, kind, attributes, ())
-        decision = result.decision
+        sampler = sdk.sampler
+        decision = None
+        if parent is not None and type(sampler) is ParentBased:
+            # The default sampler, and the usual one: with a parent, it asks the
+            # sampler its parent's kind and flag call for; ALWAYS_ON and ALWAYS_OFF
+            # (its defaults for a parent) answer without asking.
+            sampled = parent.trace_flags.sampled
+            delegate = getattr(sampler, _DELEGATES[parent.is_remote, sampled], None)
+            if delegate is ALWAYS_ON or delegate is ALWAYS_OFF:
+                decision = _SAMPLE if delegate is ALWAYS_ON else _DROP
+                trace_state = parent.trace_state
+        if decision is None:
+            result = sampler.should_sample(context, trace_id, name, kind, attributes, ())
+            decision, trace_state = result.decision, result.trace_state
+            attributes = dict(result.attributes)
         span_context = SpanContext(
             trace_id,
             ids.generate_span_id(),
             is_remote=False,
-            trace_flags=_FLAGS[decision.is_sampled(), random],
-            trace_state=result.trace_state,
+            trace_flags=_FLAGS[decision is _SAMPLE or decision.is_sampled(), random],
+            trace_state=trace_state,
         )
         ended = sdk._tracer_metrics.start_span(parent, decision)
-        if not decision.is_recording():
+        if decision is _DROP or not decision.is_recording():
             return NonRecordingSpan(span_context)
-        return LeanSpan(self, name, span_context, parent, kind, result.attributes, ended)
+        return LeanSpan(self, name, span_context, parent, kind, attributes, ended)
 
 
 class LeanSpan(trace_api.Span):
@@ -196,7 +225,7 @@ class LeanSpan(trace_api.Span):
         context: SpanContext,
         parent: SpanContext | None,
         kind: SpanKind,
-        attributes: Mapping[str, Any] | None,
+        attributes: dict[str, Any] | None,
         ended: Any,
     ) -> None:
         self._tracer = tracer
@@ -209,7 +238,7 @@ class LeanSpan(trace_api.Span):
         self._limits = limits
         most = limits.max_span_attributes
         self._plain = True  # a dict, until a value or the limits need BoundedAttributes
-        self._attributes: Any = dict(attributes) if attributes else {}
+        self._attributes: Any = {} if attributes is None else attributes
         if (
             limits.max_span_attribute_length is not None
             or (most is not None and most < _PLAIN_MAX)
@@ -218,7 +247,7 @@ class LeanSpan(trace_api.Span):
             self._bound()
         self._events: Any = ()
         self._links: Any = ()
-        self._status = Status(StatusCode.UNSET)
+        self._status = _UNSET
         self._end_time: int | None = None
         self._start_time = time_ns()
 
