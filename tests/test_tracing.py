@@ -653,6 +653,7 @@ def every_kind_of_span(tracing: Tracing, user_tracer: object) -> None:
                 with user_tracer.start_as_current_span("user span") as mine:  # type: ignore[attr-defined]
                     mine.set_attribute("user.n", 1)
                 current = otel_trace.get_current_span()
+                assert getattr(current, "name", "step a") == "step a"  # when recording
                 current.set_attribute("user.list", [1, 2])  # cleaned into a tuple
                 current.set_attribute("user.text", "x" * 40)
                 current.add_event("user event", {"k": "v"})

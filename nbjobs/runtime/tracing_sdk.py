@@ -214,9 +214,10 @@ class LeanTracer:
         return LeanSpan(self, name, span_context, parent, kind, attributes, ended)
 
 
-class LeanSpan(trace_api.Span):
-    """A recording span of :class:`LeanTracer`: the fields of a ``ReadableSpan``,
-    handed to the span processors at :meth:`end`."""
+class LeanSpan(trace_api.Span, ReadableSpan):
+    """A recording span of :class:`LeanTracer`: an API span with the fields (and so the
+    read-only properties) of an SDK ``ReadableSpan``, as the SDK's ``Span`` is; a copy
+    of them goes to the span processors at :meth:`end`."""
 
     def __init__(
         self,
@@ -229,12 +230,16 @@ class LeanSpan(trace_api.Span):
         ended: Any,
     ) -> None:
         self._tracer = tracer
+        sdk = tracer.sdk
+        self._resource = sdk.resource
+        self._instrumentation_info = sdk.instrumentation_info
+        self._instrumentation_scope = sdk._instrumentation_scope
         self._name = name
         self._context = context
         self._parent = parent
         self._kind = kind
         self._ended = ended
-        limits = tracer.sdk._span_limits
+        limits = sdk._span_limits
         self._limits = limits
         most = limits.max_span_attributes
         self._plain = True  # a dict, until a value or the limits need BoundedAttributes
@@ -271,7 +276,7 @@ class LeanSpan(trace_api.Span):
         return True
 
     def get_span_context(self) -> SpanContext:
-        return self._context
+        return self._context  # type: ignore[return-value]  # never None here
 
     def is_recording(self) -> bool:
         return self._end_time is None
@@ -376,13 +381,12 @@ class LeanSpan(trace_api.Span):
         if not self._plain:
             attributes._immutable = True  # as the SDK's Span.end makes them
         self._ended()
-        sdk = self._tracer.sdk
-        sdk.span_processor.on_end(
+        self._tracer.sdk.span_processor.on_end(
             ReadableSpan(
                 name=self._name,
                 context=self._context,
                 parent=self._parent,
-                resource=sdk.resource,
+                resource=self._resource,
                 attributes=attributes,
                 events=self._events,
                 links=self._links,
@@ -390,8 +394,8 @@ class LeanSpan(trace_api.Span):
                 status=self._status,
                 start_time=self._start_time,
                 end_time=end_time,
-                instrumentation_info=sdk.instrumentation_info,
-                instrumentation_scope=sdk._instrumentation_scope,
+                instrumentation_info=self._instrumentation_info,
+                instrumentation_scope=self._instrumentation_scope,
             )
         )
 
