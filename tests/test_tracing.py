@@ -875,3 +875,36 @@ def test_a_stored_context_reads_as_the_w3c_propagator_reads_it(
     # with baggage (or another propagator), the propagator reads it
     with_baggage = {"traceparent": traceparent, "baggage": "k=v"}
     assert seen(tracer.extract(json.dumps(with_baggage))) == seen(propagate.extract(with_baggage))
+
+
+@pytest.mark.parametrize(
+    "situation", ["sampled", "not sampled", "trace state", "baggage", "no span", "invalid span"]
+)
+def test_a_stored_context_is_what_the_w3c_propagator_writes(
+    provider: TracerProvider, situation: str
+) -> None:
+    """The default propagator's fields are written without it for a plain context: the
+    same JSON the propagator's fields make."""
+    from opentelemetry import baggage, context, propagate
+
+    span_context = otel_trace.SpanContext(
+        0x0AF7651916CD43DD8448EB211C80319C,
+        0xB7AD6B7169203331,
+        is_remote=False,
+        trace_flags=otel_trace.TraceFlags(0 if situation == "not sampled" else 1),
+        trace_state=TraceState([("k", "v")]) if situation == "trace state" else None,
+    )
+    ctx = otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(span_context))
+    if situation == "baggage":
+        ctx = baggage.set_baggage("user", "ann", ctx)
+    elif situation == "no span":
+        ctx = context.Context()
+    elif situation == "invalid span":
+        ctx = otel_trace.set_span_in_context(otel_trace.INVALID_SPAN)
+    tracer = Tracing(provider).active()
+    assert tracer is not None
+    fields: dict[str, str] = {}
+    propagate.inject(fields, context=ctx)
+    expected = json.dumps(fields, sort_keys=True) if fields else None
+    assert tracer.carrier(ctx) == expected
+    assert (expected is None) is (situation in ("no span", "invalid span"))

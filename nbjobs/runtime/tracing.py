@@ -148,7 +148,7 @@ class Tracer:
 
     def __init__(self, provider: TracerProvider | None = None) -> None:
         try:
-            from opentelemetry import context, propagate, trace
+            from opentelemetry import baggage, context, propagate, trace
         except ImportError:
             raise ConfigurationError(
                 "tracing=True needs OpenTelemetry: pip install 'nbjobs[tracing]' (or "
@@ -156,6 +156,7 @@ class Tracer:
             ) from None
         from .. import __version__
 
+        self.baggage = baggage
         self.context = context
         self.propagate = propagate
         self.trace = trace
@@ -199,6 +200,17 @@ class Tracer:
 
     def carrier(self, ctx: Any) -> str | None:
         """``ctx`` as the propagator's fields in JSON (None when it has none)."""
+        if self._plain_w3c() and not self.baggage.get_all(ctx):
+            # What the W3C propagator writes for a context without baggage or trace
+            # state (nbjobs' own spans' usually), in the JSON form stored.
+            span_context = self.trace.get_current_span(ctx).get_span_context()
+            if span_context == self.trace.INVALID_SPAN_CONTEXT:
+                return None
+            if not span_context.trace_state:
+                return (
+                    f'{{"traceparent": "00-{span_context.trace_id:032x}-'
+                    f'{span_context.span_id:016x}-{span_context.trace_flags:02x}"}}'
+                )
         fields: dict[str, str] = {}
         try:
             self.propagate.inject(fields, context=ctx)
