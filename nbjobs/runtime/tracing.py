@@ -178,8 +178,8 @@ class Tracer:
 
     def _plain_w3c(self) -> bool:
         """Whether the global propagator is OpenTelemetry's default (W3C trace context
-        and baggage), which :meth:`extract` may stand in for (the propagator can be
-        changed any time: asked once per propagator object)."""
+        and baggage), which :meth:`carrier` and :meth:`extract` may stand in for (the
+        propagator can be changed any time: asked once per propagator object)."""
         textmap = self.propagate.get_global_textmap()
         if textmap is not self._textmap:
             from opentelemetry.baggage.propagation import W3CBaggagePropagator
@@ -188,7 +188,8 @@ class Tracer:
                 TraceContextTextMapPropagator,
             )
 
-            parts = getattr(textmap, "_propagators", None)  # private; the default is
+            # CompositePropagator's parts are private: without them, the propagator.
+            parts = getattr(textmap, "_propagators", None)
             self._w3c = type(textmap) is TraceContextTextMapPropagator or (
                 type(textmap) is CompositePropagator
                 and isinstance(parts, (list, tuple))

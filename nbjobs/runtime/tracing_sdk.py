@@ -171,7 +171,7 @@ class LeanTracer:
     ) -> Any:
         """What ``opentelemetry.sdk.trace.Tracer.start_span`` returns (not started as
         current), without links, start time or exception options.  A recording span
-        keeps ``attributes`` (the caller's own dict, not used by it afterwards)."""
+        keeps ``attributes`` (the caller's own dict, which it no longer changes)."""
         sdk = self.sdk
         if not self.lean():
             return sdk.start_span(name, context=context, kind=kind, attributes=attributes)
