@@ -12,14 +12,15 @@ more:
   state), its id generator and its tracer configurator (a disabled tracer's spans are
   non-recording) are asked as the SDK asks them; a span the sampler drops is a
   ``NonRecordingSpan`` with the new span's context, as from the SDK;
-* a recording span is a :class:`LeanSpan`, an ``opentelemetry.trace.Span`` that keeps
-  its name, times, attributes, events and status in plain fields (user code that sets
-  an attribute on the current span, or records an exception, still can; values other
-  than a plain ``str``/``bool``/``int``/``float`` go through the SDK's
-  ``BoundedAttributes`` and its span limits);
-* at the end, a ``ReadableSpan`` (resource, instrumentation scope, parent, kind, status,
-  attributes, events) goes to the provider's span processors' ``on_end``, as the SDK's
-  ``Span.end`` hands it, and the SDK's own span metrics are counted.
+* a recording span is a :class:`LeanSpan`, an ``opentelemetry.trace.Span`` and an SDK
+  ``ReadableSpan`` that keeps its name, times, attributes, events and status in plain
+  fields (user code that sets an attribute on the current span, or records an
+  exception, still can; values other than a plain ``str``/``bool``/``int``/``float``
+  go through the SDK's ``BoundedAttributes`` and its span limits);
+* at the end, the span itself (resource, instrumentation scope, parent, kind, status,
+  attributes, events: all a ``ReadableSpan`` has; its setters refuse from then on) goes
+  to the provider's span processors' ``on_end``, where the SDK's ``Span.end`` hands a
+  ``ReadableSpan`` copy, and the SDK's own span metrics are counted.
 
 Only when it is safe: the tracer must be exactly the SDK's ``Tracer``, its span processor
 a ``SynchronousMultiSpanProcessor`` (the SDK's default), and every processor in it one
@@ -142,12 +143,19 @@ def _end_only(processor: Any) -> bool:
 class LeanTracer:
     """``start_span`` as the SDK's tracer's, lean when its processors allow."""
 
-    __slots__ = ("_lean", "_processors", "sdk")
+    __slots__ = ("_lean", "_processors", "limits", "plain", "sdk")
 
     def __init__(self, sdk: Any) -> None:
         self.sdk = sdk
         self._processors: Any = None  # the processors last checked, and the verdict
         self._lean = False
+        #: The tracer's span limits (fixed when the SDK made it), and whether they let
+        #: a span keep its attributes in a plain dict.
+        self.limits = limits = sdk._span_limits
+        most = limits.max_span_attributes
+        self.plain = limits.max_span_attribute_length is None and (
+            most is None or most >= _PLAIN_MAX
+        )
 
     def lean(self) -> bool:
         """Whether the lean path may be taken now (processors can be added any time)."""
@@ -216,8 +224,8 @@ class LeanTracer:
 
 class LeanSpan(trace_api.Span, ReadableSpan):
     """A recording span of :class:`LeanTracer`: an API span with the fields (and so the
-    read-only properties) of an SDK ``ReadableSpan``, as the SDK's ``Span`` is; a copy
-    of them goes to the span processors at :meth:`end`."""
+    read-only properties) of an SDK ``ReadableSpan``, as the SDK's ``Span`` is, handed
+    to the span processors at :meth:`end`."""
 
     def __init__(
         self,
@@ -239,16 +247,10 @@ class LeanSpan(trace_api.Span, ReadableSpan):
         self._parent = parent
         self._kind = kind
         self._ended = ended
-        limits = sdk._span_limits
-        self._limits = limits
-        most = limits.max_span_attributes
+        self._limits = tracer.limits
         self._plain = True  # a dict, until a value or the limits need BoundedAttributes
         self._attributes: Any = {} if attributes is None else attributes
-        if (
-            limits.max_span_attribute_length is not None
-            or (most is not None and most < _PLAIN_MAX)
-            or not _PLAIN.issuperset(map(type, self._attributes.values()))
-        ):
+        if not tracer.plain or not _PLAIN.issuperset(map(type, self._attributes.values())):
             self._bound()
         self._events: Any = ()
         self._links: Any = ()
@@ -381,23 +383,9 @@ class LeanSpan(trace_api.Span, ReadableSpan):
         if not self._plain:
             attributes._immutable = True  # as the SDK's Span.end makes them
         self._ended()
-        self._tracer.sdk.span_processor.on_end(
-            ReadableSpan(
-                name=self._name,
-                context=self._context,
-                parent=self._parent,
-                resource=self._resource,
-                attributes=attributes,
-                events=self._events,
-                links=self._links,
-                kind=self._kind,
-                status=self._status,
-                start_time=self._start_time,
-                end_time=end_time,
-                instrumentation_info=self._instrumentation_info,
-                instrumentation_scope=self._instrumentation_scope,
-            )
-        )
+        # Ended, the span changes no more (its setters refuse): it is handed on itself,
+        # where the SDK's Span hands on a ReadableSpan copy of its fields.
+        self._tracer.sdk.span_processor.on_end(self)
 
     def __repr__(self) -> str:
         return f'LeanSpan(name="{self._name}", context={self._context})'
