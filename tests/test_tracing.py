@@ -869,9 +869,9 @@ def test_a_stored_context_reads_as_the_w3c_propagator_reads_it(
 
     tracer = Tracing(provider).active()
     assert tracer is not None
-    ours = tracer.extract(json.dumps({"traceparent": traceparent}))
-    assert tracer._plain_w3c()  # the default propagator: the short way was open
-    assert seen(ours) == seen(propagate.extract({"traceparent": traceparent}))
+    stored = json.dumps({"traceparent": traceparent})
+    assert tracer._plain_w3c()  # the default propagator: the short way is open
+    assert seen(tracer.extract(stored)) == seen(propagate.extract({"traceparent": traceparent}))
     # with baggage (or another propagator), the propagator reads it
     with_baggage = {"traceparent": traceparent, "baggage": "k=v"}
     assert seen(tracer.extract(json.dumps(with_baggage))) == seen(propagate.extract(with_baggage))

@@ -74,9 +74,9 @@ CHECK_SECONDS = 1.0
 #: SDK's ``Tracer.start_span``.  Read when an App's tracing turns on.
 LEAN = True
 
-#: A traceparent of version 00 as nbjobs stores it (the W3C propagator's format, without
-#: the surrounding blanks it also accepts).
-_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+#: A lone traceparent of version 00, stored as ``Tracer.carrier`` writes it (and as
+#: ``json.dumps`` does): trace id, span id, flags.
+_STORED = re.compile(r'\{"traceparent": "00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})"\}')
 
 #: Outcomes that mark a span as an error.
 _ERRORS = frozenset({"failed", "retrying"})
@@ -227,6 +227,17 @@ class Tracer:
         """The context stored as ``text`` (the current one if None or unreadable)."""
         if not text:
             return None
+        stored = _STORED.fullmatch(text) if self._plain_w3c() else None
+        if stored is not None:
+            # What the W3C propagator makes of a lone version-00 traceparent, as
+            # carrier() stores it, without the JSON parser or the propagator.
+            trace_id, span_id = int(stored[1], 16), int(stored[2], 16)
+            if trace_id and span_id:
+                trace = self.trace
+                flags = trace.TraceFlags(int(stored[3], 16))
+                remote = trace.SpanContext(trace_id, span_id, True, flags)
+                empty = self.context.Context()
+                return trace.set_span_in_context(trace.NonRecordingSpan(remote), empty)
         try:
             fields = json.loads(text)
         except ValueError:
@@ -234,19 +245,6 @@ class Tracer:
         if not isinstance(fields, dict):
             log.debug("ignoring an unreadable trace context %r", text[:100])
             return None
-        if len(fields) == 1 and self._plain_w3c():
-            # What the W3C propagator makes of a lone version-00 traceparent (nbjobs'
-            # own, stored at submit), at a third of its cost.
-            match = _TRACEPARENT.fullmatch(str(fields.get("traceparent")))
-            if match is not None:
-                trace_id, span_id = int(match[1], 16), int(match[2], 16)
-                if trace_id and span_id:
-                    trace = self.trace
-                    remote = trace.SpanContext(
-                        trace_id, span_id, True, trace.TraceFlags(int(match[3], 16))
-                    )
-                    empty = self.context.Context()
-                    return trace.set_span_in_context(trace.NonRecordingSpan(remote), empty)
         try:
             return self.propagate.extract(fields)
         except Exception:
