@@ -908,3 +908,42 @@ def test_a_stored_context_is_what_the_w3c_propagator_writes(
     expected = json.dumps(fields, sort_keys=True) if fields else None
     assert tracer.carrier(ctx) == expected
     assert (expected is None) is (situation in ("no span", "invalid span"))
+
+
+def test_the_sdks_own_span_metrics_count_lean_spans_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the SDK's internal metrics on, spans started and live are counted the same
+    whichever path made them."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
+    counted = []
+    for lean in (False, True):
+        reader = InMemoryMetricReader()
+        tracer_provider = TracerProvider(
+            id_generator=CountingIds(),
+            sampler=TaggingSampler(),  # some spans dropped: counted apart
+            meter_provider=MeterProvider(metric_readers=[reader]),
+        )
+        tracer_provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+        monkeypatch.setattr(nbjobs_tracing, "LEAN", lean)
+        tracing = Tracing(tracer_provider)
+        tracer = tracing.active()
+        assert tracer is not None
+        assert isinstance(getattr(tracer.start_span, "__self__", None), LeanTracer) is lean
+        every_kind_of_span(tracing, tracer_provider.get_tracer("the-user"))
+        data = reader.get_metrics_data()
+        assert data is not None
+        counted.append(
+            {
+                (metric.name, tuple(sorted((point.attributes or {}).items()))): point.value
+                for resource in data.resource_metrics
+                for scope in resource.scope_metrics
+                for metric in scope.metrics
+                for point in metric.data.data_points  # type: ignore[union-attr]
+            }
+        )
+        tracer_provider.shutdown()
+    sdk, lean_made = counted
+    assert lean_made == sdk
+    assert {name for name, _ in sdk} == {"otel.sdk.span.started", "otel.sdk.span.live"}

@@ -109,6 +109,12 @@ _NOTHING = frozenset(
 )
 
 
+try:  # the SDK's span metrics when off (1.39 on); other SDKs: asked for every span
+    from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics as _NoOpTracerMetrics
+except ImportError:  # pragma: no cover
+    _NoOpTracerMetrics = None  # type: ignore[assignment,misc]
+
+
 def lean_tracer(tracer: Any) -> LeanTracer | None:
     """A lean tracer over ``tracer``, or None when it is not the SDK's (or the SDK's
     internals the lean path reads are not there)."""
@@ -143,7 +149,7 @@ def _end_only(processor: Any) -> bool:
 class LeanTracer:
     """``start_span`` as the SDK's tracer's, lean when its processors allow."""
 
-    __slots__ = ("_lean", "_processors", "limits", "plain", "sdk")
+    __slots__ = ("_lean", "_processors", "limits", "metrics", "plain", "sdk")
 
     def __init__(self, sdk: Any) -> None:
         self.sdk = sdk
@@ -156,6 +162,9 @@ class LeanTracer:
         self.plain = limits.max_span_attribute_length is None and (
             most is None or most >= _PLAIN_MAX
         )
+        #: The SDK's own span metrics, None when off (its default).
+        metrics = sdk._tracer_metrics
+        self.metrics = None if type(metrics) is _NoOpTracerMetrics else metrics
 
     def lean(self) -> bool:
         """Whether the lean path may be taken now (processors can be added any time)."""
@@ -181,7 +190,9 @@ class LeanTracer:
         current), without links, start time or exception options.  A recording span
         keeps ``attributes`` (the caller's own dict, which it no longer changes)."""
         sdk = self.sdk
-        if not self.lean():
+        if (not self._lean or sdk.span_processor._span_processors is not self._processors) and (
+            not self.lean()
+        ):
             return sdk.start_span(name, context=context, kind=kind, attributes=attributes)
         parent: SpanContext | None = trace_api.get_current_span(context).get_span_context()
         if not sdk._is_enabled():
@@ -216,7 +227,8 @@ class LeanTracer:
             trace_flags=_FLAGS[decision is _SAMPLE or decision.is_sampled(), random],
             trace_state=trace_state,
         )
-        ended = sdk._tracer_metrics.start_span(parent, decision)
+        metrics = self.metrics
+        ended = None if metrics is None else metrics.start_span(parent, decision)
         if decision is _DROP or not decision.is_recording():
             return NonRecordingSpan(span_context)
         return LeanSpan(self, name, span_context, parent, kind, attributes, ended)
@@ -284,7 +296,8 @@ class LeanSpan(trace_api.Span, ReadableSpan):
         return self._end_time is None
 
     def set_attribute(self, key: str, value: Any) -> None:
-        if self._ended_warning("set_attribute"):
+        if self._end_time is not None:
+            self._ended_warning("set_attribute")
             return
         attributes = self._attributes
         if (
@@ -382,7 +395,8 @@ class LeanSpan(trace_api.Span, ReadableSpan):
         attributes = self._attributes
         if not self._plain:
             attributes._immutable = True  # as the SDK's Span.end makes them
-        self._ended()
+        if self._ended is not None:
+            self._ended()
         # Ended, the span changes no more (its setters refuse): it is handed on itself,
         # where the SDK's Span hands on a ReadableSpan copy of its fields.
         self._tracer.sdk.span_processor.on_end(self)
