@@ -70,7 +70,9 @@ PRIVATE = (
     "SynchronousMultiSpanProcessor._span_processors",
 )
 #: Read with a default (without them, the sampler is asked, as for any other): which
-#: sampler ``ParentBased`` asks for a parent, ``_local_parent_sampled`` and the like.
+#: sampler ``ParentBased`` asks for a parent, ``_local_parent_sampled`` and the like; and
+#: ``opentelemetry.sdk.trace._tracer_metrics.NoOpTracerMetrics`` (without it, the SDK's
+#: span metrics are asked for every span, on or off).
 
 #: Values set as they are while the span limits allow it: what nbjobs' attributes are.
 _PLAIN = frozenset({str, bool, int, float})
