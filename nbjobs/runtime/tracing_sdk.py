@@ -29,7 +29,7 @@ that does nothing at ``on_start`` and ``_on_ending`` (``BatchSpanProcessor``,
 the SDK's mutable span.  Otherwise, and for every span whenever a processor that needs
 them is added, the SDK makes the span as usual.  The SDK internals it reads are in
 :data:`PRIVATE`; if one is missing (a later SDK), the lean path is never used and the
-SDK makes every span (logged once at INFO).  ``tests/test_tracing.py`` compares the two
+SDK makes every span (said in the log at INFO).  ``tests/test_tracing.py`` compares the two
 paths' spans field by field, so an SDK that changes what a span holds fails there.
 """
 
@@ -69,10 +69,10 @@ PRIVATE = (
     "Tracer._is_enabled",
     "SynchronousMultiSpanProcessor._span_processors",
 )
-#: Read with a default (without them, the sampler is asked, as for any other): which
-#: sampler ``ParentBased`` asks for a parent, ``_local_parent_sampled`` and the like; and
-#: ``opentelemetry.sdk.trace._tracer_metrics.NoOpTracerMetrics`` (without it, the SDK's
-#: span metrics are asked for every span, on or off).
+# Also read, with a default: which sampler ``ParentBased`` asks for a parent
+# (``_local_parent_sampled`` and the like; without them, the sampler is asked as any
+# other is), and ``opentelemetry.sdk.trace._tracer_metrics.NoOpTracerMetrics`` (without
+# it, the SDK's span metrics are asked for every span, on or off).
 
 #: Values set as they are while the span limits allow it: what nbjobs' attributes are.
 _PLAIN = frozenset({str, bool, int, float})
@@ -94,7 +94,7 @@ _DELEGATES = {
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _DEFAULT = TraceFlags(TraceFlags.DEFAULT)
-_RANDOM = getattr(TraceFlags, "RANDOM_TRACE_ID", None)  # SDKs from 1.39 set it
+_RANDOM = getattr(TraceFlags, "RANDOM_TRACE_ID", None)  # newer SDKs set it; older, not
 _FLAGS = {
     (False, False): _DEFAULT,
     (True, False): _SAMPLED,
@@ -111,7 +111,7 @@ _NOTHING = frozenset(
 )
 
 
-try:  # the SDK's span metrics when off (1.39 on); other SDKs: asked for every span
+try:  # the SDK's span metrics when off (newer SDKs); older: asked for every span
     from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics as _NoOpTracerMetrics
 except ImportError:  # pragma: no cover
     _NoOpTracerMetrics = None  # type: ignore[assignment,misc]
