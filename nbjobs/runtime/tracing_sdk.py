@@ -29,8 +29,8 @@ that does nothing at ``on_start`` and ``_on_ending`` (``BatchSpanProcessor``,
 the SDK's mutable span.  Otherwise, and for every span whenever a processor that needs
 them is added, the SDK makes the span as usual.  The SDK internals it reads are in
 :data:`PRIVATE`; if one is missing (a later SDK), the lean path is never used and the
-SDK makes every span (said in the log at INFO).  ``tests/test_tracing.py`` compares the two
-paths' spans field by field, so an SDK that changes what a span holds fails there.
+SDK makes every span (said in the log at INFO).  ``tests/test_tracing.py`` compares the
+two paths' spans field by field, so an SDK that changes what a span holds fails there.
 """
 
 from __future__ import annotations
