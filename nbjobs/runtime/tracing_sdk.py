@@ -72,7 +72,8 @@ PRIVATE = (
 # Also read, with a default: which sampler ``ParentBased`` asks for a parent
 # (``_local_parent_sampled`` and the like; without them, the sampler is asked as any
 # other is), and ``opentelemetry.sdk.trace._tracer_metrics.NoOpTracerMetrics`` (without
-# it, the SDK's span metrics are asked for every span, on or off).
+# it, the SDK's span metrics are asked for every span, on or off).  And it sets the
+# attributes' ``BoundedAttributes._immutable`` at a span's end, as the SDK's does.
 
 #: Values set as they are while the span limits allow it: what nbjobs' attributes are.
 _PLAIN = frozenset({str, bool, int, float})
