@@ -838,6 +838,26 @@ def test_an_sdk_without_what_the_lean_path_reads_makes_the_spans_itself(
     assert PRIVATE  # what the docs list
 
 
+def test_an_sdk_release_the_lean_path_was_not_checked_against_makes_the_spans(
+    provider: TracerProvider, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lean path reads SDK internals: with a release it was not checked against
+    (``tracing_sdk.TESTED_SDK_RELEASES``), the SDK makes every span, and the log says
+    so; with this one (the test environment's), the lean path is taken."""
+    from nbjobs.runtime import tracing_sdk
+
+    assert (
+        Tracing(provider).active().start_span
+        != provider.get_tracer(nbjobs_tracing.SCOPE, nbjobs.__version__).start_span
+    )
+    monkeypatch.setattr(tracing_sdk, "_sdk_version", "9.0.0")
+    sdk_tracer = provider.get_tracer(nbjobs_tracing.SCOPE, nbjobs.__version__)
+    with caplog.at_level("INFO", "nbjobs.runtime.tracing_sdk"):
+        tracer = Tracing(provider).active()
+    assert tracer is not None and tracer.start_span == sdk_tracer.start_span
+    assert "with 9.0.0 the SDK makes them" in caplog.text
+
+
 @pytest.mark.parametrize(
     "traceparent",
     [
