@@ -10,17 +10,34 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 import sqlalchemy as sa
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import StatusCode
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import StatusCode, TraceState
 
 import nbjobs
+from nbjobs.errors import _Suspend
+from nbjobs.runtime import tracing as nbjobs_tracing
+from nbjobs.runtime.tracing import Tracing
+from nbjobs.runtime.tracing_sdk import PRIVATE, LeanTracer
 from nbjobs.schema import jobs
+from nbjobs.store.jobs import ClaimedJob
 from tests import backends
 from tests.conftest import make_app
 from tests.support import ROOT, wait_until, worker_process
@@ -549,3 +566,404 @@ def test_tracing_true_without_opentelemetry_says_what_to_install(tmp_path: Path)
 def test_a_bad_tracing_option_is_refused(sqlite_url: str, bad: object) -> None:
     with pytest.raises(nbjobs.ConfigurationError, match="tracing= takes True, False, None"):
         nbjobs.App(sqlite_url, tracing=bad)  # type: ignore[arg-type]
+
+
+# -- the lean path over the SDK ---------------------------------------------------------
+class CountingIds(IdGenerator):
+    """Ids from a counter: two providers given one each make the same ids in turn."""
+
+    def __init__(self) -> None:
+        self.next = 0x1234
+
+    def generate_span_id(self) -> int:
+        self.next += 1
+        return self.next
+
+    def generate_trace_id(self) -> int:
+        self.next += 1
+        return (0xABCD << 96) | self.next
+
+    def is_trace_id_random(self) -> bool:
+        return True
+
+
+class TaggingSampler(Sampler):
+    """A sampler that adds an attribute and a trace state entry, and drops every third
+    span it is asked about."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def should_sample(
+        self,
+        parent_context,
+        trace_id,
+        name,
+        kind=None,
+        attributes=None,
+        links=None,
+        trace_state=None,
+    ) -> SamplingResult:  # type: ignore[no-untyped-def]
+        self.asked += 1
+        if self.asked % 3 == 0:
+            return SamplingResult(Decision.DROP)
+        return SamplingResult(
+            Decision.RECORD_AND_SAMPLE,
+            {**(attributes or {}), "sampler.tag": self.asked},
+            TraceState([("nbjobs", str(self.asked))]),
+        )
+
+    def get_description(self) -> str:
+        return "TaggingSampler"
+
+
+class StartingProcessor(SpanProcessor):
+    """A processor that needs the span at its start (sets an attribute there), as some
+    do: the SDK's own span must be made for it."""
+
+    def __init__(self) -> None:
+        self.started: list[object] = []
+
+    def on_start(self, span, parent_context=None) -> None:  # type: ignore[no-untyped-def]
+        self.started.append(span)
+        span.set_attribute("started.by", "processor")
+
+
+def claimed(carrier: str | None, attempt: int = 1) -> ClaimedJob:
+    return ClaimedJob(
+        id="job-1", workflow="w", queue="q", input=None, attempt=attempt, max_retries=1,
+        failures=0, timeout_seconds=None, steps_done=0, lease_token="t", root_id=None,
+        parent_id="parent-1", reclaims=0, trace_context=carrier,
+    )  # fmt: skip
+
+
+def every_kind_of_span(tracing: Tracing, user_tracer: object) -> None:
+    """What the engine does with a traced job, through the same objects: a submit, an
+    attempt with steps (one with a user span, attributes set by user code on the current
+    span, one cached, one failing), a wait that suspends, a fan-out carrier, an outcome
+    with an error; then a second attempt from the stored context."""
+    with tracing.submitting("w", "q") as submit:
+        assert submit is not None
+        submit.submitted("job-1")
+    for attempt_number in (1, 2):
+        attempt = tracing.attempt(claimed(submit.carrier, attempt_number), "w")
+        assert attempt is not None
+        with attempt:
+            with attempt.step("a"):
+                with user_tracer.start_as_current_span("user span") as mine:  # type: ignore[attr-defined]
+                    mine.set_attribute("user.n", 1)
+                current = otel_trace.get_current_span()
+                assert getattr(current, "name", "step a") == "step a"  # when recording
+                current.set_attribute("user.list", [1, 2])  # cleaned into a tuple
+                current.set_attribute("user.text", "x" * 40)
+                current.add_event("user event", {"k": "v"})
+            with attempt.step("b", cached=True) as step:
+                step.cached = False
+            with pytest.raises(ValueError), attempt.step("c"):
+                raise ValueError("step c broke")
+            with pytest.raises(_Suspend), attempt.wait("sleep", "nap"):
+                raise _Suspend()
+            assert attempt.carrier() is not None
+            if attempt_number == 1:
+                attempt.outcome("retrying", ValueError("the attempt broke"))
+            else:
+                attempt.outcome("succeeded")
+
+
+def comparable(span: ReadableSpan) -> tuple:
+    """All of a finished span but its times (and its events' times)."""
+    assert span.start_time is not None and span.end_time is not None
+    assert span.start_time <= span.end_time
+    context = span.get_span_context()
+    assert context is not None
+    return (
+        span.name,
+        (context.trace_id, context.span_id, context.trace_flags, context.is_remote),
+        tuple(context.trace_state.items()),
+        span.parent,
+        span.kind,
+        attrs(span),
+        (span.status.status_code, span.status.description),
+        [(e.name, dict(e.attributes or {})) for e in span.events],
+        [(link.context, dict(link.attributes or {})) for link in span.links],
+        dict(span.resource.attributes),
+        span.instrumentation_scope,
+        span.dropped_attributes,
+        span.dropped_events,
+    )
+
+
+def sdk_and_lean_spans(**provider_options: Any) -> tuple[list, list]:
+    """The spans of :func:`every_kind_of_span` made by the SDK and by the lean path, each
+    with a provider of ``provider_options`` and its own counting id generator."""
+    made = []
+    for lean in (False, True):
+        exporter = InMemorySpanExporter()
+        options = {
+            key: value() if callable(value) and key == "sampler" else value
+            for key, value in provider_options.items()
+        }
+        tracer_provider = TracerProvider(
+            id_generator=CountingIds(), resource=Resource.create({"service.name": "t"}), **options
+        )
+        tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+        before = nbjobs_tracing.LEAN
+        nbjobs_tracing.LEAN = lean
+        try:
+            tracing = Tracing(tracer_provider)
+        finally:
+            nbjobs_tracing.LEAN = before
+        tracer = tracing.active()
+        assert tracer is not None
+        assert isinstance(getattr(tracer.start_span, "__self__", None), LeanTracer) is lean
+        every_kind_of_span(tracing, tracer_provider.get_tracer("the-user"))
+        made.append([comparable(s) for s in exporter.get_finished_spans()])
+        tracer_provider.shutdown()
+    return made[0], made[1]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"sampler": lambda: ALWAYS_OFF},
+        {"sampler": lambda: ParentBased(ALWAYS_OFF)},
+        {"sampler": lambda: TraceIdRatioBased(0.5)},
+        {"sampler": lambda: ParentBased(TraceIdRatioBased(0.5))},
+        {"sampler": lambda: ParentBased(ALWAYS_ON, local_parent_sampled=TaggingSampler())},
+        {"sampler": TaggingSampler},
+        {"sampler": lambda: ParentBased(TaggingSampler())},
+        {"span_limits": SpanLimits(max_span_attributes=7, max_span_attribute_length=8)},
+    ],
+    ids=[
+        "default",
+        "always-off",
+        "parent-based-off",
+        "ratio",
+        "parent-based-ratio",
+        "parent-based-tagging",
+        "tagging",
+        "parent-based-on-tagging",
+        "limits",
+    ],
+)
+def test_the_lean_path_makes_the_spans_the_sdk_makes(options: dict) -> None:
+    """Field by field, times aside: the sampler's decisions, attributes and trace state,
+    ids, parents, kinds, attributes (user code's too, cleaned and limited), statuses,
+    exception events, resource and scope.  A later SDK that changes what its spans hold
+    fails here (then the lean path needs the same change, or to step aside)."""
+    sdk, lean = sdk_and_lean_spans(**options)
+    assert lean == sdk
+    if "sampler" not in options:
+        assert len(sdk) == 13  # submit, and per attempt: run, user span, a, b, c, nap
+        names = [s[0] for s in sdk]
+        assert names.count("run w") == 2 and names.count("step c") == 2
+
+
+def test_a_processor_that_needs_the_span_at_its_start_gets_the_sdks_span(
+    exporter: InMemorySpanExporter, provider: TracerProvider
+) -> None:
+    """Added after tracing turned on, it still sees every span start: from then on the
+    SDK makes nbjobs' spans, and they carry what the processor set."""
+    tracing = Tracing(provider)
+    user = provider.get_tracer("the-user")
+    every_kind_of_span(tracing, user)
+    lean_made = exporter.get_finished_spans()
+    assert lean_made and "started.by" not in attrs(lean_made[0])
+    exporter.clear()
+    starting = StartingProcessor()
+    provider.add_span_processor(starting)
+    every_kind_of_span(tracing, user)
+    made = exporter.get_finished_spans()
+    assert len(made) == len(lean_made) == len(starting.started)
+    assert all(attrs(s)["started.by"] == "processor" for s in made)
+    assert all(type(s).__name__ == "_Span" for s in starting.started)
+
+
+class WrappingProvider:
+    """A tracer provider that is not the SDK's (a vendor's wrapper, say): its tracer
+    hands the SDK tracer's spans on."""
+
+    def __init__(self, inner: TracerProvider) -> None:
+        self.inner = inner
+
+    def get_tracer(self, *args: object, **kwargs: object) -> otel_trace.Tracer:
+        return WrappingTracer(self.inner.get_tracer(*args, **kwargs))  # type: ignore[arg-type]
+
+
+class WrappingTracer(otel_trace.Tracer):
+    def __init__(self, inner: otel_trace.Tracer) -> None:
+        self.inner = inner
+
+    def start_span(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return self.inner.start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return self.inner.start_as_current_span(*args, **kwargs)
+
+
+def test_a_provider_other_than_the_sdks_still_traces_jobs(
+    sqlite_url: str, exporter: InMemorySpanExporter, provider: TracerProvider
+) -> None:
+    app = make_app(sqlite_url, tracing=WrappingProvider(provider))
+    try:
+        tracer = app.runtime.tracing.active()
+        assert tracer is not None and not isinstance(
+            getattr(tracer.start_span, "__self__", None), LeanTracer
+        )
+        etl = app.workflow(name="etl")(lambda cs, n: cs.checkpoint("load", lambda: n + 1))
+        assert etl.run(1) == 2
+    finally:
+        app.close()
+    (run,) = spans(exporter, "run etl")
+    (step,) = spans(exporter, "step load")
+    assert type(run).__name__ == "ReadableSpan"  # the SDK's own copy of its span
+    assert step.parent is not None and run.context is not None
+    assert step.parent.span_id == run.context.span_id
+    assert attrs(run)["nbjobs.outcome"] == "succeeded"
+
+
+def test_an_sdk_without_what_the_lean_path_reads_makes_the_spans_itself(
+    exporter: InMemorySpanExporter, provider: TracerProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK internals the lean path reads (``tracing_sdk.PRIVATE``) are checked once:
+    one missing (a later SDK renamed it), the SDK makes every span, and the log says so."""
+    sdk_tracer = provider.get_tracer(nbjobs_tracing.SCOPE, nbjobs.__version__)
+    del sdk_tracer._span_limits  # type: ignore[attr-defined]
+    with caplog.at_level("INFO", "nbjobs.runtime.tracing_sdk"):
+        tracing = Tracing(provider)
+    tracer = tracing.active()
+    assert tracer is not None and tracer.start_span == sdk_tracer.start_span
+    assert "lacks Tracer._span_limits" in caplog.text
+    assert PRIVATE  # what the docs list
+
+
+def test_an_sdk_release_the_lean_path_was_not_checked_against_makes_the_spans(
+    provider: TracerProvider, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lean path reads SDK internals: with a release it was not checked against
+    (``tracing_sdk.TESTED_SDK_RELEASES``), the SDK makes every span, and the log says
+    so; with this one (the test environment's), the lean path is taken."""
+    from nbjobs.runtime import tracing_sdk
+
+    assert (
+        Tracing(provider).active().start_span
+        != provider.get_tracer(nbjobs_tracing.SCOPE, nbjobs.__version__).start_span
+    )
+    monkeypatch.setattr(tracing_sdk, "_sdk_version", "9.0.0")
+    sdk_tracer = provider.get_tracer(nbjobs_tracing.SCOPE, nbjobs.__version__)
+    with caplog.at_level("INFO", "nbjobs.runtime.tracing_sdk"):
+        tracer = Tracing(provider).active()
+    assert tracer is not None and tracer.start_span == sdk_tracer.start_span
+    assert "with 9.0.0 the SDK makes them" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03",
+        "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-more",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-more",
+        " 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01 ",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1",
+        "garbage",
+    ],
+)
+def test_a_stored_context_reads_as_the_w3c_propagator_reads_it(
+    provider: TracerProvider, traceparent: str
+) -> None:
+    """The default propagator is read without it for a lone traceparent: the same
+    context, valid or not."""
+
+    from opentelemetry import baggage, propagate
+
+    def seen(ctx: Any) -> tuple:
+        span_context = otel_trace.get_current_span(ctx).get_span_context()
+        return set(ctx), span_context, type(span_context.trace_flags), baggage.get_all(ctx)
+
+    tracer = Tracing(provider).active()
+    assert tracer is not None
+    stored = json.dumps({"traceparent": traceparent})
+    assert tracer._plain_w3c()  # the default propagator: the short way is open
+    assert seen(tracer.extract(stored)) == seen(propagate.extract({"traceparent": traceparent}))
+    # with baggage (or another propagator), the propagator reads it
+    with_baggage = {"traceparent": traceparent, "baggage": "k=v"}
+    assert seen(tracer.extract(json.dumps(with_baggage))) == seen(propagate.extract(with_baggage))
+
+
+@pytest.mark.parametrize(
+    "situation", ["sampled", "not sampled", "trace state", "baggage", "no span", "invalid span"]
+)
+def test_a_stored_context_is_what_the_w3c_propagator_writes(
+    provider: TracerProvider, situation: str
+) -> None:
+    """The default propagator's fields are written without it for a plain context: the
+    same JSON the propagator's fields make."""
+    from opentelemetry import baggage, context, propagate
+
+    span_context = otel_trace.SpanContext(
+        0x0AF7651916CD43DD8448EB211C80319C,
+        0xB7AD6B7169203331,
+        is_remote=False,
+        trace_flags=otel_trace.TraceFlags(0 if situation == "not sampled" else 1),
+        trace_state=TraceState([("k", "v")]) if situation == "trace state" else None,
+    )
+    ctx = otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(span_context))
+    if situation == "baggage":
+        ctx = baggage.set_baggage("user", "ann", ctx)
+    elif situation == "no span":
+        ctx = context.Context()
+    elif situation == "invalid span":
+        ctx = otel_trace.set_span_in_context(otel_trace.INVALID_SPAN)
+    tracer = Tracing(provider).active()
+    assert tracer is not None
+    fields: dict[str, str] = {}
+    propagate.inject(fields, context=ctx)
+    expected = json.dumps(fields, sort_keys=True) if fields else None
+    assert tracer.carrier(ctx) == expected
+    assert (expected is None) is (situation in ("no span", "invalid span"))
+
+
+def test_the_sdks_own_span_metrics_count_lean_spans_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the SDK's internal metrics on, spans started and live are counted the same
+    whichever path made them."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
+    counted = []
+    for lean in (False, True):
+        reader = InMemoryMetricReader()
+        tracer_provider = TracerProvider(
+            id_generator=CountingIds(),
+            sampler=TaggingSampler(),  # some spans dropped: counted apart
+            meter_provider=MeterProvider(metric_readers=[reader]),
+        )
+        tracer_provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+        monkeypatch.setattr(nbjobs_tracing, "LEAN", lean)
+        tracing = Tracing(tracer_provider)
+        tracer = tracing.active()
+        assert tracer is not None
+        assert isinstance(getattr(tracer.start_span, "__self__", None), LeanTracer) is lean
+        every_kind_of_span(tracing, tracer_provider.get_tracer("the-user"))
+        data = reader.get_metrics_data()
+        assert data is not None
+        counted.append(
+            {
+                (metric.name, tuple(sorted((point.attributes or {}).items()))): point.value
+                for resource in data.resource_metrics
+                for scope in resource.scope_metrics
+                for metric in scope.metrics
+                for point in metric.data.data_points  # type: ignore[union-attr]
+            }
+        )
+        tracer_provider.shutdown()
+    sdk, lean_made = counted
+    assert lean_made == sdk
+    assert {name for name, _ in sdk} == {"otel.sdk.span.started", "otel.sdk.span.live"}

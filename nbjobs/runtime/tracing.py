@@ -25,7 +25,10 @@ When is tracing on?  ``App(tracing=...)``:
 * a ``TracerProvider``: on, with that provider rather than the global one (as
   OpenTelemetry's instrumentors take ``tracer_provider=``).
 
-With tracing off, every hook in the engine is one ``is None`` test.
+With tracing off, every hook in the engine is one ``is None`` test.  With the
+OpenTelemetry SDK's provider, nbjobs makes its spans itself, the same spans at a
+fraction of the SDK's cost (``tracing_sdk``; ``LEAN``), and reads and writes a plain W3C
+context without the propagator.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -64,6 +68,15 @@ SCHEDULE = "nbjobs.schedule"
 #: With ``tracing=None``, how often (seconds) a process that imported OpenTelemetry but
 #: set no tracer provider asks again whether one is set now.
 CHECK_SECONDS = 1.0
+
+#: Whether nbjobs makes its spans itself when the provider is the OpenTelemetry SDK's
+#: (``tracing_sdk``: the same spans, a fraction of the cost), rather than through the
+#: SDK's ``Tracer.start_span``.  Read when an App's tracing turns on.
+LEAN = True
+
+#: A lone traceparent of version 00, stored as ``Tracer.carrier`` writes it (and as
+#: ``json.dumps`` does): trace id, span id, flags.
+_STORED = re.compile(r'\{"traceparent": "00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})"\}')
 
 #: Outcomes that mark a span as an error.
 _ERRORS = frozenset({"failed", "retrying"})
@@ -138,7 +151,7 @@ class Tracer:
 
     def __init__(self, provider: TracerProvider | None = None) -> None:
         try:
-            from opentelemetry import context, propagate, trace
+            from opentelemetry import baggage, context, propagate, trace
         except ImportError:
             raise ConfigurationError(
                 "tracing=True needs OpenTelemetry: pip install 'nbjobs[tracing]' (or "
@@ -146,6 +159,7 @@ class Tracer:
             ) from None
         from .. import __version__
 
+        self.baggage = baggage
         self.context = context
         self.propagate = propagate
         self.trace = trace
@@ -153,9 +167,54 @@ class Tracer:
             self.tracer = trace.get_tracer(SCOPE, __version__)
         else:
             self.tracer = provider.get_tracer(SCOPE, __version__)
+        self._textmap: Any = None  # the global propagator last checked, and the verdict
+        self._w3c = False
+        #: ``start_span(name, context=None, kind=INTERNAL, attributes=None)``: the
+        #: tracer's, or the lean path's over the SDK's (see ``tracing_sdk``).
+        self.start_span: Any = self.tracer.start_span
+        if LEAN and "opentelemetry.sdk.trace" in sys.modules:
+            from .tracing_sdk import lean_tracer
+
+            lean = lean_tracer(self.tracer)
+            if lean is not None:
+                self.start_span = lean.start_span
+
+    def _plain_w3c(self) -> bool:
+        """Whether the global propagator is OpenTelemetry's default (W3C trace context
+        and baggage), which :meth:`carrier` and :meth:`extract` may stand in for (the
+        propagator can be changed any time: asked once per propagator object)."""
+        textmap = self.propagate.get_global_textmap()
+        if textmap is not self._textmap:
+            from opentelemetry.baggage.propagation import W3CBaggagePropagator
+            from opentelemetry.propagators.composite import CompositePropagator
+            from opentelemetry.trace.propagation.tracecontext import (
+                TraceContextTextMapPropagator,
+            )
+
+            # CompositePropagator's parts are private: without them, the propagator.
+            parts = getattr(textmap, "_propagators", None)
+            self._w3c = type(textmap) is TraceContextTextMapPropagator or (
+                type(textmap) is CompositePropagator
+                and isinstance(parts, (list, tuple))
+                and [type(part) for part in parts]
+                == [TraceContextTextMapPropagator, W3CBaggagePropagator]
+            )
+            self._textmap = textmap
+        return self._w3c
 
     def carrier(self, ctx: Any) -> str | None:
         """``ctx`` as the propagator's fields in JSON (None when it has none)."""
+        if self._plain_w3c() and not self.baggage.get_all(ctx):
+            # What the W3C propagator writes for a context without baggage or trace
+            # state (nbjobs' own spans' usually), in the JSON form stored.
+            span_context = self.trace.get_current_span(ctx).get_span_context()
+            if span_context == self.trace.INVALID_SPAN_CONTEXT:
+                return None
+            if not span_context.trace_state:
+                return (
+                    f'{{"traceparent": "00-{span_context.trace_id:032x}-'
+                    f'{span_context.span_id:016x}-{span_context.trace_flags:02x}"}}'
+                )
         fields: dict[str, str] = {}
         try:
             self.propagate.inject(fields, context=ctx)
@@ -168,6 +227,17 @@ class Tracer:
         """The context stored as ``text`` (the current one if None or unreadable)."""
         if not text:
             return None
+        stored = _STORED.fullmatch(text) if self._plain_w3c() else None
+        if stored is not None:
+            # What the W3C propagator makes of a lone version-00 traceparent, as
+            # carrier() stores it, without the JSON parser or the propagator.
+            trace_id, span_id = int(stored[1], 16), int(stored[2], 16)
+            if trace_id and span_id:
+                trace = self.trace
+                flags = trace.TraceFlags(int(stored[3], 16))
+                remote = trace.SpanContext(trace_id, span_id, True, flags)
+                empty = self.context.Context()
+                return trace.set_span_in_context(trace.NonRecordingSpan(remote), empty)
         try:
             fields = json.loads(text)
         except ValueError:
@@ -196,9 +266,8 @@ class Tracer:
         if count is not None:
             attributes[COUNT] = count
         kind = self.trace.SpanKind.PRODUCER
-        with self.tracer.start_as_current_span(
-            f"submit {workflow}", kind=kind, attributes=attributes
-        ) as span:
+        span = self.start_span(f"submit {workflow}", kind=kind, attributes=attributes)
+        with self.trace.use_span(span, end_on_exit=True):
             yield Submit(span, self.carrier(self.trace.set_span_in_context(span)))
 
 
@@ -251,7 +320,7 @@ class AttemptSpan:
         if job.parent_id is not None:
             attributes[PARENT_ID] = job.parent_id
         try:
-            self._span = tracer.tracer.start_span(
+            self._span = tracer.start_span(
                 f"run {self._workflow}",
                 context=tracer.extract(job.trace_context),
                 kind=tracer.trace.SpanKind.CONSUMER,
@@ -331,7 +400,7 @@ class StepSpan:
         if self.cached is not None:
             self._attributes[CACHED] = self.cached
         try:
-            self._span = tracer.tracer.start_span(self._name, attributes=self._attributes)
+            self._span = tracer.start_span(self._name, attributes=self._attributes)
             self._token = tracer.context.attach(tracer.trace.set_span_in_context(self._span))
         except Exception:
             _failed("could not start a step's span; the step runs untraced")
