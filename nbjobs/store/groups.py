@@ -2,9 +2,10 @@
 
 A group is one ``nbjobs_groups`` row and one ``nbjobs_group_jobs`` row per member (its
 position in the submitted items).  Every job of a group, the group and its members are
-written in one transaction: all of them or nothing.  The jobs go in with one prepared
-``INSERT`` run by the driver's ``executemany`` (SQLite runs it in C, psycopg pipelines
-it, PyMySQL rewrites it into multi-row ``INSERT``\\ s under its packet size), never with a
+written in one transaction: all of them or nothing.  The jobs go in by the dialect's
+bulk path (``Dialect.copy_rows``: PostgreSQL's ``COPY``, multi-row ``INSERT``\\ s on
+SQLite and DuckDB), else by one prepared ``INSERT`` run by the driver's ``executemany``
+(PyMySQL rewrites it into multi-row ``INSERT``\\ s under its packet size), never with a
 statement compiled per row.
 
 Keys: a member whose idempotency key a job already holds is that job (nothing is
