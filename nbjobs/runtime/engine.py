@@ -177,22 +177,30 @@ class Engine:
         # first one's row is the template of the others (a map's items all share one).
         templates: dict[tuple[str, Options], tuple[Definition, dict[str, Any]]] = {}
         encode = self.runtime.encode_input
+        last: tuple[Definition, dict[str, Any]] | None = None
+        last_workflow, last_options = None, None
         for index, spec in enumerate(specs):
             try:
                 if not isinstance(spec, Spec):
                     raise ConfigurationError(f"not a spec (make one with wf.spec(...)): {spec!r}")
-                known = templates.get((spec.workflow, spec.options))
+                # The specs of a list comprehension share their Options: no hash then.
+                if spec.options is last_options and spec.workflow == last_workflow:
+                    known = last
+                else:
+                    known = templates.get((spec.workflow, spec.options))
                 if known is None:
                     definition = self.registry.get(spec.workflow)
                     fields = self.runtime.job_fields(
                         definition, spec.args, spec.kwargs, spec.options
                     )
                     templates[spec.workflow, spec.options] = definition, fields
+                    known = definition, fields
                 else:
                     definition, template = known
                     definition.check_arguments(spec.args, spec.kwargs)
                     fields = dict(template)
                     fields["input"] = encode(template["workflow"], spec.args, spec.kwargs)
+                last, last_workflow, last_options = known, spec.workflow, spec.options
                 rows.append(fields)
             except (ConfigurationError, SerializationError) as exc:
                 raise type(exc)(f"{noun} {index}: {exc}; nothing was submitted") from None
