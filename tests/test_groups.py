@@ -171,6 +171,26 @@ def test_submit_many_stores_each_job_as_submit_does(app):
         app.submit_many([square.spec(1), square.spec(2, __nbjobs_artifact__=1)])
 
 
+@pytest.mark.no_worker
+def test_sqlite_bulk_insert_errors_are_sqlalchemy_errors_and_roll_back(sqlite_app):
+    """SQLite's multi-row INSERT (``copy_rows``) refuses what the one-row ``INSERT`` did:
+    a duplicate id, a row without a NOT NULL column, as SQLAlchemy's IntegrityError
+    showing one row's statement; the transaction keeps nothing of it."""
+    square, _ = _register(sqlite_app)
+    group = square.map(range(150))
+    store = sqlite_app.store
+    with store.engine.connect() as conn:
+        good = [r._asdict() for r in conn.execute(sa.select(jobs).order_by(jobs.c.id))]
+    fresh = [{**row, "id": f"{row['id'][:-4]}beef"} for row in good]
+    for rows in (fresh[:120] + good[119:121], [{**row, "priority": None} for row in fresh]):
+        with store.engine.begin() as conn:
+            with pytest.raises(sa.exc.IntegrityError) as caught:
+                store.dialect.copy_rows(conn, jobs, rows)
+            conn.rollback()
+        assert "VALUES (?" in str(caught.value) and "), (" not in str(caught.value)
+    assert _count(sqlite_app, jobs) == 150 and group.status_counts()["queued"] == 150
+
+
 def test_a_bad_spec_inserts_nothing_and_names_its_index(app):
     square, greet = _register(app)
     specs = [square.spec(1), greet.spec("x"), square.spec(object()), square.spec(2)]

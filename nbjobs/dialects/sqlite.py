@@ -213,12 +213,13 @@ class SQLiteDialect(Dialect):
         """Multi-row ``INSERT ... VALUES`` of the columns that hold a value, on the
         driver's cursor: half the time of a one-row ``executemany`` of every column.
 
-        A statement run once per row opens its cursors on the table and each of its
-        indexes anew every time; one of ``COPY_ROWS`` rows seeks each index once per row
-        but keeps them open.  And ``sqlite3`` binds ``None`` slowly (it looks for an
+        A statement run once per row pays its start and end every row (the driver's
+        reset and bind, opening the table and each of its indexes); one of ``COPY_ROWS``
+        rows pays them once.  And ``sqlite3`` binds ``None`` slowly (it looks for an
         adapter first, about 0.4 us each): a column that is NULL in every row is left
         out of the statement, which stores NULL there all the same.  A column with a
         Core default is always bound, so a row that lacks one is refused as before.
+        A database error raises what SQLAlchemy would (``IntegrityError``...).
         """
         if not rows:
             return True
@@ -230,18 +231,18 @@ class SQLiteDialect(Dialect):
         per = max(1, min(COPY_ROWS, limit // len(names)))
         full = len(values) - len(values) % per
         cursor = driver.cursor()
-        sql = ""
         try:
             if full:
-                sql = self._insert_sql(conn, table, names, per)
                 chain = itertools.chain.from_iterable
                 cursor.executemany(
-                    sql, (tuple(chain(values[i : i + per])) for i in range(0, full, per))
+                    self._insert_sql(conn, table, names, per),
+                    (tuple(chain(values[i : i + per])) for i in range(0, full, per)),
                 )
             if full < len(values):
-                sql = self._insert_sql(conn, table, names, 1)
-                cursor.executemany(sql, values[full:])
+                cursor.executemany(self._insert_sql(conn, table, names, 1), values[full:])
         except sqlite3.Error as exc:
+            # What SQLAlchemy raises (IntegrityError...), showing one row's statement.
+            sql = self._insert_sql(conn, table, names, 1)
             raise DBAPIError.instance(sql, None, exc, sqlite3.Error, dialect=conn.dialect) from exc
         finally:
             cursor.close()
