@@ -229,13 +229,19 @@ class Codec:
         ``dumps``, in a third of the time (a ``submit_many`` of 100,000 specs encodes
         each one).  Anything else goes through ``dumps``.
         """
-        value = {"args": list(args), "kwargs": kwargs}
+        values = list(args)
+        value = {"args": values, "kwargs": kwargs}
         flat = self._flat
         if (
             flat is not None
-            and _SCALARS.issuperset(map(type, value["args"]))
-            and _STR.issuperset(map(type, kwargs))
-            and _SCALARS.issuperset(map(type, kwargs.values()))
+            and _SCALARS.issuperset(map(type, values))
+            and (
+                not kwargs
+                or (
+                    _STR.issuperset(map(type, kwargs))
+                    and _SCALARS.issuperset(map(type, kwargs.values()))
+                )
+            )
         ):
             text = "".join(flat(value, 0))
             if _QUOTED_MARKER not in text:  # else a kwarg named so: dumps refuses it
