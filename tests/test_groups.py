@@ -9,6 +9,7 @@ items drained by real worker processes, one of them SIGKILLed mid-group.
 from __future__ import annotations
 
 import collections
+import gc
 import signal
 from pathlib import Path
 
@@ -189,6 +190,25 @@ def test_sqlite_bulk_insert_errors_are_sqlalchemy_errors_and_roll_back(sqlite_ap
             conn.rollback()
         assert "VALUES (?" in str(caught.value) and "), (" not in str(caught.value)
     assert _count(sqlite_app, jobs) == 150 and group.status_counts()["queued"] == 150
+
+
+@pytest.mark.no_worker
+def test_submit_many_leaves_the_garbage_collector_as_it_found_it(sqlite_app):
+    """The collector is paused while a group's rows are built and inserted, then back
+    on, after a bad spec too; an app that turned it off finds it still off."""
+    square, _ = _register(sqlite_app)
+    assert gc.isenabled()
+    square.map(range(3))
+    assert gc.isenabled()
+    with pytest.raises(nbjobs.SerializationError):
+        square.map([1, object()])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        square.map(range(3))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_a_bad_spec_inserts_nothing_and_names_its_index(app):
