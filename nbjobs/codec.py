@@ -97,6 +97,35 @@ def _check_keys(value: Any) -> None:
             stack.extend(m for m in members if type(m) not in _SCALARS)
 
 
+def _flat_encoder(encoder: json.JSONEncoder) -> Any:
+    """``encoder``'s C encoder, made once and without the cycle check, for values whose
+    only containers are a top-level dict or list and the lists and dicts right in it:
+    None where the C encoder is missing or differs from ``encoder`` (another Python)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython has it
+        return None
+    try:
+        flat = make(
+            None,  # no cycle check: a flat value has no cycle
+            encoder.default,
+            json.encoder.encode_basestring_ascii
+            if encoder.ensure_ascii
+            else json.encoder.encode_basestring,
+            encoder.indent,
+            encoder.key_separator,
+            encoder.item_separator,
+            encoder.sort_keys,
+            encoder.skipkeys,
+            encoder.allow_nan,
+        )
+        sample = {"args": [1, -2.5, float("nan"), 'é\n"', True, None], "kwargs": {"k": "v"}}
+        if "".join(flat(sample, 0)) != encoder.encode(sample):  # pragma: no cover
+            return None
+    except Exception:  # pragma: no cover - a C encoder of another signature
+        return None
+    return flat
+
+
 def _check_marker(value: Any) -> None:
     """Refuse a user dict keyed ``__nbjobs_artifact__``: loads would take it for a reference."""
     stack = [value]
@@ -143,6 +172,9 @@ class Codec:
         self._json = json.JSONEncoder(
             default=_refuse if artifacts is None else self._out_of_row, separators=(",", ":")
         )
+        #: JSON of a value without containers below its top-level list and dict (the
+        #: input of most submits), from a C encoder made once; see ``dumps_input``.
+        self._flat = _flat_encoder(self._json) if serializer == "json" else None
         # For text that is only hashed: an artifact is digested, not written.
         self._json_digest = (
             self._json
@@ -185,6 +217,42 @@ class Codec:
             _check_keys(value)
             if _QUOTED_MARKER in text:
                 _check_marker(value)
+        return self._bounded(text, value, check_keys)
+
+    def dumps_input(self, args: Any, kwargs: dict[str, Any]) -> str:
+        """A job's input, ``{"args": [...], "kwargs": {...}}``, as stored text: what
+        ``dumps`` makes of it.
+
+        When every argument is a str, int, float, bool or None (a sweep's usual ones),
+        the value holds no cycle, no artifact and no dict but its own two, whose keys
+        are strings: its JSON comes from an encoder made once, without the walks of
+        ``dumps``, in a third of the time (a ``submit_many`` of 100,000 specs encodes
+        each one).  Anything else goes through ``dumps``.
+        """
+        values = list(args)
+        value = {"args": values, "kwargs": kwargs}
+        flat = self._flat
+        if (
+            flat is not None
+            and _SCALARS.issuperset(map(type, values))
+            and (
+                not kwargs
+                or (
+                    _STR.issuperset(map(type, kwargs))
+                    and _SCALARS.issuperset(map(type, kwargs.values()))
+                )
+            )
+        ):
+            text = "".join(flat(value, 0))
+            if _QUOTED_MARKER not in text:  # else a kwarg named so: dumps refuses it
+                if self.artifacts is None and len(text) <= self.max_payload_bytes:
+                    return text
+                return self._bounded(text, value, True)
+        return self.dumps(value)
+
+    def _bounded(self, text: str, value: Any, check_keys: bool) -> str:
+        """``text``, spilled to the artifact store when it is too long for the row;
+        refused when what stays in the row is over ``max_payload_bytes``."""
         if check_keys and self.artifacts is not None and len(text) > self.inline_bytes:
             text = self._spill(text, _digests_in(text))
         # JSON is written with ensure_ascii and pickle as base64: one character, one byte.

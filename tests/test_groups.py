@@ -9,6 +9,7 @@ items drained by real worker processes, one of them SIGKILLed mid-group.
 from __future__ import annotations
 
 import collections
+import gc
 import itertools
 import signal
 import time
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 
 import nbjobs
 from nbjobs.group import COST_FACTOR
+from nbjobs.options import Spec
 from nbjobs.schema import group_jobs, groups, jobs, workers
 from nbjobs.store import groups as store_groups
 from tests import backends
@@ -110,6 +112,106 @@ def test_submit_many_mixes_workflows_arguments_and_options(app):
         info = handle.info()
         assert (info["priority"], info["max_retries"]) == (2, 3)
     assert tuned.wait(timeout=60).results_frame()["result"].tolist() == [25, 36]
+
+
+#: Job columns a submit and ``submit_many`` of the same spec may store differently.
+_OWN = {"id", "root_id", "key", "created_at", "updated_at", "run_at", "expires_at"}
+
+
+def _stored(app: nbjobs.App, ids: list[str]) -> list[dict]:
+    with app.store.engine.connect() as conn:
+        rows = {r.id: r._asdict() for r in conn.execute(sa.select(jobs).where(jobs.c.id.in_(ids)))}
+    return [rows[i] for i in ids]
+
+
+@pytest.mark.no_worker
+def test_submit_many_stores_each_job_as_submit_does(app):
+    """The bulk insert (COPY on PostgreSQL; multi-row INSERTs of the columns some row
+    sets on SQLite, whatever the count: two full statements and a rest here) stores the
+    row one ``submit`` stores, column for column, for every mix of options, and a
+    column NULL in every row is NULL."""
+    square, greet = _register(app)
+
+    def spec(i: int, tag: str) -> Spec:
+        kind = i % 5
+        if kind == 0:
+            return square.spec(i)
+        if kind == 1:
+            return greet.options(priority=3, timeout=12.5, retries=2).spec(
+                f'n{i} \u00e9"\\{{', punct="?"
+            )
+        if kind == 2:
+            return square.options(key=f"{tag}{i}", steps=4, partition="p").spec(i)
+        if kind == 3:
+            return greet.options(delay=60, expires=3600, queue="q2").spec("x", punct=i)
+        return square.spec({"nested": [i, None, 1.5, float("nan")]}, big=2**70)
+
+    def specs(n: int, tag: str) -> list[Spec]:
+        return [spec(i, tag) for i in range(n)]
+
+    def submitted_alone(spec) -> str:
+        wf = {"square": square, "greet": greet}[spec.workflow]
+        options = {k: v for k, v in vars(spec.options).items() if v is not None}
+        return wf.options(**options).submit(*spec.args, **spec.kwargs).id
+
+    for n, tag in ((253, "mixed-"), (205, "plain-")):
+        group_specs = specs(n, tag) if tag == "mixed-" else [square.spec(i) for i in range(n)]
+        many = _stored(app, [h.id for h in app.submit_many(group_specs).jobs])
+        alone_specs = specs(n, "alone-") if tag == "mixed-" else group_specs
+        alone = _stored(app, [submitted_alone(spec) for spec in alone_specs])
+        for index, (bulk, one) in enumerate(zip(many, alone, strict=True)):
+            assert {k: v for k, v in bulk.items() if k not in _OWN} == {
+                k: v for k, v in one.items() if k not in _OWN
+            }, index
+            assert bulk["root_id"] == bulk["id"]
+            assert (bulk["key"] is None) == (one["key"] is None), index
+            for column in ("run_at", "expires_at"):
+                if one[column] is None:
+                    assert bulk[column] is None, (index, column)
+                else:
+                    mine, theirs = (r[column] - r["created_at"] for r in (bulk, one))
+                    assert abs(mine - theirs) < 5, (index, column)
+    with pytest.raises(nbjobs.SerializationError, match=r"^spec 1: .*reserves"):
+        app.submit_many([square.spec(1), square.spec(2, __nbjobs_artifact__=1)])
+
+
+@pytest.mark.no_worker
+def test_sqlite_bulk_insert_errors_are_sqlalchemy_errors_and_roll_back(sqlite_app):
+    """SQLite's multi-row INSERT (``copy_rows``) refuses what the one-row ``INSERT`` did:
+    a duplicate id, a row without a NOT NULL column, as SQLAlchemy's IntegrityError
+    showing one row's statement; the transaction keeps nothing of it."""
+    square, _ = _register(sqlite_app)
+    group = square.map(range(150))
+    store = sqlite_app.store
+    with store.engine.connect() as conn:
+        good = [r._asdict() for r in conn.execute(sa.select(jobs).order_by(jobs.c.id))]
+    fresh = [{**row, "id": f"{row['id'][:-4]}beef"} for row in good]
+    for rows in (fresh[:120] + good[119:121], [{**row, "priority": None} for row in fresh]):
+        with store.engine.begin() as conn:
+            with pytest.raises(sa.exc.IntegrityError) as caught:
+                store.dialect.copy_rows(conn, jobs, rows)
+            conn.rollback()
+        assert "VALUES (?" in str(caught.value) and "), (" not in str(caught.value)
+    assert _count(sqlite_app, jobs) == 150 and group.status_counts()["queued"] == 150
+
+
+@pytest.mark.no_worker
+def test_submit_many_leaves_the_garbage_collector_as_it_found_it(sqlite_app):
+    """The collector is paused while a group's rows are built and inserted, then back
+    on, after a bad spec too; an app that turned it off finds it still off."""
+    square, _ = _register(sqlite_app)
+    assert gc.isenabled()
+    square.map(range(3))
+    assert gc.isenabled()
+    with pytest.raises(nbjobs.SerializationError):
+        square.map([1, object()])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        square.map(range(3))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_a_bad_spec_inserts_nothing_and_names_its_index(app):

@@ -146,7 +146,7 @@ class Runtime:
 
     def encode_input(self, workflow: str, args: tuple, kwargs: dict) -> str:
         try:
-            return self.codec.dumps({"args": list(args), "kwargs": kwargs})
+            return self.codec.dumps_input(args, kwargs)
         except SerializationError as exc:
             raise SerializationError(
                 f"cannot submit {workflow!r}: an argument cannot be stored: {exc}"

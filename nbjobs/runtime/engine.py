@@ -9,11 +9,13 @@ Job handles and workflows hold the engine, not the App, so a submit goes straigh
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import sys
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..clock import to_datetime
@@ -52,6 +54,25 @@ START_HINT = (
     "Start a worker in this process with app.start(), or run `nbjobs worker module:app` "
     "where the module registers this workflow and its queue."
 )
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused meanwhile (unless it was off already).
+
+    A group's rows are hundreds of thousands of dicts and tuples, none in a cycle, and
+    their allocation alone would run the collector once per 700 of them: 6% of the time
+    of a 100,000-job ``submit_many``.  Cycles made meanwhile, by any thread, are
+    collected once it is back on.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def warn_user(message: str) -> None:
@@ -168,6 +189,10 @@ class Engine:
         workflow, a bad option, an argument that cannot be stored) raises, naming its
         index, before anything is written.
         """
+        with _collector_paused():
+            return self._submit_group(specs, label, noun)
+
+    def _submit_group(self, specs: Iterable[Spec], label: str | None, noun: str) -> str:
         if label is not None:
             check_name("group label", label)
         if self.worker is None:
@@ -177,22 +202,30 @@ class Engine:
         # first one's row is the template of the others (a map's items all share one).
         templates: dict[tuple[str, Options], tuple[Definition, dict[str, Any]]] = {}
         encode = self.runtime.encode_input
+        last: tuple[Definition, dict[str, Any]] | None = None
+        last_workflow, last_options = None, None
         for index, spec in enumerate(specs):
             try:
                 if not isinstance(spec, Spec):
                     raise ConfigurationError(f"not a spec (make one with wf.spec(...)): {spec!r}")
-                known = templates.get((spec.workflow, spec.options))
+                # The specs of a list comprehension share their Options: no hash then.
+                if spec.options is last_options and spec.workflow == last_workflow:
+                    known = last
+                else:
+                    known = templates.get((spec.workflow, spec.options))
                 if known is None:
                     definition = self.registry.get(spec.workflow)
                     fields = self.runtime.job_fields(
                         definition, spec.args, spec.kwargs, spec.options
                     )
                     templates[spec.workflow, spec.options] = definition, fields
+                    known = definition, fields
                 else:
                     definition, template = known
                     definition.check_arguments(spec.args, spec.kwargs)
                     fields = dict(template)
                     fields["input"] = encode(template["workflow"], spec.args, spec.kwargs)
+                last, last_workflow, last_options = known, spec.workflow, spec.options
                 rows.append(fields)
             except (ConfigurationError, SerializationError) as exc:
                 raise type(exc)(f"{noun} {index}: {exc}; nothing was submitted") from None

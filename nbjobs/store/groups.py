@@ -2,9 +2,10 @@
 
 A group is one ``nbjobs_groups`` row and one ``nbjobs_group_jobs`` row per member (its
 position in the submitted items).  Every job of a group, the group and its members are
-written in one transaction: all of them or nothing.  The jobs go in with one prepared
-``INSERT`` run by the driver's ``executemany`` (SQLite runs it in C, psycopg pipelines
-it, PyMySQL rewrites it into multi-row ``INSERT``\\ s under its packet size), never with a
+written in one transaction: all of them or nothing.  The jobs go in by the dialect's
+bulk path (``Dialect.copy_rows``: PostgreSQL's ``COPY``, multi-row ``INSERT``\\ s on
+SQLite and DuckDB), else by one prepared ``INSERT`` run by the driver's ``executemany``
+(PyMySQL rewrites it into multi-row ``INSERT``\\ s under its packet size), never with a
 statement compiled per row.
 
 Keys: a member whose idempotency key a job already holds is that job (nothing is
@@ -79,8 +80,7 @@ class GroupQueries(CancelQueries):
         taken = bool(by_key)
         ids: list[str] = []
         new: list[dict[str, Any]] = []
-        queued = Status.QUEUED.value
-        counters = fresh_job_counters(now)
+        common = {**fresh_job_counters(now), "status": Status.QUEUED.value}
         fresh_ids = iter(new_ids(len(rows)))
         for fields in rows:
             key = fields.get("key")
@@ -92,17 +92,11 @@ class GroupQueries(CancelQueries):
             job_id = next(fresh_ids)
             if key is not None:
                 by_key[key] = job_id
-            run_at = fields.get("run_at")
-            new.append(
-                {
-                    **fields,
-                    **counters,
-                    "id": job_id,
-                    "status": queued,
-                    "run_at": now if run_at is None else run_at,
-                    "root_id": job_id,
-                }
-            )
+            row = fields | common
+            row["id"] = row["root_id"] = job_id
+            if row.get("run_at") is None:
+                row["run_at"] = now
+            new.append(row)
             ids.append(job_id)
         if taken and not new:
             same = self._group_of(conn, ids)
