@@ -856,3 +856,66 @@ def test_a_success_waiting_for_its_shared_commit_keeps_its_lease(db_url, monkeyp
         assert [a["outcome"] for a in first.attempts] == ["succeeded"]
     finally:
         app.close()
+
+
+@pytest.mark.no_worker
+def test_a_finish_claims_the_next_job_of_any_queue_the_worker_serves(app):
+    """A finishing job claims the next one in its own transaction from the queues the
+    worker serves in turn, passing over one found empty a moment ago: a worker serving
+    an empty queue and a busy one (the default queue and a named one, as in a notebook)
+    chains the busy queue's jobs instead of handing every slot back to the dispatcher
+    (which asked only the first queue, and so claimed each job separately)."""
+
+    @app.workflow(name="named", queue="named")
+    def named(cs: nbjobs.CallState, n: int) -> int:
+        time.sleep(0.01)  # not a short job: one claim per finish
+        return n
+
+    @app.workflow(name="plain")
+    def plain(cs: nbjobs.CallState, n: int) -> int:
+        return n
+
+    app.pause_queue("named")
+    group = named.map(range(150))
+    claims: list[str] = []
+    store_claim = app.store.claim_jobs
+
+    def counted(**kwargs):
+        got = store_claim(**kwargs)
+        claims.extend(job.queue for job in got)
+        return got
+
+    app.store.claim_jobs = counted  # the dispatcher's claims; a finish's go with it
+    app.start(concurrency=1, queues=["default", "named"])
+    app.resume_queue("named")
+    group.wait(timeout=120)
+    assert group.status_counts()["succeeded"] == 150
+    assert claims.count("named") < 150 / 3, f"{claims.count('named')} of 150 claimed alone"
+
+
+@pytest.mark.no_worker
+def test_two_busy_queues_take_turns_on_one_slot(app):
+    """One slot, two queues full of jobs: finishing jobs claim from the queues in turn,
+    so neither waits for the other to empty."""
+    done: list[str] = []
+
+    @app.workflow(name="first", queue="first")
+    def first(cs: nbjobs.CallState, n: int) -> int:
+        time.sleep(0.006)
+        done.append("first")
+        return n
+
+    @app.workflow(name="second", queue="second")
+    def second(cs: nbjobs.CallState, n: int) -> int:
+        time.sleep(0.006)
+        done.append("second")
+        return n
+
+    firsts = first.map(range(60))
+    seconds = second.map(range(60))
+    app.start(concurrency=1, queues=["first", "second"])
+    wait_until(lambda: len(done) >= 40, timeout=60, what="40 jobs done")
+    early = done[:40]
+    assert early.count("second") >= 10 and early.count("first") >= 10, early
+    firsts.wait(timeout=60)
+    seconds.wait(timeout=60)

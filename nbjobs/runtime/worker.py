@@ -41,6 +41,7 @@ import os
 import random
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -69,6 +70,9 @@ SHORT_JOB_SECONDS = 0.005
 PREFETCH = 16
 #: How long a short job's success may wait for a commit shared with others, at most.
 WRITE_BEHIND_SECONDS = 0.005
+#: How long a queue whose claim came back short is passed over by the claims a finishing
+#: job makes (unless a wake-up says it has a new job): see ``_chain_request``.
+DRY_SECONDS = 0.2
 
 
 class Worker:
@@ -114,6 +118,8 @@ class Worker:
         self._paused: set[str] = set()
         self._paused_checked = 0.0
         self._queue_turn = 0
+        #: Queue -> until when (monotonic) its last claim found it empty.
+        self._dry: dict[str, float] = {}
         self._unlisten = None
         self.hooks = HookRunner(runtime, self.id)
 
@@ -325,6 +331,7 @@ class Worker:
         if not queue:
             self.queues_changed()
         elif queue in self.queues:
+            self._dry.pop(queue, None)
             if queue in self._paused:
                 # Paused when last read: this may be its resume (MariaDB's wake-up
                 # cannot tell a resume from a submit), so read the pauses again.
@@ -397,6 +404,7 @@ class Worker:
                 limit=free,
                 lease_seconds=self.settings.stale_after_seconds,
             )
+            self._note_claimed(queue, len(got), free)
             claimed.extend(got)
             free -= len(got)
         return claimed
@@ -544,6 +552,8 @@ class Worker:
                 # to spare (see ``LimitedClaims._claim_limited``).
                 claim["ahead"] = ahead
             claimed = execution.commit_success(text, claim=claim)
+            if claim is not None:
+                self._note_claimed(claim["queue"], len(claimed), claim["limit"])
         finally:
             with self._lock:
                 self._reserved -= ahead
@@ -553,6 +563,14 @@ class Worker:
             execution.next_job = self._take_ready()
         if len(claimed) > 1:
             self._wake.set()  # idle slots take the rest
+
+    def _note_claimed(self, queue: str, got: int, asked: int) -> None:
+        """Remember a queue whose claim came back short as dry for a moment (see
+        ``_chain_request``)."""
+        if got < asked:
+            self._dry[queue] = time.monotonic() + DRY_SECONDS
+        else:
+            self._dry.pop(queue, None)
 
     def _may_defer(self, job: ClaimedJob) -> bool:
         """Whether a short job's success may wait for a later shared commit: not a child
@@ -599,10 +617,21 @@ class Worker:
                 log.exception("worker %s: write-behind commit failed", self.id)
 
     def _chain_request(self, limit: int) -> dict | None:
-        """What a finishing job may claim next in its own transaction, or None."""
+        """What a finishing job may claim next in its own transaction, or None.
+
+        The queues take turns, as in the dispatcher's claims, so that one busy queue
+        cannot keep every slot; a queue whose last claim came back short is passed
+        over for ``DRY_SECONDS`` (a wake-up for it ends that at once), so a worker
+        serving an empty queue and a busy one does not ask the empty one at every
+        other finish and hand the slot back to the dispatcher.
+        """
         if self._stopping.is_set():
             return None
-        queues = [q for q in self.queues if q not in self._paused]
+        queues = self._active_queues()
+        if len(queues) > 1:
+            now = time.monotonic()
+            dry = self._dry
+            queues = [q for q in queues if dry.get(q, 0.0) <= now] or queues
         if not queues:
             return None
         return dict(
