@@ -339,12 +339,7 @@ class LeanSpan(trace_api.Span, ReadableSpan):
         limits = self._limits
         if not self._events:
             self._events = BoundedList(limits.max_events)
-        bounded = BoundedAttributes(
-            limits.max_event_attributes,
-            attributes,
-            max_value_len=limits.max_attribute_length,
-            immutable=True,
-        )
+        bounded = self._frozen(limits.max_event_attributes, attributes)
         self._events.append(Event(name=name, attributes=bounded, timestamp=timestamp))
 
     def add_link(self, context: SpanContext, attributes: Any = None) -> None:
@@ -355,13 +350,13 @@ class LeanSpan(trace_api.Span, ReadableSpan):
         limits = self._limits
         if not self._links:
             self._links = BoundedList(limits.max_links)
-        bounded = BoundedAttributes(
-            limits.max_link_attributes,
-            attributes,
-            max_value_len=limits.max_attribute_length,
-            immutable=True,
+        self._links.append(Link(context, self._frozen(limits.max_link_attributes, attributes)))
+
+    def _frozen(self, most: int | None, attributes: Any) -> BoundedAttributes:
+        """An event's or a link's attributes, bounded as the span limits say."""
+        return BoundedAttributes(
+            most, attributes, max_value_len=self._limits.max_attribute_length, immutable=True
         )
-        self._links.append(Link(context, bounded))
 
     def update_name(self, name: str) -> None:
         if not self._ended_warning("update_name"):
