@@ -91,9 +91,12 @@ def load_app(target: str) -> Any:
     return app
 
 
-def _wait_for_stop_signal() -> None:
-    """Wait for SIGTERM or SIGINT; after it, a second one interrupts the graceful stop
-    (``KeyboardInterrupt``), which gives the running jobs back to the queue."""
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT; after it, a second one interrupts the graceful
+    stop (``KeyboardInterrupt``), which gives the running jobs back to the queue.
+
+    Installed before the worker starts: a SIGTERM that comes as soon as jobs run (an
+    orchestrator stopping a fresh pod) still stops it gracefully."""
     stop = threading.Event()
 
     def interrupt(_signum: int, _frame: Any) -> None:
@@ -107,8 +110,7 @@ def _wait_for_stop_signal() -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-    while not stop.wait(1.0):
-        pass
+    return stop
 
 
 @click.command()
@@ -161,6 +163,7 @@ def worker(
             "reads NBJOBS_URL, which --url sets)"
         )
     served_queues = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    stop = _stop_on_signals()
     app.start(concurrency=concurrency, queues=served_queues)
     served = served_queues or app.runtime.registry.queues()
     click.echo(
@@ -178,7 +181,8 @@ def worker(
         click.echo(f"metrics on http://{metrics_host}:{metrics.server_port}/metrics")
     sys.stdout.flush()
     try:
-        _wait_for_stop_signal()
+        while not stop.wait(1.0):
+            pass
     finally:
         app.stop(timeout=grace)
         if metrics is not None:
