@@ -348,6 +348,10 @@ class Worker:
         if now - self._paused_checked > 1.0:
             self._paused = self.store.paused_queues()
             self._paused_checked = now
+        return self._in_turn()
+
+    def _in_turn(self) -> list[str]:
+        """The queues not paused (as last read), rotated one step from the last call."""
         queues = [q for q in self.queues if q not in self._paused]
         # Rotate so one busy queue cannot starve the others.
         self._queue_turn = (self._queue_turn + 1) % max(1, len(queues))
@@ -627,7 +631,7 @@ class Worker:
         """
         if self._stopping.is_set():
             return None
-        queues = self._active_queues()
+        queues = self._in_turn()  # the pauses as the dispatcher last read them
         if len(queues) > 1:
             now = time.monotonic()
             dry = self._dry

@@ -144,7 +144,7 @@ class LimitedClaims(LimitQueries):
         if (
             self.dialect.skip_locked
             and not freed
-            and not self._may_have_room(conn, queue, workflows, now)
+            and not self._may_have_room(conn, queue, workflows)
         ):
             return []  # full: no lock taken, nothing to commit
         names = sorted({self._limit_name(w) for w in workflows})
@@ -473,7 +473,6 @@ class LimitedClaims(LimitQueries):
         that binds: a finishing job's transaction frees its slot and claims the next
         job for it (``freed``: without the unlocked pre-check, as the slot is its own).
         """
-        now = values["c_now"]
         ample = self._ample
         if ample is None:
             ample = self._ample = set()
@@ -481,7 +480,7 @@ class LimitedClaims(LimitQueries):
             self.dialect.skip_locked
             and queue not in ample
             and not freed
-            and not self._may_have_room(conn, queue, workflows, now)
+            and not self._may_have_room(conn, queue, workflows)
         ):
             return []  # full: no lock taken, nothing to commit
         plan = self._capped_plan(queue, workflows)

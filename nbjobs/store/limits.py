@@ -243,9 +243,7 @@ class LimitQueries(CoreStore):
             return False
         return ("queue", queue) in found or any(("workflow", w) in found for w in workflows)
 
-    def _may_have_room(
-        self, conn: Connection, queue: str, workflows: Sequence[str], now: float
-    ) -> bool:
+    def _may_have_room(self, conn: Connection, queue: str, workflows: Sequence[str]) -> bool:
         """Whether the limits (as cached) may leave room, from an unlocked count: a
         claim that would find its limit full skips the lock (and, on PostgreSQL, the
         commit of a row lock).  Finishing jobs only free slots, so "full" may turn
