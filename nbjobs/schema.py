@@ -30,13 +30,14 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.sql.elements import ColumnClause
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 #: Status values rendered inline in SQL, for the partial indexes (see below).
 QUEUED_SQL: ColumnClause[str] = literal_column("'queued'")
 WAITING_SQL: ColumnClause[str] = literal_column("'waiting'")
 SUCCEEDED_SQL: ColumnClause[str] = literal_column("'succeeded'")
+RUNNING_SQL: ColumnClause[str] = literal_column("'running'")
 
 metadata = MetaData()
 
@@ -139,6 +140,19 @@ Index(
     sqlite_where=jobs.c.status == WAITING_SQL,
     postgresql_where=jobs.c.status == WAITING_SQL,
 )
+# The running jobs, for the limits' counts (a claim under a limit counts its queue's
+# running jobs), the reaper and the fan-out healer: on PostgreSQL only.  Its MVCC keeps
+# an entry in (status, created_at) for every version of a job that ever ran until a
+# vacuum, and a bitmap scan of them does not mark the dead ones: mid-drain a count of 16
+# running jobs read 18,000 entries and 1,000 heap pages (1.8 ms per limited claim).  This
+# index holds running versions only, and the count stays near 0.2 ms.  SQLite keeps no
+# dead entries, and MySQL has no partial indexes.
+RUNNING_INDEX = Index(
+    "ix_nbjobs_jobs_running",
+    jobs.c.queue,
+    jobs.c.workflow,
+    postgresql_where=jobs.c.status == RUNNING_SQL,
+).ddl_if(dialect="postgresql")
 # Queued jobs not yet due (a delay, a retry's backoff): a worker's idle wait ends at the
 # first of them.  A job whose run_at is in the future was last updated before it, and a
 # job queued to run at once (run_at = updated_at) is never in this index, so a plain

@@ -332,12 +332,45 @@ def test_a_version_4_database_gains_the_flow_columns(db_url: str) -> None:
                 sa.select(meta.c.value).where(meta.c.key == "schema_version")
             ).scalar()
             columns = set(conn.exec_driver_sql("SELECT * FROM nbjobs_jobs WHERE 1 = 0").keys())
-        assert version == str(SCHEMA_VERSION) == "6"
+        assert version == str(SCHEMA_VERSION) == "7"
         assert {"partition_key", "expires_at"} <= columns
         job = app.store.get_job(kept.id, full=True)
         assert job.status == "queued" and job.partition_key is None and job.expires_at is None
     finally:
         app.close()
+
+
+def test_a_version_6_database_gains_the_running_index_on_postgresql(db_url: str) -> None:
+    """Version 7 indexes the running jobs on PostgreSQL, where the limits' counts read
+    every dead version of a job that ran without it; the other databases keep theirs."""
+    app = make_app(db_url)
+    app.close()
+    engine = sa.create_engine(db_url, poolclass=sa.pool.NullPool)
+    postgres = engine.dialect.name == "postgresql"
+    with engine.begin() as conn:
+        if postgres:
+            conn.exec_driver_sql("DROP INDEX ix_nbjobs_jobs_running")
+        conn.execute(sa.update(meta).where(meta.c.key == "schema_version").values(value="6"))
+    app = make_app(db_url)
+    try:
+        with app.store.engine.connect() as conn:
+            version = conn.execute(
+                sa.select(meta.c.value).where(meta.c.key == "schema_version")
+            ).scalar()
+            if postgres:
+                # The count of a limited claim reads the new index.
+                plan = conn.exec_driver_sql(
+                    "EXPLAIN SELECT count(*) FROM nbjobs_jobs "
+                    "WHERE status = 'running' AND queue = 'default'"
+                ).scalars()
+                assert "ix_nbjobs_jobs_running" in "\n".join(plan)
+        assert version == str(SCHEMA_VERSION) == "7"
+        if engine.dialect.name != "duckdb":  # duckdb-engine cannot reflect indexes
+            names = {i["name"] for i in sa.inspect(engine).get_indexes("nbjobs_jobs")}
+            assert ("ix_nbjobs_jobs_running" in names) == postgres
+    finally:
+        app.close()
+        engine.dispose()
 
 
 def test_queues_show_limits_running_and_held(app: nbjobs.App) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy import exists, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from ..jobs import FINISHED, Status
-from ..schema import RESERVED_KEY_PREFIX, checkpoints, jobs, new_ids
+from ..schema import RESERVED_KEY_PREFIX, RUNNING_SQL, checkpoints, jobs, new_ids
 from ..strategies import Strategy, strategy_from_detail
 from .core import UNKNOWN
 from .fanin import fanin_statements
@@ -381,7 +381,7 @@ class FanoutQueries(WaitQueries):
         orphans_stmt = (
             select(jobs.c.id)
             .where(
-                jobs.c.status == Status.RUNNING.value,
+                jobs.c.status == RUNNING_SQL,
                 jobs.c.parent_id.is_not(None),
                 jobs.c.cancel_requested.is_(False),
                 decided | cancelled,

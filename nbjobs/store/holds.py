@@ -10,7 +10,7 @@ from sqlalchemy import func, or_, select, tuple_
 from sqlalchemy.engine import Connection
 
 from ..jobs import Status
-from ..schema import QUEUED_SQL, jobs, limit_starts, limits, queues
+from ..schema import QUEUED_SQL, RUNNING_SQL, jobs, limit_starts, limits, queues
 from .limits import Limit, LimitQueries, limit_from_row
 
 
@@ -42,7 +42,7 @@ class HoldQueries(LimitQueries):
         queue_names = [n for k, n in found if k == "queue"]
         wf_names = [n for k, n in found if k == "workflow"]
         running = select(jobs.c.queue, jobs.c.workflow, jobs.c.partition_key, func.count())
-        running = running.where(jobs.c.status == Status.RUNNING.value).group_by(
+        running = running.where(jobs.c.status == RUNNING_SQL).group_by(
             jobs.c.queue, jobs.c.workflow, jobs.c.partition_key
         )
         per_queue: Counter[str] = Counter()

@@ -18,7 +18,7 @@ from sqlalchemy.sql import Executable
 
 from ..dialects.base import Prepared
 from ..jobs import Status
-from ..schema import QUEUED_SQL, jobs, limits, queues
+from ..schema import QUEUED_SQL, RUNNING_SQL, jobs, limits, queues
 from .limits import (
     AHEAD_HEADROOM,
     CLAIM_VALUES,
@@ -235,7 +235,7 @@ class LimitedClaims(LimitQueries):
                 .order_by(limits.c.kind, limits.c.name)
             )
             count = select(func.count()).where(
-                jobs.c.status == Status.RUNNING.value,
+                jobs.c.status == RUNNING_SQL,
                 jobs.c.queue == queue,
             )
             if len(plans) > 256:
@@ -331,7 +331,7 @@ class LimitedClaims(LimitQueries):
             running = (
                 select(func.count())
                 .where(
-                    jobs.c.status == Status.RUNNING.value,
+                    jobs.c.status == RUNNING_SQL,
                     jobs.c.queue == queue,
                 )
                 .scalar_subquery()

@@ -62,7 +62,7 @@ from sqlalchemy.engine import Connection, Row
 
 from ..dialects.base import CLAIMED_COLUMNS
 from ..jobs import Status
-from ..schema import QUEUED_SQL, jobs, limit_starts, limits, new_id, queues
+from ..schema import QUEUED_SQL, RUNNING_SQL, jobs, limit_starts, limits, new_id, queues
 from .core import CoreStore
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ class LimitQueries(CoreStore):
         stmt = (
             select(jobs.c.queue, jobs.c.workflow, jobs.c.partition_key, func.count())
             .where(
-                jobs.c.status == Status.RUNNING.value,
+                jobs.c.status == RUNNING_SQL,
                 scope,
             )
             .group_by(jobs.c.queue, jobs.c.workflow, jobs.c.partition_key)

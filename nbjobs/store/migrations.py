@@ -18,6 +18,7 @@ from ..schema import (
     DUE_INDEX,
     EXPIRES_INDEX,
     LONG_TEXT,
+    RUNNING_INDEX,
     SCHEMA_VERSION,
     TREE_INDEX,
     jobs,
@@ -68,6 +69,14 @@ def _migrate_to_6(conn: Connection, dialect: dialects.Dialect) -> None:
     )
 
 
+def _migrate_to_7(conn: Connection, dialect: dialects.Dialect) -> None:
+    """Version 7 adds ``ix_nbjobs_jobs_running`` on PostgreSQL: the running jobs, for
+    the limits' counts, which read every dead version of a job that ran without it
+    (see :mod:`nbjobs.schema`).  Nothing changes on the other databases."""
+    if conn.dialect.name == "postgresql":
+        dialect.create_index(conn, RUNNING_INDEX)
+
+
 #: A meta row changed whenever finished jobs stop being finished (a retry) or are deleted.
 EPOCH_KEY = "finished_epoch"
 
@@ -79,6 +88,7 @@ MIGRATIONS: dict[int, Callable[[Connection, dialects.Dialect], None]] = {
     4: _migrate_to_4,
     5: _migrate_to_5,
     6: _migrate_to_6,
+    7: _migrate_to_7,
 }
 
 

@@ -14,7 +14,16 @@ from sqlalchemy.engine import Connection, Row
 
 from ..errors import WORKER_LOST_PREFIX
 from ..jobs import FINISHED, Status
-from ..schema import QUEUED_SQL, WAITING_SQL, checkpoints, jobs, queues, worker_workflows, workers
+from ..schema import (
+    QUEUED_SQL,
+    RUNNING_SQL,
+    WAITING_SQL,
+    checkpoints,
+    jobs,
+    queues,
+    worker_workflows,
+    workers,
+)
 from .fanout import FanoutQueries
 
 log = logging.getLogger(__name__)
@@ -341,7 +350,7 @@ class WorkerQueries(FanoutQueries):
             rows = conn.execute(
                 self.dialect.lock(
                     select(*_LOST_COLUMNS)
-                    .where(jobs.c.status == Status.RUNNING.value, jobs.c.lease_expires_at < now)
+                    .where(jobs.c.status == RUNNING_SQL, jobs.c.lease_expires_at < now)
                     .limit(limit),
                     skip_locked=True,  # a row someone holds is being finished or renewed
                 )
@@ -401,7 +410,7 @@ class WorkerQueries(FanoutQueries):
             rows = conn.execute(
                 self.dialect.lock(
                     select(*_LOST_COLUMNS).where(
-                        jobs.c.status == Status.RUNNING.value, jobs.c.worker_id.in_(dead)
+                        jobs.c.status == RUNNING_SQL, jobs.c.worker_id.in_(dead)
                     ),
                     skip_locked=True,
                 )
