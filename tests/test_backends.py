@@ -836,3 +836,42 @@ def test_a_version_5_mysql_database_gets_long_text_columns(db_url: str):
     finally:
         app.close()
         engine.dispose()
+
+
+def test_run_committed_is_a_transaction_of_its_own(db_url: str) -> None:
+    """``Dialect.run_committed`` (a finish and the claim of the next job under a small
+    limit, in one round trip on PostgreSQL): its statements commit together, before the
+    transaction they ran in ends; a failing one rolls them all back; the connection goes
+    on as before.  Elsewhere, and once the transaction has begun, it declines (None)."""
+    from nbjobs.dialects.base import Prepared
+
+    app = make_app(db_url)
+    store = app.store
+    dialect = store.engine.dialect
+    put = Prepared(sa.insert(meta).values(key=sa.bindparam("k"), value="v"), dialect)
+    read = Prepared(sa.select(meta.c.value).where(meta.c.key == sa.bindparam("k")), dialect)
+
+    def stored(key: str) -> list:
+        with store.engine.connect() as other:
+            return other.execute(sa.select(meta.c.value).where(meta.c.key == key)).all()
+
+    try:
+        with store._write() as conn:
+            rows = store.dialect.run_committed(conn, [(put, {"k": "one"}), (read, {"k": "one"})])
+            if store.dialect.name != "postgresql":
+                assert rows is None
+                return
+            assert rows == [[], [("v",)]]
+            assert stored("one") == [("v",)]  # committed, though this block goes on
+            put.execute(conn, {"k": "two"})  # ...in a new transaction
+            assert store.dialect.run_committed(conn, [(put, {"k": "three"})]) is None
+        assert stored("two") == [("v",)]
+
+        with store._write() as conn:
+            with pytest.raises(sa.exc.IntegrityError):
+                store.dialect.run_committed(conn, [(put, {"k": "four"}), (put, {"k": "one"})])
+            assert stored("four") == []  # rolled back with the statement that failed
+            put.execute(conn, {"k": "five"})  # the connection is usable, not aborted
+        assert stored("five") == [("v",)]
+    finally:
+        app.close()

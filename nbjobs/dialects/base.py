@@ -449,6 +449,20 @@ class Dialect:
         own)."""
         return [prepared.execute(conn, params).all() for prepared, params in calls]
 
+    def run_committed(
+        self, conn: Connection, calls: Sequence[tuple[Prepared, dict[str, Any]]]
+    ) -> list[Sequence[Any]] | None:
+        """Run the statements as a transaction of their own and commit it, in one round
+        trip where the driver pipelines (PostgreSQL: ``BEGIN``, the statements and
+        ``COMMIT`` go out together); returns each one's rows.  None where it cannot: the
+        dialect does not pipeline, or ``conn``'s transaction has begun already (use
+        ``run_together``).  A statement that fails rolls them all back and raises.
+
+        ``conn``'s transaction then continues as a new one: what runs in it after this
+        commits with it.  A connection lost on the way leaves the outcome unknown, as a
+        lost ``COMMIT`` does: the caller tells from what the statements wrote."""
+        return None
+
     def claim_cap(self, limit: int, left: Any) -> Any:
         """``min(limit, max(0, left))`` as a claim's ``LIMIT``, ``left`` a scalar subquery
         (a queue's concurrency minus its running jobs, counted by the claim itself: see

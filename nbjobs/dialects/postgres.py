@@ -196,25 +196,31 @@ class PostgresDialect(RowLockingDialect):
         # unpipelined.  The BEGIN psycopg sends before the first statement of a
         # transaction is not among them: psycopg (3.3) syncs after it and waits for
         # its answer, one round trip of its own (seen with strace).
+        return _pipelined(conn, calls)
+
+    def run_committed(
+        self, conn: Connection, calls: Sequence[tuple[Prepared, dict[str, Any]]]
+    ) -> list[Sequence[Any]] | None:
+        # In autocommit mode psycopg sends no BEGIN of its own, so ours goes out in the
+        # pipeline with the statements and the COMMIT: one round trip where there were
+        # three, and row locks taken by the statements are held for the server's work
+        # and the commit's flush alone, not for two round trips to this process.
         driver: Any = conn.connection.driver_connection
-        sent: list[tuple[Prepared, Any, Any]] = []
+        if (
+            driver.info.transaction_status.name != "IDLE"
+            or driver.isolation_level is not None  # BEGIN would need to say more
+            or driver.read_only is not None
+            or driver.deferrable is not None
+        ):
+            return None
+        driver.autocommit = True
         try:
-            try:
-                with driver.pipeline():
-                    for prepared, params in calls:
-                        cursor = conn.connection.cursor()
-                        bound = prepared.bind(params)
-                        sent.append((prepared, cursor, bound))
-                        cursor.execute(prepared.sql, bound)
-            except conn.dialect.loaded_dbapi.Error as exc:
-                prepared, cursor, bound = sent[-1]
-                raise prepared.wrap(conn, cursor, bound, exc) from exc
-            return [
-                prepared.fetch_sent(conn, cursor, bound).all() for prepared, cursor, bound in sent
-            ]
+            return _pipelined(conn, calls, committed=True)
         finally:
-            for _, cursor, _ in sent:
-                cursor.close()
+            if not conn.invalidated and not driver.closed:
+                if driver.info.transaction_status.name != "IDLE":
+                    driver.execute("ROLLBACK")  # a statement failed: the rest never ran
+                driver.autocommit = False
 
     def fenced_insert(self, fence: Any, table: Any, key: Any) -> Any:
         # A data-modifying CTE: the INSERT reads the UPDATE's RETURNING, so nothing is
@@ -367,3 +373,34 @@ class _Listener:
 def _lock_key(name: str) -> int:
     """A stable signed 32-bit advisory lock key for ``name``."""
     return zlib.crc32(name.encode()) - 2**31
+
+
+def _pipelined(
+    conn: Connection,
+    calls: Sequence[tuple[Prepared, dict[str, Any]]],
+    committed: bool = False,
+) -> list[Sequence[Any]]:
+    """Send ``calls`` in one psycopg pipeline (``committed``: between a ``BEGIN`` and a
+    ``COMMIT`` of their own) and return each one's rows, errors raised as SQLAlchemy
+    would (see ``Prepared.wrap``)."""
+    driver: Any = conn.connection.driver_connection
+    sent: list[tuple[Prepared, Any, Any]] = []
+    try:
+        try:
+            with driver.pipeline():
+                if committed:
+                    driver.execute("BEGIN")
+                for prepared, params in calls:
+                    cursor = conn.connection.cursor()
+                    bound = prepared.bind(params)
+                    sent.append((prepared, cursor, bound))
+                    cursor.execute(prepared.sql, bound)
+                if committed:
+                    driver.execute("COMMIT")
+        except conn.dialect.loaded_dbapi.Error as exc:
+            prepared, cursor, bound = sent[-1]
+            raise prepared.wrap(conn, cursor, bound, exc) from exc
+        return [prepared.fetch_sent(conn, cursor, bound).all() for prepared, cursor, bound in sent]
+    finally:
+        for _, cursor, _ in sent:
+            cursor.close()

@@ -8,11 +8,13 @@ decides its parent's fan-in in the same transaction (:meth:`FanoutQueries._after
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from ..jobs import Status
 from ..schema import jobs
@@ -20,6 +22,8 @@ from .core import _FENCED, _FINISH_ATTEMPT, UNKNOWN, storable_text
 from .fanout import FanoutQueries
 from .jobs import ClaimedJob, JobQueries, _in_claim_order
 from .transactions import _GroupedWork, run_pieces
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,6 +65,11 @@ def _many(items: list[_Success], now: float) -> dict[str, Any]:
         b_attempts=[i.attempt for i in items],
         b_now=now,
     )
+
+
+#: ``conn.info`` key: the group's transaction holds this one piece alone (see
+#: ``_finish_with_small_claim``).
+_ALONE = "nbjobs_alone"
 
 
 def _job_of(piece: _GroupedWork) -> str:
@@ -187,7 +196,12 @@ class FinishQueries(JobQueries, FanoutQueries):
             successes = [r for r in successes if r.item.parent_id not in counted]
         grouped = len(successes) >= 2  # alone, the two plain statements cost less
         if not grouped:
-            run_pieces(conn, batch)
+            if len(batch) == 1:  # its transaction is its own: it may commit it itself
+                conn.info[_ALONE] = True
+            try:
+                run_pieces(conn, batch)
+            finally:
+                conn.info.pop(_ALONE, None)
             return
         accepted = self._record_successes(conn, [r.item for r in successes])
         ended: dict[tuple[str, str], list[str]] = {}
@@ -343,14 +357,25 @@ class FinishQueries(JobQueries, FanoutQueries):
         values = self._claim_params(
             claim["worker_id"], claim["lease_seconds"], dict(g_job=success.job_id, g_now=now)
         )
-        finished, locked, claimed = self.dialect.run_together(
-            conn,
-            [
-                (self._prepare(self._finish_many), _many([success], now)),
-                (lock, {}),
-                (claim_statement, values),
-            ],
-        )
+        calls = [
+            (self._prepare(self._finish_many), _many([success], now)),
+            (lock, {}),
+            (claim_statement, values),
+        ]
+        results = None
+        if conn.info.get(_ALONE):
+            try:
+                results = self.dialect.run_committed(conn, calls)
+            except DBAPIError as exc:
+                if not (exc.connection_invalidated and self._committed(success)):
+                    raise  # rolled back (or unknown): the group runs it again alone
+                log.warning(
+                    "job %s: its success committed, then the connection was lost; the "
+                    "jobs claimed with it run once their leases expire",
+                    success.job_id,
+                )
+                return True, []
+        finished, locked, claimed = results or self.dialect.run_together(conn, calls)
         if not finished:  # the lease was lost: nothing written, and nothing claimed
             return False, _in_claim_order(claimed)  # (the claim is guarded: empty)
         if not self._small_claimed(locked):  # the limit changed: the claim took nothing
@@ -359,6 +384,12 @@ class FinishQueries(JobQueries, FanoutQueries):
                 conn, queue, workflows, limit, values, ahead=ahead, freed=True
             )
         return True, _in_claim_order(claimed)
+
+    def _committed(self, success: _Success) -> bool:
+        """Whether ``success`` is recorded (its attempt row says so), after a connection
+        lost with its commit under way; False when it cannot be read either."""
+        proof = (success.job_id, success.attempt, Status.SUCCEEDED.value)
+        return bool(self._outcome_recorded(proof))
 
     def _finish_one(
         self,

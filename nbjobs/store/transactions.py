@@ -446,7 +446,12 @@ class Transactions:
         if not proofs:
             accepted = [r for r in batch if r.proof is None or r.result is None or r.result[0]]
             return None if accepted else False
-        job_id, attempt, outcome = proofs[0]
+        return self._outcome_recorded(proofs[0])
+
+    def _outcome_recorded(self, proof: tuple[str, int, str]) -> bool | None:
+        """Whether attempt ``proof`` = (job, attempt, outcome) is recorded with that
+        outcome; None when the database cannot be read."""
+        job_id, attempt, outcome = proof
         try:
             with self._read() as conn:
                 row = conn.execute(
@@ -455,7 +460,7 @@ class Transactions:
                     )
                 ).all()
         except Exception:
-            log.warning("cannot tell whether a group commit went through", exc_info=True)
+            log.warning("cannot tell whether a commit went through", exc_info=True)
             return None
         return any(r.outcome == outcome for r in row)
 
