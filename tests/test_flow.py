@@ -559,6 +559,44 @@ def test_a_limit_far_from_binding_shares_its_lock_and_stays_exact(
 
 
 @pytest.mark.no_worker
+def test_a_roomy_limit_stays_shared_when_its_queue_runs_dry(app: nbjobs.App, db_url: str) -> None:
+    """On PostgreSQL a roomy limit is locked shared from the first claim on, and stays
+    so when its queue runs dry: the last claims of a drain do not take the exclusive
+    lock one after another.  Lowered close to the running jobs, the next claims still
+    lock it for themselves and stop exactly at it (on every backend)."""
+    app.set_queue("vast", concurrency=100_000)
+
+    @app.workflow(name="vast", queue="vast")
+    def vast(cs: nbjobs.CallState, n: int) -> int:
+        return n
+
+    app.submit_many([vast.spec(n) for n in range(10)])
+    names = app.runtime.registry.claim_names
+
+    def claim() -> list:
+        return app.store.claim_jobs(
+            worker_id="claimer", queue="vast", workflows=names, limit=64, lease_seconds=600
+        )
+
+    shared = app.store.dialect.name == "postgresql"
+    claimed = claim()
+    assert len(claimed) == 10
+    assert ("vast" in (app.store._shared or ())) == shared
+    assert claim() == []  # dry
+    assert ("vast" in (app.store._shared or ())) == shared
+    app.submit_many([vast.spec(n) for n in range(100)])
+    operator = make_app(db_url)
+    try:
+        operator.set_queue("vast", concurrency=15)
+        for _ in range(3):
+            claimed += claim()
+        assert len(claimed) == app.store.count_jobs(status="running") == 15
+        assert "vast" not in (app.store._shared or ())
+    finally:
+        operator.close()
+
+
+@pytest.mark.no_worker
 def test_a_finish_claims_the_freed_slot_of_a_small_limit_exactly(
     app: nbjobs.App, db_url: str
 ) -> None:

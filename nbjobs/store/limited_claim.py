@@ -45,6 +45,8 @@ class _CappedPlan:
     #: The limit rows read with a shared lock (see ``LimitedClaims._claim_capped``).
     share: Any = None
     claims: dict[int | tuple[int, ...], Any] = dataclasses.field(default_factory=dict)
+    #: No capped claim has run with this plan yet (see ``LimitedClaims._claim_capped``).
+    fresh: bool = True
 
 
 def _concurrency_only(limit: Limit | None) -> bool:
@@ -403,6 +405,15 @@ class LimitedClaims(LimitQueries):
         small = cached.concurrency < 2 * self.dialect.claim_batch
         return small and self._claim_caps
 
+    def _roomy_as_cached(self, conn: Connection, queue: str) -> bool:
+        """Whether ``queue``'s concurrency limit (as cached) has room for twice the claims
+        that can be in flight at once, were nothing running (see ``_claim_capped``)."""
+        cached = self.current_limits().get(("queue", queue))
+        bound = self._claims_bound(conn)
+        if cached is None or cached.concurrency is None or not bound:
+            return False
+        return 2 * bound <= cached.concurrency
+
     def _claims_bound(self, conn: Connection) -> int | None:
         """How many jobs the claims in flight at one moment hold at most: one claim per
         connection the server allows, ``Dialect.claim_batch`` jobs each (None where the
@@ -492,6 +503,13 @@ class LimitedClaims(LimitQueries):
         shared_set = self._shared
         if shared_set is None:
             shared_set = self._shared = set()
+        if plan.fresh:
+            # A first claim that the limit as cached leaves room to share the lock goes
+            # shared at once (it checks the room itself): workers starting together
+            # under a roomy limit do not count one after another under the exclusive one.
+            plan.fresh = False
+            if plan.share is not None and self._roomy_as_cached(conn, queue):
+                shared_set.add(queue)
         shared = queue in shared_set and plan.share is not None
         if inline and not self.dialect.skip_locked:
             rows = self._run_inline(conn, plan, queue, workflows, limit, values)
@@ -526,8 +544,14 @@ class LimitedClaims(LimitQueries):
             self._limits_cache = None  # changed since cached: read them again
             return None
         if together:
-            if not claimed and not small:  # too little room left to share the lock, or
-                shared_set.discard(queue)  # nothing queued: the next claim counts
+            if not claimed and not small and bound:
+                # Too little room left to share the lock, or nothing queued: only the
+                # first sends the next claim to count under the exclusive lock, which
+                # waits for every shared one while every claim waits for it (a queue
+                # running dry made each of its last claims take it, one after another).
+                running = plan.count.execute(conn, {}).all()[0][0]
+                if running + 2 * bound > (found[0].concurrency or 0):
+                    shared_set.discard(queue)
             return list(claimed)
         if inline and not shared:  # locked: the claim's own count sees every claim before it
             return self._run_inline(conn, plan, queue, workflows, limit, values)
