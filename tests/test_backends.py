@@ -686,6 +686,33 @@ def test_sqlite_copies_its_wal_into_the_database_file_while_the_app_stays_open(
         app.close()
 
 
+@pytest.mark.no_worker
+def test_sqlite_wal_starts_again_under_a_steady_stream_of_commits(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """A ``PASSIVE`` checkpoint never catches up with commits that keep coming, and the
+    WAL restarts from its beginning only once copied whole: it grew by every commit (13 KB
+    a submit, 52 MB for these 4,000).  Past ``RESTART_FRAMES`` the checkpointer restarts
+    it, so it stays within what a few checkpoint intervals commit."""
+    from nbjobs.dialects import sqlite as sqlite_dialect
+
+    monkeypatch.setattr(sqlite_dialect, "CHECKPOINT_SECONDS", 0.05)
+    monkeypatch.setattr(sqlite_dialect, "RESTART_FRAMES", 512, raising=False)
+    app = make_app(sqlite_url)
+    wal = Path(sqlite_url.removeprefix("sqlite:///") + "-wal")
+    try:
+        noop = app.workflow(name="noop")(lambda cs: None)
+        largest = 0
+        for n in range(4000):
+            noop.submit()
+            if n % 100 == 0:
+                largest = max(largest, wal.stat().st_size)
+        assert app.store.count_jobs(status="queued") == 4000
+        assert 0 < largest < 20_000_000, f"the WAL grew to {largest:,} bytes"
+    finally:
+        app.close()
+
+
 @pytest.mark.parametrize("backend", backends.selected("sqlite", "postgres", "mysql"))
 def test_a_step_waits_for_a_takeover_in_flight_and_is_then_refused(db_url: str):
     """A step that leaves the job row alone (``count=None``) is fenced by reading the
