@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -524,20 +526,15 @@ def test_batched_claims_stop_exactly_at_a_roomy_limit(app: nbjobs.App, db_url: s
         operator.close()
 
 
-@pytest.mark.no_worker
-def test_a_limit_far_from_binding_shares_its_lock_and_stays_exact(
-    app: nbjobs.App, db_url: str
-) -> None:
-    """A limit with room for every claim the server can have in flight at once is
-    locked shared on PostgreSQL; lowered close to the running jobs, the next claims
-    lock it for themselves and stop exactly at it (on every backend)."""
+def _roomy_queue(app: nbjobs.App) -> tuple[Any, Callable[[], list]]:
+    """Queue ``vast``, whose concurrency limit (100,000) never binds here: its workflow,
+    and a claim of up to 64 of its jobs."""
     app.set_queue("vast", concurrency=100_000)
 
     @app.workflow(name="vast", queue="vast")
     def vast(cs: nbjobs.CallState, n: int) -> int:
         return n
 
-    app.submit_many([vast.spec(n) for n in range(300)])
     names = app.runtime.registry.claim_names
 
     def claim() -> list:
@@ -545,6 +542,18 @@ def test_a_limit_far_from_binding_shares_its_lock_and_stays_exact(
             worker_id="claimer", queue="vast", workflows=names, limit=64, lease_seconds=600
         )
 
+    return vast, claim
+
+
+@pytest.mark.no_worker
+def test_a_limit_far_from_binding_shares_its_lock_and_stays_exact(
+    app: nbjobs.App, db_url: str
+) -> None:
+    """A limit with room for every claim the server can have in flight at once is
+    locked shared on PostgreSQL; lowered close to the running jobs, the next claims
+    lock it for themselves and stop exactly at it (on every backend)."""
+    vast, claim = _roomy_queue(app)
+    app.submit_many([vast.spec(n) for n in range(300)])
     claimed = [job for _ in range(2) for job in claim()]
     assert len(claimed) == app.store.count_jobs(status="running") == 128
     operator = make_app(db_url)
@@ -564,20 +573,8 @@ def test_a_roomy_limit_stays_shared_when_its_queue_runs_dry(app: nbjobs.App, db_
     so when its queue runs dry: the last claims of a drain do not take the exclusive
     lock one after another.  Lowered close to the running jobs, the next claims still
     lock it for themselves and stop exactly at it (on every backend)."""
-    app.set_queue("vast", concurrency=100_000)
-
-    @app.workflow(name="vast", queue="vast")
-    def vast(cs: nbjobs.CallState, n: int) -> int:
-        return n
-
+    vast, claim = _roomy_queue(app)
     app.submit_many([vast.spec(n) for n in range(10)])
-    names = app.runtime.registry.claim_names
-
-    def claim() -> list:
-        return app.store.claim_jobs(
-            worker_id="claimer", queue="vast", workflows=names, limit=64, lease_seconds=600
-        )
-
     shared = app.store.dialect.name == "postgresql"
     claimed = claim()
     assert len(claimed) == 10
