@@ -150,8 +150,8 @@ class SQLiteDialect(Dialect):
         copies the few frames committed meanwhile, holding up writers while it does
         (this process's at its write lock, so that they cannot starve it), and waits at
         most ``RESTART_WAIT_MS`` for other processes' writers and for readers of older
-        frames (it gives up after that, and the next pass tries again).  The next writer then reuses the
-        WAL from its start.
+        frames (it gives up after that, and the next pass tries again).  The next
+        writer then reuses the WAL from its start.
         """
         seen = 0
         while not self._closed.wait(CHECKPOINT_SECONDS):

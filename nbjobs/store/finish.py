@@ -375,7 +375,9 @@ class FinishQueries(JobQueries, FanoutQueries):
                     success.job_id,
                 )
                 return True, []
-        finished, locked, claimed = results or self.dialect.run_together(conn, calls)
+        if results is None:
+            results = self.dialect.run_together(conn, calls)
+        finished, locked, claimed = results
         if not finished:  # the lease was lost: nothing written, and nothing claimed
             return False, _in_claim_order(claimed)  # (the claim is guarded: empty)
         if not self._small_claimed(locked):  # the limit changed: the claim took nothing
