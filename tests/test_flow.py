@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 import nbjobs
 from nbjobs.schema import SCHEMA_VERSION, jobs, meta
+from tests import backends
 from tests.conftest import make_app
 from tests.support import cli, wait_until
 
@@ -490,14 +491,8 @@ def test_batched_claims_stop_exactly_at_a_roomy_limit(app: nbjobs.App, db_url: s
     turns into a rate, holds from the next claim, though this store read the limits
     before the change (a raised limit may take ``LIMITS_TTL_SECONDS`` to be seen, so
     this one is raised with the cache cleared)."""
-    app.set_queue("wide", concurrency=1000)
-
-    @app.workflow(name="wide", queue="wide")
-    def wide(cs: nbjobs.CallState, n: int) -> int:
-        return n
-
+    wide, names = _capped_queue(app, "wide", 1000)
     app.submit_many([wide.spec(n) for n in range(1300)])
-    names = app.runtime.registry.claim_names
 
     def claim() -> list:
         return app.store.claim_jobs(
@@ -526,16 +521,22 @@ def test_batched_claims_stop_exactly_at_a_roomy_limit(app: nbjobs.App, db_url: s
         operator.close()
 
 
+def _capped_queue(app: nbjobs.App, name: str, concurrency: int) -> tuple[Any, tuple[str, ...]]:
+    """Queue ``name`` with a concurrency limit and a workflow of its own that returns its
+    argument; returns the workflow and the names a claim asks for."""
+    app.set_queue(name, concurrency=concurrency)
+
+    @app.workflow(name=name, queue=name)
+    def capped(cs: nbjobs.CallState, n: int) -> int:
+        return n
+
+    return capped, tuple(app.runtime.registry.claim_names)
+
+
 def _roomy_queue(app: nbjobs.App) -> tuple[Any, Callable[[], list]]:
     """Queue ``vast``, whose concurrency limit (100,000) never binds here: its workflow,
     and a claim of up to 64 of its jobs."""
-    app.set_queue("vast", concurrency=100_000)
-
-    @app.workflow(name="vast", queue="vast")
-    def vast(cs: nbjobs.CallState, n: int) -> int:
-        return n
-
-    names = app.runtime.registry.claim_names
+    vast, names = _capped_queue(app, "vast", 100_000)
 
     def claim() -> list:
         return app.store.claim_jobs(
@@ -604,14 +605,8 @@ def test_a_finish_claims_the_freed_slot_of_a_small_limit_exactly(
     whose lease was lost claims nothing."""
     from nbjobs.jobs import Status
 
-    app.set_queue("small", concurrency=10)
-
-    @app.workflow(name="small", queue="small")
-    def small(cs: nbjobs.CallState, n: int) -> int:
-        return n
-
+    small, names = _capped_queue(app, "small", 10)
     app.submit_many([small.spec(n) for n in range(40)])
-    names = app.runtime.registry.claim_names
     store = app.store
     held = store.claim_jobs(
         worker_id="w", queue="small", workflows=names, limit=3, lease_seconds=600
@@ -659,6 +654,65 @@ def test_a_finish_claims_the_freed_slot_of_a_small_limit_exactly(
         assert finish(1) == [] and running() == 3
     finally:
         operator.close()
+
+
+@pytest.mark.no_worker
+@pytest.mark.parametrize("backend", backends.selected("postgres"))
+def test_a_finish_that_loses_its_connection_in_its_own_commit(
+    db_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a finish under a small limit sends its own BEGIN and COMMIT with
+    its statements (``Dialect.run_committed``), so a connection lost there leaves the
+    outcome unknown, as a lost COMMIT does.  The attempt row tells: committed, the
+    success stands and is reported (the job claimed with it comes back when its lease
+    expires); not committed, the finish runs again and claims the freed slot."""
+    from nbjobs.jobs import Status
+
+    app = make_app(db_url)
+    store = app.store
+    small, names = _capped_queue(app, "small", 2)
+    app.submit_many([small.spec(n) for n in range(6)])
+    held = store.claim_jobs(
+        worker_id="w", queue="small", workflows=names, limit=2, lease_seconds=600
+    )
+    lost = sa.exc.OperationalError("COMMIT", None, Exception("connection lost"))
+    lost.connection_invalidated = True
+    real = store.dialect.run_committed
+
+    def finish(job: Any) -> tuple[bool, list]:
+        return store.finish_and_claim(
+            job_id=job.id,
+            token=job.lease_token,
+            attempt=job.attempt,
+            status=Status.SUCCEEDED,
+            result="0",
+            claim=dict(worker_id="w", queue="small", workflows=names, lease_seconds=600),
+            parent_id=None,
+        )
+
+    def lost_after_commit(conn: Any, calls: Any) -> Any:
+        assert real(conn, calls) is not None  # the pipelined commit is the path taken
+        raise lost
+
+    def lost_before_commit(conn: Any, calls: Any) -> Any:
+        raise lost
+
+    try:
+        monkeypatch.setattr(store.dialect, "run_committed", lost_after_commit)
+        with caplog.at_level("WARNING", logger="nbjobs.store.finish"):
+            assert finish(held[0]) == (True, [])
+        assert store.get_job(held[0].id).status == "succeeded"
+        assert "then the connection was lost" in caplog.text
+        # The job claimed in the lost commit holds the freed slot until it is reaped.
+        assert store.count_jobs(status="running") == 2
+
+        monkeypatch.setattr(store.dialect, "run_committed", lost_before_commit)
+        accepted, claimed = finish(held[1])
+        assert accepted and len(claimed) == 1
+        assert store.get_job(held[1].id).status == "succeeded"
+        assert store.count_jobs(status="running") == 2
+    finally:
+        app.close()
 
 
 #: The gate and the ledger of ``aliased`` (a module-level workflow needs module state).
