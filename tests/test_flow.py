@@ -305,6 +305,11 @@ def test_bad_expiry_and_partition_are_refused(sqlite_app: nbjobs.App, bad: dict)
         w.options(**bad)
 
 
+def _schema_version(conn: sa.Connection) -> str | None:
+    """The schema version a database records."""
+    return conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+
+
 @pytest.mark.no_worker
 def test_a_version_4_database_gains_the_flow_columns(db_url: str) -> None:
     app = make_app(db_url)
@@ -331,9 +336,7 @@ def test_a_version_4_database_gains_the_flow_columns(db_url: str) -> None:
     app = make_app(db_url)
     try:
         with app.store.engine.connect() as conn:
-            version = conn.execute(
-                sa.select(meta.c.value).where(meta.c.key == "schema_version")
-            ).scalar()
+            version = _schema_version(conn)
             columns = set(conn.exec_driver_sql("SELECT * FROM nbjobs_jobs WHERE 1 = 0").keys())
         assert version == str(SCHEMA_VERSION) == "7"
         assert {"partition_key", "expires_at"} <= columns
@@ -357,9 +360,7 @@ def test_a_version_6_database_gains_the_running_index_on_postgresql(db_url: str)
     app = make_app(db_url)
     try:
         with app.store.engine.connect() as conn:
-            version = conn.execute(
-                sa.select(meta.c.value).where(meta.c.key == "schema_version")
-            ).scalar()
+            version = _schema_version(conn)
             if postgres:
                 # The count of a limited claim reads the new index.
                 plan = conn.exec_driver_sql(
