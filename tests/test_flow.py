@@ -522,6 +522,37 @@ def test_batched_claims_stop_exactly_at_a_roomy_limit(app: nbjobs.App, db_url: s
         operator.close()
 
 
+def test_workers_starting_together_store_a_workflow_limit_once(db_url: str) -> None:
+    """Every worker stores its workflows' limits as it starts.  Workers starting at once
+    found no row to lock, and all but the first to insert one failed on its key (seen:
+    a worker process died at start); each now stores it or updates it in turn."""
+    apps = [make_app(db_url) for _ in range(4)]
+    failed: list[BaseException] = []
+    try:
+        for n in range(10):
+            barrier = threading.Barrier(len(apps))
+
+            def store(app: nbjobs.App, n: int = n, barrier: threading.Barrier = barrier) -> None:
+                barrier.wait()
+                try:
+                    app.store.set_limit("workflow", f"w{n}", partition_concurrency=1)
+                except BaseException as exc:  # what a racing worker met
+                    failed.append(exc)
+
+            threads = [threading.Thread(target=store, args=(app,)) for app in apps]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        assert failed == []
+        stored = [lim for lim in apps[0].store.list_limits() if lim.kind == "workflow"]
+        assert sorted(lim.name for lim in stored) == sorted(f"w{n}" for n in range(10))
+        assert {lim.partition_concurrency for lim in stored} == {1}
+    finally:
+        for app in apps:
+            app.close()
+
+
 def _capped_queue(app: nbjobs.App, name: str, concurrency: int) -> tuple[Any, tuple[str, ...]]:
     """Queue ``name`` with a concurrency limit and a workflow of its own that returns its
     argument; returns the workflow and the names a claim asks for."""

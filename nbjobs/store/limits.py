@@ -59,6 +59,7 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
 
 from ..dialects.base import CLAIMED_COLUMNS
 from ..jobs import Status
@@ -211,7 +212,12 @@ class LimitQueries(CoreStore):
             if not same:
                 conn.execute(update(limits).where(*key).values(**row))
 
-        self._retry_conflicts(work)
+        try:
+            self._retry_conflicts(work)
+        except IntegrityError:
+            # Another process stored this limit first (workers starting together lock
+            # no row while it is missing): now it exists, so this update waits its turn.
+            self._retry_conflicts(work)
         self._limits_cache = None
 
     def list_limits(self) -> list[Limit]:
