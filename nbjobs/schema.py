@@ -12,6 +12,7 @@ import json
 import secrets
 import threading
 import time
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Boolean,
@@ -20,10 +21,12 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Select,
     String,
     Table,
     Text,
     UniqueConstraint,
+    Update,
     and_,
     literal_column,
 )
@@ -216,6 +219,30 @@ TREE_INDEX = Index(
     sqlite_where=_CHILDREN_ONLY,
     postgresql_where=_CHILDREN_ONLY,
 )
+
+
+_BY_KEY = "FORCE INDEX (PRIMARY)"
+_Listed = TypeVar("_Listed", Update, Select[Any])
+
+
+def jobs_by_key(stmt: _Listed) -> _Listed:
+    """``stmt`` (an UPDATE of jobs, or a locking read of them, by ``id IN (...)``) made to
+    look its jobs up by primary key on MySQL and MariaDB.
+
+    Their planner scans the whole primary key instead when the list holds a large share
+    of a small table, and such a scan locks each row it passes, waiting for rows other
+    transactions hold: a heartbeat renewing the jobs it had just locked waited for a job
+    a group commit was finishing, while the group waited for one the heartbeat held (a
+    deadlock, seen with 300 jobs).  Looked up by key, a statement touches only the rows
+    it lists.  Other databases ignore the hint.
+    """
+    for name in ("mysql", "mariadb"):
+        if isinstance(stmt, Update):
+            stmt = stmt.with_hint(_BY_KEY, dialect_name=name)
+        else:
+            stmt = stmt.with_hint(jobs, _BY_KEY, dialect_name=name)
+    return stmt
+
 
 checkpoints = Table(
     "nbjobs_checkpoints",

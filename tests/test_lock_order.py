@@ -13,6 +13,7 @@ import sqlalchemy as sa
 import nbjobs
 from nbjobs.jobs import Status
 from nbjobs.options import Options
+from nbjobs.schema import jobs, jobs_by_key
 from nbjobs.store.core import UNKNOWN
 from tests import backends
 from tests.conftest import make_app
@@ -114,5 +115,35 @@ def test_heartbeats_and_group_finishes_never_deadlock(db_url, caplog):
         statuses = [store.get_job(job.id).status for job in claimed]
         assert statuses.count("failed") == len(failing)
         assert statuses.count("succeeded") == JOBS - len(failing)
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize("backend", backends.selected("mysql"))
+def test_writes_to_a_list_of_jobs_look_each_one_up_by_key(db_url):
+    """MySQL and MariaDB plan ``id IN (...)`` naming a third of a small table as a scan
+    of the whole primary key, which locks (waits for) every row on its way."""
+    app = make_app(db_url)
+    try:
+
+        @app.workflow(name="noop")
+        def noop(cs: nbjobs.CallState, i: int) -> int:
+            return i
+
+        app.store.enqueue_group(
+            [app.runtime.job_fields(noop, (i,), {}, Options()) for i in range(JOBS)], label=None
+        )
+        with app.store.engine.connect() as conn:
+            ids = list(conn.execute(sa.select(jobs.c.id).limit(JOBS // 3)).scalars())
+
+            def access(stmt: sa.Executable) -> str:
+                sql = stmt.compile(conn.engine, compile_kwargs={"literal_binds": True})
+                return conn.exec_driver_sql(f"EXPLAIN {sql}").mappings().one()["type"]
+
+            listed = jobs.c.id.in_(ids)
+            renew = sa.update(jobs).where(listed).values(lease_expires_at=1.0)
+            lock = sa.select(jobs.c.id).where(listed).with_for_update(skip_locked=True)
+            assert access(jobs_by_key(renew)) == "range"
+            assert access(jobs_by_key(lock)) == "range"
     finally:
         app.close()

@@ -34,7 +34,7 @@ from sqlalchemy.schema import CreateIndex, DropIndex
 from sqlalchemy.sql import Select
 
 from ..errors import ConfigurationError
-from ..schema import jobs
+from ..schema import jobs, jobs_by_key
 from .base import CLAIMED_COLUMNS, RowLockingDialect, safe_url
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,11 @@ class MySQLDialect(RowLockingDialect):
         if candidates._for_update_arg is None:
             candidates = candidates.with_for_update(skip_locked=True)
         ids: BindParameter[Any] = bindparam("c_ids", expanding=True)
-        mark = update(jobs).where(jobs.c.id.in_(ids)).values(**values, attempts=jobs.c.attempts + 1)
+        mark = (
+            jobs_by_key(update(jobs))
+            .where(jobs.c.id.in_(ids))
+            .values(**values, attempts=jobs.c.attempts + 1)
+        )
         return candidates, mark, select(*CLAIMED_COLUMNS).where(jobs.c.id.in_(ids))
 
     def claim(self, conn: Connection, statement: Any, params: dict[str, Any]) -> Sequence[Row]:

@@ -9,7 +9,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import ConfigurationError, UnknownJob
 from ..jobs import ACTIVE, FINISHED, TERMINAL, Status
-from ..schema import checkpoints, jobs
+from ..schema import checkpoints, jobs, jobs_by_key
 from .fanout import FanoutQueries, _chunks
 
 #: What a bulk retry takes when not told otherwise: the jobs ``retry()`` takes.
@@ -109,7 +109,7 @@ class CancelQueries(FanoutQueries):
                 ids = list(
                     conn.execute(
                         self.dialect.lock(
-                            select(jobs.c.id)
+                            jobs_by_key(select(jobs.c.id))
                             .where(jobs.c.id.in_(chunk), jobs.c.status.in_(list(statuses)))
                             .order_by(jobs.c.id)
                         )

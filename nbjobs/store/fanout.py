@@ -18,7 +18,7 @@ from sqlalchemy import exists, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from ..jobs import FINISHED, Status
-from ..schema import RESERVED_KEY_PREFIX, RUNNING_SQL, checkpoints, jobs, new_ids
+from ..schema import RESERVED_KEY_PREFIX, RUNNING_SQL, checkpoints, jobs, jobs_by_key, new_ids
 from ..strategies import Strategy, strategy_from_detail
 from .core import UNKNOWN
 from .fanin import fanin_statements
@@ -281,7 +281,7 @@ class FanoutQueries(WaitQueries):
         before it (another transaction counted them unfinished: "cancelled" in the
         parent's outcomes, whatever they did since) end cancelled, as it says."""
         conn.execute(
-            update(jobs)
+            jobs_by_key(update(jobs))
             .where(jobs.c.id.in_(ids), jobs.c.status.in_(_ENDED_ON_ITS_OWN), _decided())
             .values(status=Status.CANCELLED.value, result=None, error=_DECIDED_WITHOUT)
         )
@@ -395,7 +395,7 @@ class FanoutQueries(WaitQueries):
 
             def stop(conn: Connection) -> None:
                 conn.execute(
-                    update(jobs)
+                    jobs_by_key(update(jobs))
                     .where(jobs.c.id.in_(orphans), jobs.c.status == Status.RUNNING.value)
                     .values(cancel_requested=True, updated_at=self.now())
                 )
@@ -434,7 +434,7 @@ class FanoutQueries(WaitQueries):
                 ]
                 if idle:
                     conn.execute(
-                        update(jobs)
+                        jobs_by_key(update(jobs))
                         .where(
                             jobs.c.id.in_(idle),
                             jobs.c.status.in_([Status.QUEUED.value, Status.WAITING.value]),
@@ -457,7 +457,7 @@ class FanoutQueries(WaitQueries):
                     free = (
                         conn.execute(
                             self.dialect.lock(
-                                select(jobs.c.id).where(
+                                jobs_by_key(select(jobs.c.id)).where(
                                     jobs.c.id.in_(busy), jobs.c.status == Status.RUNNING.value
                                 ),
                                 skip_locked=True,
@@ -468,7 +468,7 @@ class FanoutQueries(WaitQueries):
                     )
                     if free:
                         conn.execute(
-                            update(jobs)
+                            jobs_by_key(update(jobs))
                             .where(jobs.c.id.in_(free))
                             .values(cancel_requested=True, updated_at=now)
                         )

@@ -72,10 +72,13 @@ def _many(items: list[_Success], now: float) -> dict[str, Any]:
 _ALONE = "nbjobs_alone"
 
 
-def _job_of(piece: _GroupedWork) -> str:
-    """The job a finish of a group commit writes (every finish names it in its proof)."""
-    assert piece.proof is not None
-    return piece.proof[0]
+def _group_order(piece: _GroupedWork) -> tuple[bool, str]:
+    """Where a piece of a group commit goes in the group: finishes in the order of the
+    job each writes (every finish names it in its proof), then the pieces of no one job
+    (a worker's heartbeat)."""
+    if piece.proof is None:
+        return True, ""
+    return False, piece.proof[0]
 
 
 class FinishQueries(JobQueries, FanoutQueries):
@@ -184,9 +187,9 @@ class FinishQueries(JobQueries, FanoutQueries):
         Replaces the group-commit hook ``Transactions._run_group`` (the store's one
         hook; it calls :func:`~.transactions.run_pieces` itself, never ``super()``).
         """
-        # Each piece locks its job's row, in id order.  (A heartbeat renewing leases of
-        # the same jobs skips the rows a group holds, so the two never deadlock.)
-        batch.sort(key=_job_of)
+        # Each finish locks its job's row, in id order.  (A heartbeat renewing leases of
+        # the same jobs is a piece of the group, so the two never deadlock.)
+        batch.sort(key=_group_order)
         successes = [r for r in batch if r.item is not None]
         parents = {r.item.parent_id for r in successes if r.item.parent_id is not None}
         fanouts: dict[str, list[tuple[str, bool]]] = {}

@@ -63,7 +63,16 @@ from sqlalchemy.exc import IntegrityError
 
 from ..dialects.base import CLAIMED_COLUMNS
 from ..jobs import Status
-from ..schema import QUEUED_SQL, RUNNING_SQL, jobs, limit_starts, limits, new_id, queues
+from ..schema import (
+    QUEUED_SQL,
+    RUNNING_SQL,
+    jobs,
+    jobs_by_key,
+    limit_starts,
+    limits,
+    new_id,
+    queues,
+)
 from .core import CoreStore
 
 log = logging.getLogger(__name__)
@@ -385,7 +394,7 @@ class LimitQueries(CoreStore):
         write transaction is the only one); returns their claimed columns."""
         params = {k: v for k, v in values.items() if k.startswith("c_")}
         mark = (
-            update(jobs)
+            jobs_by_key(update(jobs))
             .where(jobs.c.id.in_(bindparam("l_ids", expanding=True)), jobs.c.status == QUEUED_SQL)
             .values(**CLAIM_VALUES, attempts=jobs.c.attempts + 1)
         )

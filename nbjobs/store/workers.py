@@ -20,6 +20,7 @@ from ..schema import (
     WAITING_SQL,
     checkpoints,
     jobs,
+    jobs_by_key,
     queues,
     worker_workflows,
     workers,
@@ -247,35 +248,43 @@ class WorkerQueries(FanoutQueries):
 
         ``held`` maps job id to lease token.  Returns (lost, cancel_requested): the jobs
         whose lease another worker took, and the jobs someone asked to cancel.
+
+        The beat is a piece of this process's next group commit, in one transaction
+        with the finishes of the jobs it renews.  As a transaction of its own it skipped
+        the rows a group held (``SKIP LOCKED``) and so never waited for one, yet MariaDB
+        reported deadlocks between the two: its report showed the beat's locking read
+        waiting for a row the group held, while the group waited for one the beat held.
         """
         now = self.now()
-        with self._write() as conn:
+
+        def beat(conn: Connection) -> Sequence[Row]:
             conn.execute(
                 update(workers)
                 .where(workers.c.id == worker_id)
                 .values(heartbeat_at=now, jobs_held=len(held))
             )
             if not held:
-                return set(), set()
+                return []
             mine = (jobs.c.worker_id == worker_id, jobs.c.status == Status.RUNNING.value)
             renew: list[str] = list(held)
             if self.dialect.skip_locked:
                 # Rows another transaction holds are left for the next beat: most often
-                # a group commit finishing them right now, which may in turn wait for a
-                # row this beat locked (the two would deadlock).  A beat never waits.
-                chosen = select(jobs.c.id).where(jobs.c.id.in_(renew), *mine)
+                # a fan-out healer or a cancel.  A beat never waits for them.
+                chosen = jobs_by_key(select(jobs.c.id).where(jobs.c.id.in_(renew), *mine))
                 renew = list(conn.execute(self.dialect.lock(chosen, skip_locked=True)).scalars())
             if renew:
                 conn.execute(
-                    update(jobs)
+                    jobs_by_key(update(jobs))
                     .where(jobs.c.id.in_(renew), *mine)
                     .values(lease_expires_at=now + lease_seconds)
                 )
-            rows = conn.execute(
+            return conn.execute(
                 select(jobs.c.id, jobs.c.lease_token, jobs.c.cancel_requested, jobs.c.status).where(
                     jobs.c.id.in_(list(held))
                 )
             ).all()
+
+        rows = self._grouped(beat)
         owned = {r.id for r in rows if r.lease_token == held[r.id]}
         cancel = {r.id for r in rows if r.cancel_requested and r.id in owned}
         # A job that finished since the caller looked is not lost, just done.
@@ -374,7 +383,7 @@ class WorkerQueries(FanoutQueries):
             if not rows:
                 return 0
             conn.execute(
-                update(jobs)
+                jobs_by_key(update(jobs))
                 .where(jobs.c.id.in_([r.id for r in rows]), jobs.c.status == QUEUED_SQL)
                 .values(
                     status=Status.CANCELLED.value,
