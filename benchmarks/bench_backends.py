@@ -1,10 +1,12 @@
-"""nbjobs on PostgreSQL and MariaDB with real worker processes, printed as a table.
+"""nbjobs on PostgreSQL, MariaDB and SQLite with real worker processes, printed as a table.
 
     .venv/bin/python benchmarks/bench_backends.py                  # both local servers
     .venv/bin/python benchmarks/bench_backends.py --backends postgres --jobs 5000
+    .venv/bin/python benchmarks/bench_backends.py --backends sqlite
 
 Each backend gets a fresh database on the local test server (``tests.services`` starts
-the server when it is down; the database is dropped afterwards).  Columns:
+the server when it is down; the database is dropped afterwards), or a new SQLite file in
+a temporary directory.  Columns:
 
 - enqueue jobs/s: ``wf.submit`` from one process, one transaction per job;
 - drain jobs/s with 1 and 4 ``nbjobs worker`` processes (``-c 4`` each) of no-op jobs:
@@ -16,7 +18,8 @@ the server when it is down; the database is dropped afterwards).  Columns:
   job returns its start time, minus the submit time (same host, same clock).
   PostgreSQL wakes the worker by LISTEN/NOTIFY; MariaDB by its idle worker's wake lock
   and ``KILL CONNECTION`` (see ``nbjobs.dialects.mysql``), with the poll of ``--poll``
-  seconds as the fallback.
+  seconds as the fallback; SQLite by the idle worker's watch of ``PRAGMA data_version``
+  (see ``nbjobs.dialects.sqlite_wake``), with the default poll of 1 s as the fallback.
 
 Every measure runs ``--repeat`` times (3 by default); a cell is the median with the
 range, and the latency percentiles are of all rounds' samples together.
@@ -25,11 +28,14 @@ range, and the latency percentiles are of all rounds' samples together.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,9 +171,12 @@ def run_backend(
     from tests import backends
 
     out: dict[str, float] = {}
-    poll = 1.0 if backend == "postgres" else args.poll
+    # The default poll where wake-ups are pushed or watched; MariaDB's is --poll.
+    poll = args.poll if backend == "mysql" else 1.0
 
     def fresh():
+        if backend == "sqlite":
+            return _sqlite_file()
         return backends.server_database(backend)
 
     with fresh() as url:
@@ -195,6 +204,12 @@ def run_backend(
     return out, latencies
 
 
+@contextlib.contextmanager
+def _sqlite_file() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="nbjobs-bench-sqlite-") as folder:
+        yield f"sqlite:///{folder}/bench.db"
+
+
 def cell(values: list[float]) -> str:
     """The median, with the range when there are several rounds."""
     digits = 1 if max(values) < 100 else 0
@@ -215,8 +230,6 @@ def main() -> None:
         "--repeat", type=int, default=3, help="rounds of every measure (the median is shown)"
     )
     args = parser.parse_args()
-    import tempfile
-
     logs = Path(tempfile.mkdtemp(prefix="nbjobs-bench-"))
     names = [b.strip() for b in args.backends.split(",") if b.strip()]
     results: dict[str, dict[str, str]] = {}
@@ -231,7 +244,11 @@ def main() -> None:
         results[backend] = {name: cell(values) for name, values in rounds.items()}
         results[backend]["dispatch latency p50 ms, all rounds"] = f"{pct(samples, 0.5):.1f}"
         results[backend]["dispatch latency p99 ms, all rounds"] = f"{pct(samples, 0.99):.1f}"
-    titles = {"postgres": "PostgreSQL", "mysql": f"MariaDB (fallback poll {args.poll:g} s)"}
+    titles = {
+        "postgres": "PostgreSQL",
+        "mysql": f"MariaDB (fallback poll {args.poll:g} s)",
+        "sqlite": "SQLite (NORMAL)",
+    }
     rows = list(next(iter(results.values())))
     width = max(len(r) for r in rows) + 2
     header = "".join(f"{titles[b]:>28}" for b in names)

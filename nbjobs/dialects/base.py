@@ -379,11 +379,13 @@ class Dialect:
         callback: Callable[[str], None],
         idle: threading.Event | None = None,
         queues: Callable[[], Sequence[str]] | None = None,
+        workflows: Callable[[], Sequence[str]] | None = None,
     ) -> Callable[[], None] | None:
         """Call ``callback(queue)`` when another process makes a job ready, if the
         database can push that (PostgreSQL LISTEN/NOTIFY, MariaDB's sentinel, which uses
-        the worker's ``idle`` event and ``queues``); returns a stop function, or None
-        where workers rely on polling alone."""
+        the worker's ``idle`` event and ``queues``) or the worker can watch for it
+        (SQLite, which also reads ``workflows``: those the worker runs); returns a stop
+        function, or None where workers rely on polling alone."""
         return None
 
     #: Transactions that make jobs ready call :meth:`ring` after their commit.

@@ -233,6 +233,7 @@ class MySQLDialect(RowLockingDialect):
         callback: Callable[[str], None],
         idle: threading.Event | None = None,
         queues: Callable[[], Sequence[str]] | None = None,
+        workflows: Callable[[], Sequence[str]] | None = None,
     ) -> Callable[[], None] | None:
         """Wake-ups for an idle worker (see :class:`_Sentinel`); needs the worker's idle
         event and queues, without which (a bare listener) there is nothing to do."""

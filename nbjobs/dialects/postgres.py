@@ -287,6 +287,7 @@ class PostgresDialect(RowLockingDialect):
         callback: Callable[[str], None],
         idle: threading.Event | None = None,
         queues: Callable[[], Sequence[str]] | None = None,
+        workflows: Callable[[], Sequence[str]] | None = None,
     ) -> Callable[[], None]:
         """Call ``callback(queue)`` on each ready-job notification; returns a stop function.
 

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from sqlalchemy import Engine, bindparam, event, func, insert
@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from ..errors import ConfigurationError, DatabaseLost
 from ..schema import jobs
 from .base import Dialect
+from .sqlite_wake import ChangeWatch
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 #: How often the checkpointer copies the WAL into the database while there are writes.
@@ -77,6 +78,7 @@ class SQLiteDialect(Dialect):
         self._writes = 0  # write transactions begun, for the checkpointer
         self._closed = threading.Event()
         self._checkpointer: threading.Thread | None = None
+        self._engine: Engine | None = None
         #: The file as the first connection found it, (st_dev, st_ino); see ``check_file``.
         self.path = os.path.abspath(url.database)
         self._file: tuple[int, int] | None = None
@@ -126,6 +128,7 @@ class SQLiteDialect(Dialect):
                 write = conn.get_execution_options().get("nbjobs_write", False)
                 driver.execute(self.begin_sql(write))
 
+        self._engine = engine
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, args=(engine,), name="nbjobs-wal", daemon=True
         )
@@ -216,6 +219,29 @@ class SQLiteDialect(Dialect):
         self._closed.set()
         if self._checkpointer is not None and self._checkpointer is not threading.current_thread():
             self._checkpointer.join(timeout=5)
+
+    def listen(
+        self,
+        callback: Callable[[str], None],
+        idle: threading.Event | None = None,
+        queues: Callable[[], Sequence[str]] | None = None,
+        workflows: Callable[[], Sequence[str]] | None = None,
+    ) -> Callable[[], None] | None:
+        """Wake-ups for an idle worker from other processes' commits (see
+        :mod:`.sqlite_wake`); needs the worker's idle event, queues and workflows."""
+        if idle is None or queues is None or workflows is None or self._engine is None:
+            return None
+        watch = ChangeWatch(
+            self._engine,
+            self.ready_time(),
+            callback,
+            idle,
+            queues,
+            workflows,
+            lambda: self.gone is not None,
+        )
+        watch.start()
+        return watch.stop
 
     def begin_sql(self, write: bool) -> str:
         # Writers take the write lock up front: no deadlock-prone upgrade from a read lock.

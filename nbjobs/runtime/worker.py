@@ -147,7 +147,10 @@ class Worker:
         except Exception:
             log.exception("could not reclaim jobs of dead local workers")
         self._unlisten = store.listen_ready(
-            self._on_ready, idle=self._idle, queues=lambda: self.queues
+            self._on_ready,
+            idle=self._idle,
+            queues=lambda: self.queues,
+            workflows=lambda: self.runtime.registry.claim_names,
         )
         stop_at_exit(self)
         self.hooks.start()  # before the first claim: its outcome gets the hooks

@@ -187,13 +187,15 @@ class CoreStore(Transactions):
         if self.closed and dbapi_connection is not None:
             entry.close()
 
-    def listen_ready(self, callback: Any, idle: Any = None, queues: Any = None) -> Any:
-        """Push wake-ups (PostgreSQL LISTEN/NOTIFY, MariaDB's idle sentinel):
-        ``callback(queue)`` when a job becomes ready anywhere; returns a stop function,
-        or None (polling only).  ``idle`` (an Event set while the worker has free slots
-        and nothing to claim) and ``queues`` (the worker's queues, now) serve databases
-        that wake only workers known to be idle."""
-        return self.dialect.listen(callback, idle=idle, queues=queues)
+    def listen_ready(
+        self, callback: Any, idle: Any = None, queues: Any = None, workflows: Any = None
+    ) -> Any:
+        """Push wake-ups (PostgreSQL LISTEN/NOTIFY, MariaDB's idle sentinel, SQLite's
+        watch): ``callback(queue)`` when a job becomes ready anywhere; returns a stop
+        function, or None (polling only).  ``idle`` (an Event set while the worker has
+        free slots and nothing to claim), ``queues`` and ``workflows`` (the worker's, now)
+        serve databases that wake only workers known to be idle."""
+        return self.dialect.listen(callback, idle=idle, queues=queues, workflows=workflows)
 
     def _job_rows(self, stmt: Any, job_id: str) -> Sequence[Row]:
         """The rows ``stmt`` reads about one job; ``UnknownJob`` when there are none
