@@ -149,7 +149,8 @@ def test_a_stranger_holding_the_wake_lock_is_no_sentinel_for_long(url, tmp_path)
             wait_until(lambda: submitter.workers(), timeout=60, what="the worker up")
             h = submitter.get_workflow("ping").submit()
             assert h.result(timeout=WAIT) == proc.pid
-            assert _sentinel(url) is not None  # the worker's wake-up connection now
+            # The worker's wake-up connection, once it is idle again after the job.
+            wait_until(lambda: _sentinel(url) is not None, what="the worker the sentinel")
     finally:
         stranger.invalidate()
         submitter.close()
@@ -169,7 +170,8 @@ def test_a_worker_killed_while_idle_breaks_no_submit_and_another_takes_over(url,
                 # second worker (waiting for the lock) takes over as the sentinel.
                 h = submitter.get_workflow("ping").submit()
                 assert h.result(timeout=WAIT) == second.pid
-                assert _sentinel(url) not in (None, held)
+                # Idle again once its job is recorded, it holds the lock (a moment later).
+                wait_until(lambda: _sentinel(url) not in (None, held), what="a new sentinel")
     finally:
         submitter.close()
 
